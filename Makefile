@@ -1,0 +1,39 @@
+# Everything a fresh machine needs: `make run` to use it, `make test` to check it.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+JLPM   := $(VENV)/bin/jlpm
+PORT   ?= 8888
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test test-python test-frontend test-ui chromium demo-model clean
+
+install: $(STAMP)
+
+# pip builds the labextension from labextension/ (hatch-jupyter-builder runs jlpm) into the package.
+$(STAMP): pyproject.toml labextension/package.json labextension/yarn.lock $(shell find labextension/src labextension/style labextension/schema -type f)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+run: install
+	@echo "Starting JupyterLab with jupyter-mlx-manager on http://127.0.0.1:$(PORT)/lab"
+	$(VENV)/bin/jupyter lab --no-browser --ServerApp.allow_root=True --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT)
+
+test: install chromium test-python test-frontend test-ui
+
+test-python: install
+	$(PY) -m pytest -q -m "not ui" tests
+
+test-frontend: install
+	cd labextension && ../$(JLPM) install --immutable && ../$(JLPM) test
+
+test-ui: install chromium
+	$(PY) -m pytest -q -m ui tests/ui
+
+# Browser tests use Debian's Chromium; nothing downloads a browser of its own.
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+clean:
+	rm -rf $(VENV) jupyter_mlx_manager/labextension labextension/node_modules labextension/lib labextension/tsconfig.tsbuildinfo

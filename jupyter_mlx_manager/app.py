@@ -1,0 +1,144 @@
+"""The `jupyter_mlx_manager` server extension: configuration, services and routes."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+from pathlib import Path
+from typing import Any
+
+from jupyter_core.paths import jupyter_data_dir
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, Float, Int, List, Unicode, default
+
+from . import system
+from ._version import __version__
+from .audit import AuditLog
+from .auth import TokenIssuer, UserService, resolve_secret
+from .handlers import ROUTES
+from .storage import Database
+
+
+class MLXManager(ExtensionApp):
+    """Find, download, load, share and audit local MLX models (`c.MLXManager.<trait>`)."""
+
+    name = "jupyter_mlx_manager"
+    load_other_extensions = True
+
+    data_dir = Unicode(
+        help="Where the database and the generated JWT secret live. "
+        "Default: <jupyter data dir>/mlx_manager (e.g. ~/.local/share/jupyter/mlx_manager).",
+    ).tag(config=True)
+
+    @default("data_dir")
+    def _default_data_dir(self) -> str:
+        return os.path.join(jupyter_data_dir(), "mlx_manager")
+
+    owner_username = Unicode(
+        help="Account that every Jupyter-authenticated request acts as when Jupyter's identity "
+        "provider cannot tell people apart (a plain single-user server). Created at startup as "
+        "an approved admin. Default: the OS login name. Empty: no owner; the first user to "
+        "register becomes the admin.",
+    ).tag(config=True)
+
+    @default("owner_username")
+    def _default_owner(self) -> str:
+        try:
+            return getpass.getuser()
+        except (KeyError, OSError):
+            return "owner"
+
+    jwt_secret = Unicode(
+        "",
+        help="HS256 secret for the JWTs this extension issues (at least 32 bytes). Default: the "
+        "env var JUPYTER_MLX_MANAGER_JWT_SECRET, else a random secret generated once into "
+        "<data_dir>/jwt_secret with mode 0600.",
+    ).tag(config=True)
+
+    access_token_expiry_hours = Float(24.0, help="Lifetime of the access token a password login returns. Default: 24.").tag(
+        config=True
+    )
+
+    allow_registration = Bool(
+        True, help="Let anyone reach mlx/api/auth/register; new users wait for an admin's approval. Default: True."
+    ).tag(config=True)
+
+    model_dirs = List(
+        Unicode(), help="Extra folders whose sub-folders are MLX models, served as local/<dir name>. Default: []."
+    ).tag(config=True)
+
+    max_memory_gb = Float(
+        0.0, help="Memory budget for loaded models in GiB; 0 = automatic (75% of system memory). Default: 0."
+    ).tag(config=True)
+
+    max_loaded_models = Int(3, help="How many models may be loaded at once. Default: 3.").tag(config=True)
+
+    default_keep_alive = Float(
+        300.0,
+        help="Seconds an idle model stays loaded (Ollama semantics): negative = forever, "
+        "0 = unload as soon as idle. Default: 300.",
+    ).tag(config=True)
+
+    audit_retention_days = Int(90, help="Audit records older than this are pruned; 0 = keep forever. Default: 90.").tag(
+        config=True
+    )
+
+    audit_record_content = Bool(
+        False, help="Store prompt and completion text in the audit log. Default: False (only counts and timings)."
+    ).tag(config=True)
+
+    # -- life cycle -------------------------------------------------------------------------
+    def initialize_settings(self) -> None:
+        data_dir = Path(self.data_dir).expanduser()
+        self.db = Database(data_dir / "mlx_manager.sqlite3")
+        self.db.open()
+        self.audit = AuditLog(self.db)
+        self.users = UserService(
+            self.db,
+            TokenIssuer(resolve_secret(self.jwt_secret, data_dir, self.log)),
+            self.audit,
+            access_token_hours=self.access_token_expiry_hours,
+            allow_registration=self.allow_registration,
+        )
+        if self.owner_username:
+            owner = self.users.ensure_owner_sync(self.owner_username)
+            if owner["status"] != "approved" or not owner["is_admin"]:
+                self.log.warning("The owner account %r is %s and not an approved admin.", owner["username"], owner["status"])
+        self._sockets: set[Any] = set()
+        self.users.change_listeners.append(self._recheck_sockets)
+        self._device: asyncio.Task | None = None
+        self.log.info("jupyter-mlx-manager %s: data in %s", __version__, data_dir)
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(ROUTES)
+
+    async def stop_extension(self) -> None:
+        for socket in list(self._sockets):
+            socket.close(1001, "server shutting down")
+        self._sockets.clear()
+        if self._device is not None:
+            self._device.cancel()
+        self.db.close()
+
+    # -- services used by handlers ----------------------------------------------------------
+    async def system_status(self) -> dict[str, Any]:
+        if self._device is None:
+            self._device = asyncio.ensure_future(system.probe_device())
+        return {
+            "version": __version__,
+            "device": await asyncio.shield(self._device),
+            "memory": {**system.memory(), "budget_bytes": system.memory_budget_bytes(self.max_memory_gb)},
+            "pool": {"limits": {"max_loaded_models": self.max_loaded_models, "default_keep_alive": self.default_keep_alive}},
+        }
+
+    def track_socket(self, socket: Any) -> None:
+        self._sockets.add(socket)
+
+    def untrack_socket(self, socket: Any) -> None:
+        self._sockets.discard(socket)
+
+    def _recheck_sockets(self, user_id: int) -> None:
+        for socket in list(self._sockets):
+            if socket.mlx_user["id"] == user_id:
+                asyncio.ensure_future(socket.still_allowed())

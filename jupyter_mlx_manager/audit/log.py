@@ -1,0 +1,130 @@
+"""Audit records: committed to SQLite before `record()` returns, then fanned out live.
+
+Live subscribers (the WebSocket) each get a bounded queue: a subscriber that reads too
+slowly loses records and is told how many with a gap marker, so the server's memory stays
+bounded whatever the client does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..storage import Database, utcnow
+
+FIELDS = (
+    "id", "request_id", "time", "user", "client", "action", "endpoint", "model", "status",
+    "prompt_tokens", "cached_tokens", "completion_tokens", "ttft_ms", "duration_ms", "error_type",
+)  # fmt: skip
+STATUSES = ("ok", "error", "cancelled", "timeout")
+
+
+class Subscription:
+    """A bounded queue of live records for one subscriber."""
+
+    def __init__(self, maxsize: int, accepts: Callable[[dict[str, Any]], bool]):
+        self.maxsize = maxsize
+        self.accepts = accepts
+        self._items: deque[dict[str, Any]] = deque()
+        self._pending_gap = 0
+        self._ready = asyncio.Event()
+
+    def offer(self, record: dict[str, Any]) -> None:
+        if not self.accepts(record):
+            return
+        if len(self._items) >= self.maxsize:
+            self._pending_gap += 1
+        else:
+            if self._pending_gap:
+                self._items.append({"type": "gap", "dropped": self._pending_gap})
+                self._pending_gap = 0
+            self._items.append({"type": "record", "data": record})
+        self._ready.set()
+
+    async def next(self, timeout: float) -> dict[str, Any] | None:
+        """The next message, or None when nothing arrived within `timeout` seconds."""
+        if not self._items and not self._pending_gap:
+            self._ready.clear()
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except asyncio.TimeoutError:
+                return None
+        if self._items:
+            return self._items.popleft()
+        dropped, self._pending_gap = self._pending_gap, 0
+        return {"type": "gap", "dropped": dropped}
+
+
+class AuditLog:
+    def __init__(self, db: Database, emit: Callable[[dict[str, Any]], None] | None = None):
+        self.db = db
+        self._emit = emit
+        self._subscribers: set[Subscription] = set()
+
+    async def record(self, action: str, status: str = "ok", **fields: Any) -> dict[str, Any]:
+        """Commit one record and publish it; returns the record as stored."""
+        assert status in STATUSES, status
+        record = {name: fields.get(name) for name in FIELDS}
+        record.update(action=action, status=status, time=utcnow())
+        record["request_id"] = record["request_id"] or uuid.uuid4().hex
+        detail = fields.get("detail")
+        record["id"] = await self.db.write(_insert, record, detail)
+        for subscriber in list(self._subscribers):
+            subscriber.offer(record)
+        if self._emit is not None:
+            self._emit(record)
+        return record
+
+    def subscribe(self, accepts: Callable[[dict[str, Any]], bool], maxsize: int = 256) -> Subscription:
+        subscription = Subscription(maxsize, accepts)
+        self._subscribers.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscribers.discard(subscription)
+
+    async def query(
+        self,
+        user: str | None = None,
+        model: str | None = None,
+        status: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Records newest first matching every given filter, and how many match in total."""
+        clauses, params = [], []
+        for column, value in (("user", user), ("model", model), ("status", status)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            clauses.append("time >= ?")
+            params.append(since)
+        if until is not None:
+            clauses.append("time < ?")
+            params.append(until)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+
+        def run(conn):
+            total = conn.execute(f"SELECT COUNT(*) FROM audit_log {where}", params).fetchone()[0]
+            rows = conn.execute(
+                f"SELECT {', '.join(FIELDS)} FROM audit_log {where} ORDER BY id DESC LIMIT ? OFFSET ?",
+                [*params, limit, offset],
+            ).fetchall()
+            return [dict(row) for row in rows], total
+
+        return await self.db.read(run)
+
+
+def _insert(conn, record: dict[str, Any], detail: str | None) -> int:
+    columns = [name for name in FIELDS if name != "id"]
+    cursor = conn.execute(
+        f"INSERT INTO audit_log ({', '.join(columns)}, detail) VALUES ({', '.join('?' * (len(columns) + 1))})",
+        [record[name] for name in columns] + [detail],
+    )
+    return cursor.lastrowid

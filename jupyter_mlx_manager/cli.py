@@ -1,0 +1,107 @@
+"""`jupyter mlx-manager …`: manage users and tokens from a shell on the server machine.
+
+Reads the same configuration files as the server (`c.MLXManager.data_dir`, `jwt_secret`),
+so it works on the running server's database; changes take effect on the next request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from jupyter_core.paths import jupyter_config_path
+from traitlets.config import Config
+from traitlets.config.loader import ConfigFileNotFound, JSONFileConfigLoader, PyFileConfigLoader
+
+from .errors import MLXError
+
+log = logging.getLogger("jupyter_mlx_manager.cli")
+
+
+def _server_config() -> Config:
+    """The merged `jupyter_server_config` files, lowest priority first, as the server reads them."""
+    config = Config()
+    for directory in reversed(jupyter_config_path()):
+        for loader in (JSONFileConfigLoader, PyFileConfigLoader):
+            name = "jupyter_server_config" + (".json" if loader is JSONFileConfigLoader else ".py")
+            try:
+                config.merge(loader(name, path=directory).load_config())
+            except ConfigFileNotFound:
+                pass
+    return config
+
+
+def _services(data_dir: str | None):
+    from pathlib import Path
+
+    from .app import MLXManager
+    from .audit import AuditLog
+    from .auth import TokenIssuer, UserService, resolve_secret
+    from .storage import Database
+
+    settings = MLXManager(config=_server_config())
+    directory = Path(data_dir or settings.data_dir).expanduser()
+    db = Database(directory / "mlx_manager.sqlite3", readers=1)
+    db.open()
+    issuer = TokenIssuer(resolve_secret(settings.jwt_secret, directory, log))
+    return db, UserService(db, issuer, AuditLog(db))
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from .auth import Actor
+
+    db, users = _services(args.data_dir)
+    cli_actor = Actor(user={"id": 0, "username": "cli", "is_admin": True}, client="cli")
+    try:
+        if args.command == "users" and args.action == "list":
+            print(f"{'id':>4}  {'username':<24} {'status':<9} {'admin':<5} created")
+            for user in await users.list_users():
+                admin = "yes" if user["is_admin"] else "no"
+                print(f"{user['id']:>4}  {user['username']:<24} {user['status']:<9} {admin:<5} {user['created_at']}")
+            return 0
+        user = await users.get_by_name(args.name if args.command == "users" else args.user)
+        if user is None:
+            print(f"no such user: {args.name if args.command == 'users' else args.user}", file=sys.stderr)
+            return 1
+        if args.command == "users":
+            status = {"approve": "approved", "disable": "disabled"}[args.action]
+            updated = await users.update_user(cli_actor, user["id"], status=status)
+            print(f"{updated['username']} is now {updated['status']}")
+            return 0
+        token = await users.create_api_token(Actor(user=user, client="cli"), args.name, args.expires_in_days)
+        print(token["token"])
+        print(f"API token {token['id']} for {user['username']}, expires {token['expires_at']}", file=sys.stderr)
+        return 0
+    except MLXError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        db.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jupyter mlx-manager", description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", help="database folder (default: c.MLXManager.data_dir)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    users = commands.add_parser("users", help="list, approve or disable users")
+    actions = users.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="list every user")
+    for action in ("approve", "disable"):
+        actions.add_parser(action, help=f"{action} a user").add_argument("name")
+
+    token = commands.add_parser("token", help="API tokens")
+    token_actions = token.add_subparsers(dest="action", required=True)
+    create = token_actions.add_parser("create", help="create an API token for a user and print it")
+    create.add_argument("--user", required=True)
+    create.add_argument("--name", default="cli")
+    create.add_argument("--expires-in-days", type=float, default=None)
+
+    args = parser.parse_args(argv)
+    return asyncio.run(_run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

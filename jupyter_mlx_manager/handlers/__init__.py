@@ -1,0 +1,24 @@
+"""HTTP routes. Handlers are thin: they parse the request and call a service."""
+
+from __future__ import annotations
+
+from .audit import AuditHandler, AuditWebSocketHandler
+from .auth import LoginHandler, MeHandler, RegisterHandler, TicketHandler, TokenHandler, TokensHandler
+from .status import StatusHandler
+from .users import UserHandler, UsersHandler
+
+_ID = r"(\d{1,18})"
+
+ROUTES = [
+    ("mlx/api/status", StatusHandler),
+    ("mlx/api/auth/register", RegisterHandler),
+    ("mlx/api/auth/login", LoginHandler),
+    ("mlx/api/auth/me", MeHandler),
+    ("mlx/api/auth/tokens", TokensHandler),
+    (rf"mlx/api/auth/tokens/{_ID}", TokenHandler),
+    ("mlx/api/auth/ticket", TicketHandler),
+    ("mlx/api/users", UsersHandler),
+    (rf"mlx/api/users/{_ID}", UserHandler),
+    ("mlx/api/audit", AuditHandler),
+    ("mlx/api/audit/ws", AuditWebSocketHandler),
+]

@@ -1,0 +1,100 @@
+"""`mlx/api/audit`: query the audit trail, and follow it live over a WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from tornado.websocket import WebSocketClosedError
+
+from ..audit.log import STATUSES
+from ..errors import BadRequest
+from .base import MLXAPIHandler, MLXWebSocketHandler, authorized, web, ws_authenticated
+
+
+def _int_argument(handler, name: str, default: int, low: int, high: int) -> int:
+    raw = handler.get_query_argument(name, str(default))
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise BadRequest(f"{name} must be an integer from {low} to {high}", reason=f"invalid_{name}")
+    return int(raw)
+
+
+class AuditHandler(MLXAPIHandler):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        args = {name: self.get_query_argument(name, None) for name in ("user", "model", "status", "since", "until")}
+        if args["status"] is not None and args["status"] not in STATUSES:
+            raise BadRequest(f"status must be one of {', '.join(STATUSES)}", reason="invalid_status")
+        if not self.mlx_user["is_admin"]:
+            if args["user"] not in (None, self.mlx_user["username"]):
+                raise web.HTTPError(403, "only administrators can see other users' records", reason="admin_required")
+            args["user"] = self.mlx_user["username"]
+        records, total = await self.mlx.audit.query(
+            **args,
+            limit=_int_argument(self, "limit", 100, 1, 1000),
+            offset=_int_argument(self, "offset", 0, 0, 10**9),
+        )
+        self.write_json({"records": records, "total": total})
+
+
+class AuditWebSocketHandler(MLXWebSocketHandler):
+    """Live records: `?replay=N` sends the last N first; pings every `ping_seconds`.
+
+    The user's status is re-checked at every ping and whenever an admin changes a user,
+    so a disabled user's socket is closed with 1008.
+    """
+
+    ping_seconds = 10.0
+
+    @ws_authenticated
+    async def get(self, *args, **kwargs):
+        self._replay = _int_argument(self, "replay", 0, 0, 1000)
+        return await super().get(*args, **kwargs)
+
+    async def open(self, *args, **kwargs):
+        if self.reject_if_refused():
+            return
+        user = self.mlx_user
+        self.subscription = self.mlx.audit.subscribe(
+            lambda record: user["is_admin"] or record["user"] == user["username"]
+        )
+        self.mlx.track_socket(self)
+        self._pump = asyncio.ensure_future(self._send_records())
+
+    async def _send_records(self):
+        try:
+            if self._replay:
+                records, _ = await self.mlx.audit.query(
+                    user=None if self.mlx_user["is_admin"] else self.mlx_user["username"], limit=self._replay
+                )
+                for record in reversed(records):
+                    await self.write_message(json.dumps({"type": "record", "data": record}))
+            while True:
+                message = await self.subscription.next(timeout=self.ping_seconds)
+                if message is None:
+                    if not await self.still_allowed():
+                        return
+                    message = {"type": "ping"}
+                await self.write_message(json.dumps(message))
+        except WebSocketClosedError:
+            pass
+
+    async def still_allowed(self) -> bool:
+        """Re-read the user; close with 1008 if they were disabled, demoted to pending or deleted."""
+        try:
+            self.mlx.users.require_active(await self.mlx.users.get(self.mlx_user["id"]))
+        except web.HTTPError as exc:
+            self.close(1008, getattr(exc, "message", "forbidden")[:120])
+            return False
+        return True
+
+    def on_message(self, message):
+        """Clients have nothing to say on this socket."""
+
+    def on_close(self):
+        subscription = getattr(self, "subscription", None)
+        if subscription is not None:
+            self.mlx.audit.unsubscribe(subscription)
+            self.mlx.untrack_socket(self)
+            self._pump.cancel()

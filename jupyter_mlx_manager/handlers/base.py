@@ -1,0 +1,210 @@
+"""One authentication path for every handler: REST, SSE and WebSocket.
+
+A request is authenticated either by Jupyter (cookie with XSRF, or the Jupyter token) or by
+a JWT of ours: `Authorization: Bearer <jwt>` anywhere, `?token=<jwt>` only where
+`query_token_allowed` (SSE and WebSocket, whose browser APIs cannot send headers). A valid
+JWT pre-authenticates the request *before* Jupyter's own `prepare`, which then accepts it as
+the current user; XSRF is skipped only for such bearer requests. Either way the user's
+status is re-read from the database on every request.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from jupyter_server.auth import IdentityProvider, PasswordIdentityProvider, User
+from jupyter_server.auth.decorator import allow_unauthenticated, authorized
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from jupyter_server.base.websocket import WebSocketMixin
+from jupyter_server.extension.handler import ExtensionHandlerMixin
+from tornado import web
+from tornado.websocket import WebSocketHandler
+
+from ..auth import Actor, InvalidToken, looks_like_jwt
+from ..errors import BadRequest, MLXError, PayloadTooLarge, Unauthorized, UnsupportedMediaType
+
+__all__ = ["MLXAPIHandler", "MLXWebSocketHandler", "allow_unauthenticated", "authorized", "web", "ws_authenticated"]
+
+# Jupyter's stock identity providers invent a new "Anonymous …" name per token request,
+# so requests they authenticate act as the owner account instead.
+_NAMELESS_PROVIDERS = (IdentityProvider, PasswordIdentityProvider)
+
+
+class MLXAuthMixin(ExtensionHandlerMixin):
+    """Resolves `self.mlx_user` (an approved user of ours) and `self.actor` for every request."""
+
+    auth_resource = "mlx"
+    query_token_allowed = False
+    mlx_user: dict[str, Any] | None = None
+    actor: Actor | None = None
+    _jwt_authenticated = False
+
+    @property
+    def mlx(self):
+        """The running `MLXManager` extension app: the services live there."""
+        return self.extensionapp
+
+    def _presented_jwt(self) -> str | None:
+        scheme, _, value = self.request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and looks_like_jwt(value.strip()):
+            return value.strip()
+        if self.query_token_allowed:
+            value = self.get_query_argument("token", "")
+            if looks_like_jwt(value):
+                return value
+        return None
+
+    async def _authenticate(self) -> None:
+        """Run before Jupyter's prepare: a JWT of ours becomes the Jupyter current user."""
+        # Until Jupyter's prepare runs, nobody is signed in (so an early error reply does not
+        # fall back to tornado's deprecated get_current_user()).
+        self.current_user = self._jupyter_current_user = None
+        token = self._presented_jwt()
+        if token is None:
+            return
+        try:
+            user, claims = await self.mlx.users.user_for_token(token)
+        except InvalidToken:
+            raise Unauthorized("invalid or expired token", reason="invalid_token") from None
+        if user is None:
+            raise Unauthorized("the account behind this token no longer exists", reason="unknown_user")
+        self._jwt_authenticated = True
+        self._jupyter_current_user = User(username=user["username"], name=user["username"])
+        self._resolve_actor(user, "api_token" if claims.kind == "api" else "session")
+
+    async def _map_jupyter_user(self) -> None:
+        """After Jupyter's prepare: find our account for a Jupyter-authenticated request."""
+        if self._jwt_authenticated or self.current_user is None:
+            return
+        client = "kernel" if self.token_authenticated else "browser"
+        if type(self.identity_provider) in _NAMELESS_PROVIDERS:
+            owner = self.mlx.owner_username
+            if not owner:
+                raise Unauthorized(
+                    "this server has no owner account: sign in with mlx/api/auth/login", reason="login_required"
+                )
+            user = await self.mlx.users.get_by_name(owner)
+        else:
+            user = await self.mlx.users.user_for_jupyter_name(self.current_user.username)
+        self._resolve_actor(user, client)
+
+    def _resolve_actor(self, user: dict[str, Any] | None, client: str) -> None:
+        self.mlx_user = self.mlx.users.require_active(user)
+        self.actor = Actor(user=self.mlx_user, client=client)
+
+    def _is_public(self) -> bool:
+        method = getattr(self, (self.request.method or "").lower(), None)
+        return bool(getattr(method, "__allow_unauthenticated", False))
+
+    def check_xsrf_cookie(self) -> None:
+        # A bearer JWT is never attached by a browser on its own, so it cannot be forged
+        # cross-site. Login and register take only application/json, which another site can
+        # send only after a CORS preflight that Jupyter refuses: no cookie, no XSRF risk.
+        if self._jwt_authenticated or (self._is_public() and self._content_type() == "application/json"):
+            return None
+        return super().check_xsrf_cookie()
+
+    def _content_type(self) -> str:
+        return self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+
+    def require_admin(self) -> Actor:
+        if not self.mlx_user or not self.mlx_user["is_admin"]:
+            raise web.HTTPError(403, "administrators only", reason="admin_required")
+        return self.actor
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Errors are JSON `{"message", "reason"}`, whatever raised them."""
+        message, reason = self._reason or "error", None
+        exc = kwargs.get("exc_info", (None, None))[1]
+        if isinstance(exc, MLXError):
+            message, reason = exc.message, exc.reason
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+        elif isinstance(exc, web.HTTPError):
+            message, reason = exc.log_message or message, exc.reason
+        elif exc is not None:
+            message, reason = "internal server error", "internal_error"
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"message": message, "reason": reason}))
+
+
+class MLXAPIHandler(MLXAuthMixin, APIHandler):
+    """JSON management API handler."""
+
+    max_body_bytes = 64 * 1024
+
+    async def prepare(self) -> None:
+        self.current_user = self._jupyter_current_user = None
+        length = max(len(self.request.body or b""), int(self.request.headers.get("Content-Length", 0) or 0))
+        if length > self.max_body_bytes:
+            raise PayloadTooLarge(f"request body larger than {self.max_body_bytes} bytes")
+        if self._is_public():
+            await super().prepare()
+            return
+        await self._authenticate()
+        await super().prepare()
+        await self._map_jupyter_user()
+
+    def json_body(self) -> dict[str, Any]:
+        """The body as a JSON object; never logs it (it may hold a password)."""
+        if self._content_type() != "application/json":
+            raise UnsupportedMediaType("send the body as application/json")
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("request body is not valid JSON", reason="invalid_json") from None
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object", reason="invalid_json")
+        return body
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(data))
+
+
+def ws_authenticated(method):
+    """Like Jupyter's `@ws_authenticated`, but a refused client is accepted only to be closed
+    with code 1008 (policy violation) before anything else is sent to it."""
+
+    @functools.wraps(method)
+    async def wrapper(self, *args, **kwargs):
+        if self._rejection is None and self.current_user is None:
+            self._rejection = Unauthorized("authentication required", reason="unauthorized")
+        if self._rejection is None:
+            try:
+                self.authorizer_check()
+            except web.HTTPError as exc:
+                self._rejection = exc
+        if self._rejection is not None:
+            return await WebSocketHandler.get(self, *args, **kwargs)
+        return await method(self, *args, **kwargs)
+
+    wrapper.__allow_unauthenticated = False  # type: ignore[attr-defined]  # same marker as Jupyter's
+    return wrapper
+
+
+class MLXWebSocketHandler(MLXAuthMixin, WebSocketMixin, WebSocketHandler, JupyterHandler):
+    query_token_allowed = True
+    _rejection: Exception | None = None
+
+    async def prepare(self) -> None:
+        try:
+            await self._authenticate()
+            await super().prepare()
+            await self._map_jupyter_user()
+        except web.HTTPError as exc:
+            self._rejection = exc
+
+    def authorizer_check(self) -> None:
+        if not self.authorizer.is_authorized(self, self.current_user, "read", self.auth_resource):
+            raise web.HTTPError(403, "not authorized", reason="forbidden")
+
+    def reject_if_refused(self) -> bool:
+        """Call first in `open()`: closes a refused connection with 1008; True if it did."""
+        if self._rejection is None:
+            return False
+        message = getattr(self._rejection, "message", None) or getattr(self._rejection, "log_message", None) or "forbidden"
+        self.close(1008, message[:120])
+        return True

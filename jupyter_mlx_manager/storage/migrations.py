@@ -1,0 +1,48 @@
+"""Forward-only schema migrations; `PRAGMA user_version` is the index of the last one applied.
+
+Append new migrations to the list; never edit one that has shipped.
+"""
+
+MIGRATIONS: list[str] = [
+    # 1: users, API tokens and the audit log.
+    """
+    CREATE TABLE users (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        username      TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        password_hash TEXT,
+        status        TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'disabled')),
+        is_admin      INTEGER NOT NULL DEFAULT 0 CHECK (is_admin IN (0, 1)),
+        created_at    TEXT NOT NULL
+    );
+    CREATE TABLE api_tokens (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id      INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        name         TEXT NOT NULL,
+        token_hash   TEXT NOT NULL,
+        created_at   TEXT NOT NULL,
+        expires_at   TEXT NOT NULL
+    );
+    CREATE INDEX api_tokens_user ON api_tokens(user_id);
+    CREATE TABLE audit_log (
+        id                INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_id        TEXT,
+        time              TEXT NOT NULL,
+        user              TEXT,
+        client            TEXT,
+        action            TEXT NOT NULL,
+        endpoint          TEXT,
+        model             TEXT,
+        status            TEXT NOT NULL,
+        prompt_tokens     INTEGER,
+        cached_tokens     INTEGER,
+        completion_tokens INTEGER,
+        ttft_ms           REAL,
+        duration_ms       REAL,
+        error_type        TEXT,
+        detail            TEXT
+    );
+    CREATE INDEX audit_log_time ON audit_log(time);
+    CREATE INDEX audit_log_user_time ON audit_log(user, time);
+    CREATE INDEX audit_log_model_time ON audit_log(model, time);
+    """,
+]

@@ -1,0 +1,137 @@
+"""A real `jupyter server` process: starts with `allow_unauthenticated_access=False`, warns
+about weak secrets, answers plain HTTP, and the CLI works on its database."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from jupyter_mlx_manager.auth.jwt_tokens import PLACEHOLDER_SECRET
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    port, token = _free_port(), "jupyter-token-" + os.urandom(8).hex()
+    data_dir = tmp_path / "data"
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+    }
+    env.pop("JUPYTER_MLX_MANAGER_JWT_SECRET", None)
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "jupyter_server", "--no-browser", "--ServerApp.allow_root=True",
+                f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
+                "--ServerApp.allow_unauthenticated_access=False",
+                "--ServerApp.jpserver_extensions=jupyter_server_terminals=False",
+                f"--ServerApp.root_dir={tmp_path}", f"--MLXManager.data_dir={data_dir}",
+                f"--MLXManager.jwt_secret={PLACEHOLDER_SECRET}", "--MLXManager.owner_username=owner",
+            ],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url + "api/status", headers={"Authorization": f"token {token}"}, timeout=2).ok:
+                break
+        except requests.ConnectionError:
+            pass
+        assert process.poll() is None, log_path.read_text()
+        time.sleep(0.3)
+    yield {"url": url, "token": token, "data_dir": data_dir, "log": log_path, "process": process, "env": env}
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+
+
+def test_server_starts_strict_and_warns_about_placeholder_secret(server):
+    headers = {"Authorization": f"token {server['token']}"}
+    status = requests.get(server["url"] + "mlx/api/status", headers=headers, timeout=10)
+    assert status.status_code == 200 and status.json()["user"]["username"] == "owner"
+    assert requests.get(server["url"] + "mlx/api/status", timeout=10).status_code == 403
+    server["process"].send_signal(signal.SIGTERM)
+    assert server["process"].wait(30) == 0
+    log = server["log"].read_text()
+    assert "JWT secret" in log
+    assert "jupyter_mlx_manager | extension was successfully loaded" in log
+    # Other extensions may be listed by Jupyter's auth check; none of our routes may be.
+    assert not re.search(r"registered for \S*mlx/", log), log
+    assert server["token"] not in log
+
+
+def test_cli_manages_users_and_tokens_on_a_live_server(server):
+    url = server["url"]
+    session = requests.Session()
+    reply = session.post(url + "mlx/api/auth/register", json={"username": "kim", "password": "long enough pw"}, timeout=10)
+    assert reply.status_code == 201 and reply.json()["status"] == "pending"
+
+    def cli(*args):
+        env = {**server["env"], "JUPYTER_MLX_MANAGER_JWT_SECRET": PLACEHOLDER_SECRET}
+        return subprocess.run(
+            [sys.executable, "-m", "jupyter_mlx_manager.cli", "--data-dir", str(server["data_dir"]), *args],
+            capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+
+    listed = cli("users", "list")
+    assert listed.returncode == 0 and "kim" in listed.stdout and "pending" in listed.stdout
+    assert cli("users", "approve", "kim").returncode == 0
+    login = session.post(url + "mlx/api/auth/login", json={"username": "kim", "password": "long enough pw"}, timeout=10)
+    assert login.status_code == 200
+
+    created = cli("token", "create", "--user", "kim")
+    assert created.returncode == 0
+    api_token = created.stdout.strip()
+    me = session.get(url + "mlx/api/auth/me", headers={"Authorization": f"Bearer {api_token}"}, timeout=10)
+    assert me.status_code == 200
+    assert me.json()["username"] == "kim" and me.json()["client"] == "api_token"
+
+    assert cli("users", "disable", "kim").returncode == 0
+    me = session.get(url + "mlx/api/auth/me", headers={"Authorization": f"Bearer {api_token}"}, timeout=10)
+    assert me.status_code == 403 and me.json()["reason"] == "disabled"
+    assert cli("users", "approve", "nobody").returncode == 1
+    assert cli("users", "disable", "owner").returncode == 1  # the last admin stays
+
+
+def test_generated_secret_file_is_private(tmp_path, caplog):
+    import logging
+
+    from jupyter_mlx_manager.auth import resolve_secret
+
+    log = logging.getLogger("test-secret")
+    first = resolve_secret("", tmp_path, log)
+    assert len(first) >= 32
+    assert stat.S_IMODE((tmp_path / "jwt_secret").stat().st_mode) == 0o600
+    assert resolve_secret("", tmp_path, log) == first
+    assert not any("JWT secret" in r.getMessage() for r in caplog.records)
+    resolve_secret("short", tmp_path, log)
+    assert any("JWT secret" in r.getMessage() for r in caplog.records)
+
+
+def test_every_route_is_authenticated_for_jupyter(jp_serverapp):
+    """The extension-template auth check, per route: no method lacks an auth marker."""
+    from jupyter_mlx_manager.handlers import ROUTES
+
+    web_app = jp_serverapp.web_app
+    assert web_app.settings["allow_unauthenticated_access"] is False
+    missing = [line for path, handler in ROUTES for line in web_app._check_handler_auth(path, handler)]
+    assert missing == []
