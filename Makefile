@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml labextension/package.json labextension/yarn.lock $(shel
 	touch $@
 
 run: install
+	$(VENV)/bin/jupyter mlx-manager demo-model --if-missing
 	@echo "Starting JupyterLab with jupyter-mlx-manager on http://127.0.0.1:$(PORT)/lab"
 	$(VENV)/bin/jupyter lab --no-browser --ServerApp.allow_root=True --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT)
 

@@ -17,6 +17,9 @@ from ._version import __version__
 from .audit import AuditLog
 from .auth import TokenIssuer, UserService, resolve_secret
 from .handlers import ROUTES
+from .models.catalog import ModelCatalog
+from .openai_api.service import CompletionService
+from .pool import ModelPool
 from .storage import Database
 
 
@@ -74,6 +77,12 @@ class MLXManager(ExtensionApp):
 
     max_loaded_models = Int(3, help="How many models may be loaded at once. Default: 3.").tag(config=True)
 
+    max_tokens_limit = Int(
+        4096,
+        help="Largest max_tokens an OpenAI request may ask for (also the default for chat); "
+        "the model's context length bounds it further. Default: 4096.",
+    ).tag(config=True)
+
     default_keep_alive = Float(
         300.0,
         help="Seconds an idle model stays loaded (Ollama semantics): negative = forever, "
@@ -105,6 +114,16 @@ class MLXManager(ExtensionApp):
             owner = self.users.ensure_owner_sync(self.owner_username)
             if owner["status"] != "approved" or not owner["is_admin"]:
                 self.log.warning("The owner account %r is %s and not an approved admin.", owner["username"], owner["status"])
+        self.catalog = ModelCatalog([data_dir / "models", *(Path(d).expanduser() for d in self.model_dirs)])
+        self.pool = ModelPool(
+            self.catalog,
+            max_memory_bytes=system.memory_budget_bytes(self.max_memory_gb),
+            max_loaded_models=self.max_loaded_models,
+            default_keep_alive=self.default_keep_alive,
+            log=self.log,
+            on_event=self._record_pool_event,
+        )
+        self.completions = CompletionService(self.pool, self.audit, record_content=self.audit_record_content)
         self._sockets: set[Any] = set()
         self.users.change_listeners.append(self._recheck_sockets)
         self._device: asyncio.Task | None = None
@@ -114,6 +133,7 @@ class MLXManager(ExtensionApp):
         self.handlers.extend(ROUTES)
 
     async def stop_extension(self) -> None:
+        await self.pool.shutdown()
         for socket in list(self._sockets):
             socket.close(1001, "server shutting down")
         self._sockets.clear()
@@ -129,8 +149,17 @@ class MLXManager(ExtensionApp):
             "version": __version__,
             "device": await asyncio.shield(self._device),
             "memory": {**system.memory(), "budget_bytes": system.memory_budget_bytes(self.max_memory_gb)},
-            "pool": {"limits": {"max_loaded_models": self.max_loaded_models, "default_keep_alive": self.default_keep_alive}},
+            "pool": {
+                "loaded_models": len(self.pool.loaded_models()),
+                "max_loaded_models": self.max_loaded_models,
+                "memory_used_bytes": self.pool.status()["memory_used_bytes"],
+            },
         }
+
+    def _record_pool_event(self, action: str, model_id: str, **fields: Any) -> None:
+        """Pool events (load, unload, evict, expire, crash) go to the audit trail."""
+        fields.setdefault("status", "ok")
+        asyncio.ensure_future(self.audit.record(action, model=model_id, client="server", **fields))
 
     def track_socket(self, socket: Any) -> None:
         self._sockets.add(socket)

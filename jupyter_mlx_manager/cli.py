@@ -49,6 +49,28 @@ def _services(data_dir: str | None):
     return db, UserService(db, issuer, AuditLog(db))
 
 
+def _demo_model(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .app import MLXManager
+    from .models.catalog import ModelCatalog
+    from .models.demo import make_demo_model
+
+    settings = MLXManager(config=_server_config())
+    data_dir = Path(args.data_dir or settings.data_dir).expanduser()
+    folder = Path(args.dir).expanduser() if args.dir else data_dir / "models"
+    if args.if_missing:
+        existing = ModelCatalog([folder, *(Path(d).expanduser() for d in settings.model_dirs)]).local_ids()
+        if existing:
+            print(f"models already present ({', '.join(existing[:3])}); not creating the demo model")
+            return 0
+    path = make_demo_model(folder / args.name)
+    print(f"created local/{args.name} in {path}")
+    if args.dir and folder != data_dir / "models" and str(folder) not in settings.model_dirs:
+        print(f"add it to the server with: c.MLXManager.model_dirs = [{str(folder)!r}]")
+    return 0
+
+
 async def _run(args: argparse.Namespace) -> int:
     from .auth import Actor
 
@@ -99,7 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--name", default="cli")
     create.add_argument("--expires-in-days", type=float, default=None)
 
+    demo = commands.add_parser("demo-model", help="create a tiny random-weight model (offline), id local/<name>")
+    demo.add_argument("--dir", help="models folder to create it in (default: <data_dir>/models, always served)")
+    demo.add_argument("--name", default="tiny-demo")
+    demo.add_argument("--if-missing", action="store_true", help="do nothing if any local model exists")
+
     args = parser.parse_args(argv)
+    if args.command == "demo-model":
+        return _demo_model(args)
     return asyncio.run(_run(args))
 
 

@@ -25,8 +25,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="session")
+def server_models(tmp_path_factory):
+    from models import build_models
+
+    return build_models(tmp_path_factory.mktemp("server-models"), ["tiny-demo"])
+
+
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, server_models):
     port, token = _free_port(), "jupyter-token-" + os.urandom(8).hex()
     data_dir = tmp_path / "data"
     env = {
@@ -45,6 +52,7 @@ def server(tmp_path):
                 "--ServerApp.jpserver_extensions=jupyter_server_terminals=False",
                 f"--ServerApp.root_dir={tmp_path}", f"--MLXManager.data_dir={data_dir}",
                 f"--MLXManager.jwt_secret={PLACEHOLDER_SECRET}", "--MLXManager.owner_username=owner",
+                f"--MLXManager.model_dirs={server_models}",
             ],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
@@ -135,3 +143,21 @@ def test_every_route_is_authenticated_for_jupyter(jp_serverapp):
     assert web_app.settings["allow_unauthenticated_access"] is False
     missing = [line for path, handler in ROUTES for line in web_app._check_handler_auth(path, handler)]
     assert missing == []
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_no_runner_outlives_the_server(server, how):
+    import psutil
+
+    headers = {"Authorization": f"token {server['token']}"}
+    reply = requests.post(server["url"] + "mlx/api/pool/load", json={"model": "local/tiny-demo"}, headers=headers, timeout=120)
+    assert reply.status_code == 200, reply.text
+    runner = psutil.Process(reply.json()["pid"])
+    assert runner.is_running()
+    server["process"].send_signal(getattr(signal, how))
+    server["process"].wait(30)
+    try:
+        runner.wait(10)
+    except psutil.TimeoutExpired:
+        runner.kill()
+        pytest.fail(f"the runner survived the server's {how}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from .audit import AuditHandler, AuditWebSocketHandler
+from .openai import ChatCompletionsHandler, CompletionsHandler, ModelsHandler
+from .pool import PoolHandler, PoolLoadHandler, PoolUnloadHandler
 from .auth import LoginHandler, MeHandler, RegisterHandler, TicketHandler, TokenHandler, TokensHandler
 from .status import StatusHandler
 from .users import UserHandler, UsersHandler
@@ -21,4 +23,10 @@ ROUTES = [
     (rf"mlx/api/users/{_ID}", UserHandler),
     ("mlx/api/audit", AuditHandler),
     ("mlx/api/audit/ws", AuditWebSocketHandler),
+    ("mlx/api/pool", PoolHandler),
+    ("mlx/api/pool/load", PoolLoadHandler),
+    ("mlx/api/pool/unload", PoolUnloadHandler),
+    ("mlx/v1/models", ModelsHandler),
+    ("mlx/v1/chat/completions", ChatCompletionsHandler),
+    ("mlx/v1/completions", CompletionsHandler),
 ]

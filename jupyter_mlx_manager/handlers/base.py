@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import uuid
 from typing import Any
 
 from jupyter_server.auth import IdentityProvider, PasswordIdentityProvider, User
@@ -127,6 +128,8 @@ class MLXAuthMixin(ExtensionHandlerMixin):
         elif exc is not None:
             message, reason = "internal server error", "internal_error"
         self.set_header("Content-Type", "application/json")
+        if getattr(self, "request_id", None):
+            self.set_header("X-Request-ID", self.request_id)
         self.finish(json.dumps({"message": message, "reason": reason}))
 
 
@@ -137,6 +140,8 @@ class MLXAPIHandler(MLXAuthMixin, APIHandler):
 
     async def prepare(self) -> None:
         self.current_user = self._jupyter_current_user = None
+        self.request_id = uuid.uuid4().hex
+        self.set_header("X-Request-ID", self.request_id)
         length = max(len(self.request.body or b""), int(self.request.headers.get("Content-Length", 0) or 0))
         if length > self.max_body_bytes:
             raise PayloadTooLarge(f"request body larger than {self.max_body_bytes} bytes")

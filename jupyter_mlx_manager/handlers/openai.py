@@ -1,0 +1,196 @@
+"""`mlx/v1/…`: the OpenAI-compatible API (models, chat completions, completions).
+
+Streaming answers are server-sent events with a flush per event, `: keepalive` comments
+while the prompt is being processed, and `data: [DONE]` at the end. A client that goes
+away cancels its generation in the runner at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from typing import Any
+
+from tornado.iostream import StreamClosedError
+
+from ..errors import MLXError
+from ..openai_api.requests import parse
+from ..openai_api.service import Usage
+from .base import MLXAPIHandler, authorized, web
+
+KEEPALIVE_SECONDS = 2.0
+ERROR_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
+    409: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error", 422: "invalid_request_error",
+    429: "rate_limit_error",
+}  # fmt: skip
+
+
+def openai_error(status: int, message: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "param": param, "code": code}}
+
+
+class OpenAIHandler(MLXAPIHandler):
+    max_body_bytes = 4 * 1024 * 1024
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Errors use OpenAI's envelope, so the SDKs raise the right exception class."""
+        exc = kwargs.get("exc_info", (None, None))[1]
+        message, code, param = self._reason or "error", None, None
+        if isinstance(exc, MLXError):
+            message, code = exc.message, exc.reason
+            param = getattr(exc, "param", None)
+            code = getattr(exc, "code", None) or code
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+        elif isinstance(exc, web.HTTPError):
+            message, code = exc.log_message or message, exc.reason
+        elif exc is not None:
+            message, code = "internal server error", "internal_error"
+        self.set_header("Content-Type", "application/json")
+        self.set_header("X-Request-ID", self.request_id)
+        self.finish(json.dumps(openai_error(status_code, message, code, param)))
+
+
+class ModelsHandler(OpenAIHandler):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        ids = await asyncio.get_running_loop().run_in_executor(None, self.mlx.catalog.local_ids)
+        loaded = {m.model_id for m in self.mlx.pool.loaded_models()}
+        self.write_json(
+            {"object": "list", "data": [{"id": i, "object": "model", "created": 0, "owned_by": "local", "loaded": i in loaded} for i in ids]}
+        )
+
+
+class _CompletionHandler(OpenAIHandler):
+    kind = "chat"
+    object_name = "chat.completion"
+
+    def on_connection_close(self) -> None:
+        self._client_gone.set()
+
+    @web.authenticated
+    @authorized
+    async def post(self):
+        self._client_gone = asyncio.Event()
+        request = parse(self.json_body(), self.kind, self.mlx.max_tokens_limit)
+        usage = Usage()
+        self.completion_id = ("chatcmpl-" if self.kind == "chat" else "cmpl-") + self.request_id
+        self.created = int(time.time())
+        self.model = request.model
+        events = self.mlx.completions.generate(self.actor, self.request.path, request, self.request_id, usage)
+        async with contextlib.aclosing(events):
+            if request.stream:
+                await self._stream(events, usage, request.include_usage)
+            else:
+                await self._collect(events, usage)
+
+    async def _next_event(self, events, streaming: bool):
+        """The next event, or None at the end; writes keep-alives while waiting; stops if the client left."""
+        step = asyncio.ensure_future(events.__anext__())
+        gone = asyncio.ensure_future(self._client_gone.wait())
+        try:
+            while True:
+                done, _ = await asyncio.wait({step, gone}, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+                if step in done:
+                    try:
+                        return step.result()
+                    except StopAsyncIteration:
+                        return None
+                if gone in done:
+                    step.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, MLXError):
+                        await step
+                    raise StreamClosedError()
+                if streaming:
+                    self.write(": keepalive\n\n")
+                    await self.flush()
+        finally:
+            gone.cancel()
+
+    async def _collect(self, events, usage: Usage) -> None:
+        text, tool_calls = [], []
+        while (event := await self._next_event(events, streaming=False)) is not None:
+            if event["ev"] == "text":
+                text.append(event["text"])
+            elif event["ev"] == "tool_call":
+                tool_calls.append(self._tool_call(event["call"]))
+        self.write_json(self._final_body("".join(text), tool_calls, usage))
+
+    async def _stream(self, events, usage: Usage, include_usage: bool) -> None:
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        try:
+            # Until the runner has accepted the request (model loaded, prompt valid), errors
+            # still get a real status code; from then on headers go out and keep-alives flow.
+            first = await self._next_event(events, streaming=False)
+        except StreamClosedError:
+            return
+        try:
+            await self._send(self._chunk({"role": "assistant", "content": ""} if self.kind == "chat" else {"text": ""}))
+            event, tool_index = first, 0
+            while event is not None:
+                if event["ev"] == "text":
+                    await self._send(self._chunk({"content": event["text"]} if self.kind == "chat" else {"text": event["text"]}))
+                elif event["ev"] == "tool_call":
+                    call = {"index": tool_index, **self._tool_call(event["call"])}
+                    tool_index += 1
+                    await self._send(self._chunk({"tool_calls": [call]}))
+                try:
+                    event = await self._next_event(events, streaming=True)
+                except MLXError as exc:  # headers are gone: report in-band, as OpenAI does
+                    await self._send(openai_error(exc.status_code, exc.message, exc.reason))
+                    return
+            await self._send(self._chunk({} if self.kind == "chat" else {"text": ""}, usage.finish_reason))
+            if include_usage:
+                await self._send({**self._envelope(), "choices": [], "usage": usage.as_openai()})
+            self.write("data: [DONE]\n\n")
+            await self.flush()
+        except StreamClosedError:
+            return
+        self.finish()
+
+    async def _send(self, payload: dict[str, Any]) -> None:
+        self.write(f"data: {json.dumps(payload)}\n\n")
+        await self.flush()
+
+    def _envelope(self) -> dict[str, Any]:
+        return {"id": self.completion_id, "object": self.object_name + (".chunk" if self.kind == "chat" else ""), "created": self.created, "model": self.model}
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        if self.kind == "chat":
+            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        else:
+            choice = {"index": 0, "text": delta.get("text", ""), "logprobs": None, "finish_reason": finish_reason}
+        return {**self._envelope(), "choices": [choice]}
+
+    @staticmethod
+    def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
+        return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}
+
+    def _final_body(self, text: str, tool_calls: list[dict[str, Any]], usage: Usage) -> dict[str, Any]:
+        if self.kind == "chat":
+            message = {"role": "assistant", "content": text or (None if tool_calls else "")}
+            if tool_calls:
+                message["tool_calls"] = tool_calls
+            choice = {"index": 0, "message": message, "finish_reason": usage.finish_reason, "logprobs": None}
+            envelope = {**self._envelope(), "object": "chat.completion"}
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": usage.finish_reason, "logprobs": None}
+            envelope = self._envelope()
+        return {**envelope, "choices": [choice], "usage": usage.as_openai()}
+
+
+class ChatCompletionsHandler(_CompletionHandler):
+    kind = "chat"
+    object_name = "chat.completion"
+
+
+class CompletionsHandler(_CompletionHandler):
+    kind = "completion"
+    object_name = "text_completion"

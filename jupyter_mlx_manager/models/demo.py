@@ -1,0 +1,137 @@
+"""A tiny real model for demos and tests, made offline in about two seconds.
+
+A Llama with random weights (`mlx_lm.models.llama`), a byte-level BPE tokenizer trained
+here with `tokenizers`, and a ChatML chat template that supports tools (mlx-lm picks its
+`json_tools` parser from it). It loads with `mlx_lm.load` and `mlx_lm.server` like any
+model from the Hub; its output is gibberish, which is all a test needs.
+
+Runs in a child process or the CLI: the Jupyter server never imports MLX.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"]
+EOS_TOKEN = "<|im_end|>"
+
+CHAT_TEMPLATE = r'''
+{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0].role == 'system' %}{{- messages[0].content + '\n\n' }}{%- endif %}
+    {{- 'You may call these tools:\n<tools>' }}
+    {%- for tool in tools %}{{- '\n' }}{{- tool | tojson }}{%- endfor %}
+    {{- '\n</tools>\nCall one as <tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n' }}
+{%- elif messages[0].role == 'system' %}
+    {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if message.role == 'system' %}
+    {%- elif message.role == 'assistant' and message.tool_calls %}
+        {{- '<|im_start|>assistant' }}
+        {%- if message.content %}{{- '\n' + message.content }}{%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}
+            {{- '\n<tool_call>\n{"name": "' + tool_call.name + '", "arguments": ' }}
+            {%- if tool_call.arguments is string %}{{- tool_call.arguments }}{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}
+            {{- '}\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == 'tool' %}
+        {{- '<|im_start|>user\n<tool_response>\n' + message.content + '\n</tool_response><|im_end|>\n' }}
+    {%- else %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}
+'''.strip()
+
+_CORPUS = """\
+The quick brown fox jumps over the lazy dog. A model is loaded once and shared by every notebook.
+Hello! How can I help you today? Local language models run on your own machine, privately.
+Jupyter notebooks mix code, text and results. MLX is an array framework for machine learning.
+def hello(name):\n    return f"Hello, {name}!"\nfor i in range(10):\n    print(i * i)
+{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}
+Numbers 0 1 2 3 4 5 6 7 8 9 10 100 1000, punctuation . , ; : ! ? ( ) [ ] { } " ' - _ / \\ @ # % & * + = < >
+"""
+
+
+def make_demo_model(
+    path: str | Path,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    vocab_size: int = 512,
+    intermediate_size: int | None = None,
+    num_heads: int = 4,
+    seed: int = 0,
+) -> Path:
+    """Write the model to `path` (atomically: built in a sibling temp dir, then renamed)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.models import llama
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tokenizer.train_from_iterator(_CORPUS.splitlines() * 4, trainer)
+        tokenizer.save(str(work / "tokenizer.json"))
+        eos_id = tokenizer.token_to_id(EOS_TOKEN)
+        (work / "tokenizer_config.json").write_text(
+            json.dumps(
+                {
+                    "tokenizer_class": "PreTrainedTokenizerFast",
+                    "eos_token": EOS_TOKEN,
+                    "pad_token": "<|endoftext|>",
+                    "bos_token": None,
+                    "unk_token": None,
+                    "model_max_length": 2048,
+                    "add_bos_token": False,
+                    "chat_template": CHAT_TEMPLATE,
+                },
+                indent=2,
+            )
+        )
+        (work / "special_tokens_map.json").write_text(json.dumps({"eos_token": EOS_TOKEN, "pad_token": "<|endoftext|>"}))
+
+        config = {
+            "model_type": "llama",
+            "architectures": ["LlamaForCausalLM"],
+            "hidden_size": hidden_size,
+            "num_hidden_layers": num_layers,
+            "intermediate_size": intermediate_size or hidden_size * 2,
+            "num_attention_heads": num_heads,
+            "num_key_value_heads": max(1, num_heads // 2),
+            "rms_norm_eps": 1e-5,
+            "vocab_size": tokenizer.get_vocab_size(),
+            "max_position_embeddings": 2048,
+            "rope_theta": 10000.0,
+            "tie_word_embeddings": True,
+            "eos_token_id": eos_id,
+            "torch_dtype": "float32",
+        }
+        mx.random.seed(seed)
+        model = llama.Model(llama.ModelArgs.from_dict(config))
+        mx.eval(model.parameters())
+        mx.save_safetensors(str(work / "model.safetensors"), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"})
+        (work / "config.json").write_text(json.dumps(config, indent=2))
+        if path.exists():
+            shutil.rmtree(path)
+        work.rename(path)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return path

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible API: request validation, the completion service, response shapes."""

@@ -1,0 +1,110 @@
+"""Runs one OpenAI-style request through the pool and records it in the audit trail."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..audit import AuditLog
+from ..auth import Actor
+from ..errors import BadRequest, MLXError
+from ..pool import ModelPool, RunnerCrashed
+from .requests import ParsedRequest
+
+
+class GenerationFailed(MLXError):
+    status_code = 500
+    reason = "server_error"
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_ms: float | None = None
+    finish_reason: str | None = None
+    text: list[str] = field(default_factory=list)
+
+    def as_openai(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        }
+
+
+class CompletionService:
+    def __init__(self, pool: ModelPool, audit: AuditLog, record_content: bool = False):
+        self.pool = pool
+        self.audit = audit
+        self.record_content = record_content
+
+    async def generate(
+        self, actor: Actor, endpoint: str, request: ParsedRequest, request_id: str, usage: Usage
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yield the runner's `started`, `text` and `tool_call` events; fills `usage` as it goes.
+
+        Raises MLXError subclasses for what goes wrong (404 unknown model, 400 bad request
+        for this model, 500 runner crash). Always writes one audit record.
+        """
+        started = time.monotonic()
+        status, error_type = "error", None
+        try:
+            async with self.pool.use(request.model, request.keep_alive) as model:
+                async for event in model.runner.generate(request_id, request.command):
+                    kind = event["ev"]
+                    if kind == "started":
+                        usage.prompt_tokens, usage.cached_tokens = event["prompt_tokens"], event["cached_tokens"]
+                        yield event
+                    elif kind == "error":
+                        error_type = event.get("code") or event["type"]
+                        if event["type"] == "invalid_request_error":
+                            raise BadRequest(event["message"], reason=event.get("code") or "invalid_request_error")
+                        raise GenerationFailed(event["message"])
+                    elif kind == "done":
+                        usage.finish_reason = event["finish_reason"]
+                        usage.completion_tokens = event["completion_tokens"]
+                        usage.ttft_ms = event.get("ttft_ms")
+                    else:
+                        if kind == "text" and self.record_content:
+                            usage.text.append(event["text"])
+                        yield event
+            status = "cancelled" if usage.finish_reason == "cancelled" else "ok"
+        except (asyncio.CancelledError, GeneratorExit):
+            status, error_type = "cancelled", "client_disconnected"
+            raise
+        except RunnerCrashed as exc:
+            error_type = "runner_crashed"
+            raise GenerationFailed(str(exc), reason="runner_crashed") from None
+        except MLXError as exc:
+            error_type = error_type or exc.reason
+            raise
+        finally:
+            detail = None
+            if self.record_content:
+                prompt = request.command.get("messages") or request.command.get("prompt")
+                detail = json.dumps({"prompt": prompt, "completion": "".join(usage.text)})
+            await asyncio.shield(
+                self.audit.record(
+                    endpoint.rsplit("/v1/", 1)[-1].replace("/", "."),
+                    status=status,
+                    request_id=request_id,
+                    user=actor.user["username"],
+                    client=actor.client,
+                    endpoint=endpoint,
+                    model=request.model,
+                    prompt_tokens=usage.prompt_tokens,
+                    cached_tokens=usage.cached_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    ttft_ms=usage.ttft_ms,
+                    duration_ms=(time.monotonic() - started) * 1000,
+                    error_type=error_type,
+                    detail=detail,
+                )
+            )

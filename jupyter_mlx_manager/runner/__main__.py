@@ -1,0 +1,76 @@
+"""`python -m jupyter_mlx_manager.runner MODEL_PATH`: serve one model over stdin/stdout."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+from pathlib import Path
+
+from . import protocol
+from .engine import Engine
+
+
+def _exit_with_server() -> None:
+    """The runner must not outlive the server. Its stdin closing (the server exiting, even by
+    SIGKILL) ends the command loop below; on Linux the kernel also sends SIGTERM."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if str(os.getppid()) != os.environ.get("JUPYTER_MLX_MANAGER_PARENT_PID", str(os.getppid())):
+            os._exit(1)  # the server died before the signal was armed
+
+
+def main() -> None:
+    _exit_with_server()
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("model_path", type=Path)
+    args = parser.parse_args()
+
+    out = sys.stdout.buffer
+    write_lock = threading.Lock()
+
+    def emit(message):
+        with write_lock:
+            out.write(protocol.encode(message))
+            out.flush()
+
+    engine = Engine(args.model_path, emit)
+    generation = threading.Thread(target=engine.run, name="mlx-generation", daemon=True)
+    generation.start()
+    stop = threading.Event()
+    threading.Thread(target=_heartbeats, args=(engine, emit, stop, generation), name="heartbeat", daemon=True).start()
+
+    for line in sys.stdin.buffer:  # the server closing our stdin means: exit
+        try:
+            command = protocol.decode(line)
+        except ValueError:
+            continue
+        if command.get("op") == "cancel":
+            engine.cancelled.add(command["id"])
+        else:
+            engine.inbox.put(command)
+            if command.get("op") == "shutdown":
+                break
+    engine.inbox.put({"op": "shutdown"})
+    stop.set()
+    generation.join(timeout=10)
+    out.flush()
+    os._exit(0)  # skip interpreter teardown of MLX objects owned by the generation thread
+
+
+def _heartbeats(engine: Engine, emit, stop: threading.Event, generation: threading.Thread) -> None:
+    import psutil
+
+    process = psutil.Process()
+    while not stop.wait(protocol.HEARTBEAT_SECONDS):
+        if not generation.is_alive():  # load failed or shut down: nothing more to serve
+            os._exit(1 if not hasattr(engine, "model") else 0)
+        emit({"ev": "heartbeat", "rss_bytes": process.memory_info().rss, **engine.memory})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Tiny real models for tests, generated once per session with the project's own CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+def build_models(root: Path, names: list[str]) -> Path:
+    """A models folder with one generated demo model copied under each name.
+
+    Made in a child process (`jupyter mlx-manager demo-model`), so the test process, which
+    hosts the Jupyter server, never imports MLX.
+    """
+    folder = root / "models"
+    subprocess.run(
+        [sys.executable, "-m", "jupyter_mlx_manager.cli", "--data-dir", str(root / "cli-data"), "demo-model",
+         "--dir", str(folder), "--name", names[0]],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    for name in names[1:]:
+        shutil.copytree(folder / names[0], folder / name)
+    return folder
+
+
+def eos_id(model_dir: Path) -> int:
+    return json.loads((model_dir / "config.json").read_text())["eos_token_id"]

@@ -1,0 +1,134 @@
+"""The model pool: shared loads, eviction, pinning, keep-alive, failed loads, no orphans."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import time
+
+import psutil
+import pytest
+
+from conftest import JWT_SECRET, OWNER
+from models import build_models
+
+
+@pytest.fixture(scope="session")
+def pool_models(tmp_path_factory):
+    folder = build_models(tmp_path_factory.mktemp("pool-models"), ["a", "b", "c"])
+    broken = folder / "corrupt"
+    shutil.copytree(folder / "a", broken)
+    (broken / "model.safetensors").write_bytes(b"\x00" * 64)
+    remote_code = folder / "remote-code"
+    shutil.copytree(folder / "a", remote_code)
+    config = json.loads((remote_code / "config.json").read_text())
+    (remote_code / "config.json").write_text(json.dumps({**config, "model_file": "evil.py"}))
+    no_tokenizer = folder / "no-tokenizer"
+    shutil.copytree(folder / "a", no_tokenizer)
+    (no_tokenizer / "tokenizer.json").unlink()
+    (no_tokenizer / "tokenizer_config.json").unlink()
+    return folder
+
+
+@pytest.fixture
+def mlx_config(pool_models):
+    return {
+        "owner_username": OWNER,
+        "jwt_secret": JWT_SECRET,
+        "model_dirs": [str(pool_models)],
+        "max_loaded_models": 2,
+        "default_keep_alive": -1,
+    }
+
+
+async def _loaded(api) -> list[str]:
+    return [m["model"] for m in (await api("GET", "mlx/api/pool")).body["models"]]
+
+
+async def test_two_loads_share_one_runner_start(api, mlx_app):
+    first, second = await asyncio.gather(
+        api("POST", "mlx/api/pool/load", body={"model": "local/a"}), api("POST", "mlx/api/pool/load", body={"model": "local/a"})
+    )
+    assert first.code == second.code == 200
+    assert first.body["pid"] == second.body["pid"]
+    assert psutil.Process(first.body["pid"]).is_running()
+    status = (await api("GET", "mlx/api/pool")).body
+    assert status["limits"]["max_loaded_models"] == 2 and status["memory_used_bytes"] > 0
+    assert set(status["models"][0]) >= {"model", "status", "pinned", "keep_alive", "expires_at", "memory_bytes", "pid", "loaded_at", "last_used", "requests"}
+
+
+async def test_lru_eviction_spares_pinned_models(api):
+    pids = {}
+    for name in ("a", "b"):
+        pids[name] = (await api("POST", "mlx/api/pool/load", body={"model": f"local/{name}"})).body["pid"]
+    await api("POST", "mlx/api/pool/load", body={"model": "local/a"})  # a is now the most recently used
+    assert (await api("POST", "mlx/api/pool/load", body={"model": "local/c"})).code == 200
+    assert sorted(await _loaded(api)) == ["local/a", "local/c"], "b was least recently used"
+    assert not psutil.pid_exists(pids["b"]) or psutil.Process(pids["b"]).status() == psutil.STATUS_ZOMBIE
+
+    assert (await api("POST", "mlx/api/pool/load", body={"model": "local/c", "pin": True})).body["pinned"] is True
+    await api("POST", "mlx/api/pool/load", body={"model": "local/c"})  # c most recent, but pinned: a goes
+    assert (await api("POST", "mlx/api/pool/load", body={"model": "local/b"})).code == 200
+    assert sorted(await _loaded(api)) == ["local/b", "local/c"]
+
+    assert (await api("POST", "mlx/api/pool/load", body={"model": "local/b", "pin": True})).code == 200
+    full = await api("POST", "mlx/api/pool/load", body={"model": "local/a"})
+    assert full.code == 503 and full.body["reason"] == "pool_busy" and full.headers["Retry-After"]
+    assert sorted(await _loaded(api)) == ["local/b", "local/c"]
+
+    assert (await api("POST", "mlx/api/pool/unload", body={"model": "local/b"})).code == 200
+    assert (await api("POST", "mlx/api/pool/unload", body={"model": "local/b"})).code == 404
+    actions = [r["action"] for r in (await api("GET", "mlx/api/audit", params={"limit": "100"})).body["records"]]
+    assert "model.evict" in actions and "model.unload" in actions and "model.load" in actions
+
+
+async def test_keep_alive_expiry_unloads(api):
+    reply = await api("POST", "mlx/api/pool/load", body={"model": "local/a", "keep_alive": 1})
+    assert reply.body["keep_alive"] == 1 and reply.body["expires_at"] is not None
+    deadline = time.monotonic() + 5
+    while await _loaded(api) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert await _loaded(api) == []
+    assert not psutil.pid_exists(reply.body["pid"]) or psutil.Process(reply.body["pid"]).status() == psutil.STATUS_ZOMBIE
+
+    # keep_alive 0 on a request: unloaded as soon as that request is done.
+    body = {"model": "local/a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "keep_alive": 0}
+    assert (await api("POST", "mlx/v1/chat/completions", body=body)).code == 200
+    deadline = time.monotonic() + 3
+    while await _loaded(api) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert await _loaded(api) == []
+
+
+@pytest.mark.parametrize(
+    "name, words",
+    [("corrupt", "could not be loaded"), ("remote-code", "ships its own Python code"), ("no-tokenizer", "no tokenizer")],
+)
+async def test_failed_loads_say_why_and_leave_no_runner(api, name, words):
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    reply = await api("POST", "mlx/api/pool/load", body={"model": f"local/{name}"})
+    assert reply.code == 422, reply.body
+    assert words in reply.body["message"]
+    assert await _loaded(api) == []
+    await asyncio.sleep(0.2)
+    leftover = {p.pid for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE} - before
+    assert not leftover, f"runner processes left behind: {leftover}"
+
+
+async def test_bad_load_requests(api):
+    for body, code in (
+        ({"model": "../../etc"}, 400), ({"model": "local/missing"}, 404), ({}, 400), ({"model": "local/a", "pin": "yes"}, 400),
+        ({"model": "local/a", "keep_alive": "5m"}, 400), ({"model": "a/b/c"}, 400),
+    ):  # fmt: skip
+        reply = await api("POST", "mlx/api/pool/load", body=body)
+        assert reply.code == code, (body, reply.body)
+    assert (await api("POST", "mlx/api/pool/unload", body={"model": 5})).code == 400
+
+
+async def test_no_runner_survives_the_extension_stopping(api, mlx_app):
+    pids = [(await api("POST", "mlx/api/pool/load", body={"model": f"local/{n}"})).body["pid"] for n in ("a", "b")]
+    await mlx_app.stop_extension()
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
