@@ -64,7 +64,7 @@ def _demo_model(args: argparse.Namespace) -> int:
         if existing:
             print(f"models already present ({', '.join(existing[:3])}); not creating the demo model")
             return 0
-    path = make_demo_model(folder / args.name)
+    path = make_demo_model(folder / args.name, scripted_tool_call=args.tool_calling)
     print(f"created local/{args.name} in {path}")
     if args.dir and folder != data_dir / "models" and str(folder) not in settings.model_dirs:
         print(f"add it to the server with: c.MLXManager.model_dirs = [{str(folder)!r}]")
@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--dir", help="models folder to create it in (default: <data_dir>/models, always served)")
     demo.add_argument("--name", default="tiny-demo")
     demo.add_argument("--if-missing", action="store_true", help="do nothing if any local model exists")
+    demo.add_argument(
+        "--tool-calling", action="store_true", help="a model that always calls the get_weather tool (to try tools)"
+    )
 
     args = parser.parse_args(argv)
     if args.command == "demo-model":

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 
-def build_models(root: Path, names: list[str]) -> Path:
-    """A models folder with one generated demo model copied under each name.
+def build_models(root: Path, names: list[str], tool_model: str | None = None) -> Path:
+    """A models folder with one generated demo model copied under each name (and optionally
+    the scripted tool-calling model).
 
     Made in a child process (`jupyter mlx-manager demo-model`), so the test process, which
     hosts the Jupyter server, never imports MLX.
@@ -23,6 +24,12 @@ def build_models(root: Path, names: list[str]) -> Path:
     )  # fmt: skip
     for name in names[1:]:
         shutil.copytree(folder / names[0], folder / name)
+    if tool_model:
+        subprocess.run(
+            [sys.executable, "-m", "jupyter_mlx_manager.cli", "--data-dir", str(root / "cli-data"), "demo-model",
+             "--dir", str(folder), "--name", tool_model, "--tool-calling"],
+            check=True, capture_output=True, timeout=300,
+        )  # fmt: skip
     return folder
 
 

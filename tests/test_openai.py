@@ -19,7 +19,7 @@ MODEL = "local/tiny-demo"
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory):
-    return build_models(tmp_path_factory.mktemp("openai-models"), ["tiny-demo"])
+    return build_models(tmp_path_factory.mktemp("openai-models"), ["tiny-demo"], tool_model="tool-demo")
 
 
 @pytest.fixture
@@ -147,6 +147,39 @@ async def test_killed_runner_ends_the_stream_and_the_server_recovers(sdk, no_eos
     reply = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "again"}], max_tokens=4, logit_bias=no_eos)
     assert reply.usage.completion_tokens == 4
     assert (await api("GET", "mlx/api/pool")).body["models"][0]["pid"] != pid
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
+
+
+async def test_tool_calls_through_the_chat_template_and_parser(sdk):
+    client = await sdk()
+    params = dict(model="local/tool-demo", messages=[{"role": "user", "content": "Weather in Paris?"}], temperature=0, max_tokens=20)
+    reply = await client.chat.completions.create(**params, tools=[WEATHER_TOOL])
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+
+    deltas = [c.choices[0] async for c in await client.chat.completions.create(**params, tools=[WEATHER_TOOL], stream=True) if c.choices]
+    streamed = [tc for d in deltas if d.delta.tool_calls for tc in d.delta.tool_calls]
+    assert [(tc.index, tc.function.name) for tc in streamed] == [(0, "get_weather")]
+    assert deltas[-1].finish_reason == "tool_calls"
+    assert not "".join(d.delta.content or "" for d in deltas)
+
+    # The tool's answer goes back through the chat template; without tools the text is plain.
+    follow_up = params["messages"] + [
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "18 degrees"},
+    ]
+    reply = await client.chat.completions.create(**{**params, "messages": follow_up})
+    assert reply.choices[0].message.tool_calls is None
+    assert "get_weather" in reply.choices[0].message.content
 
 
 BAD_CHAT = [

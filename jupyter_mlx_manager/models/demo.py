@@ -15,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+# What the scripted tool-calling model always answers (a single added token).
+SCRIPTED_CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"]
 EOS_TOKEN = "<|im_end|>"
 
@@ -67,12 +69,18 @@ def make_demo_model(
     intermediate_size: int | None = None,
     num_heads: int = 4,
     seed: int = 0,
+    scripted_tool_call: bool = False,
 ) -> Path:
-    """Write the model to `path` (atomically: built in a sibling temp dir, then renamed)."""
+    """Write the model to `path` (atomically: built in a sibling temp dir, then renamed).
+
+    `scripted_tool_call=True` makes a model that, decoding greedily, always answers with
+    one call of the `get_weather` tool (`SCRIPTED_CALL`): a real model whose weights are
+    chosen instead of random, so tool calling can be tested end to end.
+    """
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,6 +96,8 @@ def make_demo_model(
             show_progress=False,
         )
         tokenizer.train_from_iterator(_CORPUS.splitlines() * 4, trainer)
+        if scripted_tool_call:
+            tokenizer.add_tokens([AddedToken(SCRIPTED_CALL, normalized=False)])
         tokenizer.save(str(work / "tokenizer.json"))
         eos_id = tokenizer.token_to_id(EOS_TOKEN)
         (work / "tokenizer_config.json").write_text(
@@ -119,12 +129,15 @@ def make_demo_model(
             "vocab_size": tokenizer.get_vocab_size(),
             "max_position_embeddings": 2048,
             "rope_theta": 10000.0,
-            "tie_word_embeddings": True,
+            "tie_word_embeddings": not scripted_tool_call,
             "eos_token_id": eos_id,
             "torch_dtype": "float32",
         }
         mx.random.seed(seed)
         model = llama.Model(llama.ModelArgs.from_dict(config))
+        if scripted_tool_call:
+            script = ["Ċ", "<tool_call>", SCRIPTED_CALL, "</tool_call>", EOS_TOKEN]
+            _script_next_tokens(model, [tokenizer.token_to_id(t) for t in script])
         mx.eval(model.parameters())
         mx.save_safetensors(str(work / "model.safetensors"), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"})
         (work / "config.json").write_text(json.dumps(config, indent=2))
@@ -135,3 +148,23 @@ def make_demo_model(
         shutil.rmtree(work, ignore_errors=True)
         raise
     return path
+
+
+def _script_next_tokens(model, chain: list[int]) -> None:
+    """Make the next token a function of the current one along `chain` (greedy decoding).
+
+    Every layer's output projections are zeroed, so the last hidden state is the current
+    token's (normalised) embedding; the output head then scores token `chain[i+1]` by its
+    similarity to the embedding of `chain[i]` (8x the cross-talk between random vectors).
+    """
+    import mlx.core as mx
+
+    for layer in model.model.layers:
+        layer.self_attn.o_proj.weight = mx.zeros_like(layer.self_attn.o_proj.weight)
+        layer.mlp.down_proj.weight = mx.zeros_like(layer.mlp.down_proj.weight)
+    embeddings = model.model.embed_tokens.weight
+    unit = embeddings / mx.linalg.norm(embeddings, axis=-1, keepdims=True)
+    head = mx.zeros_like(model.lm_head.weight)
+    for current, following in zip(chain, chain[1:]):
+        head[following] = head[following] + 10.0 * unit[current]
+    model.lm_head.weight = head
