@@ -10,11 +10,13 @@ from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
+from tornado.ioloop import IOLoop, PeriodicCallback
 from traitlets import Bool, Float, Int, List, Unicode, default
 
 from . import system
 from ._version import __version__
 from .audit import AuditLog
+from .audit.log import EVENT_SCHEMA_ID
 from .auth import TokenIssuer, UserService, resolve_secret
 from .handlers import ROUTES
 from .models.catalog import ModelCatalog
@@ -102,7 +104,13 @@ class MLXManager(ExtensionApp):
         data_dir = Path(self.data_dir).expanduser()
         self.db = Database(data_dir / "mlx_manager.sqlite3")
         self.db.open()
-        self.audit = AuditLog(self.db)
+        event_logger = self.serverapp.event_logger
+        event_logger.register_event_schema(Path(__file__).parent / "audit" / "event_schema.yaml")
+        self.audit = AuditLog(self.db, emit=lambda record: event_logger.emit(schema_id=EVENT_SCHEMA_ID, data=record))
+        # Retention: prune once now, then hourly, on the event loop (the delete runs on the db writer).
+        IOLoop.current().add_callback(self._prune_audit)
+        self._pruner = PeriodicCallback(self._prune_audit, 3600 * 1000)
+        self._pruner.start()
         self.users = UserService(
             self.db,
             TokenIssuer(resolve_secret(self.jwt_secret, data_dir, self.log)),
@@ -133,6 +141,7 @@ class MLXManager(ExtensionApp):
         self.handlers.extend(ROUTES)
 
     async def stop_extension(self) -> None:
+        self._pruner.stop()
         await self.pool.shutdown()
         for socket in list(self._sockets):
             socket.close(1001, "server shutting down")
@@ -160,6 +169,11 @@ class MLXManager(ExtensionApp):
         """Pool events (load, unload, evict, expire, crash) go to the audit trail."""
         fields.setdefault("status", "ok")
         asyncio.ensure_future(self.audit.record(action, model=model_id, client="server", **fields))
+
+    async def _prune_audit(self) -> None:
+        removed = await self.audit.prune(self.audit_retention_days)
+        if removed:
+            self.log.info("audit: pruned %d records older than %d days", removed, self.audit_retention_days)
 
     def track_socket(self, socket: Any) -> None:
         self._sockets.add(socket)

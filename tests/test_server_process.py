@@ -161,3 +161,50 @@ def test_no_runner_outlives_the_server(server, how):
     except psutil.TimeoutExpired:
         runner.kill()
         pytest.fail(f"the runner survived the server's {how}")
+
+
+def test_acknowledged_audit_records_survive_sigkill(server, server_models):
+    """A burst of chat requests, the server killed mid-burst: every answered request is on disk."""
+    import sqlite3
+    import threading
+
+    from models import eos_id
+
+    headers = {"Authorization": f"token {server['token']}"}
+    url = server["url"] + "mlx/v1/chat/completions"
+    body = {
+        "model": "local/tiny-demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+        "logit_bias": {str(eos_id(server_models / "tiny-demo")): -100},
+    }  # fmt: skip
+    assert requests.post(url, json=body, headers=headers, timeout=120).status_code == 200  # loaded
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def burst():
+        while not stop.is_set():
+            try:
+                reply = requests.post(url, json=body, headers=headers, timeout=30)
+            except requests.RequestException:
+                return
+            if reply.status_code == 200:
+                acknowledged.append(reply.headers["X-Request-ID"])
+
+    threads = [threading.Thread(target=burst) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    time.sleep(2)
+    server["process"].send_signal(signal.SIGKILL)
+    server["process"].wait(30)
+    stop.set()
+    for thread in threads:
+        thread.join(40)
+    assert len(acknowledged) > 10
+
+    db = sqlite3.connect(server["data_dir"] / "mlx_manager.sqlite3")
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        stored = {row[0] for row in db.execute("SELECT request_id FROM audit_log WHERE action = 'chat.completions'")}
+    finally:
+        db.close()
+    missing = set(acknowledged) - stored
+    assert not missing, f"{len(missing)} acknowledged requests have no audit record"

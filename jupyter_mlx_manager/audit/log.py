@@ -8,12 +8,15 @@ bounded whatever the client does.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from ..storage import Database, utcnow
+
+EVENT_SCHEMA_ID = "https://events.jupyter.org/jupyter_mlx_manager/audit/v1"
 
 FIELDS = (
     "id", "request_id", "time", "user", "client", "action", "endpoint", "model", "status",
@@ -86,29 +89,10 @@ class AuditLog:
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscribers.discard(subscription)
 
-    async def query(
-        self,
-        user: str | None = None,
-        model: str | None = None,
-        status: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> tuple[list[dict[str, Any]], int]:
-        """Records newest first matching every given filter, and how many match in total."""
-        clauses, params = [], []
-        for column, value in (("user", user), ("model", model), ("status", status)):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if since is not None:
-            clauses.append("time >= ?")
-            params.append(since)
-        if until is not None:
-            clauses.append("time < ?")
-            params.append(until)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    async def query(self, limit: int = 100, offset: int = 0, **filters: str | None) -> tuple[list[dict[str, Any]], int]:
+        """Records newest first matching every filter (user, model, status, since, until), and
+        how many match in total."""
+        where, params = _where(**filters)
 
         def run(conn):
             total = conn.execute(f"SELECT COUNT(*) FROM audit_log {where}", params).fetchone()[0]
@@ -119,6 +103,87 @@ class AuditLog:
             return [dict(row) for row in rows], total
 
         return await self.db.read(run)
+
+    async def stats(self, **filters: str | None) -> dict[str, Any]:
+        """Counts by status, model and user; token sums; latency percentiles (ms)."""
+        where, params = _where(**filters)
+
+        def run(conn):
+            def counts(column):
+                rows = conn.execute(f"SELECT {column}, COUNT(*) FROM audit_log {where} GROUP BY {column} ORDER BY 2 DESC", params)
+                return {str(key): n for key, n in rows}
+
+            def percentiles(column):
+                cond = f"{where} {'AND' if where else 'WHERE'} {column} IS NOT NULL"
+                n = conn.execute(f"SELECT COUNT(*) FROM audit_log {cond}", params).fetchone()[0]
+                out = {}
+                for name, q in (("p50", 0.5), ("p95", 0.95)):
+                    row = conn.execute(
+                        f"SELECT {column} FROM audit_log {cond} ORDER BY {column} LIMIT 1 OFFSET ?", [*params, int(q * (n - 1) + 0.5)]
+                    ).fetchone()
+                    out[name] = row[0] if n else None
+                return out
+
+            total, prompt, completion, cached = conn.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), "
+                f"COALESCE(SUM(cached_tokens), 0) FROM audit_log {where}",
+                params,
+            ).fetchone()
+            return {
+                "total": total,
+                "by_status": counts("status"),
+                "by_model": counts("model"),
+                "by_user": counts("user"),
+                "tokens": {"prompt": prompt, "completion": completion, "cached": cached},
+                "ttft_ms": percentiles("ttft_ms"),
+                "duration_ms": percentiles("duration_ms"),
+            }
+
+        return await self.db.read(run)
+
+    async def export_batches(self, batch: int = 500, **filters: str | None):
+        """Matching records oldest first, in batches, for streaming exports of any size."""
+        where, params = _where(**filters)
+        last_id = 0
+        while True:
+            cond = f"{where} {'AND' if where else 'WHERE'} id > ?"
+            rows = await self.db.read(
+                lambda conn: [
+                    dict(r)
+                    for r in conn.execute(
+                        f"SELECT {', '.join(FIELDS)} FROM audit_log {cond} ORDER BY id LIMIT ?", [*params, last_id, batch]
+                    )
+                ]
+            )
+            if not rows:
+                return
+            yield rows
+            last_id = rows[-1]["id"]
+
+    async def prune(self, retention_days: int) -> int:
+        """Delete records older than `retention_days` (0 keeps everything); returns how many."""
+        if retention_days <= 0:
+            return 0
+        cutoff = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=retention_days)).isoformat(timespec="milliseconds")
+        cutoff = cutoff.replace("+00:00", "Z")
+        return await self.db.write(lambda conn: conn.execute("DELETE FROM audit_log WHERE time < ?", (cutoff,)).rowcount)
+
+
+def _where(
+    user: str | None = None, model: str | None = None, status: str | None = None, since: str | None = None, until: str | None = None
+) -> tuple[str, list[Any]]:
+    clauses, params = [], []
+    for column, value in (("user", user), ("model", model), ("status", status)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if since is not None:
+        clauses.append("time >= ?")
+        params.append(since)
+    if until is not None:
+        clauses.append("time < ?")
+        params.append(until)
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
 
 
 def _insert(conn, record: dict[str, Any], detail: str | None) -> int:

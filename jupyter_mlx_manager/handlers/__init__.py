@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .audit import AuditHandler, AuditWebSocketHandler
+from .audit import AuditExportHandler, AuditHandler, AuditStatsHandler, AuditWebSocketHandler
 from .openai import ChatCompletionsHandler, CompletionsHandler, ModelsHandler
 from .pool import PoolHandler, PoolLoadHandler, PoolUnloadHandler
 from .auth import LoginHandler, MeHandler, RegisterHandler, TicketHandler, TokenHandler, TokensHandler
@@ -22,6 +22,8 @@ ROUTES = [
     ("mlx/api/users", UsersHandler),
     (rf"mlx/api/users/{_ID}", UserHandler),
     ("mlx/api/audit", AuditHandler),
+    ("mlx/api/audit/stats", AuditStatsHandler),
+    ("mlx/api/audit/export", AuditExportHandler),
     ("mlx/api/audit/ws", AuditWebSocketHandler),
     ("mlx/api/pool", PoolHandler),
     ("mlx/api/pool/load", PoolLoadHandler),

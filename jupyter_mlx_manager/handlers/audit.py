@@ -1,13 +1,19 @@
-"""`mlx/api/audit`: query the audit trail, and follow it live over a WebSocket."""
+"""`mlx/api/audit…`: query, summarise and export the audit trail, and follow it live.
+
+Users see their own records; administrators see everyone's.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 
+from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError
 
-from ..audit.log import STATUSES
+from ..audit.log import FIELDS, STATUSES
 from ..errors import BadRequest
 from .base import MLXAPIHandler, MLXWebSocketHandler, authorized, web, ws_authenticated
 
@@ -19,23 +25,67 @@ def _int_argument(handler, name: str, default: int, low: int, high: int) -> int:
     return int(raw)
 
 
-class AuditHandler(MLXAPIHandler):
-    @web.authenticated
-    @authorized
-    async def get(self):
+class _AuditQueryHandler(MLXAPIHandler):
+    def filters(self) -> dict[str, str | None]:
+        """The query's filters, narrowed to the caller's own records unless they are an admin."""
         args = {name: self.get_query_argument(name, None) for name in ("user", "model", "status", "since", "until")}
         if args["status"] is not None and args["status"] not in STATUSES:
             raise BadRequest(f"status must be one of {', '.join(STATUSES)}", reason="invalid_status")
+        for name in ("since", "until"):
+            if args[name] is not None and not (10 <= len(args[name]) <= 40 and args[name][:4].isdigit()):
+                raise BadRequest(f"{name} must be an ISO 8601 time such as 2026-11-28T10:00:00Z", reason=f"invalid_{name}")
         if not self.mlx_user["is_admin"]:
             if args["user"] not in (None, self.mlx_user["username"]):
                 raise web.HTTPError(403, "only administrators can see other users' records", reason="admin_required")
             args["user"] = self.mlx_user["username"]
+        return args
+
+
+class AuditHandler(_AuditQueryHandler):
+    @web.authenticated
+    @authorized
+    async def get(self):
         records, total = await self.mlx.audit.query(
-            **args,
-            limit=_int_argument(self, "limit", 100, 1, 1000),
-            offset=_int_argument(self, "offset", 0, 0, 10**9),
+            limit=_int_argument(self, "limit", 100, 1, 1000), offset=_int_argument(self, "offset", 0, 0, 10**9), **self.filters()
         )
         self.write_json({"records": records, "total": total})
+
+
+class AuditStatsHandler(_AuditQueryHandler):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        self.write_json(await self.mlx.audit.stats(**self.filters()))
+
+
+class AuditExportHandler(_AuditQueryHandler):
+    """Streams every matching record, oldest first; `?token=` lets a browser link download it."""
+
+    query_token_allowed = True
+
+    @web.authenticated
+    @authorized
+    async def get(self):
+        export_format = self.get_query_argument("format", "jsonl")
+        if export_format not in ("jsonl", "csv"):
+            raise BadRequest("format must be jsonl or csv", reason="invalid_format")
+        filters = self.filters()
+        self.set_header("Content-Type", "application/x-ndjson" if export_format == "jsonl" else "text/csv")
+        self.set_header("Content-Disposition", f'attachment; filename="mlx-audit.{export_format}"')
+        if export_format == "csv":
+            self.write(",".join(FIELDS) + "\r\n")
+        try:
+            async for batch in self.mlx.audit.export_batches(**filters):
+                if export_format == "jsonl":
+                    self.write("".join(json.dumps(record) + "\n" for record in batch))
+                else:
+                    buffer = io.StringIO()
+                    csv.DictWriter(buffer, FIELDS).writerows(batch)
+                    self.write(buffer.getvalue())
+                await self.flush()
+        except StreamClosedError:
+            return
+        self.finish()
 
 
 class AuditWebSocketHandler(MLXWebSocketHandler):
