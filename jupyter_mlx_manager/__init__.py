@@ -2,7 +2,14 @@
 
 from ._version import __version__
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "connect"]
+
+
+def connect(url: str | None = None, token: str | None = None):
+    """A client for the Jupyter server this kernel runs under (see `jupyter_mlx_manager.client`)."""
+    from .client import connect as _connect
+
+    return _connect(url, token)
 
 
 def _jupyter_server_extension_points():

@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import jwt
-import pytest
 
 from conftest import JWT_SECRET, OWNER
 
@@ -53,7 +52,7 @@ async def test_register_pending_until_approved(api):
     reply = await api("POST", "mlx/api/auth/login", auth=None, body=login)
     assert reply.code == 403 and reply.body["reason"] == "pending"
 
-    assert (await api("PATCH", f"mlx/api/users/2", body={"status": "approved"})).code == 200
+    assert (await api("PATCH", "mlx/api/users/2", body={"status": "approved"})).code == 200
     reply = await api("POST", "mlx/api/auth/login", auth=None, body=login)
     assert reply.code == 200
     assert reply.body["token_type"] == "bearer" and reply.body["expires_in"] == 24 * 3600

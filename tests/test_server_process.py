@@ -3,26 +3,18 @@ about weak secrets, answers plain HTTP, and the CLI works on its database."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import socket
 import stat
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
 from jupyter_mlx_manager.auth.jwt_tokens import PLACEHOLDER_SECRET
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from servers import jupyter_server
 
 
 @pytest.fixture(scope="session")
@@ -34,42 +26,17 @@ def server_models(tmp_path_factory):
 
 @pytest.fixture
 def server(tmp_path, server_models):
-    port, token = _free_port(), "jupyter-token-" + os.urandom(8).hex()
-    data_dir = tmp_path / "data"
-    env = {
-        **os.environ,
-        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
-        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-    }
-    env.pop("JUPYTER_MLX_MANAGER_JWT_SECRET", None)
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable, "-m", "jupyter_server", "--no-browser", "--ServerApp.allow_root=True",
-                f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
-                "--ServerApp.allow_unauthenticated_access=False",
-                "--ServerApp.jpserver_extensions=jupyter_server_terminals=False",
-                f"--ServerApp.root_dir={tmp_path}", f"--MLXManager.data_dir={data_dir}",
-                f"--MLXManager.jwt_secret={PLACEHOLDER_SECRET}", "--MLXManager.owner_username=owner",
-                f"--MLXManager.model_dirs={server_models}",
-            ],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url + "api/status", headers={"Authorization": f"token {token}"}, timeout=2).ok:
-                break
-        except requests.ConnectionError:
-            pass
-        assert process.poll() is None, log_path.read_text()
-        time.sleep(0.3)
-    yield {"url": url, "token": token, "data_dir": data_dir, "log": log_path, "process": process, "env": env}
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
+    with jupyter_server(
+        tmp_path,
+        "--ServerApp.allow_unauthenticated_access=False",
+        f"--MLXManager.jwt_secret={PLACEHOLDER_SECRET}",
+        "--MLXManager.owner_username=owner",
+        f"--MLXManager.model_dirs={server_models}",
+    ) as running:
+        yield {
+            "url": running.url, "token": running.token, "data_dir": running.data_dir, "log": running.log,
+            "process": running.process, "env": running.env,
+        }  # fmt: skip
 
 
 def test_server_starts_strict_and_warns_about_placeholder_secret(server):

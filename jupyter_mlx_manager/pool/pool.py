@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadRequest, Conflict, MLXError, NotFound
+from ..errors import BadRequest, MLXError, NotFound
 from ..models.catalog import ModelCatalog, validate_model_id, weights_bytes
 from .runner_process import LoadFailed, RunnerProcess
 

@@ -1,0 +1,225 @@
+"""`connect()`: the kernel-side client of the server's management and OpenAI APIs.
+
+Long work stays on the server; the client follows it (download progress over SSE, shown
+with `tqdm.auto`, so a notebook gets a widget bar).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from .discovery import ServerInfo, find_server
+
+
+class MLXManagerError(RuntimeError):
+    """The server refused a request; `status`, `reason` and the server's message."""
+
+    def __init__(self, status: int, message: str, reason: str | None = None):
+        super().__init__(f"{status}: {message}")
+        self.status, self.message, self.reason = status, message, reason
+
+
+class AuthenticationError(MLXManagerError):
+    """401: no valid credential."""
+
+
+class PermissionDenied(MLXManagerError):
+    """403: pending or disabled account, or an admin-only action."""
+
+
+class NotFound(MLXManagerError):
+    """404: no such model, download, user or token."""
+
+
+class Conflict(MLXManagerError):
+    """409: e.g. deleting a loaded model, removing the last admin."""
+
+
+class ServerBusy(MLXManagerError):
+    """429/503: throttled, or every loaded model is busy; try again later."""
+
+
+_ERRORS = {401: AuthenticationError, 403: PermissionDenied, 404: NotFound, 409: Conflict, 429: ServerBusy, 503: ServerBusy}
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"message": response.text[:500]}
+    if "error" in body and isinstance(body["error"], dict):  # OpenAI envelope
+        message, reason = body["error"].get("message", ""), body["error"].get("code")
+    else:
+        message, reason = body.get("message", ""), body.get("reason")
+    raise _ERRORS.get(response.status_code, MLXManagerError)(response.status_code, message, reason)
+
+
+class Download:
+    """A download running on the server: `progress` (latest record), `wait()`, `cancel()`."""
+
+    FINAL = ("completed", "failed", "cancelled")
+
+    def __init__(self, client: MLXClient, record: dict[str, Any], show_progress: bool = True):
+        self._client = client
+        self.id = record["id"]
+        self.progress = record
+        self._done = threading.Event()
+        self._show = show_progress
+        self._thread = threading.Thread(target=self._follow, name=f"mlx-download-{self.id}", daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        bar = None
+        try:
+            if self._show:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=self.progress.get("total_bytes") or None, unit="B", unit_scale=True, desc=self.progress["repo_id"])
+            for event in self._client._sse(f"mlx/api/downloads/{self.id}/progress"):
+                self.progress = event
+                if bar is not None:
+                    bar.total = event.get("total_bytes") or bar.total
+                    bar.update(event.get("downloaded_bytes", 0) - bar.n)
+                if event.get("status") in self.FINAL:
+                    break
+        except Exception:  # the stream broke: fall back to asking for the record
+            pass
+        finally:
+            if self.progress.get("status") not in self.FINAL:
+                try:
+                    self.progress = self._client._get(f"mlx/api/downloads/{self.id}")
+                except MLXManagerError:
+                    pass
+            if bar is not None:
+                bar.close()
+            self._done.set()
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the download ends; raise if it failed or was cancelled."""
+        while not self._done.wait(timeout=1 if timeout is None else timeout):
+            if timeout is not None:
+                raise TimeoutError(f"download {self.id} still running")
+        while self.progress.get("status") not in self.FINAL:  # the stream ended early: poll
+            self._done.wait(0.5)
+            self.progress = self._client._get(f"mlx/api/downloads/{self.id}")
+        if self.progress["status"] != "completed":
+            raise MLXManagerError(0, f"download {self.progress['status']}: {self.progress.get('error') or ''}", self.progress["status"])
+        return self.progress
+
+    def cancel(self) -> dict[str, Any]:
+        self._client._request("DELETE", f"mlx/api/downloads/{self.id}")
+        self._done.wait(10)
+        return self.progress
+
+    def __repr__(self) -> str:
+        p = self.progress
+        return f"<Download {p.get('repo_id')} {p.get('status')} {p.get('downloaded_bytes', 0)}/{p.get('total_bytes', 0)} bytes>"
+
+
+class MLXClient:
+    def __init__(self, server: ServerInfo, timeout: float = 600):
+        self.server = server
+        self._http = httpx.Client(base_url=server.url, headers=server.auth_header, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"<MLXClient {self.server.url} ({self.server.source})>"
+
+    # -- management API -----------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return self._get("mlx/api/status")
+
+    def search(self, q: str = "", **filters: Any) -> list[dict[str, Any]]:
+        """Hub search; filters: author, arch, quant, max_size_gb, sort, limit."""
+        params = {k: v for k, v in {"q": q, **filters}.items() if v not in (None, "")}
+        return self._get("mlx/api/models/search", params=params)["models"]
+
+    def local_models(self) -> list[dict[str, Any]]:
+        return self._get("mlx/api/models/local")["models"]
+
+    def download(self, repo_id: str, revision: str | None = None, wait: bool = True, progress: bool = True):
+        """Start (or join) a download on the server. `wait=True` blocks with a progress bar
+        and returns the final record; `wait=False` returns a `Download` handle."""
+        body = {"repo_id": repo_id} | ({"revision": revision} if revision else {})
+        handle = Download(self, self._request("POST", "mlx/api/downloads", json=body), show_progress=progress)
+        return handle.wait() if wait else handle
+
+    def downloads(self) -> list[dict[str, Any]]:
+        return self._get("mlx/api/downloads")["downloads"]
+
+    def load(self, model: str, pin: bool = False, keep_alive: float | None = None) -> dict[str, Any]:
+        body = {"model": model, "pin": pin} | ({"keep_alive": keep_alive} if keep_alive is not None else {})
+        return self._request("POST", "mlx/api/pool/load", json=body)
+
+    def unload(self, model: str) -> dict[str, Any]:
+        return self._request("POST", "mlx/api/pool/unload", json={"model": model})
+
+    def pool(self) -> dict[str, Any]:
+        return self._get("mlx/api/pool")
+
+    def audit(self, **filters: Any) -> list[dict[str, Any]]:
+        """Audit records, newest first; filters: user, model, status, since, until, limit, offset."""
+        return self._get("mlx/api/audit", params={k: v for k, v in filters.items() if v is not None})["records"]
+
+    # -- inference ----------------------------------------------------------------------------
+    def chat(self, model: str, messages_or_text: str | list[dict[str, Any]], stream: bool = False, **params: Any):
+        """The reply's text (or, with `stream=True`, an iterator of text pieces)."""
+        messages = [{"role": "user", "content": messages_or_text}] if isinstance(messages_or_text, str) else messages_or_text
+        return self._generate("mlx/v1/chat/completions", {"model": model, "messages": messages, **params}, stream, chat=True)
+
+    def complete(self, model: str, prompt: str, stream: bool = False, **params: Any):
+        return self._generate("mlx/v1/completions", {"model": model, "prompt": prompt, **params}, stream, chat=False)
+
+    def openai(self):
+        """An `openai.OpenAI` client for this server's `mlx/v1` API, with this client's credential."""
+        import openai
+
+        return openai.OpenAI(base_url=self.server.url + "mlx/v1", api_key=self.server.token or "none")
+
+    def _generate(self, path: str, body: dict[str, Any], stream: bool, chat: bool):
+        if not stream:
+            reply = self._request("POST", path, json=body)
+            choice = reply["choices"][0]
+            return choice["message"]["content"] or "" if chat else choice["text"]
+        return self._stream_text(path, {**body, "stream": True}, chat)
+
+    def _stream_text(self, path: str, body: dict[str, Any], chat: bool) -> Iterator[str]:
+        for event in self._sse(path, method="POST", json=body):
+            if "error" in event:
+                raise MLXManagerError(500, event["error"].get("message", "generation failed"), event["error"].get("code"))
+            for choice in event.get("choices", []):
+                text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+                if text:
+                    yield text
+
+    # -- transport ----------------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._http.request(method, path, **kwargs)
+        _raise_for(response)
+        return response.json() if response.content else None
+
+    def _get(self, path: str, **kwargs: Any) -> Any:
+        return self._request("GET", path, **kwargs)
+
+    def _sse(self, path: str, method: str = "GET", **kwargs: Any) -> Iterator[dict[str, Any]]:
+        with self._http.stream(method, path, timeout=httpx.Timeout(600, read=None), **kwargs) as response:
+            if not response.is_success:
+                response.read()
+                _raise_for(response)
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    data = line[6:]
+                    if data == "[DONE]":
+                        return
+                    yield json.loads(data)
+
+
+def connect(url: str | None = None, token: str | None = None) -> MLXClient:
+    """A client for the Jupyter server this kernel runs under (or `url` with `token`)."""
+    return MLXClient(ServerInfo(url if url.endswith("/") else url + "/", token or "", "argument") if url else find_server())
