@@ -117,10 +117,15 @@ class MLXAuthMixin(ExtensionHandlerMixin):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Errors are JSON `{"message", "reason"}`, whatever raised them."""
-        message, reason = self._reason or "error", None
-        exc = kwargs.get("exc_info", (None, None))[1]
+        message, reason, _ = self.error_details(kwargs.get("exc_info", (None, None))[1])
+        self.finish(json.dumps({"message": message, "reason": reason}))
+
+    def error_details(self, exc: BaseException | None) -> tuple[str, str | None, str | None]:
+        """(message, reason, param) of an error reply; sets its headers. Internal errors
+        are not described to the client (they are logged by tornado)."""
+        message, reason, param = self._reason or "error", None, None
         if isinstance(exc, MLXError):
-            message, reason = exc.message, exc.reason
+            message, reason, param = exc.message, exc.reason, getattr(exc, "param", None)
             for name, value in exc.headers.items():
                 self.set_header(name, value)
         elif isinstance(exc, web.HTTPError):
@@ -130,7 +135,7 @@ class MLXAuthMixin(ExtensionHandlerMixin):
         self.set_header("Content-Type", "application/json")
         if getattr(self, "request_id", None):
             self.set_header("X-Request-ID", self.request_id)
-        self.finish(json.dumps({"message": message, "reason": reason}))
+        return message, reason, param
 
 
 class MLXAPIHandler(MLXAuthMixin, APIHandler):

@@ -39,20 +39,8 @@ class OpenAIHandler(MLXAPIHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Errors use OpenAI's envelope, so the SDKs raise the right exception class."""
         exc = kwargs.get("exc_info", (None, None))[1]
-        message, code, param = self._reason or "error", None, None
-        if isinstance(exc, MLXError):
-            message, code = exc.message, exc.reason
-            param = getattr(exc, "param", None)
-            code = getattr(exc, "code", None) or code
-            for name, value in exc.headers.items():
-                self.set_header(name, value)
-        elif isinstance(exc, web.HTTPError):
-            message, code = exc.log_message or message, exc.reason
-        elif exc is not None:
-            message, code = "internal server error", "internal_error"
-        self.set_header("Content-Type", "application/json")
-        self.set_header("X-Request-ID", self.request_id)
-        self.finish(json.dumps(openai_error(status_code, message, code, param)))
+        message, reason, param = self.error_details(exc)
+        self.finish(json.dumps(openai_error(status_code, message, getattr(exc, "code", None) or reason, param)))
 
 
 class ModelsHandler(OpenAIHandler):
