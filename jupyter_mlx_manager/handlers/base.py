@@ -79,7 +79,9 @@ class MLXAuthMixin(ExtensionHandlerMixin):
         """After Jupyter's prepare: find our account for a Jupyter-authenticated request."""
         if self._jwt_authenticated or self.current_user is None:
             return
-        client = "kernel" if self.token_authenticated else "browser"
+        # JupyterLab sends the Jupyter token too, but only a browser page sends the XSRF header.
+        browser = not self.token_authenticated or "X-XSRFToken" in self.request.headers
+        client = "browser" if browser else "kernel"
         if type(self.identity_provider) in _NAMELESS_PROVIDERS:
             owner = self.mlx.owner_username
             if not owner:

@@ -72,8 +72,11 @@ class CompletionService:
                         usage.completion_tokens = event["completion_tokens"]
                         usage.ttft_ms = event.get("ttft_ms")
                     else:
-                        if kind == "text" and self.record_content:
-                            usage.text.append(event["text"])
+                        if kind == "text":
+                            # Kept current, so a request cut short still records what it used.
+                            usage.completion_tokens = event["completion_tokens"]
+                            if self.record_content:
+                                usage.text.append(event["text"])
                         yield event
             status = "cancelled" if usage.finish_reason == "cancelled" else "ok"
         except (asyncio.CancelledError, GeneratorExit):

@@ -84,6 +84,8 @@ class LoadedModel:
             "keep_alive": self.keep_alive,
             "expires_at": _iso(self.expires_at),
             "memory_bytes": self.memory_bytes,
+            "mlx_active_bytes": self.runner.heartbeat.get("mlx_active_bytes"),
+            "mlx_peak_bytes": self.runner.heartbeat.get("mlx_peak_bytes"),
             "pid": self.runner.pid,
             "loaded_at": _iso(self.loaded_at),
             "last_used": _iso(self.last_used),
@@ -103,8 +105,10 @@ class ModelPool:
         default_keep_alive: float,
         log: logging.Logger,
         on_event=None,
+        runner_args: list[str] | None = None,
     ):
         self.catalog = catalog
+        self.runner_args = list(runner_args or [])  # options for every runner spawned
         self.max_memory_bytes = max_memory_bytes
         self.max_loaded_models = max_loaded_models
         self.default_keep_alive = default_keep_alive
@@ -206,7 +210,7 @@ class ModelPool:
             await self._make_room(estimate)
             started = time.monotonic()
             try:
-                runner = await RunnerProcess.start(model_id, path, self.log)
+                runner = await RunnerProcess.start(model_id, path, self.log, args=self.runner_args)
             except LoadFailed as exc:
                 self.on_event("model.load", model_id, user=by, status="error", error_type="load_failed", detail=str(exc))
                 raise ModelLoadError(f"{model_id} could not be loaded: {exc}") from None

@@ -69,6 +69,19 @@ export class ApiError extends Error {
   get isNetworkError(): boolean {
     return this.status === 0;
   }
+
+  /** The endpoint does not exist on this server (an older or partial install). */
+  get isNotFound(): boolean {
+    return this.status === 404;
+  }
+}
+
+/** Any thrown value as an `ApiError` (status -1 when it did not come from the server). */
+export function toApiError(err: unknown): ApiError {
+  if (err instanceof ApiError) {
+    return err;
+  }
+  return new ApiError(err instanceof Error ? err.message : String(err), -1);
 }
 
 function withSlash(url: string): string {
@@ -117,6 +130,69 @@ function defaultSettings(): ServerConnection.ISettings {
   return ServerConnection.makeSettings();
 }
 
+/** Where an error body carries its message: ours `{message, reason}`, OpenAI's `{error: {message, code, type}}`. */
+function errorDetails(data: any): { message: string; reason: string } {
+  if (data && typeof data === 'object') {
+    if (typeof data.message === 'string' && data.message) {
+      return { message: data.message, reason: typeof data.reason === 'string' ? data.reason : '' };
+    }
+    const inner = data.error;
+    if (inner && typeof inner === 'object' && typeof inner.message === 'string') {
+      return {
+        message: inner.message,
+        reason: String(inner.code || inner.type || '')
+      };
+    }
+  }
+  return { message: '', reason: '' };
+}
+
+/**
+ * `ServerConnection.makeRequest` for any URL of this server, errors turned into `ApiError`.
+ * Returns the raw `Response` (ok), for streaming bodies and file downloads.
+ */
+export async function fetchResponse(
+  url: string,
+  init: RequestInit = {},
+  settings: ServerConnection.ISettings = defaultSettings()
+): Promise<Response> {
+  let response: Response;
+  try {
+    response = await ServerConnection.makeRequest(url, init, settings);
+  } catch (err) {
+    if (init.signal?.aborted) {
+      throw err;
+    }
+    const inner = (err as any)?.cause ?? err;
+    throw new ApiError(
+      `Cannot reach the Jupyter server (${(inner as Error)?.message || err}).`,
+      0,
+      'network'
+    );
+  }
+  if (!response.ok) {
+    throw await errorFromResponse(response);
+  }
+  return response;
+}
+
+/** An `ApiError` from an error reply (JSON or not). */
+export async function errorFromResponse(response: Response): Promise<ApiError> {
+  let data: any = null;
+  try {
+    const text = await response.text();
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  const { message, reason } = errorDetails(data);
+  return new ApiError(
+    message || `${response.status} ${response.statusText || 'error'}`.trim(),
+    response.status,
+    reason
+  );
+}
+
 /**
  * Call the management API and return its JSON reply.
  *
@@ -138,24 +214,43 @@ export async function requestAPI<T>(
       'network'
     );
   }
-  const text = await response.text();
-  let data: any = null;
-  if (text) {
-    try {
-      data = JSON.parse(text);
-    } catch {
-      data = null;
-    }
-  }
   if (!response.ok) {
-    const message =
-      (data && typeof data.message === 'string' && data.message) ||
-      `${response.status} ${response.statusText || 'error'}`.trim();
-    const reason = (data && typeof data.reason === 'string' && data.reason) || '';
-    throw new ApiError(message, response.status, reason);
+    throw await errorFromResponse(response);
   }
-  return data as T;
+  const text = await response.text();
+  if (!text) {
+    return null as T;
+  }
+  try {
+    return JSON.parse(text) as T;
+  } catch {
+    return null as T;
+  }
 }
+
+/** A JSON body (the server refuses anything but application/json with 415). */
+export function jsonInit(method: string, body: unknown): RequestInit {
+  return { method, body: JSON.stringify(body), headers: { 'Content-Type': 'application/json' } };
+}
+
+function postJSON(body: unknown): RequestInit {
+  return jsonInit('POST', body);
+}
+
+/** A query string from the defined, non-empty values: `{q: 'a b', n: 3}` -> "?q=a+b&n=3". */
+export function queryString(params: Record<string, string | number | boolean | null | undefined>): string {
+  const search = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) {
+    if (value === undefined || value === null || value === '') {
+      continue;
+    }
+    search.append(key, String(value));
+  }
+  const text = search.toString();
+  return text ? `?${text}` : '';
+}
+
+// -- status and identity --------------------------------------------------------------------
 
 export function getStatus(settings?: ServerConnection.ISettings): Promise<IStatus> {
   return requestAPI<IStatus>('status', {}, settings);
@@ -165,4 +260,275 @@ export function getStatus(settings?: ServerConnection.ISettings): Promise<IStatu
 export async function getTicket(settings?: ServerConnection.ISettings): Promise<string> {
   const ticket = await requestAPI<ITicket>('auth/ticket', { method: 'POST' }, settings);
   return ticket.token;
+}
+
+// -- users (admins) -------------------------------------------------------------------------
+
+export interface IUser {
+  id: number;
+  username: string;
+  status: 'pending' | 'approved' | 'disabled' | string;
+  is_admin: boolean;
+  created_at?: string;
+}
+
+export async function listUsers(settings?: ServerConnection.ISettings): Promise<IUser[]> {
+  const reply = await requestAPI<{ users: IUser[] }>('users', {}, settings);
+  return reply?.users ?? [];
+}
+
+export function updateUser(
+  id: number,
+  change: { status?: string; is_admin?: boolean },
+  settings?: ServerConnection.ISettings
+): Promise<IUser> {
+  return requestAPI<IUser>(`users/${id}`, jsonInit('PATCH', change), settings);
+}
+
+// -- pool -----------------------------------------------------------------------------------
+
+export interface IPoolModel {
+  model: string;
+  status: string;
+  pinned: boolean;
+  /** Seconds; negative = forever. */
+  keep_alive: number;
+  expires_at: string | null;
+  memory_bytes: number;
+  pid?: number | null;
+  loaded_at?: string | null;
+  last_used?: string | null;
+  requests?: number;
+  in_flight?: number;
+  context_length?: number | null;
+  tool_calling?: boolean;
+}
+
+export interface IPool {
+  models: IPoolModel[];
+  loading?: string[];
+  limits?: {
+    max_memory_bytes?: number;
+    max_loaded_models?: number;
+    default_keep_alive?: number;
+  };
+  memory_used_bytes?: number;
+}
+
+export function getPool(settings?: ServerConnection.ISettings): Promise<IPool> {
+  return requestAPI<IPool>('pool', {}, settings);
+}
+
+export interface ILoadOptions {
+  pin?: boolean;
+  /** Seconds; negative = forever; undefined = the server's default. */
+  keep_alive?: number;
+}
+
+/** Load a model, or change `pin` / `keep_alive` of a loaded one. */
+export function loadModel(
+  model: string,
+  options: ILoadOptions = {},
+  settings?: ServerConnection.ISettings
+): Promise<IPoolModel> {
+  const body: Record<string, unknown> = { model };
+  if (options.pin !== undefined) {
+    body.pin = options.pin;
+  }
+  if (options.keep_alive !== undefined) {
+    body.keep_alive = options.keep_alive;
+  }
+  return requestAPI<IPoolModel>('pool/load', postJSON(body), settings);
+}
+
+export function unloadModel(model: string, settings?: ServerConnection.ISettings): Promise<unknown> {
+  return requestAPI('pool/unload', postJSON({ model }), settings);
+}
+
+// -- models ---------------------------------------------------------------------------------
+
+/** A local model (`mlx/api/models/local`). Characteristics beyond `id` may be missing. */
+/** `{bits, group_size, mode}` on this server; a plain string is accepted too. */
+export type Quantization = { bits: number; group_size?: number | null; mode?: string } | string | null;
+
+export interface ILocalModel {
+  id: string;
+  loaded?: boolean;
+  downloading?: boolean;
+  /** e.g. "llama" */
+  model_type?: string | null;
+  /** e.g. "LlamaForCausalLM" */
+  architecture?: string | null;
+  dtype?: string | null;
+  quantization?: Quantization;
+  parameters?: number | string | null;
+  size_bytes?: number | null;
+  context_length?: number | null;
+  tool_calling?: boolean;
+  [key: string]: unknown;
+}
+
+/** A Hub search result (`mlx/api/models/search`). */
+export interface IHubModel {
+  id: string;
+  downloads?: number | null;
+  likes?: number | null;
+  size_bytes?: number | null;
+  architecture?: string | null;
+  quantization?: Quantization;
+  parameters?: number | string | null;
+  tags?: string[];
+  local?: boolean;
+  gated?: boolean;
+}
+
+export interface ISearchQuery {
+  q?: string;
+  author?: string;
+  arch?: string;
+  quant?: string;
+  max_size_gb?: number | string;
+  sort?: string;
+  limit?: number;
+}
+
+export function searchModelsPath(query: ISearchQuery): string {
+  return 'models/search' + queryString({ ...query });
+}
+
+export async function searchModels(
+  query: ISearchQuery,
+  settings?: ServerConnection.ISettings
+): Promise<IHubModel[]> {
+  const reply = await requestAPI<{ models: IHubModel[] }>(searchModelsPath(query), {}, settings);
+  return reply?.models ?? [];
+}
+
+/**
+ * Local models with their characteristics. Where the server has no `models/local` yet
+ * (404), falls back to the OpenAI model list (ids and `loaded` only); `detailed` says which.
+ */
+export async function listLocalModels(
+  settings?: ServerConnection.ISettings
+): Promise<{ models: ILocalModel[]; detailed: boolean }> {
+  try {
+    const reply = await requestAPI<{ models: ILocalModel[] }>('models/local', {}, settings);
+    return { models: reply?.models ?? [], detailed: true };
+  } catch (err) {
+    if (!(err instanceof ApiError) || err.status !== 404) {
+      throw err;
+    }
+  }
+  const s = settings ?? defaultSettings();
+  const response = await fetchResponse(withSlash(s.baseUrl) + 'mlx/v1/models', {}, s);
+  const data = await response.json();
+  const models = ((data?.data ?? []) as any[]).map(m => ({ id: String(m.id), loaded: !!m.loaded }));
+  return { models, detailed: false };
+}
+
+// -- downloads ------------------------------------------------------------------------------
+
+export interface IDownload {
+  id: number | string;
+  repo_id: string;
+  revision?: string | null;
+  status: string;
+  downloaded_bytes?: number | null;
+  total_bytes?: number | null;
+  files_done?: number | null;
+  files_total?: number | null;
+  error?: string | null;
+  created_at?: string;
+  /** Only on SSE progress events. */
+  rate_bps?: number | null;
+  eta_s?: number | null;
+}
+
+export async function listDownloads(settings?: ServerConnection.ISettings): Promise<IDownload[]> {
+  const reply = await requestAPI<{ downloads: IDownload[] } | IDownload[]>('downloads', {}, settings);
+  if (Array.isArray(reply)) {
+    return reply;
+  }
+  return reply?.downloads ?? [];
+}
+
+export function startDownload(
+  repoId: string,
+  revision?: string,
+  settings?: ServerConnection.ISettings
+): Promise<IDownload> {
+  const body: Record<string, string> = { repo_id: repoId };
+  if (revision) {
+    body.revision = revision;
+  }
+  return requestAPI<IDownload>('downloads', postJSON(body), settings);
+}
+
+export function cancelDownload(id: number | string, settings?: ServerConnection.ISettings): Promise<unknown> {
+  return requestAPI(`downloads/${encodeURIComponent(String(id))}`, { method: 'DELETE' }, settings);
+}
+
+/** SSE URL of one download's progress, with its ticket. */
+export function downloadProgressUrl(
+  id: number | string,
+  ticket: string,
+  settings?: IUrlSettings
+): string {
+  return eventSourceUrl(`downloads/${encodeURIComponent(String(id))}/progress`, ticket, settings);
+}
+
+// -- audit ----------------------------------------------------------------------------------
+
+export interface IAuditRecord {
+  id: number;
+  request_id?: string;
+  time: string;
+  user: string | null;
+  client?: string | null;
+  action: string;
+  endpoint?: string | null;
+  model?: string | null;
+  status: string;
+  prompt_tokens?: number | null;
+  cached_tokens?: number | null;
+  completion_tokens?: number | null;
+  ttft_ms?: number | null;
+  duration_ms?: number | null;
+  error_type?: string | null;
+}
+
+export interface IAuditFilter {
+  user?: string;
+  model?: string;
+  status?: string;
+  since?: string;
+  until?: string;
+}
+
+export function auditPath(filter: IAuditFilter, limit = 100, offset = 0): string {
+  return 'audit' + queryString({ ...filter, limit, offset: offset || undefined });
+}
+
+export function getAudit(
+  filter: IAuditFilter,
+  limit = 100,
+  offset = 0,
+  settings?: ServerConnection.ISettings
+): Promise<{ records: IAuditRecord[]; total: number }> {
+  return requestAPI(auditPath(filter, limit, offset), {}, settings);
+}
+
+/** WebSocket URL of the live audit feed, with its ticket. */
+export function auditSocketUrl(ticket: string, replay = 0, settings?: IUrlSettings): string {
+  return webSocketUrl('audit/ws' + queryString({ replay: replay || undefined }), ticket, settings);
+}
+
+/** Download URL of an audit export (`format` jsonl or csv) with the given filters and ticket. */
+export function auditExportUrl(
+  format: 'jsonl' | 'csv',
+  filter: IAuditFilter,
+  ticket: string,
+  settings?: IUrlSettings
+): string {
+  return eventSourceUrl('audit/export' + queryString({ format, ...filter }), ticket, settings);
 }

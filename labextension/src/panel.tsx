@@ -1,56 +1,34 @@
-import { ServerConnection } from '@jupyterlab/services';
+/**
+ * The left-sidebar panel: server status on top, then the sections as tabs
+ * (Models · Downloads · Pool · Activity · Users).
+ */
 import { ReactWidget, refreshIcon } from '@jupyterlab/ui-components';
 import { Message } from '@lumino/messaging';
 import * as React from 'react';
 
-import { ApiError, getStatus, IStatus } from './api';
+import { IStatus, IUser, listUsers } from './api';
+import { isActive } from './downloads';
 import { formatBytes } from './format';
+import { usePoll, useStore } from './hooks';
 import { mlxIcon } from './icon';
+import { ActivitySection } from './sections/ActivitySection';
+import { ErrorNotice, Loading } from './sections/common';
+import { DownloadsSection } from './sections/DownloadsSection';
+import { ModelsSection } from './sections/ModelsSection';
+import { PoolSection } from './sections/PoolSection';
+import { UsersSection } from './sections/UsersSection';
+import { MLXService, SectionId, SECTIONS } from './service';
 
 export const PANEL_ID = 'jupyter-mlx-manager:panel';
 
-interface IViewProps {
+interface IPanelProps {
+  service: MLXService;
   /** Seconds between refreshes; 0 or less: only on demand. */
   interval: number;
   /** Poll only while the panel is visible. */
   active: boolean;
-  settings?: ServerConnection.ISettings;
-}
-
-interface IViewState {
-  status: IStatus | null;
-  error: ApiError | null;
-  loading: boolean;
-  updated: Date | null;
-}
-
-function toApiError(err: unknown): ApiError {
-  if (err instanceof ApiError) {
-    return err;
-  }
-  return new ApiError(err instanceof Error ? err.message : String(err), -1);
-}
-
-function ErrorNotice({ error }: { error: ApiError }): JSX.Element {
-  let title = 'Error';
-  if (error.isForbidden) {
-    title = 'Pending approval';
-  } else if (error.status === 401) {
-    title = 'Not signed in';
-  } else if (error.isNetworkError) {
-    title = 'Server unreachable';
-  }
-  return (
-    <div
-      className={`jp-MLXPanel-notice ${
-        error.isForbidden ? 'jp-mod-warning' : 'jp-mod-error'
-      }`}
-      role="alert"
-    >
-      <strong>{title}</strong>
-      <div className="jp-MLXPanel-noticeMessage">{error.message}</div>
-    </div>
-  );
+  onChat?: (model: string) => void;
+  onPendingUsers?: (count: number) => void;
 }
 
 function Row({ name, value }: { name: string; value: React.ReactNode }): JSX.Element {
@@ -89,9 +67,7 @@ function StatusList({ status }: { status: IStatus }): JSX.Element {
       <Row name="Version" value={status.version ?? '—'} />
       <Row name="Device" value={deviceText} />
       <Row name="Memory" value={memoryText} />
-      {memory?.budget_bytes !== undefined && (
-        <Row name="Budget" value={formatBytes(memory.budget_bytes)} />
-      )}
+      {memory?.budget_bytes !== undefined && <Row name="Budget" value={formatBytes(memory.budget_bytes)} />}
       <Row name="Pool" value={poolText} />
       {user?.username && (
         <Row
@@ -105,44 +81,100 @@ function StatusList({ status }: { status: IStatus }): JSX.Element {
   );
 }
 
-function StatusView({ interval, active, settings }: IViewProps): JSX.Element {
-  const [state, setState] = React.useState<IViewState>({
-    status: null,
-    error: null,
-    loading: true,
-    updated: null
-  });
-  const inFlight = React.useRef(false);
-
-  const refresh = React.useCallback(async () => {
-    if (inFlight.current) {
-      return;
+function Tabs({
+  tabs,
+  selected,
+  onSelect
+}: {
+  tabs: { id: SectionId; label: string; badge?: number; badgeLabel?: string }[];
+  selected: SectionId;
+  onSelect: (id: SectionId) => void;
+}): JSX.Element {
+  const refs = React.useRef<Record<string, HTMLButtonElement | null>>({});
+  const onKeyDown = (e: React.KeyboardEvent) => {
+    const index = tabs.findIndex(t => t.id === selected);
+    let next = -1;
+    if (e.key === 'ArrowRight' || e.key === 'ArrowDown') {
+      next = (index + 1) % tabs.length;
+    } else if (e.key === 'ArrowLeft' || e.key === 'ArrowUp') {
+      next = (index - 1 + tabs.length) % tabs.length;
+    } else if (e.key === 'Home') {
+      next = 0;
+    } else if (e.key === 'End') {
+      next = tabs.length - 1;
     }
-    inFlight.current = true;
-    setState(s => ({ ...s, loading: true }));
+    if (next >= 0) {
+      e.preventDefault();
+      onSelect(tabs[next].id);
+      refs.current[tabs[next].id]?.focus();
+    }
+  };
+  return (
+    <div className="jp-MLXPanel-tabs" role="tablist" aria-label="MLX sections" onKeyDown={onKeyDown}>
+      {tabs.map(t => (
+        <button
+          key={t.id}
+          ref={el => {
+            refs.current[t.id] = el;
+          }}
+          type="button"
+          role="tab"
+          id={`jp-MLXPanel-tab-${t.id}`}
+          aria-controls={`jp-MLXPanel-tabpanel-${t.id}`}
+          aria-selected={t.id === selected}
+          tabIndex={t.id === selected ? 0 : -1}
+          className={`jp-MLXPanel-tab ${t.id === selected ? 'jp-mod-selected' : ''}`}
+          data-section={t.id}
+          onClick={() => onSelect(t.id)}
+        >
+          {t.label}
+          {!!t.badge && (
+            <span className="jp-MLXPanel-tabBadge" aria-label={t.badgeLabel} title={t.badgeLabel}>
+              {t.badge}
+            </span>
+          )}
+        </button>
+      ))}
+    </div>
+  );
+}
+
+function PanelView({ service, interval, active, onChat, onPendingUsers }: IPanelProps): JSX.Element {
+  const { status, error, loading, updated } = useStore(service.store);
+  const { section } = useStore(service.ui);
+  const downloads = useStore(service.downloads.store).downloads;
+  const isAdmin = !!status?.user?.is_admin;
+  const blocked = !!error && (!status || error.isForbidden || error.status === 401);
+
+  // Admins: the user list feeds both the Users section and its pending badge.
+  const [users, setUsers] = React.useState<IUser[] | null>(null);
+  const [usersError, setUsersError] = React.useState<Error | null>(null);
+  const loadUsers = React.useCallback(async () => {
     try {
-      const status = await getStatus(settings);
-      setState({ status, error: null, loading: false, updated: new Date() });
+      setUsers(await listUsers(service.serverSettings));
+      setUsersError(null);
     } catch (err) {
-      setState(s => ({ ...s, error: toApiError(err), loading: false }));
-    } finally {
-      inFlight.current = false;
+      setUsersError(err as Error);
     }
-  }, [settings]);
+  }, [service]);
+  const reloadUsers = usePoll(loadUsers, interval, active && isAdmin && !blocked);
+  const pending = users?.filter(u => u.status === 'pending').length ?? 0;
+  React.useEffect(() => onPendingUsers?.(isAdmin ? pending : 0), [pending, isAdmin, onPendingUsers]);
 
-  React.useEffect(() => {
-    if (!active) {
-      return;
-    }
-    void refresh();
-    if (!(interval > 0)) {
-      return;
-    }
-    const timer = window.setInterval(() => void refresh(), interval * 1000);
-    return () => window.clearInterval(timer);
-  }, [active, interval, refresh]);
+  const activeDownloads = downloads.filter(d => isActive(d.status)).length;
+  const tabs = SECTIONS.filter(s => s.id !== 'users' || isAdmin).map(s => ({
+    ...s,
+    badge: s.id === 'users' ? pending : s.id === 'downloads' ? activeDownloads : 0,
+    badgeLabel:
+      s.id === 'users'
+        ? `${pending} users waiting for approval`
+        : s.id === 'downloads'
+          ? `${activeDownloads} downloads running`
+          : undefined
+  }));
+  const current = tabs.some(t => t.id === section) ? section : 'models';
+  const props = { service, interval, onChat };
 
-  const { status, error, loading, updated } = state;
   return (
     <div className="jp-MLXPanel-body" aria-busy={loading}>
       <header className="jp-MLXPanel-header">
@@ -152,18 +184,14 @@ function StatusView({ interval, active, settings }: IViewProps): JSX.Element {
           className="jp-MLXPanel-refresh jp-Button jp-mod-minimal"
           title="Refresh status"
           aria-label="Refresh status"
-          onClick={() => void refresh()}
+          onClick={() => void service.refresh()}
         >
           <refreshIcon.react tag="span" elementSize="normal" />
         </button>
       </header>
       {error && <ErrorNotice error={error} />}
-      {!status && !error && (
-        <div className="jp-MLXPanel-loading" role="status">
-          Loading server status…
-        </div>
-      )}
-      {status && (
+      {!status && !error && <Loading>Loading server status…</Loading>}
+      {status && !blocked && (
         <section aria-label="Server status">
           <StatusList status={status} />
           {updated && (
@@ -174,13 +202,36 @@ function StatusView({ interval, active, settings }: IViewProps): JSX.Element {
           )}
         </section>
       )}
+      {status && !blocked && (
+        <>
+          <Tabs tabs={tabs} selected={current} onSelect={id => service.openSection(id)} />
+          <div
+            className="jp-MLXPanel-tabpanel"
+            role="tabpanel"
+            id={`jp-MLXPanel-tabpanel-${current}`}
+            aria-labelledby={`jp-MLXPanel-tab-${current}`}
+            data-section={current}
+          >
+            {active && current === 'models' && <ModelsSection {...props} />}
+            {active && current === 'downloads' && <DownloadsSection {...props} />}
+            {active && current === 'pool' && <PoolSection {...props} />}
+            {active && current === 'activity' && <ActivitySection {...props} />}
+            {active && current === 'users' && (
+              <UsersSection {...props} users={users} error={usersError} reload={reloadUsers} />
+            )}
+          </div>
+        </>
+      )}
     </div>
   );
 }
 
 /** The left-sidebar panel. */
 export class MLXPanel extends ReactWidget {
-  constructor(private readonly _serverSettings?: ServerConnection.ISettings) {
+  constructor(
+    private readonly _service: MLXService,
+    private readonly _onChat?: (model: string) => void
+  ) {
     super();
     this.id = PANEL_ID;
     this.addClass('jp-MLXPanel');
@@ -202,6 +253,7 @@ export class MLXPanel extends ReactWidget {
 
   protected onAfterShow(msg: Message): void {
     super.onAfterShow(msg);
+    void this._service.refresh();
     this.update();
   }
 
@@ -212,13 +264,19 @@ export class MLXPanel extends ReactWidget {
 
   protected render(): JSX.Element {
     return (
-      <StatusView
+      <PanelView
+        service={this._service}
         interval={this._interval}
         active={this.isVisible}
-        settings={this._serverSettings}
+        onChat={this._onChat}
+        onPendingUsers={this._onPending}
       />
     );
   }
+
+  private _onPending = (count: number) => {
+    this.title.caption = count ? `MLX (${count} users waiting for approval)` : 'MLX';
+  };
 
   private _interval = 5;
 }

@@ -67,15 +67,35 @@ def artifacts_dir() -> Path:
 
 
 class LabServer:
-    def __init__(self, url: str, token: str, process: subprocess.Popen, log: Path):
+    def __init__(
+        self, url: str, token: str, process: subprocess.Popen, log: Path, data_dir: Path, jwt_secret: str, hub=None
+    ):
         self.url = url  # ends with "/"
+        self.hub = hub  # a jupyter_mlx_manager.devhub.DevHub the server downloads from (HF_ENDPOINT), or None
         self.token = token
         self.process = process
         self.log = log
+        self.data_dir = data_dir
+        self.jwt_secret = jwt_secret  # --MLXManager.jwt_secret, to sign tokens for other users
+
+    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+        """As the owner (Jupyter token), unless the caller passes its own Authorization."""
+        headers = {"Authorization": f"token {self.token}", **kwargs.pop("headers", {})}
+        return requests.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
 
     def get(self, path: str, **kwargs) -> requests.Response:
-        headers = {"Authorization": f"token {self.token}", **kwargs.pop("headers", {})}
-        return requests.get(self.url + path, headers=headers, timeout=10, **kwargs)
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs) -> requests.Response:
+        return self.request("POST", path, **kwargs)
+
+    def jwt_for(self, user_id: int, lifetime: int = 3600) -> str:
+        """An access token for any user (even a pending one, who cannot log in)."""
+        import jwt
+
+        now = int(time.time())
+        claims = {"sub": str(user_id), "typ": "access", "iat": now, "exp": now + lifetime}
+        return jwt.encode(claims, self.jwt_secret, algorithm="HS256")
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -101,6 +121,7 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path):
     (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')
     port = _free_port()
     token = secrets.token_hex(24)
+    jwt_secret = secrets.token_urlsafe(48)
     env = {
         **os.environ,
         "HOME": str(dirs["home"]),
@@ -126,12 +147,30 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path):
         f"--IdentityProvider.token={token}",
         f"--ServerApp.root_dir={dirs['notebooks']}",
         f"--MLXManager.data_dir={dirs['data']}",
+        f"--MLXManager.jwt_secret={jwt_secret}",
     ]
+    # The offline demo model (random weights, about two seconds): local/tiny-demo.
+    demo = subprocess.run(
+        [sys.executable, "-m", "jupyter_mlx_manager.cli", "--data-dir", str(dirs["data"]), "demo-model"],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if demo.returncode != 0:
+        pytest.fail(f"demo-model failed:\n{demo.stdout}\n{demo.stderr}")
+    # A local stand-in for the Hub, where the server has one: it serves the demo model's files as
+    # Hub repos, so searching and downloading work offline (nothing reaches the internet).
+    hub = _start_devhub(dirs["data"] / "models" / "tiny-demo")
+    if hub is not None:
+        env.pop("HF_HUB_OFFLINE", None)
+        env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1")
     log = artifacts_dir / "jupyter-lab.log"
     with log.open("wb") as out:
         process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=root)
     url = f"http://127.0.0.1:{port}/"
-    server = LabServer(url, token, process, log)
+    server = LabServer(url, token, process, log, dirs["data"], jwt_secret, hub)
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:
@@ -148,6 +187,23 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path):
         yield server
     finally:
         _stop(process)
+        if hub is not None:
+            hub.stop()
+
+
+HUB_REPOS = ("mlx-test/tiny-chat", "mlx-test/tiny-slow")
+
+
+def _start_devhub(model_folder: Path):
+    try:
+        from jupyter_mlx_manager.devhub import DevHub
+    except ImportError:  # a server without downloads yet: those tests skip
+        return None
+    hub = DevHub()
+    for repo_id in HUB_REPOS:
+        hub.add_repo(repo_id, model_folder, downloads=42, likes=3)
+    hub.start()
+    return hub
 
 
 @pytest.fixture(scope="session")

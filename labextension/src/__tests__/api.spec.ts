@@ -11,13 +11,21 @@ jest.mock('@jupyterlab/services', () => ({
 import {
   ApiError,
   apiUrl,
+  auditExportUrl,
+  auditPath,
+  auditSocketUrl,
+  downloadProgressUrl,
   eventSourceUrl,
   getStatus,
   getTicket,
+  listLocalModels,
+  loadModel,
+  queryString,
   requestAPI,
+  searchModelsPath,
+  updateUser,
   webSocketUrl
 } from '../api';
-import { formatBytes } from '../format';
 
 describe('apiUrl', () => {
   it.each([
@@ -131,15 +139,96 @@ describe('requestAPI', () => {
   });
 });
 
-describe('formatBytes', () => {
-  it.each([
-    [0, '0\u00a0B'],
-    [1023, '1023\u00a0B'],
-    [1536, '1.5\u00a0KiB'],
-    [25000000000, '23.3\u00a0GiB'],
-    [undefined, '—'],
-    [-1, '—']
-  ])('%s -> %s', (bytes, expected) => {
-    expect(formatBytes(bytes as number | undefined)).toBe(expected);
+describe('endpoint URLs', () => {
+  const settings = { baseUrl: 'https://hub.example/user/ann/' };
+
+  it('builds query strings from the set values only', () => {
+    expect(queryString({ q: 'qwen 2', author: '', arch: undefined, max_size_gb: 4, limit: 20 })).toBe(
+      '?q=qwen+2&max_size_gb=4&limit=20'
+    );
+    expect(queryString({ a: null })).toBe('');
+  });
+
+  it('passes the Hub search filters to the server', () => {
+    expect(
+      searchModelsPath({ q: 'llama', author: 'mlx-community', arch: 'llama', quant: '4bit', max_size_gb: '2.5', sort: 'likes', limit: 10 })
+    ).toBe('models/search?q=llama&author=mlx-community&arch=llama&quant=4bit&max_size_gb=2.5&sort=likes&limit=10');
+  });
+
+  it('puts the ticket on the download progress EventSource URL', () => {
+    expect(downloadProgressUrl(12, 'tick.et', settings)).toBe(
+      'https://hub.example/user/ann/mlx/api/downloads/12/progress?token=tick.et'
+    );
+  });
+
+  it('puts the ticket on the audit WebSocket URL, after replay', () => {
+    expect(auditSocketUrl('abc', 0, settings)).toBe('wss://hub.example/user/ann/mlx/api/audit/ws?token=abc');
+    expect(auditSocketUrl('abc', 50, { baseUrl: 'http://h:8888/' })).toBe(
+      'ws://h:8888/mlx/api/audit/ws?replay=50&token=abc'
+    );
+  });
+
+  it('builds audit query and export URLs with the filters', () => {
+    expect(auditPath({ user: 'bob', status: 'error', since: '2026-01-01T00:00:00Z' }, 50, 100)).toBe(
+      'audit?user=bob&status=error&since=2026-01-01T00%3A00%3A00Z&limit=50&offset=100'
+    );
+    expect(auditPath({}, 100, 0)).toBe('audit?limit=100');
+    expect(auditExportUrl('csv', { model: 'local/tiny-demo' }, 't', settings)).toBe(
+      'https://hub.example/user/ann/mlx/api/audit/export?format=csv&model=local%2Ftiny-demo&token=t'
+    );
+  });
+});
+
+describe('model and user requests', () => {
+  beforeEach(() => mockMakeRequest.mockReset());
+
+  it('loads with pin and keep-alive only when given', async () => {
+    mockMakeRequest.mockImplementation(() => Promise.resolve(reply(200, { model: 'a/b', status: 'loaded' })));
+    await loadModel('a/b');
+    await loadModel('a/b', { pin: true, keep_alive: -1 });
+    expect(JSON.parse(mockMakeRequest.mock.calls[0][1].body)).toEqual({ model: 'a/b' });
+    expect(JSON.parse(mockMakeRequest.mock.calls[1][1].body)).toEqual({ model: 'a/b', pin: true, keep_alive: -1 });
+    expect(mockMakeRequest.mock.calls[1][0]).toBe('http://localhost:8888/mlx/api/pool/load');
+  });
+
+  it('patches a user', async () => {
+    mockMakeRequest.mockResolvedValue(reply(200, { id: 3, status: 'approved' }));
+    await updateUser(3, { status: 'approved' });
+    const [url, init] = mockMakeRequest.mock.calls[0];
+    expect(url).toBe('http://localhost:8888/mlx/api/users/3');
+    expect(init).toEqual({
+      method: 'PATCH',
+      body: '{"status":"approved"}',
+      headers: { 'Content-Type': 'application/json' }
+    });
+  });
+
+  it('lists local models, falling back to the OpenAI list on 404', async () => {
+    mockMakeRequest
+      .mockResolvedValueOnce(reply(404, '<html>Not Found</html>', 'Not Found'))
+      .mockResolvedValueOnce(reply(200, { object: 'list', data: [{ id: 'local/tiny-demo', loaded: true }] }));
+    await expect(listLocalModels()).resolves.toEqual({
+      models: [{ id: 'local/tiny-demo', loaded: true }],
+      detailed: false
+    });
+    expect(mockMakeRequest.mock.calls[1][0]).toBe('http://localhost:8888/mlx/v1/models');
+
+    mockMakeRequest.mockReset();
+    mockMakeRequest.mockResolvedValue(reply(200, { models: [{ id: 'org/m', architecture: 'llama' }] }));
+    await expect(listLocalModels()).resolves.toEqual({
+      models: [{ id: 'org/m', architecture: 'llama' }],
+      detailed: true
+    });
+  });
+
+  it("reads OpenAI's error envelope too", async () => {
+    mockMakeRequest.mockResolvedValue(reply(400, { error: { message: 'bad model', type: 'invalid_request_error', code: 'invalid_model_id' } }));
+    await expect(requestAPI('x')).rejects.toMatchObject({ status: 400, message: 'bad model', reason: 'invalid_model_id' });
+  });
+
+  it('flags a missing endpoint', async () => {
+    mockMakeRequest.mockResolvedValue(reply(404, '<html/>', 'Not Found'));
+    const err = await failure(requestAPI('models/search'));
+    expect(err.isNotFound).toBe(true);
   });
 });

@@ -1,0 +1,217 @@
+/**
+ * Streaming chat completions over `POST mlx/v1/chat/completions` (`stream: true`).
+ *
+ * `EventSource` cannot POST, so the body is read with `fetch` + `ReadableStream` through
+ * `ServerConnection.makeRequest` (Jupyter's cookie/XSRF/token handling) and parsed with
+ * `SSEParser`. An `AbortSignal` stops the stream; the server then cancels the generation.
+ */
+import { ServerConnection } from '@jupyterlab/services';
+
+import { ApiError, fetchResponse } from './api';
+import { SSEParser } from './sse';
+
+export interface IChatMessage {
+  role: 'system' | 'user' | 'assistant';
+  content: string;
+}
+
+export interface IChatRequest {
+  model: string;
+  messages: IChatMessage[];
+  max_tokens?: number;
+  temperature?: number;
+}
+
+export interface IUsage {
+  prompt_tokens?: number;
+  completion_tokens?: number;
+  total_tokens?: number;
+}
+
+/** What one streamed chunk means to the chat panel. */
+export type ChunkResult =
+  | { kind: 'delta'; text: string; finishReason: string | null }
+  | { kind: 'usage'; usage: IUsage }
+  | { kind: 'done' }
+  | { kind: 'error'; message: string; code: string }
+  | { kind: 'ignore' };
+
+/**
+ * Interpret the `data:` of one SSE event of a chat stream: text deltas, the usage chunk
+ * (`stream_options.include_usage`), `[DONE]`, or an in-band error (OpenAI's envelope).
+ */
+export function parseChunk(data: string): ChunkResult {
+  if (data.trim() === '[DONE]') {
+    return { kind: 'done' };
+  }
+  let json: any;
+  try {
+    json = JSON.parse(data);
+  } catch {
+    return { kind: 'ignore' };
+  }
+  if (json && typeof json.error === 'object' && json.error) {
+    return {
+      kind: 'error',
+      message: String(json.error.message || 'generation failed'),
+      code: String(json.error.code || json.error.type || '')
+    };
+  }
+  const choice = Array.isArray(json?.choices) ? json.choices[0] : undefined;
+  if (!choice) {
+    return json?.usage ? { kind: 'usage', usage: json.usage } : { kind: 'ignore' };
+  }
+  const text = typeof choice.delta?.content === 'string' ? choice.delta.content : '';
+  return { kind: 'delta', text, finishReason: choice.finish_reason ?? null };
+}
+
+export interface IChatStats {
+  /** Milliseconds from sending the request to the first text. */
+  ttftMs: number | null;
+  /** Completion tokens per second after the first one (decode speed). */
+  tokensPerSecond: number | null;
+  completionTokens: number | null;
+  totalMs: number;
+}
+
+/**
+ * Timing of one reply. `completionTokens` is the server's count when it sent usage, else
+ * the number of text chunks (one token each on this server).
+ */
+export function computeStats(t: {
+  startedAt: number;
+  firstTokenAt: number | null;
+  endedAt: number;
+  completionTokens: number | null;
+}): IChatStats {
+  const ttftMs = t.firstTokenAt === null ? null : Math.max(0, t.firstTokenAt - t.startedAt);
+  let tokensPerSecond: number | null = null;
+  const n = t.completionTokens;
+  if (t.firstTokenAt !== null && n !== null && n > 1) {
+    const seconds = (t.endedAt - t.firstTokenAt) / 1000;
+    tokensPerSecond = seconds > 0 ? (n - 1) / seconds : null;
+  }
+  return {
+    ttftMs,
+    tokensPerSecond,
+    completionTokens: n,
+    totalMs: Math.max(0, t.endedAt - t.startedAt)
+  };
+}
+
+export interface IStreamHandlers {
+  /** Each piece of text as it arrives. */
+  onDelta?: (text: string) => void;
+  /** `performance.now()`-like clock, for tests. */
+  now?: () => number;
+}
+
+export interface IChatResult {
+  text: string;
+  finishReason: string | null;
+  usage: IUsage | null;
+  stats: IChatStats;
+  /** True when the caller aborted (the text is what arrived until then). */
+  stopped: boolean;
+}
+
+function isAbort(err: unknown, signal?: AbortSignal): boolean {
+  return !!signal?.aborted || (err as Error)?.name === 'AbortError';
+}
+
+/** Stream one chat completion. Throws `ApiError` on an error reply or an in-band error. */
+export async function streamChat(
+  request: IChatRequest,
+  options: IStreamHandlers & { signal?: AbortSignal } = {},
+  settings: ServerConnection.ISettings = ServerConnection.makeSettings()
+): Promise<IChatResult> {
+  const now = options.now ?? (() => performance.now());
+  const startedAt = now();
+  let firstTokenAt: number | null = null;
+  let chunks = 0;
+  let text = '';
+  let finishReason: string | null = null;
+  let usage: IUsage | null = null;
+  let stopped = false;
+
+  const finish = (): IChatResult => {
+    const endedAt = now();
+    const tokens = usage?.completion_tokens ?? (chunks || null);
+    return {
+      text,
+      finishReason,
+      usage,
+      stopped,
+      stats: computeStats({ startedAt, firstTokenAt, endedAt, completionTokens: tokens })
+    };
+  };
+
+  const base = settings.baseUrl.endsWith('/') ? settings.baseUrl : settings.baseUrl + '/';
+  const body = {
+    ...request,
+    stream: true,
+    stream_options: { include_usage: true }
+  };
+  let response: Response;
+  try {
+    response = await fetchResponse(
+      base + 'mlx/v1/chat/completions',
+      {
+        method: 'POST',
+        body: JSON.stringify(body),
+        headers: { Accept: 'text/event-stream', 'Content-Type': 'application/json' },
+        signal: options.signal
+      },
+      settings
+    );
+  } catch (err) {
+    if (isAbort(err, options.signal)) {
+      stopped = true;
+      return finish();
+    }
+    throw err;
+  }
+  if (!response.body) {
+    throw new ApiError('The server sent no stream.', response.status, 'no_stream');
+  }
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  const parser = new SSEParser();
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      const events = done ? parser.end() : parser.feed(decoder.decode(value, { stream: true }));
+      for (const event of events) {
+        const chunk = parseChunk(event.data);
+        if (chunk.kind === 'delta') {
+          if (chunk.text) {
+            if (firstTokenAt === null) {
+              firstTokenAt = now();
+            }
+            chunks++;
+            text += chunk.text;
+            options.onDelta?.(chunk.text);
+          }
+          finishReason = chunk.finishReason ?? finishReason;
+        } else if (chunk.kind === 'usage') {
+          usage = chunk.usage;
+        } else if (chunk.kind === 'error') {
+          throw new ApiError(chunk.message, 500, chunk.code);
+        } else if (chunk.kind === 'done') {
+          return finish();
+        }
+      }
+      if (done) {
+        return finish();
+      }
+    }
+  } catch (err) {
+    if (isAbort(err, options.signal)) {
+      stopped = true;
+      return finish();
+    }
+    throw err;
+  } finally {
+    reader.cancel().catch(() => undefined);
+  }
+}
