@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +40,14 @@ class RunnerProcess:
         self._tasks = [asyncio.ensure_future(self._read_events()), asyncio.ensure_future(self._read_stderr())]
 
     @classmethod
-    async def start(cls, model_id: str, path: Path, log: logging.Logger, timeout: float = 300) -> RunnerProcess:
-        """Spawn a runner and wait until its model is loaded; raise LoadFailed otherwise."""
+    async def start(
+        cls, model_id: str, path: Path, log: logging.Logger, timeout: float = 300, args: Sequence[str] = ()
+    ) -> RunnerProcess:
+        """Spawn a runner and wait until its model is loaded; raise LoadFailed otherwise.
+
+        `args`: runner options, e.g. `["--prompt-cache-bytes", "1073741824"]`."""
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "jupyter_mlx_manager.runner", str(path),
+            sys.executable, "-m", "jupyter_mlx_manager.runner", str(path), *args,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # a Ctrl-C in the server's terminal is not for runners
             limit=16 * 1024 * 1024,
