@@ -19,7 +19,9 @@ from .audit import AuditLog
 from .audit.log import EVENT_SCHEMA_ID
 from .auth import TokenIssuer, UserService, resolve_secret
 from .handlers import ROUTES
+from .downloads import DownloadManager
 from .models.catalog import ModelCatalog
+from .models.hub import HubSearch
 from .openai_api.service import CompletionService
 from .pool import ModelPool
 from .storage import Database
@@ -79,6 +81,16 @@ class MLXManager(ExtensionApp):
 
     max_loaded_models = Int(3, help="How many models may be loaded at once. Default: 3.").tag(config=True)
 
+    max_concurrent_downloads = Int(
+        2, help="How many model downloads run at once; more wait in the queue. Default: 2."
+    ).tag(config=True)
+
+    hf_token = Unicode(
+        "",
+        help="Hugging Face token for gated or private repos (search and downloads). Never logged. "
+        "Default: the env var HF_TOKEN, else the token saved by `hf auth login`.",
+    ).tag(config=True)
+
     max_tokens_limit = Int(
         4096,
         help="Largest max_tokens an OpenAI request may ask for (also the default for chat); "
@@ -131,6 +143,13 @@ class MLXManager(ExtensionApp):
             log=self.log,
             on_event=self._record_pool_event,
         )
+        hf_endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+        self.hub_search = HubSearch(hf_endpoint, self.hf_token or None)
+        self.downloads = DownloadManager(
+            self.db, self.audit, self.catalog.hub_cache, hf_endpoint, self.hf_token or None,
+            max_concurrent=self.max_concurrent_downloads, log=self.log,
+        )  # fmt: skip
+        IOLoop.current().add_callback(self.downloads.start)  # resumes unfinished downloads
         self.completions = CompletionService(self.pool, self.audit, record_content=self.audit_record_content)
         self._sockets: set[Any] = set()
         self.users.change_listeners.append(self._recheck_sockets)
@@ -142,6 +161,7 @@ class MLXManager(ExtensionApp):
 
     async def stop_extension(self) -> None:
         self._pruner.stop()
+        await self.downloads.stop()
         await self.pool.shutdown()
         for socket in list(self._sockets):
             socket.close(1001, "server shutting down")

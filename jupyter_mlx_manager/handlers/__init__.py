@@ -5,6 +5,8 @@ from __future__ import annotations
 from .audit import AuditExportHandler, AuditHandler, AuditStatsHandler, AuditWebSocketHandler
 from .openai import ChatCompletionsHandler, CompletionsHandler, ModelsHandler
 from .pool import PoolHandler, PoolLoadHandler, PoolUnloadHandler
+from .downloads import DownloadHandler, DownloadProgressHandler, DownloadsHandler
+from .models import LocalModelHandler, LocalModelsHandler, ModelSearchHandler
 from .auth import LoginHandler, MeHandler, RegisterHandler, TicketHandler, TokenHandler, TokensHandler
 from .status import StatusHandler
 from .users import UserHandler, UsersHandler
@@ -28,6 +30,12 @@ ROUTES = [
     ("mlx/api/pool", PoolHandler),
     ("mlx/api/pool/load", PoolLoadHandler),
     ("mlx/api/pool/unload", PoolUnloadHandler),
+    ("mlx/api/models/search", ModelSearchHandler),
+    ("mlx/api/models/local", LocalModelsHandler),
+    (r"mlx/api/models/local/(.+)", LocalModelHandler),
+    ("mlx/api/downloads", DownloadsHandler),
+    (rf"mlx/api/downloads/{_ID}", DownloadHandler),
+    (rf"mlx/api/downloads/{_ID}/progress", DownloadProgressHandler),
     ("mlx/v1/models", ModelsHandler),
     ("mlx/v1/chat/completions", ChatCompletionsHandler),
     ("mlx/v1/completions", CompletionsHandler),

@@ -2,18 +2,35 @@
 
 Model ids are validated strictly before they touch the file system: ASCII only, exactly
 one slash, no `..`, no absolute paths.
+
+The HF cache is the one huggingface_hub uses (`HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+`~/.cache/huggingface/hub`), read from the environment when the catalog is made (so a
+server started with `HF_HOME=…` uses it even if huggingface_hub was imported before). A
+Hub model is local when a snapshot of it holds a `config.json`; the download worker links
+`config.json` last, so a half-downloaded model never counts.
+
+`describe()` reads a model's characteristics from its files only — config.json, the JSON
+headers of the safetensors files (never the tensors), tokenizer_config.json and chat
+templates — so listing models is cheap and never imports MLX.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import struct
+import time
 from pathlib import Path
+from typing import Any
 
-from ..errors import BadRequest
+from ..errors import BadRequest, Forbidden, NotFound
 
 _PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
 MODEL_ID_RE = re.compile(rf"{_PART}/{_PART}")
 LOCAL_PREFIX = "local/"
+_HEADER_LIMIT = 100 * 1024 * 1024
 
 
 def validate_model_id(model_id: object) -> str:
@@ -31,44 +48,323 @@ def weights_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
 
-class ModelCatalog:
-    def __init__(self, model_dirs: list[Path]):
-        self.model_dirs = model_dirs
+def hub_cache_dir() -> Path:
+    """The HF hub cache, resolved from the environment now (as huggingface_hub does at import)."""
+    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(home).expanduser() / "hub"
 
+
+def hub_repo_folder(cache_dir: Path, repo_id: str) -> Path:
+    return cache_dir / ("models--" + repo_id.replace("/", "--"))
+
+
+class ModelCatalog:
+    def __init__(self, model_dirs: list[Path], hub_cache: Path | None = None):
+        self.model_dirs = model_dirs
+        self.hub_cache = Path(hub_cache) if hub_cache is not None else hub_cache_dir()
+        self._described: dict[str, tuple[Any, dict[str, Any]]] = {}
+
+    # -- finding models (blocking: call off the event loop) ---------------------------------------
     def resolve(self, model_id: str) -> Path | None:
-        """The folder holding a local model, or None (never downloads). Blocking: call off-loop."""
+        """The folder holding a local model, or None (never downloads)."""
         validate_model_id(model_id)
         if model_id.startswith(LOCAL_PREFIX):
-            name = model_id[len(LOCAL_PREFIX) :]
-            for directory in self.model_dirs:
-                candidate = directory / name
-                if (candidate / "config.json").is_file():
-                    return candidate
-            return None
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
-
-        try:
-            return Path(snapshot_download(model_id, local_files_only=True))
-        except (LocalEntryNotFoundError, OSError, ValueError):
-            return None
+            found = self._folder_model(model_id[len(LOCAL_PREFIX) :])
+            return found[1] if found else None
+        return self._hub_snapshot(model_id)
 
     def local_ids(self) -> list[str]:
         """Ids of every model folder found in the model folders and the HF cache."""
         ids = []
+        seen = set()
         for directory in self.model_dirs:
             if directory.is_dir():
-                ids += [f"{LOCAL_PREFIX}{p.name}" for p in sorted(directory.iterdir()) if (p / "config.json").is_file()]
-        from huggingface_hub import scan_cache_dir
-        from huggingface_hub.errors import CacheNotFound
-
-        try:
-            cache = scan_cache_dir()
-        except (CacheNotFound, OSError):
-            return ids
-        for repo in sorted(cache.repos, key=lambda r: r.repo_id):
-            if repo.repo_type == "model" and any(
-                f.file_name == "config.json" for rev in repo.revisions for f in rev.files
-            ):
-                ids.append(repo.repo_id)
+                for p in sorted(directory.iterdir()):
+                    model_id = f"{LOCAL_PREFIX}{p.name}"
+                    if model_id not in seen and MODEL_ID_RE.fullmatch(model_id) and (p / "config.json").is_file():
+                        seen.add(model_id)
+                        ids.append(model_id)
+        if self.hub_cache.is_dir():
+            for folder in sorted(self.hub_cache.iterdir()):
+                if not folder.name.startswith("models--"):
+                    continue
+                org, sep, name = folder.name[len("models--") :].partition("--")
+                repo_id = f"{org}/{name}"
+                if sep and MODEL_ID_RE.fullmatch(repo_id) and ".." not in repo_id and self._hub_snapshot(repo_id) is not None:
+                    ids.append(repo_id)
         return ids
+
+    def _folder_model(self, name: str) -> tuple[Path, Path] | None:
+        for directory in self.model_dirs:
+            candidate = directory / name
+            if (candidate / "config.json").is_file():
+                return directory, candidate
+        return None
+
+    def _hub_snapshot(self, repo_id: str) -> Path | None:
+        folder = hub_repo_folder(self.hub_cache, repo_id)
+        snapshots = folder / "snapshots"
+        if not snapshots.is_dir():
+            return None
+        try:
+            commit = (folder / "refs" / "main").read_text().strip()
+        except OSError:
+            commit = ""
+        if commit and re.fullmatch(r"[0-9a-f]{40}", commit) and (snapshots / commit / "config.json").is_file():
+            return snapshots / commit
+        complete = [s for s in snapshots.iterdir() if (s / "config.json").is_file()]
+        return max(complete, key=lambda s: s.stat().st_mtime) if complete else None
+
+    # -- characteristics --------------------------------------------------------------------------
+    def describe(self, model_id: str) -> dict[str, Any] | None:
+        """What the files say about a local model (None if it is not local). Blocking."""
+        path = self.resolve(model_id)
+        if path is None:
+            return None
+        try:
+            entries = sorted(path.iterdir(), key=lambda e: e.name)
+            key = tuple((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries)
+        except OSError:
+            key = None
+        cached = self._described.get(model_id)
+        if cached is not None and key is not None and cached[0] == (str(path), key):
+            info = dict(cached[1])
+        else:
+            info = read_characteristics(path)
+            self._described[model_id] = ((str(path), key), info)
+            info = dict(info)
+        hub = not model_id.startswith(LOCAL_PREFIX)
+        info.update(id=model_id, source="hub" if hub else "folder", path=str(path), revision=path.name if hub else None)
+        return info
+
+    def list_local(self) -> list[dict[str, Any]]:
+        out = []
+        for model_id in self.local_ids():
+            info = self.describe(model_id)
+            if info is not None:
+                out.append(info)
+        return out
+
+    # -- deleting ---------------------------------------------------------------------------------
+    def delete(self, model_id: str) -> int:
+        """Remove a local model from disk; returns the bytes freed. Blocking.
+
+        Hub models: the whole `models--org--name` folder of the cache (every revision).
+        Folder models: the model's folder, or only the link if it is a symbolic link.
+        """
+        validate_model_id(model_id)
+        if model_id.startswith(LOCAL_PREFIX):
+            found = self._folder_model(model_id[len(LOCAL_PREFIX) :])
+            if found is None:
+                raise NotFound(f"model {model_id} is not on this machine", reason="model_not_found")
+            directory, target = found
+            if target.is_symlink():
+                target.unlink()
+                return 0
+            if target.resolve().parent != directory.resolve():
+                raise Forbidden(f"{model_id} is not inside its model folder; not deleting it", reason="unsafe_path")
+        else:
+            if self._hub_snapshot(model_id) is None:
+                raise NotFound(f"model {model_id} is not on this machine", reason="model_not_found")
+            target = hub_repo_folder(self.hub_cache, model_id)
+            if target.is_symlink() or target.resolve().parent != self.hub_cache.resolve():
+                raise Forbidden(f"{model_id} is not inside the HF cache; not deleting it", reason="unsafe_path")
+        freed = _tree_bytes(target, follow_links=False)
+        try:
+            shutil.rmtree(target)
+        except PermissionError as exc:
+            raise Forbidden(f"the server may not delete {model_id}: {exc.strerror}", reason="permission_denied") from None
+        if not model_id.startswith(LOCAL_PREFIX):
+            shutil.rmtree(self.hub_cache / ".locks" / target.name, ignore_errors=True)
+        self._described.pop(model_id, None)
+        return freed
+
+
+def _tree_bytes(path: Path, follow_links: bool = True) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += (Path(root) / name).stat(follow_symlinks=follow_links).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (only the first 8 + N bytes are read)."""
+    try:
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                return {}
+            (length,) = struct.unpack("<Q", prefix)
+            if length > _HEADER_LIMIT:
+                return {}
+            header = json.loads(f.read(length))
+    except (OSError, ValueError):
+        return {}
+    return header if isinstance(header, dict) else {}
+
+
+def _quantization(config: dict[str, Any]) -> dict[str, Any] | None:
+    for key in ("quantization", "quantization_config"):
+        quant = config.get(key)
+        if isinstance(quant, dict) and isinstance(quant.get("bits"), int):
+            return {"bits": quant["bits"], "group_size": quant.get("group_size"), "mode": quant.get("mode", "affine")}
+    return None
+
+
+def count_parameters(headers: list[dict[str, Any]], config: dict[str, Any]) -> tuple[int, dict[str, int]]:
+    """Parameters (quantized weights unpacked: a U32 holds 32/bits of them; scales and biases
+    are not counted) and the element count per dtype."""
+    quant = config.get("quantization") or config.get("quantization_config") or {}
+    default_bits = quant.get("bits") if isinstance(quant, dict) else None
+    tensors: dict[str, dict[str, Any]] = {}
+    for header in headers:
+        for name, meta in header.items():
+            if name != "__metadata__" and isinstance(meta, dict):
+                tensors[name] = meta
+    total, by_dtype = 0, {}
+    for name, meta in tensors.items():
+        n = 1
+        for dim in meta.get("shape") or []:
+            n *= int(dim)
+        dtype = str(meta.get("dtype"))
+        by_dtype[dtype] = by_dtype.get(dtype, 0) + n
+        base = name.rsplit(".", 1)[0]
+        packed = tensors.get(f"{base}.weight", {}).get("dtype") == "U32"
+        if name.endswith((".scales", ".biases")) and packed:
+            continue
+        if dtype == "U32" and name.endswith(".weight") and f"{base}.scales" in tensors:
+            layer = quant.get(base) if isinstance(quant, dict) else None
+            bits = layer.get("bits") if isinstance(layer, dict) else default_bits
+            if isinstance(bits, int) and bits > 0:
+                n = n * 32 // bits
+        total += n
+    return total, by_dtype
+
+
+def _context_length(config: dict[str, Any], tokenizer_config: dict[str, Any]) -> int | None:
+    keys = ("max_position_embeddings", "max_sequence_length", "max_seq_len", "seq_length", "n_positions", "n_ctx")
+    for source in (config, config.get("text_config") or {}):
+        if isinstance(source, dict):
+            for key in keys:
+                value = source.get(key)
+                if isinstance(value, int) and value > 0:
+                    return value
+    value = tokenizer_config.get("model_max_length")
+    return value if isinstance(value, int) and 0 < value < 10_000_000 else None
+
+
+def chat_template_text(path: Path, tokenizer_config: dict[str, Any]) -> str | None:
+    """Every chat template the model ships (tokenizer_config.json, chat_template.jinja/.json)."""
+    parts = []
+    template = tokenizer_config.get("chat_template")
+    if isinstance(template, str):
+        parts.append(template)
+    elif isinstance(template, list):
+        parts += [t.get("template", "") for t in template if isinstance(t, dict) and isinstance(t.get("template"), str)]
+    jinja = path / "chat_template.jinja"
+    if jinja.is_file():
+        try:
+            parts.append(jinja.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            pass
+    as_json = _read_json(path / "chat_template.json").get("chat_template")
+    if isinstance(as_json, str):
+        parts.append(as_json)
+    return "\n".join(parts) if parts else None
+
+
+def infer_tool_parser(chat_template: str | None, tokenizer_config: dict[str, Any]) -> str | None:
+    """mlx-lm's tool parser choice (`tokenizer_utils._infer_tool_parser`, 0.32), from the
+    template's markers only — no tokenizer is loaded, so the vocabulary check is limited to
+    the added tokens listed in tokenizer_config.json."""
+    explicit = tokenizer_config.get("tool_parser_type")
+    if isinstance(explicit, str) and explicit:
+        return explicit
+    t = chat_template
+    if isinstance(t, str):
+        if "<minimax:tool_call>" in t:
+            return "minimax_m2"
+        if "<|tool_call>" in t and "<tool_call|>" in t:
+            return "gemma4"
+        if "<start_function_call>" in t:
+            return "function_gemma"
+        if "<longcat_tool_call>" in t:
+            return "longcat"
+        if "<arg_key>" in t:
+            return "glm47"
+        if "<|tool_list_start|>" in t or "<|tool_call_start|>" in t:
+            return "pythonic"
+        if "<tool_call>\\n<function=" in t or "<tool_call>\n<function=" in t:
+            return "qwen3_coder"
+        if "<|tool_calls_section_begin|>" in t:
+            return "kimi_k2"
+        if '<function name="' in t and '<param name="' in t:
+            return "minicpm5"
+        if "[TOOL_CALLS]" in t:
+            return "mistral"
+        if "<atem:function_calls>" in t:
+            return "muse_spark"
+        if "<tool_call>" in t and "tool_call.name" in t:
+            return "json_tools"
+    added = tokenizer_config.get("added_tokens_decoder")
+    if isinstance(added, dict):
+        contents = {v.get("content") for v in added.values() if isinstance(v, dict)}
+        if "<|tool_call_start|>" in contents and "<|tool_call_end|>" in contents:
+            return "pythonic"
+    return None
+
+
+def read_characteristics(path: Path) -> dict[str, Any]:
+    config = _read_json(path / "config.json")
+    tokenizer_config = _read_json(path / "tokenizer_config.json")
+    weights = sorted(path.glob("model*.safetensors")) or sorted(path.glob("*.safetensors"))
+    headers = [safetensors_header(w) for w in weights]
+    parameters, by_dtype = count_parameters(headers, config)
+    quant = _quantization(config)
+    text_config = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    template = chat_template_text(path, tokenizer_config)
+    parser = infer_tool_parser(template, tokenizer_config)
+    architectures = config.get("architectures") or text_config.get("architectures") or []
+    floats = {k: v for k, v in by_dtype.items() if k in ("F32", "F16", "BF16", "F64")}
+    dtype = config.get("torch_dtype") or config.get("dtype")
+    if not isinstance(dtype, str):
+        names = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+        dtype = names[max(floats, key=floats.get)] if floats else None
+    try:
+        files = [p for p in path.rglob("*") if p.is_file()]
+        size = sum(p.stat().st_size for p in files)
+        modified = max((p.stat().st_mtime for p in files), default=None)
+    except OSError:
+        files, size, modified = [], 0, None
+    return {
+        "model_type": config.get("model_type") or text_config.get("model_type"),
+        "architecture": architectures[0] if isinstance(architectures, list) and architectures else None,
+        "parameters": parameters or None,
+        "dtype": dtype,
+        "quantization": quant,
+        "context_length": _context_length(config, tokenizer_config),
+        "size_bytes": size,
+        "files": len(files),
+        "weight_files": len(weights),
+        "chat_template": template is not None,
+        "tool_calling": parser is not None,
+        "tool_parser": parser,
+        # Python code of its own (refused by the runner: trust_remote_code stays off).
+        "remote_code": "model_file" in config or "auto_map" in config or "auto_map" in tokenizer_config,
+        "modified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(modified)) if modified else None,
+    }

@@ -45,4 +45,26 @@ MIGRATIONS: list[str] = [
     CREATE INDEX audit_log_user_time ON audit_log(user, time);
     CREATE INDEX audit_log_model_time ON audit_log(model, time);
     """,
+    # 2: model downloads (downloads/manager.py); unfinished ones resume at startup.
+    """
+    CREATE TABLE downloads (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        repo_id          TEXT NOT NULL,
+        revision         TEXT NOT NULL,
+        status           TEXT NOT NULL CHECK (status IN ('queued', 'downloading', 'completed', 'failed', 'cancelled')),
+        downloaded_bytes INTEGER NOT NULL DEFAULT 0,
+        total_bytes      INTEGER,
+        files_done       INTEGER NOT NULL DEFAULT 0,
+        files_total      INTEGER,
+        error            TEXT,
+        error_kind       TEXT,
+        user             TEXT,
+        commit_sha       TEXT,
+        created_at       TEXT NOT NULL,
+        updated_at       TEXT NOT NULL,
+        finished_at      TEXT
+    );
+    CREATE INDEX downloads_status ON downloads(status);
+    CREATE INDEX downloads_repo ON downloads(repo_id);
+    """,
 ]

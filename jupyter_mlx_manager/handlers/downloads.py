@@ -1,0 +1,90 @@
+"""`mlx/api/downloads…`: start, list, follow (SSE) and cancel model downloads."""
+
+from __future__ import annotations
+
+import json
+
+from tornado.iostream import StreamClosedError
+
+from ..errors import BadRequest, Unauthorized
+from .base import MLXAPIHandler, authorized, web
+
+
+class DownloadsHandler(MLXAPIHandler):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        self.write_json({"downloads": await self.mlx.downloads.list()})
+
+    @web.authenticated
+    @authorized
+    async def post(self):
+        body = self.json_body()
+        revision = body.get("revision")
+        if revision is not None and not isinstance(revision, str):
+            raise BadRequest("revision must be a string", reason="invalid_revision")
+        record, _ = await self.mlx.downloads.create(
+            body.get("repo_id"), revision, user=self.mlx_user["username"], client=self.actor.client
+        )
+        self.write_json(record, status=202)
+
+
+class DownloadHandler(MLXAPIHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, download_id: str):
+        self.write_json(await self.mlx.downloads.get(int(download_id)))
+
+    @web.authenticated
+    @authorized
+    async def delete(self, download_id: str):
+        record = await self.mlx.downloads.cancel(int(download_id), self.mlx_user, client=self.actor.client)
+        self.write_json(record)
+
+
+class DownloadProgressHandler(MLXAPIHandler):
+    """Server-sent events: the record plus `rate_bps` and `eta_s`, at most 4 a second, a
+    `: keepalive` comment after `keepalive_seconds` of silence, and a last event with
+    `"final": true` (then the stream ends; an EventSource should close on it).
+
+    `?token=<ticket>` authenticates where EventSource cannot send headers. Without any
+    credential, as with an invalid one, the answer is 401.
+    """
+
+    query_token_allowed = True
+    keepalive_seconds = 15.0
+    min_interval = 0.25
+    retry_ms = 3000
+
+    def get_login_url(self) -> str:
+        # Jupyter's APIHandler answers 403 to a request without credentials; for this
+        # endpoint "no credential" and "bad credential" are both 401.
+        raise Unauthorized("authentication required: pass ?token=<ticket from mlx/api/auth/ticket>", reason="unauthorized")
+
+    def on_connection_close(self) -> None:
+        self._gone = True
+
+    @web.authenticated
+    @authorized
+    async def get(self, download_id: str):
+        self._gone = False
+        events = self.mlx.downloads.follow(int(download_id), self.min_interval, self.keepalive_seconds)
+        first = await events.__anext__()  # a missing download is a plain 404
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        self.write(f"retry: {self.retry_ms}\n\n")
+        try:
+            event = first
+            while True:
+                self.write(": keepalive\n\n" if event is None else f"data: {json.dumps(event)}\n\n")
+                await self.flush()
+                if self._gone or (event is not None and event.get("final")):
+                    break
+                event = await events.__anext__()
+        except (StreamClosedError, StopAsyncIteration):
+            pass
+        finally:
+            await events.aclose()
+        if not self._gone:
+            self.finish()

@@ -1,0 +1,204 @@
+"""Hub search: `HfApi.list_models` (MLX library filter) plus what the Hub's metadata says
+about each model — architecture, quantization, size and parameter estimates — filtered
+and sorted here, since the Hub cannot filter on most of these.
+
+The HTTP calls run on a worker thread, never on the event loop. `HF_ENDPOINT` (read when
+the server starts) and the optional `hf_token` are honoured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import BadRequest, MLXError
+
+SORTS = {"downloads": "downloads", "likes": "likes", "trending": "trending_score", "updated": "last_modified",
+         "created": "created_at", "size": None}  # fmt: skip
+QUANT_BITS = (2, 3, 4, 5, 6, 8, 16)
+EXPAND = ["author", "downloads", "likes", "tags", "safetensors", "config", "lastModified", "gated", "library_name",
+          "pipeline_tag", "usedStorage"]  # fmt: skip
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
+                "I8": 1, "U8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "BOOL": 1}  # fmt: skip
+_ARCH_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_TEXT_RE = re.compile(r"[\x20-\x7e]{0,100}")
+_AUTHOR_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+class HubUnavailable(MLXError):
+    """The Hub could not be reached or answered with an error (not the client's fault)."""
+
+    status_code = 502
+    reason = "hub_unavailable"
+
+
+@dataclass
+class SearchQuery:
+    q: str | None = None
+    author: str | None = None
+    arch: str | None = None
+    quant: int | None = None
+    max_size_bytes: int | None = None
+    sort: str = "downloads"
+    limit: int = 20
+
+    @classmethod
+    def parse(cls, args: dict[str, str | None]) -> SearchQuery:
+        """Validate query arguments (→ 400 with the argument's name in `reason`)."""
+        query = cls()
+        q = args.get("q")
+        if q:
+            if not _TEXT_RE.fullmatch(q):
+                raise BadRequest("q must be at most 100 printable ASCII characters", reason="invalid_q")
+            query.q = q.strip() or None
+        author = args.get("author")
+        if author:
+            if not _AUTHOR_RE.fullmatch(author):
+                raise BadRequest("author must be a Hub user or organisation name", reason="invalid_author")
+            query.author = author
+        arch = args.get("arch")
+        if arch:
+            if not _ARCH_RE.fullmatch(arch):
+                raise BadRequest("arch must be a model type such as 'llama' or 'qwen3'", reason="invalid_arch")
+            query.arch = arch.lower()
+        quant = args.get("quant")
+        if quant:
+            text = quant.strip().lower().removesuffix("bit").removesuffix("-")
+            text = {"none": "16", "fp16": "16", "bf16": "16", "f16": "16"}.get(text, text)
+            if not text.isdigit() or int(text) not in QUANT_BITS:
+                raise BadRequest(f"quant must be one of {', '.join(map(str, QUANT_BITS))} (bits; 16 = not quantized)", reason="invalid_quant")
+            query.quant = int(text)
+        size = args.get("max_size_gb")
+        if size:
+            try:
+                value = float(size)
+            except ValueError:
+                value = -1.0
+            if not 0 < value <= 100_000:
+                raise BadRequest("max_size_gb must be a number of GiB greater than 0", reason="invalid_max_size_gb")
+            query.max_size_bytes = int(value * 1024**3)
+        sort = args.get("sort")
+        if sort:
+            if sort not in SORTS:
+                raise BadRequest(f"sort must be one of {', '.join(SORTS)}", reason="invalid_sort")
+            query.sort = sort
+        limit = args.get("limit")
+        if limit:
+            if not limit.isdigit() or not 1 <= int(limit) <= 100:
+                raise BadRequest("limit must be an integer from 1 to 100", reason="invalid_limit")
+            query.limit = int(limit)
+        return query
+
+    @property
+    def filters_here(self) -> bool:
+        return self.arch is not None or self.quant is not None or self.max_size_bytes is not None or self.sort == "size"
+
+
+def _bits_from(model: Any) -> tuple[int | None, int | None]:
+    """(bits, group_size) from the config the Hub sends, else the tags, else the name."""
+    config = model.config if isinstance(model.config, dict) else {}
+    for key in ("quantization", "quantization_config"):
+        quant = config.get(key)
+        if isinstance(quant, dict) and isinstance(quant.get("bits"), int):
+            return quant["bits"], quant.get("group_size")
+    for tag in model.tags or []:
+        match = re.fullmatch(r"(\d{1,2})-?bit", str(tag).lower())
+        if match:
+            return int(match.group(1)), None
+    match = re.search(r"(?<![0-9])(\d{1,2})-?bit(?![a-z])", model.id.lower())
+    if match:
+        return int(match.group(1)), None
+    return None, None
+
+
+def summarize(model: Any, local_ids: set[str]) -> dict[str, Any]:
+    """One search result from a `huggingface_hub.ModelInfo`."""
+    config = model.config if isinstance(model.config, dict) else {}
+    bits, group_size = _bits_from(model)
+    size = parameters = None
+    if model.safetensors is not None and isinstance(model.safetensors.parameters, dict):
+        counts = model.safetensors.parameters
+        size = sum(int(n) * _DTYPE_BYTES.get(str(dtype), 2) for dtype, n in counts.items())
+        parameters = int(model.safetensors.total or sum(counts.values()))
+        packed = int(counts.get("U32", 0))
+        if packed and bits and bits < 16:
+            # Quantized MLX weights: a U32 packs 32/bits weights; scales and biases (one
+            # pair per group) are in the float counts and are not parameters.
+            unpacked = packed * 32 // bits
+            groups = unpacked // (group_size or 64)
+            parameters = max(unpacked + parameters - packed - 2 * groups, unpacked)
+    if size is None and isinstance(model.used_storage, int):
+        size = model.used_storage
+    architectures = config.get("architectures") if isinstance(config.get("architectures"), list) else []
+    return {
+        "id": model.id,
+        "author": model.author or model.id.split("/")[0],
+        "downloads": model.downloads or 0,
+        "likes": model.likes or 0,
+        "size_bytes": size,
+        "model_type": config.get("model_type") or None,
+        "architecture": (architectures[0] if architectures else None) or config.get("model_type") or None,
+        "quantization": {"bits": bits, "group_size": group_size} if bits and bits < 16 else None,
+        "parameters": parameters,
+        "tags": list(model.tags or []),
+        "pipeline_tag": model.pipeline_tag,
+        "gated": bool(model.gated),
+        "last_modified": model.last_modified.isoformat().replace("+00:00", "Z") if model.last_modified else None,
+        "local": model.id in local_ids,
+    }
+
+
+def _matches(result: dict[str, Any], query: SearchQuery) -> bool:
+    if query.arch is not None:
+        names = [result["model_type"] or "", result["architecture"] or ""]
+        if not any(query.arch == n.lower() or (len(query.arch) > 2 and query.arch in n.lower()) for n in names):
+            return False
+    if query.quant is not None:
+        bits = result["quantization"]["bits"] if result["quantization"] else 16
+        if bits != query.quant:
+            return False
+    if query.max_size_bytes is not None and (result["size_bytes"] is None or result["size_bytes"] > query.max_size_bytes):
+        return False
+    return True
+
+
+class HubSearch:
+    def __init__(self, endpoint: str, token: str | None = None, timeout: float = 20.0):
+        self.endpoint = endpoint.rstrip("/")
+        self._token = token or None
+        self.timeout = timeout
+
+    def _list(self, query: SearchQuery, fetch: int) -> list[Any]:
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=self.endpoint, token=self._token)
+        return list(
+            api.list_models(
+                search=query.q, author=query.author, filter="mlx", sort=SORTS[query.sort] or "downloads", limit=fetch, expand=EXPAND
+            )
+        )
+
+    async def search(self, query: SearchQuery, local_ids: set[str]) -> list[dict[str, Any]]:
+        import httpx2
+        from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+        # Filters the Hub cannot apply are applied to a larger first page.
+        fetch = min(max(query.limit * 5, 100), 500) if query.filters_here else query.limit
+        loop = asyncio.get_running_loop()
+        try:
+            models = await asyncio.wait_for(loop.run_in_executor(None, self._list, query, fetch), self.timeout)
+        except asyncio.TimeoutError:
+            raise HubUnavailable(f"the Hub at {self.endpoint} did not answer within {self.timeout:.0f} s") from None
+        except OfflineModeIsEnabled:
+            raise HubUnavailable("the Hub is disabled on this server (HF_HUB_OFFLINE)", reason="hub_offline") from None
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else "error"
+            raise HubUnavailable(f"the Hub at {self.endpoint} answered HTTP {status}") from None
+        except (httpx2.HTTPError, OSError) as exc:
+            raise HubUnavailable(f"cannot reach the Hub at {self.endpoint}: {type(exc).__name__}") from None
+        results = [r for r in (summarize(m, local_ids) for m in models) if _matches(r, query)]
+        if query.sort == "size":
+            results.sort(key=lambda r: (r["size_bytes"] is None, r["size_bytes"] or 0))
+        return results[: query.limit]
