@@ -303,11 +303,12 @@ class DownloadManager:
             except Exception as exc:  # a bug of ours must not leave the record "downloading" forever
                 self.log.exception("download %d of %s failed", job.id, job.record["repo_id"])
                 outcome = ("failed", f"internal error: {type(exc).__name__}", "internal")
-        if outcome is None or self._stopping or (job.cancelled and outcome[0] != "completed"):
-            return  # cancel() or stop() takes it from here
-        status, error, kind = outcome
+            if outcome is None or self._stopping or (job.cancelled and outcome[0] != "completed"):
+                return  # cancel() or stop() takes it from here
+            status, error, kind = outcome
+            # Finished before the slot is released: never more than max_concurrent "downloading".
+            await self._finish(job, status, error, kind)
         repo_id, user = job.record["repo_id"], job.record.get("user")
-        await self._finish(job, status, error, kind)
         duration_ms = (time.monotonic() - job.started) * 1000
         if status == "completed":
             self.log.info("downloaded %s (%d bytes) in %.1f s", repo_id, job.record["total_bytes"] or 0, duration_ms / 1000)
