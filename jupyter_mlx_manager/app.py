@@ -45,12 +45,14 @@ class MLXManager(ExtensionApp):
     owner_username = Unicode(
         help="Account that every Jupyter-authenticated request acts as when Jupyter's identity "
         "provider cannot tell people apart (a plain single-user server). Created at startup as "
-        "an approved admin. Default: the OS login name. Empty: no owner; the first user to "
-        "register becomes the admin.",
+        "an approved admin. Default: $JUPYTERHUB_USER under JupyterHub, else the OS login name. "
+        "Empty: no owner; the first user to register becomes the admin.",
     ).tag(config=True)
 
     @default("owner_username")
     def _default_owner(self) -> str:
+        if os.environ.get("JUPYTERHUB_USER"):  # a JupyterHub single-user server belongs to its Hub user
+            return os.environ["JUPYTERHUB_USER"]
         try:
             return getpass.getuser()
         except (KeyError, OSError):

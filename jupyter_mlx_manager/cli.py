@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 from jupyter_core.paths import jupyter_config_path
 from traitlets.config import Config
@@ -21,21 +22,24 @@ log = logging.getLogger("jupyter_mlx_manager.cli")
 
 
 def _server_config() -> Config:
-    """The merged `jupyter_server_config` files, lowest priority first, as the server reads them."""
+    """The server's configuration as `jupyter server` / `jupyter lab` read it: for each config
+    directory (lowest priority first), the `.d` folders, then the `.json` and `.py` files of
+    `jupyter_server_config` and `jupyter_lab_config`."""
     config = Config()
     for directory in reversed(jupyter_config_path()):
-        for loader in (JSONFileConfigLoader, PyFileConfigLoader):
-            name = "jupyter_server_config" + (".json" if loader is JSONFileConfigLoader else ".py")
-            try:
-                config.merge(loader(name, path=directory).load_config())
-            except ConfigFileNotFound:
-                pass
+        for base in ("jupyter_server_config", "jupyter_lab_config"):
+            drop_in = Path(directory) / f"{base}.d"
+            files = [(JSONFileConfigLoader, p.name, str(drop_in)) for p in sorted(drop_in.glob("*.json"))]
+            files += [(JSONFileConfigLoader, f"{base}.json", directory), (PyFileConfigLoader, f"{base}.py", directory)]
+            for loader, name, path in files:
+                try:
+                    config.merge(loader(name, path=path).load_config())
+                except ConfigFileNotFound:
+                    pass
     return config
 
 
 def _services(data_dir: str | None):
-    from pathlib import Path
-
     from .app import MLXManager
     from .audit import AuditLog
     from .auth import TokenIssuer, UserService, resolve_secret
@@ -50,8 +54,6 @@ def _services(data_dir: str | None):
 
 
 def _demo_model(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .app import MLXManager
     from .models.catalog import ModelCatalog
     from .models.demo import make_demo_model

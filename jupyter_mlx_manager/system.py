@@ -24,7 +24,12 @@ async def probe_device() -> dict:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-c", _DEVICE_PROBE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
-        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+        try:
+            out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+        except asyncio.TimeoutError:
+            process.kill()
+            await process.wait()
+            raise
         if process.returncode == 0:
             return json.loads(out)
         return {"type": "unavailable", "name": "MLX failed to start", "error": err.decode(errors="replace")[-500:]}

@@ -24,6 +24,11 @@ def pool_models(tmp_path_factory):
     shutil.copytree(folder / "a", remote_code)
     config = json.loads((remote_code / "config.json").read_text())
     (remote_code / "config.json").write_text(json.dumps({**config, "model_file": "evil.py"}))
+    tokenizer_code = folder / "tokenizer-code"
+    shutil.copytree(folder / "a", tokenizer_code)
+    tokenizer_config = json.loads((tokenizer_code / "tokenizer_config.json").read_text())
+    tokenizer_config["auto_map"] = {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}
+    (tokenizer_code / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     no_tokenizer = folder / "no-tokenizer"
     shutil.copytree(folder / "a", no_tokenizer)
     (no_tokenizer / "tokenizer.json").unlink()
@@ -103,7 +108,12 @@ async def test_keep_alive_expiry_unloads(api):
 
 @pytest.mark.parametrize(
     "name, words",
-    [("corrupt", "could not be loaded"), ("remote-code", "ships its own Python code"), ("no-tokenizer", "no tokenizer")],
+    [
+        ("corrupt", "could not be loaded"),
+        ("remote-code", "ships its own Python code"),
+        ("tokenizer-code", "ships its own Python code"),
+        ("no-tokenizer", "no tokenizer"),
+    ],
 )
 async def test_failed_loads_say_why_and_leave_no_runner(api, name, words):
     before = {p.pid for p in psutil.Process().children(recursive=True)}
@@ -120,6 +130,7 @@ async def test_bad_load_requests(api):
     for body, code in (
         ({"model": "../../etc"}, 400), ({"model": "local/missing"}, 404), ({}, 400), ({"model": "local/a", "pin": "yes"}, 400),
         ({"model": "local/a", "keep_alive": "5m"}, 400), ({"model": "a/b/c"}, 400),
+        ({"model": "local/a", "keep_alive": 1e300}, 400),
     ):  # fmt: skip
         reply = await api("POST", "mlx/api/pool/load", body=body)
         assert reply.code == code, (body, reply.body)
@@ -131,3 +142,36 @@ async def test_no_runner_survives_the_extension_stopping(api, mlx_app):
     await mlx_app.stop_extension()
     for pid in pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+async def test_a_busy_model_is_unloaded_only_with_force(api, pool_models):
+    assert (await api("POST", "mlx/api/pool/load", body={"model": "local/a"})).code == 200
+    eos = json.loads((pool_models / "a" / "config.json").read_text())["eos_token_id"]
+    body = {"model": "local/a", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3000, "logit_bias": {str(eos): -100}}
+    chat = asyncio.ensure_future(api("POST", "mlx/v1/chat/completions", body=body))
+    deadline = time.monotonic() + 10
+    while not (await api("GET", "mlx/api/pool")).body["models"][0]["in_flight"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    busy = await api("POST", "mlx/api/pool/unload", body={"model": "local/a"})
+    assert busy.code == 409 and busy.body["reason"] == "model_busy"
+    assert (await api("POST", "mlx/api/pool/unload", body={"model": "local/a", "force": True})).code == 200
+    assert (await chat).code == 500  # the request it was answering ends with an error
+    assert await _loaded(api) == []
+
+
+class TestOneModelAtATime:
+    @pytest.fixture
+    def mlx_config(self, pool_models):
+        return {"owner_username": OWNER, "jwt_secret": JWT_SECRET, "model_dirs": [str(pool_models)], "max_loaded_models": 1}
+
+    async def test_a_model_waited_for_is_not_evicted_before_its_request_runs(self, api):
+        """Two requests for two models at once: the second load must not evict the first model
+        between its load and its use (that request would die); it is told to wait instead."""
+
+        async def chat(name):
+            body = {"model": f"local/{name}", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+            return await api("POST", "mlx/v1/chat/completions", body=body)
+
+        for _ in range(3):
+            replies = await asyncio.gather(chat("a"), chat("b"))
+            assert sorted(r.code for r in replies) in ([200, 200], [200, 503]), [r.body for r in replies]

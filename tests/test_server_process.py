@@ -43,7 +43,7 @@ def test_server_starts_strict_and_warns_about_placeholder_secret(server):
     headers = {"Authorization": f"token {server['token']}"}
     status = requests.get(server["url"] + "mlx/api/status", headers=headers, timeout=10)
     assert status.status_code == 200 and status.json()["user"]["username"] == "owner"
-    assert requests.get(server["url"] + "mlx/api/status", timeout=10).status_code == 403
+    assert requests.get(server["url"] + "mlx/api/status", timeout=10).status_code == 401
     server["process"].send_signal(signal.SIGTERM)
     assert server["process"].wait(30) == 0
     log = server["log"].read_text()

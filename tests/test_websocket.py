@@ -117,3 +117,27 @@ async def test_slow_subscriber_gets_a_gap_marker_and_bounded_queue():
     subscription.offer({"id": 10})
     assert (await subscription.next(timeout=0.1))["data"]["id"] == 10
     assert await subscription.next(timeout=0.05) is None
+
+
+async def test_losing_admin_rights_or_the_api_token_closes_the_socket(api, jp_ws_fetch, make_user):
+    admin, admin_access = await make_user("kate", admin=True)
+    ticket = (await api("POST", "mlx/api/auth/ticket", auth=admin_access)).body["token"]
+    ws = await _open(jp_ws_fetch, ticket)
+    await api("PATCH", f"mlx/api/users/{admin['id']}", body={"is_admin": False})
+    while (message := await _next(ws)) is not None:
+        assert message["type"] in ("record", "ping")
+    assert ws.close_code == 1008, "a demoted admin must not keep everyone's records"
+
+    user, access = await make_user("liam")
+    created = (await api("POST", "mlx/api/auth/tokens", auth=access, body={"name": "ws"})).body
+    ws = await jp_ws_fetch("mlx", "api", "audit", "ws", headers={"Authorization": f"Bearer {created['token']}"})
+    assert (await api("DELETE", f"mlx/api/auth/tokens/{created['id']}", auth=access)).code == 204
+    while (message := await _next(ws)) is not None:
+        assert message["type"] in ("record", "ping")
+    assert ws.close_code == 1008, "a revoked API token must not keep its socket"
+
+
+async def test_only_tickets_open_sockets_from_the_url(api, jp_ws_fetch, make_user):
+    _, access = await make_user("mona")
+    ws = await _open(jp_ws_fetch, access)
+    assert await _next(ws) is None and ws.close_code == 1008

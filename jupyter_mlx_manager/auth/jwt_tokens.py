@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,6 @@ class Claims:
     user_id: int
     kind: str
     token_id: int | None
-    expires_at: float
 
 
 def looks_like_jwt(value: str | None) -> bool:
@@ -56,14 +56,24 @@ def resolve_secret(configured: str, data_dir: Path, log: logging.Logger) -> str:
             )
         return secret
     path = data_dir / "jwt_secret"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_urlsafe(48))
-    return path.read_text().strip()
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():
+        # Written whole to a private temp file, then linked into place: a concurrent reader
+        # (the CLI, a second server) never sees a half-written secret, and one writer wins.
+        fd, temp = tempfile.mkstemp(dir=data_dir, prefix=".jwt_secret-")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48))
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(temp)
+    secret = path.read_text().strip()
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise RuntimeError(f"{path} holds a JWT secret shorter than {MIN_SECRET_BYTES} bytes: delete it to generate a new one")
+    return secret
 
 
 class TokenIssuer:
@@ -101,4 +111,4 @@ class TokenIssuer:
             token_id = int(claims["jti"]) if kind == "api" else None
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidToken("malformed subject or token id") from exc
-        return Claims(user_id=user_id, kind=kind, token_id=token_id, expires_at=float(claims["exp"]))
+        return Claims(user_id=user_id, kind=kind, token_id=token_id)

@@ -13,11 +13,14 @@ class LoginThrottle:
     and a successful login clears the record.
     """
 
-    def __init__(self, free_attempts: int = 5, window: float = 900, base_delay: float = 30, max_delay: float = 900):
+    def __init__(
+        self, free_attempts: int = 5, window: float = 900, base_delay: float = 30, max_delay: float = 900, max_keys: int = 10000
+    ):
         self.free_attempts = free_attempts
         self.window = window
         self.base_delay = base_delay
         self.max_delay = max_delay
+        self.max_keys = max_keys  # bounds memory under a spray of made-up names and addresses
         self._failures: dict[tuple[str, str], deque[float]] = {}
 
     def retry_after(self, username: str, client: str) -> int:
@@ -31,8 +34,11 @@ class LoginThrottle:
 
     def failed(self, username: str, client: str) -> None:
         key = (username.lower(), client)
-        self._failures[key] = self._recent(key)
-        self._failures[key].append(time.monotonic())
+        failures = self._recent(key)
+        if key not in self._failures and len(self._failures) >= self.max_keys:
+            del self._failures[next(iter(self._failures))]  # the oldest entry
+        self._failures[key] = failures
+        failures.append(time.monotonic())
 
     def succeeded(self, username: str, client: str) -> None:
         self._failures.pop((username.lower(), client), None)

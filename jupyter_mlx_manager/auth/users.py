@@ -65,14 +65,14 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _insert_user(conn, username: str, password_hash: str | None, admin_if_first: bool = True) -> dict[str, Any]:
+def _insert_user(conn, username: str, password_hash: str | None) -> dict[str, Any]:
     """One statement decides first-user-becomes-admin, so concurrent inserts cannot both win."""
     try:
         conn.execute(
             "INSERT INTO users (username, password_hash, status, is_admin, created_at) "
             "SELECT ?, ?, CASE WHEN EXISTS (SELECT 1 FROM users) THEN 'pending' ELSE 'approved' END, "
-            "NOT EXISTS (SELECT 1 FROM users) AND ?, ?",
-            (username, password_hash, int(admin_if_first), utcnow()),
+            "NOT EXISTS (SELECT 1 FROM users), ?",
+            (username, password_hash, utcnow()),
         )
     except sqlite3.IntegrityError as exc:
         raise Conflict(f"user {username!r} already exists", reason="user_exists") from exc
@@ -211,6 +211,8 @@ class UserService:
     async def login(self, username: Any, password: Any, client_address: str) -> dict[str, Any]:
         if not isinstance(username, str) or not isinstance(password, str) or len(password.encode()) > MAX_PASSWORD_BYTES:
             raise BadRequest("username and password must be strings", reason="invalid_credentials_format")
+        if not USERNAME_RE.fullmatch(username):  # no account can have it: no hashing, no record
+            raise Unauthorized("wrong username or password", reason="invalid_credentials")
         wait = self.throttle.retry_after(username, client_address)
         if wait:
             await self.audit.record("auth.login", status="error", user=username[:64], client="api", error_type="throttled")
@@ -303,6 +305,7 @@ class UserService:
             return row["name"]
 
         name = await self.db.write(run)
+        self._changed(actor.user["id"])
         await self.audit.record("token.revoke", user=actor.user["username"], client=actor.client, detail=name)
 
 

@@ -143,7 +143,7 @@ class MLXClient:
     def local_models(self) -> list[dict[str, Any]]:
         return self._get("mlx/api/models/local")["models"]
 
-    def download(self, repo_id: str, revision: str | None = None, wait: bool = True, progress: bool = True):
+    def download(self, repo_id: str, wait: bool = True, *, revision: str | None = None, progress: bool = True):
         """Start (or join) a download on the server. `wait=True` blocks with a progress bar
         and returns the final record; `wait=False` returns a `Download` handle."""
         body = {"repo_id": repo_id} | ({"revision": revision} if revision else {})

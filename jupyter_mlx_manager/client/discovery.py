@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -20,8 +20,8 @@ class ServerNotFound(RuntimeError):
 @dataclass(frozen=True)
 class ServerInfo:
     url: str  # base URL of the Jupyter server, ending with "/"
-    token: str
-    source: str  # how it was found
+    token: str = field(repr=False)  # never shown, so it cannot end up in a saved notebook
+    source: str = ""  # how it was found
 
     @property
     def auth_header(self) -> dict[str, str]:

@@ -14,13 +14,14 @@ from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError
 
 from ..audit.log import FIELDS, STATUSES
-from ..errors import BadRequest
+from ..auth import InvalidToken
+from ..errors import BadRequest, Forbidden
 from .base import MLXAPIHandler, MLXWebSocketHandler, authorized, web, ws_authenticated
 
 
 def _int_argument(handler, name: str, default: int, low: int, high: int) -> int:
     raw = handler.get_query_argument(name, str(default))
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 12) or not low <= int(raw) <= high:
         raise BadRequest(f"{name} must be an integer from {low} to {high}", reason=f"invalid_{name}")
     return int(raw)
 
@@ -131,11 +132,17 @@ class AuditWebSocketHandler(MLXWebSocketHandler):
             pass
 
     async def still_allowed(self) -> bool:
-        """Re-read the user; close with 1008 if they were disabled, demoted to pending or deleted."""
+        """Re-read the user and their API token; close with 1008 if the user was disabled,
+        set pending, deleted or lost admin rights (the feed was chosen for them), or if the
+        API token that opened the socket was revoked."""
         try:
-            self.mlx.users.require_active(await self.mlx.users.get(self.mlx_user["id"]))
-        except web.HTTPError as exc:
-            self.close(1008, getattr(exc, "message", "forbidden")[:120])
+            user = self.mlx.users.require_active(await self.mlx.users.get(self.mlx_user["id"]))
+            if user["is_admin"] != self.mlx_user["is_admin"]:
+                raise Forbidden("your rights changed: reconnect", reason="rights_changed")
+            if self.credential is not None and self.credential[1].kind == "api":
+                await self.mlx.users.user_for_token(self.credential[0])
+        except (web.HTTPError, InvalidToken) as exc:
+            self.close(1008, (getattr(exc, "message", None) or "token revoked")[:120])
             return False
         return True
 

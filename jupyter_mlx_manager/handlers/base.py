@@ -20,6 +20,7 @@ from jupyter_server.auth.decorator import allow_unauthenticated, authorized
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from jupyter_server.extension.handler import ExtensionHandlerMixin
+from jupyter_server.log import _scrub_uri  # the scrubbing Jupyter's access log uses
 from tornado import web
 from tornado.websocket import WebSocketHandler
 
@@ -41,36 +42,47 @@ class MLXAuthMixin(ExtensionHandlerMixin):
     mlx_user: dict[str, Any] | None = None
     actor: Actor | None = None
     _jwt_authenticated = False
+    credential = None  # (token, claims) when a JWT of ours authenticated the request
 
     @property
     def mlx(self):
         """The running `MLXManager` extension app: the services live there."""
         return self.extensionapp
 
-    def _presented_jwt(self) -> str | None:
+    def _presented_jwt(self) -> tuple[str, bool] | None:
+        """(token, came in the URL) for a JWT of ours, or None (then Jupyter authenticates)."""
         scheme, _, value = self.request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and looks_like_jwt(value.strip()):
-            return value.strip()
+            return value.strip(), False
         if self.query_token_allowed:
             value = self.get_query_argument("token", "")
             if looks_like_jwt(value):
-                return value
+                return value, True
         return None
+
+    def _request_summary(self) -> str:
+        """Tornado's error log lines quote the URI: without tokens in its query string."""
+        return f"{self.request.method} {_scrub_uri(self.request.uri or '')} ({self.request.remote_ip})"
 
     async def _authenticate(self) -> None:
         """Run before Jupyter's prepare: a JWT of ours becomes the Jupyter current user."""
         # Until Jupyter's prepare runs, nobody is signed in (so an early error reply does not
         # fall back to tornado's deprecated get_current_user()).
         self.current_user = self._jupyter_current_user = None
-        token = self._presented_jwt()
-        if token is None:
+        presented = self._presented_jwt()
+        if presented is None:
             return
+        token, in_url = presented
         try:
             user, claims = await self.mlx.users.user_for_token(token)
         except InvalidToken:
             raise Unauthorized("invalid or expired token", reason="invalid_token") from None
+        if in_url and claims.kind != "ticket":
+            # URLs end up in logs and histories: only short-lived tickets may travel there.
+            raise Unauthorized("use a ticket (POST mlx/api/auth/ticket) in ?token=", reason="ticket_required")
         if user is None:
             raise Unauthorized("the account behind this token no longer exists", reason="unknown_user")
+        self.credential = (token, claims)
         self._jwt_authenticated = True
         self._jupyter_current_user = User(username=user["username"], name=user["username"])
         self._resolve_actor(user, "api_token" if claims.kind == "api" else "session")
@@ -156,7 +168,14 @@ class MLXAPIHandler(MLXAuthMixin, APIHandler):
             await super().prepare()
             return
         await self._authenticate()
-        await super().prepare()
+        try:
+            await super().prepare()
+        except web.HTTPError as exc:
+            if exc.status_code == 403 and self.current_user is None:
+                raise _missing_credential() from None
+            raise
+        if self.current_user is None:  # servers that allow unauthenticated access by default
+            raise _missing_credential()
         await self._map_jupyter_user()
 
     def json_body(self) -> dict[str, Any]:
@@ -174,6 +193,13 @@ class MLXAPIHandler(MLXAuthMixin, APIHandler):
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(json.dumps(data))
+
+
+def _missing_credential() -> Unauthorized:
+    """No credential at all is a 401 (so OpenAI SDKs raise AuthenticationError), not a 403."""
+    return Unauthorized(
+        "authentication required: a Jupyter token or cookie, or Authorization: Bearer <token>", reason="unauthorized"
+    )
 
 
 def ws_authenticated(method):

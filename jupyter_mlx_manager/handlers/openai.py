@@ -58,13 +58,16 @@ class _CompletionHandler(OpenAIHandler):
     kind = "chat"
     object_name = "chat.completion"
 
+    def initialize(self, *args: Any, **kwargs: Any) -> None:
+        super().initialize(*args, **kwargs)
+        self._client_gone = asyncio.Event()  # before prepare(): a client may leave at any time
+
     def on_connection_close(self) -> None:
         self._client_gone.set()
 
     @web.authenticated
     @authorized
     async def post(self):
-        self._client_gone = asyncio.Event()
         request = parse(self.json_body(), self.kind, self.mlx.max_tokens_limit)
         usage = Usage()
         self.completion_id = ("chatcmpl-" if self.kind == "chat" else "cmpl-") + self.request_id

@@ -30,8 +30,10 @@ class PoolUnloadHandler(MLXAPIHandler):
     @authorized
     async def post(self):
         body = self.json_body()
-        model_id = body.get("model")
+        model_id, force = body.get("model"), body.get("force", False)
         if not isinstance(model_id, str):
             raise BadRequest("model is required", reason="invalid_model_id")
-        await self.mlx.pool.unload(model_id, by=self.mlx_user["username"])
+        if not isinstance(force, bool):
+            raise BadRequest("force must be true or false", reason="invalid_force")
+        await self.mlx.pool.unload(model_id, by=self.mlx_user["username"], force=force)
         self.write_json({"model": model_id, "status": "unloaded"})

@@ -33,8 +33,12 @@ LOCAL_PREFIX = "local/"
 _HEADER_LIMIT = 100 * 1024 * 1024
 
 
+def is_valid_model_id(model_id: object) -> bool:
+    return isinstance(model_id, str) and model_id.isascii() and bool(MODEL_ID_RE.fullmatch(model_id)) and ".." not in model_id
+
+
 def validate_model_id(model_id: object) -> str:
-    if not isinstance(model_id, str) or not model_id.isascii() or not MODEL_ID_RE.fullmatch(model_id) or ".." in model_id:
+    if not is_valid_model_id(model_id):
         raise BadRequest(
             "model ids look like 'org/name' (ASCII letters, digits, '.', '_', '-'; "
             "models from the model folders are 'local/<folder name>')",
@@ -84,7 +88,7 @@ class ModelCatalog:
             if directory.is_dir():
                 for p in sorted(directory.iterdir()):
                     model_id = f"{LOCAL_PREFIX}{p.name}"
-                    if model_id not in seen and MODEL_ID_RE.fullmatch(model_id) and (p / "config.json").is_file():
+                    if model_id not in seen and is_valid_model_id(model_id) and (p / "config.json").is_file():
                         seen.add(model_id)
                         ids.append(model_id)
         if self.hub_cache.is_dir():
@@ -93,7 +97,7 @@ class ModelCatalog:
                     continue
                 org, sep, name = folder.name[len("models--") :].partition("--")
                 repo_id = f"{org}/{name}"
-                if sep and MODEL_ID_RE.fullmatch(repo_id) and ".." not in repo_id and self._hub_snapshot(repo_id) is not None:
+                if sep and is_valid_model_id(repo_id) and self._hub_snapshot(repo_id) is not None:
                     ids.append(repo_id)
         return ids
 
@@ -329,6 +333,15 @@ def infer_tool_parser(chat_template: str | None, tokenizer_config: dict[str, Any
     return None
 
 
+def _names_code(config: dict[str, Any], tokenizer_config: dict[str, Any]) -> bool:
+    return "model_file" in config or "auto_map" in config or "auto_map" in tokenizer_config
+
+
+def ships_code(path: Path) -> bool:
+    """Whether the model's configs ask to run Python code shipped with it."""
+    return _names_code(_read_json(path / "config.json"), _read_json(path / "tokenizer_config.json"))
+
+
 def read_characteristics(path: Path) -> dict[str, Any]:
     config = _read_json(path / "config.json")
     tokenizer_config = _read_json(path / "tokenizer_config.json")
@@ -364,7 +377,7 @@ def read_characteristics(path: Path) -> dict[str, Any]:
         "chat_template": template is not None,
         "tool_calling": parser is not None,
         "tool_parser": parser,
-        # Python code of its own (refused by the runner: trust_remote_code stays off).
-        "remote_code": "model_file" in config or "auto_map" in config or "auto_map" in tokenizer_config,
+        # Python code of its own (refused by the pool and the runner: trust_remote_code stays off).
+        "remote_code": _names_code(config, tokenizer_config),
         "modified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(modified)) if modified else None,
     }

@@ -67,7 +67,7 @@ class SearchQuery:
         if quant:
             text = quant.strip().lower().removesuffix("bit").removesuffix("-")
             text = {"none": "16", "fp16": "16", "bf16": "16", "f16": "16"}.get(text, text)
-            if not text.isdigit() or int(text) not in QUANT_BITS:
+            if not (text.isascii() and text.isdigit() and len(text) <= 2) or int(text) not in QUANT_BITS:
                 raise BadRequest(f"quant must be one of {', '.join(map(str, QUANT_BITS))} (bits; 16 = not quantized)", reason="invalid_quant")
             query.quant = int(text)
         size = args.get("max_size_gb")
@@ -86,7 +86,7 @@ class SearchQuery:
             query.sort = sort
         limit = args.get("limit")
         if limit:
-            if not limit.isdigit() or not 1 <= int(limit) <= 100:
+            if not (limit.isascii() and limit.isdigit() and len(limit) <= 3) or not 1 <= int(limit) <= 100:
                 raise BadRequest("limit must be an integer from 1 to 100", reason="invalid_limit")
             query.limit = int(limit)
         return query

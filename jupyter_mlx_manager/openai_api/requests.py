@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadRequest
+from ..pool.pool import validate_keep_alive
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP = 4
@@ -68,7 +69,7 @@ def _logit_bias(body: dict[str, Any]) -> dict[str, float]:
         raise InvalidParam("logit_bias must map token ids to numbers from -100 to 100", "logit_bias")
     out = {}
     for key, value in bias.items():
-        if not str(key).isdigit() or isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+        if not (str(key).isascii() and str(key).isdigit() and len(str(key)) <= 9) or isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
             raise InvalidParam("logit_bias must map token ids to numbers from -100 to 100", "logit_bias")
         out[str(int(key))] = float(value)
     return out
@@ -144,8 +145,10 @@ def parse(body: dict[str, Any], kind: str, max_tokens_limit: int) -> ParsedReque
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise InvalidParam("seed must be an integer", "seed")
     keep_alive = body.get("keep_alive")
-    if keep_alive is not None and (isinstance(keep_alive, bool) or not isinstance(keep_alive, (int, float))):
-        raise InvalidParam("keep_alive must be a number of seconds", "keep_alive")
+    try:
+        validate_keep_alive(keep_alive)
+    except BadRequest as exc:
+        raise InvalidParam(exc.message, "keep_alive") from None
     command: dict[str, Any] = {
         "kind": kind,
         "max_tokens": _max_tokens(body, max_tokens_limit, 16 if kind == "completion" else max_tokens_limit),

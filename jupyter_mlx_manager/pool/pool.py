@@ -11,7 +11,9 @@ is dropped from the pool and its requests end with an error.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import math
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -19,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadRequest, MLXError, NotFound
-from ..models.catalog import ModelCatalog, validate_model_id, weights_bytes
+from ..errors import BadRequest, Conflict, MLXError, NotFound
+from ..models.catalog import ModelCatalog, ships_code, validate_model_id, weights_bytes
 from .runner_process import LoadFailed, RunnerProcess
 
 # Beyond the weights: KV cache, activations and the interpreter (a rough, safe margin).
@@ -40,6 +42,25 @@ class ModelLoadError(MLXError):
 
     status_code = 422
     reason = "load_failed"
+
+
+MAX_KEEP_ALIVE_SECONDS = 10 * 365 * 86400
+
+
+def validate_keep_alive(keep_alive: object) -> None:
+    """Seconds (negative = forever): a finite number, at most ten years."""
+    if keep_alive is None:
+        return
+    if (
+        isinstance(keep_alive, bool)
+        or not isinstance(keep_alive, (int, float))
+        or not math.isfinite(keep_alive)
+        or keep_alive > MAX_KEEP_ALIVE_SECONDS
+    ):
+        raise BadRequest(
+            "keep_alive must be a finite number of seconds, at most ten years (negative = forever)",
+            reason="invalid_keep_alive",
+        )
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -118,6 +139,7 @@ class ModelPool:
         self._models: dict[str, LoadedModel] = {}
         self._loading: dict[str, asyncio.Future[LoadedModel]] = {}
         self._lock = asyncio.Lock()  # serialises admission decisions (eviction + spawn)
+        self._holds: collections.Counter[str] = collections.Counter()  # requests waiting for a model
         self._reaper: asyncio.Task | None = None
 
     # -- public API ----------------------------------------------------------------------------
@@ -146,8 +168,7 @@ class ModelPool:
         validate_model_id(model_id)
         if self._reaper is None:
             self.start()
-        if keep_alive is not None and (isinstance(keep_alive, bool) or not isinstance(keep_alive, (int, float))):
-            raise BadRequest("keep_alive must be a number of seconds (negative = forever)", reason="invalid_keep_alive")
+        validate_keep_alive(keep_alive)
         model = self._models.get(model_id)
         if model is None:
             future = self._loading.get(model_id)
@@ -162,18 +183,35 @@ class ModelPool:
         model.last_used = time.time()
         return model
 
-    async def unload(self, model_id: str, reason: str = "unload", by: str | None = None) -> None:
-        model = self._models.pop(model_id, None)
+    async def unload(self, model_id: str, reason: str = "unload", by: str | None = None, force: bool = False) -> None:
+        """Stop a model's runner. A model answering requests is unloaded only with `force`
+        (which ends those requests with an error)."""
+        model = self._models.get(model_id)
         if model is None:
             raise NotFound(f"{model_id} is not loaded", reason="not_loaded")
+        if model.in_flight and not force:
+            raise Conflict(
+                f"{model_id} is answering {model.in_flight} request(s); try again when it is idle, or force it",
+                reason="model_busy",
+            )
+        del self._models[model_id]
         await model.runner.stop()
         self.on_event(f"model.{reason}", model_id, user=by)
 
     @contextlib.asynccontextmanager
     async def use(self, model_id: str, keep_alive: float | None = None) -> AsyncIterator[LoadedModel]:
-        """Hold a model for one request (loading it if it is local); keeps it from eviction."""
-        model = await self.load(model_id, keep_alive=keep_alive)
-        model.in_flight += 1
+        """Hold a model for one request (loading it if it is local); keeps it from eviction.
+
+        The hold is counted before the load is awaited, so a model cannot be evicted by
+        another load between becoming ready and being used."""
+        self._holds[model_id] += 1
+        try:
+            model = await self.load(model_id, keep_alive=keep_alive)
+            model.in_flight += 1
+        finally:
+            self._holds[model_id] -= 1
+            if not self._holds[model_id]:
+                del self._holds[model_id]
         model.requests += 1
         try:
             yield model
@@ -196,10 +234,16 @@ class ModelPool:
 
     # -- internals -----------------------------------------------------------------------------
     async def _load(self, model_id: str, keep_alive: float | None, by: str | None) -> LoadedModel:
-        path = await asyncio.get_running_loop().run_in_executor(None, self.catalog.resolve, model_id)
+        path, weights, asks_for_code = await asyncio.get_running_loop().run_in_executor(None, self._locate, model_id)
         if path is None:
             raise NotFound(f"model {model_id} is not on this machine; download it first", reason="model_not_found")
-        estimate = int(weights_bytes(path) * ESTIMATE_FACTOR) + RUNNER_OVERHEAD_BYTES
+        if asks_for_code:
+            raise ModelLoadError(
+                f"{model_id} ships its own Python code (its config names 'model_file' or 'auto_map'); "
+                "running code from a model is not allowed (trust_remote_code stays off)",
+                reason="remote_code",
+            )
+        estimate = int(weights * ESTIMATE_FACTOR) + RUNNER_OVERHEAD_BYTES
         if estimate > self.max_memory_bytes:
             raise ModelLoadError(
                 f"{model_id} needs about {estimate / 1024**3:.1f} GiB, more than the whole memory budget "
@@ -223,6 +267,14 @@ class ModelPool:
         self.on_event("model.load", model_id, user=by, duration_ms=(time.monotonic() - started) * 1000)
         return model
 
+    def _locate(self, model_id: str) -> tuple[Path | None, int, bool]:
+        """The model's folder, weight bytes and whether it ships code (file-system work: runs
+        in an executor)."""
+        path = self.catalog.resolve(model_id)
+        if path is None:
+            return None, 0, False
+        return path, weights_bytes(path), ships_code(path)
+
     async def _make_room(self, needed: int) -> None:
         """Evict idle unpinned models, least recently used first, until `needed` fits."""
 
@@ -231,7 +283,7 @@ class ModelPool:
             return len(self._models) < self.max_loaded_models and used + needed <= self.max_memory_bytes
 
         while not fits():
-            idle = [m for m in self._models.values() if not m.pinned and not m.in_flight]
+            idle = [m for m in self._models.values() if not m.pinned and not m.in_flight and not self._holds[m.model_id]]
             if not idle:
                 raise PoolBusy(
                     "no room to load another model: every loaded model is pinned or busy "

@@ -43,7 +43,7 @@ class Database:
     # -- life cycle -------------------------------------------------------------------------
     def open(self) -> None:
         """Create the file if needed and apply pending migrations (on the writer thread)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # password and token hashes
         self._writer.submit(self._migrate).result()
 
     def close(self) -> None:
@@ -69,9 +69,6 @@ class Database:
     def write_sync(self, fn: Callable[..., T], *args: Any) -> T:
         return self._writer.submit(self._in_transaction, fn, *args).result()
 
-    def read_sync(self, fn: Callable[..., T], *args: Any) -> T:
-        return self._readers.submit(self._run, fn, *args).result()
-
     # -- internals (run on pool threads) ----------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -95,10 +92,11 @@ class Database:
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(conn, *args)
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # never leave the writer's connection inside a transaction
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
         return result
 
     def _migrate(self) -> None:
