@@ -45,15 +45,13 @@ def open_section(page: Page, name: str):
 def run_command(page: Page, label: str) -> None:
     """Through the command palette, with the keyboard only."""
     palette = page.locator(".lm-CommandPalette-input")
-    for attempt in range(3):
+    # The shortcut toggles the palette: press it once, and only if the palette is closed
+    # (pressing again while a slow page is still opening it would close it).
+    if not palette.is_visible():
         page.keyboard.press("Control+Shift+C")
-        try:
-            expect(palette).to_be_focused(timeout=3_000)
-            break
-        except AssertionError:
-            if attempt == 2:
-                raise
-    palette.fill(label)
+    expect(palette).to_be_visible(timeout=20_000)
+    palette.focus()
+    palette.fill(label, timeout=20_000)
     page.keyboard.press("Enter")
 
 
