@@ -202,12 +202,15 @@ class DownloadManager:
         job = self._jobs.get(download_id)
         if job is None or job.finished:
             record = await self.get(download_id)
-            if record["status"] == "failed" and self.active_for(record["repo_id"]) is None:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(None, clean_repo_folder, self.cache_dir, record["repo_id"])
+            if record["status"] == "failed":
+                _check_owner(record, user)
+                assert self._create_lock is not None
+                async with self._create_lock:  # no new download of this repo starts while we clean
+                    if self.active_for(record["repo_id"]) is None:
+                        loop = asyncio.get_running_loop()
+                        await loop.run_in_executor(None, clean_repo_folder, self.cache_dir, record["repo_id"])
             return record
-        if not user.get("is_admin") and job.record.get("user") not in (None, user.get("username")):
-            raise Forbidden("only the user who started a download, or an administrator, can cancel it", reason="not_yours")
+        _check_owner(job.record, user)
         job.cancelled = True
         if job.process is not None:
             await self._kill(job)
@@ -441,3 +444,8 @@ def _save(conn, record: dict[str, Any]) -> None:
     names = [n for n in COLUMNS if n not in ("id", "repo_id", "revision", "created_at", "user")]
     assignments = ", ".join(f"{n} = ?" for n in names)
     conn.execute(f"UPDATE downloads SET {assignments} WHERE id = ?", [*(record[n] for n in names), record["id"]])
+
+
+def _check_owner(record: dict[str, Any], user: dict[str, Any]) -> None:
+    if not user.get("is_admin") and record.get("user") not in (None, user.get("username")):
+        raise Forbidden("only the user who started a download, or an administrator, can cancel it", reason="not_yours")
