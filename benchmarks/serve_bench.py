@@ -1,12 +1,25 @@
-"""Serving benchmark: our `mlx/v1` endpoint vs `mlx_lm.server`, side by side in one run.
+"""Serving benchmark: our `mlx/v1` endpoint vs `mlx_lm.server` vs in-process mlx-lm, one run.
 
-Both serve the same generated model; rounds alternate between the two servers so that
-machine noise hits both alike. For concurrency 1, 4 and 8 it reports time to first token
-(p50/p95), per-request decode tokens/s, aggregate tokens/s, and each figure's ratio to
-in-process `mlx_lm.stream_generate` (the ceiling). EOS is suppressed with `logit_bias`,
-so every request generates exactly `--max-tokens` tokens.
+For each generated model (tiny: hidden 64, 2 layers; small: hidden 512, 8 layers) both
+servers serve the same weights, started fresh, and every measurement alternates between
+them so that machine noise hits both alike. EOS is suppressed with `logit_bias`, so every
+request generates exactly its `max_tokens`.
 
-    .venv/bin/python benchmarks/serve_bench.py [--hidden 64 --layers 2] [--out results.json]
+* throughput at concurrency 1, 4, 8: TTFT p50/p95, per-request decode tok/s, aggregate
+  tok/s; in-process `stream_generate` (concurrency 1) and `BatchGenerator` (4, 8) are the
+  ceilings, measured in a child process;
+* admission: a short request arriving while 7 long ones decode — its TTFT p50/p95;
+* prompt cache: ~800 tokens of shared system prompt, TTFT of the first (cold) and of a
+  second request sharing it (warm);
+* responsiveness (ours only): `GET api/contents` p50/p99, idle and while 8 generations run;
+* memory: our runner's RSS (from `mlx/api/pool`) and the `mlx_lm.server` process's RSS.
+
+One command writes JSON, a markdown table and a PNG plot into `--out`:
+
+    .venv/bin/pip install matplotlib     # only for the PNG; without it the plot is skipped
+    .venv/bin/python benchmarks/serve_bench.py --out benchmarks/results
+
+`--models tiny` and `--rounds 1` make a quicker run. Run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -14,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import random
 import secrets
 import signal
 import socket
@@ -21,13 +36,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import requests
 
 PROMPT = "Write a short story about a robot who learns to paint."
+MODELS = {"tiny": (64, 2), "small": (512, 8)}
+OURS, THEIRS = "jupyter-mlx-manager", "mlx_lm.server"
+RULE = "Rule {i}: answer briefly, cite the notebook cell, and keep numbers exact."
 
 
 def free_port() -> int:
@@ -36,7 +56,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(url: str, headers: dict, process: subprocess.Popen, timeout: float = 120) -> None:
+def wait_ready(url: str, headers: dict, process: subprocess.Popen, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -55,60 +75,53 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def one_request(url: str, headers: dict, model: str, max_tokens: int, logit_bias: dict) -> dict:
-    body = {
-        "model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": max_tokens,
-        "temperature": 0, "logit_bias": logit_bias, "stream": True,
-    }  # fmt: skip
-    start = time.perf_counter()
-    first = last = None
-    chunks = 0
-    with requests.post(url, json=body, headers=headers, stream=True, timeout=600) as reply:
-        reply.raise_for_status()
-        for line in reply.iter_lines():
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                continue
-            data = json.loads(line[6:])
-            if data.get("choices") and data["choices"][0].get("delta", {}).get("content"):
-                now = time.perf_counter()
-                first = first or now
-                last = now
-                chunks += 1
-    return {"ttft": (first - start) if first else None, "decode_s": (last - first) if first else None, "chunks": chunks, "end": time.perf_counter()}
+class Server:
+    def __init__(self, name: str, url: str, headers: dict, model: str, process: subprocess.Popen, base: str):
+        self.name, self.url, self.headers, self.model, self.process, self.base = name, url, headers, model, process, base
+
+    def stream(self, messages: list[dict], max_tokens: int, logit_bias: dict, stop: threading.Event | None = None) -> dict:
+        """One streamed chat request: TTFT, decode time, chunks (stops early if `stop` is set)."""
+        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
+                "logit_bias": logit_bias, "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+        start = time.perf_counter()
+        first = last = None
+        chunks, usage = 0, None
+        with requests.post(self.url, json=body, headers=self.headers, stream=True, timeout=900) as reply:
+            reply.raise_for_status()
+            for line in reply.iter_lines():
+                if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                    continue
+                data = json.loads(line[6:])
+                usage = data.get("usage") or usage
+                if data.get("choices") and data["choices"][0].get("delta", {}).get("content"):
+                    now = time.perf_counter()
+                    first = first or now
+                    last = now
+                    chunks += 1
+                if stop is not None and stop.is_set():
+                    break
+        return {"ttft": (first - start) if first else None, "decode_s": (last - first) if first else None,
+                "chunks": chunks, "end": time.perf_counter(), "usage": usage}  # fmt: skip
 
 
-def run_level(url: str, headers: dict, model: str, concurrency: int, max_tokens: int, logit_bias: dict) -> dict:
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+# -- throughput -----------------------------------------------------------------------------------
+def run_level(server: Server, concurrency: int, max_tokens: int, logit_bias: dict) -> dict:
+    """`concurrency` requests at once; each prompt starts with a fresh nonce, so no prompt
+    cache can serve it (the cache has its own probe)."""
+    prompts = [f"[{secrets.token_hex(3)}] {PROMPT}" for _ in range(concurrency)]
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        results = list(pool.map(lambda _: one_request(url, headers, model, max_tokens, logit_bias), range(concurrency)))
+        results = list(pool.map(lambda p: server.stream(user(p), max_tokens, logit_bias), prompts))
     wall = max(r["end"] for r in results) - start
     return {
         "ttft": [r["ttft"] for r in results],
         "decode_tps": [(max_tokens - 1) / r["decode_s"] for r in results if r["decode_s"]],
         "aggregate_tps": concurrency * max_tokens / wall,
     }
-
-
-def in_process_baseline(model_path: Path, max_tokens: int, logit_bias: dict, repeats: int = 3) -> dict:
-    import mlx.core as mx
-    from mlx_lm import load, stream_generate
-    from mlx_lm.sample_utils import make_logits_processors
-
-    model, tokenizer = load(str(model_path))
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True)
-    processors = make_logits_processors(logit_bias={int(k): v for k, v in logit_bias.items()})
-    ttfts, tps = [], []
-    for _ in range(repeats + 1):  # the first run warms up
-        start = time.perf_counter()
-        first = last = None
-        for response in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens, logits_processors=processors):
-            now = time.perf_counter()
-            first = first or now
-            last = now
-        ttfts.append(first - start)
-        tps.append((max_tokens - 1) / (last - first))
-    mx.clear_cache()
-    return {"ttft_p50": statistics.median(ttfts[1:]), "decode_tps_p50": statistics.median(tps[1:])}
 
 
 def summarize(samples: list[dict]) -> dict:
@@ -122,31 +135,184 @@ def summarize(samples: list[dict]) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+# -- probes ---------------------------------------------------------------------------------------
+class Background:
+    """`count` long generations that run until stopped (their streams are then closed)."""
 
-    from jupyter_mlx_manager.models.demo import make_demo_model
+    def __init__(self, server: Server, count: int, max_tokens: int, logit_bias: dict):
+        self.stop = threading.Event()
+        self.first_tokens = threading.Semaphore(0)
+        self.threads = [threading.Thread(target=self._one, args=(server, i, max_tokens, logit_bias), daemon=True) for i in range(count)]
+        self.done = 0
+        for thread in self.threads:
+            thread.start()
+        for _ in self.threads:
+            self.first_tokens.acquire(timeout=120)
 
-    work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
-    model_path = make_demo_model(work / "models" / "bench", hidden_size=args.hidden, num_layers=args.layers)
+    def _one(self, server: Server, i: int, max_tokens: int, logit_bias: dict) -> None:
+        body = {"model": server.model, "messages": user(f"[{secrets.token_hex(3)}] {PROMPT}"), "max_tokens": max_tokens, "temperature": 0,
+                "logit_bias": logit_bias, "stream": True}  # fmt: skip
+        signalled = False
+        try:
+            with requests.post(server.url, json=body, headers=server.headers, stream=True, timeout=900) as reply:
+                for line in reply.iter_lines():
+                    if not signalled and line.startswith(b"data: ") and line != b"data: [DONE]":
+                        choices = json.loads(line[6:]).get("choices")
+                        if choices and choices[0].get("delta", {}).get("content"):
+                            signalled = True
+                            self.first_tokens.release()
+                    if self.stop.is_set():
+                        break
+        finally:
+            if not signalled:
+                self.first_tokens.release()
+            self.done += 1
+
+    @property
+    def running(self) -> bool:
+        return self.done == 0
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(120)
+
+
+def admission_probe(server: Server, logit_bias: dict, samples: int, long_tokens: int) -> dict:
+    """TTFT of short requests arriving at random moments while 7 long ones decode."""
+    background = Background(server, 7, long_tokens, logit_bias)
+    ttfts = []
+    try:
+        rng = random.Random(0)
+        while len(ttfts) < samples and background.running:
+            time.sleep(rng.uniform(0.05, 0.5))
+            result = server.stream(user(f"[{secrets.token_hex(3)}] Quick question"), 4, logit_bias)
+            if result["ttft"] is not None and background.running:
+                ttfts.append(result["ttft"])
+    finally:
+        background.close()
+    return {"samples": len(ttfts), "ttft_p50_ms": 1000 * percentile(ttfts, 0.5), "ttft_p95_ms": 1000 * percentile(ttfts, 0.95)}
+
+
+def cache_probe(server: Server, logit_bias: dict, repeats: int, rules: int) -> dict:
+    """TTFT of a request with a new ~800-token system prompt (cold), then of one sharing it (warm)."""
+    cold, warm, prompt_tokens, cached = [], [], [], []
+    for _ in range(repeats):
+        system = f"Session {secrets.token_hex(4)}. " + " ".join(RULE.format(i=i) for i in range(rules))
+        first = server.stream([{"role": "system", "content": system}, *user("What does cell 3 print?")], 4, logit_bias)
+        second = server.stream([{"role": "system", "content": system}, *user("And cell 4?")], 4, logit_bias)
+        cold.append(first["ttft"])
+        warm.append(second["ttft"])
+        usage = second["usage"] or {}
+        prompt_tokens.append(usage.get("prompt_tokens"))
+        cached.append((usage.get("prompt_tokens_details") or {}).get("cached_tokens"))
+    return {
+        "cold_ttft_ms": 1000 * statistics.median(cold),
+        "warm_ttft_ms": 1000 * statistics.median(warm),
+        "warm_over_cold": statistics.median(warm) / statistics.median(cold),
+        "prompt_tokens": prompt_tokens[-1],
+        "cached_tokens": cached[-1],
+    }
+
+
+def contents_probe(server: Server, token: str, logit_bias: dict, samples: int, long_tokens: int) -> dict:
+    """Latency of Jupyter's own `GET api/contents`, idle and while 8 generations run."""
+    url = f"{server.base}/api/contents"
+    headers = {"Authorization": f"token {token}"}
+
+    def measure() -> list[float]:
+        times = []
+        with requests.Session() as session:
+            for _ in range(samples):
+                start = time.perf_counter()
+                session.get(url, headers=headers, timeout=30).raise_for_status()
+                times.append(time.perf_counter() - start)
+                time.sleep(0.01)
+        return times
+
+    idle = measure()
+    background = Background(server, 8, long_tokens, logit_bias)
+    try:
+        busy = measure()
+        still_busy = background.running
+    finally:
+        background.close()
+    stats = lambda t: {"p50_ms": 1000 * percentile(t, 0.5), "p99_ms": 1000 * percentile(t, 0.99)}  # noqa: E731
+    return {"idle": stats(idle), "during_8_generations": {**stats(busy), "generations_outlasted_probe": still_busy}}
+
+
+# -- in-process ceiling (child process) -----------------------------------------------------------
+def in_process_child(model_path: Path, max_tokens: int) -> None:
+    """Child process: mlx-lm without any server. Reads a concurrency per line on stdin, answers
+    one JSON line: `stream_generate` for 1, `BatchGenerator` (all prompts at once) for more."""
+    from mlx_lm import load, stream_generate
+    from mlx_lm.generate import BatchGenerator
+    from mlx_lm.sample_utils import make_logits_processors
+
+    model, tokenizer = load(str(model_path))
     eos = json.loads((model_path / "config.json").read_text())["eos_token_id"]
-    logit_bias = {str(eos): -100}
+    processors = make_logits_processors(logit_bias={eos: -100})
+    prompts = [tokenizer.apply_chat_template(user(f"[{secrets.token_hex(3)}] {PROMPT}"), add_generation_prompt=True) for _ in range(8)]
 
-    baseline = in_process_baseline(model_path, args.max_tokens, logit_bias)
+    def single() -> dict:
+        start = time.perf_counter()
+        first = last = None
+        for _response in stream_generate(model, tokenizer, prompts[0], max_tokens=max_tokens, logits_processors=processors):
+            now = time.perf_counter()
+            first = first or now
+            last = now
+        return {"ttft": [first - start], "decode_tps": [(max_tokens - 1) / (last - first)], "aggregate_tps": max_tokens / (last - start)}
 
+    def batched(n: int) -> dict:
+        generator = BatchGenerator(model, max_tokens=max_tokens)
+        start = time.perf_counter()
+        generator.insert([prompts[i % 8] for i in range(n)], logits_processors=[processors] * n)
+        first, last = {}, {}
+        while len(last) < n:
+            for r in generator.next_generated():
+                now = time.perf_counter()
+                first.setdefault(r.uid, now)
+                if r.finish_reason is not None:
+                    last[r.uid] = now
+        generator.close()
+        return {"ttft": [t - start for t in first.values()], "decode_tps": [(max_tokens - 1) / (last[u] - first[u]) for u in last],
+                "aggregate_tps": n * max_tokens / (max(last.values()) - start)}  # fmt: skip
+
+    single(), batched(4)  # warm up
+    print("ready", flush=True)
+    for line in sys.stdin:
+        n = int(line)
+        print(json.dumps(single() if n == 1 else batched(n)), flush=True)
+
+
+class InProcess:
+    name = "in-process mlx-lm"
+
+    def __init__(self, model_path: Path, max_tokens: int):
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--in-process", str(model_path), "--max-tokens", str(max_tokens)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.process.stdout.readline().strip() == "ready"
+
+    def run_level(self, concurrency: int) -> dict:
+        self.process.stdin.write(f"{concurrency}\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(30)
+
+
+# -- servers --------------------------------------------------------------------------------------
+def start_servers(work: Path, model_path: Path, model_name: str) -> tuple[Server, Server, str]:
     token, ours_port, theirs_port = secrets.token_hex(16), free_port(), free_port()
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(work / "config"), "JUPYTER_RUNTIME_DIR": str(work / "runtime")}
     ours = subprocess.Popen(
         [sys.executable, "-m", "jupyter_server", "--no-browser", "--ServerApp.allow_root=True", f"--ServerApp.port={ours_port}",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}", f"--MLXManager.data_dir={work / 'data'}",
-         f"--MLXManager.model_dirs={work / 'models'}", "--MLXManager.default_keep_alive=-1", "--MLXManager.owner_username=bench",
+         f"--MLXManager.model_dirs={model_path.parent}", "--MLXManager.default_keep_alive=-1", "--MLXManager.owner_username=bench",
          "--ServerApp.log_level=WARN"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -154,49 +320,204 @@ def main() -> None:
         [sys.executable, "-m", "mlx_lm.server", "--model", str(model_path), "--port", str(theirs_port), "--log-level", "WARNING"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    servers = {
-        "jupyter-mlx-manager": (f"http://127.0.0.1:{ours_port}/mlx/v1/chat/completions", {"Authorization": f"token {token}"}, "local/bench"),
-        "mlx_lm.server": (f"http://127.0.0.1:{theirs_port}/v1/chat/completions", {}, str(model_path)),
-    }
-    try:
-        wait_ready(f"http://127.0.0.1:{ours_port}/api/status", servers["jupyter-mlx-manager"][1], ours)
-        wait_ready(f"http://127.0.0.1:{theirs_port}/v1/models", {}, theirs)
-        for url, headers, model in servers.values():  # warm up: load, compile
-            one_request(url, headers, model, 8, logit_bias)
-        results: dict = {"model": {"hidden": args.hidden, "layers": args.layers}, "max_tokens": args.max_tokens,
-                         "in_process": baseline, "servers": {}}  # fmt: skip
-        for concurrency in args.concurrency:
-            samples = {name: [] for name in servers}
-            for round_ in range(args.rounds):
-                order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
-                for name in order:
-                    samples[name].append(run_level(*servers[name], concurrency, args.max_tokens, logit_bias))
-            for name in servers:
-                summary = summarize(samples[name])
-                summary["decode_vs_in_process"] = summary["decode_tps_p50"] / baseline["decode_tps_p50"]
-                results["servers"].setdefault(name, {})[str(concurrency)] = summary
-    finally:
-        for process in (ours, theirs):
-            process.send_signal(signal.SIGTERM)
-            process.wait(30)
+    base = f"http://127.0.0.1:{ours_port}"
+    servers = (
+        Server(OURS, f"{base}/mlx/v1/chat/completions", {"Authorization": f"token {token}"}, f"local/{model_name}", ours, base),
+        Server(THEIRS, f"http://127.0.0.1:{theirs_port}/v1/chat/completions", {}, str(model_path), theirs, f"http://127.0.0.1:{theirs_port}"),
+    )
+    wait_ready(f"{base}/api/status", servers[0].headers, ours)
+    wait_ready(f"http://127.0.0.1:{theirs_port}/v1/models", {}, theirs)
+    return servers[0], servers[1], token
 
-    print(json.dumps(results, indent=2))
-    print()
-    print(f"in-process stream_generate: decode {baseline['decode_tps_p50']:.0f} tok/s, TTFT {1000 * baseline['ttft_p50']:.1f} ms\n")
-    print("| server | conc. | TTFT p50 ms | TTFT p95 ms | decode tok/s p50 | × in-process | aggregate tok/s |")
-    print("|---|---|---|---|---|---|---|")
-    for name, levels in results["servers"].items():
-        for concurrency, s in levels.items():
-            print(f"| {name} | {concurrency} | {s['ttft_p50_ms']:.1f} | {s['ttft_p95_ms']:.1f} | {s['decode_tps_p50']:.0f} | "
-                  f"{s['decode_vs_in_process']:.2f} | {s['aggregate_tps']:.0f} |")  # fmt: skip
-    ours_levels, theirs_levels = results["servers"]["jupyter-mlx-manager"], results["servers"]["mlx_lm.server"]
-    print("\n| conc. | ours/mlx_lm decode | ours/mlx_lm aggregate | ours/mlx_lm TTFT p50 |")
-    print("|---|---|---|---|")
-    for c in ours_levels:
-        o, t = ours_levels[c], theirs_levels[c]
-        print(f"| {c} | {o['decode_tps_p50'] / t['decode_tps_p50']:.2f} | {o['aggregate_tps'] / t['aggregate_tps']:.2f} | {o['ttft_p50_ms'] / t['ttft_p50_ms']:.2f} |")
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+
+def stop_server(server: Server) -> None:
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        server.process.wait(30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
+    from jupyter_mlx_manager.models.demo import make_demo_model
+
+    hidden, layers = MODELS[name]
+    model_path = make_demo_model(work / f"models-{name}" / name, hidden_size=hidden, num_layers=layers)
+    eos = json.loads((model_path / "config.json").read_text())["eos_token_id"]
+    logit_bias = {str(eos): -100}
+    result: dict = {"hidden": hidden, "layers": layers, "in_process": {}, "servers": {}}
+
+    baseline = InProcess(model_path, args.max_tokens)
+    ours, theirs, token = start_servers(work, model_path, name)
+    servers = [ours, theirs]
+    try:
+        for server in servers:  # warm up: load, compile
+            server.stream(user("warm up"), 8, logit_bias)
+            run_level(server, 4, 8, logit_bias)
+        contenders = [baseline, ours, theirs]
+        for concurrency in args.concurrency:
+            print(f"[{name}] concurrency {concurrency}", file=sys.stderr)
+            samples = {c.name: [] for c in contenders}
+            for round_ in range(args.rounds):  # the order rotates, so no one always runs first
+                for c in contenders[round_ % 3 :] + contenders[: round_ % 3]:
+                    sample = c.run_level(concurrency) if c is baseline else run_level(c, concurrency, args.max_tokens, logit_bias)
+                    samples[c.name].append(sample)
+            result["in_process"][str(concurrency)] = summarize(samples[baseline.name])
+            for server in servers:
+                summary = summarize(samples[server.name])
+                summary["decode_vs_in_process"] = summary["decode_tps_p50"] / result["in_process"][str(concurrency)]["decode_tps_p50"]
+                result["servers"].setdefault(server.name, {})[str(concurrency)] = summary
+        baseline.close()
+        long_tokens = 1900 if name == "tiny" else 1200
+        print(f"[{name}] admission probe", file=sys.stderr)
+        admission = {s.name: [] for s in servers}
+        for round_ in range(2):
+            for server in servers if round_ % 2 == 0 else servers[::-1]:
+                admission[server.name].append(admission_probe(server, logit_bias, args.probe_samples, long_tokens))
+        result["admission"] = {
+            n: {"samples": sum(r["samples"] for r in rs), "ttft_p50_ms": statistics.median(r["ttft_p50_ms"] for r in rs),
+                "ttft_p95_ms": max(r["ttft_p95_ms"] for r in rs)}
+            for n, rs in admission.items()
+        }  # fmt: skip
+        print(f"[{name}] prompt-cache probe", file=sys.stderr)
+        result["prompt_cache"] = {s.name: cache_probe(s, logit_bias, args.cache_repeats, rules=17) for s in servers}
+        print(f"[{name}] responsiveness probe", file=sys.stderr)
+        result["contents"] = contents_probe(ours, token, logit_bias, args.contents_samples, long_tokens)
+        pool = requests.get(f"{ours.base}/mlx/api/pool", headers=ours.headers, timeout=10).json()["models"][0]
+        result["memory"] = {
+            OURS: {"runner_rss_bytes": pool["memory_bytes"], "mlx_active_bytes": pool.get("mlx_active_bytes")},
+            THEIRS: {"server_rss_bytes": psutil.Process(theirs.process.pid).memory_info().rss},
+        }
+    finally:
+        for server in servers:
+            stop_server(server)
+        if baseline.process.poll() is None:
+            baseline.process.kill()
+    return result
+
+
+# -- reporting ------------------------------------------------------------------------------------
+def markdown(results: dict) -> str:
+    lines = [f"Machine: {results['machine']['cpus']} CPUs, {results['machine']['platform']}; load average before "
+             f"{results['machine']['load_before']}, after {results['machine']['load_after']}; max_tokens {results['max_tokens']}, "
+             f"rounds {results['rounds']}.", ""]  # fmt: skip
+    for name, r in results["models"].items():
+        ip = r["in_process"]
+        lines += [f"### {name} model (hidden {r['hidden']}, {r['layers']} layers)", "",
+                  "| server | conc. | TTFT p50 ms | TTFT p95 ms | decode tok/s p50 | × in-process | aggregate tok/s |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for c, s in ip.items():
+            lines.append(f"| in-process mlx-lm | {c} | {s['ttft_p50_ms']:.1f} | {s['ttft_p95_ms']:.1f} | {s['decode_tps_p50']:.0f} | 1.00 | "
+                         f"{s['aggregate_tps']:.0f} |")  # fmt: skip
+        for server, levels in r["servers"].items():
+            for c, s in levels.items():
+                lines.append(f"| {server} | {c} | {s['ttft_p50_ms']:.1f} | {s['ttft_p95_ms']:.1f} | {s['decode_tps_p50']:.0f} | "
+                             f"{s['decode_vs_in_process']:.2f} | {s['aggregate_tps']:.0f} |")  # fmt: skip
+        ours, theirs = r["servers"][OURS], r["servers"][THEIRS]
+        lines += ["", "| conc. | ours/mlx_lm decode | ours/mlx_lm aggregate | ours/mlx_lm TTFT p50 | ours/in-process aggregate |", "|---|---|---|---|---|"]
+        for c in ours:
+            o, t = ours[c], theirs[c]
+            lines.append(f"| {c} | {o['decode_tps_p50'] / t['decode_tps_p50']:.2f} | {o['aggregate_tps'] / t['aggregate_tps']:.2f} | "
+                         f"{o['ttft_p50_ms'] / t['ttft_p50_ms']:.2f} | {o['aggregate_tps'] / ip[c]['aggregate_tps']:.2f} |")  # fmt: skip
+        a = r["admission"]
+        lines += ["", "| probe | jupyter-mlx-manager | mlx_lm.server | ours/theirs |", "|---|---|---|---|",
+                  f"| admission TTFT p50 ms (short request, 7 long decoding) | {a[OURS]['ttft_p50_ms']:.1f} | {a[THEIRS]['ttft_p50_ms']:.1f} | "
+                  f"{a[OURS]['ttft_p50_ms'] / a[THEIRS]['ttft_p50_ms']:.2f} |",
+                  f"| admission TTFT p95 ms | {a[OURS]['ttft_p95_ms']:.1f} | {a[THEIRS]['ttft_p95_ms']:.1f} | "
+                  f"{a[OURS]['ttft_p95_ms'] / a[THEIRS]['ttft_p95_ms']:.2f} |"]  # fmt: skip
+        pc = r["prompt_cache"]
+        for label, key in (("cold", "cold_ttft_ms"), ("warm", "warm_ttft_ms")):
+            lines.append(f"| prompt cache: {label} TTFT ms ({pc[OURS]['prompt_tokens']} prompt tokens) | {pc[OURS][key]:.1f} | {pc[THEIRS][key]:.1f} | "
+                         f"{pc[OURS][key] / pc[THEIRS][key]:.2f} |")  # fmt: skip
+        lines.append(f"| prompt cache: warm/cold | {pc[OURS]['warm_over_cold']:.3f} | {pc[THEIRS]['warm_over_cold']:.3f} | |")
+        m = r["memory"]
+        lines.append(f"| memory: RSS MiB (our runner / their server process) | {m[OURS]['runner_rss_bytes'] / 2**20:.0f} | "
+                     f"{m[THEIRS]['server_rss_bytes'] / 2**20:.0f} | |")  # fmt: skip
+        ct = r["contents"]
+        lines += ["", f"`GET api/contents` (ours): idle p50 {ct['idle']['p50_ms']:.1f} ms / p99 {ct['idle']['p99_ms']:.1f} ms; "
+                  f"during 8 generations p50 {ct['during_8_generations']['p50_ms']:.1f} ms / p99 {ct['during_8_generations']['p99_ms']:.1f} ms.", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no PNG (pip install matplotlib)", file=sys.stderr)
+        return False
+    names = list(results["models"])
+    fig, axes = plt.subplots(len(names), 3, figsize=(15, 4.2 * len(names)), squeeze=False)
+    colors = {OURS: "tab:blue", THEIRS: "tab:orange", "in-process mlx-lm": "tab:gray"}
+    for row, name in enumerate(names):
+        r = results["models"][name]
+        levels = list(r["servers"][OURS])
+        ax = axes[row][0]
+        width = 0.27
+        for k, label in enumerate(["in-process mlx-lm", OURS, THEIRS]):
+            values = [r["in_process"][c]["aggregate_tps"] if label == "in-process mlx-lm" else r["servers"][label][c]["aggregate_tps"] for c in levels]
+            ax.bar([i + (k - 1) * width for i in range(len(levels))], values, width, label=label, color=colors[label])
+        ax.set_xticks(range(len(levels)), [f"conc {c}" for c in levels])
+        ax.set_ylabel("aggregate tok/s")
+        ax.set_title(f"{name}: throughput")
+        ax.legend(fontsize=8)
+        ax = axes[row][1]
+        for k, server in enumerate([OURS, THEIRS]):
+            values = [r["servers"][server][c]["ttft_p50_ms"] for c in levels] + [r["admission"][server]["ttft_p50_ms"], r["admission"][server]["ttft_p95_ms"]]
+            ax.bar([i + (k - 0.5) * 0.4 for i in range(len(values))], values, 0.4, label=server, color=colors[server])
+        ax.set_xticks(range(len(levels) + 2), [f"conc {c}\np50" for c in levels] + ["admission\np50", "admission\np95"])
+        ax.set_ylabel("TTFT ms")
+        ax.set_title(f"{name}: time to first token")
+        ax.legend(fontsize=8)
+        ax = axes[row][2]
+        for k, server in enumerate([OURS, THEIRS]):
+            pc = r["prompt_cache"][server]
+            ax.bar([i + (k - 0.5) * 0.4 for i in range(2)], [pc["cold_ttft_ms"], pc["warm_ttft_ms"]], 0.4, label=server, color=colors[server])
+        ax.set_xticks(range(2), ["cold prefix", "warm prefix"])
+        ax.set_ylabel("TTFT ms")
+        ct = r["contents"]["during_8_generations"]
+        ax.set_title(f"{name}: prompt cache (api/contents p99 {ct['p99_ms']:.0f} ms busy)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--probe-samples", type=int, default=12, help="short requests per admission probe round")
+    parser.add_argument("--cache-repeats", type=int, default=5)
+    parser.add_argument("--contents-samples", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--in-process", type=Path, help=argparse.SUPPRESS)  # the child-process mode
+    args = parser.parse_args()
+
+    if args.in_process:
+        in_process_child(args.in_process, args.max_tokens)
+        return
+
+    work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    results: dict = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_before": [round(x, 2) for x in os.getloadavg()]},
+        "max_tokens": args.max_tokens, "rounds": args.rounds, "models": {},
+    }  # fmt: skip
+    for name in args.models:
+        results["models"][name] = bench_model(name, args, work)
+    results["machine"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serve_bench.json").write_text(json.dumps(results, indent=2))
+    table = markdown(results)
+    (args.out / "serve_bench.md").write_text(table + "\n")
+    plotted = plot(results, args.out / "serve_bench.png")
+    print(table)
+    print(f"\nwrote {args.out / 'serve_bench.json'}, {args.out / 'serve_bench.md'}" + (f", {args.out / 'serve_bench.png'}" if plotted else ""))
 
 
 if __name__ == "__main__":

@@ -93,6 +93,13 @@ class MLXManager(ExtensionApp):
         "Default: the env var HF_TOKEN, else the token saved by `hf auth login`.",
     ).tag(config=True)
 
+    prompt_cache_gb = Float(
+        1.0,
+        help="Byte budget (GiB) of each loaded model's prompt cache: KV caches of recent prompts, "
+        "reused for requests that share a prefix (a system prompt, a conversation so far); "
+        "0 disables it. Default: 1.",
+    ).tag(config=True)
+
     max_tokens_limit = Int(
         4096,
         help="Largest max_tokens an OpenAI request may ask for (also the default for chat); "
@@ -144,6 +151,7 @@ class MLXManager(ExtensionApp):
             default_keep_alive=self.default_keep_alive,
             log=self.log,
             on_event=self._record_pool_event,
+            runner_args=["--prompt-cache-bytes", str(int(max(0.0, self.prompt_cache_gb) * 1024**3))],
         )
         hf_endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
         self.hub_search = HubSearch(hf_endpoint, self.hf_token or None)
@@ -154,6 +162,7 @@ class MLXManager(ExtensionApp):
         IOLoop.current().add_callback(self.downloads.start)  # resumes unfinished downloads
         self.completions = CompletionService(self.pool, self.audit, record_content=self.audit_record_content)
         self._sockets: set[Any] = set()
+        self._background: set[asyncio.Task] = set()
         self.users.change_listeners.append(self._recheck_sockets)
         self._device: asyncio.Task | None = None
         self.log.info("jupyter-mlx-manager %s: data in %s", __version__, data_dir)
@@ -170,6 +179,8 @@ class MLXManager(ExtensionApp):
         self._sockets.clear()
         if self._device is not None:
             self._device.cancel()
+        if self._background:  # audit records of the last pool events, socket re-checks
+            await asyncio.wait(self._background, timeout=5)
         self.db.close()
 
     # -- services used by handlers ----------------------------------------------------------
@@ -190,12 +201,18 @@ class MLXManager(ExtensionApp):
     def _record_pool_event(self, action: str, model_id: str, **fields: Any) -> None:
         """Pool events (load, unload, evict, expire, crash) go to the audit trail."""
         fields.setdefault("status", "ok")
-        asyncio.ensure_future(self.audit.record(action, model=model_id, client="server", **fields))
+        self._spawn(self.audit.record(action, model=model_id, client="server", **fields))
 
     async def _prune_audit(self) -> None:
         removed = await self.audit.prune(self.audit_retention_days)
         if removed:
             self.log.info("audit: pruned %d records older than %d days", removed, self.audit_retention_days)
+
+    def _spawn(self, coroutine) -> None:
+        """Background work that stop_extension waits for before closing the database."""
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def track_socket(self, socket: Any) -> None:
         self._sockets.add(socket)
@@ -206,4 +223,4 @@ class MLXManager(ExtensionApp):
     def _recheck_sockets(self, user_id: int) -> None:
         for socket in list(self._sockets):
             if socket.mlx_user["id"] == user_id:
-                asyncio.ensure_future(socket.still_allowed())
+                self._spawn(socket.still_allowed())

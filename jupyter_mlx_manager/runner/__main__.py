@@ -1,4 +1,4 @@
-"""`python -m jupyter_mlx_manager.runner MODEL_PATH`: serve one model over stdin/stdout."""
+"""`python -m jupyter_mlx_manager.runner MODEL_PATH [--prompt-cache-bytes N]`: serve one model over stdin/stdout."""
 
 from __future__ import annotations
 
@@ -28,17 +28,29 @@ def main() -> None:
     _exit_with_server()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("model_path", type=Path)
+    parser.add_argument(
+        "--prompt-cache-bytes", type=int, default=1 << 30,
+        help="byte budget of the prompt (KV prefix) cache; 0 disables it (default: 1 GiB)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--switch", choices=["migrate", "finish", "batch"], default="migrate",
+        help="scheduling when a second request arrives during a direct one (for benchmarks)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     out = sys.stdout.buffer
     write_lock = threading.Lock()
 
-    def emit(message):
+    def emit_many(messages):  # one write for all the events of a decode step
+        data = b"".join(protocol.encode(m) for m in messages)
         with write_lock:
-            out.write(protocol.encode(message))
+            out.write(data)
             out.flush()
 
-    engine = Engine(args.model_path, emit)
+    def emit(message):
+        emit_many([message])
+
+    engine = Engine(args.model_path, emit, prompt_cache_bytes=args.prompt_cache_bytes, switch=args.switch, emit_many=emit_many)
     generation = threading.Thread(target=engine.run, name="mlx-generation", daemon=True)
     generation.start()
     stop = threading.Event()

@@ -17,7 +17,11 @@ Runner → server (stdout):
    "prompt_tokens", "cached_tokens", "completion_tokens", "ttft_ms": float}
   {"ev": "error", "id", "message": str, "type": "invalid_request_error"|"server_error",
    "code": str|null}
-  {"ev": "heartbeat", "rss_bytes": int, "mlx_active_bytes": int, "mlx_peak_bytes": int}
+  {"ev": "heartbeat", "rss_bytes": int, "mlx_active_bytes": int, "mlx_peak_bytes": int,
+   "engine": {"direct_steps", "batch_steps", "migrations", "demotions", "prompt_cache_bytes"}}
+
+Text events are written as the tokens come; all the events of one batched decode step go
+out in one write.
 """
 
 from __future__ import annotations
