@@ -72,6 +72,8 @@ def wait_ready(url: str, headers: dict, process: subprocess.Popen, timeout: floa
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
+    if not ordered:
+        return float("nan")
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
@@ -144,6 +146,7 @@ class Background:
         self.first_tokens = threading.Semaphore(0)
         self.threads = [threading.Thread(target=self._one, args=(server, i, max_tokens, logit_bias), daemon=True) for i in range(count)]
         self.done = 0
+        self.outcomes: list[str] = []  # how each stream ended, for the record
         for thread in self.threads:
             thread.start()
         for _ in self.threads:
@@ -152,20 +155,30 @@ class Background:
     def _one(self, server: Server, i: int, max_tokens: int, logit_bias: dict) -> None:
         body = {"model": server.model, "messages": user(f"[{secrets.token_hex(3)}] {PROMPT}"), "max_tokens": max_tokens, "temperature": 0,
                 "logit_bias": logit_bias, "stream": True}  # fmt: skip
-        signalled = False
+        signalled, outcome, last = False, "ended", b""
         try:
             with requests.post(server.url, json=body, headers=server.headers, stream=True, timeout=900) as reply:
+                if not reply.ok:
+                    outcome = f"HTTP {reply.status_code}: {reply.text[:200]}"
+                    return
                 for line in reply.iter_lines():
+                    last = line or last
                     if not signalled and line.startswith(b"data: ") and line != b"data: [DONE]":
                         choices = json.loads(line[6:]).get("choices")
                         if choices and choices[0].get("delta", {}).get("content"):
                             signalled = True
                             self.first_tokens.release()
                     if self.stop.is_set():
+                        outcome = "stopped"
                         break
+                else:
+                    outcome = f"ended by the server: {last[:200]!r}"
+        except Exception as exc:  # noqa: BLE001 - recorded, the probe goes on with a new batch
+            outcome = f"{type(exc).__name__}: {exc}"
         finally:
             if not signalled:
                 self.first_tokens.release()
+            self.outcomes.append(outcome)
             self.done += 1
 
     @property
@@ -179,19 +192,28 @@ class Background:
 
 
 def admission_probe(server: Server, logit_bias: dict, samples: int, long_tokens: int) -> dict:
-    """TTFT of short requests arriving at random moments while 7 long ones decode."""
-    background = Background(server, 7, long_tokens, logit_bias)
-    ttfts = []
-    try:
-        rng = random.Random(0)
-        while len(ttfts) < samples and background.running:
-            time.sleep(rng.uniform(0.05, 0.5))
-            result = server.stream(user(f"[{secrets.token_hex(3)}] Quick question"), 4, logit_bias)
-            if result["ttft"] is not None and background.running:
-                ttfts.append(result["ttft"])
-    finally:
-        background.close()
-    return {"samples": len(ttfts), "ttft_p50_ms": 1000 * percentile(ttfts, 0.5), "ttft_p95_ms": 1000 * percentile(ttfts, 0.95)}
+    """TTFT of short requests arriving at random moments while 7 long ones decode.
+
+    A sample counts only if all 7 were still decoding when it finished; should one of them
+    end early, a new set of 7 is started (at most 3 times) and the ends are recorded."""
+    ttfts, no_content, ended = [], 0, []
+    rng = random.Random(0)
+    for _attempt in range(3):
+        background = Background(server, 7, long_tokens, logit_bias)
+        try:
+            while len(ttfts) < samples and background.running:
+                time.sleep(rng.uniform(0.05, 0.5))
+                result = server.stream(user(f"[{secrets.token_hex(3)}] Quick question"), 4, logit_bias)
+                if result["ttft"] is None:
+                    no_content += 1
+                elif background.running:
+                    ttfts.append(result["ttft"])
+        finally:
+            background.close()
+        ended += [o for o in background.outcomes if o != "stopped"]
+        if len(ttfts) >= samples:
+            break
+    return {"ttfts_ms": [1000 * t for t in ttfts], "probes_without_text": no_content, "long_streams_ended_early": ended}
 
 
 def cache_probe(server: Server, logit_bias: dict, repeats: int, rules: int) -> dict:
@@ -374,9 +396,9 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
         for round_ in range(2):
             for server in servers if round_ % 2 == 0 else servers[::-1]:
                 admission[server.name].append(admission_probe(server, logit_bias, args.probe_samples, long_tokens))
+        pooled = {n: [t for r in rs for t in r["ttfts_ms"]] for n, rs in admission.items()}
         result["admission"] = {
-            n: {"samples": sum(r["samples"] for r in rs), "ttft_p50_ms": statistics.median(r["ttft_p50_ms"] for r in rs),
-                "ttft_p95_ms": max(r["ttft_p95_ms"] for r in rs)}
+            n: {"samples": len(pooled[n]), "ttft_p50_ms": percentile(pooled[n], 0.5), "ttft_p95_ms": percentile(pooled[n], 0.95), "rounds": rs}
             for n, rs in admission.items()
         }  # fmt: skip
         print(f"[{name}] prompt-cache probe", file=sys.stderr)
