@@ -5,7 +5,7 @@ JLPM   := $(VENV)/bin/jlpm
 PORT   ?= 8888
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-python test-frontend test-ui chromium demo-model clean
+.PHONY: install run lint test test-python test-frontend test-ui chromium demo-model clean
 
 install: $(STAMP)
 
@@ -21,7 +21,12 @@ run: install
 	@echo "Starting JupyterLab with jupyter-mlx-manager on http://127.0.0.1:$(PORT)/lab"
 	$(VENV)/bin/jupyter lab --no-browser --ServerApp.allow_root=True --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT)
 
-test: install chromium test-python test-frontend test-ui
+# Python: ruff (rules and formatting in pyproject.toml).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: install chromium lint test-python test-frontend test-ui
 
 test-python: install
 	$(PY) -m pytest -q -m "not ui" tests

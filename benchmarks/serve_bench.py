@@ -79,9 +79,18 @@ def percentile(values: list[float], q: float) -> float:
 
 class Server:
     def __init__(self, name: str, url: str, headers: dict, model: str, process: subprocess.Popen, base: str):
-        self.name, self.url, self.headers, self.model, self.process, self.base = name, url, headers, model, process, base
+        self.name, self.url, self.headers, self.model, self.process, self.base = (
+            name,
+            url,
+            headers,
+            model,
+            process,
+            base,
+        )
 
-    def stream(self, messages: list[dict], max_tokens: int, logit_bias: dict, stop: threading.Event | None = None) -> dict:
+    def stream(
+        self, messages: list[dict], max_tokens: int, logit_bias: dict, stop: threading.Event | None = None
+    ) -> dict:
         """One streamed chat request: TTFT, decode time, chunks (stops early if `stop` is set)."""
         body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
                 "logit_bias": logit_bias, "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
@@ -144,7 +153,10 @@ class Background:
     def __init__(self, server: Server, count: int, max_tokens: int, logit_bias: dict):
         self.stop = threading.Event()
         self.first_tokens = threading.Semaphore(0)
-        self.threads = [threading.Thread(target=self._one, args=(server, i, max_tokens, logit_bias), daemon=True) for i in range(count)]
+        self.threads = [
+            threading.Thread(target=self._one, args=(server, i, max_tokens, logit_bias), daemon=True)
+            for i in range(count)
+        ]
         self.done = 0
         self.outcomes: list[str] = []  # how each stream ended, for the record
         for thread in self.threads:
@@ -274,16 +286,25 @@ def in_process_child(model_path: Path, max_tokens: int) -> None:
     model, tokenizer = load(str(model_path))
     eos = json.loads((model_path / "config.json").read_text())["eos_token_id"]
     processors = make_logits_processors(logit_bias={eos: -100})
-    prompts = [tokenizer.apply_chat_template(user(f"[{secrets.token_hex(3)}] {PROMPT}"), add_generation_prompt=True) for _ in range(8)]
+    prompts = [
+        tokenizer.apply_chat_template(user(f"[{secrets.token_hex(3)}] {PROMPT}"), add_generation_prompt=True)
+        for _ in range(8)
+    ]
 
     def single() -> dict:
         start = time.perf_counter()
         first = last = None
-        for _response in stream_generate(model, tokenizer, prompts[0], max_tokens=max_tokens, logits_processors=processors):
+        for _response in stream_generate(
+            model, tokenizer, prompts[0], max_tokens=max_tokens, logits_processors=processors
+        ):
             now = time.perf_counter()
             first = first or now
             last = now
-        return {"ttft": [first - start], "decode_tps": [(max_tokens - 1) / (last - first)], "aggregate_tps": max_tokens / (last - start)}
+        return {
+            "ttft": [first - start],
+            "decode_tps": [(max_tokens - 1) / (last - first)],
+            "aggregate_tps": max_tokens / (last - start),
+        }
 
     def batched(n: int) -> dict:
         generator = BatchGenerator(model, max_tokens=max_tokens)
@@ -344,8 +365,22 @@ def start_servers(work: Path, model_path: Path, model_name: str) -> tuple[Server
     )  # fmt: skip
     base = f"http://127.0.0.1:{ours_port}"
     servers = (
-        Server(OURS, f"{base}/mlx/v1/chat/completions", {"Authorization": f"token {token}"}, f"local/{model_name}", ours, base),
-        Server(THEIRS, f"http://127.0.0.1:{theirs_port}/v1/chat/completions", {}, str(model_path), theirs, f"http://127.0.0.1:{theirs_port}"),
+        Server(
+            OURS,
+            f"{base}/mlx/v1/chat/completions",
+            {"Authorization": f"token {token}"},
+            f"local/{model_name}",
+            ours,
+            base,
+        ),
+        Server(
+            THEIRS,
+            f"http://127.0.0.1:{theirs_port}/v1/chat/completions",
+            {},
+            str(model_path),
+            theirs,
+            f"http://127.0.0.1:{theirs_port}",
+        ),
     )
     wait_ready(f"{base}/api/status", servers[0].headers, ours)
     wait_ready(f"http://127.0.0.1:{theirs_port}/v1/models", {}, theirs)
@@ -382,12 +417,18 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
             samples = {c.name: [] for c in contenders}
             for round_ in range(args.rounds):  # the order rotates, so no one always runs first
                 for c in contenders[round_ % 3 :] + contenders[: round_ % 3]:
-                    sample = c.run_level(concurrency) if c is baseline else run_level(c, concurrency, args.max_tokens, logit_bias)
+                    sample = (
+                        c.run_level(concurrency)
+                        if c is baseline
+                        else run_level(c, concurrency, args.max_tokens, logit_bias)
+                    )
                     samples[c.name].append(sample)
             result["in_process"][str(concurrency)] = summarize(samples[baseline.name])
             for server in servers:
                 summary = summarize(samples[server.name])
-                summary["decode_vs_in_process"] = summary["decode_tps_p50"] / result["in_process"][str(concurrency)]["decode_tps_p50"]
+                summary["decode_vs_in_process"] = (
+                    summary["decode_tps_p50"] / result["in_process"][str(concurrency)]["decode_tps_p50"]
+                )
                 result["servers"].setdefault(server.name, {})[str(concurrency)] = summary
         baseline.close()
         long_tokens = 1900 if name == "tiny" else 1200
@@ -436,7 +477,11 @@ def markdown(results: dict) -> str:
                 lines.append(f"| {server} | {c} | {s['ttft_p50_ms']:.1f} | {s['ttft_p95_ms']:.1f} | {s['decode_tps_p50']:.0f} | "
                              f"{s['decode_vs_in_process']:.2f} | {s['aggregate_tps']:.0f} |")  # fmt: skip
         ours, theirs = r["servers"][OURS], r["servers"][THEIRS]
-        lines += ["", "| conc. | ours/mlx_lm decode | ours/mlx_lm aggregate | ours/mlx_lm TTFT p50 | ours/in-process aggregate |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| conc. | ours/mlx_lm decode | ours/mlx_lm aggregate | ours/mlx_lm TTFT p50 | ours/in-process aggregate |",
+            "|---|---|---|---|---|",
+        ]
         for c in ours:
             o, t = ours[c], theirs[c]
             lines.append(f"| {c} | {o['decode_tps_p50'] / t['decode_tps_p50']:.2f} | {o['aggregate_tps'] / t['aggregate_tps']:.2f} | "
@@ -451,7 +496,9 @@ def markdown(results: dict) -> str:
         for label, key in (("cold", "cold_ttft_ms"), ("warm", "warm_ttft_ms")):
             lines.append(f"| prompt cache: {label} TTFT ms ({pc[OURS]['prompt_tokens']} prompt tokens) | {pc[OURS][key]:.1f} | {pc[THEIRS][key]:.1f} | "
                          f"{pc[OURS][key] / pc[THEIRS][key]:.2f} |")  # fmt: skip
-        lines.append(f"| prompt cache: warm/cold | {pc[OURS]['warm_over_cold']:.3f} | {pc[THEIRS]['warm_over_cold']:.3f} | |")
+        lines.append(
+            f"| prompt cache: warm/cold | {pc[OURS]['warm_over_cold']:.3f} | {pc[THEIRS]['warm_over_cold']:.3f} | |"
+        )
         m = r["memory"]
         lines.append(f"| memory: RSS MiB (our runner / their server process) | {m[OURS]['runner_rss_bytes'] / 2**20:.0f} | "
                      f"{m[THEIRS]['server_rss_bytes'] / 2**20:.0f} | |")  # fmt: skip
@@ -479,7 +526,12 @@ def plot(results: dict, path: Path) -> bool:
         ax = axes[row][0]
         width = 0.27
         for k, label in enumerate(["in-process mlx-lm", OURS, THEIRS]):
-            values = [r["in_process"][c]["aggregate_tps"] if label == "in-process mlx-lm" else r["servers"][label][c]["aggregate_tps"] for c in levels]
+            values = [
+                r["in_process"][c]["aggregate_tps"]
+                if label == "in-process mlx-lm"
+                else r["servers"][label][c]["aggregate_tps"]
+                for c in levels
+            ]
             ax.bar([i + (k - 1) * width for i in range(len(levels))], values, width, label=label, color=colors[label])
         ax.set_xticks(range(len(levels)), [f"conc {c}" for c in levels])
         ax.set_ylabel("aggregate tok/s")
@@ -487,7 +539,10 @@ def plot(results: dict, path: Path) -> bool:
         ax.legend(fontsize=8)
         ax = axes[row][1]
         for k, server in enumerate([OURS, THEIRS]):
-            values = [r["servers"][server][c]["ttft_p50_ms"] for c in levels] + [r["admission"][server]["ttft_p50_ms"], r["admission"][server]["ttft_p95_ms"]]
+            values = [r["servers"][server][c]["ttft_p50_ms"] for c in levels] + [
+                r["admission"][server]["ttft_p50_ms"],
+                r["admission"][server]["ttft_p95_ms"],
+            ]
             ax.bar([i + (k - 0.5) * 0.4 for i in range(len(values))], values, 0.4, label=server, color=colors[server])
         ax.set_xticks(range(len(levels) + 2), [f"conc {c}\np50" for c in levels] + ["admission\np50", "admission\np95"])
         ax.set_ylabel("TTFT ms")
@@ -496,7 +551,13 @@ def plot(results: dict, path: Path) -> bool:
         ax = axes[row][2]
         for k, server in enumerate([OURS, THEIRS]):
             pc = r["prompt_cache"][server]
-            ax.bar([i + (k - 0.5) * 0.4 for i in range(2)], [pc["cold_ttft_ms"], pc["warm_ttft_ms"]], 0.4, label=server, color=colors[server])
+            ax.bar(
+                [i + (k - 0.5) * 0.4 for i in range(2)],
+                [pc["cold_ttft_ms"], pc["warm_ttft_ms"]],
+                0.4,
+                label=server,
+                color=colors[server],
+            )
         ax.set_xticks(range(2), ["cold prefix", "warm prefix"])
         ax.set_ylabel("TTFT ms")
         ct = r["contents"]["during_8_generations"]
@@ -539,7 +600,10 @@ def main() -> None:
     (args.out / "serve_bench.md").write_text(table + "\n")
     plotted = plot(results, args.out / "serve_bench.png")
     print(table)
-    print(f"\nwrote {args.out / 'serve_bench.json'}, {args.out / 'serve_bench.md'}" + (f", {args.out / 'serve_bench.png'}" if plotted else ""))
+    print(
+        f"\nwrote {args.out / 'serve_bench.json'}, {args.out / 'serve_bench.md'}"
+        + (f", {args.out / 'serve_bench.png'}" if plotted else "")
+    )
 
 
 if __name__ == "__main__":

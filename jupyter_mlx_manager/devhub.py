@@ -223,7 +223,11 @@ class DevHub:
 
     def file_requests(self, repo_id: str, name: str, method: str = "GET") -> list[dict[str, Any]]:
         path = f"/{repo_id}/resolve/"
-        return [e for e in list(self.log) if e["method"] == method and e["path"].startswith(path) and e["path"].endswith("/" + name)]
+        return [
+            e
+            for e in list(self.log)
+            if e["method"] == method and e["path"].startswith(path) and e["path"].endswith("/" + name)
+        ]
 
     # -- life cycle ------------------------------------------------------------------------------
     @property
@@ -318,8 +322,15 @@ class _Handler(BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         path = unquote(split.path)
         self.query = {k.rstrip("[]"): v for k, v in parse_qs(split.query, keep_blank_values=True).items()}
-        self.entry = {"method": method, "path": path, "range_start": None, "status": None, "bytes": 0, "time": time.time(),
-                      "finished": None}
+        self.entry = {
+            "method": method,
+            "path": path,
+            "range_start": None,
+            "status": None,
+            "bytes": 0,
+            "time": time.time(),
+            "finished": None,
+        }
         with self.hub.lock:
             self.hub.log.append(self.entry)
         length = int(self.headers.get("Content-Length") or 0)
@@ -378,7 +389,11 @@ class _Handler(BaseHTTPRequestHandler):
         if need_access and repo.token is not None:
             scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
             if scheme.lower() != "bearer" or token != repo.token:
-                self._error(401, "GatedRepo", f"Access to model {repo_id} is restricted. You must have access to it and be authenticated to access it.")
+                self._error(
+                    401,
+                    "GatedRepo",
+                    f"Access to model {repo_id} is restricted. You must have access to it and be authenticated to access it.",
+                )
                 return None
         return repo
 
@@ -403,16 +418,29 @@ class _Handler(BaseHTTPRequestHandler):
             repos.sort(key=key, reverse=True)
         limit = int(self._arg("limit") or 1000)
         expand = self.query.get("expand")
-        items = [self._info_dict(r, expand=expand, full=self._flag("full"), config=self._flag("config"), listing=True) for r in repos[:limit]]
+        items = [
+            self._info_dict(r, expand=expand, full=self._flag("full"), config=self._flag("config"), listing=True)
+            for r in repos[:limit]
+        ]
         self._json(items)
 
     def _info(self, repo: str, rev: str | None = None) -> None:
         found = self._repo(repo, rev)
         if found is not None:
-            self._json(self._info_dict(found, expand=self.query.get("expand"), full=True, config=True, blobs=self._flag("blobs")))
+            self._json(
+                self._info_dict(
+                    found, expand=self.query.get("expand"), full=True, config=True, blobs=self._flag("blobs")
+                )
+            )
 
     def _info_dict(
-        self, repo: HubRepo, expand: list[str] | None, full: bool = False, config: bool = False, blobs: bool = False, listing: bool = False
+        self,
+        repo: HubRepo,
+        expand: list[str] | None,
+        full: bool = False,
+        config: bool = False,
+        blobs: bool = False,
+        listing: bool = False,
     ) -> dict[str, Any]:
         siblings = []
         for f in repo.files.values():
@@ -432,7 +460,18 @@ class _Handler(BaseHTTPRequestHandler):
         base = {"_id": hashlib.md5(repo.repo_id.encode()).hexdigest()[:24], "id": repo.repo_id}
         if expand:
             return {**base, **{k: every[k] for k in expand if k in _INFO_FIELDS}}
-        keys = ["author", "downloads", "likes", "tags", "private", "gated", "library_name", "pipeline_tag", "createdAt", "trendingScore"]
+        keys = [
+            "author",
+            "downloads",
+            "likes",
+            "tags",
+            "private",
+            "gated",
+            "library_name",
+            "pipeline_tag",
+            "createdAt",
+            "trendingScore",
+        ]
         if full or not listing:
             keys += ["sha", "siblings", "lastModified", "safetensors", "disabled", "usedStorage"]
         if config or not listing:
@@ -462,7 +501,14 @@ class _Handler(BaseHTTPRequestHandler):
                 folder = "/".join(([prefix] if prefix else []) + parts[:depth])
                 if (recursive or depth == 1) and folder not in folders:
                     folders.add(folder)
-                    entries.append({"type": "directory", "oid": hashlib.sha1(folder.encode()).hexdigest(), "size": 0, "path": folder})
+                    entries.append(
+                        {
+                            "type": "directory",
+                            "oid": hashlib.sha1(folder.encode()).hexdigest(),
+                            "size": 0,
+                            "path": folder,
+                        }
+                    )
             if len(parts) > 1 and parts[0] != ".." and not recursive:
                 continue
             entry: dict[str, Any] = {"type": "file", "oid": f.git_oid, "size": f.size, "path": name}
@@ -478,7 +524,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         hub_file = found.files.get(path)
         if hub_file is None:
-            return self._error(404, "EntryNotFound", f"{path} does not exist on \"{unquote(rev)}\"", {"X-Repo-Commit": found.sha})
+            return self._error(
+                404, "EntryNotFound", f'{path} does not exist on "{unquote(rev)}"', {"X-Repo-Commit": found.sha}
+            )
         start, end, status = 0, hub_file.size, 200
         wanted = self.headers.get("Range")
         if wanted:
@@ -544,12 +592,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jupyter_mlx_manager.devhub", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--repo", action="append", default=[], metavar="ORG/NAME=DIR", help="serve DIR as repo ORG/NAME")
-    parser.add_argument("--demo", action="append", default=[], metavar="ORG/NAME", help="generate a tiny random-weight model and serve it")
-    parser.add_argument("--evil", metavar="ORG/NAME", help="also serve a repo whose listing holds a file named '../evil'")
-    parser.add_argument("--throttle", type=int, metavar="BPS", help="send file bodies at most this many bytes per second")
+    parser.add_argument(
+        "--repo", action="append", default=[], metavar="ORG/NAME=DIR", help="serve DIR as repo ORG/NAME"
+    )
+    parser.add_argument(
+        "--demo",
+        action="append",
+        default=[],
+        metavar="ORG/NAME",
+        help="generate a tiny random-weight model and serve it",
+    )
+    parser.add_argument(
+        "--evil", metavar="ORG/NAME", help="also serve a repo whose listing holds a file named '../evil'"
+    )
+    parser.add_argument(
+        "--throttle", type=int, metavar="BPS", help="send file bodies at most this many bytes per second"
+    )
     parser.add_argument("--drop-after", type=int, metavar="N", help="cut the first file response after N bytes")
-    parser.add_argument("--fail-nth", type=int, action="append", default=[], metavar="N", help="answer HTTP 500 to request number N")
+    parser.add_argument(
+        "--fail-nth", type=int, action="append", default=[], metavar="N", help="answer HTTP 500 to request number N"
+    )
     args = parser.parse_args(argv)
 
     hub = DevHub(args.host, args.port)

@@ -52,7 +52,9 @@ def api(jp_fetch):
     or a JWT string (sent as `Authorization: Bearer`).
     """
 
-    async def call(method: str, path: str, auth: str | None = "jupyter", body: Any = None, headers=None, params=None, raw_body=None):
+    async def call(
+        method: str, path: str, auth: str | None = "jupyter", body: Any = None, headers=None, params=None, raw_body=None
+    ):
         headers = dict(headers or {})
         if auth is None:
             headers.setdefault("Authorization", "")
@@ -64,7 +66,12 @@ def api(jp_fetch):
         if raw_body is None and method in ("POST", "PATCH", "PUT"):
             raw_body = ""
         response = await jp_fetch(
-            *path.split("/"), method=method, body=raw_body, headers=headers, params=params, raise_error=False,
+            *path.split("/"),
+            method=method,
+            body=raw_body,
+            headers=headers,
+            params=params,
+            raise_error=False,
             allow_nonstandard_methods=True,
         )
         text = response.body.decode() if response.body else ""
@@ -90,7 +97,9 @@ def make_user(api):
             reply = await api("PATCH", f"mlx/api/users/{user['id']}", body=patch)
             assert reply.code == 200, reply.body
             user = reply.body
-            reply = await api("POST", "mlx/api/auth/login", auth=None, body={"username": username, "password": password})
+            reply = await api(
+                "POST", "mlx/api/auth/login", auth=None, body={"username": username, "password": password}
+            )
             assert reply.code == 200, reply.body
             return user, reply.body["access_token"]
         return user, None

@@ -53,7 +53,9 @@ def jupyter_server(root: Path, *args: str, env: dict[str, str] | None = None) ->
     """A server on a free port with its own config, runtime and data dirs under `root`;
     stopped with SIGTERM at the end unless the test already stopped it."""
     port, token = free_port(), "jupyter-token-" + os.urandom(8).hex()
-    server_env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER_MLX_MANAGER", "JPY_", "JUPYTERHUB_"))}
+    server_env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER_MLX_MANAGER", "JPY_", "JUPYTERHUB_"))
+    }
     server_env.update(JUPYTER_CONFIG_DIR=str(root / "config"), JUPYTER_RUNTIME_DIR=str(root / "runtime"), **(env or {}))
     with open(root / "server.log", "wb") as log:
         process = subprocess.Popen(

@@ -10,7 +10,6 @@ import socket
 import time
 
 import pytest
-
 from conftest import JWT_SECRET, OWNER
 from models import build_models, eos_id
 
@@ -24,7 +23,12 @@ def audit_models(tmp_path_factory):
 
 @pytest.fixture
 def mlx_config(audit_models):
-    return {"owner_username": OWNER, "jwt_secret": JWT_SECRET, "model_dirs": [str(audit_models)], "default_keep_alive": -1}
+    return {
+        "owner_username": OWNER,
+        "jwt_secret": JWT_SECRET,
+        "model_dirs": [str(audit_models)],
+        "default_keep_alive": -1,
+    }
 
 
 def _chat(audit_models, tokens=3):
@@ -41,9 +45,13 @@ async def _chat_records(api, **params):
 
 async def test_fifty_concurrent_requests_make_fifty_exact_records(api, make_user, audit_models):
     _, alice = await make_user("alice")
-    bob_token = (await api("POST", "mlx/api/auth/tokens", auth=(await make_user("bob"))[1], body={"name": "b"})).body["token"]
+    bob_token = (await api("POST", "mlx/api/auth/tokens", auth=(await make_user("bob"))[1], body={"name": "b"})).body[
+        "token"
+    ]
     callers = [("alice", alice), ("bob", bob_token), (OWNER, "jupyter")]
-    replies = await asyncio.gather(*(api("POST", "mlx/v1/chat/completions", auth=callers[i % 3][1], body=_chat(audit_models)) for i in range(50)))
+    replies = await asyncio.gather(
+        *(api("POST", "mlx/v1/chat/completions", auth=callers[i % 3][1], body=_chat(audit_models)) for i in range(50))
+    )
     assert all(r.code == 200 for r in replies), [r.body for r in replies if r.code != 200][:2]
 
     records = await _chat_records(api)
@@ -53,7 +61,11 @@ async def test_fifty_concurrent_requests_make_fifty_exact_records(api, make_user
         record = by_id[reply.headers["X-Request-ID"]]
         assert record["user"] == callers[i % 3][0]
         assert record["client"] == {"alice": "session", "bob": "api_token", OWNER: "kernel"}[callers[i % 3][0]]
-        assert record["status"] == "ok" and record["model"] == MODEL and record["endpoint"].endswith("/mlx/v1/chat/completions")
+        assert (
+            record["status"] == "ok"
+            and record["model"] == MODEL
+            and record["endpoint"].endswith("/mlx/v1/chat/completions")
+        )
         assert record["completion_tokens"] == reply.body["usage"]["completion_tokens"] == 3
         assert record["prompt_tokens"] == reply.body["usage"]["prompt_tokens"] > 0
         assert record["ttft_ms"] > 0 and record["duration_ms"] >= record["ttft_ms"]
@@ -82,7 +94,9 @@ async def test_a_new_request_arrives_live_on_the_websocket(api, jp_ws_fetch, aud
 
 async def test_filters_pagination_and_exports_match_what_was_recorded(api, make_user, mlx_app):
     for i in range(7):
-        await mlx_app.audit.record("test.event", user="carol" if i % 2 else "dave", model=f"m/{i % 3}", status="error" if i == 3 else "ok")
+        await mlx_app.audit.record(
+            "test.event", user="carol" if i % 2 else "dave", model=f"m/{i % 3}", status="error" if i == 3 else "ok"
+        )
     everything = (await api("GET", "mlx/api/audit", params={"limit": "1000"})).body
     assert everything["total"] == len(everything["records"])
 
@@ -94,7 +108,9 @@ async def test_filters_pagination_and_exports_match_what_was_recorded(api, make_
     carol = (await api("GET", "mlx/api/audit", params={"user": "carol"})).body
     assert carol["total"] == 3 and {r["user"] for r in carol["records"]} == {"carol"}
     assert (await api("GET", "mlx/api/audit", params={"model": "m/0"})).body["total"] == 3
-    assert [r["user"] for r in (await api("GET", "mlx/api/audit", params={"status": "error"})).body["records"]] == ["carol"]
+    assert [r["user"] for r in (await api("GET", "mlx/api/audit", params={"status": "error"})).body["records"]] == [
+        "carol"
+    ]
     middle = everything["records"][3]["time"]
     since = (await api("GET", "mlx/api/audit", params={"since": middle})).body["records"]
     assert all(r["time"] >= middle for r in since) and since
@@ -113,7 +129,9 @@ async def test_filters_pagination_and_exports_match_what_was_recorded(api, make_
     assert (await api("GET", "mlx/api/audit/export", params={"format": "xml"})).code == 400
 
 
-async def test_a_subscriber_that_never_reads_stays_bounded_and_gets_a_gap(api, jp_http_port, jp_base_url, jp_serverapp, mlx_app):
+async def test_a_subscriber_that_never_reads_stays_bounded_and_gets_a_gap(
+    api, jp_http_port, jp_base_url, jp_serverapp, mlx_app
+):
     # A raw WebSocket client with a tiny receive buffer that does not read (non-blocking:
     # the server runs on this same event loop).
     loop = asyncio.get_running_loop()
@@ -146,7 +164,9 @@ async def test_a_subscriber_that_never_reads_stays_bounded_and_gets_a_gap(api, j
 
 async def test_retention_prunes_old_records(mlx_app):
     await mlx_app.db.write(
-        lambda conn: conn.execute("INSERT INTO audit_log (time, action, status) VALUES ('2000-01-01T00:00:00.000Z', 'old', 'ok')")
+        lambda conn: conn.execute(
+            "INSERT INTO audit_log (time, action, status) VALUES ('2000-01-01T00:00:00.000Z', 'old', 'ok')"
+        )
     )
     assert await mlx_app.audit.prune(30) == 1
     assert await mlx_app.audit.prune(0) == 0

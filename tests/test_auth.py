@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import jwt
-
 from conftest import JWT_SECRET, OWNER
 
 # Every authenticated route, with a body that would be valid for an approved admin.
@@ -43,7 +42,9 @@ async def test_status_reports_version_device_and_memory(api):
 
 
 async def test_register_pending_until_approved(api):
-    reply = await api("POST", "mlx/api/auth/register", auth=None, body={"username": "bob", "password": "long enough pw"})
+    reply = await api(
+        "POST", "mlx/api/auth/register", auth=None, body={"username": "bob", "password": "long enough pw"}
+    )
     assert reply.code == 201
     assert reply.body["status"] == "pending" and reply.body["is_admin"] is False
     assert set(reply.body) == {"id", "username", "status", "is_admin", "created_at"}
@@ -73,7 +74,9 @@ async def test_register_rejects_bad_input(api):
         reply = await api("POST", "mlx/api/auth/register", auth=None, body=body)
         assert reply.code == 400, (body, reply.body)
         assert reply.body["message"]
-    reply = await api("POST", "mlx/api/auth/register", auth=None, body={"username": OWNER, "password": "long enough pw"})
+    reply = await api(
+        "POST", "mlx/api/auth/register", auth=None, body={"username": OWNER, "password": "long enough pw"}
+    )
     assert reply.code == 409
 
 
@@ -81,7 +84,9 @@ async def test_auth_matrix(api, make_user):
     _, pending_token = await make_user("pending-user", approve=False), None
     # A pending user cannot log in, so sign a token for them as a stolen/old one would be.
     pending_token = jwt.encode(
-        {"sub": "2", "typ": "access", "iat": int(time.time()), "exp": int(time.time()) + 600}, JWT_SECRET, algorithm="HS256"
+        {"sub": "2", "typ": "access", "iat": int(time.time()), "exp": int(time.time()) + 600},
+        JWT_SECRET,
+        algorithm="HS256",
     )
     disabled, disabled_token = await make_user("disabled-user")
     assert (await api("PATCH", f"mlx/api/users/{disabled['id']}", body={"status": "disabled"})).code == 200
@@ -117,7 +122,9 @@ async def test_forged_and_expired_tokens_are_401(api):
 
     valid = _forge(good)
     header, payload, signature = valid.split(".")
-    tampered_payload = jwt.utils.base64url_encode(b'{"sub":"1","typ":"access","iat":%d,"exp":%d}' % (now, now + 99999)).decode()
+    tampered_payload = jwt.utils.base64url_encode(
+        b'{"sub":"1","typ":"access","iat":%d,"exp":%d}' % (now, now + 99999)
+    ).decode()
     forged = {
         "alg none": jwt.encode(good, None, algorithm="none") if hasattr(jwt, "encode") else None,
         "HS384": _forge(good, algorithm="HS384"),
@@ -156,7 +163,12 @@ async def test_api_tokens_shown_once_listed_and_revocable(api, make_user):
     assert (await api("DELETE", f"mlx/api/auth/tokens/{created.body['id']}", auth=access)).code == 204
     assert (await api("GET", "mlx/api/auth/me", auth=token)).code == 401
 
-    for bad in ({"name": ""}, {"name": "x" * 101}, {"name": "x", "expires_in_days": -1}, {"name": "x", "expires_in_days": "7"}):
+    for bad in (
+        {"name": ""},
+        {"name": "x" * 101},
+        {"name": "x", "expires_in_days": -1},
+        {"name": "x", "expires_in_days": "7"},
+    ):
         assert (await api("POST", "mlx/api/auth/tokens", auth=access, body=bad)).code == 400, bad
 
 
@@ -178,7 +190,9 @@ async def test_last_admin_cannot_be_removed_or_demoted(api, make_user):
     # With two admins, one may step down; then the remaining one is the last again.
     assert (await api("PATCH", "mlx/api/users/1", auth=second_token, body={"is_admin": False})).code == 200
     assert (await api("DELETE", f"mlx/api/users/{second['id']}", auth=second_token)).code == 409
-    assert (await api("PATCH", f"mlx/api/users/{second['id']}", auth=second_token, body={"status": "disabled"})).code == 409
+    assert (
+        await api("PATCH", f"mlx/api/users/{second['id']}", auth=second_token, body={"status": "disabled"})
+    ).code == 409
 
 
 async def test_admin_manages_users(api, make_user):
@@ -198,12 +212,16 @@ async def test_admin_manages_users(api, make_user):
 async def test_failed_logins_are_throttled(api, make_user):
     await make_user("erin", password="the right password")
     for _ in range(5):
-        reply = await api("POST", "mlx/api/auth/login", auth=None, body={"username": "erin", "password": "wrong password"})
+        reply = await api(
+            "POST", "mlx/api/auth/login", auth=None, body={"username": "erin", "password": "wrong password"}
+        )
         assert reply.code == 401
     reply = await api("POST", "mlx/api/auth/login", auth=None, body={"username": "erin", "password": "wrong password"})
     assert reply.code == 429 and int(reply.headers["Retry-After"]) > 0
     # Even the right password waits: the throttle is checked before the password.
-    reply = await api("POST", "mlx/api/auth/login", auth=None, body={"username": "erin", "password": "the right password"})
+    reply = await api(
+        "POST", "mlx/api/auth/login", auth=None, body={"username": "erin", "password": "the right password"}
+    )
     assert reply.code == 429
 
 
@@ -211,7 +229,9 @@ async def test_bad_bodies_are_4xx_json(api):
     path = "mlx/api/auth/tokens"
     assert (await api("POST", path, raw_body="{not json", headers={"Content-Type": "application/json"})).code == 400
     assert (await api("POST", path, raw_body="[1, 2]", headers={"Content-Type": "application/json"})).code == 400
-    assert (await api("POST", path, raw_body="name=x", headers={"Content-Type": "application/x-www-form-urlencoded"})).code == 415
+    assert (
+        await api("POST", path, raw_body="name=x", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    ).code == 415
     big = '{"name": "' + "x" * (70 * 1024) + '"}'
     reply = await api("POST", path, raw_body=big, headers={"Content-Type": "application/json"})
     assert reply.code == 413 and reply.body["reason"] == "payload_too_large"

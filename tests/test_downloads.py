@@ -20,16 +20,26 @@ from urllib.parse import quote
 import psutil
 import pytest
 import requests
+from conftest import JWT_SECRET, OWNER
+from models import build_models
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from conftest import JWT_SECRET, OWNER
 from jupyter_mlx_manager.devhub import DevHub
-from models import build_models
 
 TINY = "mlx-test/tiny-llama"
 GATED_TOKEN = "hf_gated_" + "s3cret" * 4
 FINAL = ("completed", "failed", "cancelled")
-BAD_IDS = ["../x", "/etc/passwd", "a/b/c", "a/b\n", "mlx-test/tiny-llam\u0430", "a" * 100 + "/" + "b" * 99, "x", "a/..", "./a"]
+BAD_IDS = [
+    "../x",
+    "/etc/passwd",
+    "a/b/c",
+    "a/b\n",
+    "mlx-test/tiny-llam\u0430",
+    "a" * 100 + "/" + "b" * 99,
+    "x",
+    "a/..",
+    "./a",
+]
 
 
 def fake_safetensors(tensors: dict[str, tuple[str, list[int]]]) -> bytes:
@@ -81,11 +91,18 @@ def devhub(demo_models):
     for name in ("a", "b", "c", "slow", "drops"):
         hub.add_repo(f"mlx-test/copy-{name}", tiny, downloads=1)
     hub.add_repo("other-org/tiny-llama", tiny, downloads=7, likes=1)
-    hub.add_repo("mlx-test/qwen-mini-4bit", files=quantized_files("qwen2", 4, 256, 32768, QWEN_TEMPLATE), downloads=100, likes=50)
+    hub.add_repo(
+        "mlx-test/qwen-mini-4bit", files=quantized_files("qwen2", 4, 256, 32768, QWEN_TEMPLATE), downloads=100, likes=50
+    )
     hub.add_repo("mlx-test/llama-big-8bit", files=quantized_files("llama", 8, 4096, 8192, None), downloads=50, likes=5)
-    hub.add_repo("mlx-test/evil", files={"config.json": b'{"model_type": "llama"}', "model.safetensors": b"\0" * 16, "../evil": b"gotcha"})
+    hub.add_repo(
+        "mlx-test/evil",
+        files={"config.json": b'{"model_type": "llama"}', "model.safetensors": b"\0" * 16, "../evil": b"gotcha"},
+    )
     hub.add_repo("mlx-test/gated", tiny, token=GATED_TOKEN)
-    hub.add_repo("mlx-test/no-weights", files={"config.json": b'{"model_type": "llama"}', "pytorch_model.bin": b"\0" * 16})
+    hub.add_repo(
+        "mlx-test/no-weights", files={"config.json": b'{"model_type": "llama"}', "pytorch_model.bin": b"\0" * 16}
+    )
     hub.start()
     yield hub
     hub.stop()
@@ -154,7 +171,11 @@ async def start_download(api, repo_id: str, **body) -> dict:
 
 
 def tree(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in root.rglob("*")} if root.exists() else {}
+    return (
+        {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in root.rglob("*")}
+        if root.exists()
+        else {}
+    )
 
 
 def sha256(path: Path) -> str:
@@ -213,17 +234,25 @@ def test_devhub_serves_the_real_client(hub, tmp_path, demo_models):
     api = HfApi(endpoint=hub.url, token=False)
     listed = list(api.list_models(search="tiny-llama", author="mlx-test", filter="mlx", sort="downloads", limit=5,
                                   expand=["downloads", "likes", "tags", "safetensors", "config"]))  # fmt: skip
-    assert [m.id for m in listed] == [TINY] and listed[0].safetensors.total == 106_816 and listed[0].config["model_type"] == "llama"
+    assert (
+        [m.id for m in listed] == [TINY]
+        and listed[0].safetensors.total == 106_816
+        and listed[0].config["model_type"] == "llama"
+    )
     info = api.model_info(TINY, files_metadata=True)
     weights = next(s for s in info.siblings if s.rfilename == "model.safetensors")
     assert weights.lfs.sha256 == sha256(demo_models / "tiny" / "model.safetensors") and weights.size == 429_308
-    assert {f.path for f in api.list_repo_tree(TINY, recursive=True)} == {p.name for p in (demo_models / "tiny").iterdir()}
+    assert {f.path for f in api.list_repo_tree(TINY, recursive=True)} == {
+        p.name for p in (demo_models / "tiny").iterdir()
+    }
     hub.drop_after_bytes, hub.drop_count = 100_000, 1  # huggingface_hub resumes the cut transfer itself
     path = snapshot_download(TINY, cache_dir=tmp_path / "c", endpoint=hub.url, token=False)
     assert_same_files(Path(path), demo_models / "tiny")
     heads = [e for e in hub.log if e["method"] == "HEAD"]
     assert heads and all(e["status"] == 200 for e in heads)
-    one = hf_hub_download(TINY, "config.json", revision=info.sha, cache_dir=tmp_path / "d", endpoint=hub.url, token=False)
+    one = hf_hub_download(
+        TINY, "config.json", revision=info.sha, cache_dir=tmp_path / "d", endpoint=hub.url, token=False
+    )
     assert Path(one).read_bytes() == (demo_models / "tiny" / "config.json").read_bytes()
     with pytest.raises(GatedRepoError):
         snapshot_download("mlx-test/gated", cache_dir=tmp_path / "e", endpoint=hub.url, token=False)
@@ -258,12 +287,18 @@ async def test_download_then_catalog_then_load_and_chat(api, hf_cache, demo_mode
     assert TINY in [m["id"] for m in (await api("GET", "mlx/v1/models")).body["data"]]
 
     assert (await api("POST", "mlx/api/pool/load", body={"model": TINY})).code == 200
-    chat = await api("POST", "mlx/v1/chat/completions", body={"model": TINY, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+    chat = await api(
+        "POST",
+        "mlx/v1/chat/completions",
+        body={"model": TINY, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+    )
     assert chat.code == 200, chat.body
     assert chat.body["usage"]["completion_tokens"] >= 1
     assert (await api("GET", f"mlx/api/models/local/{TINY}")).body["loaded"] is True
 
-    actions = [(r["action"], r["status"]) for r in (await api("GET", "mlx/api/audit", params={"limit": "50"})).body["records"]]
+    actions = [
+        (r["action"], r["status"]) for r in (await api("GET", "mlx/api/audit", params={"limit": "50"})).body["records"]
+    ]
     assert ("download.start", "ok") in actions and ("download.complete", "ok") in actions
     # Each file was fetched once, by commit, and no file outside the MLX allow-list was asked for.
     gets = [e for e in hub.log if e["method"] == "GET" and "/resolve/" in e["path"]]
@@ -349,7 +384,9 @@ async def test_cancel_stops_the_transfer_and_removes_partial_files(api, hub, hf_
     assert (await api("GET", f"mlx/api/downloads/{record['id']}")).body["status"] == "cancelled"
     assert (await api("DELETE", f"mlx/api/downloads/{record['id']}")).body["status"] == "cancelled"  # idempotent
     assert "mlx-test/copy-b" not in [m["id"] for m in (await api("GET", "mlx/api/models/local")).body["models"]]
-    actions = [(r["action"], r["status"]) for r in (await api("GET", "mlx/api/audit", params={"limit": "50"})).body["records"]]
+    actions = [
+        (r["action"], r["status"]) for r in (await api("GET", "mlx/api/audit", params={"limit": "50"})).body["records"]
+    ]
     assert ("download.cancel", "cancelled") in actions
 
 
@@ -401,14 +438,19 @@ async def test_two_at_once_a_third_waits_and_duplicates_share_a_record(api, hub,
     assert [v["status"] for _, kind, v in blocks if kind == "data"][-1] == "completed"
 
 
-async def test_bad_ids_are_refused_and_touch_nothing(api, http_server_client, jp_base_url, jp_auth_header, hf_cache, model_dir, tmp_path):
+async def test_bad_ids_are_refused_and_touch_nothing(
+    api, http_server_client, jp_base_url, jp_auth_header, hf_cache, model_dir, tmp_path
+):
     before = {**tree(hf_cache), **tree(model_dir)}
     for bad in BAD_IDS:
         reply = await api("POST", "mlx/api/downloads", body={"repo_id": bad})
         assert reply.code == 400 and reply.body["reason"] == "invalid_model_id", (bad, reply.body)
         for method in ("GET", "DELETE"):
             response = await http_server_client.fetch(
-                f"{jp_base_url}mlx/api/models/local/{quote(bad, safe='')}", method=method, headers=jp_auth_header, raise_error=False
+                f"{jp_base_url}mlx/api/models/local/{quote(bad, safe='')}",
+                method=method,
+                headers=jp_auth_header,
+                raise_error=False,
             )
             assert response.code == 400, (bad, method, response.code)
     for body in ({}, {"repo_id": 5}, {"repo_id": TINY, "revision": "../main"}, {"repo_id": TINY, "revision": 3},
@@ -424,7 +466,10 @@ async def test_bad_ids_are_refused_and_touch_nothing(api, http_server_client, jp
     assert "../evil" in failed["error"]
     assert not (hf_cache / "models--mlx-test--evil").exists()
     assert not [p for p in tmp_path.rglob("*evil*")]
-    actions = [(r["action"], r["error_type"]) for r in (await api("GET", "mlx/api/audit", params={"limit": "50"})).body["records"]]
+    actions = [
+        (r["action"], r["error_type"])
+        for r in (await api("GET", "mlx/api/audit", params={"limit": "50"})).body["records"]
+    ]
     assert ("download.fail", "unsafe_file_name") in actions
 
     # Not an MLX model, a missing repo, a missing revision: failed with a reason.
@@ -481,7 +526,10 @@ async def test_search_filters_sorts_and_validates(api, hub):
     assert "mlx-test/qwen-mini-4bit" in [m["id"] for m in small] and TINY not in [m["id"] for m in small]
     assert all(m["size_bytes"] <= 0.0002 * 1024**3 for m in small)
     assert [m["id"] for m in await search(sort="likes", limit="2")] == ["mlx-test/qwen-mini-4bit", TINY]
-    assert [m["id"] for m in await search(sort="size", q="bit")] == ["mlx-test/qwen-mini-4bit", "mlx-test/llama-big-8bit"]
+    assert [m["id"] for m in await search(sort="size", q="bit")] == [
+        "mlx-test/qwen-mini-4bit",
+        "mlx-test/llama-big-8bit",
+    ]
     assert next(m for m in await search(q="copy-c"))["local"] is True
     assert await search(q="no-such-model") == []
     for params in ({"limit": "0"}, {"limit": "101"}, {"limit": "x"}, {"quant": "7"}, {"max_size_gb": "-1"},
@@ -560,7 +608,9 @@ def _start_server(tmp_path: Path, env: dict, port: int, token: str, log_name: st
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if requests.get(f"http://127.0.0.1:{port}/api/status", headers={"Authorization": f"token {token}"}, timeout=2).ok:
+            if requests.get(
+                f"http://127.0.0.1:{port}/api/status", headers={"Authorization": f"token {token}"}, timeout=2
+            ).ok:
                 return process
         except requests.ConnectionError:
             pass
@@ -589,12 +639,18 @@ def test_server_restart_resumes_the_download(hub, tmp_path, demo_models, how):
         while requests.get(f"{url}/{record['id']}", headers=headers, timeout=10).json()["downloaded_bytes"] < 150_000:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        workers = [p for p in psutil.Process(server.pid).children(recursive=True) if "downloads.worker" in " ".join(p.cmdline())]
+        workers = [
+            p
+            for p in psutil.Process(server.pid).children(recursive=True)
+            if "downloads.worker" in " ".join(p.cmdline())
+        ]
         assert len(workers) == 1
         server.send_signal(getattr(signal, how))
         server.wait(30)
         psutil.wait_procs(workers, timeout=10)
-        assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers), "the worker outlived the server"
+        assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers), (
+            "the worker outlived the server"
+        )
     finally:
         if server.poll() is None:
             server.kill()
@@ -606,14 +662,18 @@ def test_server_restart_resumes_the_download(hub, tmp_path, demo_models, how):
     server = _start_server(tmp_path, env, port, token, "second.log")
     try:
         deadline = time.monotonic() + 30
-        while (done := requests.get(f"{url}/{record['id']}", headers=headers, timeout=10).json())["status"] not in FINAL:
+        while (done := requests.get(f"{url}/{record['id']}", headers=headers, timeout=10).json())[
+            "status"
+        ] not in FINAL:
             assert time.monotonic() < deadline, done
             time.sleep(0.05)
         assert done["status"] == "completed", done
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
-    refetched = [e for e in hub.log[requests_before:] if e["method"] == "GET" and e["path"].endswith("/model.safetensors")]
+    refetched = [
+        e for e in hub.log[requests_before:] if e["method"] == "GET" and e["path"].endswith("/model.safetensors")
+    ]
     assert len(refetched) == 1 and refetched[0]["range_start"] > 100_000
     assert refetched[0]["bytes"] < size - 100_000, "resumed, not started over"
     snapshot = tmp_path / "hf" / "hub" / "models--mlx-test--copy-slow" / "snapshots" / done["commit"]

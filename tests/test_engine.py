@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from models import build_models, eos_id
 
 PROMPTS = [f"Request number {i}: " + "tell me more " * i for i in range(8)]
@@ -173,7 +172,9 @@ def test_stop_strings_limits_cancel_and_errors_inside_a_batch(runners):
     runner = runners("--prompt-cache-bytes", "0")
     seeded = dict(max_tokens=60, temperature=1.0, seed=7)
     full, _ = runner.run("full", "Tell me", **seeded)
-    stop = next(full[i : i + 2] for i in range(5, len(full) - 2) if full[i : i + 2].strip() and full.find(full[i : i + 2]) == i)
+    stop = next(
+        full[i : i + 2] for i in range(5, len(full) - 2) if full[i : i + 2].strip() and full.find(full[i : i + 2]) == i
+    )
 
     runner.submit("runs-long", "Keep going", max_tokens=1500)
     assert runner.next_event("runs-long")["ev"] == "started"

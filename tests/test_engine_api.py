@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from conftest import JWT_SECRET, OWNER
 from models import build_models, eos_id
 

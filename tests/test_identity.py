@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from jupyter_server.auth import IdentityProvider, User
-
 from conftest import JWT_SECRET
+from jupyter_server.auth import IdentityProvider, User
 
 
 class HeaderIdentityProvider(IdentityProvider):
@@ -41,7 +40,13 @@ async def test_named_users_map_to_their_own_accounts(api):
 
     users = (await api("GET", "mlx/api/users", auth=None, headers={"X-Test-User": "hub-alice"})).body["users"]
     bob = next(u for u in users if u["username"] == "hub-bob")
-    approve = await api("PATCH", f"mlx/api/users/{bob['id']}", auth=None, headers={"X-Test-User": "hub-alice"}, body={"status": "approved"})
+    approve = await api(
+        "PATCH",
+        f"mlx/api/users/{bob['id']}",
+        auth=None,
+        headers={"X-Test-User": "hub-alice"},
+        body={"status": "approved"},
+    )
     assert approve.code == 200
     again = await api("GET", "mlx/api/auth/me", auth=None, headers={"X-Test-User": "hub-bob"})
     assert again.code == 200 and again.body["username"] == "hub-bob" and again.body["is_admin"] is False

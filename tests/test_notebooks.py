@@ -9,9 +9,8 @@ import nbformat
 import pytest
 import requests
 from jupyter_client.manager import AsyncKernelManager
-from nbclient import NotebookClient
-
 from models import build_models
+from nbclient import NotebookClient
 from servers import jupyter_server
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
@@ -35,7 +34,12 @@ def lab(tmp_path_factory):
     models = build_models(root, ["tiny-demo"])
     with DevHub() as hub:
         hub.add_repo(HUB_REPO, models / "tiny-demo", downloads=10, likes=1)
-        env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(root / "hf"), "HOME": str(root / "home")}
+        env = {
+            "HF_ENDPOINT": hub.url,
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_HOME": str(root / "hf"),
+            "HOME": str(root / "home"),
+        }
         args = (f"--MLXManager.model_dirs={models}", "--MLXManager.default_keep_alive=-1")
         with jupyter_server(root, *args, env=env) as server:
             yield server
@@ -48,16 +52,25 @@ def run_notebook(lab, name: str, parameters: str | None = None, kernel_id: str |
         (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         cell.source = parameters
     if kernel_id is None:
-        kernel_id = requests.post(lab.url + "api/kernels", json={"name": "python3"}, headers=lab.headers, timeout=60).json()["id"]
+        kernel_id = requests.post(
+            lab.url + "api/kernels", json={"name": "python3"}, headers=lab.headers, timeout=60
+        ).json()["id"]
     km = _ServerKernel(owns_kernel=False, connection_file=str(lab.runtime_dir / f"kernel-{kernel_id}.json"))
     km.load_connection_file()
-    NotebookClient(nb, km=km, timeout=300, startup_timeout=120, resources={"metadata": {"path": str(lab.root)}}).execute()
+    NotebookClient(
+        nb, km=km, timeout=300, startup_timeout=120, resources={"metadata": {"path": str(lab.root)}}
+    ).execute()
     nb.metadata["kernel_id"] = kernel_id
     return nb
 
 
 def _outputs(nb) -> str:
-    return "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    return "\n".join(
+        str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )
 
 
 def test_quickstart_downloads_loads_and_chats(lab):

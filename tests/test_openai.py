@@ -10,7 +10,6 @@ import time
 
 import openai
 import pytest
-
 from conftest import JWT_SECRET, OWNER
 from models import build_models, eos_id
 
@@ -24,7 +23,12 @@ def models_dir(tmp_path_factory):
 
 @pytest.fixture
 def mlx_config(models_dir):
-    return {"owner_username": OWNER, "jwt_secret": JWT_SECRET, "model_dirs": [str(models_dir)], "default_keep_alive": -1}
+    return {
+        "owner_username": OWNER,
+        "jwt_secret": JWT_SECRET,
+        "model_dirs": [str(models_dir)],
+        "default_keep_alive": -1,
+    }
 
 
 @pytest.fixture
@@ -33,7 +37,9 @@ def sdk(api, jp_http_port, jp_base_url):
 
     async def make():
         token = (await api("POST", "mlx/api/auth/tokens", body={"name": "sdk"})).body["token"]
-        return openai.AsyncOpenAI(base_url=f"http://localhost:{jp_http_port}{jp_base_url}mlx/v1", api_key=token, max_retries=0)
+        return openai.AsyncOpenAI(
+            base_url=f"http://localhost:{jp_http_port}{jp_base_url}mlx/v1", api_key=token, max_retries=0
+        )
 
     return make
 
@@ -75,19 +81,40 @@ async def test_models_and_chat_with_usage(sdk, no_eos):
 
 async def test_completions_stream_and_not(sdk, no_eos):
     client = await sdk()
-    reply = await client.completions.create(model=MODEL, prompt="Once upon", max_tokens=8, temperature=0, logit_bias=no_eos)
+    reply = await client.completions.create(
+        model=MODEL, prompt="Once upon", max_tokens=8, temperature=0, logit_bias=no_eos
+    )
     assert reply.object == "text_completion" and reply.usage.completion_tokens == 8
-    pieces = [c async for c in await client.completions.create(model=MODEL, prompt="Once upon", max_tokens=8, temperature=0, logit_bias=no_eos, stream=True)]
+    pieces = [
+        c
+        async for c in await client.completions.create(
+            model=MODEL, prompt="Once upon", max_tokens=8, temperature=0, logit_bias=no_eos, stream=True
+        )
+    ]
     assert "".join(p.choices[0].text for p in pieces if p.choices) == reply.choices[0].text
 
 
 async def test_stop_cuts_at_first_occurrence_only(sdk, no_eos):
     client = await sdk()
     # Sampling with a seed: varied but repeatable text (the random model's greedy output is one repeated token).
-    params = dict(model=MODEL, messages=[{"role": "user", "content": "Tell me"}], max_tokens=40, temperature=1.0, seed=7, logit_bias=no_eos)
+    params = dict(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Tell me"}],
+        max_tokens=40,
+        temperature=1.0,
+        seed=7,
+        logit_bias=no_eos,
+    )
     full = (await client.chat.completions.create(**params)).choices[0].message.content
     # Pick a stop string from the middle of the greedy output.
-    stop = next((full[i : i + 2] for i in range(5, len(full) - 2) if full[i : i + 2].strip() and full.find(full[i : i + 2]) == i), None)
+    stop = next(
+        (
+            full[i : i + 2]
+            for i in range(5, len(full) - 2)
+            if full[i : i + 2].strip() and full.find(full[i : i + 2]) == i
+        ),
+        None,
+    )
     assert stop, f"no usable stop string in {full!r}"
     reply = await client.chat.completions.create(**params, stop=[stop])
     assert reply.choices[0].message.content == full[: full.find(stop)]
@@ -96,9 +123,14 @@ async def test_stop_cuts_at_first_occurrence_only(sdk, no_eos):
 
 async def test_concurrent_requests_share_one_runner(sdk, no_eos, api):
     client = await sdk()
+
     async def one(i):
         return await client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": f"Request {i}"}], max_tokens=10, temperature=0, logit_bias=no_eos
+            model=MODEL,
+            messages=[{"role": "user", "content": f"Request {i}"}],
+            max_tokens=10,
+            temperature=0,
+            logit_bias=no_eos,
         )
 
     replies = await asyncio.gather(*(one(i) for i in range(6)))
@@ -111,7 +143,12 @@ async def test_concurrent_requests_share_one_runner(sdk, no_eos, api):
 async def test_disconnect_mid_stream_frees_the_runner(sdk, no_eos, api):
     client = await sdk()
     stream = await client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "long"}], max_tokens=4000, temperature=0, logit_bias=no_eos, stream=True
+        model=MODEL,
+        messages=[{"role": "user", "content": "long"}],
+        max_tokens=4000,
+        temperature=0,
+        logit_bias=no_eos,
+        stream=True,
     )
     count = 0
     async for _ in stream:
@@ -123,7 +160,9 @@ async def test_disconnect_mid_stream_frees_the_runner(sdk, no_eos, api):
     while (await api("GET", "mlx/api/pool")).body["models"][0]["in_flight"] and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     assert (await api("GET", "mlx/api/pool")).body["models"][0]["in_flight"] == 0
-    reply = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "next"}], max_tokens=5, logit_bias=no_eos)
+    reply = await client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "next"}], max_tokens=5, logit_bias=no_eos
+    )
     assert reply.usage.completion_tokens == 5
     records = (await api("GET", "mlx/api/audit", params={"status": "cancelled"})).body["records"]
     (cancelled,) = [r for r in records if r["action"] == "chat.completions"]
@@ -133,7 +172,12 @@ async def test_disconnect_mid_stream_frees_the_runner(sdk, no_eos, api):
 async def test_killed_runner_ends_the_stream_and_the_server_recovers(sdk, no_eos, api):
     client = await sdk()
     stream = await client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "long"}], max_tokens=4000, temperature=0, logit_bias=no_eos, stream=True
+        model=MODEL,
+        messages=[{"role": "user", "content": "long"}],
+        max_tokens=4000,
+        temperature=0,
+        logit_bias=no_eos,
+        stream=True,
     )
     pid = None
     with pytest.raises(openai.APIError):
@@ -145,7 +189,9 @@ async def test_killed_runner_ends_the_stream_and_the_server_recovers(sdk, no_eos
     while (await api("GET", "mlx/api/pool")).body["models"] and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert (await api("GET", "mlx/api/pool")).body["models"] == [], "the dead runner is still listed"
-    reply = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "again"}], max_tokens=4, logit_bias=no_eos)
+    reply = await client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "again"}], max_tokens=4, logit_bias=no_eos
+    )
     assert reply.usage.completion_tokens == 4
     assert (await api("GET", "mlx/api/pool")).body["models"][0]["pid"] != pid
 
@@ -158,7 +204,12 @@ WEATHER_TOOL = {
 
 async def test_tool_calls_through_the_chat_template_and_parser(sdk):
     client = await sdk()
-    params = dict(model="local/tool-demo", messages=[{"role": "user", "content": "Weather in Paris?"}], temperature=0, max_tokens=20)
+    params = dict(
+        model="local/tool-demo",
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        temperature=0,
+        max_tokens=20,
+    )
     reply = await client.chat.completions.create(**params, tools=[WEATHER_TOOL])
     choice = reply.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -167,7 +218,11 @@ async def test_tool_calls_through_the_chat_template_and_parser(sdk):
     assert call.type == "function" and call.id.startswith("call_")
     assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
 
-    deltas = [c.choices[0] async for c in await client.chat.completions.create(**params, tools=[WEATHER_TOOL], stream=True) if c.choices]
+    deltas = [
+        c.choices[0]
+        async for c in await client.chat.completions.create(**params, tools=[WEATHER_TOOL], stream=True)
+        if c.choices
+    ]
     streamed = [tc for d in deltas if d.delta.tool_calls for tc in d.delta.tool_calls]
     assert [(tc.index, tc.function.name) for tc in streamed] == [(0, "get_weather")]
     assert deltas[-1].finish_reason == "tool_calls"
@@ -228,11 +283,22 @@ async def test_bad_requests_are_4xx_with_the_openai_envelope(api):
         ('{"model": "x"}', "text/plain", 415),
         ('{"model": "' + "x" * (5 * 1024 * 1024) + '"}', "application/json", 413),
     ]
-    raw.append(('{"model": "local/tiny-demo", "messages": [{"role": "user", "content": "x"}], "keep_alive": NaN}', "application/json", 400))
+    raw.append(
+        (
+            '{"model": "local/tiny-demo", "messages": [{"role": "user", "content": "x"}], "keep_alive": NaN}',
+            "application/json",
+            400,
+        )
+    )
     for body, content_type, expected in raw:
         reply = await api("POST", "mlx/v1/chat/completions", raw_body=body, headers={"Content-Type": content_type})
         assert reply.code == expected and "error" in reply.body, (body[:30], reply.code)
-    for body in ({"model": MODEL}, {"model": MODEL, "prompt": ""}, {"model": MODEL, "prompt": [-1]}, {"model": MODEL, "prompt": "x", "max_tokens": 1.5}):
+    for body in (
+        {"model": MODEL},
+        {"model": MODEL, "prompt": ""},
+        {"model": MODEL, "prompt": [-1]},
+        {"model": MODEL, "prompt": "x", "max_tokens": 1.5},
+    ):
         reply = await api("POST", "mlx/v1/completions", body=body)
         assert reply.code == 400 and "error" in reply.body, body
     reply = await api("POST", "mlx/v1/chat/completions", auth=None, body=BAD_CHAT[0][0])

@@ -9,7 +9,6 @@ import time
 
 import psutil
 import pytest
-
 from conftest import JWT_SECRET, OWNER
 from models import build_models
 
@@ -53,14 +52,26 @@ async def _loaded(api) -> list[str]:
 
 async def test_two_loads_share_one_runner_start(api, mlx_app):
     first, second = await asyncio.gather(
-        api("POST", "mlx/api/pool/load", body={"model": "local/a"}), api("POST", "mlx/api/pool/load", body={"model": "local/a"})
+        api("POST", "mlx/api/pool/load", body={"model": "local/a"}),
+        api("POST", "mlx/api/pool/load", body={"model": "local/a"}),
     )
     assert first.code == second.code == 200
     assert first.body["pid"] == second.body["pid"]
     assert psutil.Process(first.body["pid"]).is_running()
     status = (await api("GET", "mlx/api/pool")).body
     assert status["limits"]["max_loaded_models"] == 2 and status["memory_used_bytes"] > 0
-    assert set(status["models"][0]) >= {"model", "status", "pinned", "keep_alive", "expires_at", "memory_bytes", "pid", "loaded_at", "last_used", "requests"}
+    assert set(status["models"][0]) >= {
+        "model",
+        "status",
+        "pinned",
+        "keep_alive",
+        "expires_at",
+        "memory_bytes",
+        "pid",
+        "loaded_at",
+        "last_used",
+        "requests",
+    }
 
 
 async def test_lru_eviction_spares_pinned_models(api):
@@ -95,7 +106,9 @@ async def test_keep_alive_expiry_unloads(api):
     while await _loaded(api) and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
     assert await _loaded(api) == []
-    assert not psutil.pid_exists(reply.body["pid"]) or psutil.Process(reply.body["pid"]).status() == psutil.STATUS_ZOMBIE
+    assert (
+        not psutil.pid_exists(reply.body["pid"]) or psutil.Process(reply.body["pid"]).status() == psutil.STATUS_ZOMBIE
+    )
 
     # keep_alive 0 on a request: unloaded as soon as that request is done.
     body = {"model": "local/a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "keep_alive": 0}
@@ -147,7 +160,12 @@ async def test_no_runner_survives_the_extension_stopping(api, mlx_app):
 async def test_a_busy_model_is_unloaded_only_with_force(api, pool_models):
     assert (await api("POST", "mlx/api/pool/load", body={"model": "local/a"})).code == 200
     eos = json.loads((pool_models / "a" / "config.json").read_text())["eos_token_id"]
-    body = {"model": "local/a", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3000, "logit_bias": {str(eos): -100}}
+    body = {
+        "model": "local/a",
+        "messages": [{"role": "user", "content": "x"}],
+        "max_tokens": 3000,
+        "logit_bias": {str(eos): -100},
+    }
     chat = asyncio.ensure_future(api("POST", "mlx/v1/chat/completions", body=body))
     deadline = time.monotonic() + 10
     while not (await api("GET", "mlx/api/pool")).body["models"][0]["in_flight"] and time.monotonic() < deadline:
@@ -162,7 +180,12 @@ async def test_a_busy_model_is_unloaded_only_with_force(api, pool_models):
 class TestOneModelAtATime:
     @pytest.fixture
     def mlx_config(self, pool_models):
-        return {"owner_username": OWNER, "jwt_secret": JWT_SECRET, "model_dirs": [str(pool_models)], "max_loaded_models": 1}
+        return {
+            "owner_username": OWNER,
+            "jwt_secret": JWT_SECRET,
+            "model_dirs": [str(pool_models)],
+            "max_loaded_models": 1,
+        }
 
     async def test_a_model_waited_for_is_not_evicted_before_its_request_runs(self, api):
         """Two requests for two models at once: the second load must not evict the first model

@@ -12,9 +12,9 @@ import time
 
 import pytest
 import requests
+from servers import jupyter_server
 
 from jupyter_mlx_manager.auth.jwt_tokens import PLACEHOLDER_SECRET
-from servers import jupyter_server
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +57,9 @@ def test_server_starts_strict_and_warns_about_placeholder_secret(server):
 def test_cli_manages_users_and_tokens_on_a_live_server(server):
     url = server["url"]
     session = requests.Session()
-    reply = session.post(url + "mlx/api/auth/register", json={"username": "kim", "password": "long enough pw"}, timeout=10)
+    reply = session.post(
+        url + "mlx/api/auth/register", json={"username": "kim", "password": "long enough pw"}, timeout=10
+    )
     assert reply.status_code == 201 and reply.json()["status"] == "pending"
 
     def cli(*args):
@@ -117,7 +119,9 @@ def test_no_runner_outlives_the_server(server, how):
     import psutil
 
     headers = {"Authorization": f"token {server['token']}"}
-    reply = requests.post(server["url"] + "mlx/api/pool/load", json={"model": "local/tiny-demo"}, headers=headers, timeout=120)
+    reply = requests.post(
+        server["url"] + "mlx/api/pool/load", json={"model": "local/tiny-demo"}, headers=headers, timeout=120
+    )
     assert reply.status_code == 200, reply.text
     runner = psutil.Process(reply.json()["pid"])
     assert runner.is_running()

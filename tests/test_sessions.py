@@ -9,7 +9,6 @@ from http.cookies import SimpleCookie
 
 import jwt
 import pytest
-
 from conftest import JWT_SECRET
 
 
@@ -59,7 +58,10 @@ class _Capture(logging.Handler):
 async def test_tokens_never_reach_the_logs(api, jp_ws_fetch, jp_serverapp, make_user):
     capture = _Capture()
     capture.setFormatter(logging.Formatter("%(name)s %(message)s"))
-    loggers = [logging.getLogger(n) for n in ("", "tornado.access", "tornado.application", "tornado.general", "ServerApp", "MLXManager")]
+    loggers = [
+        logging.getLogger(n)
+        for n in ("", "tornado.access", "tornado.application", "tornado.general", "ServerApp", "MLXManager")
+    ]
     loggers.append(jp_serverapp.log)
     saved = [(lg, lg.level) for lg in loggers]
     for lg in loggers:
@@ -70,7 +72,9 @@ async def test_tokens_never_reach_the_logs(api, jp_ws_fetch, jp_serverapp, make_
         user, access = await make_user("grace", password=password)
         ticket = (await api("POST", "mlx/api/auth/ticket", auth=access)).body["token"]
         api_token = (await api("POST", "mlx/api/auth/tokens", auth=access, body={"name": "n"})).body["token"]
-        forged = jwt.encode({"sub": "1", "typ": "ticket", "iat": int(time.time()), "exp": int(time.time()) + 60}, "w" * 40)
+        forged = jwt.encode(
+            {"sub": "1", "typ": "ticket", "iat": int(time.time()), "exp": int(time.time()) + 60}, "w" * 40
+        )
 
         ws = await jp_ws_fetch("mlx", "api", "audit", "ws", params={"token": ticket}, headers={"Authorization": ""})
         ws.close()
@@ -86,8 +90,13 @@ async def test_tokens_never_reach_the_logs(api, jp_ws_fetch, jp_serverapp, make_
         assert reply.code == 404
         reply = await api("GET", "mlx/api/audit/export", auth=None, params={"token": ticket, "format": "xml"})
         assert reply.code == 400
-        await api("POST", "mlx/api/auth/login", auth=None, raw_body=f'{{"username": "grace", "password": "{password}"',
-                  headers={"Content-Type": "application/json"})
+        await api(
+            "POST",
+            "mlx/api/auth/login",
+            auth=None,
+            raw_body=f'{{"username": "grace", "password": "{password}"',
+            headers={"Content-Type": "application/json"},
+        )
         await asyncio.sleep(0.2)
     finally:
         for lg, level in saved:
@@ -106,7 +115,12 @@ class TestWithoutOwner:
 
     async def test_thirty_concurrent_registrations_make_one_admin(self, api):
         replies = await asyncio.gather(
-            *(api("POST", "mlx/api/auth/register", auth=None, body={"username": f"u{i}", "password": "long enough pw"}) for i in range(30))
+            *(
+                api(
+                    "POST", "mlx/api/auth/register", auth=None, body={"username": f"u{i}", "password": "long enough pw"}
+                )
+                for i in range(30)
+            )
         )
         assert all(r.code == 201 for r in replies), [r.body for r in replies if r.code != 201]
         assert sum(r.body["is_admin"] for r in replies) == 1

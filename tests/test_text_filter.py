@@ -39,7 +39,10 @@ def test_earliest_of_several_stops_wins():
 def test_tool_call_blocks_become_calls():
     parse = lambda text: json.loads(text)  # noqa: E731
     text_filter = TextFilter(tool_call_start="<tool_call>", tool_call_end="</tool_call>", parse_tool_call=parse)
-    text, calls, _ = _run(text_filter, ["Sure. <tool", '_call>\n{"name": "get_weather", "argu', 'ments": {"city": "Paris"}}\n</tool_call>'])
+    text, calls, _ = _run(
+        text_filter,
+        ["Sure. <tool", '_call>\n{"name": "get_weather", "argu', 'ments": {"city": "Paris"}}\n</tool_call>'],
+    )
     assert text == "Sure. "
     assert calls == [{"name": "get_weather", "arguments": '{"city": "Paris"}'}]
 
@@ -47,13 +50,19 @@ def test_tool_call_blocks_become_calls():
 def test_malformed_or_unfinished_tool_calls_stay_text():
     parse = lambda text: json.loads(text)  # noqa: E731
     text_filter = TextFilter(tool_call_start="<tool_call>", tool_call_end="</tool_call>", parse_tool_call=parse)
-    assert _run(text_filter, ["<tool_call>not json</tool_call> ok"]) == ("<tool_call>not json</tool_call> ok", [], False)
+    assert _run(text_filter, ["<tool_call>not json</tool_call> ok"]) == (
+        "<tool_call>not json</tool_call> ok",
+        [],
+        False,
+    )
     text_filter = TextFilter(tool_call_start="<tool_call>", tool_call_end="</tool_call>", parse_tool_call=parse)
     assert _run(text_filter, ['x <tool_call>{"name": "f"']) == ('x <tool_call>{"name": "f"', [], False)
 
 
 def test_without_tools_the_markers_are_plain_text():
-    assert _run(TextFilter(tool_call_start="<tool_call>", tool_call_end="</tool_call>"), ["<tool_call>{}</tool_call>"]) == (
+    assert _run(
+        TextFilter(tool_call_start="<tool_call>", tool_call_end="</tool_call>"), ["<tool_call>{}</tool_call>"]
+    ) == (
         "<tool_call>{}</tool_call>",
         [],
         False,

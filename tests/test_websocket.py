@@ -7,14 +7,16 @@ import json
 import time
 
 import jwt
-
 from conftest import JWT_SECRET
+
 from jupyter_mlx_manager.audit import Subscription
 
 
 def _ticket(user_id: int) -> str:
     now = int(time.time())
-    return jwt.encode({"sub": str(user_id), "typ": "ticket", "iat": now, "exp": now + 60}, JWT_SECRET, algorithm="HS256")
+    return jwt.encode(
+        {"sub": str(user_id), "typ": "ticket", "iat": now, "exp": now + 60}, JWT_SECRET, algorithm="HS256"
+    )
 
 
 async def _open(jp_ws_fetch, token=None, jupyter=False, **params):
@@ -36,7 +38,9 @@ async def test_refused_sockets_close_with_1008(api, jp_ws_fetch, make_user):
     cases = {
         "no token": None,
         "invalid token": "not.a.jwt",
-        "forged token": jwt.encode({"sub": "1", "typ": "ticket", "iat": int(time.time()), "exp": int(time.time()) + 60}, "z" * 40),
+        "forged token": jwt.encode(
+            {"sub": "1", "typ": "ticket", "iat": int(time.time()), "exp": int(time.time()) + 60}, "z" * 40
+        ),
         "pending user": _ticket(pending["id"]),
         "disabled user": _ticket(disabled["id"]),
     }
@@ -63,8 +67,11 @@ async def test_live_records_filtered_by_permission(api, jp_ws_fetch, make_user):
         message = await _next(admin_ws)
         admin_actions.append((message["data"]["action"], message["data"]["user"]))
     assert admin_actions == [
-        ("auth.register", "henry"), ("user.approve", "owner"), ("auth.login", "henry"),
-        ("token.create", "henry"), ("token.create", "owner"),
+        ("auth.register", "henry"),
+        ("user.approve", "owner"),
+        ("auth.login", "henry"),
+        ("token.create", "henry"),
+        ("token.create", "owner"),
     ]
     # The user never sees the owner's record.
     try:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from models import build_models, eos_id
+from servers import jupyter_server
 
 from jupyter_mlx_manager import connect
 from jupyter_mlx_manager.widgets import ChatWidget, ModelPicker, PoolMonitor
-from models import build_models, eos_id
-from servers import jupyter_server
 
 MODEL = "local/tiny-demo"
 

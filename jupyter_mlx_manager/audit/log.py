@@ -110,7 +110,9 @@ class AuditLog:
 
         def run(conn):
             def counts(column):
-                rows = conn.execute(f"SELECT {column}, COUNT(*) FROM audit_log {where} GROUP BY {column} ORDER BY 2 DESC", params)
+                rows = conn.execute(
+                    f"SELECT {column}, COUNT(*) FROM audit_log {where} GROUP BY {column} ORDER BY 2 DESC", params
+                )
                 return {str(key): n for key, n in rows}
 
             def percentiles(column):
@@ -119,7 +121,8 @@ class AuditLog:
                 out = {}
                 for name, q in (("p50", 0.5), ("p95", 0.95)):
                     row = conn.execute(
-                        f"SELECT {column} FROM audit_log {cond} ORDER BY {column} LIMIT 1 OFFSET ?", [*params, int(q * (n - 1) + 0.5)]
+                        f"SELECT {column} FROM audit_log {cond} ORDER BY {column} LIMIT 1 OFFSET ?",
+                        [*params, int(q * (n - 1) + 0.5)],
                     ).fetchone()
                     out[name] = row[0] if n else None
                 return out
@@ -151,7 +154,8 @@ class AuditLog:
                 lambda conn: [
                     dict(r)
                     for r in conn.execute(
-                        f"SELECT {', '.join(FIELDS)} FROM audit_log {cond} ORDER BY id LIMIT ?", [*params, last_id, batch]
+                        f"SELECT {', '.join(FIELDS)} FROM audit_log {cond} ORDER BY id LIMIT ?",
+                        [*params, last_id, batch],
                     )
                 ]
             )
@@ -164,13 +168,21 @@ class AuditLog:
         """Delete records older than `retention_days` (0 keeps everything); returns how many."""
         if retention_days <= 0:
             return 0
-        cutoff = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=retention_days)).isoformat(timespec="milliseconds")
+        cutoff = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=retention_days)).isoformat(
+            timespec="milliseconds"
+        )
         cutoff = cutoff.replace("+00:00", "Z")
-        return await self.db.write(lambda conn: conn.execute("DELETE FROM audit_log WHERE time < ?", (cutoff,)).rowcount)
+        return await self.db.write(
+            lambda conn: conn.execute("DELETE FROM audit_log WHERE time < ?", (cutoff,)).rowcount
+        )
 
 
 def _where(
-    user: str | None = None, model: str | None = None, status: str | None = None, since: str | None = None, until: str | None = None
+    user: str | None = None,
+    model: str | None = None,
+    status: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
 ) -> tuple[str, list[Any]]:
     clauses, params = [], []
     for column, value in (("user", user), ("model", model), ("status", status)):

@@ -72,7 +72,9 @@ def resolve_secret(configured: str, data_dir: Path, log: logging.Logger) -> str:
             os.unlink(temp)
     secret = path.read_text().strip()
     if len(secret.encode()) < MIN_SECRET_BYTES:
-        raise RuntimeError(f"{path} holds a JWT secret shorter than {MIN_SECRET_BYTES} bytes: delete it to generate a new one")
+        raise RuntimeError(
+            f"{path} holds a JWT secret shorter than {MIN_SECRET_BYTES} bytes: delete it to generate a new one"
+        )
     return secret
 
 

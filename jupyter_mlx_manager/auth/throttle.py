@@ -14,7 +14,12 @@ class LoginThrottle:
     """
 
     def __init__(
-        self, free_attempts: int = 5, window: float = 900, base_delay: float = 30, max_delay: float = 900, max_keys: int = 10000
+        self,
+        free_attempts: int = 5,
+        window: float = 900,
+        base_delay: float = 30,
+        max_delay: float = 900,
+        max_keys: int = 10000,
     ):
         self.free_attempts = free_attempts
         self.window = window

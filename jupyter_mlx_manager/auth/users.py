@@ -47,7 +47,9 @@ def validate_username(username: Any) -> str:
 
 def validate_password(password: Any) -> str:
     if not isinstance(password, str) or len(password) < MIN_PASSWORD_LENGTH:
-        raise BadRequest(f"password must be a string of at least {MIN_PASSWORD_LENGTH} characters", reason="invalid_password")
+        raise BadRequest(
+            f"password must be a string of at least {MIN_PASSWORD_LENGTH} characters", reason="invalid_password"
+        )
     if len(password.encode()) > MAX_PASSWORD_BYTES:
         raise BadRequest(f"password must be at most {MAX_PASSWORD_BYTES} bytes", reason="invalid_password")
     return password
@@ -140,15 +142,21 @@ class UserService:
         return user
 
     async def get(self, user_id: int) -> dict[str, Any] | None:
-        return await self.db.read(lambda conn: _user(conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE id = ?", (user_id,)).fetchone()))
+        return await self.db.read(
+            lambda conn: _user(conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE id = ?", (user_id,)).fetchone())
+        )
 
     async def get_by_name(self, username: str) -> dict[str, Any] | None:
         return await self.db.read(
-            lambda conn: _user(conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE username = ?", (username,)).fetchone())
+            lambda conn: _user(
+                conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE username = ?", (username,)).fetchone()
+            )
         )
 
     async def list_users(self) -> list[dict[str, Any]]:
-        return await self.db.read(lambda conn: [_user(r) for r in conn.execute(f"SELECT {USER_COLUMNS} FROM users ORDER BY id")])
+        return await self.db.read(
+            lambda conn: [_user(r) for r in conn.execute(f"SELECT {USER_COLUMNS} FROM users ORDER BY id")]
+        )
 
     @staticmethod
     def require_active(user: dict[str, Any] | None) -> dict[str, Any]:
@@ -183,11 +191,18 @@ class UserService:
         before, after = await self.db.write(run)
         self._changed(user_id)
         for action, changed in (
-            ({"approved": "user.approve", "disabled": "user.disable", "pending": "user.set_pending"}.get(after["status"]), before["status"] != after["status"]),
+            (
+                {"approved": "user.approve", "disabled": "user.disable", "pending": "user.set_pending"}.get(
+                    after["status"]
+                ),
+                before["status"] != after["status"],
+            ),
             ("user.promote" if after["is_admin"] else "user.demote", before["is_admin"] != after["is_admin"]),
         ):
             if changed:
-                await self.audit.record(action, user=actor.user["username"], client=actor.client, detail=after["username"])
+                await self.audit.record(
+                    action, user=actor.user["username"], client=actor.client, detail=after["username"]
+                )
         return after
 
     async def delete_user(self, actor: Actor, user_id: int) -> None:
@@ -201,7 +216,9 @@ class UserService:
 
         deleted = await self.db.write(run)
         self._changed(user_id)
-        await self.audit.record("user.delete", user=actor.user["username"], client=actor.client, detail=deleted["username"])
+        await self.audit.record(
+            "user.delete", user=actor.user["username"], client=actor.client, detail=deleted["username"]
+        )
 
     def _changed(self, user_id: int) -> None:
         for listener in self.change_listeners:
@@ -209,29 +226,41 @@ class UserService:
 
     # -- login and tokens -------------------------------------------------------------------
     async def login(self, username: Any, password: Any, client_address: str) -> dict[str, Any]:
-        if not isinstance(username, str) or not isinstance(password, str) or len(password.encode()) > MAX_PASSWORD_BYTES:
+        if (
+            not isinstance(username, str)
+            or not isinstance(password, str)
+            or len(password.encode()) > MAX_PASSWORD_BYTES
+        ):
             raise BadRequest("username and password must be strings", reason="invalid_credentials_format")
         if not USERNAME_RE.fullmatch(username):  # no account can have it: no hashing, no record
             raise Unauthorized("wrong username or password", reason="invalid_credentials")
         wait = self.throttle.retry_after(username, client_address)
         if wait:
-            await self.audit.record("auth.login", status="error", user=username[:64], client="api", error_type="throttled")
+            await self.audit.record(
+                "auth.login", status="error", user=username[:64], client="api", error_type="throttled"
+            )
             raise TooManyRequests(
                 f"too many failed logins; try again in {wait} s", reason="throttled", headers={"Retry-After": str(wait)}
             )
         row = await self.db.read(
-            lambda conn: conn.execute(f"SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = ?", (username,)).fetchone()
+            lambda conn: conn.execute(
+                f"SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = ?", (username,)
+            ).fetchone()
         )
         if not await verify_password(row["password_hash"] if row else None, password):
             self.throttle.failed(username, client_address)
-            await self.audit.record("auth.login", status="error", user=username[:64], client="api", error_type="invalid_credentials")
+            await self.audit.record(
+                "auth.login", status="error", user=username[:64], client="api", error_type="invalid_credentials"
+            )
             raise Unauthorized("wrong username or password", reason="invalid_credentials")
         self.throttle.succeeded(username, client_address)
         user = _user(row)
         try:
             self.require_active(user)
         except Forbidden as exc:
-            await self.audit.record("auth.login", status="error", user=user["username"], client="api", error_type=exc.reason)
+            await self.audit.record(
+                "auth.login", status="error", user=user["username"], client="api", error_type=exc.reason
+            )
             raise
         lifetime = self.access_token_hours * 3600
         token = self.issuer.issue(user["id"], "access", lifetime)
@@ -262,14 +291,22 @@ class UserService:
 
     async def create_api_token(self, actor: Actor, name: Any, expires_in_days: Any = None) -> dict[str, Any]:
         if not isinstance(name, str) or not name.strip() or len(name) > MAX_TOKEN_NAME:
-            raise BadRequest(f"name must be a non-empty string of at most {MAX_TOKEN_NAME} characters", reason="invalid_name")
+            raise BadRequest(
+                f"name must be a non-empty string of at most {MAX_TOKEN_NAME} characters", reason="invalid_name"
+            )
         if expires_in_days is None:
             expires_in_days = DEFAULT_API_TOKEN_DAYS
-        if isinstance(expires_in_days, bool) or not isinstance(expires_in_days, (int, float)) or not 0 < expires_in_days <= MAX_API_TOKEN_DAYS:
+        if (
+            isinstance(expires_in_days, bool)
+            or not isinstance(expires_in_days, (int, float))
+            or not 0 < expires_in_days <= MAX_API_TOKEN_DAYS
+        ):
             raise BadRequest(f"expires_in_days must be a number in (0, {MAX_API_TOKEN_DAYS}]", reason="invalid_expiry")
         lifetime = float(expires_in_days) * 86400
         created = dt.datetime.now(dt.timezone.utc)
-        expires_at = (created + dt.timedelta(seconds=int(lifetime))).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        expires_at = (
+            (created + dt.timedelta(seconds=int(lifetime))).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        )
         user_id = actor.user["id"]
 
         def run(conn):
@@ -279,11 +316,15 @@ class UserService:
             )
             token = self.issuer.issue(user_id, "api", lifetime, token_id=cursor.lastrowid)
             conn.execute("UPDATE api_tokens SET token_hash = ? WHERE id = ?", (_token_hash(token), cursor.lastrowid))
-            row = conn.execute("SELECT id, name, created_at, expires_at FROM api_tokens WHERE id = ?", (cursor.lastrowid,)).fetchone()
+            row = conn.execute(
+                "SELECT id, name, created_at, expires_at FROM api_tokens WHERE id = ?", (cursor.lastrowid,)
+            ).fetchone()
             return {**dict(row), "token": token}
 
         created_token = await self.db.write(run)
-        await self.audit.record("token.create", user=actor.user["username"], client=actor.client, detail=created_token["name"])
+        await self.audit.record(
+            "token.create", user=actor.user["username"], client=actor.client, detail=created_token["name"]
+        )
         return created_token
 
     async def list_api_tokens(self, user: dict[str, Any]) -> list[dict[str, Any]]:
@@ -291,14 +332,17 @@ class UserService:
             lambda conn: [
                 dict(r)
                 for r in conn.execute(
-                    "SELECT id, name, created_at, expires_at FROM api_tokens WHERE user_id = ? ORDER BY id", (user["id"],)
+                    "SELECT id, name, created_at, expires_at FROM api_tokens WHERE user_id = ? ORDER BY id",
+                    (user["id"],),
                 )
             ]
         )
 
     async def revoke_api_token(self, actor: Actor, token_id: int) -> None:
         def run(conn):
-            row = conn.execute("SELECT name FROM api_tokens WHERE id = ? AND user_id = ?", (token_id, actor.user["id"])).fetchone()
+            row = conn.execute(
+                "SELECT name FROM api_tokens WHERE id = ? AND user_id = ?", (token_id, actor.user["id"])
+            ).fetchone()
             if row is None:
                 raise NotFound(f"you have no API token with id {token_id}")
             conn.execute("DELETE FROM api_tokens WHERE id = ?", (token_id,))

@@ -44,7 +44,14 @@ class ServerBusy(MLXManagerError):
     """429/503: throttled, or every loaded model is busy; try again later."""
 
 
-_ERRORS = {401: AuthenticationError, 403: PermissionDenied, 404: NotFound, 409: Conflict, 429: ServerBusy, 503: ServerBusy}
+_ERRORS = {
+    401: AuthenticationError,
+    403: PermissionDenied,
+    404: NotFound,
+    409: Conflict,
+    429: ServerBusy,
+    503: ServerBusy,
+}
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -81,7 +88,12 @@ class Download:
             if self._show:
                 from tqdm.auto import tqdm
 
-                bar = tqdm(total=self.progress.get("total_bytes") or None, unit="B", unit_scale=True, desc=self.progress["repo_id"])
+                bar = tqdm(
+                    total=self.progress.get("total_bytes") or None,
+                    unit="B",
+                    unit_scale=True,
+                    desc=self.progress["repo_id"],
+                )
             for event in self._client._sse(f"mlx/api/downloads/{self.id}/progress"):
                 self.progress = event
                 if bar is not None:
@@ -110,7 +122,9 @@ class Download:
             self._done.wait(0.5)
             self.progress = self._client._get(f"mlx/api/downloads/{self.id}")
         if self.progress["status"] != "completed":
-            raise MLXManagerError(0, f"download {self.progress['status']}: {self.progress.get('error') or ''}", self.progress["status"])
+            raise MLXManagerError(
+                0, f"download {self.progress['status']}: {self.progress.get('error') or ''}", self.progress["status"]
+            )
         return self.progress
 
     def cancel(self) -> dict[str, Any]:
@@ -170,8 +184,12 @@ class MLXClient:
     # -- inference ----------------------------------------------------------------------------
     def chat(self, model: str, messages_or_text: str | list[dict[str, Any]], stream: bool = False, **params: Any):
         """The reply's text (or, with `stream=True`, an iterator of text pieces)."""
-        messages = [{"role": "user", "content": messages_or_text}] if isinstance(messages_or_text, str) else messages_or_text
-        return self._generate("mlx/v1/chat/completions", {"model": model, "messages": messages, **params}, stream, chat=True)
+        messages = (
+            [{"role": "user", "content": messages_or_text}] if isinstance(messages_or_text, str) else messages_or_text
+        )
+        return self._generate(
+            "mlx/v1/chat/completions", {"model": model, "messages": messages, **params}, stream, chat=True
+        )
 
     def complete(self, model: str, prompt: str, stream: bool = False, **params: Any):
         return self._generate("mlx/v1/completions", {"model": model, "prompt": prompt, **params}, stream, chat=False)
@@ -192,7 +210,9 @@ class MLXClient:
     def _stream_text(self, path: str, body: dict[str, Any], chat: bool) -> Iterator[str]:
         for event in self._sse(path, method="POST", json=body):
             if "error" in event:
-                raise MLXManagerError(500, event["error"].get("message", "generation failed"), event["error"].get("code"))
+                raise MLXManagerError(
+                    500, event["error"].get("message", "generation failed"), event["error"].get("code")
+                )
             for choice in event.get("choices", []):
                 text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
                 if text:
@@ -222,4 +242,6 @@ class MLXClient:
 
 def connect(url: str | None = None, token: str | None = None) -> MLXClient:
     """A client for the Jupyter server this kernel runs under (or `url` with `token`)."""
-    return MLXClient(ServerInfo(url if url.endswith("/") else url + "/", token or "", "argument") if url else find_server())
+    return MLXClient(
+        ServerInfo(url if url.endswith("/") else url + "/", token or "", "argument") if url else find_server()
+    )

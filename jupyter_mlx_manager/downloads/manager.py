@@ -116,7 +116,9 @@ class DownloadManager:
 
     async def _resume(self) -> None:
         rows = await self.db.read(
-            lambda conn: [dict(r) for r in conn.execute(f"SELECT * FROM downloads WHERE status IN {ACTIVE} ORDER BY id")]
+            lambda conn: [
+                dict(r) for r in conn.execute(f"SELECT * FROM downloads WHERE status IN {ACTIVE} ORDER BY id")
+            ]
         )
         for row in rows:
             if row["id"] not in self._jobs:
@@ -314,7 +316,9 @@ class DownloadManager:
         repo_id, user = job.record["repo_id"], job.record.get("user")
         duration_ms = (time.monotonic() - job.started) * 1000
         if status == "completed":
-            self.log.info("downloaded %s (%d bytes) in %.1f s", repo_id, job.record["total_bytes"] or 0, duration_ms / 1000)
+            self.log.info(
+                "downloaded %s (%d bytes) in %.1f s", repo_id, job.record["total_bytes"] or 0, duration_ms / 1000
+            )
             await self.audit.record("download.complete", user=user, client="server", model=repo_id, duration_ms=duration_ms,
                                     detail=f"id={job.id} bytes={job.record['total_bytes']}")  # fmt: skip
         else:
@@ -358,7 +362,9 @@ class DownloadManager:
                         job, persist=True, total_bytes=event["total_bytes"], files_total=event["files_total"],
                         downloaded_bytes=event["downloaded_bytes"], files_done=event["files_done"], commit_sha=event["commit"],
                     )  # fmt: skip
-                    problem = await self._disk_problem(job.record["repo_id"], event["total_bytes"] - event["downloaded_bytes"])
+                    problem = await self._disk_problem(
+                        job.record["repo_id"], event["total_bytes"] - event["downloaded_bytes"]
+                    )
                     if problem is not None:
                         outcome = ("failed", problem, "disk_space")
                         self._send(process, {"cmd": "abort"})

@@ -119,14 +119,21 @@ def _with_retries(what: str, fn, attempts: int = MAX_ATTEMPTS):
 
 def plan(api, repo_id: str, revision: str) -> tuple[str, list[dict[str, Any]]]:
     """The commit and the files to fetch, after checking every listed name is safe."""
-    from huggingface_hub.errors import GatedRepoError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         info = _with_retries("model_info", lambda: api.model_info(repo_id, revision=revision, files_metadata=True))
     except OfflineModeIsEnabled:
         raise WorkerError("offline", "downloads are disabled on this server (HF_HUB_OFFLINE is set)") from None
     except GatedRepoError:
-        raise WorkerError("gated", f"{repo_id} is a gated repository: accept its terms on the Hub and set c.MLXManager.hf_token") from None
+        raise WorkerError(
+            "gated", f"{repo_id} is a gated repository: accept its terms on the Hub and set c.MLXManager.hf_token"
+        ) from None
     except RevisionNotFoundError:
         raise WorkerError("revision_not_found", f"{repo_id} has no revision {revision!r}") from None
     except RepositoryNotFoundError:
@@ -150,7 +157,11 @@ def plan(api, repo_id: str, revision: str) -> tuple[str, list[dict[str, Any]]]:
             digest, algorithm, size = sibling.lfs.sha256, "sha256", sibling.lfs.size
         else:
             digest, algorithm, size = sibling.blob_id, "git-sha1", sibling.size
-        if not isinstance(digest, str) or len(digest) not in (40, 64) or not all(c in "0123456789abcdef" for c in digest):
+        if (
+            not isinstance(digest, str)
+            or len(digest) not in (40, 64)
+            or not all(c in "0123456789abcdef" for c in digest)
+        ):
             raise WorkerError("bad_listing", f"the Hub sent no usable hash for {sibling.rfilename}")
         if not isinstance(size, int) or size < 0:
             raise WorkerError("bad_listing", f"the Hub sent no size for {sibling.rfilename}")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from .audit import AuditExportHandler, AuditHandler, AuditStatsHandler, AuditWebSocketHandler
-from .openai import ChatCompletionsHandler, CompletionsHandler, ModelsHandler
-from .pool import PoolHandler, PoolLoadHandler, PoolUnloadHandler
+from .auth import LoginHandler, MeHandler, RegisterHandler, TicketHandler, TokenHandler, TokensHandler
 from .downloads import DownloadHandler, DownloadProgressHandler, DownloadsHandler
 from .models import LocalModelHandler, LocalModelsHandler, ModelSearchHandler
-from .auth import LoginHandler, MeHandler, RegisterHandler, TicketHandler, TokenHandler, TokensHandler
+from .openai import ChatCompletionsHandler, CompletionsHandler, ModelsHandler
+from .pool import PoolHandler, PoolLoadHandler, PoolUnloadHandler
 from .status import StatusHandler
 from .users import UserHandler, UsersHandler
 

@@ -34,7 +34,9 @@ class _AuditQueryHandler(MLXAPIHandler):
             raise BadRequest(f"status must be one of {', '.join(STATUSES)}", reason="invalid_status")
         for name in ("since", "until"):
             if args[name] is not None and not (10 <= len(args[name]) <= 40 and args[name][:4].isdigit()):
-                raise BadRequest(f"{name} must be an ISO 8601 time such as 2026-11-28T10:00:00Z", reason=f"invalid_{name}")
+                raise BadRequest(
+                    f"{name} must be an ISO 8601 time such as 2026-11-28T10:00:00Z", reason=f"invalid_{name}"
+                )
         if not self.mlx_user["is_admin"]:
             if args["user"] not in (None, self.mlx_user["username"]):
                 raise web.HTTPError(403, "only administrators can see other users' records", reason="admin_required")
@@ -47,7 +49,9 @@ class AuditHandler(_AuditQueryHandler):
     @authorized
     async def get(self):
         records, total = await self.mlx.audit.query(
-            limit=_int_argument(self, "limit", 100, 1, 1000), offset=_int_argument(self, "offset", 0, 0, 10**9), **self.filters()
+            limit=_int_argument(self, "limit", 100, 1, 1000),
+            offset=_int_argument(self, "offset", 0, 0, 10**9),
+            **self.filters(),
         )
         self.write_json({"records": records, "total": total})
 

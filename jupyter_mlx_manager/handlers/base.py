@@ -243,6 +243,8 @@ class MLXWebSocketHandler(MLXAuthMixin, WebSocketMixin, WebSocketHandler, Jupyte
         """Call first in `open()`: closes a refused connection with 1008; True if it did."""
         if self._rejection is None:
             return False
-        message = getattr(self._rejection, "message", None) or getattr(self._rejection, "log_message", None) or "forbidden"
+        message = (
+            getattr(self._rejection, "message", None) or getattr(self._rejection, "log_message", None) or "forbidden"
+        )
         self.close(1008, message[:120])
         return True

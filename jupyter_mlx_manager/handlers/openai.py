@@ -30,7 +30,9 @@ ERROR_TYPES = {
 
 
 def openai_error(status: int, message: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "param": param, "code": code}}
+    return {
+        "error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "param": param, "code": code}
+    }
 
 
 class OpenAIHandler(MLXAPIHandler):
@@ -50,7 +52,12 @@ class ModelsHandler(OpenAIHandler):
         ids = await asyncio.get_running_loop().run_in_executor(None, self.mlx.catalog.local_ids)
         loaded = {m.model_id for m in self.mlx.pool.loaded_models()}
         self.write_json(
-            {"object": "list", "data": [{"id": i, "object": "model", "created": 0, "owned_by": "local", "loaded": i in loaded} for i in ids]}
+            {
+                "object": "list",
+                "data": [
+                    {"id": i, "object": "model", "created": 0, "owned_by": "local", "loaded": i in loaded} for i in ids
+                ],
+            }
         )
 
 
@@ -86,7 +93,9 @@ class _CompletionHandler(OpenAIHandler):
         gone = asyncio.ensure_future(self._client_gone.wait())
         try:
             while True:
-                done, _ = await asyncio.wait({step, gone}, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {step, gone}, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
                 if step in done:
                     try:
                         return step.result()
@@ -127,7 +136,9 @@ class _CompletionHandler(OpenAIHandler):
             event, tool_index = first, 0
             while event is not None:
                 if event["ev"] == "text":
-                    await self._send(self._chunk({"content": event["text"]} if self.kind == "chat" else {"text": event["text"]}))
+                    await self._send(
+                        self._chunk({"content": event["text"]} if self.kind == "chat" else {"text": event["text"]})
+                    )
                 elif event["ev"] == "tool_call":
                     call = {"index": tool_index, **self._tool_call(event["call"])}
                     tool_index += 1
@@ -151,7 +162,12 @@ class _CompletionHandler(OpenAIHandler):
         await self.flush()
 
     def _envelope(self) -> dict[str, Any]:
-        return {"id": self.completion_id, "object": self.object_name + (".chunk" if self.kind == "chat" else ""), "created": self.created, "model": self.model}
+        return {
+            "id": self.completion_id,
+            "object": self.object_name + (".chunk" if self.kind == "chat" else ""),
+            "created": self.created,
+            "model": self.model,
+        }
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         if self.kind == "chat":
@@ -162,7 +178,11 @@ class _CompletionHandler(OpenAIHandler):
 
     @staticmethod
     def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
-        return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}
+        return {
+            "id": "call_" + uuid.uuid4().hex[:24],
+            "type": "function",
+            "function": {"name": call["name"], "arguments": call["arguments"]},
+        }
 
     def _final_body(self, text: str, tool_calls: list[dict[str, Any]], usage: Usage) -> dict[str, Any]:
         if self.kind == "chat":

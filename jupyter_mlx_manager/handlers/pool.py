@@ -21,7 +21,9 @@ class PoolLoadHandler(MLXAPIHandler):
         pin = body.get("pin")
         if pin is not None and not isinstance(pin, bool):
             raise BadRequest("pin must be true or false", reason="invalid_pin")
-        model = await self.mlx.pool.load(body.get("model"), pin=pin, keep_alive=body.get("keep_alive"), by=self.mlx_user["username"])
+        model = await self.mlx.pool.load(
+            body.get("model"), pin=pin, keep_alive=body.get("keep_alive"), by=self.mlx_user["username"]
+        )
         self.write_json(model.status())
 
 

@@ -34,7 +34,12 @@ _HEADER_LIMIT = 100 * 1024 * 1024
 
 
 def is_valid_model_id(model_id: object) -> bool:
-    return isinstance(model_id, str) and model_id.isascii() and bool(MODEL_ID_RE.fullmatch(model_id)) and ".." not in model_id
+    return (
+        isinstance(model_id, str)
+        and model_id.isascii()
+        and bool(MODEL_ID_RE.fullmatch(model_id))
+        and ".." not in model_id
+    )
 
 
 def validate_model_id(model_id: object) -> str:
@@ -180,7 +185,9 @@ class ModelCatalog:
         try:
             shutil.rmtree(target)
         except PermissionError as exc:
-            raise Forbidden(f"the server may not delete {model_id}: {exc.strerror}", reason="permission_denied") from None
+            raise Forbidden(
+                f"the server may not delete {model_id}: {exc.strerror}", reason="permission_denied"
+            ) from None
         if not model_id.startswith(LOCAL_PREFIX):
             shutil.rmtree(self.hub_cache / ".locks" / target.name, ignore_errors=True)
         self._described.pop(model_id, None)

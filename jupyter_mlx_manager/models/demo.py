@@ -20,7 +20,7 @@ SCRIPTED_CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"]
 EOS_TOKEN = "<|im_end|>"
 
-CHAT_TEMPLATE = r'''
+CHAT_TEMPLATE = r"""
 {%- if tools %}
     {{- '<|im_start|>system\n' }}
     {%- if messages[0].role == 'system' %}{{- messages[0].content + '\n\n' }}{%- endif %}
@@ -49,7 +49,7 @@ CHAT_TEMPLATE = r'''
     {%- endif %}
 {%- endfor %}
 {%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}
-'''.strip()
+""".strip()
 
 _CORPUS = """\
 The quick brown fox jumps over the lazy dog. A model is loaded once and shared by every notebook.
@@ -115,7 +115,9 @@ def make_demo_model(
                 indent=2,
             )
         )
-        (work / "special_tokens_map.json").write_text(json.dumps({"eos_token": EOS_TOKEN, "pad_token": "<|endoftext|>"}))
+        (work / "special_tokens_map.json").write_text(
+            json.dumps({"eos_token": EOS_TOKEN, "pad_token": "<|endoftext|>"})
+        )
 
         config = {
             "model_type": "llama",
@@ -139,7 +141,9 @@ def make_demo_model(
             script = ["Ċ", "<tool_call>", SCRIPTED_CALL, "</tool_call>", EOS_TOKEN]
             _script_next_tokens(model, [tokenizer.token_to_id(t) for t in script])
         mx.eval(model.parameters())
-        mx.save_safetensors(str(work / "model.safetensors"), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"})
+        mx.save_safetensors(
+            str(work / "model.safetensors"), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"}
+        )
         (work / "config.json").write_text(json.dumps(config, indent=2))
         if path.exists():
             shutil.rmtree(path)

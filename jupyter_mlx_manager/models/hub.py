@@ -68,7 +68,10 @@ class SearchQuery:
             text = quant.strip().lower().removesuffix("bit").removesuffix("-")
             text = {"none": "16", "fp16": "16", "bf16": "16", "f16": "16"}.get(text, text)
             if not (text.isascii() and text.isdigit() and len(text) <= 2) or int(text) not in QUANT_BITS:
-                raise BadRequest(f"quant must be one of {', '.join(map(str, QUANT_BITS))} (bits; 16 = not quantized)", reason="invalid_quant")
+                raise BadRequest(
+                    f"quant must be one of {', '.join(map(str, QUANT_BITS))} (bits; 16 = not quantized)",
+                    reason="invalid_quant",
+                )
             query.quant = int(text)
         size = args.get("max_size_gb")
         if size:
@@ -159,7 +162,9 @@ def _matches(result: dict[str, Any], query: SearchQuery) -> bool:
         bits = result["quantization"]["bits"] if result["quantization"] else 16
         if bits != query.quant:
             return False
-    if query.max_size_bytes is not None and (result["size_bytes"] is None or result["size_bytes"] > query.max_size_bytes):
+    if query.max_size_bytes is not None and (
+        result["size_bytes"] is None or result["size_bytes"] > query.max_size_bytes
+    ):
         return False
     return True
 
@@ -176,7 +181,12 @@ class HubSearch:
         api = HfApi(endpoint=self.endpoint, token=self._token)
         return list(
             api.list_models(
-                search=query.q, author=query.author, filter="mlx", sort=SORTS[query.sort] or "downloads", limit=fetch, expand=EXPAND
+                search=query.q,
+                author=query.author,
+                filter="mlx",
+                sort=SORTS[query.sort] or "downloads",
+                limit=fetch,
+                expand=EXPAND,
             )
         )
 

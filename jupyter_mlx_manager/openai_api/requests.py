@@ -69,7 +69,12 @@ def _logit_bias(body: dict[str, Any]) -> dict[str, float]:
         raise InvalidParam("logit_bias must map token ids to numbers from -100 to 100", "logit_bias")
     out = {}
     for key, value in bias.items():
-        if not (str(key).isascii() and str(key).isdigit() and len(str(key)) <= 9) or isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+        if (
+            not (str(key).isascii() and str(key).isdigit() and len(str(key)) <= 9)
+            or isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not -100 <= value <= 100
+        ):
             raise InvalidParam("logit_bias must map token ids to numbers from -100 to 100", "logit_bias")
         out[str(int(key))] = float(value)
     return out
@@ -165,7 +170,11 @@ def parse(body: dict[str, Any], kind: str, max_tokens_limit: int) -> ParsedReque
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
             prompt = prompt[0]
-        valid_tokens = isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt)
+        valid_tokens = (
+            isinstance(prompt, list)
+            and prompt
+            and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt)
+        )
         if not (isinstance(prompt, str) and prompt) and not valid_tokens:
             raise InvalidParam("prompt must be a non-empty string or a list of token ids", "prompt")
         command["prompt"] = prompt

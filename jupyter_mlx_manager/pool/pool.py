@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import math
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -256,7 +256,9 @@ class ModelPool:
             try:
                 runner = await RunnerProcess.start(model_id, path, self.log, args=self.runner_args)
             except LoadFailed as exc:
-                self.on_event("model.load", model_id, user=by, status="error", error_type="load_failed", detail=str(exc))
+                self.on_event(
+                    "model.load", model_id, user=by, status="error", error_type="load_failed", detail=str(exc)
+                )
                 raise ModelLoadError(f"{model_id} could not be loaded: {exc}") from None
             model = LoadedModel(
                 model_id, path, runner, estimate, self.default_keep_alive if keep_alive is None else float(keep_alive)
@@ -283,7 +285,9 @@ class ModelPool:
             return len(self._models) < self.max_loaded_models and used + needed <= self.max_memory_bytes
 
         while not fits():
-            idle = [m for m in self._models.values() if not m.pinned and not m.in_flight and not self._holds[m.model_id]]
+            idle = [
+                m for m in self._models.values() if not m.pinned and not m.in_flight and not self._holds[m.model_id]
+            ]
             if not idle:
                 raise PoolBusy(
                     "no room to load another model: every loaded model is pinned or busy "

@@ -50,7 +50,9 @@ def main() -> None:
     def emit(message):
         emit_many([message])
 
-    engine = Engine(args.model_path, emit, prompt_cache_bytes=args.prompt_cache_bytes, switch=args.switch, emit_many=emit_many)
+    engine = Engine(
+        args.model_path, emit, prompt_cache_bytes=args.prompt_cache_bytes, switch=args.switch, emit_many=emit_many
+    )
     generation = threading.Thread(target=engine.run, name="mlx-generation", daemon=True)
     generation.start()
     stop = threading.Event()

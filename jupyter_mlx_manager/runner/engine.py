@@ -178,9 +178,16 @@ class Engine:
             if self.prompt_cache_bytes:
                 self.prompt_cache = LRUPromptCache(max_size=1 << 20, max_bytes=self.prompt_cache_bytes)
         except Exception as exc:  # any load failure is reported, then the runner exits
-            self.emit_one({"ev": "failed", "error": f"{type(exc).__name__}: {exc}" if not isinstance(exc, ModelRefused) else str(exc)})
+            self.emit_one(
+                {
+                    "ev": "failed",
+                    "error": f"{type(exc).__name__}: {exc}" if not isinstance(exc, ModelRefused) else str(exc),
+                }
+            )
             return
-        self.context_length = int(config.get("max_position_embeddings") or getattr(self.tokenizer, "model_max_length", 0) or 4096)
+        self.context_length = int(
+            config.get("max_position_embeddings") or getattr(self.tokenizer, "model_max_length", 0) or 4096
+        )
         self.vocab_size = self.model.args.vocab_size if hasattr(self.model, "args") else None
         self.eos = set(self.tokenizer.eos_token_ids)
         self._update_memory()
@@ -235,7 +242,15 @@ class Engine:
                 try:
                     self._place(request)
                 except Exception as exc:
-                    self.emit({"ev": "error", "id": request.id, "message": f"{type(exc).__name__}: {exc}", "type": "server_error", "code": None})
+                    self.emit(
+                        {
+                            "ev": "error",
+                            "id": request.id,
+                            "message": f"{type(exc).__name__}: {exc}",
+                            "type": "server_error",
+                            "code": None,
+                        }
+                    )
             self._flush()
             block = False
 
@@ -246,7 +261,17 @@ class Engine:
         rid = command["id"]
         if rid in self.cancelled:
             self.cancelled.discard(rid)
-            self.emit({"ev": "done", "id": rid, "finish_reason": "cancelled", "prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0, "ttft_ms": None})
+            self.emit(
+                {
+                    "ev": "done",
+                    "id": rid,
+                    "finish_reason": "cancelled",
+                    "prompt_tokens": 0,
+                    "cached_tokens": 0,
+                    "completion_tokens": 0,
+                    "ttft_ms": None,
+                }
+            )
             return None
         try:
             prompt = self._prompt_tokens(command)
@@ -267,14 +292,29 @@ class Engine:
                 sampler = greedy_sampler  # one shared object: the batch samples greedy rows in one call
             else:
                 seed = command.get("seed")
-                sampler = KeyedSampler(self.mx, temperature, float(command.get("top_p", 1.0)), secrets.randbits(32) if seed is None else int(seed))
+                sampler = KeyedSampler(
+                    self.mx,
+                    temperature,
+                    float(command.get("top_p", 1.0)),
+                    secrets.randbits(32) if seed is None else int(seed),
+                )
             processors = make_logits_processors(logit_bias=bias or None)
             cache, rest = self._cached_prefix(prompt)
         except _InvalidRequest as exc:
-            self.emit({"ev": "error", "id": rid, "message": str(exc), "type": "invalid_request_error", "code": exc.code})
+            self.emit(
+                {"ev": "error", "id": rid, "message": str(exc), "type": "invalid_request_error", "code": exc.code}
+            )
             return None
         except Exception as exc:
-            self.emit({"ev": "error", "id": rid, "message": f"{type(exc).__name__}: {exc}", "type": "server_error", "code": None})
+            self.emit(
+                {
+                    "ev": "error",
+                    "id": rid,
+                    "message": f"{type(exc).__name__}: {exc}",
+                    "type": "server_error",
+                    "code": None,
+                }
+            )
             return None
         tools = command.get("tools")
         parser = self.tokenizer.tool_parser if tools else None
@@ -306,7 +346,9 @@ class Engine:
     def _prompt_tokens(self, command: dict[str, Any]) -> list[int]:
         if command["kind"] == "chat":
             if not self.tokenizer.has_chat_template:
-                raise _InvalidRequest("this model has no chat template: use the completions endpoint", "no_chat_template")
+                raise _InvalidRequest(
+                    "this model has no chat template: use the completions endpoint", "no_chat_template"
+                )
             try:
                 tokens = self.tokenizer.apply_chat_template(
                     command["messages"], tools=command.get("tools"), add_generation_prompt=True
@@ -354,7 +396,15 @@ class Engine:
             return
         except Exception as exc:
             self.direct = None
-            self.emit({"ev": "error", "id": request.id, "message": f"{type(exc).__name__}: {exc}", "type": "server_error", "code": None})
+            self.emit(
+                {
+                    "ev": "error",
+                    "id": request.id,
+                    "message": f"{type(exc).__name__}: {exc}",
+                    "type": "server_error",
+                    "code": None,
+                }
+            )
             return
         reason = self._on_token(request, int(token))
         if reason is not None:
@@ -414,7 +464,15 @@ class Engine:
             _, responses = self.batch.next()
         except Exception as exc:  # the batch's state is unknown now: fail its requests, start afresh
             for request in self.batched.values():
-                self.emit({"ev": "error", "id": request.id, "message": f"{type(exc).__name__}: {exc}", "type": "server_error", "code": None})
+                self.emit(
+                    {
+                        "ev": "error",
+                        "id": request.id,
+                        "message": f"{type(exc).__name__}: {exc}",
+                        "type": "server_error",
+                        "code": None,
+                    }
+                )
             self.batched, self.batch = {}, None
             return
         remove = []
@@ -457,7 +515,15 @@ class Engine:
     def _fail_all(self, exc: Exception) -> None:
         for request in self.active:
             self._finished_ids.add(request.id)
-            self.emit({"ev": "error", "id": request.id, "message": f"{type(exc).__name__}: {exc}", "type": "server_error", "code": None})
+            self.emit(
+                {
+                    "ev": "error",
+                    "id": request.id,
+                    "message": f"{type(exc).__name__}: {exc}",
+                    "type": "server_error",
+                    "code": None,
+                }
+            )
         self.direct, self.batched, self.batch = None, {}, None
 
     # -- per token (both paths) ----------------------------------------------------------------
@@ -488,7 +554,9 @@ class Engine:
             tail = request.filter.flush()
             out.text += tail.text
         if out.text:
-            self.emit({"ev": "text", "id": request.id, "text": out.text, "completion_tokens": request.completion_tokens})
+            self.emit(
+                {"ev": "text", "id": request.id, "text": out.text, "completion_tokens": request.completion_tokens}
+            )
         for call in out.tool_calls:
             request.tool_calls += 1
             self.emit({"ev": "tool_call", "id": request.id, "call": call})
@@ -554,8 +622,15 @@ class Engine:
     def _update_memory(self) -> None:
         mx = getattr(self, "mx", None)
         if mx is not None:
-            engine = {**self.stats, "prompt_cache_bytes": self.prompt_cache.nbytes if self.prompt_cache is not None else 0}
-            self.memory = {"mlx_active_bytes": int(mx.get_active_memory()), "mlx_peak_bytes": int(mx.get_peak_memory()), "engine": engine}
+            engine = {
+                **self.stats,
+                "prompt_cache_bytes": self.prompt_cache.nbytes if self.prompt_cache is not None else 0,
+            }
+            self.memory = {
+                "mlx_active_bytes": int(mx.get_active_memory()),
+                "mlx_peak_bytes": int(mx.get_peak_memory()),
+                "engine": engine,
+            }
 
 
 class _InvalidRequest(Exception):

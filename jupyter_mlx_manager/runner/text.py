@@ -102,4 +102,7 @@ class TextFilter:
         if not isinstance(call, dict) or not call.get("name"):
             return None
         arguments = call.get("arguments", {})
-        return {"name": str(call.get("name", "")), "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)}
+        return {
+            "name": str(call.get("name", "")),
+            "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+        }

@@ -44,7 +44,9 @@ class ModelPicker(w.VBox):
         self.status = w.HTML()
         self.load_button.on_click(lambda _: self.load())
         self.unload_button.on_click(lambda _: self.unload())
-        super().__init__([self.dropdown, w.HBox([self.load_button, self.unload_button, self.progress]), self.status], **kwargs)
+        super().__init__(
+            [self.dropdown, w.HBox([self.load_button, self.unload_button, self.progress]), self.status], **kwargs
+        )
         self.observe(self._render, names=["state", "error"])
         self.refresh()
 
@@ -73,7 +75,9 @@ class ModelPicker(w.VBox):
             self.state = "loaded" if self.model in loaded else "idle"
 
     def load(self) -> threading.Thread:
-        return self._run("loading", "loaded", lambda: self.client.load(self.model, pin=self.pin, keep_alive=self.keep_alive))
+        return self._run(
+            "loading", "loaded", lambda: self.client.load(self.model, pin=self.pin, keep_alive=self.keep_alive)
+        )
 
     def unload(self) -> threading.Thread:
         return self._run("unloading", "idle", lambda: self.client.unload(self.model))
@@ -96,7 +100,9 @@ class ModelPicker(w.VBox):
         self.progress.layout.visibility = "visible" if busy else "hidden"
         self.progress.bar_style = "info"
         self.progress.value = 0 if busy else 1
-        text = {"idle": "not loaded", "loading": "loading…", "loaded": "loaded", "unloading": "unloading…"}.get(self.state, "")
+        text = {"idle": "not loaded", "loading": "loading…", "loaded": "loaded", "unloading": "unloading…"}.get(
+            self.state, ""
+        )
         if self.state == "error":
             text = f"<span style='color: var(--jp-error-color1)'>error: {html.escape(self.error)}</span>"
         self.status.value = f"<b>{html.escape(self.model or '')}</b> {text}"
@@ -118,7 +124,9 @@ class DownloadWidget(w.VBox):
         self.download_button.on_click(lambda _: self.start())
         self.cancel_button.on_click(lambda _: self.cancel())
         self.handle = None
-        super().__init__([w.HBox([self.repo, self.download_button, self.cancel_button]), self.bar, self.label], **kwargs)
+        super().__init__(
+            [w.HBox([self.repo, self.download_button, self.cancel_button]), self.bar, self.label], **kwargs
+        )
 
     def start(self) -> threading.Thread | None:
         self.error = ""
@@ -206,7 +214,11 @@ class ChatWidget(w.VBox):
         self.client = client or connect()
         self.params = params
         loaded = [m["model"] for m in self.client.pool()["models"]]
-        self.model = w.Dropdown(description="Model", options=sorted(set(loaded) | ({model} if model else set())), value=model or (loaded[0] if loaded else None))
+        self.model = w.Dropdown(
+            description="Model",
+            options=sorted(set(loaded) | ({model} if model else set())),
+            value=model or (loaded[0] if loaded else None),
+        )
         self.prompt = w.Textarea(placeholder="Ask something…", layout=w.Layout(width="100%"))
         self.send_button = w.Button(description="Send", button_style="primary", icon="paper-plane")
         self.stop_button = w.Button(description="Stop", icon="stop", disabled=True)

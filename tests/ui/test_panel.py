@@ -115,7 +115,9 @@ def test_load_chat_stop_and_live_activity(lab_server, page: Page, artifacts_dir,
     pool = panel.locator('[role="tabpanel"][data-section="pool"]')
     expect(pool).to_be_visible()
     loaded = pool.locator(f'[data-model="{DEMO}"]')
-    expect(loaded.get_by_role("meter", name=f"Memory of {DEMO}")).to_have_attribute("aria-valuenow", re.compile(r"^\d+$"))
+    expect(loaded.get_by_role("meter", name=f"Memory of {DEMO}")).to_have_attribute(
+        "aria-valuenow", re.compile(r"^\d+$")
+    )
     expect(pool.get_by_role("meter", name="Pool memory in use")).to_be_visible()
     # Pin, then keep-alive: both go through the pool API and show up.
     loaded.get_by_role("button", name=f"Pin {DEMO}").click()
@@ -195,7 +197,9 @@ def test_load_model_command(lab_server, page: Page, artifacts_dir):
     page.screenshot(path=str(artifacts_dir / "mlx-load-command.png"))
     page.keyboard.press("Enter")
     expect(page.locator(STATUS_ITEM)).to_contain_text("MLX: 1 model", timeout=30_000)
-    expect(page.locator(".jp-Notification-Toast-success, .Toastify__toast--success")).to_contain_text(f"{DEMO} is loaded")
+    expect(page.locator(".jp-Notification-Toast-success, .Toastify__toast--success")).to_contain_text(
+        f"{DEMO} is loaded"
+    )
 
 
 def set_theme(server, theme: str) -> None:
