@@ -15,8 +15,8 @@ from ..audit import AuditLog
 from ..errors import BadRequest, Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized
 from ..storage import Database, utcnow
 from .jwt_tokens import MAX_TICKET_SECONDS, Claims, InvalidToken, TokenIssuer
-from .passwords import hash_password, verify_password
-from .throttle import LoginThrottle
+from .passwords import LOGIN_BUDGET, REGISTER_BUDGET, HashBudget, hash_password_sync, verify_password_sync
+from .throttle import LoginThrottle, RateLimiter
 
 USERNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
 STATUSES = ("pending", "approved", "disabled")
@@ -90,6 +90,10 @@ class UserService:
         access_token_hours: float = 24,
         allow_registration: bool = True,
         throttle: LoginThrottle | None = None,
+        registration_limit: int = 5,
+        registration_window: float = 600,
+        login_budget: HashBudget | None = None,
+        register_budget: HashBudget | None = None,
     ):
         self.db = db
         self.issuer = issuer
@@ -97,6 +101,11 @@ class UserService:
         self.access_token_hours = access_token_hours
         self.allow_registration = allow_registration
         self.throttle = throttle or LoginThrottle()
+        # Registrations per client address (`registration_limit` ≤ 0: unlimited).
+        self.registrations = RateLimiter(registration_limit, registration_window)
+        # Bounded argon2 queues; separate, so a registration flood cannot starve logins.
+        self.login_budget = login_budget or LOGIN_BUDGET
+        self.register_budget = register_budget or REGISTER_BUDGET
         # Called with a user id after an admin changed or deleted that user (live sockets re-check).
         self.change_listeners: list[Callable[[int], None]] = []
 
@@ -117,11 +126,34 @@ class UserService:
 
         return self.db.write_sync(run)
 
-    async def register(self, username: Any, password: Any, client: str = "api") -> dict[str, Any]:
+    async def register(
+        self, username: Any, password: Any, client: str = "api", address: str | None = None
+    ) -> dict[str, Any]:
+        """`address`: the client address of an HTTP registration, rate-limited per address
+        (None: an in-process caller such as the CLI, not limited by address)."""
         if not self.allow_registration:
             raise Forbidden("registration is disabled on this server", reason="registration_disabled")
         username = validate_username(username)
-        password_hash = await hash_password(validate_password(password))
+        validate_password(password)
+        # Every refusal below is taken synchronously, before any hash is queued.
+        if address is not None:
+            wait = self.registrations.acquire(address)
+            if wait:
+                raise TooManyRequests(
+                    f"too many registrations from your address; try again in {wait} s",
+                    reason="registration_throttled",
+                    headers={"Retry-After": str(wait)},
+                )
+        try:
+            slot = self.register_budget.reserve()
+        except TooManyRequests:
+            if address is not None:
+                self.registrations.release(address)  # not this client's doing: do not count it
+            raise
+        with slot:
+            if await self.get_by_name(username) is not None:  # refused without a hash
+                raise Conflict(f"user {username!r} already exists", reason="user_exists")
+            password_hash = await slot.run(hash_password_sync, password)
         user = await self.db.write(_insert_user, username, password_hash)
         await self.audit.record("auth.register", user=username, client=client, detail=user["status"])
         return user
@@ -234,21 +266,35 @@ class UserService:
             raise BadRequest("username and password must be strings", reason="invalid_credentials_format")
         if not USERNAME_RE.fullmatch(username):  # no account can have it: no hashing, no record
             raise Unauthorized("wrong username or password", reason="invalid_credentials")
-        wait = self.throttle.retry_after(username, client_address)
+        # The attempt is counted synchronously, before anything is awaited, so parallel
+        # guesses cannot all pass the check before the first of them fails.
+        wait = self.throttle.begin(username, client_address)
         if wait:
-            await self.audit.record(
-                "auth.login", status="error", user=username[:64], client="api", error_type="throttled"
-            )
+            # No hash, and one audit row per throttle period, not one per attempt.
+            if self.throttle.report_refusal(username, client_address):
+                await self.audit.record(
+                    "auth.login", status="error", user=username[:64], client="api", error_type="throttled"
+                )
             raise TooManyRequests(
                 f"too many failed logins; try again in {wait} s", reason="throttled", headers={"Retry-After": str(wait)}
             )
-        row = await self.db.read(
-            lambda conn: conn.execute(
-                f"SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = ?", (username,)
-            ).fetchone()
-        )
-        if not await verify_password(row["password_hash"] if row else None, password):
-            self.throttle.failed(username, client_address)
+        try:
+            slot = self.login_budget.reserve()
+        except TooManyRequests:
+            self.throttle.cancel(username, client_address)  # no password was checked
+            raise
+        with slot:
+            try:
+                row = await self.db.read(
+                    lambda conn: conn.execute(
+                        f"SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = ?", (username,)
+                    ).fetchone()
+                )
+            except BaseException:
+                self.throttle.cancel(username, client_address)
+                raise
+            verified = await slot.run(verify_password_sync, row["password_hash"] if row else None, password)
+        if not verified:  # already counted as a failure by `begin`
             await self.audit.record(
                 "auth.login", status="error", user=username[:64], client="api", error_type="invalid_credentials"
             )
@@ -303,7 +349,7 @@ class UserService:
         ):
             raise BadRequest(f"expires_in_days must be a number in (0, {MAX_API_TOKEN_DAYS}]", reason="invalid_expiry")
         lifetime = float(expires_in_days) * 86400
-        created = dt.datetime.now(dt.timezone.utc)
+        created = dt.datetime.now(dt.UTC)
         expires_at = (
             (created + dt.timedelta(seconds=int(lifetime))).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         )

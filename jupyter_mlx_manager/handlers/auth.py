@@ -9,7 +9,9 @@ class RegisterHandler(MLXAPIHandler):
     @allow_unauthenticated
     async def post(self):
         body = self.json_body()
-        user = await self.mlx.users.register(body.get("username"), body.get("password"))
+        user = await self.mlx.users.register(
+            body.get("username"), body.get("password"), address=self.request.remote_ip or ""
+        )
         self.write_json(user, status=201)
 
 
