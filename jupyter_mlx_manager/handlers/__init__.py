@@ -5,16 +5,18 @@ from __future__ import annotations
 from .audit import AuditExportHandler, AuditHandler, AuditStatsHandler, AuditWebSocketHandler
 from .auth import LoginHandler, MeHandler, RegisterHandler, TicketHandler, TokenHandler, TokensHandler
 from .downloads import DownloadHandler, DownloadProgressHandler, DownloadsHandler
+from .fallback import UnknownAPIRoute, UnknownOpenAIRoute
 from .models import LocalModelHandler, LocalModelsHandler, ModelSearchHandler
 from .openai import ChatCompletionsHandler, CompletionsHandler, ModelsHandler
 from .pool import PoolHandler, PoolLoadHandler, PoolUnloadHandler
-from .status import StatusHandler
+from .status import OpenAPIHandler, StatusHandler
 from .users import UserHandler, UsersHandler
 
 _ID = r"(\d{1,18})"
 
 ROUTES = [
     ("mlx/api/status", StatusHandler),
+    ("mlx/api/openapi.json", OpenAPIHandler),
     ("mlx/api/auth/register", RegisterHandler),
     ("mlx/api/auth/login", LoginHandler),
     ("mlx/api/auth/me", MeHandler),
@@ -39,4 +41,7 @@ ROUTES = [
     ("mlx/v1/models", ModelsHandler),
     ("mlx/v1/chat/completions", ChatCompletionsHandler),
     ("mlx/v1/completions", CompletionsHandler),
+    # Last: anything else under our prefixes is a JSON 404, not Jupyter's HTML page.
+    ("mlx/api/.*", UnknownAPIRoute),
+    ("mlx/v1/.*", UnknownOpenAIRoute),
 ]

@@ -1,7 +1,8 @@
-"""`mlx/api/status`: what the sidebar panel shows first."""
+"""`mlx/api/status` (what the sidebar panel shows first) and `mlx/api/openapi.json`."""
 
 from __future__ import annotations
 
+from .. import openapi
 from .base import MLXAPIHandler, authorized, web
 
 
@@ -10,3 +11,12 @@ class StatusHandler(MLXAPIHandler):
     @authorized
     async def get(self):
         self.write_json({**await self.mlx.system_status(), "user": self.mlx_user})
+
+
+class OpenAPIHandler(MLXAPIHandler):
+    """`mlx/api/openapi.json`: the OpenAPI 3.1 description of every route."""
+
+    @web.authenticated
+    @authorized
+    async def get(self):
+        self.write_json(openapi.document(self.base_url))

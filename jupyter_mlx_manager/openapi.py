@@ -1,0 +1,379 @@
+"""The OpenAPI 3.1 description of every `mlx/api` and `mlx/v1` route (`GET mlx/api/openapi.json`).
+
+Written by hand next to the handlers, kept honest by a schemathesis run against a live server
+in the tests (every response must conform to the schema given here). Schemas name the fields
+clients rely on and allow more (objects grow).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._version import __version__
+
+JSON = "application/json"
+
+
+def _obj(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _nullable(kind: str) -> dict[str, Any]:
+    return {"type": [kind, "null"]}
+
+
+def _list_of(key: str, item: str) -> dict[str, Any]:
+    return _obj({key: {"type": "array", "items": {"$ref": f"#/components/schemas/{item}"}}}, [key])
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+STR, INT, NUM, BOOL = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": _obj({"message": STR, "reason": _nullable("string")}, ["message"]),
+    "OpenAIError": _obj(
+        {
+            "error": _obj(
+                {"message": STR, "type": STR, "param": _nullable("string"), "code": _nullable("string")},
+                ["message", "type"],
+            )
+        },
+        ["error"],
+    ),
+    "User": _obj(
+        {
+            "id": INT,
+            "username": STR,
+            "status": {"enum": ["pending", "approved", "disabled"]},
+            "is_admin": BOOL,
+            "created_at": STR,
+        },
+        ["id", "username", "status", "is_admin", "created_at"],
+    ),
+    "Credentials": _obj({"username": STR, "password": STR}, ["username", "password"]),
+    "Login": _obj(
+        {"access_token": STR, "token_type": {"const": "bearer"}, "expires_in": INT, "user": _ref("User")},
+        ["access_token", "token_type", "expires_in"],
+    ),
+    "ApiToken": _obj(
+        {"id": INT, "name": STR, "token": STR, "created_at": STR, "expires_at": STR},
+        ["id", "name", "created_at", "expires_at"],
+    ),
+    "Ticket": _obj({"token": STR, "expires_in": INT}, ["token", "expires_in"]),
+    "Status": _obj(
+        {"version": STR, "device": {}, "memory": {"type": "object"}, "pool": {"type": "object"}}, ["version"]
+    ),
+    "AuditRecord": _obj(
+        {
+            "id": INT,
+            "request_id": STR,
+            "time": STR,
+            "user": _nullable("string"),
+            "client": _nullable("string"),
+            "action": STR,
+            "endpoint": _nullable("string"),
+            "model": _nullable("string"),
+            "status": {"enum": ["ok", "error", "cancelled", "timeout"]},
+            "prompt_tokens": _nullable("integer"),
+            "cached_tokens": _nullable("integer"),
+            "completion_tokens": _nullable("integer"),
+            "ttft_ms": _nullable("number"),
+            "duration_ms": _nullable("number"),
+            "error_type": _nullable("string"),
+        },
+        ["id", "request_id", "time", "action", "status"],
+    ),
+    "PoolModel": _obj(
+        {
+            "model": STR,
+            "status": STR,
+            "pinned": BOOL,
+            "keep_alive": NUM,
+            "expires_at": _nullable("string"),
+            "memory_bytes": INT,
+            "pid": INT,
+            "loaded_at": STR,
+            "last_used": STR,
+            "requests": INT,
+        },
+        ["model", "status", "pinned", "keep_alive", "memory_bytes", "pid"],
+    ),
+    "Model": _obj({"id": STR}, ["id"]),
+    "Download": _obj(
+        {
+            "id": INT,
+            "repo_id": STR,
+            "revision": _nullable("string"),
+            "status": STR,
+            "downloaded_bytes": _nullable("integer"),
+            "total_bytes": _nullable("integer"),
+            "files_done": _nullable("integer"),
+            "files_total": _nullable("integer"),
+            "error": _nullable("string"),
+            "created_at": STR,
+        },
+        ["id", "repo_id", "status"],
+    ),
+    "ChatMessage": _obj(
+        {
+            "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
+            "content": {"type": ["string", "array", "null"]},
+            "tool_calls": {"type": "array"},
+            "tool_call_id": STR,
+        },
+        ["role"],
+    ),
+    "Sampling": _obj(
+        {
+            "model": STR,
+            "stream": BOOL,
+            "max_tokens": {"type": "integer", "minimum": 1},
+            "max_completion_tokens": {"type": "integer", "minimum": 1},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+            "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+            "seed": INT,
+            "stop": {"type": ["string", "array"]},
+            "logit_bias": {"type": "object", "additionalProperties": NUM},
+            "keep_alive": NUM,
+            "stream_options": _obj({"include_usage": BOOL}),
+        },
+        ["model"],
+    ),
+    "Usage": _obj(
+        {"prompt_tokens": INT, "completion_tokens": INT, "total_tokens": INT},
+        ["prompt_tokens", "completion_tokens", "total_tokens"],
+    ),
+    "ChatCompletion": _obj(
+        {"id": STR, "object": STR, "created": INT, "model": STR, "choices": {"type": "array"}, "usage": _ref("Usage")},
+        ["id", "object", "model", "choices"],
+    ),
+}
+
+
+def _responses(ok: dict[str, Any] | None, code: str = "200", error: str = "Error", stream: str | None = None):
+    content: dict[str, Any] = {}
+    if ok is not None:
+        content[JSON] = {"schema": ok}
+    if stream:
+        content[stream] = {"schema": STR}
+    success: dict[str, Any] = {"description": "success"}
+    if content:
+        success["content"] = content
+    return {code: success, "default": {"description": "error", "content": {JSON: {"schema": _ref(error)}}}}
+
+
+def _op(summary: str, responses: dict[str, Any], body: dict[str, Any] | None = None, params=None, public=False):
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {JSON: {"schema": body}}}
+    if params:
+        op["parameters"] = params
+    if public:
+        op["security"] = []
+    return op
+
+
+def _query(*names: str, kind: str = "string") -> list[dict[str, Any]]:
+    return [{"name": n, "in": "query", "required": False, "schema": {"type": kind}} for n in names]
+
+
+def _path(name: str, kind: str = "integer") -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": kind}}
+
+
+AUDIT_FILTERS = _query("user", "model", "status", "since", "until")
+
+
+def _paths() -> dict[str, Any]:
+    chat_body = {
+        "allOf": [
+            _ref("Sampling"),
+            _obj(
+                {"messages": {"type": "array", "items": _ref("ChatMessage")}, "tools": {"type": "array"}}, ["messages"]
+            ),
+        ]
+    }
+    completion_body = {
+        "allOf": [
+            _ref("Sampling"),
+            _obj({"prompt": {"type": ["string", "array"]}}, ["prompt"]),
+        ]
+    }
+    return {
+        "/mlx/api/status": {"get": _op("Version, device, memory and pool summary", _responses(_ref("Status")))},
+        "/mlx/api/openapi.json": {"get": _op("This description", _responses({"type": "object"}))},
+        "/mlx/api/auth/register": {
+            "post": _op(
+                "Register (pending until approved)", _responses(_ref("User"), "201"), _ref("Credentials"), public=True
+            )
+        },
+        "/mlx/api/auth/login": {
+            "post": _op("Password login → access token", _responses(_ref("Login")), _ref("Credentials"), public=True)
+        },
+        "/mlx/api/auth/me": {"get": _op("The current user", _responses(_ref("User")))},
+        "/mlx/api/auth/tokens": {
+            "get": _op("Your API tokens", _responses(_list_of("tokens", "ApiToken"))),
+            "post": _op(
+                "Create an API token (shown once)",
+                _responses(_ref("ApiToken"), "201"),
+                _obj({"name": STR, "expires_in_days": NUM}, ["name"]),
+            ),
+        },
+        "/mlx/api/auth/tokens/{token_id}": {
+            "delete": _op("Revoke one of your API tokens", _responses(None, "204"), params=[_path("token_id")])
+        },
+        "/mlx/api/auth/ticket": {"post": _op("A short-lived ticket for ?token=", _responses(_ref("Ticket"), "201"))},
+        "/mlx/api/users": {"get": _op("Every user (admins)", _responses(_list_of("users", "User")))},
+        "/mlx/api/users/{user_id}": {
+            "patch": _op(
+                "Approve, disable, promote or demote a user (admins)",
+                _responses(_ref("User")),
+                _obj({"status": {"enum": ["pending", "approved", "disabled"]}, "is_admin": BOOL}),
+                params=[_path("user_id")],
+            ),
+            "delete": _op("Delete a user (admins)", _responses(None, "204"), params=[_path("user_id")]),
+        },
+        "/mlx/api/audit": {
+            "get": _op(
+                "Audit records, newest first (your own unless admin)",
+                _responses(
+                    _obj(
+                        {"records": {"type": "array", "items": _ref("AuditRecord")}, "total": INT}, ["records", "total"]
+                    )
+                ),
+                params=AUDIT_FILTERS + _query("limit", "offset", kind="integer"),
+            )
+        },
+        "/mlx/api/audit/stats": {
+            "get": _op("Counts, token sums and latencies", _responses({"type": "object"}), params=AUDIT_FILTERS)
+        },
+        "/mlx/api/audit/export": {
+            "get": _op(
+                "Every matching record as JSON lines or CSV (streamed)",
+                {
+                    "200": {
+                        "description": "the records",
+                        "content": {"application/x-ndjson": {"schema": STR}, "text/csv": {"schema": STR}},
+                    },
+                    "default": {"description": "error", "content": {JSON: {"schema": _ref("Error")}}},
+                },
+                params=AUDIT_FILTERS + [{"name": "format", "in": "query", "schema": {"enum": ["jsonl", "csv"]}}],
+            )
+        },
+        "/mlx/api/pool": {
+            "get": _op(
+                "Loaded models and limits",
+                _responses(
+                    _obj(
+                        {
+                            "models": {"type": "array", "items": _ref("PoolModel")},
+                            "limits": {"type": "object"},
+                            "memory_used_bytes": INT,
+                        },
+                        ["models", "limits", "memory_used_bytes"],
+                    )
+                ),
+            )
+        },
+        "/mlx/api/pool/load": {
+            "post": _op(
+                "Load a local model (pin and long keep-alive: admins)",
+                _responses(_ref("PoolModel")),
+                _obj({"model": STR, "pin": BOOL, "keep_alive": NUM}, ["model"]),
+            )
+        },
+        "/mlx/api/pool/unload": {
+            "post": _op(
+                "Unload a model (force, or one others use: admins)",
+                _responses(_obj({"model": STR, "status": STR}, ["model", "status"])),
+                _obj({"model": STR, "force": BOOL}, ["model"]),
+            )
+        },
+        "/mlx/api/models/search": {
+            "get": _op(
+                "Search the Hub for MLX models",
+                _responses(_list_of("models", "Model")),
+                params=_query("q", "author", "arch", "quant", "max_size_gb", "sort", "limit"),
+            )
+        },
+        "/mlx/api/models/local": {"get": _op("Models on this machine", _responses(_list_of("models", "Model")))},
+        "/mlx/api/models/local/{model_id}": {
+            "get": _op("One local model", _responses(_ref("Model")), params=[_path("model_id", "string")]),
+            "delete": _op(
+                "Delete a model from disk (admins)",
+                _responses(_obj({"id": STR, "deleted": BOOL, "freed_bytes": INT}, ["id", "deleted"])),
+                params=[_path("model_id", "string"), *_query("force")],
+            ),
+        },
+        "/mlx/api/downloads": {
+            "get": _op("Your downloads (everyone's for admins)", _responses(_list_of("downloads", "Download"))),
+            "post": _op(
+                "Start a download from the Hub",
+                _responses(_ref("Download"), "202"),
+                _obj({"repo_id": STR, "revision": STR}, ["repo_id"]),
+            ),
+        },
+        "/mlx/api/downloads/{download_id}": {
+            "get": _op("One download", _responses(_ref("Download")), params=[_path("download_id")]),
+            "delete": _op("Cancel a download", _responses(_ref("Download")), params=[_path("download_id")]),
+        },
+        "/mlx/api/downloads/{download_id}/progress": {
+            "get": _op(
+                "Server-sent progress events (?token=<ticket> for EventSource)",
+                _responses(None, stream="text/event-stream"),
+                params=[_path("download_id")],
+            )
+        },
+        "/mlx/v1/models": {
+            "get": _op(
+                "OpenAI: models",
+                _responses(
+                    _obj({"object": {"const": "list"}, "data": {"type": "array", "items": _ref("Model")}}, ["data"]),
+                    error="OpenAIError",
+                ),
+            )
+        },
+        "/mlx/v1/chat/completions": {
+            "post": _op(
+                "OpenAI: chat completions (stream: server-sent events)",
+                _responses(_ref("ChatCompletion"), error="OpenAIError", stream="text/event-stream"),
+                chat_body,
+            )
+        },
+        "/mlx/v1/completions": {
+            "post": _op(
+                "OpenAI: completions (stream: server-sent events)",
+                _responses(_ref("ChatCompletion"), error="OpenAIError", stream="text/event-stream"),
+                completion_body,
+            )
+        },
+    }
+
+
+def document(base_url: str = "/") -> dict[str, Any]:
+    """The description, with the server's base URL as its one server."""
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "jupyter-mlx-manager", "version": __version__},
+        "servers": [{"url": base_url.rstrip("/") or "/"}],
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "an API token or access token of ours"},
+                "jupyter": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "token <jupyter token>",
+                },
+            },
+        },
+        "security": [{"bearer": []}, {"jupyter": []}],
+        "paths": _paths(),
+    }
