@@ -4,16 +4,24 @@ PY     := $(VENV)/bin/python
 JLPM   := $(VENV)/bin/jlpm
 PORT   ?= 8888
 STAMP  := $(VENV)/.installed
+# configurable-http-proxy (npm) for the JupyterHub tests, project-local; tests/hub.py finds it there.
+CHP       := $(VENV)/chp/node_modules/.bin/configurable-http-proxy
+CHP_STAMP := $(VENV)/chp/.installed
 
 .PHONY: install run lint test test-python test-frontend test-ui chromium demo-model clean
 
-install: $(STAMP)
+install: $(STAMP) $(CHP_STAMP)
 
 # pip builds the labextension from labextension/ (hatch-jupyter-builder runs jlpm) into the package.
 $(STAMP): pyproject.toml labextension/package.json labextension/yarn.lock $(shell find labextension/src labextension/style labextension/schema -type f)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+$(CHP_STAMP):
+	npm install --prefix $(VENV)/chp --no-audit --no-fund --loglevel=error configurable-http-proxy@5
+	$(CHP) --version
 	touch $@
 
 run: install
@@ -25,6 +33,7 @@ run: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	cd labextension && export PATH="$(CURDIR)/$(VENV)/bin:$$PATH" && jlpm install --immutable && jlpm lint:check
 
 test: install chromium lint test-python test-frontend test-ui
 

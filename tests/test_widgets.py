@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 import time
 
+import httpx
 import pytest
 from models import build_models, eos_id
-from servers import jupyter_server
+from servers import free_port, jupyter_server
 
 from jupyter_mlx_manager import connect
-from jupyter_mlx_manager.widgets import ChatWidget, ModelPicker, PoolMonitor
+from jupyter_mlx_manager.client import Download, MLXManagerError
+from jupyter_mlx_manager.widgets import ChatWidget, DownloadWidget, ModelPicker, PoolMonitor
 
 MODEL = "local/tiny-demo"
 
@@ -83,3 +86,130 @@ def test_chat_widget_streams_and_stops(client, server):
     thread.join(10)
     assert long_chat.state == "idle" and long_chat.stop_button.disabled
     _until(lambda: all(m["in_flight"] == 0 for m in client.pool()["models"]), timeout=5)
+
+
+def _usable(*buttons):
+    return not any(b.disabled for b in buttons)
+
+
+def test_widgets_against_an_unreachable_server_show_the_error_and_stay_usable():
+    client = connect(f"http://127.0.0.1:{free_port()}/", "no-server-here")
+
+    picker = ModelPicker(client)  # opens anyway, showing why it has no models
+    assert picker.state == "error" and "cannot reach the server" in picker.error
+    picker.model = MODEL
+    picker.load_button.click()
+    _until(lambda: picker.state != "loading", timeout=10)
+    assert picker.state == "error" and "cannot reach the server" in picker.error and "error" in picker.status.value
+    assert _usable(picker.load_button, picker.unload_button)
+
+    download = DownloadWidget(client, repo_id="mlx-community/tiny")
+    assert download.start() is None
+    assert download.state == "error" and "cannot reach the server" in download.error
+    assert _usable(download.download_button) and download.cancel_button.disabled
+
+    chat = ChatWidget(client, model=MODEL)
+    assert chat.state == "error" and "cannot reach the server" in chat.transcript.value
+    chat.send("Hello?").join(10)
+    assert chat.state == "error" and "cannot reach the server" in chat.error
+    assert _usable(chat.send_button) and chat.stop_button.disabled
+
+    monitor = PoolMonitor(client, interval=0.1)
+    try:
+        assert "cannot reach the server" in monitor.error and monitor.running  # keeps trying, backing off
+    finally:
+        monitor.close()
+    assert not monitor.running
+
+
+def test_widgets_recover_from_the_server_going_away(tmp_path):
+    (tmp_path / "models").mkdir()
+    with jupyter_server(tmp_path, f"--MLXManager.model_dirs={tmp_path / 'models'}") as running:
+        client = connect(running.url, running.token)
+        picker = ModelPicker(client)
+        chat = ChatWidget(client, model=MODEL)
+        monitor = PoolMonitor(client, interval=0.2)
+        assert picker.state == "idle" and chat.state == "idle" and monitor.error == ""
+        try:
+            running.process.send_signal(signal.SIGTERM)
+            running.process.wait(30)
+
+            picker.model = MODEL
+            picker.load().join(30)
+            assert picker.state == "error" and picker.error and _usable(picker.load_button, picker.unload_button)
+            chat.send("Still there?").join(30)
+            assert chat.state == "error" and chat.error and _usable(chat.send_button) and chat.stop_button.disabled
+            _until(lambda: "cannot reach the server" in monitor.error, timeout=10)
+            assert monitor.running
+        finally:
+            started = time.monotonic()
+            monitor.close()
+            assert not monitor.running and time.monotonic() - started < 2.5
+
+
+def test_pool_monitor_close_stops_its_thread(client):
+    monitor = PoolMonitor(client, interval=0.2)
+    _until(lambda: "<table>" in monitor.table.value, timeout=10)
+    assert monitor.running and monitor.thread.daemon
+    started = time.monotonic()
+    monitor.close()
+    assert not monitor.thread.is_alive() and time.monotonic() - started < 2.5
+    assert monitor.comm is None  # closed as an ipywidget too
+
+
+class _Server:
+    """Stands in for `MLXClient` under a `Download`: a progress stream that breaks or ends
+    early, and a record endpoint; counts the requests."""
+
+    def __init__(self, stream=None, records=()):
+        self.stream, self.records = stream, list(records)
+        self.streams = self.gets = 0
+
+    def _sse(self, path):
+        self.streams += 1
+        if self.stream is None:
+            raise httpx.ConnectError("[Errno 111] Connection refused")
+        return iter(self.stream)
+
+    def _get(self, path):
+        self.gets += 1
+        if not self.records:
+            raise httpx.ConnectError("[Errno 111] Connection refused")
+        return self.records.pop(0) if len(self.records) > 1 else self.records[0]
+
+
+RECORD = {"id": 7, "repo_id": "org/name", "status": "running", "downloaded_bytes": 0, "total_bytes": 10}
+
+
+def test_download_wait_follows_again_with_back_off_when_the_stream_ends_early():
+    server = _Server(stream=[], records=[RECORD, RECORD, {**RECORD, "status": "completed", "downloaded_bytes": 10}])
+    seen = []
+    handle = Download(server, RECORD, show_progress=False)
+    handle.on_progress(seen.append)
+    assert handle.wait(timeout=30)["status"] == "completed"
+    assert server.gets == 3 and server.streams == 3  # one record asked for per stream, no spinning
+    assert handle.finished and seen[-1]["status"] == "completed"
+
+
+def test_download_wait_gives_up_on_an_unreachable_server_without_spinning(monkeypatch):
+    monkeypatch.setattr(Download, "RECONNECT_SECONDS", 2.0)
+    server = _Server()
+    handle = Download(server, RECORD, show_progress=False)
+    with pytest.raises(MLXManagerError, match="lost contact") as raised:
+        handle.wait(timeout=30)
+    assert raised.value.reason == "unreachable" and isinstance(handle.error, httpx.ConnectError)
+    assert server.streams <= 6  # backing off 0.5 s, 1 s, 2 s…: not a busy loop
+
+
+def test_download_wait_blocks_on_the_stream():
+    def slow():
+        for _ in range(5):
+            time.sleep(0.1)
+            yield RECORD
+        yield {**RECORD, "status": "completed"}
+
+    server = _Server(stream=slow())
+    handle = Download(server, RECORD, show_progress=False)
+    with pytest.raises(TimeoutError):
+        handle.wait(timeout=0.1)
+    assert handle.wait(timeout=30)["status"] == "completed" and server.gets == 0 and server.streams == 1

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -68,22 +69,62 @@ def _raise_for(response: httpx.Response) -> None:
     raise _ERRORS.get(response.status_code, MLXManagerError)(response.status_code, message, reason)
 
 
+def _transient(exc: BaseException) -> bool:
+    """Worth another try: the server is restarting, unreachable for now, or busy."""
+    if isinstance(exc, MLXManagerError):
+        return isinstance(exc, ServerBusy) or exc.status >= 500
+    return isinstance(exc, (httpx.TransportError, ValueError))  # ValueError: a garbled stream line
+
+
 class Download:
-    """A download running on the server: `progress` (latest record), `wait()`, `cancel()`."""
+    """A download running on the server: `progress` (latest record), `wait()`, `cancel()`.
+
+    A background thread follows the server's progress stream (SSE). When the stream breaks
+    (the server restarts, a proxy drops it) it asks for the record and follows again,
+    backing off while the server cannot be reached; after `RECONNECT_SECONDS` of that it
+    gives up, and `wait()` raises."""
 
     FINAL = ("completed", "failed", "cancelled")
+    RECONNECT_SECONDS = 60.0
+    _MIN_DELAY, _MAX_DELAY = 0.5, 5.0
 
     def __init__(self, client: MLXClient, record: dict[str, Any], show_progress: bool = True):
         self._client = client
         self.id = record["id"]
         self.progress = record
+        #: Why following stopped before a final record (the last error), if it did.
+        self.error: BaseException | None = None
         self._done = threading.Event()
+        self._closed = threading.Event()
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self._show = show_progress
         self._thread = threading.Thread(target=self._follow, name=f"mlx-download-{self.id}", daemon=True)
         self._thread.start()
 
+    @property
+    def finished(self) -> bool:
+        """Following is over: a final record arrived, or the server could not be reached."""
+        return self._done.is_set()
+
+    def on_progress(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        """Call `callback(record)` with every new record (on the follower's thread)."""
+        self._listeners.append(callback)
+
+    def _update(self, record: dict[str, Any], bar: Any) -> bool:
+        self.progress = record
+        if bar is not None:
+            bar.total = record.get("total_bytes") or bar.total
+            bar.update(record.get("downloaded_bytes", 0) - bar.n)
+        for listener in list(self._listeners):
+            try:
+                listener(record)
+            except Exception:  # a listener's bug must not stop the follower
+                pass
+        return record.get("status") in self.FINAL
+
     def _follow(self) -> None:
         bar = None
+        delay, lost_since = self._MIN_DELAY, None
         try:
             if self._show:
                 from tqdm.auto import tqdm
@@ -94,43 +135,61 @@ class Download:
                     unit_scale=True,
                     desc=self.progress["repo_id"],
                 )
-            for event in self._client._sse(f"mlx/api/downloads/{self.id}/progress"):
-                self.progress = event
-                if bar is not None:
-                    bar.total = event.get("total_bytes") or bar.total
-                    bar.update(event.get("downloaded_bytes", 0) - bar.n)
-                if event.get("status") in self.FINAL:
-                    break
-        except Exception:  # the stream broke: fall back to asking for the record
-            pass
-        finally:
-            if self.progress.get("status") not in self.FINAL:
+            while not self._closed.is_set():
+                received = 0
                 try:
-                    self.progress = self._client._get(f"mlx/api/downloads/{self.id}")
-                except MLXManagerError:
-                    pass
+                    for event in self._client._sse(f"mlx/api/downloads/{self.id}/progress"):
+                        received += 1
+                        if self._update(event, bar):
+                            return
+                    # the stream ended without a final record: ask for it
+                    if self._update(self._client._get(f"mlx/api/downloads/{self.id}"), bar):
+                        return
+                    lost_since = None
+                except Exception as exc:
+                    if not _transient(exc):
+                        self.error = exc
+                        return
+                    now = time.monotonic()
+                    lost_since = lost_since if lost_since is not None else now
+                    if now - lost_since >= self.RECONNECT_SECONDS:
+                        self.error = exc
+                        return
+                # follow again; back off while nothing comes through
+                delay = self._MIN_DELAY if received else min(delay * 2, self._MAX_DELAY)
+                self._closed.wait(delay)
+        finally:
             if bar is not None:
                 bar.close()
             self._done.set()
 
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
-        """Block until the download ends; raise if it failed or was cancelled."""
-        while not self._done.wait(timeout=1 if timeout is None else timeout):
-            if timeout is not None:
-                raise TimeoutError(f"download {self.id} still running")
-        while self.progress.get("status") not in self.FINAL:  # the stream ended early: poll
-            self._done.wait(0.5)
-            self.progress = self._client._get(f"mlx/api/downloads/{self.id}")
-        if self.progress["status"] != "completed":
+        """Block until the download ends; raise if it failed or was cancelled, or if the
+        server could not be reached for `RECONNECT_SECONDS`."""
+        if not self._done.wait(timeout):  # blocks on the follower (the SSE stream)
+            raise TimeoutError(f"download {self.id} still running")
+        status = self.progress.get("status")
+        if status not in self.FINAL:
+            error = self.error
+            if isinstance(error, MLXManagerError):
+                raise error
+            if error is None:  # close() stopped following
+                raise MLXManagerError(0, f"stopped following download {self.id} ({status})", "closed")
             raise MLXManagerError(
-                0, f"download {self.progress['status']}: {self.progress.get('error') or ''}", self.progress["status"]
-            )
+                0, f"lost contact with the server following download {self.id}: {error!r}", "unreachable"
+            ) from error
+        if status != "completed":
+            raise MLXManagerError(0, f"download {status}: {self.progress.get('error') or ''}", status)
         return self.progress
 
     def cancel(self) -> dict[str, Any]:
         self._client._request("DELETE", f"mlx/api/downloads/{self.id}")
         self._done.wait(10)
         return self.progress
+
+    def close(self) -> None:
+        """Stop following (the download goes on on the server)."""
+        self._closed.set()
 
     def __repr__(self) -> str:
         p = self.progress
@@ -174,8 +233,9 @@ class MLXClient:
     def unload(self, model: str) -> dict[str, Any]:
         return self._request("POST", "mlx/api/pool/unload", json={"model": model})
 
-    def pool(self) -> dict[str, Any]:
-        return self._get("mlx/api/pool")
+    def pool(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """The pool's state; `timeout` (seconds) overrides the client's for this request."""
+        return self._get("mlx/api/pool", **({"timeout": timeout} if timeout is not None else {}))
 
     def audit(self, **filters: Any) -> list[dict[str, Any]]:
         """Audit records, newest first; filters: user, model, status, since, until, limit, offset."""

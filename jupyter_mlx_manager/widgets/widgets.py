@@ -1,18 +1,22 @@
 """The widgets (ipywidgets 8). Their `state`, `error` and values are plain traitlets, so
-code (and tests) can drive them as a user would: set the model, press the button, watch."""
+code (and tests) can drive them as a user would: set the model, press the button, watch.
+
+Every action ends in a usable state: whatever goes wrong (the server refuses, restarts or
+cannot be reached, a stream breaks) the widget shows a readable `error` and its buttons
+work again."""
 
 from __future__ import annotations
 
 import contextvars
 import html
 import threading
-import time
 from typing import Any
 
+import httpx
 import ipywidgets as w
 from traitlets import Unicode
 
-from ..client import MLXClient, MLXManagerError, connect
+from ..client import MLXClient, MLXManagerError, NotFound, connect
 
 
 def _in_background(target, *args) -> threading.Thread:
@@ -21,6 +25,24 @@ def _in_background(target, *args) -> threading.Thread:
     thread = threading.Thread(target=context.run, args=(target, *args), daemon=True)
     thread.start()
     return thread
+
+
+def describe(exc: BaseException, client: Any = None) -> str:
+    """A readable line for what went wrong: the server's message, or which server could not
+    be reached and how."""
+    server = getattr(getattr(client, "server", None), "url", None)
+    where = f" at {server}" if server else ""
+    if isinstance(exc, MLXManagerError):
+        return exc.message or str(exc)
+    if isinstance(exc, httpx.TimeoutException):
+        return f"the server{where} did not answer in time ({type(exc).__name__})"
+    if isinstance(exc, httpx.TransportError):  # refused, reset, closed mid-stream, …
+        return f"cannot reach the server{where} ({type(exc).__name__}: {exc}); is it running?"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _error_html(message: str) -> str:
+    return f"<span style='color: var(--jp-error-color1)'>error: {html.escape(message)}</span>"
 
 
 def _gib(n: int | float | None) -> str:
@@ -61,18 +83,24 @@ class ModelPicker(w.VBox):
         self.dropdown.value = value
 
     def refresh(self) -> None:
-        """Re-read the local models and which of them are loaded."""
+        """Re-read the local models and which of them are loaded; on failure the picker
+        shows the error (and `refresh()` again recovers once the server answers)."""
         try:
-            ids = [m["id"] for m in self.client.local_models()]
-        except MLXManagerError:  # older servers: the OpenAI model list has the same ids
-            ids = [m.id for m in self.client.openai().models.list().data]
+            try:
+                ids = [m["id"] for m in self.client.local_models()]
+            except NotFound:  # older servers: the OpenAI model list has the same ids
+                ids = [m.id for m in self.client.openai().models.list().data]
+            loaded = {m["model"] for m in self.client.pool()["models"]}
+        except Exception as exc:
+            if self.state not in ("loading", "unloading"):
+                self.error, self.state = describe(exc, self.client), "error"
+            return
         current = self.dropdown.value
         self.dropdown.options = ids
         if current in ids:
             self.dropdown.value = current
-        loaded = {m["model"] for m in self.client.pool()["models"]}
         if self.state not in ("loading", "unloading"):
-            self.state = "loaded" if self.model in loaded else "idle"
+            self.error, self.state = "", "loaded" if self.model in loaded else "idle"
 
     def load(self) -> threading.Thread:
         return self._run(
@@ -88,9 +116,10 @@ class ModelPicker(w.VBox):
         def work():
             try:
                 action()
+            except Exception as exc:  # refused, unreachable, restarted: show it, buttons back
+                self.error, self.state = describe(exc, self.client), "error"
+            else:
                 self.state = done
-            except MLXManagerError as exc:
-                self.error, self.state = exc.message, "error"
 
         return _in_background(work)
 
@@ -104,7 +133,7 @@ class ModelPicker(w.VBox):
             self.state, ""
         )
         if self.state == "error":
-            text = f"<span style='color: var(--jp-error-color1)'>error: {html.escape(self.error)}</span>"
+            text = _error_html(self.error)
         self.status.value = f"<b>{html.escape(self.model or '')}</b> {text}"
 
 
@@ -129,56 +158,90 @@ class DownloadWidget(w.VBox):
         )
 
     def start(self) -> threading.Thread | None:
+        if self.state == "downloading":
+            return None
         self.error = ""
         try:
             self.handle = self.client.download(self.repo.value.strip(), wait=False, progress=False)
-        except MLXManagerError as exc:
-            self.error, self.state = exc.message, "error"
-            self.label.value = f"<span style='color: var(--jp-error-color1)'>{html.escape(exc.message)}</span>"
+        except Exception as exc:  # refused (bad repo id, no permission) or unreachable
+            self._fail(describe(exc, self.client))
             return None
         self.state = "downloading"
+        self.bar.bar_style = ""
         self.download_button.disabled, self.cancel_button.disabled = True, False
-        return _in_background(self._follow)
+        self.handle.on_progress(self._show)
+        self._show(self.handle.progress)
+        return _in_background(self._follow, self.handle)
 
     def cancel(self) -> None:
-        if self.handle is not None:
+        if self.handle is None:
+            return
+        try:
             self.handle.cancel()
+        except Exception as exc:  # the download may still run: Cancel stays usable
+            self.error = describe(exc, self.client)
+            self.label.value = _error_html(self.error)
 
-    def _follow(self) -> None:
-        while True:
-            record = self.handle.progress
-            total = record.get("total_bytes") or 0
-            self.bar.max = max(total, 1)
-            self.bar.value = record.get("downloaded_bytes", 0)
-            self.label.value = (
-                f"{html.escape(record['repo_id'])}: {record['status']} — {_gib(record.get('downloaded_bytes'))} of {_gib(total)}, "
-                f"{record.get('files_done', 0)}/{record.get('files_total', 0)} files"
-            )
-            if record["status"] in ("completed", "failed", "cancelled"):
-                self.state = record["status"]
-                self.error = record.get("error") or ""
-                self.bar.bar_style = "success" if record["status"] == "completed" else "danger"
+    def _fail(self, message: str) -> None:
+        self.error, self.state = message, "error"
+        self.label.value = _error_html(message)
+        self.download_button.disabled, self.cancel_button.disabled = False, True
+
+    def _show(self, record: dict[str, Any]) -> None:
+        total = record.get("total_bytes") or 0
+        self.bar.max = max(total, 1)
+        self.bar.value = min(record.get("downloaded_bytes") or 0, self.bar.max)
+        self.label.value = (
+            f"{html.escape(str(record.get('repo_id', '')))}: {html.escape(str(record.get('status', '')))} — "
+            f"{_gib(record.get('downloaded_bytes'))} of {_gib(total)}, "
+            f"{record.get('files_done', 0)}/{record.get('files_total', 0)} files"
+        )
+
+    def _follow(self, handle) -> None:
+        """Wait for the end (the handle follows the server's stream and reconnects)."""
+        try:
+            handle.wait()
+        except Exception as exc:
+            record = handle.progress
+            if record.get("status") in handle.FINAL:  # failed or cancelled on the server
+                self._show(record)
+                self.error, self.state = record.get("error") or "", record["status"]
+                self.bar.bar_style = "danger"
                 self.download_button.disabled, self.cancel_button.disabled = False, True
-                return
-            time.sleep(0.25)
+            else:  # lost the server
+                self._fail(describe(exc, self.client))
+            return
+        self._show(handle.progress)
+        self.error, self.state = "", "completed"
+        self.bar.bar_style = "success"
+        self.download_button.disabled, self.cancel_button.disabled = False, True
 
 
 class PoolMonitor(w.VBox):
-    """The loaded models and their memory against the budget, refreshed every `interval` s."""
+    """The loaded models and their memory against the budget, refreshed every `interval` s
+    on a background thread (backing off while the server cannot be reached, with the error
+    shown in `error`); `close()` (or `stop()`) ends the thread."""
+
+    error = Unicode("")
 
     def __init__(self, client: MLXClient | None = None, interval: float = 2.0, **kwargs):
         self.client = client or connect()
         self.interval = interval
         self.memory = w.FloatProgress(value=0, min=0, max=1, description="Memory")
         self.table = w.HTML()
+        self.notice = w.HTML()
         self.snapshot: dict[str, Any] = {}
         self._stop = threading.Event()
-        super().__init__([self.memory, self.table], **kwargs)
-        self.refresh()
-        _in_background(self._loop)
+        super().__init__([self.memory, self.table, self.notice], **kwargs)
+        self._poll()
+        self.thread = _in_background(self._loop)
 
     def refresh(self) -> None:
-        pool = self.snapshot = self.client.pool()
+        """Fetch the pool now (raises on failure; the background loop shows it instead)."""
+        pool = self.client.pool(timeout=min(30.0, max(5.0, 2 * self.interval)))
+        if self._stop.is_set():
+            return
+        self.snapshot = pool
         budget = pool["limits"]["max_memory_bytes"]
         self.memory.max = max(budget, 1)
         self.memory.value = pool["memory_used_bytes"]
@@ -193,15 +256,39 @@ class PoolMonitor(w.VBox):
             f"{rows or '<tr><td colspan=6>no model loaded</td></tr>'}</table>"
         )
 
-    def stop(self) -> None:
+    @property
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """End the refresh thread (waits up to `timeout` s for a request in flight)."""
         self._stop.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout)
+
+    def close(self) -> None:
+        self.stop()
+        super().close()
+
+    def _poll(self) -> bool:
+        try:
+            self.refresh()
+        except Exception as exc:
+            if not self._stop.is_set():
+                self.error = describe(exc, self.client)
+                self.notice.value = _error_html(self.error)
+            return False
+        if self.error:
+            self.error, self.notice.value = "", ""
+        return True
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.refresh()
-            except (MLXManagerError, OSError):
-                continue
+        delay = self.interval
+        while not self._stop.wait(delay):
+            if self._poll():
+                delay = self.interval
+            else:  # back off while the server is away: 2×, 4×… the interval, at most 30 s
+                delay = min(max(delay * 2, self.interval), max(30.0, self.interval))
 
 
 class ChatWidget(w.VBox):
@@ -213,7 +300,11 @@ class ChatWidget(w.VBox):
     def __init__(self, client: MLXClient | None = None, model: str | None = None, **params: Any):
         self.client = client or connect()
         self.params = params
-        loaded = [m["model"] for m in self.client.pool()["models"]]
+        try:
+            loaded = [m["model"] for m in self.client.pool()["models"]]
+        except Exception as exc:  # the widget still opens; sending shows what is wrong
+            loaded = []
+            self.error, self.state = describe(exc, self.client), "error"
         self.model = w.Dropdown(
             description="Model",
             options=sorted(set(loaded) | ({model} if model else set())),
@@ -228,6 +319,23 @@ class ChatWidget(w.VBox):
         self.send_button.on_click(lambda _: self.send())
         self.stop_button.on_click(lambda _: self._stop.set())
         super().__init__([self.model, self.transcript, self.prompt, w.HBox([self.send_button, self.stop_button])])
+        self._render()
+
+    def refresh(self) -> None:
+        """Re-read the loaded models (e.g. after the server came back)."""
+        try:
+            loaded = [m["model"] for m in self.client.pool()["models"]]
+        except Exception as exc:
+            if self.state != "generating":
+                self.error, self.state = describe(exc, self.client), "error"
+                self._render()
+            return
+        current = self.model.value
+        self.model.options = sorted(set(loaded) | ({current} if current else set()))
+        self.model.value = current or (loaded[0] if loaded else None)
+        if self.state == "error":
+            self.error, self.state = "", "idle"
+            self._render()
 
     def send(self, text: str | None = None) -> threading.Thread | None:
         text = (text if text is not None else self.prompt.value).strip()
@@ -244,14 +352,19 @@ class ChatWidget(w.VBox):
     def _generate(self) -> None:
         reply = self.messages[-1]
         try:
-            for piece in self.client.chat(self.model.value, self.messages[:-1], stream=True, **self.params):
-                if self._stop.is_set():
-                    break
-                reply["content"] += piece
-                self._render()
+            stream = self.client.chat(self.model.value, self.messages[:-1], stream=True, **self.params)
+            try:
+                for piece in stream:
+                    if self._stop.is_set():
+                        break
+                    reply["content"] += piece
+                    self._render()
+            finally:
+                if hasattr(stream, "close"):
+                    stream.close()  # ends the HTTP stream now, so Stop frees the model at once
             self.state = "idle"
-        except MLXManagerError as exc:
-            self.error, self.state = exc.message, "error"
+        except Exception as exc:  # refused, unreachable, the stream broke: show it, buttons back
+            self.error, self.state = describe(exc, self.client), "error"
         finally:
             self.send_button.disabled, self.stop_button.disabled = False, True
             self._render()

@@ -93,7 +93,10 @@ function apiPath(path: string): string {
 }
 
 /** Absolute URL of `path` (relative to `mlx/api/`, with or without a leading slash). */
-export function apiUrl(path: string, settings: IUrlSettings = defaultSettings()): string {
+export function apiUrl(
+  path: string,
+  settings: IUrlSettings = defaultSettings()
+): string {
   return withSlash(settings.baseUrl) + apiPath(path);
 }
 
@@ -122,7 +125,10 @@ export function webSocketUrl(
 ): string {
   const base =
     settings.wsUrl ||
-    settings.baseUrl.replace(/^http(s?):/i, (_m, s: string) => `ws${s.toLowerCase()}:`);
+    settings.baseUrl.replace(
+      /^http(s?):/i,
+      (_m, s: string) => `ws${s.toLowerCase()}:`
+    );
   return addTicket(withSlash(base) + apiPath(path), ticket);
 }
 
@@ -134,10 +140,17 @@ function defaultSettings(): ServerConnection.ISettings {
 function errorDetails(data: any): { message: string; reason: string } {
   if (data && typeof data === 'object') {
     if (typeof data.message === 'string' && data.message) {
-      return { message: data.message, reason: typeof data.reason === 'string' ? data.reason : '' };
+      return {
+        message: data.message,
+        reason: typeof data.reason === 'string' ? data.reason : ''
+      };
     }
     const inner = data.error;
-    if (inner && typeof inner === 'object' && typeof inner.message === 'string') {
+    if (
+      inner &&
+      typeof inner === 'object' &&
+      typeof inner.message === 'string'
+    ) {
       return {
         message: inner.message,
         reason: String(inner.code || inner.type || '')
@@ -206,7 +219,11 @@ export async function requestAPI<T>(
 ): Promise<T> {
   let response: Response;
   try {
-    response = await ServerConnection.makeRequest(apiUrl(path, settings), init, settings);
+    response = await ServerConnection.makeRequest(
+      apiUrl(path, settings),
+      init,
+      settings
+    );
   } catch (err) {
     throw new ApiError(
       `Cannot reach the Jupyter server (${(err as Error).message || err}).`,
@@ -230,7 +247,11 @@ export async function requestAPI<T>(
 
 /** A JSON body (the server refuses anything but application/json with 415). */
 export function jsonInit(method: string, body: unknown): RequestInit {
-  return { method, body: JSON.stringify(body), headers: { 'Content-Type': 'application/json' } };
+  return {
+    method,
+    body: JSON.stringify(body),
+    headers: { 'Content-Type': 'application/json' }
+  };
 }
 
 function postJSON(body: unknown): RequestInit {
@@ -238,7 +259,9 @@ function postJSON(body: unknown): RequestInit {
 }
 
 /** A query string from the defined, non-empty values: `{q: 'a b', n: 3}` -> "?q=a+b&n=3". */
-export function queryString(params: Record<string, string | number | boolean | null | undefined>): string {
+export function queryString(
+  params: Record<string, string | number | boolean | null | undefined>
+): string {
   const search = new URLSearchParams();
   for (const [key, value] of Object.entries(params)) {
     if (value === undefined || value === null || value === '') {
@@ -252,13 +275,21 @@ export function queryString(params: Record<string, string | number | boolean | n
 
 // -- status and identity --------------------------------------------------------------------
 
-export function getStatus(settings?: ServerConnection.ISettings): Promise<IStatus> {
+export function getStatus(
+  settings?: ServerConnection.ISettings
+): Promise<IStatus> {
   return requestAPI<IStatus>('status', {}, settings);
 }
 
 /** A fresh short-lived ticket for `?token=` on SSE and WebSocket URLs. */
-export async function getTicket(settings?: ServerConnection.ISettings): Promise<string> {
-  const ticket = await requestAPI<ITicket>('auth/ticket', { method: 'POST' }, settings);
+export async function getTicket(
+  settings?: ServerConnection.ISettings
+): Promise<string> {
+  const ticket = await requestAPI<ITicket>(
+    'auth/ticket',
+    { method: 'POST' },
+    settings
+  );
   return ticket.token;
 }
 
@@ -272,7 +303,9 @@ export interface IUser {
   created_at?: string;
 }
 
-export async function listUsers(settings?: ServerConnection.ISettings): Promise<IUser[]> {
+export async function listUsers(
+  settings?: ServerConnection.ISettings
+): Promise<IUser[]> {
   const reply = await requestAPI<{ users: IUser[] }>('users', {}, settings);
   return reply?.users ?? [];
 }
@@ -341,7 +374,10 @@ export function loadModel(
   return requestAPI<IPoolModel>('pool/load', postJSON(body), settings);
 }
 
-export function unloadModel(model: string, settings?: ServerConnection.ISettings): Promise<unknown> {
+export function unloadModel(
+  model: string,
+  settings?: ServerConnection.ISettings
+): Promise<unknown> {
   return requestAPI('pool/unload', postJSON({ model }), settings);
 }
 
@@ -349,7 +385,8 @@ export function unloadModel(model: string, settings?: ServerConnection.ISettings
 
 /** A local model (`mlx/api/models/local`). Characteristics beyond `id` may be missing. */
 /** `{bits, group_size, mode}` on this server; a plain string is accepted too. */
-export type Quantization = { bits: number; group_size?: number | null; mode?: string } | string | null;
+export type Quantization =
+  { bits: number; group_size?: number | null; mode?: string } | string | null;
 
 export interface ILocalModel {
   id: string;
@@ -400,7 +437,11 @@ export async function searchModels(
   query: ISearchQuery,
   settings?: ServerConnection.ISettings
 ): Promise<IHubModel[]> {
-  const reply = await requestAPI<{ models: IHubModel[] }>(searchModelsPath(query), {}, settings);
+  const reply = await requestAPI<{ models: IHubModel[] }>(
+    searchModelsPath(query),
+    {},
+    settings
+  );
   return reply?.models ?? [];
 }
 
@@ -412,7 +453,11 @@ export async function listLocalModels(
   settings?: ServerConnection.ISettings
 ): Promise<{ models: ILocalModel[]; detailed: boolean }> {
   try {
-    const reply = await requestAPI<{ models: ILocalModel[] }>('models/local', {}, settings);
+    const reply = await requestAPI<{ models: ILocalModel[] }>(
+      'models/local',
+      {},
+      settings
+    );
     return { models: reply?.models ?? [], detailed: true };
   } catch (err) {
     if (!(err instanceof ApiError) || err.status !== 404) {
@@ -420,9 +465,16 @@ export async function listLocalModels(
     }
   }
   const s = settings ?? defaultSettings();
-  const response = await fetchResponse(withSlash(s.baseUrl) + 'mlx/v1/models', {}, s);
+  const response = await fetchResponse(
+    withSlash(s.baseUrl) + 'mlx/v1/models',
+    {},
+    s
+  );
   const data = await response.json();
-  const models = ((data?.data ?? []) as any[]).map(m => ({ id: String(m.id), loaded: !!m.loaded }));
+  const models = ((data?.data ?? []) as any[]).map(m => ({
+    id: String(m.id),
+    loaded: !!m.loaded
+  }));
   return { models, detailed: false };
 }
 
@@ -444,8 +496,14 @@ export interface IDownload {
   eta_s?: number | null;
 }
 
-export async function listDownloads(settings?: ServerConnection.ISettings): Promise<IDownload[]> {
-  const reply = await requestAPI<{ downloads: IDownload[] } | IDownload[]>('downloads', {}, settings);
+export async function listDownloads(
+  settings?: ServerConnection.ISettings
+): Promise<IDownload[]> {
+  const reply = await requestAPI<{ downloads: IDownload[] } | IDownload[]>(
+    'downloads',
+    {},
+    settings
+  );
   if (Array.isArray(reply)) {
     return reply;
   }
@@ -464,8 +522,15 @@ export function startDownload(
   return requestAPI<IDownload>('downloads', postJSON(body), settings);
 }
 
-export function cancelDownload(id: number | string, settings?: ServerConnection.ISettings): Promise<unknown> {
-  return requestAPI(`downloads/${encodeURIComponent(String(id))}`, { method: 'DELETE' }, settings);
+export function cancelDownload(
+  id: number | string,
+  settings?: ServerConnection.ISettings
+): Promise<unknown> {
+  return requestAPI(
+    `downloads/${encodeURIComponent(String(id))}`,
+    { method: 'DELETE' },
+    settings
+  );
 }
 
 /** SSE URL of one download's progress, with its ticket. */
@@ -474,7 +539,11 @@ export function downloadProgressUrl(
   ticket: string,
   settings?: IUrlSettings
 ): string {
-  return eventSourceUrl(`downloads/${encodeURIComponent(String(id))}/progress`, ticket, settings);
+  return eventSourceUrl(
+    `downloads/${encodeURIComponent(String(id))}/progress`,
+    ticket,
+    settings
+  );
 }
 
 // -- audit ----------------------------------------------------------------------------------
@@ -505,8 +574,14 @@ export interface IAuditFilter {
   until?: string;
 }
 
-export function auditPath(filter: IAuditFilter, limit = 100, offset = 0): string {
-  return 'audit' + queryString({ ...filter, limit, offset: offset || undefined });
+export function auditPath(
+  filter: IAuditFilter,
+  limit = 100,
+  offset = 0
+): string {
+  return (
+    'audit' + queryString({ ...filter, limit, offset: offset || undefined })
+  );
 }
 
 export function getAudit(
@@ -519,8 +594,16 @@ export function getAudit(
 }
 
 /** WebSocket URL of the live audit feed, with its ticket. */
-export function auditSocketUrl(ticket: string, replay = 0, settings?: IUrlSettings): string {
-  return webSocketUrl('audit/ws' + queryString({ replay: replay || undefined }), ticket, settings);
+export function auditSocketUrl(
+  ticket: string,
+  replay = 0,
+  settings?: IUrlSettings
+): string {
+  return webSocketUrl(
+    'audit/ws' + queryString({ replay: replay || undefined }),
+    ticket,
+    settings
+  );
 }
 
 /** Download URL of an audit export (`format` jsonl or csv) with the given filters and ticket. */
@@ -530,5 +613,9 @@ export function auditExportUrl(
   ticket: string,
   settings?: IUrlSettings
 ): string {
-  return eventSourceUrl('audit/export' + queryString({ format, ...filter }), ticket, settings);
+  return eventSourceUrl(
+    'audit/export' + queryString({ format, ...filter }),
+    ticket,
+    settings
+  );
 }

@@ -5,7 +5,15 @@
  */
 import { ServerConnection } from '@jupyterlab/services';
 
-import { ApiError, auditSocketUrl, getAudit, getTicket, IAuditFilter, IAuditRecord, toApiError } from './api';
+import {
+  ApiError,
+  auditSocketUrl,
+  getAudit,
+  getTicket,
+  IAuditFilter,
+  IAuditRecord,
+  toApiError
+} from './api';
 import { Store } from './store';
 
 /** At most this many records are kept in the list. */
@@ -36,7 +44,10 @@ export type AuditAction =
   | { type: 'gap'; dropped: number };
 
 /** Whether a live record matches the filters the list was loaded with. */
-export function matchesFilter(record: IAuditRecord, filter: IAuditFilter): boolean {
+export function matchesFilter(
+  record: IAuditRecord,
+  filter: IAuditFilter
+): boolean {
   if (filter.user && record.user !== filter.user) {
     return false;
   }
@@ -57,11 +68,19 @@ export function matchesFilter(record: IAuditRecord, filter: IAuditFilter): boole
 }
 
 /** Newest first, no duplicates (the page and the socket can both deliver a record). */
-export function auditReducer(state: IAuditState, action: AuditAction): IAuditState {
+export function auditReducer(
+  state: IAuditState,
+  action: AuditAction
+): IAuditState {
   switch (action.type) {
     case 'page': {
       if (!action.append) {
-        return { ...state, records: action.records.slice(0, MAX_RECORDS), total: action.total, dropped: 0 };
+        return {
+          ...state,
+          records: action.records.slice(0, MAX_RECORDS),
+          total: action.total,
+          dropped: 0
+        };
       }
       const seen = new Set(state.records.map(r => r.id));
       const more = action.records.filter(r => !seen.has(r.id));
@@ -73,7 +92,10 @@ export function auditReducer(state: IAuditState, action: AuditAction): IAuditSta
     }
     case 'record': {
       const { record, filter } = action;
-      if (!matchesFilter(record, filter) || state.records.some(r => r.id === record.id)) {
+      if (
+        !matchesFilter(record, filter) ||
+        state.records.some(r => r.id === record.id)
+      ) {
         return state;
       }
       const records = [record, ...state.records]
@@ -82,7 +104,10 @@ export function auditReducer(state: IAuditState, action: AuditAction): IAuditSta
       return { ...state, records, total: state.total + 1 };
     }
     case 'gap':
-      return { ...state, dropped: state.dropped + Math.max(0, action.dropped || 0) };
+      return {
+        ...state,
+        dropped: state.dropped + Math.max(0, action.dropped || 0)
+      };
     default:
       return state;
   }
@@ -108,7 +133,9 @@ export class AuditFeed {
     factory?: SocketFactory,
     readonly pageSize = 100
   ) {
-    this._factory = factory ?? ((url: string) => new WebSocket(url) as unknown as ISocketLike);
+    this._factory =
+      factory ??
+      ((url: string) => new WebSocket(url) as unknown as ISocketLike);
   }
 
   get filter(): IAuditFilter {
@@ -148,7 +175,11 @@ export class AuditFeed {
       if (filter !== this._filter) {
         return; // the filters changed meanwhile
       }
-      this.store.set(s => ({ ...auditReducer(s, { type: 'page', ...page }), loading: false, error: null }));
+      this.store.set(s => ({
+        ...auditReducer(s, { type: 'page', ...page }),
+        loading: false,
+        error: null
+      }));
     } catch (err) {
       this.store.set({ loading: false, error: toApiError(err) });
     }
@@ -159,7 +190,12 @@ export class AuditFeed {
     const offset = this.store.state.records.length;
     this.store.set({ loading: true });
     try {
-      const page = await getAudit(filter, this.pageSize, offset, this._settings);
+      const page = await getAudit(
+        filter,
+        this.pageSize,
+        offset,
+        this._settings
+      );
       if (filter !== this._filter) {
         return;
       }
@@ -182,9 +218,17 @@ export class AuditFeed {
       return;
     }
     if (message?.type === 'record' && message.data) {
-      this.store.set(s => auditReducer(s, { type: 'record', record: message.data, filter: this._filter }));
+      this.store.set(s =>
+        auditReducer(s, {
+          type: 'record',
+          record: message.data,
+          filter: this._filter
+        })
+      );
     } else if (message?.type === 'gap') {
-      this.store.set(s => auditReducer(s, { type: 'gap', dropped: Number(message.dropped) || 0 }));
+      this.store.set(s =>
+        auditReducer(s, { type: 'gap', dropped: Number(message.dropped) || 0 })
+      );
     }
     // {"type": "ping"}: nothing to do
   }
@@ -236,7 +280,11 @@ export class AuditFeed {
       if (ev.code === 1008) {
         this.store.set({
           connection: 'refused',
-          error: new ApiError(ev.reason || 'The server refused the live activity feed.', 403, 'ws_refused')
+          error: new ApiError(
+            ev.reason || 'The server refused the live activity feed.',
+            403,
+            'ws_refused'
+          )
         });
         return;
       }

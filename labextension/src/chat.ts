@@ -59,9 +59,12 @@ export function parseChunk(data: string): ChunkResult {
   }
   const choice = Array.isArray(json?.choices) ? json.choices[0] : undefined;
   if (!choice) {
-    return json?.usage ? { kind: 'usage', usage: json.usage } : { kind: 'ignore' };
+    return json?.usage
+      ? { kind: 'usage', usage: json.usage }
+      : { kind: 'ignore' };
   }
-  const text = typeof choice.delta?.content === 'string' ? choice.delta.content : '';
+  const text =
+    typeof choice.delta?.content === 'string' ? choice.delta.content : '';
   return { kind: 'delta', text, finishReason: choice.finish_reason ?? null };
 }
 
@@ -84,7 +87,8 @@ export function computeStats(t: {
   endedAt: number;
   completionTokens: number | null;
 }): IChatStats {
-  const ttftMs = t.firstTokenAt === null ? null : Math.max(0, t.firstTokenAt - t.startedAt);
+  const ttftMs =
+    t.firstTokenAt === null ? null : Math.max(0, t.firstTokenAt - t.startedAt);
   let tokensPerSecond: number | null = null;
   const n = t.completionTokens;
   if (t.firstTokenAt !== null && n !== null && n > 1) {
@@ -142,11 +146,18 @@ export async function streamChat(
       finishReason,
       usage,
       stopped,
-      stats: computeStats({ startedAt, firstTokenAt, endedAt, completionTokens: tokens })
+      stats: computeStats({
+        startedAt,
+        firstTokenAt,
+        endedAt,
+        completionTokens: tokens
+      })
     };
   };
 
-  const base = settings.baseUrl.endsWith('/') ? settings.baseUrl : settings.baseUrl + '/';
+  const base = settings.baseUrl.endsWith('/')
+    ? settings.baseUrl
+    : settings.baseUrl + '/';
   const body = {
     ...request,
     stream: true,
@@ -159,7 +170,10 @@ export async function streamChat(
       {
         method: 'POST',
         body: JSON.stringify(body),
-        headers: { Accept: 'text/event-stream', 'Content-Type': 'application/json' },
+        headers: {
+          Accept: 'text/event-stream',
+          'Content-Type': 'application/json'
+        },
         signal: options.signal
       },
       settings
@@ -172,7 +186,11 @@ export async function streamChat(
     throw err;
   }
   if (!response.body) {
-    throw new ApiError('The server sent no stream.', response.status, 'no_stream');
+    throw new ApiError(
+      'The server sent no stream.',
+      response.status,
+      'no_stream'
+    );
   }
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
@@ -180,7 +198,9 @@ export async function streamChat(
   try {
     for (;;) {
       const { done, value } = await reader.read();
-      const events = done ? parser.end() : parser.feed(decoder.decode(value, { stream: true }));
+      const events = done
+        ? parser.end()
+        : parser.feed(decoder.decode(value, { stream: true }));
       for (const event of events) {
         const chunk = parseChunk(event.data);
         if (chunk.kind === 'delta') {

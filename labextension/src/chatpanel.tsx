@@ -33,16 +33,28 @@ interface ITurn {
 function StatsLine({ turn }: { turn: ITurn }): JSX.Element | null {
   const s = turn.stats;
   if (!s) {
-    return turn.streaming ? <div className="jp-MLXChat-stats">Generating…</div> : null;
+    return turn.streaming ? (
+      <div className="jp-MLXChat-stats">Generating…</div>
+    ) : null;
   }
   return (
     <div className="jp-MLXChat-stats" aria-label="Reply statistics">
       <span data-field="ttft">TTFT {formatMs(s.ttftMs)}</span>
-      <span data-field="tps">{s.tokensPerSecond === null ? '— tok/s' : `${s.tokensPerSecond.toFixed(1)} tok/s`}</span>
-      {s.completionTokens !== null && <span data-field="tokens">{formatCount(s.completionTokens)} tokens</span>}
+      <span data-field="tps">
+        {s.tokensPerSecond === null
+          ? '— tok/s'
+          : `${s.tokensPerSecond.toFixed(1)} tok/s`}
+      </span>
+      {s.completionTokens !== null && (
+        <span data-field="tokens">
+          {formatCount(s.completionTokens)} tokens
+        </span>
+      )}
       <span>{formatMs(s.totalMs)}</span>
       {turn.stopped && <span data-field="stopped">stopped</span>}
-      {!turn.stopped && turn.finishReason === 'length' && <span>max tokens reached</span>}
+      {!turn.stopped && turn.finishReason === 'length' && (
+        <span>max tokens reached</span>
+      )}
     </div>
   );
 }
@@ -60,7 +72,9 @@ function ChatView({
   const { models: localModels } = useStore(service.models);
   const { model: wanted } = useStore(selection);
   const loaded = pool?.models ?? [];
-  const model = loaded.some(m => m.model === wanted) ? wanted : (loaded[0]?.model ?? '');
+  const model = loaded.some(m => m.model === wanted)
+    ? wanted
+    : (loaded[0]?.model ?? '');
 
   const [turns, setTurns] = React.useState<ITurn[]>([]);
   const [input, setInput] = React.useState('');
@@ -82,8 +96,17 @@ function ChatView({
   }, [turns]);
   React.useEffect(() => () => controller.current?.abort(), []);
 
-  const update = (id: number, patch: Partial<ITurn> | ((t: ITurn) => Partial<ITurn>)) =>
-    setTurns(ts => ts.map(t => (t.id === id ? { ...t, ...(typeof patch === 'function' ? patch(t) : patch) } : t)));
+  const update = (
+    id: number,
+    patch: Partial<ITurn> | ((t: ITurn) => Partial<ITurn>)
+  ) =>
+    setTurns(ts =>
+      ts.map(t =>
+        t.id === id
+          ? { ...t, ...(typeof patch === 'function' ? patch(t) : patch) }
+          : t
+      )
+    );
 
   const send = async () => {
     const text = input.trim();
@@ -100,8 +123,18 @@ function ChatView({
       }
     }
     history.push({ role: 'user', content: text });
-    const userTurn: ITurn = { id: nextId.current++, role: 'user', content: text };
-    const reply: ITurn = { id: nextId.current++, role: 'assistant', content: '', model, streaming: true };
+    const userTurn: ITurn = {
+      id: nextId.current++,
+      role: 'user',
+      content: text
+    };
+    const reply: ITurn = {
+      id: nextId.current++,
+      role: 'assistant',
+      content: '',
+      model,
+      streaming: true
+    };
     setTurns(ts => [...ts, userTurn, reply]);
     setInput('');
     const abort = new AbortController();
@@ -172,7 +205,9 @@ function ChatView({
     }
   };
 
-  const blocked = !!serviceError && (!status || serviceError.isForbidden || serviceError.status === 401);
+  const blocked =
+    !!serviceError &&
+    (!status || serviceError.isForbidden || serviceError.status === 401);
   const firstLocal = localModels.find(m => !loaded.some(l => l.model === m.id));
 
   return (
@@ -218,7 +253,11 @@ function ChatView({
           />
         </label>
         <span className="jp-MLXPanel-spacer" />
-        <Button kind="minimal" onClick={() => setTurns([])} disabled={streaming || !turns.length}>
+        <Button
+          kind="minimal"
+          onClick={() => setTurns([])}
+          disabled={streaming || !turns.length}
+        >
           Clear
         </Button>
       </div>
@@ -242,26 +281,43 @@ function ChatView({
               <Button
                 kind="accept"
                 busy={loadAction.busy === 'load'}
-                onClick={() => void loadAction.run('load', () => service.load(firstLocal.id))}
+                onClick={() =>
+                  void loadAction.run('load', () => service.load(firstLocal.id))
+                }
               >
                 Load {firstLocal.id}
               </Button>{' '}
               or{' '}
             </>
           ) : null}
-          <button type="button" className="jp-MLXPanel-link" onClick={onOpenPool}>
+          <button
+            type="button"
+            className="jp-MLXPanel-link"
+            onClick={onOpenPool}
+          >
             open the pool
           </button>
           .
         </Empty>
       )}
       {loadAction.error && (
-        <ErrorNotice error={loadAction.error} title="Load failed" onDismiss={loadAction.clear} />
+        <ErrorNotice
+          error={loadAction.error}
+          title="Load failed"
+          onDismiss={loadAction.clear}
+        />
       )}
-      <div className="jp-MLXChat-log" ref={log} role="log" aria-live="polite" aria-label="Conversation">
+      <div
+        className="jp-MLXChat-log"
+        ref={log}
+        role="log"
+        aria-live="polite"
+        aria-label="Conversation"
+      >
         {!turns.length && model && (
           <div className="jp-MLXChat-hint">
-            Ask {model} something. Enter sends, Shift+Enter adds a line, Escape stops.
+            Ask {model} something. Enter sends, Shift+Enter adds a line, Escape
+            stops.
           </div>
         )}
         {turns.map(t => (
@@ -271,12 +327,18 @@ function ChatView({
             data-role={t.role}
             aria-busy={t.streaming || undefined}
           >
-            <div className="jp-MLXChat-role">{t.role === 'user' ? 'You' : t.model}</div>
+            <div className="jp-MLXChat-role">
+              {t.role === 'user' ? 'You' : t.model}
+            </div>
             <div className="jp-MLXChat-content">
               {t.content}
-              {t.streaming && <span className="jp-MLXChat-cursor" aria-hidden="true" />}
+              {t.streaming && (
+                <span className="jp-MLXChat-cursor" aria-hidden="true" />
+              )}
             </div>
-            {t.error && <ErrorNotice error={t.error} title="The reply failed" />}
+            {t.error && (
+              <ErrorNotice error={t.error} title="The reply failed" />
+            )}
             {t.role === 'assistant' && !t.error && <StatsLine turn={t} />}
           </div>
         ))}
@@ -304,7 +366,12 @@ function ChatView({
             Stop
           </Button>
         ) : (
-          <Button type="submit" kind="accept" disabled={!model || !input.trim()} label="Send message">
+          <Button
+            type="submit"
+            kind="accept"
+            disabled={!model || !input.trim()}
+            label="Send message"
+          >
             Send
           </Button>
         )}
@@ -325,7 +392,13 @@ class ChatContent extends ReactWidget {
   }
 
   protected render(): JSX.Element {
-    return <ChatView service={this._service} selection={this.selection} onOpenPool={this._onOpenPool} />;
+    return (
+      <ChatView
+        service={this._service}
+        selection={this.selection}
+        onOpenPool={this._onOpenPool}
+      />
+    );
   }
 }
 

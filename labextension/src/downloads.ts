@@ -60,13 +60,19 @@ export function isFailed(status: string | null | undefined): boolean {
 }
 
 /** Insert or update a download (by id), newest first; progress fields only move forward. */
-export function mergeDownload(list: IDownload[], update: Partial<IDownload> & { id: IDownload['id'] }): IDownload[] {
+export function mergeDownload(
+  list: IDownload[],
+  update: Partial<IDownload> & { id: IDownload['id'] }
+): IDownload[] {
   const index = list.findIndex(d => String(d.id) === String(update.id));
   if (index < 0) {
     if (!update.repo_id) {
       return list;
     }
-    return sortDownloads([{ status: 'queued', ...update } as IDownload, ...list]);
+    return sortDownloads([
+      { status: 'queued', ...update } as IDownload,
+      ...list
+    ]);
   }
   const before = list[index];
   const merged: IDownload = { ...before };
@@ -95,7 +101,10 @@ export function mergeDownload(list: IDownload[], update: Partial<IDownload> & { 
 }
 
 /** Replace the list with the server's, keeping live rate/ETA we already know. */
-export function replaceDownloads(current: IDownload[], fresh: IDownload[]): IDownload[] {
+export function replaceDownloads(
+  current: IDownload[],
+  fresh: IDownload[]
+): IDownload[] {
   const known = new Map(current.map(d => [String(d.id), d]));
   return sortDownloads(
     fresh.map(d => {
@@ -115,7 +124,9 @@ function sortDownloads(list: IDownload[]): IDownload[] {
     if (ta !== tb) {
       return tb - ta;
     }
-    return String(b.id).localeCompare(String(a.id), undefined, { numeric: true });
+    return String(b.id).localeCompare(String(a.id), undefined, {
+      numeric: true
+    });
   });
 }
 
@@ -130,7 +141,10 @@ export interface IDownloadsState {
 export interface IEventSourceLike {
   onmessage: ((ev: { data: string }) => void) | null;
   onerror: ((ev: unknown) => void) | null;
-  addEventListener(type: string, listener: (ev: { data: string }) => void): void;
+  addEventListener(
+    type: string,
+    listener: (ev: { data: string }) => void
+  ): void;
   close(): void;
 }
 
@@ -138,17 +152,32 @@ export type EventSourceFactory = (url: string) => IEventSourceLike;
 
 /** Events a progress stream may use; the default `message` and common names. */
 const MAX_RECONNECTS = 5;
-const EVENT_NAMES = ['progress', 'status', 'update', 'done', 'complete', 'completed', 'error', 'failed', 'cancelled'];
+const EVENT_NAMES = [
+  'progress',
+  'status',
+  'update',
+  'done',
+  'complete',
+  'completed',
+  'error',
+  'failed',
+  'cancelled'
+];
 
 export class DownloadsModel {
-  readonly store = new Store<IDownloadsState>({ downloads: [], available: null, error: null });
+  readonly store = new Store<IDownloadsState>({
+    downloads: [],
+    available: null,
+    error: null
+  });
 
   constructor(
     private readonly _settings?: ServerConnection.ISettings,
     factory?: EventSourceFactory
   ) {
     this._factory =
-      factory ?? ((url: string) => new EventSource(url) as unknown as IEventSourceLike);
+      factory ??
+      ((url: string) => new EventSource(url) as unknown as IEventSourceLike);
   }
 
   /** Called when a download finishes (to refresh the local model list). */
@@ -166,13 +195,20 @@ export class DownloadsModel {
       this._follow();
     } catch (err) {
       const error = toApiError(err);
-      this.store.set({ available: error.isNotFound ? false : this.store.state.available, error });
+      this.store.set({
+        available: error.isNotFound ? false : this.store.state.available,
+        error
+      });
     }
   }
 
   async start(repoId: string, revision?: string): Promise<IDownload> {
     const record = await startDownload(repoId, revision, this._settings);
-    this.store.set(s => ({ ...s, available: true, downloads: mergeDownload(s.downloads, record) }));
+    this.store.set(s => ({
+      ...s,
+      available: true,
+      downloads: mergeDownload(s.downloads, record)
+    }));
     this._follow();
     return record;
   }
@@ -180,15 +216,25 @@ export class DownloadsModel {
   async cancel(id: IDownload['id']): Promise<void> {
     await cancelDownload(id, this._settings);
     this._close(String(id));
-    this.store.set(s => ({ ...s, downloads: mergeDownload(s.downloads, { id, status: 'cancelled' }) }));
+    this.store.set(s => ({
+      ...s,
+      downloads: mergeDownload(s.downloads, { id, status: 'cancelled' })
+    }));
     void this.refresh();
   }
 
   /** Apply one progress event (record fields + `rate_bps`, `eta_s`). */
   apply(update: Partial<IDownload> & { id: IDownload['id'] }): void {
-    const before = this.store.state.downloads.find(d => String(d.id) === String(update.id));
-    this.store.set(s => ({ ...s, downloads: mergeDownload(s.downloads, update) }));
-    const after = this.store.state.downloads.find(d => String(d.id) === String(update.id));
+    const before = this.store.state.downloads.find(
+      d => String(d.id) === String(update.id)
+    );
+    this.store.set(s => ({
+      ...s,
+      downloads: mergeDownload(s.downloads, update)
+    }));
+    const after = this.store.state.downloads.find(
+      d => String(d.id) === String(update.id)
+    );
     if (after && !isActive(after.status)) {
       this._close(String(update.id));
       if (before && isActive(before.status)) {
@@ -233,7 +279,9 @@ export class DownloadsModel {
     if (this._disposed || this._sources.has(key)) {
       return;
     }
-    const source = this._factory(downloadProgressUrl(id, ticket, this._settings));
+    const source = this._factory(
+      downloadProgressUrl(id, ticket, this._settings)
+    );
     this._sources.set(key, source);
     const handle = (ev: { data: string }) => {
       let data: any;

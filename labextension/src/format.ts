@@ -66,7 +66,10 @@ export function formatMs(ms: number | null | undefined): string {
 }
 
 /** Fraction done in percent (0..100, rounded down), or null when the total is unknown. */
-export function percent(done: number | null | undefined, total: number | null | undefined): number | null {
+export function percent(
+  done: number | null | undefined,
+  total: number | null | undefined
+): number | null {
   if (typeof done !== 'number' || typeof total !== 'number' || !(total > 0)) {
     return null;
   }
@@ -109,7 +112,9 @@ export function formatKeepAlive(seconds: number | null | undefined): string {
  * server's default), "300" / "300s" / "5m" / "1h" / "1.5h" -> seconds, "-1" / "forever" /
  * "never" -> -1. Throws on anything else.
  */
-export function parseKeepAlive(value: string | number | null | undefined): number | undefined {
+export function parseKeepAlive(
+  value: string | number | null | undefined
+): number | undefined {
   if (value === null || value === undefined) {
     return undefined;
   }
@@ -123,12 +128,22 @@ export function parseKeepAlive(value: string | number | null | undefined): numbe
   if (!text) {
     return undefined;
   }
-  if (text === 'forever' || text === 'never' || text === 'inf' || text === 'infinite') {
+  if (
+    text === 'forever' ||
+    text === 'never' ||
+    text === 'inf' ||
+    text === 'infinite'
+  ) {
     return -1;
   }
-  const match = /^(-?\d+(?:\.\d+)?)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hr|hrs|hours?)?$/.exec(text);
+  const match =
+    /^(-?\d+(?:\.\d+)?)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hr|hrs|hours?)?$/.exec(
+      text
+    );
   if (!match) {
-    throw new Error(`invalid keep-alive "${value}": use seconds, "5m", "1h" or "forever"`);
+    throw new Error(
+      `invalid keep-alive "${value}": use seconds, "5m", "1h" or "forever"`
+    );
   }
   const amount = parseFloat(match[1]);
   if (amount < 0) {
@@ -147,7 +162,10 @@ function parseTime(iso: string | null | undefined): number | null {
 }
 
 /** A timestamp relative to now: "in 4 min", "3 min ago", "just now". */
-export function formatRelative(iso: string | null | undefined, now: number = Date.now()): string {
+export function formatRelative(
+  iso: string | null | undefined,
+  now: number = Date.now()
+): string {
   const t = parseTime(iso);
   if (t === null) {
     return '—';
@@ -167,7 +185,9 @@ export function formatClock(iso: string | null | undefined): string {
 }
 
 /** Parameter count: 1.5e9 -> "1.5B", 135e6 -> "135M", 106816 -> "107K"; strings ("7B") as they are. */
-export function formatParameters(value: number | string | null | undefined): string {
+export function formatParameters(
+  value: number | string | null | undefined
+): string {
   if (typeof value === 'string') {
     return value;
   }
@@ -192,7 +212,10 @@ export function formatQuantization(q: unknown, dtype?: string | null): string {
     return q;
   }
   if (q && typeof q === 'object' && typeof (q as any).bits === 'number') {
-    const { bits, group_size } = q as { bits: number; group_size?: number | null };
+    const { bits, group_size } = q as {
+      bits: number;
+      group_size?: number | null;
+    };
     return group_size ? `${bits}-bit (group ${group_size})` : `${bits}-bit`;
   }
   return dtype ? String(dtype) : '';

@@ -3,7 +3,7 @@
  */
 import * as React from 'react';
 
-import { Poller, Store } from './store';
+import { PolledTask, Store } from './store';
 
 /** The store's current state; re-renders on every change. */
 export function useStore<T extends object>(store: Store<T>): T {
@@ -11,25 +11,56 @@ export function useStore<T extends object>(store: Store<T>): T {
 }
 
 /**
- * Run `task` now and every `interval` seconds while `active`; returns a function that
- * runs it at once (e.g. after an action). The latest `task` is always the one called.
+ * Run `task` now and every `interval` seconds while `active` (a `PolledTask`: standby while
+ * the page is hidden, back-off while the task rejects); returns a function that runs it at
+ * once (e.g. after an action). The latest `task` is always the one called.
  */
-export function usePoll(task: () => Promise<unknown>, interval: number, active = true): () => Promise<void> {
+export function usePoll(
+  task: () => Promise<unknown>,
+  interval: number,
+  active = true
+): () => Promise<void> {
   const latest = React.useRef(task);
   latest.current = task;
-  const poller = React.useMemo(() => new Poller(() => latest.current(), { interval }), []);
+  const initialInterval = React.useRef(interval);
+  const poller = React.useRef<PolledTask | null>(null);
+  // Created in an effect (not a memo) so that a disposed poll is never reused.
   React.useEffect(() => {
-    poller.interval = interval;
-  }, [poller, interval]);
+    const poll = new PolledTask(() => latest.current(), {
+      interval: initialInterval.current
+    });
+    poller.current = poll;
+    return () => {
+      poll.dispose();
+      if (poller.current === poll) {
+        poller.current = null;
+      }
+    };
+  }, []);
   React.useEffect(() => {
-    if (!active) {
+    initialInterval.current = interval;
+    if (poller.current) {
+      poller.current.interval = interval;
+    }
+  }, [interval]);
+  React.useEffect(() => {
+    const poll = poller.current;
+    if (!active || !poll) {
       return;
     }
-    void poller.start();
-    return () => poller.stop();
-  }, [poller, active]);
-  React.useEffect(() => () => poller.dispose(), [poller]);
-  return React.useCallback(() => poller.refresh(), [poller]);
+    void poll.start();
+    return () => poll.stop();
+  }, [active]);
+  return React.useCallback(
+    () =>
+      poller.current
+        ? poller.current.refresh()
+        : latest.current().then(
+            () => undefined,
+            () => undefined
+          ),
+    []
+  );
 }
 
 /**
@@ -51,21 +82,24 @@ export function useAction(): {
     },
     []
   );
-  const run = React.useCallback(async (key: string, action: () => Promise<unknown>) => {
-    setBusy(key);
-    setError(null);
-    try {
-      await action();
-    } catch (err) {
-      if (mounted.current) {
-        setError(err instanceof Error ? err : new Error(String(err)));
+  const run = React.useCallback(
+    async (key: string, action: () => Promise<unknown>) => {
+      setBusy(key);
+      setError(null);
+      try {
+        await action();
+      } catch (err) {
+        if (mounted.current) {
+          setError(err instanceof Error ? err : new Error(String(err)));
+        }
+      } finally {
+        if (mounted.current) {
+          setBusy(null);
+        }
       }
-    } finally {
-      if (mounted.current) {
-        setBusy(null);
-      }
-    }
-  }, []);
+    },
+    []
+  );
   const clear = React.useCallback(() => setError(null), []);
   return { busy, error, run, clear };
 }

@@ -9,4 +9,7 @@ const svgstr = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" v
   </g>
 </svg>`;
 
-export const mlxIcon = new LabIcon({ name: 'jupyter-mlx-manager:icon', svgstr });
+export const mlxIcon = new LabIcon({
+  name: 'jupyter-mlx-manager:icon',
+  svgstr
+});

@@ -1,5 +1,14 @@
-import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
-import { ICommandPalette, InputDialog, Notification, WidgetTracker } from '@jupyterlab/apputils';
+import {
+  ILayoutRestorer,
+  JupyterFrontEnd,
+  JupyterFrontEndPlugin
+} from '@jupyterlab/application';
+import {
+  ICommandPalette,
+  InputDialog,
+  Notification,
+  WidgetTracker
+} from '@jupyterlab/apputils';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 
@@ -27,7 +36,8 @@ function message(err: unknown): string {
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: PLUGIN_ID,
-  description: 'MLX Manager: local MLX models in JupyterLab (sidebar, status bar, commands, chat).',
+  description:
+    'MLX Manager: local MLX models in JupyterLab (sidebar, status bar, commands, chat).',
   autoStart: true,
   optional: [ISettingRegistry, ILayoutRestorer, ICommandPalette, IStatusBar],
   activate: (
@@ -40,7 +50,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const { commands, shell } = app;
     const service = new MLXService(app.serviceManager.serverSettings);
 
-    const openChat = (model?: string) => commands.execute(CommandIDs.openChat, model ? { model } : {});
+    const openChat = (model?: string) =>
+      commands.execute(CommandIDs.openChat, model ? { model } : {});
     const panel = new MLXPanel(service, model => void openChat(model));
     shell.add(panel, 'left', { rank: 850 });
     restorer?.add(panel, panel.id);
@@ -53,9 +64,14 @@ const plugin: JupyterFrontEndPlugin<void> = {
     };
 
     // -- chat panel (one, restored with the layout) ----------------------------------------
-    const tracker = new WidgetTracker<ChatPanel>({ namespace: 'jupyter-mlx-manager-chat' });
+    const tracker = new WidgetTracker<ChatPanel>({
+      namespace: 'jupyter-mlx-manager-chat'
+    });
     let chat: ChatPanel | null = null;
-    restorer?.restore(tracker, { command: CommandIDs.openChat, name: () => 'chat' });
+    restorer?.restore(tracker, {
+      command: CommandIDs.openChat,
+      name: () => 'chat'
+    });
 
     commands.addCommand(CommandIDs.openChat, {
       label: 'MLX: Open Chat',
@@ -77,7 +93,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     });
 
     commands.addCommand(CommandIDs.open, {
-      label: args => (args.section ? `MLX: Open ${args.section}` : 'MLX: Open Manager Panel'),
+      label: args =>
+        args.section ? `MLX: Open ${args.section}` : 'MLX: Open Manager Panel',
       caption: 'Open the MLX Manager sidebar',
       icon: mlxIcon,
       execute: args => openSection(args.section as SectionId | undefined)
@@ -95,7 +112,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
           const loaded = new Set(service.loadedModels.map(m => m.model));
           const choices = models.map(m => m.id).filter(id => !loaded.has(id));
           if (error) {
-            Notification.error(`MLX: cannot list local models: ${error.message}`, { autoClose: 5000 });
+            Notification.error(
+              `MLX: cannot list local models: ${error.message}`,
+              { autoClose: 5000 }
+            );
             return;
           }
           if (!choices.length) {
@@ -118,9 +138,14 @@ const plugin: JupyterFrontEndPlugin<void> = {
           }
           model = result.value;
         }
-        const id = Notification.emit(`Loading ${model}…`, 'in-progress', { autoClose: false });
+        const id = Notification.emit(`Loading ${model}…`, 'in-progress', {
+          autoClose: false
+        });
         try {
-          await service.load(model, typeof args.pin === 'boolean' ? { pin: args.pin } : {});
+          await service.load(
+            model,
+            typeof args.pin === 'boolean' ? { pin: args.pin } : {}
+          );
           Notification.update({
             id,
             message: `${model} is loaded.`,
@@ -158,20 +183,31 @@ const plugin: JupyterFrontEndPlugin<void> = {
           repo = result.value.trim();
         }
         if (!REPO_ID.test(repo)) {
-          Notification.error(`MLX: "${repo}" is not a Hub repo id (org/name).`, { autoClose: 5000 });
+          Notification.error(
+            `MLX: "${repo}" is not a Hub repo id (org/name).`,
+            { autoClose: 5000 }
+          );
           return;
         }
         try {
           await service.downloads.start(repo);
           openSection('downloads');
         } catch (err) {
-          Notification.error(`MLX: could not download ${repo}: ${message(err)}`, { autoClose: false });
+          Notification.error(
+            `MLX: could not download ${repo}: ${message(err)}`,
+            { autoClose: false }
+          );
         }
       }
     });
 
     if (palette) {
-      for (const command of [CommandIDs.open, CommandIDs.loadModel, CommandIDs.downloadModel, CommandIDs.openChat]) {
+      for (const command of [
+        CommandIDs.open,
+        CommandIDs.loadModel,
+        CommandIDs.downloadModel,
+        CommandIDs.openChat
+      ]) {
         palette.addItem({ command, category: 'MLX' });
       }
     }
@@ -192,13 +228,19 @@ const plugin: JupyterFrontEndPlugin<void> = {
         .then(settings => {
           const apply = () => {
             const interval = settings.get('refreshInterval').composite;
-            const seconds = typeof interval === 'number' && interval >= 0 ? interval : 5;
+            const seconds =
+              typeof interval === 'number' && interval >= 0 ? interval : 5;
             panel.refreshInterval = seconds;
             service.refreshInterval = seconds;
             try {
-              service.defaultKeepAlive = parseKeepAlive(settings.get('defaultKeepAlive').composite as string);
+              service.defaultKeepAlive = parseKeepAlive(
+                settings.get('defaultKeepAlive').composite as string
+              );
             } catch (err) {
-              console.warn('jupyter-mlx-manager: ignoring defaultKeepAlive:', message(err));
+              console.warn(
+                'jupyter-mlx-manager: ignoring defaultKeepAlive:',
+                message(err)
+              );
               service.defaultKeepAlive = undefined;
             }
           };

@@ -31,7 +31,13 @@ interface IPanelProps {
   onPendingUsers?: (count: number) => void;
 }
 
-function Row({ name, value }: { name: string; value: React.ReactNode }): JSX.Element {
+function Row({
+  name,
+  value
+}: {
+  name: string;
+  value: React.ReactNode;
+}): JSX.Element {
   const key = name.toLowerCase();
   return (
     <>
@@ -48,7 +54,8 @@ function StatusList({ status }: { status: IStatus }): JSX.Element {
   let deviceText = '—';
   if (device) {
     const { type, name } = device;
-    deviceText = name && type && name !== type ? `${name} (${type})` : name || type || '—';
+    deviceText =
+      name && type && name !== type ? `${name} (${type})` : name || type || '—';
   }
   const memoryText = memory
     ? `${formatBytes(memory.available_bytes)} free of ${formatBytes(memory.total_bytes)}`
@@ -67,7 +74,9 @@ function StatusList({ status }: { status: IStatus }): JSX.Element {
       <Row name="Version" value={status.version ?? '—'} />
       <Row name="Device" value={deviceText} />
       <Row name="Memory" value={memoryText} />
-      {memory?.budget_bytes !== undefined && <Row name="Budget" value={formatBytes(memory.budget_bytes)} />}
+      {memory?.budget_bytes !== undefined && (
+        <Row name="Budget" value={formatBytes(memory.budget_bytes)} />
+      )}
       <Row name="Pool" value={poolText} />
       {user?.username && (
         <Row
@@ -110,7 +119,12 @@ function Tabs({
     }
   };
   return (
-    <div className="jp-MLXPanel-tabs" role="tablist" aria-label="MLX sections" onKeyDown={onKeyDown}>
+    <div
+      className="jp-MLXPanel-tabs"
+      role="tablist"
+      aria-label="MLX sections"
+      onKeyDown={onKeyDown}
+    >
       {tabs.map(t => (
         <button
           key={t.id}
@@ -129,7 +143,11 @@ function Tabs({
         >
           {t.label}
           {!!t.badge && (
-            <span className="jp-MLXPanel-tabBadge" aria-label={t.badgeLabel} title={t.badgeLabel}>
+            <span
+              className="jp-MLXPanel-tabBadge"
+              aria-label={t.badgeLabel}
+              title={t.badgeLabel}
+            >
               {t.badge}
             </span>
           )}
@@ -139,12 +157,19 @@ function Tabs({
   );
 }
 
-function PanelView({ service, interval, active, onChat, onPendingUsers }: IPanelProps): JSX.Element {
+function PanelView({
+  service,
+  interval,
+  active,
+  onChat,
+  onPendingUsers
+}: IPanelProps): JSX.Element {
   const { status, error, loading, updated } = useStore(service.store);
   const { section } = useStore(service.ui);
   const downloads = useStore(service.downloads.store).downloads;
   const isAdmin = !!status?.user?.is_admin;
-  const blocked = !!error && (!status || error.isForbidden || error.status === 401);
+  const blocked =
+    !!error && (!status || error.isForbidden || error.status === 401);
 
   // Admins: the user list feeds both the Users section and its pending badge.
   const [users, setUsers] = React.useState<IUser[] | null>(null);
@@ -155,16 +180,25 @@ function PanelView({ service, interval, active, onChat, onPendingUsers }: IPanel
       setUsersError(null);
     } catch (err) {
       setUsersError(err as Error);
+      throw err; // shown above; the poll backs off
     }
   }, [service]);
-  const reloadUsers = usePoll(loadUsers, interval, active && isAdmin && !blocked);
+  const reloadUsers = usePoll(
+    loadUsers,
+    interval,
+    active && isAdmin && !blocked
+  );
   const pending = users?.filter(u => u.status === 'pending').length ?? 0;
-  React.useEffect(() => onPendingUsers?.(isAdmin ? pending : 0), [pending, isAdmin, onPendingUsers]);
+  React.useEffect(
+    () => onPendingUsers?.(isAdmin ? pending : 0),
+    [pending, isAdmin, onPendingUsers]
+  );
 
   const activeDownloads = downloads.filter(d => isActive(d.status)).length;
   const tabs = SECTIONS.filter(s => s.id !== 'users' || isAdmin).map(s => ({
     ...s,
-    badge: s.id === 'users' ? pending : s.id === 'downloads' ? activeDownloads : 0,
+    badge:
+      s.id === 'users' ? pending : s.id === 'downloads' ? activeDownloads : 0,
     badgeLabel:
       s.id === 'users'
         ? `${pending} users waiting for approval`
@@ -204,7 +238,11 @@ function PanelView({ service, interval, active, onChat, onPendingUsers }: IPanel
       )}
       {status && !blocked && (
         <>
-          <Tabs tabs={tabs} selected={current} onSelect={id => service.openSection(id)} />
+          <Tabs
+            tabs={tabs}
+            selected={current}
+            onSelect={id => service.openSection(id)}
+          />
           <div
             className="jp-MLXPanel-tabpanel"
             role="tabpanel"
@@ -213,11 +251,18 @@ function PanelView({ service, interval, active, onChat, onPendingUsers }: IPanel
             data-section={current}
           >
             {active && current === 'models' && <ModelsSection {...props} />}
-            {active && current === 'downloads' && <DownloadsSection {...props} />}
+            {active && current === 'downloads' && (
+              <DownloadsSection {...props} />
+            )}
             {active && current === 'pool' && <PoolSection {...props} />}
             {active && current === 'activity' && <ActivitySection {...props} />}
             {active && current === 'users' && (
-              <UsersSection {...props} users={users} error={usersError} reload={reloadUsers} />
+              <UsersSection
+                {...props}
+                users={users}
+                error={usersError}
+                reload={reloadUsers}
+              />
             )}
           </div>
         </>
@@ -275,7 +320,9 @@ export class MLXPanel extends ReactWidget {
   }
 
   private _onPending = (count: number) => {
-    this.title.caption = count ? `MLX (${count} users waiting for approval)` : 'MLX';
+    this.title.caption = count
+      ? `MLX (${count} users waiting for approval)`
+      : 'MLX';
   };
 
   private _interval = 5;

@@ -20,7 +20,7 @@ import {
   unloadModel
 } from './api';
 import { DownloadsModel } from './downloads';
-import { Poller, Store } from './store';
+import { PolledTask, Store } from './store';
 
 export type SectionId = 'models' | 'downloads' | 'pool' | 'activity' | 'users';
 
@@ -61,12 +61,22 @@ export class MLXService {
     loading: true,
     updated: null
   });
-  readonly models = new Store<IModelsState>({ models: [], detailed: true, error: null, loaded: false });
+  readonly models = new Store<IModelsState>({
+    models: [],
+    detailed: true,
+    error: null,
+    loaded: false
+  });
   readonly ui = new Store<IUiState>({ section: 'models' });
   readonly downloads: DownloadsModel;
 
-  constructor(readonly serverSettings: ServerConnection.ISettings = ServerConnection.makeSettings()) {
-    this._poller = new Poller(() => this._refresh(), { interval: 5 });
+  constructor(
+    readonly serverSettings: ServerConnection.ISettings = ServerConnection.makeSettings()
+  ) {
+    this._poller = new PolledTask(() => this._refresh(), {
+      interval: 5,
+      name: 'jupyter-mlx-manager:status'
+    });
     this.downloads = new DownloadsModel(serverSettings);
     this.downloads.onFinished = () => void this.refreshModels();
   }
@@ -117,7 +127,11 @@ export class MLXService {
     const keepAlive = options.keep_alive ?? this.defaultKeepAlive;
     const loading = this._markLoading(model, true);
     try {
-      return await loadModel(model, { ...options, keep_alive: keepAlive }, this.serverSettings);
+      return await loadModel(
+        model,
+        { ...options, keep_alive: keepAlive },
+        this.serverSettings
+      );
     } finally {
       if (loading) {
         this._markLoading(model, false);
@@ -152,7 +166,10 @@ export class MLXService {
       return false;
     }
     const loading = new Set(pool.loading ?? []);
-    if (on === loading.has(model) || (on && pool.models.some(m => m.model === model))) {
+    if (
+      on === loading.has(model) ||
+      (on && pool.models.some(m => m.model === model))
+    ) {
       return false;
     }
     if (on) {
@@ -170,8 +187,9 @@ export class MLXService {
     try {
       status = await getStatus(this.serverSettings);
     } catch (err) {
-      this.store.set({ error: toApiError(err), loading: false });
-      return;
+      const error = toApiError(err);
+      this.store.set({ error, loading: false });
+      throw error; // stored for the views; the rejection makes the poll back off
     }
     let pool: IPool | null = this.store.state.pool;
     try {
@@ -179,8 +197,15 @@ export class MLXService {
     } catch {
       // the status is what matters; keep the last pool
     }
-    const wasDown = this.store.state.error !== null || !this.store.state.updated;
-    this.store.set({ status, pool, error: null, loading: false, updated: new Date() });
+    const wasDown =
+      this.store.state.error !== null || !this.store.state.updated;
+    this.store.set({
+      status,
+      pool,
+      error: null,
+      loading: false,
+      updated: new Date()
+    });
     if (wasDown) {
       // first contact, or back after an outage/approval: fetch the rest once
       void this.refreshModels();
@@ -188,5 +213,5 @@ export class MLXService {
     }
   }
 
-  private _poller: Poller;
+  private _poller: PolledTask;
 }

@@ -10,7 +10,13 @@ import { mlxIcon } from './icon';
 import { MLXService } from './service';
 import { statusBarText } from './summary';
 
-function StatusItem({ service, onOpen }: { service: MLXService; onOpen: () => void }): JSX.Element {
+function StatusItem({
+  service,
+  onOpen
+}: {
+  service: MLXService;
+  onOpen: () => void;
+}): JSX.Element {
   const state = useStore(service.store);
   const { text, title } = statusBarText(state);
   return (
@@ -21,7 +27,11 @@ function StatusItem({ service, onOpen }: { service: MLXService; onOpen: () => vo
       aria-label={title}
       onClick={onOpen}
     >
-      <mlxIcon.react tag="span" className="jp-MLXStatus-icon" elementSize="normal" />
+      <mlxIcon.react
+        tag="span"
+        className="jp-MLXStatus-icon"
+        elementSize="normal"
+      />
       <span className="jp-MLXStatus-text">{text}</span>
     </button>
   );

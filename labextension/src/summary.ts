@@ -5,7 +5,10 @@ import { formatBytes } from './format';
 import type { IServiceState } from './service';
 
 /** The item's text and tooltip for a service state (pure, unit-tested). */
-export function statusBarText(state: IServiceState): { text: string; title: string } {
+export function statusBarText(state: IServiceState): {
+  text: string;
+  title: string;
+} {
   const { status, pool, error } = state;
   if (error && (error.isForbidden || !status)) {
     if (error.isForbidden && error.reason === 'pending') {

@@ -9,9 +9,17 @@ jest.mock('@jupyterlab/services', () => ({
 }));
 
 import { IAuditRecord } from '../api';
-import { AuditFeed, auditReducer, initialAuditState, ISocketLike, matchesFilter, MAX_RECORDS } from '../audit';
+import {
+  AuditFeed,
+  auditReducer,
+  initialAuditState,
+  ISocketLike,
+  matchesFilter,
+  MAX_RECORDS
+} from '../audit';
 
-const json = (status: number, body: unknown) => new Response(JSON.stringify(body), { status });
+const json = (status: number, body: unknown) =>
+  new Response(JSON.stringify(body), { status });
 
 const rec = (id: number, over: Partial<IAuditRecord> = {}): IAuditRecord => ({
   id,
@@ -47,28 +55,60 @@ const flush = async () => {
 describe('audit reducer', () => {
   it('matches filters', () => {
     expect(matchesFilter(rec(1), {})).toBe(true);
-    expect(matchesFilter(rec(1), { user: 'ann', model: 'local/tiny-demo', status: 'ok' })).toBe(true);
+    expect(
+      matchesFilter(rec(1), {
+        user: 'ann',
+        model: 'local/tiny-demo',
+        status: 'ok'
+      })
+    ).toBe(true);
     expect(matchesFilter(rec(1), { user: 'bob' })).toBe(false);
-    expect(matchesFilter(rec(1, { status: 'error' }), { status: 'ok' })).toBe(false);
-    expect(matchesFilter(rec(5), { since: '2026-01-01T00:00:10Z' })).toBe(false);
+    expect(matchesFilter(rec(1, { status: 'error' }), { status: 'ok' })).toBe(
+      false
+    );
+    expect(matchesFilter(rec(5), { since: '2026-01-01T00:00:10Z' })).toBe(
+      false
+    );
     expect(matchesFilter(rec(5), { until: '2026-01-01T00:00:10Z' })).toBe(true);
   });
 
   it('puts live records first, once, and counts them', () => {
-    let s = auditReducer(initialAuditState, { type: 'page', records: [rec(2), rec(1)], total: 2 });
+    let s = auditReducer(initialAuditState, {
+      type: 'page',
+      records: [rec(2), rec(1)],
+      total: 2
+    });
     s = auditReducer(s, { type: 'record', record: rec(3), filter: {} });
     s = auditReducer(s, { type: 'record', record: rec(3), filter: {} });
-    s = auditReducer(s, { type: 'record', record: rec(4, { user: 'bob' }), filter: { user: 'ann' } });
+    s = auditReducer(s, {
+      type: 'record',
+      record: rec(4, { user: 'bob' }),
+      filter: { user: 'ann' }
+    });
     expect(s.records.map(r => r.id)).toEqual([3, 2, 1]);
     expect(s.total).toBe(3);
   });
 
   it('appends older pages without duplicates, caps the list and counts gaps', () => {
-    let s = auditReducer(initialAuditState, { type: 'page', records: [rec(3), rec(2)], total: 4 });
-    s = auditReducer(s, { type: 'page', records: [rec(2), rec(1)], total: 4, append: true });
+    let s = auditReducer(initialAuditState, {
+      type: 'page',
+      records: [rec(3), rec(2)],
+      total: 4
+    });
+    s = auditReducer(s, {
+      type: 'page',
+      records: [rec(2), rec(1)],
+      total: 4,
+      append: true
+    });
     expect(s.records.map(r => r.id)).toEqual([3, 2, 1]);
-    const many = Array.from({ length: MAX_RECORDS + 10 }, (_, i) => rec(MAX_RECORDS + 10 - i));
-    expect(auditReducer(s, { type: 'page', records: many, total: many.length }).records).toHaveLength(MAX_RECORDS);
+    const many = Array.from({ length: MAX_RECORDS + 10 }, (_, i) =>
+      rec(MAX_RECORDS + 10 - i)
+    );
+    expect(
+      auditReducer(s, { type: 'page', records: many, total: many.length })
+        .records
+    ).toHaveLength(MAX_RECORDS);
     s = auditReducer(s, { type: 'gap', dropped: 4 });
     s = auditReducer(s, { type: 'gap', dropped: 2 });
     expect(s.dropped).toBe(6);
@@ -85,7 +125,9 @@ describe('AuditFeed', () => {
     let tickets = 0;
     mockMakeRequest.mockImplementation((url: string) => {
       if (url.endsWith('/mlx/api/auth/ticket')) {
-        return Promise.resolve(json(201, { token: `ticket-${++tickets}`, expires_in: 60 }));
+        return Promise.resolve(
+          json(201, { token: `ticket-${++tickets}`, expires_in: 60 })
+        );
       }
       if (url.includes('/mlx/api/audit?')) {
         return Promise.resolve(json(200, { records: [rec(1)], total: 1 }));
@@ -99,15 +141,28 @@ describe('AuditFeed', () => {
     const feed = new AuditFeed(mockSettings as any, url => new FakeSocket(url));
     await feed.start({ model: 'local/tiny-demo', status: 'ok' });
     await flush();
-    const pageUrl = mockMakeRequest.mock.calls.map(c => c[0]).find((u: string) => u.includes('/audit?'));
-    expect(pageUrl).toBe('https://hub.example/user/ann/mlx/api/audit?model=local%2Ftiny-demo&status=ok&limit=100');
+    const pageUrl = mockMakeRequest.mock.calls
+      .map(c => c[0])
+      .find((u: string) => u.includes('/audit?'));
+    expect(pageUrl).toBe(
+      'https://hub.example/user/ann/mlx/api/audit?model=local%2Ftiny-demo&status=ok&limit=100'
+    );
     expect(FakeSocket.all).toHaveLength(1);
     const socket = FakeSocket.all[0];
-    expect(socket.url).toBe('wss://hub.example/user/ann/mlx/api/audit/ws?token=ticket-1');
+    expect(socket.url).toBe(
+      'wss://hub.example/user/ann/mlx/api/audit/ws?token=ticket-1'
+    );
     socket.onopen?.({});
     expect(feed.store.state.connection).toBe('live');
-    socket.onmessage?.({ data: JSON.stringify({ type: 'record', data: rec(2) }) });
-    socket.onmessage?.({ data: JSON.stringify({ type: 'record', data: rec(3, { status: 'error' }) }) });
+    socket.onmessage?.({
+      data: JSON.stringify({ type: 'record', data: rec(2) })
+    });
+    socket.onmessage?.({
+      data: JSON.stringify({
+        type: 'record',
+        data: rec(3, { status: 'error' })
+      })
+    });
     socket.onmessage?.({ data: JSON.stringify({ type: 'ping' }) });
     socket.onmessage?.({ data: JSON.stringify({ type: 'gap', dropped: 3 }) });
     socket.onmessage?.({ data: 'garbage' });
@@ -123,16 +178,24 @@ describe('AuditFeed', () => {
     const feed = new AuditFeed(mockSettings as any, url => new FakeSocket(url));
     await feed.start();
     await flush();
-    FakeSocket.all[0].onclose?.({ code: 1008, reason: 'your account has been disabled' });
+    FakeSocket.all[0].onclose?.({
+      code: 1008,
+      reason: 'your account has been disabled'
+    });
     expect(feed.store.state.connection).toBe('refused');
-    expect(feed.store.state.error?.message).toBe('your account has been disabled');
+    expect(feed.store.state.error?.message).toBe(
+      'your account has been disabled'
+    );
   });
 
   it('reconnects with a new ticket after a dropped connection', async () => {
     jest.useFakeTimers();
     try {
       serve();
-      const feed = new AuditFeed(mockSettings as any, url => new FakeSocket(url));
+      const feed = new AuditFeed(
+        mockSettings as any,
+        url => new FakeSocket(url)
+      );
       await feed.start();
       await flush();
       FakeSocket.all[0].onopen?.({});
@@ -140,7 +203,10 @@ describe('AuditFeed', () => {
       expect(feed.store.state.connection).toBe('retrying');
       jest.advanceTimersByTime(1000);
       await flush();
-      expect(FakeSocket.all.map(s => s.url.split('token=')[1])).toEqual(['ticket-1', 'ticket-2']);
+      expect(FakeSocket.all.map(s => s.url.split('token=')[1])).toEqual([
+        'ticket-1',
+        'ticket-2'
+      ]);
       feed.dispose();
     } finally {
       jest.useRealTimers();

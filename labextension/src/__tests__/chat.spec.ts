@@ -1,5 +1,8 @@
 const mockMakeRequest = jest.fn();
-const settings = { baseUrl: 'http://h:8888/base/', wsUrl: 'ws://h:8888/base/' } as any;
+const settings = {
+  baseUrl: 'http://h:8888/base/',
+  wsUrl: 'ws://h:8888/base/'
+} as any;
 
 jest.mock('@jupyterlab/services', () => ({
   ServerConnection: {
@@ -27,27 +30,42 @@ function streamReply(pieces: string[], status = 200): Response {
       controller.close();
     }
   });
-  return new Response(body, { status, headers: { 'Content-Type': 'text/event-stream' } });
+  return new Response(body, {
+    status,
+    headers: { 'Content-Type': 'text/event-stream' }
+  });
 }
 
 describe('parseChunk', () => {
   it('reads text deltas, the usage chunk, [DONE] and in-band errors', () => {
-    expect(parseChunk('{"choices":[{"delta":{"content":"Hi"},"finish_reason":null}]}')).toEqual({
+    expect(
+      parseChunk(
+        '{"choices":[{"delta":{"content":"Hi"},"finish_reason":null}]}'
+      )
+    ).toEqual({
       kind: 'delta',
       text: 'Hi',
       finishReason: null
     });
-    expect(parseChunk('{"choices":[{"delta":{},"finish_reason":"length"}]}')).toEqual({
+    expect(
+      parseChunk('{"choices":[{"delta":{},"finish_reason":"length"}]}')
+    ).toEqual({
       kind: 'delta',
       text: '',
       finishReason: 'length'
     });
-    expect(parseChunk('{"choices":[],"usage":{"completion_tokens":3}}')).toEqual({
+    expect(
+      parseChunk('{"choices":[],"usage":{"completion_tokens":3}}')
+    ).toEqual({
       kind: 'usage',
       usage: { completion_tokens: 3 }
     });
     expect(parseChunk(' [DONE]')).toEqual({ kind: 'done' });
-    expect(parseChunk('{"error":{"message":"runner crashed","type":"server_error","code":"crash"}}')).toEqual({
+    expect(
+      parseChunk(
+        '{"error":{"message":"runner crashed","type":"server_error","code":"crash"}}'
+      )
+    ).toEqual({
       kind: 'error',
       message: 'runner crashed',
       code: 'crash'
@@ -58,7 +76,14 @@ describe('parseChunk', () => {
 
 describe('computeStats', () => {
   it('measures time to first token and decode speed', () => {
-    expect(computeStats({ startedAt: 1000, firstTokenAt: 1020, endedAt: 1520, completionTokens: 51 })).toEqual({
+    expect(
+      computeStats({
+        startedAt: 1000,
+        firstTokenAt: 1020,
+        endedAt: 1520,
+        completionTokens: 51
+      })
+    ).toEqual({
       ttftMs: 20,
       tokensPerSecond: 100,
       completionTokens: 51,
@@ -67,11 +92,25 @@ describe('computeStats', () => {
   });
 
   it('has no speed without a first token or with a single token', () => {
-    expect(computeStats({ startedAt: 0, firstTokenAt: null, endedAt: 10, completionTokens: null })).toMatchObject({
+    expect(
+      computeStats({
+        startedAt: 0,
+        firstTokenAt: null,
+        endedAt: 10,
+        completionTokens: null
+      })
+    ).toMatchObject({
       ttftMs: null,
       tokensPerSecond: null
     });
-    expect(computeStats({ startedAt: 0, firstTokenAt: 5, endedAt: 10, completionTokens: 1 }).tokensPerSecond).toBeNull();
+    expect(
+      computeStats({
+        startedAt: 0,
+        firstTokenAt: 5,
+        endedAt: 10,
+        completionTokens: 1
+      }).tokensPerSecond
+    ).toBeNull();
   });
 });
 
@@ -79,15 +118,25 @@ describe('streamChat', () => {
   beforeEach(() => mockMakeRequest.mockReset());
 
   it('posts a streaming request and assembles the reply from split chunks', async () => {
-    const text = ': keepalive\n\n' + chunk('') + chunk('Hel') + chunk('lo') + chunk(null, 'stop') +
-      'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2}}\n\n' + 'data: [DONE]\n\n';
+    const text =
+      ': keepalive\n\n' +
+      chunk('') +
+      chunk('Hel') +
+      chunk('lo') +
+      chunk(null, 'stop') +
+      'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2}}\n\n' +
+      'data: [DONE]\n\n';
     // split into 7-byte pieces to cross event boundaries
     const pieces = text.match(/[\s\S]{1,7}/g) as string[];
     mockMakeRequest.mockResolvedValue(streamReply(pieces));
     let clock = 0;
     const deltas: string[] = [];
     const result = await streamChat(
-      { model: 'local/tiny-demo', messages: [{ role: 'user', content: 'hi' }], max_tokens: 8 },
+      {
+        model: 'local/tiny-demo',
+        messages: [{ role: 'user', content: 'hi' }],
+        max_tokens: 8
+      },
       { onDelta: d => deltas.push(d), now: () => (clock += 10) },
       settings
     );
@@ -113,11 +162,22 @@ describe('streamChat', () => {
 
   it('raises the OpenAI error of a failed request', async () => {
     mockMakeRequest.mockResolvedValue(
-      new Response(JSON.stringify({ error: { message: 'model not found', type: 'invalid_request_error', code: 'model_not_found' } }), {
-        status: 404
-      })
+      new Response(
+        JSON.stringify({
+          error: {
+            message: 'model not found',
+            type: 'invalid_request_error',
+            code: 'model_not_found'
+          }
+        }),
+        {
+          status: 404
+        }
+      )
     );
-    await expect(streamChat({ model: 'x/y', messages: [] }, {}, settings)).rejects.toMatchObject({
+    await expect(
+      streamChat({ model: 'x/y', messages: [] }, {}, settings)
+    ).rejects.toMatchObject({
       status: 404,
       message: 'model not found',
       reason: 'model_not_found'
@@ -126,9 +186,16 @@ describe('streamChat', () => {
 
   it('raises an in-band error sent after the headers', async () => {
     mockMakeRequest.mockResolvedValue(
-      streamReply([chunk('a'), 'data: {"error":{"message":"runner crashed","type":"server_error"}}\n\n'])
+      streamReply([
+        chunk('a'),
+        'data: {"error":{"message":"runner crashed","type":"server_error"}}\n\n'
+      ])
     );
-    const err = await streamChat({ model: 'x/y', messages: [] }, {}, settings).catch(e => e);
+    const err = await streamChat(
+      { model: 'x/y', messages: [] },
+      {},
+      settings
+    ).catch(e => e);
     expect(err).toBeInstanceOf(ApiError);
     expect(err.message).toBe('runner crashed');
   });
@@ -139,7 +206,9 @@ describe('streamChat', () => {
     const body = new ReadableStream<Uint8Array>({
       start(controller) {
         controller.enqueue(encoder.encode(chunk('partial')));
-        abort.signal.addEventListener('abort', () => controller.error(new DOMException('aborted', 'AbortError')));
+        abort.signal.addEventListener('abort', () =>
+          controller.error(new DOMException('aborted', 'AbortError'))
+        );
       }
     });
     mockMakeRequest.mockResolvedValue(new Response(body, { status: 200 }));
@@ -155,8 +224,14 @@ describe('streamChat', () => {
   it('treats an abort before the reply as stopped, not as an unreachable server', async () => {
     const abort = new AbortController();
     abort.abort();
-    mockMakeRequest.mockRejectedValue(new DOMException('aborted', 'AbortError'));
-    const result = await streamChat({ model: 'x/y', messages: [] }, { signal: abort.signal }, settings);
+    mockMakeRequest.mockRejectedValue(
+      new DOMException('aborted', 'AbortError')
+    );
+    const result = await streamChat(
+      { model: 'x/y', messages: [] },
+      { signal: abort.signal },
+      settings
+    );
     expect(result).toMatchObject({ stopped: true, text: '' });
   });
 });

@@ -18,7 +18,8 @@ import {
   replaceDownloads
 } from '../downloads';
 
-const json = (status: number, body: unknown) => new Response(JSON.stringify(body), { status });
+const json = (status: number, body: unknown) =>
+  new Response(JSON.stringify(body), { status });
 
 const record = (over: Partial<IDownload> = {}): IDownload => ({
   id: 1,
@@ -43,7 +44,10 @@ class FakeEventSource implements IEventSourceLike {
   constructor(readonly url: string) {
     FakeEventSource.all.push(this);
   }
-  addEventListener(type: string, listener: (ev: { data: string }) => void): void {
+  addEventListener(
+    type: string,
+    listener: (ev: { data: string }) => void
+  ): void {
     (this.listeners[type] ??= []).push(listener);
   }
   close(): void {
@@ -77,31 +81,62 @@ describe('download state', () => {
 
   it('merges progress events and never moves a running bar backwards', () => {
     let list = [record()];
-    list = mergeDownload(list, { id: 1, downloaded_bytes: 2048, rate_bps: 1024, eta_s: 2 });
-    expect(list[0]).toMatchObject({ downloaded_bytes: 2048, rate_bps: 1024, eta_s: 2, repo_id: 'mlx-community/tiny' });
+    list = mergeDownload(list, {
+      id: 1,
+      downloaded_bytes: 2048,
+      rate_bps: 1024,
+      eta_s: 2
+    });
+    expect(list[0]).toMatchObject({
+      downloaded_bytes: 2048,
+      rate_bps: 1024,
+      eta_s: 2,
+      repo_id: 'mlx-community/tiny'
+    });
     list = mergeDownload(list, { id: 1, downloaded_bytes: 1024 });
     expect(list[0].downloaded_bytes).toBe(2048);
-    list = mergeDownload(list, { id: 1, status: 'completed', downloaded_bytes: 4096 });
-    expect(list[0]).toMatchObject({ status: 'completed', rate_bps: null, eta_s: null });
+    list = mergeDownload(list, {
+      id: 1,
+      status: 'completed',
+      downloaded_bytes: 4096
+    });
+    expect(list[0]).toMatchObject({
+      status: 'completed',
+      rate_bps: null,
+      eta_s: null
+    });
   });
 
   it('adds new downloads newest first and ignores updates of unknown ones without a repo', () => {
-    const list = mergeDownload([record()], record({ id: 2, created_at: '2026-01-02T00:00:00Z' }));
+    const list = mergeDownload(
+      [record()],
+      record({ id: 2, created_at: '2026-01-02T00:00:00Z' })
+    );
     expect(list.map(d => d.id)).toEqual([2, 1]);
     expect(mergeDownload(list, { id: 9, downloaded_bytes: 5 })).toBe(list);
   });
 
   it('keeps the live rate when the list is refreshed', () => {
     const current = [record({ rate_bps: 500, eta_s: 7 })];
-    const fresh = replaceDownloads(current, [record({ downloaded_bytes: 100 })]);
-    expect(fresh[0]).toMatchObject({ downloaded_bytes: 100, rate_bps: 500, eta_s: 7 });
+    const fresh = replaceDownloads(current, [
+      record({ downloaded_bytes: 100 })
+    ]);
+    expect(fresh[0]).toMatchObject({
+      downloaded_bytes: 100,
+      rate_bps: 500,
+      eta_s: 7
+    });
   });
 
   it('describes progress', () => {
-    expect(progressText(record({ downloaded_bytes: 1024, files_done: 1 }))).toBe(
-      '1.0\u00a0KiB of 4.0\u00a0KiB · 25% · 1/2 files'
-    );
-    expect(progressText(record({ downloaded_bytes: 0, total_bytes: null, files_total: null }))).toBe('');
+    expect(
+      progressText(record({ downloaded_bytes: 1024, files_done: 1 }))
+    ).toBe('1.0\u00a0KiB of 4.0\u00a0KiB · 25% · 1/2 files');
+    expect(
+      progressText(
+        record({ downloaded_bytes: 0, total_bytes: null, files_total: null })
+      )
+    ).toBe('');
   });
 });
 
@@ -118,26 +153,51 @@ describe('DownloadsModel', () => {
         return Promise.resolve(json(202, record({ status: 'queued' })));
       }
       if (url.endsWith('/mlx/api/auth/ticket')) {
-        return Promise.resolve(json(201, { token: `t${++tickets}`, expires_in: 60 }));
+        return Promise.resolve(
+          json(201, { token: `t${++tickets}`, expires_in: 60 })
+        );
       }
       if (url.endsWith('/mlx/api/downloads')) {
-        return Promise.resolve(json(200, { downloads: [record({ status: 'completed', downloaded_bytes: 4096 })] }));
+        return Promise.resolve(
+          json(200, {
+            downloads: [record({ status: 'completed', downloaded_bytes: 4096 })]
+          })
+        );
       }
       return Promise.resolve(json(404, {}));
     });
-    const model = new DownloadsModel(mockSettings as any, url => new FakeEventSource(url));
+    const model = new DownloadsModel(
+      mockSettings as any,
+      url => new FakeEventSource(url)
+    );
     const finished = jest.fn();
     model.onFinished = finished;
     await model.start('mlx-community/tiny');
-    expect(JSON.parse(mockMakeRequest.mock.calls[0][1].body)).toEqual({ repo_id: 'mlx-community/tiny' });
+    expect(JSON.parse(mockMakeRequest.mock.calls[0][1].body)).toEqual({
+      repo_id: 'mlx-community/tiny'
+    });
     await flush();
     expect(FakeEventSource.all).toHaveLength(1);
     const source = FakeEventSource.all[0];
-    expect(source.url).toBe('http://h/base/mlx/api/downloads/1/progress?token=t1');
+    expect(source.url).toBe(
+      'http://h/base/mlx/api/downloads/1/progress?token=t1'
+    );
 
-    source.emit({ ...record(), downloaded_bytes: 1024, rate_bps: 2048, eta_s: 1.5 });
-    expect(model.store.state.downloads[0]).toMatchObject({ status: 'running', downloaded_bytes: 1024, eta_s: 1.5 });
-    source.emit({ ...record(), status: 'completed', downloaded_bytes: 4096 }, 'progress');
+    source.emit({
+      ...record(),
+      downloaded_bytes: 1024,
+      rate_bps: 2048,
+      eta_s: 1.5
+    });
+    expect(model.store.state.downloads[0]).toMatchObject({
+      status: 'running',
+      downloaded_bytes: 1024,
+      eta_s: 1.5
+    });
+    source.emit(
+      { ...record(), status: 'completed', downloaded_bytes: 4096 },
+      'progress'
+    );
     expect(model.store.state.downloads[0].status).toBe('completed');
     expect(source.closed).toBe(true);
     expect(finished).toHaveBeenCalledTimes(1);
@@ -145,8 +205,13 @@ describe('DownloadsModel', () => {
   });
 
   it('reports a server without the downloads API', async () => {
-    mockMakeRequest.mockResolvedValue(new Response('<html>404</html>', { status: 404, statusText: 'Not Found' }));
-    const model = new DownloadsModel(mockSettings as any, url => new FakeEventSource(url));
+    mockMakeRequest.mockResolvedValue(
+      new Response('<html>404</html>', { status: 404, statusText: 'Not Found' })
+    );
+    const model = new DownloadsModel(
+      mockSettings as any,
+      url => new FakeEventSource(url)
+    );
     await model.refresh();
     expect(model.store.state.available).toBe(false);
     expect(model.store.state.error?.isNotFound).toBe(true);
@@ -158,14 +223,21 @@ describe('DownloadsModel', () => {
       let tickets = 0;
       mockMakeRequest.mockImplementation((url: string) => {
         if (url.endsWith('/auth/ticket')) {
-          return Promise.resolve(json(201, { token: `t${++tickets}`, expires_in: 60 }));
+          return Promise.resolve(
+            json(201, { token: `t${++tickets}`, expires_in: 60 })
+          );
         }
         return Promise.resolve(json(200, { downloads: [record()] }));
       });
-      const model = new DownloadsModel(mockSettings as any, url => new FakeEventSource(url));
+      const model = new DownloadsModel(
+        mockSettings as any,
+        url => new FakeEventSource(url)
+      );
       await model.refresh();
       await flush();
-      expect(FakeEventSource.all.map(s => s.url)).toEqual(['http://h/base/mlx/api/downloads/1/progress?token=t1']);
+      expect(FakeEventSource.all.map(s => s.url)).toEqual([
+        'http://h/base/mlx/api/downloads/1/progress?token=t1'
+      ]);
       FakeEventSource.all[0].onerror?.({});
       expect(FakeEventSource.all[0].closed).toBe(true);
       jest.advanceTimersByTime(1000);

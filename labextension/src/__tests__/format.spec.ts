@@ -114,7 +114,9 @@ describe('other formats', () => {
   it('formats relative times', () => {
     const now = Date.parse('2026-01-01T12:00:00Z');
     expect(plain(formatRelative('2026-01-01T12:04:10Z', now))).toBe('in 4 min');
-    expect(plain(formatRelative('2026-01-01T11:57:00Z', now))).toBe('3 min ago');
+    expect(plain(formatRelative('2026-01-01T11:57:00Z', now))).toBe(
+      '3 min ago'
+    );
     expect(formatRelative('2026-01-01T12:00:02Z', now)).toBe('just now');
     expect(formatRelative(null, now)).toBe('—');
     expect(formatRelative('not a date', now)).toBe('—');
@@ -134,7 +136,11 @@ describe('other formats', () => {
 
 describe('formatQuantization', () => {
   it.each([
-    [{ bits: 4, group_size: 64, mode: 'affine' }, undefined, '4-bit (group 64)'],
+    [
+      { bits: 4, group_size: 64, mode: 'affine' },
+      undefined,
+      '4-bit (group 64)'
+    ],
     [{ bits: 8 }, undefined, '8-bit'],
     ['q4_k_m', undefined, 'q4_k_m'],
     [null, 'bfloat16', 'bfloat16'],

@@ -13,7 +13,10 @@ describe('SSEParser', () => {
     const text = 'event: progress\ndata: {"x": 1}\nid: 7\n\ndata: second\n\n';
     for (let cut = 0; cut <= text.length; cut++) {
       const p = new SSEParser();
-      const events = [...p.feed(text.slice(0, cut)), ...p.feed(text.slice(cut))];
+      const events = [
+        ...p.feed(text.slice(0, cut)),
+        ...p.feed(text.slice(cut))
+      ];
       expect(events).toEqual([
         { event: 'progress', data: '{"x": 1}', id: '7' },
         { event: 'message', data: 'second' }
@@ -43,6 +46,8 @@ describe('SSEParser', () => {
     expect(p.feed('\n\nevent: x\n\n')).toEqual([]);
     expect(p.feed('data: partial')).toEqual([]);
     expect(p.end()).toEqual([]);
-    expect(p.feed('data: next\n\n')).toEqual([{ event: 'message', data: 'next' }]);
+    expect(p.feed('data: next\n\n')).toEqual([
+      { event: 'message', data: 'next' }
+    ]);
   });
 });

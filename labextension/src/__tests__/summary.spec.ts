@@ -3,7 +3,13 @@ import { statusBarText } from '../summary';
 
 jest.mock('@jupyterlab/services', () => ({ ServerConnection: {} }));
 
-const base = { status: null, pool: null, error: null, loading: false, updated: null };
+const base = {
+  status: null,
+  pool: null,
+  error: null,
+  loading: false,
+  updated: null
+};
 
 describe('statusBarText', () => {
   it('shows loaded models and memory', () => {
@@ -22,14 +28,23 @@ describe('statusBarText', () => {
   });
 
   it('says when the user waits for approval or the server is down', () => {
-    expect(statusBarText({ ...base, error: new ApiError('wait', 403, 'pending') }).text).toBe('MLX: pending approval');
-    expect(statusBarText({ ...base, error: new ApiError('down', 0, 'network') }).text).toBe('MLX: offline');
+    expect(
+      statusBarText({ ...base, error: new ApiError('wait', 403, 'pending') })
+        .text
+    ).toBe('MLX: pending approval');
+    expect(
+      statusBarText({ ...base, error: new ApiError('down', 0, 'network') }).text
+    ).toBe('MLX: offline');
     expect(statusBarText(base).text).toBe('MLX');
   });
 
   it('counts models being loaded', () => {
     expect(
-      statusBarText({ ...base, status: {}, pool: { models: [], loading: ['a/b'], memory_used_bytes: 0 } }).text
+      statusBarText({
+        ...base,
+        status: {},
+        pool: { models: [], loading: ['a/b'], memory_used_bytes: 0 }
+      }).text
     ).toBe('MLX: 0 models · 0\u00a0B · loading 1');
   });
 });

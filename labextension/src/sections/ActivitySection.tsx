@@ -22,30 +22,53 @@ const CONNECTION_TEXT: Record<string, string> = {
 };
 
 function statusKind(status: string): string {
-  return status === 'ok' ? 'ok' : status === 'error' || status === 'timeout' ? 'error' : 'muted';
+  return status === 'ok'
+    ? 'ok'
+    : status === 'error' || status === 'timeout'
+      ? 'error'
+      : 'muted';
 }
 
-function Record({ record, showUser }: { record: IAuditRecord; showUser: boolean }): JSX.Element {
+function Record({
+  record,
+  showUser
+}: {
+  record: IAuditRecord;
+  showUser: boolean;
+}): JSX.Element {
   const tokens =
     record.prompt_tokens !== null && record.prompt_tokens !== undefined
       ? `${formatCount(record.prompt_tokens)} → ${formatCount(record.completion_tokens ?? 0)} tok`
       : '';
   const timing = [
-    typeof record.ttft_ms === 'number' ? `TTFT ${formatMs(record.ttft_ms)}` : '',
+    typeof record.ttft_ms === 'number'
+      ? `TTFT ${formatMs(record.ttft_ms)}`
+      : '',
     typeof record.duration_ms === 'number' ? formatMs(record.duration_ms) : ''
   ]
     .filter(Boolean)
     .join(' · ');
   return (
-    <li className="jp-MLXPanel-record" data-action={record.action} data-record-id={record.id}>
+    <li
+      className="jp-MLXPanel-record"
+      data-action={record.action}
+      data-record-id={record.id}
+    >
       <div className="jp-MLXPanel-itemHead">
-        <span className="jp-MLXPanel-recordAction" title={record.endpoint ?? record.action}>
+        <span
+          className="jp-MLXPanel-recordAction"
+          title={record.endpoint ?? record.action}
+        >
           {record.action}
         </span>
         <Badge kind={statusKind(record.status)}>{record.status}</Badge>
       </div>
       <div className="jp-MLXPanel-itemMeta">
-        <time className="jp-MLXPanel-recordTime" dateTime={record.time} title={record.time}>
+        <time
+          className="jp-MLXPanel-recordTime"
+          dateTime={record.time}
+          title={record.time}
+        >
           {formatClock(record.time)}
         </time>
         {record.model && <span data-field="model">{record.model}</span>}
@@ -57,7 +80,9 @@ function Record({ record, showUser }: { record: IAuditRecord; showUser: boolean 
         )}
         {tokens && <span>{tokens}</span>}
         {timing && <span>{timing}</span>}
-        {record.error_type && <span className="jp-MLXPanel-recordError">{record.error_type}</span>}
+        {record.error_type && (
+          <span className="jp-MLXPanel-recordError">{record.error_type}</span>
+        )}
       </div>
     </li>
   );
@@ -85,7 +110,10 @@ async function exportAudit(
 
 export function ActivitySection({ service }: ISectionProps): JSX.Element {
   const isAdmin = service.isAdmin;
-  const feed = React.useMemo(() => new AuditFeed(service.serverSettings), [service]);
+  const feed = React.useMemo(
+    () => new AuditFeed(service.serverSettings),
+    [service]
+  );
   const state = useStore(feed.store);
   const [draft, setDraft] = React.useState<IAuditFilter>({});
   const [filter, setFilter] = React.useState<IAuditFilter>({});
@@ -106,8 +134,10 @@ export function ActivitySection({ service }: ISectionProps): JSX.Element {
     }
     setFilter(next);
   };
-  const set = (key: keyof IAuditFilter) => (e: React.ChangeEvent<HTMLInputElement | HTMLSelectElement>) =>
-    setDraft(d => ({ ...d, [key]: e.target.value }));
+  const set =
+    (key: keyof IAuditFilter) =>
+    (e: React.ChangeEvent<HTMLInputElement | HTMLSelectElement>) =>
+      setDraft(d => ({ ...d, [key]: e.target.value }));
 
   const models = (service.store.state.pool?.models ?? []).map(m => m.model);
   const { records, total, dropped, connection, error, loading } = state;
@@ -119,7 +149,11 @@ export function ActivitySection({ service }: ISectionProps): JSX.Element {
         <Button
           kind="minimal"
           busy={exporting.busy === 'jsonl'}
-          onClick={() => void exporting.run('jsonl', () => exportAudit('jsonl', filter, service.serverSettings))}
+          onClick={() =>
+            void exporting.run('jsonl', () =>
+              exportAudit('jsonl', filter, service.serverSettings)
+            )
+          }
           title="Download the filtered records as JSON lines"
         >
           Export JSONL
@@ -127,15 +161,29 @@ export function ActivitySection({ service }: ISectionProps): JSX.Element {
         <Button
           kind="minimal"
           busy={exporting.busy === 'csv'}
-          onClick={() => void exporting.run('csv', () => exportAudit('csv', filter, service.serverSettings))}
+          onClick={() =>
+            void exporting.run('csv', () =>
+              exportAudit('csv', filter, service.serverSettings)
+            )
+          }
           title="Download the filtered records as CSV"
         >
           Export CSV
         </Button>
       </div>
-      <details className="jp-MLXPanel-filters" open={Object.keys(filter).length > 0 || undefined}>
-        <summary>Filters{Object.keys(filter).length ? ` (${Object.keys(filter).length})` : ''}</summary>
-        <form className="jp-MLXPanel-form" onSubmit={apply} aria-label="Activity filters">
+      <details
+        className="jp-MLXPanel-filters"
+        open={Object.keys(filter).length > 0 || undefined}
+      >
+        <summary>
+          Filters
+          {Object.keys(filter).length ? ` (${Object.keys(filter).length})` : ''}
+        </summary>
+        <form
+          className="jp-MLXPanel-form"
+          onSubmit={apply}
+          aria-label="Activity filters"
+        >
           <div className="jp-MLXPanel-grid">
             {isAdmin && (
               <label>
@@ -165,7 +213,11 @@ export function ActivitySection({ service }: ISectionProps): JSX.Element {
             </label>
             <label>
               Status
-              <select className="jp-MLXPanel-select" value={draft.status ?? ''} onChange={set('status')}>
+              <select
+                className="jp-MLXPanel-select"
+                value={draft.status ?? ''}
+                onChange={set('status')}
+              >
                 {STATUSES.map(s => (
                   <option key={s} value={s}>
                     {s || 'any'}
@@ -191,7 +243,11 @@ export function ActivitySection({ service }: ISectionProps): JSX.Element {
         </form>
       </details>
       {exporting.error && (
-        <ErrorNotice error={exporting.error} title="Export failed" onDismiss={exporting.clear} />
+        <ErrorNotice
+          error={exporting.error}
+          title="Export failed"
+          onDismiss={exporting.clear}
+        />
       )}
       <div className="jp-MLXPanel-itemMeta">
         <span
@@ -209,12 +265,21 @@ export function ActivitySection({ service }: ISectionProps): JSX.Element {
       {dropped > 0 && (
         <div className="jp-MLXPanel-notice jp-mod-warning" role="alert">
           {dropped} live records were skipped (too many at once).{' '}
-          <button type="button" className="jp-MLXPanel-link" onClick={() => void feed.reload()}>
+          <button
+            type="button"
+            className="jp-MLXPanel-link"
+            onClick={() => void feed.reload()}
+          >
             Reload
           </button>
         </div>
       )}
-      {error && <ErrorNotice error={error} title={connection === 'refused' ? 'Live updates refused' : undefined} />}
+      {error && (
+        <ErrorNotice
+          error={error}
+          title={connection === 'refused' ? 'Live updates refused' : undefined}
+        />
+      )}
       {loading && !records.length && <Loading>Loading activity…</Loading>}
       {!loading && !error && records.length === 0 && (
         <Empty>

@@ -7,7 +7,16 @@ import { IDownload } from '../api';
 import { isActive, isFailed, progressText } from '../downloads';
 import { formatEta, formatRate, formatRelative } from '../format';
 import { useAction, usePoll, useStore } from '../hooks';
-import { Badge, Bar, Button, Empty, ErrorNotice, Loading, SectionHeader } from './common';
+import { throwIfFailed } from '../store';
+import {
+  Badge,
+  Bar,
+  Button,
+  Empty,
+  ErrorNotice,
+  Loading,
+  SectionHeader
+} from './common';
 import { ISectionProps } from './ModelsSection';
 
 const REPO_ID = /^[A-Za-z0-9][A-Za-z0-9._-]*\/[A-Za-z0-9][A-Za-z0-9._-]*$/;
@@ -34,7 +43,9 @@ function DownloadItem({
   const active = isActive(download.status);
   const progress = progressText(download);
   const live = [
-    active && typeof download.rate_bps === 'number' ? formatRate(download.rate_bps) : '',
+    active && typeof download.rate_bps === 'number'
+      ? formatRate(download.rate_bps)
+      : '',
     active ? formatEta(download.eta_s) : ''
   ].filter(Boolean);
   return (
@@ -57,12 +68,21 @@ function DownloadItem({
       <div className="jp-MLXPanel-itemMeta">
         {progress && <span data-field="progress">{progress}</span>}
         {live.length > 0 && <span data-field="rate">{live.join(' · ')}</span>}
-        {!active && download.created_at && <span>{formatRelative(download.created_at)}</span>}
+        {!active && download.created_at && (
+          <span>{formatRelative(download.created_at)}</span>
+        )}
       </div>
-      {download.error && <div className="jp-MLXPanel-itemError">{download.error}</div>}
+      {download.error && (
+        <div className="jp-MLXPanel-itemError">{download.error}</div>
+      )}
       {active && (
         <div className="jp-MLXPanel-itemActions">
-          <Button kind="warn" onClick={onCancel} busy={cancelling} label={`Cancel download of ${download.repo_id}`}>
+          <Button
+            kind="warn"
+            onClick={onCancel}
+            busy={cancelling}
+            label={`Cancel download of ${download.repo_id}`}
+          >
             Cancel
           </Button>
         </div>
@@ -71,12 +91,21 @@ function DownloadItem({
   );
 }
 
-export function DownloadsSection({ service, interval }: ISectionProps): JSX.Element {
+export function DownloadsSection({
+  service,
+  interval
+}: ISectionProps): JSX.Element {
   const model = service.downloads;
   const { downloads, available, error } = useStore(model.store);
   const anyActive = downloads.some(d => isActive(d.status));
   // The list is polled while shown (SSE carries the live part); faster while something runs.
-  usePoll(() => model.refresh(), anyActive ? Math.min(interval, 5) || 5 : interval);
+  usePoll(
+    async () => {
+      await model.refresh();
+      throwIfFailed(model.store.state.error); // back off while the server fails
+    },
+    anyActive ? Math.min(interval, 5) || 5 : interval
+  );
   const action = useAction();
   const [repo, setRepo] = React.useState('');
   const valid = REPO_ID.test(repo.trim());
@@ -116,17 +145,32 @@ export function DownloadsSection({ service, interval }: ISectionProps): JSX.Elem
             onChange={e => setRepo(e.target.value)}
             aria-invalid={repo.trim() !== '' && !valid}
           />
-          <Button type="submit" kind="accept" busy={action.busy === 'start'} disabled={!valid}>
+          <Button
+            type="submit"
+            kind="accept"
+            busy={action.busy === 'start'}
+            disabled={!valid}
+          >
             Download
           </Button>
         </div>
       </form>
-      {action.error && <ErrorNotice error={action.error} title="Download failed" onDismiss={action.clear} />}
-      {error && !error.isNotFound && <ErrorNotice error={error} title="Cannot list downloads" />}
+      {action.error && (
+        <ErrorNotice
+          error={action.error}
+          title="Download failed"
+          onDismiss={action.clear}
+        />
+      )}
+      {error && !error.isNotFound && (
+        <ErrorNotice error={error} title="Cannot list downloads" />
+      )}
       <SectionHeader title="Downloads" level={4} />
       {available === null && !error && <Loading>Loading downloads…</Loading>}
       {available && downloads.length === 0 && (
-        <Empty>No downloads yet. Search the Hub in Models, or type a repo id above.</Empty>
+        <Empty>
+          No downloads yet. Search the Hub in Models, or type a repo id above.
+        </Empty>
       )}
       {downloads.length > 0 && (
         <ul className="jp-MLXPanel-list" aria-label="Downloads">
@@ -135,7 +179,9 @@ export function DownloadsSection({ service, interval }: ISectionProps): JSX.Elem
               key={String(d.id)}
               download={d}
               cancelling={action.busy === `cancel:${d.id}`}
-              onCancel={() => void action.run(`cancel:${d.id}`, () => model.cancel(d.id))}
+              onCancel={() =>
+                void action.run(`cancel:${d.id}`, () => model.cancel(d.id))
+              }
             />
           ))}
         </ul>

@@ -4,12 +4,33 @@
  */
 import * as React from 'react';
 
-import { ApiError, IHubModel, ILocalModel, ISearchQuery, searchModels, toApiError } from '../api';
+import {
+  ApiError,
+  IHubModel,
+  ILocalModel,
+  ISearchQuery,
+  searchModels,
+  toApiError
+} from '../api';
 import { isActive } from '../downloads';
-import { formatBytes, formatCount, formatParameters, formatQuantization } from '../format';
+import {
+  formatBytes,
+  formatCount,
+  formatParameters,
+  formatQuantization
+} from '../format';
 import { useAction, usePoll, useStore } from '../hooks';
 import { MLXService } from '../service';
-import { Badge, Button, Empty, ErrorNotice, Facts, Loading, SectionHeader } from './common';
+import { throwIfFailed } from '../store';
+import {
+  Badge,
+  Button,
+  Empty,
+  ErrorNotice,
+  Facts,
+  Loading,
+  SectionHeader
+} from './common';
 
 export interface ISectionProps {
   service: MLXService;
@@ -67,8 +88,18 @@ function LocalModel({
             ['params', formatParameters(model.parameters)],
             ['quant', formatQuantization(model.quantization)],
             ['dtype', model.quantization ? '' : (model.dtype ?? '')],
-            ['size', typeof model.size_bytes === 'number' ? formatBytes(model.size_bytes) : ''],
-            ['context', typeof model.context_length === 'number' ? formatCount(model.context_length) : ''],
+            [
+              'size',
+              typeof model.size_bytes === 'number'
+                ? formatBytes(model.size_bytes)
+                : ''
+            ],
+            [
+              'context',
+              typeof model.context_length === 'number'
+                ? formatCount(model.context_length)
+                : ''
+            ],
             ['tools', model.tool_calling ? 'yes' : '']
           ]}
         />
@@ -81,7 +112,12 @@ function LocalModel({
             </Button>
           )
         ) : (
-          <Button kind="accept" onClick={onLoad} busy={loading} label={`Load ${model.id}`}>
+          <Button
+            kind="accept"
+            onClick={onLoad}
+            busy={loading}
+            label={`Load ${model.id}`}
+          >
             {loading ? 'Loading…' : 'Load'}
           </Button>
         )}
@@ -115,8 +151,18 @@ function HubResult({
           ['arch', model.architecture ?? ''],
           ['params', formatParameters(model.parameters)],
           ['quant', formatQuantization(model.quantization)],
-          ['size', typeof model.size_bytes === 'number' ? formatBytes(model.size_bytes) : ''],
-          ['↓', typeof model.downloads === 'number' ? formatCount(model.downloads) : ''],
+          [
+            'size',
+            typeof model.size_bytes === 'number'
+              ? formatBytes(model.size_bytes)
+              : ''
+          ],
+          [
+            '↓',
+            typeof model.downloads === 'number'
+              ? formatCount(model.downloads)
+              : ''
+          ],
           ['♥', typeof model.likes === 'number' ? formatCount(model.likes) : '']
         ]}
       />
@@ -138,7 +184,11 @@ function HubResult({
 }
 
 function HubSearch({ service }: { service: MLXService }): JSX.Element {
-  const [query, setQuery] = React.useState<ISearchQuery>({ q: '', sort: 'downloads', limit: 20 });
+  const [query, setQuery] = React.useState<ISearchQuery>({
+    q: '',
+    sort: 'downloads',
+    limit: 20
+  });
   const [results, setResults] = React.useState<IHubModel[] | null>(null);
   const [error, setError] = React.useState<ApiError | null>(null);
   const [searching, setSearching] = React.useState(false);
@@ -146,8 +196,10 @@ function HubSearch({ service }: { service: MLXService }): JSX.Element {
   const action = useAction();
   const [notice, setNotice] = React.useState('');
 
-  const set = (key: keyof ISearchQuery) => (e: React.ChangeEvent<HTMLInputElement | HTMLSelectElement>) =>
-    setQuery(q => ({ ...q, [key]: e.target.value }));
+  const set =
+    (key: keyof ISearchQuery) =>
+    (e: React.ChangeEvent<HTMLInputElement | HTMLSelectElement>) =>
+      setQuery(q => ({ ...q, [key]: e.target.value }));
 
   const search = async (e?: React.FormEvent) => {
     e?.preventDefault();
@@ -163,7 +215,9 @@ function HubSearch({ service }: { service: MLXService }): JSX.Element {
     }
   };
 
-  const active = new Set(downloads.filter(d => isActive(d.status)).map(d => d.repo_id));
+  const active = new Set(
+    downloads.filter(d => isActive(d.status)).map(d => d.repo_id)
+  );
   const download = (id: string) =>
     action.run(id, async () => {
       await service.downloads.start(id);
@@ -210,7 +264,11 @@ function HubSearch({ service }: { service: MLXService }): JSX.Element {
             </label>
             <label>
               Quantization
-              <select className="jp-MLXPanel-select" value={query.quant ?? ''} onChange={set('quant')}>
+              <select
+                className="jp-MLXPanel-select"
+                value={query.quant ?? ''}
+                onChange={set('quant')}
+              >
                 {QUANTS.map(([value, label]) => (
                   <option key={value} value={value}>
                     {label}
@@ -231,7 +289,11 @@ function HubSearch({ service }: { service: MLXService }): JSX.Element {
             </label>
             <label>
               Sort
-              <select className="jp-MLXPanel-select" value={query.sort ?? ''} onChange={set('sort')}>
+              <select
+                className="jp-MLXPanel-select"
+                value={query.sort ?? ''}
+                onChange={set('sort')}
+              >
                 {SORTS.map(([value, label]) => (
                   <option key={value} value={value}>
                     {label}
@@ -244,7 +306,9 @@ function HubSearch({ service }: { service: MLXService }): JSX.Element {
               <select
                 className="jp-MLXPanel-select"
                 value={String(query.limit ?? 20)}
-                onChange={e => setQuery(q => ({ ...q, limit: Number(e.target.value) }))}
+                onChange={e =>
+                  setQuery(q => ({ ...q, limit: Number(e.target.value) }))
+                }
               >
                 {[10, 20, 50, 100].map(n => (
                   <option key={n} value={n}>
@@ -262,16 +326,28 @@ function HubSearch({ service }: { service: MLXService }): JSX.Element {
         ) : (
           <ErrorNotice error={error} title="Search failed" />
         ))}
-      {action.error && <ErrorNotice error={action.error} title="Download failed" onDismiss={action.clear} />}
+      {action.error && (
+        <ErrorNotice
+          error={action.error}
+          title="Download failed"
+          onDismiss={action.clear}
+        />
+      )}
       {notice && !action.error && (
         <div className="jp-MLXPanel-hint" role="status">
           {notice}{' '}
-          <button type="button" className="jp-MLXPanel-link" onClick={() => service.openSection('downloads')}>
+          <button
+            type="button"
+            className="jp-MLXPanel-link"
+            onClick={() => service.openSection('downloads')}
+          >
             Show downloads
           </button>
         </div>
       )}
-      {results && results.length === 0 && <Empty>No models match. Try fewer filters.</Empty>}
+      {results && results.length === 0 && (
+        <Empty>No models match. Try fewer filters.</Empty>
+      )}
       {results && results.length > 0 && (
         <ul className="jp-MLXPanel-list" aria-label="Search results">
           {results.map(m => (
@@ -289,25 +365,46 @@ function HubSearch({ service }: { service: MLXService }): JSX.Element {
   );
 }
 
-export function ModelsSection({ service, interval, onChat }: ISectionProps): JSX.Element {
+export function ModelsSection({
+  service,
+  interval,
+  onChat
+}: ISectionProps): JSX.Element {
   const { models, detailed, error, loaded } = useStore(service.models);
   const pool = useStore(service.store).pool;
-  usePoll(() => service.refreshModels(), Math.max(interval, 0) * 2);
+  usePoll(
+    async () => {
+      await service.refreshModels();
+      throwIfFailed(service.models.state.error); // back off while the server fails
+    },
+    Math.max(interval, 0) * 2
+  );
   const action = useAction();
   const loading = new Set(pool?.loading ?? []);
   const loadedIds = new Set((pool?.models ?? []).map(m => m.model));
 
   return (
     <div className="jp-MLXPanel-section">
-      <section aria-label="Models on this machine" className="jp-MLXPanel-subsection">
+      <section
+        aria-label="Models on this machine"
+        className="jp-MLXPanel-subsection"
+      >
         <SectionHeader title="On this machine" level={4} />
-        {error && <ErrorNotice error={error} title="Cannot list local models" />}
-        {action.error && <ErrorNotice error={action.error} title="Load failed" onDismiss={action.clear} />}
+        {error && (
+          <ErrorNotice error={error} title="Cannot list local models" />
+        )}
+        {action.error && (
+          <ErrorNotice
+            error={action.error}
+            title="Load failed"
+            onDismiss={action.clear}
+          />
+        )}
         {!loaded && !error && <Loading>Looking for local models…</Loading>}
         {loaded && !error && models.length === 0 && (
           <Empty>
-            No models yet. Search the Hub below and download one, or create the offline demo model with{' '}
-            <code>jupyter mlx-manager demo-model</code>.
+            No models yet. Search the Hub below and download one, or create the
+            offline demo model with <code>jupyter mlx-manager demo-model</code>.
           </Empty>
         )}
         {models.length > 0 && (

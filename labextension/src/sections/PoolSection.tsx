@@ -4,9 +4,23 @@
 import * as React from 'react';
 
 import { IPoolModel } from '../api';
-import { formatBytes, formatCount, formatKeepAlive, formatRelative } from '../format';
+import {
+  formatBytes,
+  formatCount,
+  formatKeepAlive,
+  formatRelative
+} from '../format';
 import { useAction, useStore } from '../hooks';
-import { Badge, Bar, Button, Empty, ErrorNotice, Facts, memoryText, SectionHeader } from './common';
+import {
+  Badge,
+  Bar,
+  Button,
+  Empty,
+  ErrorNotice,
+  Facts,
+  memoryText,
+  SectionHeader
+} from './common';
 import { ISectionProps } from './ModelsSection';
 
 /** Keep-alive choices (seconds; negative = forever, 0 = unload when idle). */
@@ -36,7 +50,9 @@ function KeepAliveSelect({
       aria-label={label}
       value={value === undefined ? '' : String(value < 0 ? -1 : value)}
       disabled={disabled}
-      onChange={e => onChange(e.target.value === '' ? undefined : Number(e.target.value))}
+      onChange={e =>
+        onChange(e.target.value === '' ? undefined : Number(e.target.value))
+      }
     >
       {allowDefault && <option value="">server default</option>}
       {choices.map(s => (
@@ -78,7 +94,9 @@ function LoadedModel({
         <span className="jp-MLXPanel-itemTitle" title={model.model}>
           {model.model}
         </span>
-        <Badge kind={model.status === 'busy' ? 'info' : 'ok'}>{model.status}</Badge>
+        <Badge kind={model.status === 'busy' ? 'info' : 'ok'}>
+          {model.status}
+        </Badge>
         {model.pinned && <Badge kind="accent">pinned</Badge>}
       </div>
       <Bar
@@ -95,7 +113,12 @@ function LoadedModel({
         items={[
           ['requests', formatCount(model.requests ?? 0)],
           ['in flight', model.in_flight ? String(model.in_flight) : ''],
-          ['context', typeof model.context_length === 'number' ? formatCount(model.context_length) : ''],
+          [
+            'context',
+            typeof model.context_length === 'number'
+              ? formatCount(model.context_length)
+              : ''
+          ],
           ['tools', model.tool_calling ? 'yes' : ''],
           ['last used', model.last_used ? formatRelative(model.last_used) : ''],
           ['pid', model.pid ? String(model.pid) : '']
@@ -116,7 +139,11 @@ function LoadedModel({
           pressed={model.pinned}
           busy={busy === 'pin'}
           label={`${model.pinned ? 'Unpin' : 'Pin'} ${model.model}`}
-          title={model.pinned ? 'Unpin: may be evicted or expire again' : 'Pin: never evicted, never expires'}
+          title={
+            model.pinned
+              ? 'Unpin: may be evicted or expire again'
+              : 'Pin: never evicted, never expires'
+          }
         >
           {model.pinned ? 'Unpin' : 'Pin'}
         </Button>
@@ -125,7 +152,12 @@ function LoadedModel({
             Chat
           </Button>
         )}
-        <Button kind="warn" onClick={onUnload} busy={busy === 'unload'} label={`Unload ${model.model}`}>
+        <Button
+          kind="warn"
+          onClick={onUnload}
+          busy={busy === 'unload'}
+          label={`Unload ${model.model}`}
+        >
           Unload
         </Button>
       </div>
@@ -137,13 +169,20 @@ function LoadForm({ props }: { props: ISectionProps }): JSX.Element {
   const { service } = props;
   const { models } = useStore(service.models);
   const pool = useStore(service.store).pool;
-  const loaded = new Set([...(pool?.models ?? []).map(m => m.model), ...(pool?.loading ?? [])]);
+  const loaded = new Set([
+    ...(pool?.models ?? []).map(m => m.model),
+    ...(pool?.loading ?? [])
+  ]);
   const candidates = models.filter(m => !loaded.has(m.id));
   const [model, setModel] = React.useState('');
   const [pin, setPin] = React.useState(false);
-  const [keepAlive, setKeepAlive] = React.useState<number | undefined>(service.defaultKeepAlive);
+  const [keepAlive, setKeepAlive] = React.useState<number | undefined>(
+    service.defaultKeepAlive
+  );
   const action = useAction();
-  const chosen = candidates.some(m => m.id === model) ? model : (candidates[0]?.id ?? '');
+  const chosen = candidates.some(m => m.id === model)
+    ? model
+    : (candidates[0]?.id ?? '');
 
   if (!candidates.length) {
     return (
@@ -160,7 +199,9 @@ function LoadForm({ props }: { props: ISectionProps }): JSX.Element {
       onSubmit={e => {
         e.preventDefault();
         if (chosen) {
-          void action.run('load', () => service.load(chosen, { pin, keep_alive: keepAlive }));
+          void action.run('load', () =>
+            service.load(chosen, { pin, keep_alive: keepAlive })
+          );
         }
       }}
     >
@@ -183,7 +224,12 @@ function LoadForm({ props }: { props: ISectionProps }): JSX.Element {
       </div>
       <div className="jp-MLXPanel-row">
         <label className="jp-MLXPanel-inline">
-          <input type="checkbox" checked={pin} onChange={e => setPin(e.target.checked)} /> Pin
+          <input
+            type="checkbox"
+            checked={pin}
+            onChange={e => setPin(e.target.checked)}
+          />{' '}
+          Pin
         </label>
         <label className="jp-MLXPanel-inline">
           Keep alive
@@ -195,7 +241,13 @@ function LoadForm({ props }: { props: ISectionProps }): JSX.Element {
           />
         </label>
       </div>
-      {action.error && <ErrorNotice error={action.error} title="Load failed" onDismiss={action.clear} />}
+      {action.error && (
+        <ErrorNotice
+          error={action.error}
+          title="Load failed"
+          onDismiss={action.clear}
+        />
+      )}
     </form>
   );
 }
@@ -212,7 +264,11 @@ export function PoolSection(props: ISectionProps): JSX.Element {
   const [busy, setBusy] = React.useState<Record<string, string>>({});
   const [error, setError] = React.useState<Error | null>(null);
 
-  const act = async (model: string, kind: string, action: () => Promise<unknown>) => {
+  const act = async (
+    model: string,
+    kind: string,
+    action: () => Promise<unknown>
+  ) => {
     setBusy(b => ({ ...b, [model]: kind }));
     setError(null);
     try {
@@ -231,20 +287,32 @@ export function PoolSection(props: ISectionProps): JSX.Element {
   const models = pool?.models ?? [];
   const limits = pool?.limits ?? {};
   const budget = limits.max_memory_bytes;
-  const used = pool?.memory_used_bytes ?? models.reduce((sum, m) => sum + (m.memory_bytes || 0), 0);
+  const used =
+    pool?.memory_used_bytes ??
+    models.reduce((sum, m) => sum + (m.memory_bytes || 0), 0);
 
   return (
     <div className="jp-MLXPanel-section">
       <div className="jp-MLXPanel-summary">
-        <Bar label="Pool memory in use" value={used} max={budget} text={memoryText(used, budget)} />
+        <Bar
+          label="Pool memory in use"
+          value={used}
+          max={budget}
+          text={memoryText(used, budget)}
+        />
         <div className="jp-MLXPanel-itemMeta">
           <span data-field="pool-memory">{memoryText(used, budget)}</span>
           <span data-field="pool-count">
             {models.length}
-            {typeof limits.max_loaded_models === 'number' ? ` of ${limits.max_loaded_models}` : ''} models
+            {typeof limits.max_loaded_models === 'number'
+              ? ` of ${limits.max_loaded_models}`
+              : ''}{' '}
+            models
           </span>
           {typeof limits.default_keep_alive === 'number' && (
-            <span>idle unload: {formatKeepAlive(limits.default_keep_alive)}</span>
+            <span>
+              idle unload: {formatKeepAlive(limits.default_keep_alive)}
+            </span>
           )}
         </div>
       </div>
@@ -258,7 +326,10 @@ export function PoolSection(props: ISectionProps): JSX.Element {
         </div>
       ))}
       {pool && models.length === 0 && !(pool.loading ?? []).length && (
-        <Empty>No models loaded. Load one above; requests also load a local model on first use.</Empty>
+        <Empty>
+          No models loaded. Load one above; requests also load a local model on
+          first use.
+        </Empty>
       )}
       {models.length > 0 && (
         <ul className="jp-MLXPanel-list" aria-label="Loaded models">
@@ -268,9 +339,19 @@ export function PoolSection(props: ISectionProps): JSX.Element {
               model={m}
               budget={budget}
               busy={busy[m.model] ?? null}
-              onPin={() => void act(m.model, 'pin', () => service.update(m.model, { pin: !m.pinned }))}
-              onKeepAlive={s => void act(m.model, 'keep', () => service.update(m.model, { keep_alive: s }))}
-              onUnload={() => void act(m.model, 'unload', () => service.unload(m.model))}
+              onPin={() =>
+                void act(m.model, 'pin', () =>
+                  service.update(m.model, { pin: !m.pinned })
+                )
+              }
+              onKeepAlive={s =>
+                void act(m.model, 'keep', () =>
+                  service.update(m.model, { keep_alive: s })
+                )
+              }
+              onUnload={() =>
+                void act(m.model, 'unload', () => service.unload(m.model))
+              }
               onChat={onChat ? () => onChat(m.model) : undefined}
             />
           ))}

@@ -18,19 +18,31 @@ export interface IUsersProps extends ISectionProps {
 
 /** Pending first, then by name. */
 export function sortUsers(users: IUser[]): IUser[] {
-  const rank = (u: IUser) => (u.status === 'pending' ? 0 : u.status === 'approved' ? 1 : 2);
-  return users.slice().sort((a, b) => rank(a) - rank(b) || a.username.localeCompare(b.username));
+  const rank = (u: IUser) =>
+    u.status === 'pending' ? 0 : u.status === 'approved' ? 1 : 2;
+  return users
+    .slice()
+    .sort((a, b) => rank(a) - rank(b) || a.username.localeCompare(b.username));
 }
 
 function statusKind(status: string): string {
   return status === 'approved' ? 'ok' : status === 'pending' ? 'warn' : 'muted';
 }
 
-export function UsersSection({ service, users, error, reload }: IUsersProps): JSX.Element {
+export function UsersSection({
+  service,
+  users,
+  error,
+  reload
+}: IUsersProps): JSX.Element {
   const me = service.store.state.status?.user;
   const action = useAction();
 
-  const change = (user: IUser, what: string, patch: { status?: string; is_admin?: boolean }) =>
+  const change = (
+    user: IUser,
+    what: string,
+    patch: { status?: string; is_admin?: boolean }
+  ) =>
     void action.run(`${user.id}:${what}`, async () => {
       try {
         await updateUser(user.id, patch, service.serverSettings);
@@ -56,11 +68,19 @@ export function UsersSection({ service, users, error, reload }: IUsersProps): JS
   const pending = users.filter(u => u.status === 'pending').length;
   return (
     <div className="jp-MLXPanel-section">
-      {action.error && <ErrorNotice error={action.error} title="Change refused" onDismiss={action.clear} />}
+      {action.error && (
+        <ErrorNotice
+          error={action.error}
+          title="Change refused"
+          onDismiss={action.clear}
+        />
+      )}
       <div className="jp-MLXPanel-itemMeta">
         <span>{users.length} users</span>
         <span data-field="pending-count">
-          {pending ? `${pending} waiting for approval` : 'nobody waiting for approval'}
+          {pending
+            ? `${pending} waiting for approval`
+            : 'nobody waiting for approval'}
         </span>
       </div>
       {users.length === 0 && <Empty>No users yet.</Empty>}

@@ -7,7 +7,11 @@ import { ApiError } from '../api';
 import { formatBytes } from '../format';
 
 /** Title and advice for an error, by status and reason. */
-export function describeError(error: Error): { title: string; hint: string; warning: boolean } {
+export function describeError(error: Error): {
+  title: string;
+  hint: string;
+  warning: boolean;
+} {
   if (!(error instanceof ApiError)) {
     return { title: 'Error', hint: '', warning: false };
   }
@@ -21,7 +25,11 @@ export function describeError(error: Error): { title: string; hint: string; warn
     };
   }
   if (error.status === 403 && error.reason === 'disabled') {
-    return { title: 'Account disabled', hint: 'Ask an administrator to enable it again.', warning: true };
+    return {
+      title: 'Account disabled',
+      hint: 'Ask an administrator to enable it again.',
+      warning: true
+    };
   }
   if (error.status === 403 && error.reason === 'admin_required') {
     return { title: 'Administrators only', hint: '', warning: true };
@@ -30,7 +38,11 @@ export function describeError(error: Error): { title: string; hint: string; warn
     return { title: 'Pending approval', hint: '', warning: true };
   }
   if (error.status === 401) {
-    return { title: 'Not signed in', hint: 'Sign in to Jupyter again (reload the page).', warning: false };
+    return {
+      title: 'Not signed in',
+      hint: 'Sign in to Jupyter again (reload the page).',
+      warning: false
+    };
   }
   if (error.isNetworkError) {
     return {
@@ -40,7 +52,11 @@ export function describeError(error: Error): { title: string; hint: string; warn
     };
   }
   if (error.isNotFound) {
-    return { title: 'Not available', hint: 'This server does not offer this yet.', warning: true };
+    return {
+      title: 'Not available',
+      hint: 'This server does not offer this yet.',
+      warning: true
+    };
   }
   return { title: 'Error', hint: '', warning: false };
 }
@@ -56,7 +72,10 @@ export function ErrorNotice({
 }): JSX.Element {
   const info = describeError(error);
   return (
-    <div className={`jp-MLXPanel-notice ${info.warning ? 'jp-mod-warning' : 'jp-mod-error'}`} role="alert">
+    <div
+      className={`jp-MLXPanel-notice ${info.warning ? 'jp-mod-warning' : 'jp-mod-error'}`}
+      role="alert"
+    >
       <div className="jp-MLXPanel-noticeHead">
         <strong>{title ?? info.title}</strong>
         {onDismiss && (
@@ -77,11 +96,19 @@ export function ErrorNotice({
   );
 }
 
-export function Empty({ children }: { children: React.ReactNode }): JSX.Element {
+export function Empty({
+  children
+}: {
+  children: React.ReactNode;
+}): JSX.Element {
   return <div className="jp-MLXPanel-empty">{children}</div>;
 }
 
-export function Loading({ children }: { children: React.ReactNode }): JSX.Element {
+export function Loading({
+  children
+}: {
+  children: React.ReactNode;
+}): JSX.Element {
   return (
     <div className="jp-MLXPanel-loading" role="status">
       {children}
@@ -104,16 +131,20 @@ export function Bar({
   text?: string;
 }): JSX.Element {
   const known = typeof value === 'number' && typeof max === 'number' && max > 0;
-  const fraction = known ? Math.max(0, Math.min(1, (value as number) / (max as number))) : 0;
+  const fraction = known
+    ? Math.max(0, Math.min(1, (value as number) / (max as number)))
+    : 0;
   // Something in use always shows as a sliver, however small against the budget.
   const shown = fraction > 0 ? Math.max(fraction, 0.015) : 0;
-  const level = fraction >= 0.9 ? 'jp-mod-high' : fraction >= 0.7 ? 'jp-mod-medium' : '';
-  const props: React.HTMLAttributes<HTMLDivElement> & Record<string, unknown> = {
-    role: kind,
-    'aria-label': label,
-    'aria-valuemin': 0,
-    'aria-valuemax': 100
-  };
+  const level =
+    fraction >= 0.9 ? 'jp-mod-high' : fraction >= 0.7 ? 'jp-mod-medium' : '';
+  const props: React.HTMLAttributes<HTMLDivElement> & Record<string, unknown> =
+    {
+      role: kind,
+      'aria-label': label,
+      'aria-valuemin': 0,
+      'aria-valuemax': 100
+    };
   if (known) {
     props['aria-valuenow'] = Math.round(fraction * 100);
   }
@@ -121,15 +152,26 @@ export function Bar({
     props['aria-valuetext'] = text;
   }
   return (
-    <div className={`jp-MLXPanel-bar ${level} ${known ? '' : 'jp-mod-indeterminate'}`} {...props}>
-      <div className="jp-MLXPanel-barFill" style={{ width: `${(shown * 100).toFixed(1)}%` }} />
+    <div
+      className={`jp-MLXPanel-bar ${level} ${known ? '' : 'jp-mod-indeterminate'}`}
+      {...props}
+    >
+      <div
+        className="jp-MLXPanel-barFill"
+        style={{ width: `${(shown * 100).toFixed(1)}%` }}
+      />
     </div>
   );
 }
 
 /** "1.2 GiB of 18 GiB" under a memory bar. */
-export function memoryText(used: number | null | undefined, max: number | null | undefined): string {
-  return typeof max === 'number' && max > 0 ? `${formatBytes(used ?? 0)} of ${formatBytes(max)}` : formatBytes(used);
+export function memoryText(
+  used: number | null | undefined,
+  max: number | null | undefined
+): string {
+  return typeof max === 'number' && max > 0
+    ? `${formatBytes(used ?? 0)} of ${formatBytes(max)}`
+    : formatBytes(used);
 }
 
 export function Badge({
@@ -142,7 +184,10 @@ export function Badge({
   title?: string;
 }): JSX.Element {
   return (
-    <span className={`jp-MLXPanel-badge ${kind ? `jp-mod-${kind}` : ''}`} title={title}>
+    <span
+      className={`jp-MLXPanel-badge ${kind ? `jp-mod-${kind}` : ''}`}
+      title={title}
+    >
       {children}
     </span>
   );
@@ -205,8 +250,14 @@ export function SectionHeader({
 }
 
 /** Facts as small "name value" chips. */
-export function Facts({ items }: { items: [string, React.ReactNode][] }): JSX.Element | null {
-  const shown = items.filter(([, v]) => v !== null && v !== undefined && v !== '' && v !== '—');
+export function Facts({
+  items
+}: {
+  items: [string, React.ReactNode][];
+}): JSX.Element | null {
+  const shown = items.filter(
+    ([, v]) => v !== null && v !== undefined && v !== '' && v !== '—'
+  );
   if (!shown.length) {
     return null;
   }
