@@ -29,10 +29,12 @@ def engine_models(tmp_path_factory) -> Path:
 class Runner:
     """A runner child process and a reader thread that sorts its events by request."""
 
-    def __init__(self, model: Path, *args: str):
+    LAUNCHER = (sys.executable, "-m", "jupyter_mlx_manager.runner")
+
+    def __init__(self, model: Path, *args: str, launcher: tuple[str, ...] = LAUNCHER, stderr=subprocess.DEVNULL):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "jupyter_mlx_manager.runner", str(model), *args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            [*launcher, str(model), *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
             env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
         )  # fmt: skip
         self.events: dict[str, queue.Queue] = {}

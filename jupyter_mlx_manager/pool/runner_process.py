@@ -2,7 +2,14 @@
 
 Reads the runner's event stream on the event loop, routes each event to the request it
 belongs to, keeps the latest heartbeat figures, and notices the process exiting at once
-(its stdout closes), failing every request still in flight.
+(its stdout closes), failing every request still in flight. A line that is not a JSON object
+with an "ev" is logged and skipped, never fatal to the reader.
+
+A watchdog finds hung runners: while requests are in flight, a runner whose heartbeats stop
+(e.g. SIGSTOP, a deadlock that holds the interpreter) or whose generation thread makes no
+progress although it has work, for `stall_seconds`, is killed (SIGKILL); its requests end
+with an `error` event, code "runner_stalled". Progress moves per prefill chunk and decode
+step, so a long prompt or a slow first step does not look hung.
 """
 
 from __future__ import annotations
@@ -28,24 +35,41 @@ class RunnerCrashed(Exception):
 
 
 class RunnerProcess:
-    def __init__(self, model_id: str, process: asyncio.subprocess.Process, log: logging.Logger):
+    def __init__(
+        self, model_id: str, process: asyncio.subprocess.Process, log: logging.Logger, stall_seconds: float = 30
+    ):
         self.model_id = model_id
         self.process = process
         self.log = log
-        self.ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.heartbeat: dict[str, int] = {}
+        loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.exited: asyncio.Future[int] = loop.create_future()
+        self.heartbeat: dict[str, Any] = {}
         self.stderr_tail: deque[str] = deque(maxlen=20)
+        self.stall_seconds = float(stall_seconds)
+        self.stalled = False
         self._requests: dict[str, asyncio.Queue[dict[str, Any] | None]] = {}
+        self._alive_at = loop.time()  # the last line from the runner
+        self._progress_at = loop.time()  # the last sign of generation progress (or of having no work)
+        self._progress: Any = None
         self._tasks = [asyncio.ensure_future(self._read_events()), asyncio.ensure_future(self._read_stderr())]
+        self._watchdog = asyncio.ensure_future(self._watch()) if self.stall_seconds > 0 else None
 
     @classmethod
     async def start(
-        cls, model_id: str, path: Path, log: logging.Logger, timeout: float = 300, args: Sequence[str] = ()
+        cls,
+        model_id: str,
+        path: Path,
+        log: logging.Logger,
+        timeout: float = 300,
+        args: Sequence[str] = (),
+        stall_seconds: float = 30,
     ) -> RunnerProcess:
         """Spawn a runner and wait until its model is loaded; raise LoadFailed otherwise.
 
-        `args`: runner options, e.g. `["--prompt-cache-bytes", "1073741824"]`."""
+        `args`: runner options, e.g. `["--prompt-cache-bytes", "1073741824"]`. `stall_seconds`:
+        see the watchdog (0 turns it off). On any exception, cancellation included, the child
+        is killed before the exception propagates."""
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "jupyter_mlx_manager.runner", str(path), *args,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -53,12 +77,16 @@ class RunnerProcess:
             limit=16 * 1024 * 1024,
             env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "JUPYTER_MLX_MANAGER_PARENT_PID": str(os.getpid())},
         )  # fmt: skip
-        runner = cls(model_id, process, log)
+        try:
+            runner = cls(model_id, process, log, stall_seconds=stall_seconds)
+        except BaseException:
+            _kill(process)
+            raise
         try:
             info = await asyncio.wait_for(asyncio.shield(runner.ready), timeout)
-        except (LoadFailed, asyncio.TimeoutError) as exc:
-            await runner.stop()
-            if isinstance(exc, asyncio.TimeoutError):
+        except BaseException as exc:
+            await runner._abort()
+            if isinstance(exc, TimeoutError):
                 raise LoadFailed(f"loading {model_id} took longer than {timeout:.0f} s") from None
             raise
         runner.info = info
@@ -75,7 +103,7 @@ class RunnerProcess:
     # -- requests ------------------------------------------------------------------------------
     async def generate(self, request_id: str, command: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Send one request and yield its events up to `done` or `error`."""
-        if not self.alive:
+        if not self.alive or self.stalled:
             raise RunnerCrashed(f"the runner for {self.model_id} is not running")
         events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._requests[request_id] = events
@@ -108,33 +136,45 @@ class RunnerProcess:
                 self.process.stdin.close()
             try:
                 await asyncio.wait_for(asyncio.shield(self.exited), timeout)
-            except asyncio.TimeoutError:
-                self.process.kill()
+            except TimeoutError:
+                _kill(self.process)
         await self.process.wait()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._join_tasks()
+
+    async def _abort(self) -> None:
+        """Kill the runner at once (a failed or cancelled start) and reap it."""
+        _kill(self.process)
+        try:
+            await self.process.wait()
+        finally:
+            await self._join_tasks()
+            if self.ready.done() and not self.ready.cancelled():
+                self.ready.exception()  # retrieved: nobody else waits for it now
+
+    async def _join_tasks(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        await asyncio.gather(*self._tasks, *([self._watchdog] if self._watchdog else []), return_exceptions=True)
 
     async def _read_events(self) -> None:
         assert self.process.stdout is not None
+        stdout = self.process.stdout
         try:
-            async for line in self.process.stdout:
+            while True:
                 try:
-                    event = protocol.decode(line)
-                except ValueError:
-                    self.log.warning("runner %s: unreadable line %r", self.model_id, line[:200])
+                    line = await stdout.readline()
+                except ValueError:  # a line longer than the stream's limit: dropped
+                    self.log.warning("runner %s: skipped an overlong line", self.model_id)
                     continue
-                kind = event.get("ev")
-                if kind == "heartbeat":
-                    self.heartbeat = {k: v for k, v in event.items() if k != "ev"}
-                elif kind == "ready":
-                    if not self.ready.done():
-                        self.ready.set_result(event)
-                elif kind == "failed":
-                    if not self.ready.done():
-                        self.ready.set_exception(LoadFailed(event.get("error", "the model failed to load")))
-                elif "id" in event and event["id"] in self._requests:
-                    self._requests[event["id"]].put_nowait(event)
+                if not line:
+                    break
+                self._on_line(line)
         finally:
-            code = await self.process.wait()
+            try:
+                code = await asyncio.wait_for(self.process.wait(), 10)
+            except TimeoutError:  # stdout closed but the process lives on: it is of no use
+                _kill(self.process)
+                code = await self.process.wait()
             if not self.ready.done():
                 detail = "; ".join(list(self.stderr_tail)[-3:]) or "no output"
                 self.ready.set_exception(LoadFailed(f"the runner exited with code {code} while loading: {detail}"))
@@ -142,11 +182,93 @@ class RunnerProcess:
                 queue.put_nowait(None)
             if not self.exited.done():
                 self.exited.set_result(code)
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+
+    def _on_line(self, line: bytes) -> None:
+        """Handle one line of the event stream; anything but an event object is skipped."""
+        self._alive_at = asyncio.get_running_loop().time()
+        try:
+            event = protocol.decode(line)
+        except Exception:  # not JSON, or nested too deep
+            self.log.warning("runner %s: unreadable line %r", self.model_id, line[:200])
+            return
+        if not isinstance(event, dict) or not isinstance(event.get("ev"), str):
+            self.log.warning("runner %s: skipped a line that is not an event %r", self.model_id, line[:200])
+            return
+        kind = event["ev"]
+        if kind == "heartbeat":
+            self.heartbeat = {k: v for k, v in event.items() if k != "ev"}
+            progress = event.get("progress")
+            if progress is None or not event.get("busy", True) or progress != self._progress:
+                self._progress, self._progress_at = progress, self._alive_at
+        elif kind == "ready":
+            if not self.ready.done():
+                self.ready.set_result(event)
+        elif kind == "failed":
+            if not self.ready.done():
+                self.ready.set_exception(LoadFailed(str(event.get("error") or "the model failed to load")))
+        else:
+            rid = event.get("id")
+            if isinstance(rid, str) and rid in self._requests and not self.stalled:
+                self._progress_at = self._alive_at  # a request event is progress too
+                self._requests[rid].put_nowait(event)
+
+    async def _watch(self) -> None:
+        """Kill the runner when it has requests in flight and shows no life or no progress for
+        `stall_seconds` (see the module docstring)."""
+        loop = asyncio.get_running_loop()
+        interval = min(0.5, self.stall_seconds / 4)
+        ticked = loop.time()
+        while self.alive:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            lag = now - ticked - interval
+            ticked = now
+            if lag > 1:  # this event loop was held up: the runner's lines may be waiting unread
+                self._alive_at += lag
+                self._progress_at += lag
+            if not self._requests or not self.alive:
+                continue
+            silent, stuck = now - self._alive_at, now - self._progress_at
+            if silent < self.stall_seconds and stuck < self.stall_seconds:
+                continue
+            if silent >= self.stall_seconds:
+                self._stalled(f"sent nothing for {silent:.0f} s")
+            else:
+                self._stalled(f"made no progress for {stuck:.0f} s")
+            return
+
+    def _stalled(self, why: str) -> None:
+        self.stalled = True
+        self.log.warning("runner %s (pid %d) %s with requests in flight: killing it", self.model_id, self.pid, why)
+        message = f"the runner for {self.model_id} {why} and was stopped; the model is loaded again on the next request"
+        requests, self._requests = self._requests, {}
+        for rid, queue in requests.items():
+            queue.put_nowait(
+                {"ev": "error", "id": rid, "message": message, "type": "server_error", "code": "runner_stalled"}
+            )
+        _kill(self.process)
 
     async def _read_stderr(self) -> None:
         assert self.process.stderr is not None
-        async for line in self.process.stderr:
+        stderr = self.process.stderr
+        while True:
+            try:
+                line = await stderr.readline()
+            except ValueError:  # an overlong line
+                continue
+            if not line:
+                break
             text = line.decode(errors="replace").rstrip()
             if text:
                 self.stderr_tail.append(text)
                 self.log.debug("runner %s: %s", self.model_id, text)
+
+
+def _kill(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        try:
+            process.kill()
+        except ProcessLookupError:
+            pass

@@ -1,4 +1,5 @@
-"""`python -m jupyter_mlx_manager.runner MODEL_PATH [--prompt-cache-bytes N]`: serve one model over stdin/stdout."""
+"""`python -m jupyter_mlx_manager.runner MODEL_PATH [--prompt-cache-bytes N] [--prefill-step-size N]`:
+serve one model over stdin/stdout."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 from . import protocol
 from .engine import Engine
@@ -24,6 +26,20 @@ def _exit_with_server() -> None:
             os._exit(1)  # the server died before the signal was armed
 
 
+def _protocol_streams() -> tuple[BinaryIO, BinaryIO]:
+    """The protocol's own file descriptors: private duplicates of stdin and stdout. Then fd 1
+    points at stderr and fd 0 at /dev/null, so whatever a library prints (Python `print`, C
+    code writing to fd 1) lands in the log instead of corrupting the event stream, and nothing
+    can read our commands. The duplicates are not inherited by child processes."""
+    sys.stdout.flush()
+    commands, events = os.dup(0), os.dup(1)
+    os.dup2(2, 1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    return os.fdopen(commands, "rb"), os.fdopen(events, "wb")
+
+
 def main() -> None:
     _exit_with_server()
     parser = argparse.ArgumentParser(description=__doc__)
@@ -33,12 +49,15 @@ def main() -> None:
         help="byte budget of the prompt (KV prefix) cache; 0 disables it (default: 1 GiB)",
     )  # fmt: skip
     parser.add_argument(
+        "--prefill-step-size", type=int, default=512,
+        help="prompt tokens prefilled per scheduler step on every path (default: 512)",
+    )  # fmt: skip
+    parser.add_argument(
         "--switch", choices=["migrate", "finish", "batch"], default="migrate",
         help="scheduling when a second request arrives during a direct one (for benchmarks)",
     )  # fmt: skip
     args = parser.parse_args()
-
-    out = sys.stdout.buffer
+    commands, out = _protocol_streams()
     write_lock = threading.Lock()
 
     def emit_many(messages):  # one write for all the events of a decode step
@@ -51,22 +70,30 @@ def main() -> None:
         emit_many([message])
 
     engine = Engine(
-        args.model_path, emit, prompt_cache_bytes=args.prompt_cache_bytes, switch=args.switch, emit_many=emit_many
-    )
+        args.model_path, emit, prompt_cache_bytes=args.prompt_cache_bytes, switch=args.switch, emit_many=emit_many,
+        prefill_step_size=max(1, args.prefill_step_size),
+    )  # fmt: skip
     generation = threading.Thread(target=engine.run, name="mlx-generation", daemon=True)
     generation.start()
     stop = threading.Event()
     threading.Thread(target=_heartbeats, args=(engine, emit, stop, generation), name="heartbeat", daemon=True).start()
 
-    for line in sys.stdin.buffer:  # the server closing our stdin means: exit
+    for line in commands:  # the server closing our stdin means: exit
         try:
             command = protocol.decode(line)
-        except ValueError:
+        except Exception:  # not JSON (or nested too deep): not a command
+            _log(f"skipped an unreadable command line {line[:200]!r}")
+            continue
+        if not isinstance(command, dict):
+            _log(f"skipped a command that is not a JSON object: {line[:200]!r}")
             continue
         if command.get("op") == "cancel":
-            engine.cancelled.add(command["id"])
+            if isinstance(command.get("id"), str):
+                engine.cancelled.add(command["id"])
+            else:
+                _log(f"skipped a cancel without a valid id: {line[:200]!r}")
         else:
-            engine.inbox.put(command)
+            engine.inbox.put(command)  # the engine checks it (and logs what it skips)
             if command.get("op") == "shutdown":
                 break
     engine.inbox.put({"op": "shutdown"})
@@ -76,14 +103,29 @@ def main() -> None:
     os._exit(0)  # skip interpreter teardown of MLX objects owned by the generation thread
 
 
+def _log(message: str) -> None:
+    print(f"jupyter_mlx_manager.runner: {message}", file=sys.stderr, flush=True)
+
+
 def _heartbeats(engine: Engine, emit, stop: threading.Event, generation: threading.Thread) -> None:
+    """Every HEARTBEAT_SECONDS from its own thread: memory figures and the generation thread's
+    liveness (`progress` moves while it works; `busy` says whether it has work), which the
+    server's watchdog reads to find a hung runner."""
     import psutil
 
     process = psutil.Process()
     while not stop.wait(protocol.HEARTBEAT_SECONDS):
         if not generation.is_alive():  # load failed or shut down: nothing more to serve
             os._exit(1 if not hasattr(engine, "model") else 0)
-        emit({"ev": "heartbeat", "rss_bytes": process.memory_info().rss, **engine.memory})
+        emit(
+            {
+                "ev": "heartbeat",
+                "rss_bytes": process.memory_info().rss,
+                "progress": engine.progress,
+                "busy": engine.busy,
+                **engine.memory,
+            }
+        )
 
 
 if __name__ == "__main__":

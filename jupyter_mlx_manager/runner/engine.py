@@ -23,6 +23,19 @@ All MLX work happens on this one thread (MLX streams are thread-local). Scheduli
   longest cached prefix (a deep copy, trimmed to the common prefix), so a shared system
   prompt or a continuing conversation is not prefilled again. `cached_tokens` says how much.
 
+* **Chunked prefill**: a prompt is fed to the model `prefill_step_size` tokens per scheduler
+  step on both paths (the direct path prefills in chunks itself, then starts `generate_step`
+  on the last token; `BatchGenerator` prefills one chunk per `next()`), so admission,
+  cancellation and the other streams' decode steps come between chunks. Greedy output does
+  not depend on the chunk size (tested).
+* **Untrusted input**: every command is checked field by field before anything reaches MLX;
+  every prompt token id (given or produced by the tokenizer) and every `logit_bias` id must
+  be below the model's `vocab_size` (MLX does no bounds checks: an out-of-range id is
+  undefined behaviour, measured as a SIGSEGV). Any failure while admitting a request ends
+  that request with an `error` event; the generation thread never dies of one.
+* **Terminal events**: `done` and `error` go out through `_end` only, which records the id as
+  finished first, so a cancel that arrives too late (or for an id never admitted) is dropped.
+
 Text-level work (detokenizing, stop strings, tool-call blocks: `text.py`) is per request
 and the same on both paths.
 """
@@ -30,8 +43,10 @@ and the same on both paths.
 from __future__ import annotations
 
 import json
+import math
 import queue
 import secrets
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -44,6 +59,38 @@ from .text import TextFilter
 Emit = Callable[[dict[str, Any]], None]
 MODEL_KEY = "model"  # the prompt cache is per runner, hence per model
 MEMORY_UPDATE_SECONDS = 0.2
+
+
+EMBEDDING_NAMES = ("embed_tokens", "wte", "tok_embeddings", "word_embeddings", "embedding", "embeddings")
+
+
+def vocab_size_of(model: Any) -> int | None:
+    """Rows of the model's token embedding table: the bound for every input token id.
+
+    Read from the embedding module (robust across model classes: `nn.Embedding` and
+    `nn.QuantizedEmbedding` both keep one row per token in `weight.shape[0]`) and from
+    `args.vocab_size` (or `args.text_config`); the smaller of the two when both are known."""
+    known = []
+    embeddings = []
+    try:
+        for name, module in model.named_modules():
+            weight = module.get("weight") if isinstance(module, dict) else None
+            if "Embedding" in type(module).__name__ and getattr(weight, "ndim", 0) == 2:
+                embeddings.append((name.rsplit(".", 1)[-1] in EMBEDDING_NAMES, int(weight.shape[0])))
+    except Exception:
+        embeddings = []
+    preferred = [rows for named, rows in embeddings if named]
+    if preferred:
+        known.append(min(preferred))
+    elif len(embeddings) == 1:
+        known.append(embeddings[0][1])
+    args = getattr(model, "args", None)
+    for source in (args, getattr(args, "text_config", None)):
+        value = source.get("vocab_size") if isinstance(source, dict) else getattr(source, "vocab_size", None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            known.append(value)
+            break
+    return min(known) if known else None
 
 
 class ModelRefused(Exception):
@@ -113,6 +160,8 @@ class Request:
     eos: set[int]
     generated: list[int] = field(default_factory=list)  # every token sampled, EOS included
     steps: Any = None  # the generate_step generator on the direct path
+    pending: list[int] = field(default_factory=list)  # direct path: tokens still to feed before generate_step
+    fed: list[int] = field(default_factory=list)  # direct path: the tokens in `cache` while prefilling
     uid: int | None = None  # BatchGenerator uid while batched
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
@@ -137,15 +186,24 @@ class Engine:
         # "migrate" (default), "finish" (a direct request finishes on its own path while the
         # others batch) or "batch" (no direct path at all): the latter two for benchmarks.
         self.switch = switch
-        self.prefill_step_size = prefill_step_size
+        self.prefill_step_size = max(1, int(prefill_step_size))
         self.inbox: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.cancelled: set[str] = set()
-        self.memory = {"mlx_active_bytes": 0, "mlx_peak_bytes": 0}
+        self.cancelled: set[str] = set()  # added to by the command reader; only ids still to come or running
+        self.memory: dict[str, Any] = {"mlx_active_bytes": 0, "mlx_peak_bytes": 0}
         self.direct: Request | None = None
         self.batched: dict[int, Request] = {}
         self.batch: Any = None
         self.prompt_cache: Any = None
-        self.stats = {"migrations": 0, "demotions": 0, "batch_steps": 0, "direct_steps": 0}
+        self.vocab_size: int | None = None
+        self.stats = {
+            "migrations": 0, "demotions": 0, "batch_steps": 0, "direct_steps": 0, "prefill_chunks": 0,
+            "pending_cancels": 0,
+        }  # fmt: skip
+        # Liveness for the server's watchdog (read by the heartbeat thread): `progress` moves on
+        # every scheduler step, prefill chunk and admitted command; `admitting` is set while a
+        # command is being admitted.
+        self.progress = 0
+        self.admitting = False
         self._events: list[dict[str, Any]] = []
         self._finished_ids: set[str] = set()
         self._finished_order: deque[str] = deque()
@@ -155,6 +213,11 @@ class Engine:
     def active(self) -> list[Request]:
         return ([self.direct] if self.direct is not None else []) + list(self.batched.values())
 
+    @property
+    def busy(self) -> bool:
+        """Whether the generation thread has work (requests running or a command being admitted)."""
+        return self.admitting or self.direct is not None or bool(self.batched)
+
     def emit(self, message: dict[str, Any]) -> None:
         """Queue an event; `_flush` writes the step's events in one go."""
         self._events.append(message)
@@ -163,6 +226,13 @@ class Engine:
         if self._events:
             events, self._events = self._events, []
             self.emit_many(events)
+
+    @staticmethod
+    def _log(message: str) -> None:
+        try:
+            print(f"jupyter_mlx_manager.runner: {message}", file=sys.stderr, flush=True)
+        except Exception:
+            pass
 
     # -- life cycle (the generation thread) --------------------------------------------------
     def run(self) -> None:
@@ -177,6 +247,7 @@ class Engine:
             self.make_cache = lambda: make_prompt_cache(self.model)
             if self.prompt_cache_bytes:
                 self.prompt_cache = LRUPromptCache(max_size=1 << 20, max_bytes=self.prompt_cache_bytes)
+            self.vocab_size = vocab_size_of(self.model) or self._vocab_size_from_logits()
         except Exception as exc:  # any load failure is reported, then the runner exits
             self.emit_one(
                 {
@@ -188,13 +259,13 @@ class Engine:
         self.context_length = int(
             config.get("max_position_embeddings") or getattr(self.tokenizer, "model_max_length", 0) or 4096
         )
-        self.vocab_size = self.model.args.vocab_size if hasattr(self.model, "args") else None
         self.eos = set(self.tokenizer.eos_token_ids)
         self._update_memory()
         self.emit_one(
             {
                 "ev": "ready",
                 "context_length": self.context_length,
+                "vocab_size": self.vocab_size,
                 "tool_calling": self.tokenizer.tool_parser is not None,
                 "eos_token_ids": sorted(self.tokenizer.eos_token_ids),
             }
@@ -215,6 +286,7 @@ class Engine:
                         self._maybe_demote()
                 except Exception as exc:  # a bug or an MLX failure: fail what runs, keep serving
                     self._fail_all(exc)
+                self.progress += 1
                 self._flush()
                 now = time.monotonic()
                 if now - self._memory_at > MEMORY_UPDATE_SECONDS:
@@ -222,6 +294,11 @@ class Engine:
                     self._update_memory()
         finally:
             self._flush()
+
+    def _vocab_size_from_logits(self) -> int:
+        """Last resort when neither the embedding nor the config says: the width of the logits."""
+        logits = self.model(self.mx.array([[0]]))
+        return int(logits.shape[-1])
 
     def _admit(self, block: bool) -> bool:
         """Start every queued request; False when told to shut down."""
@@ -232,36 +309,53 @@ class Engine:
                 command = self.inbox.get(timeout=0.5) if block else self.inbox.get_nowait()
             except queue.Empty:
                 if block:
+                    if self.cancelled:  # cancels of finished requests: drop them while idle too
+                        self._cancel_requested()
                     self._update_memory()
                     continue
                 return True
-            if command["op"] == "shutdown":
+            if isinstance(command, dict) and command.get("op") == "shutdown":
                 return False
-            request = self._start(command)
-            if request is not None:
-                try:
-                    self._place(request)
-                except Exception as exc:
-                    self.emit(
-                        {
-                            "ev": "error",
-                            "id": request.id,
-                            "message": f"{type(exc).__name__}: {exc}",
-                            "type": "server_error",
-                            "code": None,
-                        }
-                    )
+            self.admitting = True
+            try:
+                self._admit_one(command)
+            finally:
+                self.admitting = False
+                self.progress += 1
             self._flush()
             block = False
 
+    def _admit_one(self, command: Any) -> None:
+        """Admit one command; whatever goes wrong fails that request only (never this thread)."""
+        rid = command.get("id") if isinstance(command, dict) else None
+        if not isinstance(rid, str) or not rid:
+            self._log(f"skipped a command without a valid id: {_brief(command)}")
+            return
+        op = command.get("op")
+        if op != "generate":
+            self._log(f"skipped a command with an unknown op {_brief(op)} (id {_brief(rid)})")
+            return
+        if any(r.id == rid for r in self.active):
+            self._log(f"skipped a second generate command for running request {_brief(rid)}")
+            return
+        try:
+            request = self._start(command)
+            if request is not None:
+                self._place(request)
+        except _InvalidRequest as exc:
+            self._error(rid, str(exc), "invalid_request_error", exc.code, exc.param)
+        except Exception as exc:
+            self._error(rid, f"{type(exc).__name__}: {exc}")
+
     # -- admission -----------------------------------------------------------------------------
     def _start(self, command: dict[str, Any]) -> Request | None:
+        """A Request for a valid command (raises _InvalidRequest otherwise), or None if it was
+        cancelled before it could start."""
         from mlx_lm.sample_utils import greedy_sampler, make_logits_processors
 
         rid = command["id"]
         if rid in self.cancelled:
-            self.cancelled.discard(rid)
-            self.emit(
+            self._end(
                 {
                     "ev": "done",
                     "id": rid,
@@ -273,63 +367,90 @@ class Engine:
                 }
             )
             return None
-        try:
-            prompt = self._prompt_tokens(command)
-            if not prompt:
-                raise _InvalidRequest("the prompt is empty", "empty_prompt")
-            budget = self.context_length - len(prompt)
-            if budget <= 0:
-                raise _InvalidRequest(
-                    f"the prompt has {len(prompt)} tokens; this model's context is {self.context_length}",
-                    "context_length_exceeded",
-                )
-            max_tokens = min(int(command["max_tokens"]), budget)
-            bias = {int(k): float(v) for k, v in (command.get("logit_bias") or {}).items()}
-            if self.vocab_size is not None and any(not 0 <= k < self.vocab_size for k in bias):
-                raise _InvalidRequest(f"logit_bias token ids must be in [0, {self.vocab_size})", "invalid_logit_bias")
-            temperature = float(command.get("temperature") or 0.0)
-            if temperature <= 0:
-                sampler = greedy_sampler  # one shared object: the batch samples greedy rows in one call
-            else:
-                seed = command.get("seed")
-                sampler = KeyedSampler(
-                    self.mx,
-                    temperature,
-                    float(command.get("top_p", 1.0)),
-                    secrets.randbits(32) if seed is None else int(seed),
-                )
-            processors = make_logits_processors(logit_bias=bias or None)
-            cache, rest = self._cached_prefix(prompt)
-        except _InvalidRequest as exc:
-            self.emit(
-                {"ev": "error", "id": rid, "message": str(exc), "type": "invalid_request_error", "code": exc.code}
-            )
-            return None
-        except Exception as exc:
-            self.emit(
-                {
-                    "ev": "error",
-                    "id": rid,
-                    "message": f"{type(exc).__name__}: {exc}",
-                    "type": "server_error",
-                    "code": None,
-                }
-            )
-            return None
+        max_tokens = _integer(command, "max_tokens", required=True, minimum=1)
+        temperature = _number(command, "temperature", default=0.0)
+        top_p = _number(command, "top_p", default=1.0)
+        seed = _integer(command, "seed")
+        stop = command.get("stop")
+        if isinstance(stop, str):
+            stop = [stop]
+        if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+            raise _InvalidRequest("stop must be a string or a list of strings", "invalid_field", "stop")
         tools = command.get("tools")
+        if tools is not None and not isinstance(tools, list):
+            raise _InvalidRequest("tools must be a list", "invalid_field", "tools")
+        bias = self._logit_bias(command.get("logit_bias"))
+        prompt = self._prompt_tokens(command)
+        if not prompt:
+            raise _InvalidRequest("the prompt is empty", "empty_prompt", "prompt")
+        self._check_token_ids(prompt)
+        budget = self.context_length - len(prompt)
+        if budget <= 0:
+            raise _InvalidRequest(
+                f"the prompt has {len(prompt)} tokens; this model's context is {self.context_length}",
+                "context_length_exceeded",
+                "prompt",
+            )
+        max_tokens = min(max_tokens, budget)
+        if temperature <= 0:
+            sampler = greedy_sampler  # one shared object: the batch samples greedy rows in one call
+        else:
+            sampler = KeyedSampler(self.mx, temperature, top_p, secrets.randbits(32) if seed is None else seed)
+        processors = make_logits_processors(logit_bias=bias or None)
         parser = self.tokenizer.tool_parser if tools else None
         text_filter = TextFilter(
-            stop=command.get("stop"),
+            stop=stop,
             tool_call_start=self.tokenizer.tool_call_start,
             tool_call_end=self.tokenizer.tool_call_end,
             parse_tool_call=(lambda text: parser(text, tools)) if parser else None,
         )
+        cache, rest = self._cached_prefix(prompt)
         request = Request(
             rid, prompt, max_tokens, len(prompt) - len(rest), rest, cache, sampler, processors,
             self.tokenizer.detokenizer, text_filter, self.eos,
         )  # fmt: skip
         self.emit({"ev": "started", "id": rid, "prompt_tokens": len(prompt), "cached_tokens": request.cached_tokens})
         return request
+
+    def _check_token_ids(self, tokens: list[int]) -> None:
+        """Every id must index the embedding table: MLX does not check (out of range = UB)."""
+        limit = self.vocab_size
+        if limit is None:
+            return
+        for token in tokens:
+            if not 0 <= token < limit:
+                raise _InvalidRequest(
+                    f"prompt token id {token} is out of range: this model's token ids are 0 to {limit - 1}",
+                    "invalid_token_id",
+                    "prompt",
+                )
+
+    def _logit_bias(self, raw: Any) -> dict[int, float]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            raise _InvalidRequest("logit_bias must be an object of token id: bias", "invalid_logit_bias", "logit_bias")
+        limit = self.vocab_size
+        bias = {}
+        for key, value in raw.items():
+            try:
+                token = int(key)
+            except (TypeError, ValueError):
+                raise _InvalidRequest(
+                    f"logit_bias key {_brief(key)} is not a token id", "invalid_logit_bias", "logit_bias"
+                ) from None
+            if limit is not None and not 0 <= token < limit:
+                raise _InvalidRequest(
+                    f"logit_bias token id {token} is out of range: token ids must be in [0, {limit})",
+                    "invalid_logit_bias",
+                    "logit_bias",
+                )
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise _InvalidRequest(
+                    f"logit_bias for token {token} must be a finite number", "invalid_logit_bias", "logit_bias"
+                )
+            bias[token] = float(value)
+        return bias
 
     def _cached_prefix(self, prompt: list[int]) -> tuple[Any, list[int]]:
         """(KV cache, tokens still to prefill): the longest cached prefix, else a fresh cache."""
@@ -344,85 +465,126 @@ class Engine:
         return self.make_cache(), prompt
 
     def _prompt_tokens(self, command: dict[str, Any]) -> list[int]:
-        if command["kind"] == "chat":
+        kind = command.get("kind")
+        if kind == "chat":
             if not self.tokenizer.has_chat_template:
                 raise _InvalidRequest(
                     "this model has no chat template: use the completions endpoint", "no_chat_template"
                 )
+            messages = command.get("messages")
+            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+                raise _InvalidRequest("messages must be a list of objects", "invalid_field", "messages")
             try:
                 tokens = self.tokenizer.apply_chat_template(
-                    command["messages"], tools=command.get("tools"), add_generation_prompt=True
+                    messages, tools=command.get("tools"), add_generation_prompt=True
                 )
             except Exception as exc:  # the model's Jinja template rejected the messages
                 raise _InvalidRequest(f"the chat template rejected these messages: {exc}", "invalid_messages") from None
-            return list(tokens)
-        prompt = command["prompt"]
+            return _token_list(tokens)
+        if kind != "completion":
+            raise _InvalidRequest(f"kind must be 'chat' or 'completion', not {_brief(kind)}", "invalid_field", "kind")
+        prompt = command.get("prompt")
         if isinstance(prompt, list):
-            return [int(t) for t in prompt]
-        return list(self.tokenizer.encode(prompt))
+            if not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+                raise _InvalidRequest("a token id prompt must be a list of integers", "invalid_token_id", "prompt")
+            return list(prompt)
+        if not isinstance(prompt, str):
+            raise _InvalidRequest("prompt must be a string or a list of token ids", "invalid_field", "prompt")
+        return _token_list(self.tokenizer.encode(prompt))
 
     def _place(self, request: Request) -> None:
         """Direct path if nothing else runs; otherwise the batch (migrating the direct one)."""
         if self.direct is None and not self.batched and self.switch != "batch":
-            self._run_direct(request, request.rest, request.cache)
+            self._run_direct(request, request.rest, request.cache, request.prompt[: request.cached_tokens])
             return
         if self.direct is not None and self.switch == "migrate":
-            self._migrate(self.direct)
+            direct = self.direct
+            try:
+                self._migrate(direct)
+            except Exception as exc:  # the direct request is neither direct nor batched now: end it
+                if self.direct is not direct and self.batched.get(direct.uid) is not direct:
+                    self._error(direct.id, f"{type(exc).__name__}: {exc}")
+                raise
         self._insert(request, request.rest, request.cache, request.prompt[: request.cached_tokens])
 
     # -- the direct path -----------------------------------------------------------------------
-    def _run_direct(self, request: Request, tokens: list[int], cache: Any) -> None:
-        from mlx_lm.generate import generate_step
-
-        request.cache, request.uid = cache, None
-        request.steps = generate_step(
-            self.mx.array(tokens),
-            self.model,
-            max_tokens=request.max_tokens - request.completion_tokens,
-            sampler=request.sampler,
-            logits_processors=request.processors,
-            prompt_cache=cache,
-            prefill_step_size=2048,
-        )
+    def _run_direct(self, request: Request, tokens: list[int], cache: Any, cache_tokens: list[int]) -> None:
+        """Put a request on the direct path: `tokens` still to feed to `cache` (which holds
+        `cache_tokens`). They are prefilled one chunk per step (`_prefill_chunk`); the last one
+        starts `generate_step`."""
+        request.cache, request.uid, request.steps = cache, None, None
+        request.pending, request.fed = list(tokens), list(cache_tokens)
         self.direct = request
 
+    def _prefill_chunk(self, request: Request) -> None:
+        """Feed one chunk of the pending prompt to the model (as generate_step's own prefill
+        loop does: all but the last token, at most `prefill_step_size` at a time)."""
+        from mlx_lm.generate import generation_stream
+
+        mx = self.mx
+        n = min(self.prefill_step_size, len(request.pending) - 1)
+        chunk = request.pending[:n]
+        with mx.stream(generation_stream):
+            self.model(mx.array(chunk)[None], cache=request.cache)
+            mx.eval([c.state for c in request.cache])
+        mx.clear_cache()
+        request.pending = request.pending[n:]
+        request.fed.extend(chunk)
+        self.stats["prefill_chunks"] += 1
+
     def _step_direct(self) -> None:
+        from mlx_lm.generate import generate_step
+
         request = self.direct
         self.stats["direct_steps"] += 1
         try:
+            if request.steps is None:
+                if len(request.pending) > 1:
+                    self._prefill_chunk(request)
+                    return
+                request.steps = generate_step(
+                    self.mx.array(request.pending),
+                    self.model,
+                    max_tokens=request.max_tokens - request.completion_tokens,
+                    sampler=request.sampler,
+                    logits_processors=request.processors,
+                    prompt_cache=request.cache,
+                    prefill_step_size=self.prefill_step_size,
+                )
             token, _ = next(request.steps)
         except StopIteration:
-            self._finish(request, "length", (request.cache, request.prompt + request.generated))
+            self._finish(request, "length", self._direct_cache_entry(request))
             return
         except Exception as exc:
             self.direct = None
-            self.emit(
-                {
-                    "ev": "error",
-                    "id": request.id,
-                    "message": f"{type(exc).__name__}: {exc}",
-                    "type": "server_error",
-                    "code": None,
-                }
-            )
+            self._error(request.id, f"{type(exc).__name__}: {exc}")
             return
         reason = self._on_token(request, int(token))
         if reason is not None:
             # The cache holds the prompt and every token sampled (generate_step has fed the last one).
-            self._finish(request, reason, (request.cache, request.prompt + request.generated))
+            self._finish(request, reason, self._direct_cache_entry(request))
+
+    @staticmethod
+    def _direct_cache_entry(request: Request) -> tuple[Any, list[int]]:
+        """(cache, the tokens it holds) of a direct request, for the prompt cache."""
+        if request.steps is None:  # still prefilling
+            return request.cache, list(request.fed)
+        return request.cache, request.prompt + request.generated
 
     def _migrate(self, request: Request) -> None:
         """Move the direct request into the batch with its KV cache (if the cache can be
         trimmed; otherwise it finishes on its own path, interleaved with the batch)."""
+        if request.steps is None:  # still prefilling: the batch prefills the rest
+            self.direct = None
+            self.stats["migrations"] += 1
+            self._insert(request, request.pending, request.cache, request.fed)
+            return
         if request.generated and not self._trim_last(request.cache):
             return
         self.direct = None
         request.steps.close()
         request.steps = None
         self.stats["migrations"] += 1
-        if not request.generated:  # admitted but not yet stepped: a fresh insert
-            self._insert(request, request.rest, request.cache, request.prompt[: request.cached_tokens])
-            return
         # The cache held the last sampled token (now trimmed): the batch feeds it again and
         # samples the next token itself (the direct path's lookahead token is discarded).
         self._rewind_sampler(request)
@@ -437,6 +599,9 @@ class Engine:
 
     # -- the batch -----------------------------------------------------------------------------
     def _insert(self, request: Request, tokens: list[int], cache: Any, cache_tokens: list[int]) -> None:
+        """Hand a request to the BatchGenerator, which prefills `tokens` one chunk of
+        `prefill_step_size` per `next()` (all its prefilling requests together), between the
+        decode steps of the others."""
         if self.batch is None:
             from mlx_lm.generate import BatchGenerator
 
@@ -456,6 +621,7 @@ class Engine:
             logits_processors=[request.processors],
         )
         request.uid, request.cache = uid, None
+        request.pending, request.fed = [], []
         self.batched[uid] = request
 
     def _step_batch(self) -> None:
@@ -463,17 +629,9 @@ class Engine:
         try:
             _, responses = self.batch.next()
         except Exception as exc:  # the batch's state is unknown now: fail its requests, start afresh
-            for request in self.batched.values():
-                self.emit(
-                    {
-                        "ev": "error",
-                        "id": request.id,
-                        "message": f"{type(exc).__name__}: {exc}",
-                        "type": "server_error",
-                        "code": None,
-                    }
-                )
-            self.batched, self.batch = {}, None
+            failed, self.batched, self.batch = list(self.batched.values()), {}, None
+            for request in failed:
+                self._error(request.id, f"{type(exc).__name__}: {exc}")
             return
         remove = []
         for response in responses:
@@ -510,21 +668,13 @@ class Engine:
         del self.batched[uid]
         self.stats["demotions"] += 1
         self._rewind_sampler(request)
-        self._run_direct(request, tokens[-1:], cache)
+        self._run_direct(request, tokens[-1:], cache, tokens[:-1])
 
     def _fail_all(self, exc: Exception) -> None:
-        for request in self.active:
-            self._finished_ids.add(request.id)
-            self.emit(
-                {
-                    "ev": "error",
-                    "id": request.id,
-                    "message": f"{type(exc).__name__}: {exc}",
-                    "type": "server_error",
-                    "code": None,
-                }
-            )
+        failed = self.active
         self.direct, self.batched, self.batch = None, {}, None
+        for request in failed:
+            self._error(request.id, f"{type(exc).__name__}: {exc}")
 
     # -- per token (both paths) ----------------------------------------------------------------
     @staticmethod
@@ -564,35 +714,63 @@ class Engine:
 
     def _cancel_requested(self) -> None:
         ids = set(self.cancelled)
-        self.cancelled.difference_update(ids & self._finished_ids)  # too late: already done
         if self.direct is not None and self.direct.id in ids:
-            request, self.direct = self.direct, None
-            request.steps.close()
-            self.cancelled.discard(request.id)
-            self._finish(request, "cancelled", (request.cache, request.prompt + request.generated))
+            request = self.direct
+            self._finish(request, "cancelled", self._direct_cache_entry(request))
         doomed = [r for r in self.batched.values() if r.id in ids]
         if doomed:
-            for request in doomed:
-                self.cancelled.discard(request.id)
             self._remove_from_batch([(r, "cancelled") for r in doomed])
+        # What is left is not running: keep only the ids whose generate command is still
+        # queued (it is then answered "cancelled" at admission); drop the rest (finished,
+        # failed, or never sent).
+        stale = ids & set(self.cancelled)
+        if stale:
+            with self.inbox.mutex:
+                queued = {c.get("id") for c in self.inbox.queue if isinstance(c, dict)}
+            self.cancelled.difference_update(stale - queued)
+        self.stats["pending_cancels"] = len(self.cancelled)
+
+    # -- terminal events: every request ends here, once ------------------------------------------
+    def _end(self, event: dict[str, Any]) -> None:
+        """Emit a request's terminal event (`done` or `error`), recording it as finished first
+        so that no cancel for it is kept."""
+        rid = event["id"]
+        self._finished_ids.add(rid)
+        self._finished_order.append(rid)
+        if len(self._finished_order) > 1000:
+            self._finished_ids.discard(self._finished_order.popleft())
+        self.cancelled.discard(rid)
+        self.emit(event)
+
+    def _error(
+        self,
+        rid: str,
+        message: str,
+        type_: str = "server_error",
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        event = {"ev": "error", "id": rid, "message": message[:1000], "type": type_, "code": code}
+        if param is not None:
+            event["param"] = param
+        self._end(event)
 
     def _finish(self, request: Request, reason: str, cache_entry: tuple[Any, list[int]] | None = None) -> None:
         if self.direct is request:
             self.direct = None
-        self._finished_ids.add(request.id)
-        self._finished_order.append(request.id)
-        if len(self._finished_order) > 1000:
-            self._finished_ids.discard(self._finished_order.popleft())
         if request.steps is not None:
             request.steps.close()
             request.steps = None
-        if reason != "cancelled" and not request.filter.stopped:
-            request.detokenizer.finalize()
-            self._send_text(request, request.detokenizer.last_segment, final=True)
+        try:
+            if reason != "cancelled" and not request.filter.stopped:
+                request.detokenizer.finalize()
+                self._send_text(request, request.detokenizer.last_segment, final=True)
+        except Exception as exc:  # the request must still end (with what it has)
+            self._log(f"finishing {request.id}: {type(exc).__name__}: {exc}")
         if reason == "stop" and request.tool_calls:
             reason = "tool_calls"
         ttft = None if request.first_token_at is None else (request.first_token_at - request.started) * 1000
-        self.emit(
+        self._end(
             {
                 "ev": "done",
                 "id": request.id,
@@ -622,6 +800,7 @@ class Engine:
     def _update_memory(self) -> None:
         mx = getattr(self, "mx", None)
         if mx is not None:
+            self.stats["pending_cancels"] = len(self.cancelled)
             engine = {
                 **self.stats,
                 "prompt_cache_bytes": self.prompt_cache.nbytes if self.prompt_cache is not None else 0,
@@ -634,6 +813,41 @@ class Engine:
 
 
 class _InvalidRequest(Exception):
-    def __init__(self, message: str, code: str):
+    def __init__(self, message: str, code: str, param: str | None = None):
         super().__init__(message)
         self.code = code
+        self.param = param
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _integer(command: dict[str, Any], name: str, required: bool = False, minimum: int | None = None) -> int | None:
+    value = command.get(name)
+    if value is None:
+        if required:
+            raise _InvalidRequest(f"{name} is required", "invalid_field", name)
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _InvalidRequest(f"{name} must be an integer, not {_brief(value)}", "invalid_field", name)
+    if minimum is not None and value < minimum:
+        raise _InvalidRequest(f"{name} must be at least {minimum}", "invalid_field", name)
+    return value
+
+
+def _number(command: dict[str, Any], name: str, default: float) -> float:
+    value = command.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _InvalidRequest(f"{name} must be a finite number, not {_brief(value)}", "invalid_field", name)
+    return float(value)
+
+
+def _token_list(tokens: Any) -> list[int]:
+    """Token ids from a tokenizer (a list, or a dict-like with `input_ids`), as Python ints."""
+    if hasattr(tokens, "get") and not isinstance(tokens, list):
+        tokens = tokens.get("input_ids", tokens)
+    return [int(t) for t in tokens]
