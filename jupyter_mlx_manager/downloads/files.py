@@ -57,6 +57,21 @@ def repo_folder(cache_dir: Path, repo_id: str) -> Path:
     return cache_dir / ("models--" + repo_id.replace("/", "--"))
 
 
+def existing_repo_id(cache_dir: Path, repo_id: str) -> str:
+    """`repo_id` spelt as the cache folder already there spells it (Hub ids are
+    case-insensitive: `Org/Name` and `org/name` are one repo, so one folder); else as given."""
+    want = repo_folder(cache_dir, repo_id).name.lower()
+    try:
+        names = sorted(os.listdir(cache_dir))
+    except OSError:
+        return repo_id
+    for name in names:
+        if name.lower() == want and (cache_dir / name).is_dir():
+            org, _, rest = name[len("models--") :].partition("--")
+            return f"{org}/{rest}"
+    return repo_id
+
+
 def partial_files(folder: Path) -> list[Path]:
     blobs = folder / "blobs"
     return sorted(blobs.glob("*.incomplete")) if blobs.is_dir() else []

@@ -8,6 +8,15 @@ and removes the partial files. Stopping the server stops the workers but leaves 
 records `queued`/`downloading` and their partial files in place: the next start resumes
 them, each worker continuing its partial files with HTTP Range requests.
 
+Who sees what (SPEC "Shared resources"): a user sees the downloads they started (and, until
+the server restarts, one they asked for while another user's was under way — they share its
+record); admins see all. Another user's download id is 404 to `get`/`follow`, and only its
+starter or an admin may cancel it (403). `refs/pr/N` revisions (unreviewed changes anyone can
+propose) are for admins. The server's Hugging Face token goes only to admins' downloads unless
+`hf_token_for_users`; other downloads send no token at all (not even an implicit one). Error
+texts that may quote the server's paths or raw OS errors reach only admins; users get a plain
+message for the same `error_kind`.
+
 Progress is published to any number of followers (`follow()`, the SSE endpoint) as
 snapshots of the record plus `rate_bps` and `eta_s`; the database is updated at most once a
 second during a transfer and at every change of status.
@@ -30,9 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadRequest, Conflict, Forbidden, NotFound
-from ..models.catalog import LOCAL_PREFIX, validate_model_id
+from ..models.catalog import is_admin, is_local_id, model_key, scrub_paths, username_of, validate_model_id
 from ..storage import utcnow
-from .files import clean_repo_folder, repo_folder, valid_revision
+from .files import clean_repo_folder, existing_repo_id, repo_folder, valid_revision
 
 ACTIVE = ("queued", "downloading")
 FINAL = ("completed", "failed", "cancelled")
@@ -42,6 +51,17 @@ COLUMNS = (
 )  # fmt: skip
 PERSIST_INTERVAL = 1.0
 RATE_WINDOW = 5.0
+TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH")
+# Error kinds whose messages say nothing about the server (no paths, no OS error text).
+PLAIN_ERROR_KINDS = {"not_found", "revision_not_found", "not_mlx", "offline", "bad_listing", "unsafe_file_name",
+                     "checksum", "http", "aborted"}  # fmt: skip
+USER_ERRORS = {
+    "gated": "{repo_id} is gated or private: an administrator can download it with the server's Hugging Face token",
+    "disk_space": "not enough free disk space on the server to download {repo_id}",
+    "io": "the server could not write the files of {repo_id} (the server log has the details)",
+    "network": "downloading {repo_id} failed after several attempts: the Hub could not be reached",
+}
+USER_ERROR_DEFAULT = "the download of {repo_id} failed on the server (the server log has the details)"
 
 
 @dataclass
@@ -57,6 +77,11 @@ class Job:
     started: float = field(default_factory=time.monotonic)
     last_persist: float = 0.0
     stderr_tail: deque = field(default_factory=lambda: deque(maxlen=10))
+    use_token: bool = False  # the server's HF token goes to this transfer (an admin's, or hf_token_for_users)
+    watchers: set = field(default_factory=set)  # lower-case names of users who asked for it too
+
+    def visible_to(self, user: dict[str, Any] | None) -> bool:
+        return _owns(self.record, user) or (username_of(user) or "").lower() in self.watchers
 
     @property
     def id(self) -> int:
@@ -70,10 +95,28 @@ class Job:
         return (b1 - b0) / (t1 - t0) if t1 - t0 >= 0.2 else None
 
 
-def public(record: dict[str, Any]) -> dict[str, Any]:
+def public(record: dict[str, Any], user: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A download record as `user` may see it (None: the server, everything)."""
     out = {name: record.get(name) for name in COLUMNS if name != "commit_sha"}
     out["commit"] = record.get("commit_sha")
+    if out["error"] and not is_admin(user):
+        out["error"] = public_error(out["error"], out.get("error_kind"), out["repo_id"])
     return out
+
+
+def public_error(error: str, kind: str | None, repo_id: str) -> str:
+    """What a non-admin is told of a failure: no server paths, no raw OS or worker output."""
+    if kind in PLAIN_ERROR_KINDS:
+        return scrub_paths(error)
+    return USER_ERRORS.get(kind or "", USER_ERROR_DEFAULT).format(repo_id=repo_id)
+
+
+def _owns(record: dict[str, Any], user: dict[str, Any] | None) -> bool:
+    """Admins (and the server) own every download; a user the ones they started."""
+    if is_admin(user):
+        return True
+    starter = record.get("user")
+    return starter is not None and starter.lower() == (username_of(user) or "").lower()
 
 
 class DownloadManager:
@@ -87,12 +130,14 @@ class DownloadManager:
         max_concurrent: int = 2,
         log: logging.Logger | None = None,
         min_free_bytes: int = 256 * 1024**2,
+        hf_token_for_users: bool = False,
     ):
         self.db = db
         self.audit = audit
         self.cache_dir = Path(cache_dir)
         self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
         self._token = token or None  # never logged, never on a command line
+        self.hf_token_for_users = bool(hf_token_for_users)  # else only admins' downloads use the token
         self.max_concurrent = max(1, int(max_concurrent))
         self.log = log or logging.getLogger(__name__)
         self.min_free_bytes = min_free_bytes
@@ -101,6 +146,14 @@ class DownloadManager:
         self._create_lock: asyncio.Lock | None = None
         self._started: asyncio.Future | None = None
         self._stopping = False
+        # model_keys being deleted from disk (ModelPool.delete_model, under `lock`): no download starts.
+        self.deleting: set[str] = set()
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Held while a download is created (and by deletes): after `ready()`."""
+        assert self._create_lock is not None, "start() first"
+        return self._create_lock
 
     # -- life cycle ----------------------------------------------------------------------------
     def start(self) -> asyncio.Future:
@@ -120,10 +173,18 @@ class DownloadManager:
                 dict(r) for r in conn.execute(f"SELECT * FROM downloads WHERE status IN {ACTIVE} ORDER BY id")
             ]
         )
+        admins = await self.db.read(
+            lambda conn: {
+                r[0].lower()
+                for r in conn.execute("SELECT username FROM users WHERE is_admin = 1 AND status = 'approved'")
+            }
+        )
         for row in rows:
             if row["id"] not in self._jobs:
                 self.log.info("resuming the download of %s (id %d)", row["repo_id"], row["id"])
-                self._launch(Job(record={**row, "status": "queued"}))
+                starter = row.get("user")
+                use_token = self.hf_token_for_users or starter is None or starter.lower() in admins
+                self._launch(Job(record={**row, "status": "queued"}, use_token=use_token))
 
     async def stop(self) -> None:
         """Stop every worker; records stay active and resume at the next start."""
@@ -141,77 +202,111 @@ class DownloadManager:
 
     # -- public API ----------------------------------------------------------------------------
     async def create(
-        self, repo_id: Any, revision: Any = None, user: str | None = None, client: str | None = None
+        self, repo_id: Any, revision: Any = None, user: dict[str, Any] | None = None, client: str | None = None
     ) -> tuple[dict, bool]:
-        """Start downloading `repo_id` (or return the download already under way): (record, created)."""
+        """Start downloading `repo_id` for `user` (None: the server), or join the download of it
+        already under way: (record, created)."""
         repo_id = validate_model_id(repo_id)
-        if repo_id.startswith(LOCAL_PREFIX):
+        if is_local_id(repo_id):
             raise BadRequest("local/… ids name models in the model folders, not Hub repos", reason="invalid_model_id")
         revision = "main" if revision is None else revision
         if not valid_revision(revision):
             raise BadRequest("revision must be a branch, tag or commit id (ASCII, no '..')", reason="invalid_revision")
+        if revision.lower().startswith("refs/pr/") and not is_admin(user):
+            raise Forbidden(
+                "pull-request revisions (refs/pr/N) hold changes nobody reviewed: only an administrator may download one",
+                reason="admin_required",
+            )
         await self.ready()
-        assert self._create_lock is not None
-        async with self._create_lock:
+        # Ids are case-insensitive: a repo with files in the cache already keeps its folder.
+        repo_id = await asyncio.get_running_loop().run_in_executor(None, existing_repo_id, self.cache_dir, repo_id)
+        starter = username_of(user)
+        async with self.lock:
+            key = model_key(repo_id)
+            if key in self.deleting:
+                raise Conflict(f"{repo_id} is being deleted; try again in a moment", reason="model_deleting")
             for job in self._jobs.values():
-                if job.record["repo_id"] == repo_id and not job.finished:
+                if model_key(job.record["repo_id"]) == key and not job.finished:
                     if job.record["revision"] == revision:
-                        return public(job.record), False
+                        if starter is not None:
+                            job.watchers.add(starter.lower())
+                        return public(job.record, user), False
                     raise Conflict(
-                        f"{repo_id} is already being downloaded at revision {job.record['revision']!r}; "
-                        "wait for it or cancel it first",
+                        f"{job.record['repo_id']} is already being downloaded at revision "
+                        f"{job.record['revision']!r}; wait for it or cancel it first",
                         reason="download_in_progress",
                     )
             now = utcnow()
             record = {name: None for name in COLUMNS}
             record.update(repo_id=repo_id, revision=revision, status="queued", downloaded_bytes=0, files_done=0,
-                          created_at=now, updated_at=now, user=user)  # fmt: skip
+                          created_at=now, updated_at=now, user=starter)  # fmt: skip
             record["id"] = await self.db.write(_insert, record)
-            job = Job(record=record)
+            job = Job(record=record, use_token=is_admin(user) or self.hf_token_for_users)
             self._launch(job)
         await self.audit.record(
-            "download.start", user=user, client=client, model=repo_id, detail=f"id={record['id']} revision={revision}"
+            "download.start",
+            user=starter,
+            client=client,
+            model=repo_id,
+            detail=f"id={record['id']} revision={revision}",
         )
-        return public(record), True
+        return public(record, user), True
 
-    async def get(self, download_id: int) -> dict[str, Any]:
+    async def _record(self, download_id: int) -> tuple[dict[str, Any], Job | None]:
         job = self._jobs.get(download_id)
         if job is not None:
-            return public(job.record)
+            return job.record, job
         row = await self.db.read(
             lambda conn: conn.execute("SELECT * FROM downloads WHERE id = ?", (download_id,)).fetchone()
         )
         if row is None:
             raise NotFound(f"no download {download_id}", reason="download_not_found")
-        return public(dict(row))
+        return dict(row), None
 
-    async def list(self, limit: int = 200) -> list[dict[str, Any]]:
-        """Newest first; active downloads with their live progress."""
-        rows = await self.db.read(
-            lambda conn: [dict(r) for r in conn.execute("SELECT * FROM downloads ORDER BY id DESC LIMIT ?", (limit,))]
-        )
-        return [public(self._jobs[r["id"]].record) if r["id"] in self._jobs else public(r) for r in rows]
+    async def get(self, download_id: int, user: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One download as `user` sees it; another user's is 404 to a non-admin."""
+        record, job = await self._record(download_id)
+        if not (job.visible_to(user) if job is not None else _owns(record, user)):
+            raise NotFound(f"no download {download_id}", reason="download_not_found")
+        return public(record, user)
+
+    async def list(self, limit: int = 200, user: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Newest first; active downloads with their live progress. A non-admin sees their own."""
+        if is_admin(user):
+            query, args = "SELECT * FROM downloads ORDER BY id DESC LIMIT ?", (limit,)
+        else:
+            watched = [job.id for job in self._jobs.values() if job.visible_to(user)]
+            marks = ", ".join("?" * len(watched)) or "NULL"
+            query = f"SELECT * FROM downloads WHERE user = ? COLLATE NOCASE OR id IN ({marks}) ORDER BY id DESC LIMIT ?"
+            args = (username_of(user) or "", *watched, limit)
+        rows = await self.db.read(lambda conn: [dict(r) for r in conn.execute(query, args)])
+        return [public(self._jobs[r["id"]].record if r["id"] in self._jobs else r, user) for r in rows]
 
     def active_for(self, repo_id: str) -> dict[str, Any] | None:
+        """The unfinished download of this model (ids compared case-insensitively), if any."""
+        key = model_key(repo_id)
         for job in self._jobs.values():
-            if job.record["repo_id"] == repo_id and not job.finished:
+            if model_key(job.record["repo_id"]) == key and not job.finished:
                 return public(job.record)
         return None
 
-    async def cancel(self, download_id: int, user: dict[str, Any], client: str | None = None) -> dict[str, Any]:
-        """Stop a download and remove its partial files. A finished download is returned as it is;
-        for a failed one, the partial files it kept (so that asking again resumes) are removed."""
+    async def cancel(
+        self, download_id: int, user: dict[str, Any] | None = None, client: str | None = None
+    ) -> dict[str, Any]:
+        """Stop a download and remove its partial files (its starter or an admin: else 403). A
+        finished download is returned as it is; for a failed one, the partial files it kept (so
+        that asking again resumes) are removed."""
         job = self._jobs.get(download_id)
         if job is None or job.finished:
-            record = await self.get(download_id)
+            record = job.record if job is not None else (await self._record(download_id))[0]
+            _check_owner(record, user)
             if record["status"] == "failed":
-                _check_owner(record, user)
-                assert self._create_lock is not None
-                async with self._create_lock:  # no new download of this repo starts while we clean
+                await self.ready()
+                async with self.lock:  # no new download of this repo starts while we clean
                     if self.active_for(record["repo_id"]) is None:
                         loop = asyncio.get_running_loop()
                         await loop.run_in_executor(None, clean_repo_folder, self.cache_dir, record["repo_id"])
-            return record
+            return public(record, user)
         _check_owner(job.record, user)
         job.cancelled = True
         if job.process is not None:
@@ -221,43 +316,49 @@ class DownloadManager:
         if job.task is not None:
             await asyncio.gather(job.task, return_exceptions=True)
         if job.finished:  # it completed (or failed) just before the stop reached it
-            return public(job.record)
+            return public(job.record, user)
         loop = asyncio.get_running_loop()
         freed = await loop.run_in_executor(None, clean_repo_folder, self.cache_dir, job.record["repo_id"])
         self.log.info("cancelled the download of %s (id %d); removed %d bytes", job.record["repo_id"], job.id, freed)
         await self._finish(job, "cancelled")
         await self.audit.record(
-            "download.cancel", status="cancelled", user=user.get("username"), client=client, model=job.record["repo_id"],
-            detail=f"id={job.id}",
+            "download.cancel", status="cancelled", user=username_of(user), client=client,
+            model=job.record["repo_id"], detail=f"id={job.id}",
         )  # fmt: skip
-        return public(job.record)
+        return public(job.record, user)
 
     async def follow(
-        self, download_id: int, min_interval: float = 0.25, keepalive: float = 15.0
+        self,
+        download_id: int,
+        min_interval: float = 0.25,
+        keepalive: float = 15.0,
+        user: dict[str, Any] | None = None,
     ) -> AsyncIterator[dict[str, Any] | None]:
-        """Snapshots of a download as it changes (at most one per `min_interval`), ending with a
-        final one; None when nothing changed for `keepalive` seconds."""
+        """Snapshots of a download as `user` may see it, as it changes (at most one per
+        `min_interval`), ending with a final one; None when nothing changed for `keepalive`
+        seconds. Another user's download is 404 to a non-admin, before anything is sent."""
+        await self.get(download_id, user)
         last = -1
         while True:
             job = self._jobs.get(download_id)
             if job is None or job.finished:
-                record = public(job.record) if job is not None else await self.get(download_id)
+                record = public(job.record, user) if job is not None else await self.get(download_id, user)
                 done = record["status"] == "completed"
                 yield {**record, "rate_bps": None, "eta_s": 0 if done else None, "final": True}
                 return
             if job.version != last:
                 last = job.version
-                yield self._snapshot(job)
+                yield self._snapshot(job, user)
                 await asyncio.sleep(min_interval)
                 continue
             try:
                 await asyncio.wait_for(job.changed.wait(), keepalive)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 yield None
 
     # -- internals -----------------------------------------------------------------------------
-    def _snapshot(self, job: Job) -> dict[str, Any]:
-        record = public(job.record)
+    def _snapshot(self, job: Job, user: dict[str, Any] | None = None) -> dict[str, Any]:
+        record = public(job.record, user)
         rate = job.rate() if record["status"] == "downloading" else None
         eta = None
         if rate and record["total_bytes"]:
@@ -329,7 +430,7 @@ class DownloadManager:
     async def _transfer(self, job: Job) -> tuple[str, str | None, str | None] | None:
         """Run one worker to its end: ("completed"|"failed", error, kind), or None if it was stopped."""
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if job.use_token or k not in TOKEN_ENV},
             "HF_ENDPOINT": self.endpoint,
             "HF_HUB_CACHE": str(self.cache_dir),
             "HF_HUB_DISABLE_PROGRESS_BARS": "1",
@@ -344,8 +445,10 @@ class DownloadManager:
         job.process = process
         assert process.stdin is not None and process.stdout is not None
         stderr = asyncio.ensure_future(self._drain_stderr(job, process))
+        # False: no token at all (huggingface_hub would otherwise fall back to a saved one).
+        token = self._token if job.use_token else False
         config = {"repo_id": job.record["repo_id"], "revision": job.record["revision"], "cache_dir": str(self.cache_dir),
-                  "endpoint": self.endpoint, "token": self._token}  # fmt: skip
+                  "endpoint": self.endpoint, "token": token}  # fmt: skip
         self._send(process, config)
         outcome = None
         try:
@@ -412,7 +515,7 @@ class DownloadManager:
             process.terminate()
         try:
             await asyncio.wait_for(process.wait(), grace)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
@@ -452,6 +555,6 @@ def _save(conn, record: dict[str, Any]) -> None:
     conn.execute(f"UPDATE downloads SET {assignments} WHERE id = ?", [*(record[n] for n in names), record["id"]])
 
 
-def _check_owner(record: dict[str, Any], user: dict[str, Any]) -> None:
-    if not user.get("is_admin") and record.get("user") not in (None, user.get("username")):
+def _check_owner(record: dict[str, Any], user: dict[str, Any] | None) -> None:
+    if not _owns(record, user):
         raise Forbidden("only the user who started a download, or an administrator, can cancel it", reason="not_yours")

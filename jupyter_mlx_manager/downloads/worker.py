@@ -3,7 +3,8 @@
 Runs in its own process so the server can stop a transfer at once (huggingface_hub has no
 cancel API) and so nothing blocks the server's event loop. The server writes one JSON line
 on stdin — `{repo_id, revision, cache_dir, endpoint, token}` (the token travels here, never
-on the command line or in the environment of other processes) — and reads JSON events on
+on the command line or in the environment of other processes; `false` means send none, not
+even one huggingface_hub would find by itself) — and reads JSON events on
 stdout:
 
     {"ev": "plan", "commit", "files": [{"name", "size"}], "total_bytes", "files_total",
@@ -264,7 +265,9 @@ def run(config: dict[str, Any], commands: Commands) -> str:
 
     repo_id, revision = config["repo_id"], config["revision"]
     cache_dir, endpoint = Path(config["cache_dir"]), config["endpoint"]
-    token = config.get("token") or None
+    # A string: that token; None: huggingface_hub's own (HF_TOKEN, a saved login); False: none.
+    token = config.get("token")
+    token = False if token is False else (token or None)
     api = HfApi(endpoint=endpoint, token=token)
     commit, files = plan(api, repo_id, revision)
 
@@ -288,7 +291,7 @@ def run(config: dict[str, Any], commands: Commands) -> str:
         raise WorkerError("aborted", "aborted by the server")
 
     blobs.mkdir(parents=True, exist_ok=True)
-    headers = build_hf_headers(token=token if token else None)
+    headers = build_hf_headers(token=token)
     completed = sum(f["size"] for f in files if f.get("complete"))
     last_emit = 0.0
     for entry in files:

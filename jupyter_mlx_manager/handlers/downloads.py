@@ -1,4 +1,5 @@
-"""`mlx/api/downloads…`: start, list, follow (SSE) and cancel model downloads."""
+"""`mlx/api/downloads…`: start, list, follow (SSE) and cancel model downloads. Who sees and
+cancels which download is the download manager's decision (each call takes the user)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ class DownloadsHandler(MLXAPIHandler):
     @web.authenticated
     @authorized
     async def get(self):
-        self.write_json({"downloads": await self.mlx.downloads.list()})
+        self.write_json({"downloads": await self.mlx.downloads.list(user=self.mlx_user)})
 
     @web.authenticated
     @authorized
@@ -24,7 +25,7 @@ class DownloadsHandler(MLXAPIHandler):
         if revision is not None and not isinstance(revision, str):
             raise BadRequest("revision must be a string", reason="invalid_revision")
         record, _ = await self.mlx.downloads.create(
-            body.get("repo_id"), revision, user=self.mlx_user["username"], client=self.actor.client
+            body.get("repo_id"), revision, user=self.mlx_user, client=self.actor.client
         )
         self.write_json(record, status=202)
 
@@ -33,7 +34,7 @@ class DownloadHandler(MLXAPIHandler):
     @web.authenticated
     @authorized
     async def get(self, download_id: str):
-        self.write_json(await self.mlx.downloads.get(int(download_id)))
+        self.write_json(await self.mlx.downloads.get(int(download_id), user=self.mlx_user))
 
     @web.authenticated
     @authorized
@@ -63,7 +64,9 @@ class DownloadProgressHandler(MLXAPIHandler):
     @authorized
     async def get(self, download_id: str):
         self._gone = False
-        events = self.mlx.downloads.follow(int(download_id), self.min_interval, self.keepalive_seconds)
+        events = self.mlx.downloads.follow(
+            int(download_id), self.min_interval, self.keepalive_seconds, user=self.mlx_user
+        )
         first = await events.__anext__()  # a missing download is a plain 404
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")

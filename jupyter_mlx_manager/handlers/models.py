@@ -1,10 +1,11 @@
-"""`mlx/api/models/…`: search the Hub, list local models, inspect or delete one."""
+"""`mlx/api/models/…`: search the Hub, list local models, inspect or delete one. The
+services decide what each user may do and see (the Hub token, folder paths, deletes)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from ..errors import BadRequest, Conflict, NotFound
+from ..errors import BadRequest, NotFound
 from ..models.catalog import validate_model_id
 from ..models.hub import SearchQuery
 from .base import MLXAPIHandler, authorized, web
@@ -29,14 +30,14 @@ class ModelSearchHandler(MLXAPIHandler):
         names = ("q", "author", "arch", "quant", "max_size_gb", "sort", "limit")
         query = SearchQuery.parse({name: self.get_query_argument(name, None) for name in names})
         local = set(await _off_loop(self.mlx.catalog.local_ids))
-        self.write_json({"models": await self.mlx.hub_search.search(query, local)})
+        self.write_json({"models": await self.mlx.hub_search.search(query, local, user=self.mlx_user)})
 
 
 class LocalModelsHandler(MLXAPIHandler):
     @web.authenticated
     @authorized
     async def get(self):
-        models = await _off_loop(self.mlx.catalog.list_local)
+        models = await _off_loop(self.mlx.catalog.list_local, self.mlx_user)
         self.write_json({"models": [_local_fields(self, m) for m in models]})
 
 
@@ -45,7 +46,7 @@ class LocalModelHandler(MLXAPIHandler):
     @authorized
     async def get(self, model_id: str):
         validate_model_id(model_id)
-        info = await _off_loop(self.mlx.catalog.describe, model_id)
+        info = await _off_loop(self.mlx.catalog.describe, model_id, self.mlx_user)
         if info is None:
             raise NotFound(f"model {model_id} is not on this machine", reason="model_not_found")
         self.write_json(_local_fields(self, info))
@@ -53,22 +54,15 @@ class LocalModelHandler(MLXAPIHandler):
     @web.authenticated
     @authorized
     async def delete(self, model_id: str):
-        actor = self.require_admin()
         validate_model_id(model_id)
         force = self.get_query_argument("force", "").lower()
         if force not in _TRUE + _FALSE:
             raise BadRequest("force must be 1 or 0", reason="invalid_force")
-        if self.mlx.downloads.active_for(model_id) is not None:
-            raise Conflict(f"{model_id} is being downloaded; cancel the download first", reason="download_in_progress")
-        pool = self.mlx.pool
-        if model_id in pool.status()["loading"]:
-            raise Conflict(f"{model_id} is being loaded; try again when it is loaded", reason="model_loading")
-        if pool.get_loaded_model(model_id) is not None:
-            if force not in _TRUE:
-                raise Conflict(f"{model_id} is loaded; unload it first or delete with ?force=1", reason="model_loaded")
-            await pool.unload(model_id, by=actor.user["username"])
-        freed = await _off_loop(self.mlx.catalog.delete, model_id)
-        await self.mlx.audit.record(
-            "model.delete", user=actor.user["username"], client=actor.client, model=model_id, detail=f"freed={freed}"
+        result = await self.mlx.pool.delete_model(
+            model_id, user=self.mlx_user, force=force in _TRUE, downloads=self.mlx.downloads
         )
-        self.write_json({"id": model_id, "deleted": True, "freed_bytes": freed})
+        await self.mlx.audit.record(
+            "model.delete", user=self.mlx_user["username"], client=self.actor.client, model=result["id"],
+            detail=f"freed={result['freed_bytes']}",
+        )  # fmt: skip
+        self.write_json(result)

@@ -1,4 +1,5 @@
-"""`mlx/api/pool…`: see, load and unload models."""
+"""`mlx/api/pool…`: see, load and unload models. Who may pin, set a long keep-alive or
+force an unload is the pool's decision (`ModelPool.load`/`unload` take the user)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ class PoolLoadHandler(MLXAPIHandler):
         if pin is not None and not isinstance(pin, bool):
             raise BadRequest("pin must be true or false", reason="invalid_pin")
         model = await self.mlx.pool.load(
-            body.get("model"), pin=pin, keep_alive=body.get("keep_alive"), by=self.mlx_user["username"]
+            body.get("model"), pin=pin, keep_alive=body.get("keep_alive"), user=self.mlx_user
         )
         self.write_json(model.status())
 
@@ -37,5 +38,6 @@ class PoolUnloadHandler(MLXAPIHandler):
             raise BadRequest("model is required", reason="invalid_model_id")
         if not isinstance(force, bool):
             raise BadRequest("force must be true or false", reason="invalid_force")
-        await self.mlx.pool.unload(model_id, by=self.mlx_user["username"], force=force)
-        self.write_json({"model": model_id, "status": "unloaded"})
+        loaded = self.mlx.pool.get_loaded_model(model_id)
+        await self.mlx.pool.unload(model_id, user=self.mlx_user, force=force)
+        self.write_json({"model": loaded.model_id if loaded else model_id, "status": "unloaded"})

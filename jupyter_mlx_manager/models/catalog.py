@@ -1,7 +1,15 @@
 """Where local models are: `local/<dir>` in the model folders, `org/name` in the HF cache.
 
 Model ids are validated strictly before they touch the file system: ASCII only, exactly
-one slash, no `..`, no absolute paths.
+one slash, no `..`, no absolute paths, and (for Hub ids, as huggingface_hub itself insists) no
+`--`, so that every Hub id names exactly one cache folder `models--org--name`.
+
+Ids are case-insensitive, as on the Hub: `model_key(id)` (the id in lower case) is what the
+pool, the downloads and deletes compare, and `locate()` finds a model's folder whatever the
+case of the id, answering with the id as the folder spells it. Folders whose names differ only
+in case (possible on a case-sensitive file system) are one model: the first, in the order the
+listing uses (model folders in order, names sorted), is the one that id names; the others are
+not listed.
 
 The HF cache is the one huggingface_hub uses (`HF_HUB_CACHE`, else `$HF_HOME/hub`, else
 `~/.cache/huggingface/hub`), read from the environment when the catalog is made (so a
@@ -25,12 +33,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadRequest, Forbidden, NotFound
+from ..errors import BadRequest, Forbidden, MLXError, NotFound
 
 _PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
 MODEL_ID_RE = re.compile(rf"{_PART}/{_PART}")
 LOCAL_PREFIX = "local/"
 _HEADER_LIMIT = 100 * 1024 * 1024
+
+
+def is_local_id(model_id: str) -> bool:
+    """`local/<folder>` (any case): a model of the model folders, never a Hub repo."""
+    return model_id[: len(LOCAL_PREFIX)].lower() == LOCAL_PREFIX
 
 
 def is_valid_model_id(model_id: object) -> bool:
@@ -39,17 +52,66 @@ def is_valid_model_id(model_id: object) -> bool:
         and model_id.isascii()
         and bool(MODEL_ID_RE.fullmatch(model_id))
         and ".." not in model_id
+        # A Hub id with `--` would share its cache folder with another id (a--b/c, a/b--c).
+        and ("--" not in model_id or is_local_id(model_id))
     )
 
 
 def validate_model_id(model_id: object) -> str:
     if not is_valid_model_id(model_id):
         raise BadRequest(
-            "model ids look like 'org/name' (ASCII letters, digits, '.', '_', '-'; "
+            "model ids look like 'org/name' (ASCII letters, digits, '.', '_', '-'; no '--' or '..'; "
             "models from the model folders are 'local/<folder name>')",
             reason="invalid_model_id",
         )
     return model_id
+
+
+def model_key(model_id: str) -> str:
+    """What identifies a model wherever ids are compared: ids that differ only in case name
+    the same model (and, `--` being refused in Hub ids, the same HF cache folder)."""
+    if is_local_id(model_id):
+        return LOCAL_PREFIX + model_id[len(LOCAL_PREFIX) :].lower()
+    return model_id.lower()
+
+
+# -- who is asking ------------------------------------------------------------------------------
+# Services take `user`: our user dict (keys "username", "is_admin", …) or None, the server
+# itself (expiry, eviction, resumed work), which may do what an admin may.
+
+
+def is_admin(user: dict[str, Any] | None) -> bool:
+    return user is None or bool(user.get("is_admin"))
+
+
+def username_of(user: dict[str, Any] | None) -> str | None:
+    return None if user is None else user.get("username")
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])~?/[\w.@+-]+(?:/[\w.@+-]+)*/?")
+
+
+def scrub_paths(text: str, replacements: dict[str, str] | None = None) -> str:
+    """`text` without the server's absolute paths: each key of `replacements` (a path) becomes
+    its value (say, the model id), any other absolute path `<path>`."""
+    for path, label in sorted((replacements or {}).items(), key=lambda kv: -len(kv[0])):
+        if path:
+            text = text.replace(path, label)
+    return _ABSOLUTE_PATH.sub("<path>", text)
+
+
+def for_user(info: dict[str, Any], user: dict[str, Any] | None) -> dict[str, Any]:
+    """A model description as `user` may see it: the folder it lives in only for admins."""
+    if is_admin(user):
+        return info
+    return {k: v for k, v in info.items() if k != "path"}
+
+
+class DeleteFailed(MLXError):
+    """The file system refused to remove a model (not the client's fault)."""
+
+    status_code = 500
+    reason = "delete_failed"
 
 
 def weights_bytes(path: Path) -> int:
@@ -70,6 +132,13 @@ def hub_repo_folder(cache_dir: Path, repo_id: str) -> Path:
     return cache_dir / ("models--" + repo_id.replace("/", "--"))
 
 
+def _sorted_entries(directory: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(directory))
+    except OSError:
+        return []
+
+
 class ModelCatalog:
     def __init__(self, model_dirs: list[Path], hub_cache: Path | None = None):
         self.model_dirs = model_dirs
@@ -79,42 +148,80 @@ class ModelCatalog:
     # -- finding models (blocking: call off the event loop) ---------------------------------------
     def resolve(self, model_id: str) -> Path | None:
         """The folder holding a local model, or None (never downloads)."""
+        found = self.locate(model_id)
+        return found[1] if found else None
+
+    def locate(self, model_id: str) -> tuple[str, Path] | None:
+        """(the id as its folder spells it, the folder) of a local model, whatever the case of
+        `model_id`; None if it is not local."""
         validate_model_id(model_id)
-        if model_id.startswith(LOCAL_PREFIX):
+        if is_local_id(model_id):
             found = self._folder_model(model_id[len(LOCAL_PREFIX) :])
-            return found[1] if found else None
-        return self._hub_snapshot(model_id)
+            return (LOCAL_PREFIX + found[1].name, found[1]) if found else None
+        folder = self._hub_folder(model_id)
+        if folder is None:
+            return None
+        snapshot = self._hub_snapshot(folder)
+        if snapshot is None:
+            return None
+        org, _, name = folder.name[len("models--") :].partition("--")
+        return f"{org}/{name}", snapshot
+
+    def canonical_id(self, model_id: str) -> str | None:
+        found = self.locate(model_id)
+        return found[0] if found else None
 
     def local_ids(self) -> list[str]:
         """Ids of every model folder found in the model folders and the HF cache."""
         ids = []
         seen = set()
         for directory in self.model_dirs:
-            if directory.is_dir():
-                for p in sorted(directory.iterdir()):
-                    model_id = f"{LOCAL_PREFIX}{p.name}"
-                    if model_id not in seen and is_valid_model_id(model_id) and (p / "config.json").is_file():
-                        seen.add(model_id)
-                        ids.append(model_id)
-        if self.hub_cache.is_dir():
-            for folder in sorted(self.hub_cache.iterdir()):
-                if not folder.name.startswith("models--"):
-                    continue
-                org, sep, name = folder.name[len("models--") :].partition("--")
-                repo_id = f"{org}/{name}"
-                if sep and is_valid_model_id(repo_id) and self._hub_snapshot(repo_id) is not None:
-                    ids.append(repo_id)
+            for entry in _sorted_entries(directory):
+                model_id = f"{LOCAL_PREFIX}{entry}"
+                if (
+                    model_key(model_id) not in seen
+                    and is_valid_model_id(model_id)
+                    and (directory / entry / "config.json").is_file()
+                ):
+                    seen.add(model_key(model_id))
+                    ids.append(model_id)
+        for entry in _sorted_entries(self.hub_cache):
+            if not entry.startswith("models--"):
+                continue
+            org, sep, name = entry[len("models--") :].partition("--")
+            repo_id = f"{org}/{name}"
+            if (
+                sep
+                and is_valid_model_id(repo_id)
+                and not is_local_id(repo_id)
+                and model_key(repo_id) not in seen
+                and self._hub_snapshot(self.hub_cache / entry) is not None
+            ):
+                seen.add(model_key(repo_id))
+                ids.append(repo_id)
         return ids
 
     def _folder_model(self, name: str) -> tuple[Path, Path] | None:
+        want = name.lower()
         for directory in self.model_dirs:
-            candidate = directory / name
-            if (candidate / "config.json").is_file():
-                return directory, candidate
+            for entry in _sorted_entries(directory):
+                if (
+                    entry.lower() == want
+                    and is_valid_model_id(LOCAL_PREFIX + entry)
+                    and (directory / entry / "config.json").is_file()
+                ):
+                    return directory, directory / entry
         return None
 
-    def _hub_snapshot(self, repo_id: str) -> Path | None:
-        folder = hub_repo_folder(self.hub_cache, repo_id)
+    def _hub_folder(self, repo_id: str) -> Path | None:
+        """The cache folder of a Hub model with a complete snapshot, whatever the id's case."""
+        want = hub_repo_folder(self.hub_cache, repo_id).name.lower()
+        for entry in _sorted_entries(self.hub_cache):
+            if entry.lower() == want and self._hub_snapshot(self.hub_cache / entry) is not None:
+                return self.hub_cache / entry
+        return None
+
+    def _hub_snapshot(self, folder: Path) -> Path | None:
         snapshots = folder / "snapshots"
         if not snapshots.is_dir():
             return None
@@ -124,35 +231,40 @@ class ModelCatalog:
             commit = ""
         if commit and re.fullmatch(r"[0-9a-f]{40}", commit) and (snapshots / commit / "config.json").is_file():
             return snapshots / commit
-        complete = [s for s in snapshots.iterdir() if (s / "config.json").is_file()]
+        try:
+            complete = [s for s in snapshots.iterdir() if (s / "config.json").is_file()]
+        except OSError:
+            return None
         return max(complete, key=lambda s: s.stat().st_mtime) if complete else None
 
     # -- characteristics --------------------------------------------------------------------------
-    def describe(self, model_id: str) -> dict[str, Any] | None:
-        """What the files say about a local model (None if it is not local). Blocking."""
-        path = self.resolve(model_id)
-        if path is None:
+    def describe(self, model_id: str, user: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """What the files say about a local model (None if it is not local), as `user` may see
+        it (the folder's path only for admins). Blocking."""
+        found = self.locate(model_id)
+        if found is None:
             return None
+        model_id, path = found
         try:
             entries = sorted(path.iterdir(), key=lambda e: e.name)
             key = tuple((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries)
         except OSError:
             key = None
-        cached = self._described.get(model_id)
+        cached = self._described.get(model_key(model_id))
         if cached is not None and key is not None and cached[0] == (str(path), key):
             info = dict(cached[1])
         else:
             info = read_characteristics(path)
-            self._described[model_id] = ((str(path), key), info)
+            self._described[model_key(model_id)] = ((str(path), key), info)
             info = dict(info)
-        hub = not model_id.startswith(LOCAL_PREFIX)
+        hub = not is_local_id(model_id)
         info.update(id=model_id, source="hub" if hub else "folder", path=str(path), revision=path.name if hub else None)
-        return info
+        return for_user(info, user)
 
-    def list_local(self) -> list[dict[str, Any]]:
+    def list_local(self, user: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         out = []
         for model_id in self.local_ids():
-            info = self.describe(model_id)
+            info = self.describe(model_id, user)
             if info is not None:
                 out.append(info)
         return out
@@ -163,22 +275,24 @@ class ModelCatalog:
 
         Hub models: the whole `models--org--name` folder of the cache (every revision).
         Folder models: the model's folder, or only the link if it is a symbolic link.
+        Who may delete, and when, is `ModelPool.delete_model`'s business: call that.
         """
         validate_model_id(model_id)
-        if model_id.startswith(LOCAL_PREFIX):
+        if is_local_id(model_id):
             found = self._folder_model(model_id[len(LOCAL_PREFIX) :])
             if found is None:
                 raise NotFound(f"model {model_id} is not on this machine", reason="model_not_found")
             directory, target = found
             if target.is_symlink():
                 target.unlink()
+                self._described.pop(model_key(model_id), None)
                 return 0
             if target.resolve().parent != directory.resolve():
                 raise Forbidden(f"{model_id} is not inside its model folder; not deleting it", reason="unsafe_path")
         else:
-            if self._hub_snapshot(model_id) is None:
+            target = self._hub_folder(model_id)
+            if target is None:
                 raise NotFound(f"model {model_id} is not on this machine", reason="model_not_found")
-            target = hub_repo_folder(self.hub_cache, model_id)
             if target.is_symlink() or target.resolve().parent != self.hub_cache.resolve():
                 raise Forbidden(f"{model_id} is not inside the HF cache; not deleting it", reason="unsafe_path")
         freed = _tree_bytes(target, follow_links=False)
@@ -186,11 +300,13 @@ class ModelCatalog:
             shutil.rmtree(target)
         except PermissionError as exc:
             raise Forbidden(
-                f"the server may not delete {model_id}: {exc.strerror}", reason="permission_denied"
+                f"the server may not delete {model_id}: {exc.strerror} ({exc.filename})", reason="permission_denied"
             ) from None
-        if not model_id.startswith(LOCAL_PREFIX):
+        except OSError as exc:
+            raise DeleteFailed(f"deleting {model_id} failed: {exc.strerror or exc} ({exc.filename})") from None
+        if not is_local_id(model_id):
             shutil.rmtree(self.hub_cache / ".locks" / target.name, ignore_errors=True)
-        self._described.pop(model_id, None)
+        self._described.pop(model_key(model_id), None)
         return freed
 
 

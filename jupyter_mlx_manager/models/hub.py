@@ -3,7 +3,9 @@ about each model â€” architecture, quantization, size and parameter estimates â€
 and sorted here, since the Hub cannot filter on most of these.
 
 The HTTP calls run on a worker thread, never on the event loop. `HF_ENDPOINT` (read when
-the server starts) and the optional `hf_token` are honoured.
+the server starts) is honoured. The server's `hf_token` (which may see private and gated
+repos) is sent only for admins' searches, unless `hf_token_for_users`; other searches send
+no token at all (not even one huggingface_hub would find by itself).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadRequest, MLXError
+from .catalog import is_admin
 
 SORTS = {"downloads": "downloads", "likes": "likes", "trending": "trending_score", "updated": "last_modified",
          "created": "created_at", "size": None}  # fmt: skip
@@ -149,7 +152,7 @@ def summarize(model: Any, local_ids: set[str]) -> dict[str, Any]:
         "pipeline_tag": model.pipeline_tag,
         "gated": bool(model.gated),
         "last_modified": model.last_modified.isoformat().replace("+00:00", "Z") if model.last_modified else None,
-        "local": model.id in local_ids,
+        "local": model.id in local_ids or model.id.lower() in local_ids,  # ids are case-insensitive
     }
 
 
@@ -170,15 +173,23 @@ def _matches(result: dict[str, Any], query: SearchQuery) -> bool:
 
 
 class HubSearch:
-    def __init__(self, endpoint: str, token: str | None = None, timeout: float = 20.0):
+    def __init__(
+        self, endpoint: str, token: str | None = None, timeout: float = 20.0, hf_token_for_users: bool = False
+    ):
         self.endpoint = endpoint.rstrip("/")
         self._token = token or None
         self.timeout = timeout
+        self.hf_token_for_users = bool(hf_token_for_users)
 
-    def _list(self, query: SearchQuery, fetch: int) -> list[Any]:
+    def token_for(self, user: dict[str, Any] | None) -> str | bool | None:
+        """The token a search of `user` sends: the server's for admins (None: huggingface_hub's
+        own), False (none) for other users unless `hf_token_for_users`."""
+        return self._token if is_admin(user) or self.hf_token_for_users else False
+
+    def _list(self, query: SearchQuery, fetch: int, token: str | bool | None = None) -> list[Any]:
         from huggingface_hub import HfApi
 
-        api = HfApi(endpoint=self.endpoint, token=self._token)
+        api = HfApi(endpoint=self.endpoint, token=token)
         return list(
             api.list_models(
                 search=query.q,
@@ -190,7 +201,9 @@ class HubSearch:
             )
         )
 
-    async def search(self, query: SearchQuery, local_ids: set[str]) -> list[dict[str, Any]]:
+    async def search(
+        self, query: SearchQuery, local_ids: set[str], user: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
         import httpx2
         from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
@@ -198,8 +211,10 @@ class HubSearch:
         fetch = min(max(query.limit * 5, 100), 500) if query.filters_here else query.limit
         loop = asyncio.get_running_loop()
         try:
-            models = await asyncio.wait_for(loop.run_in_executor(None, self._list, query, fetch), self.timeout)
-        except asyncio.TimeoutError:
+            models = await asyncio.wait_for(
+                loop.run_in_executor(None, self._list, query, fetch, self.token_for(user)), self.timeout
+            )
+        except TimeoutError:
             raise HubUnavailable(f"the Hub at {self.endpoint} did not answer within {self.timeout:.0f} s") from None
         except OfflineModeIsEnabled:
             raise HubUnavailable("the Hub is disabled on this server (HF_HUB_OFFLINE)", reason="hub_offline") from None
@@ -208,7 +223,8 @@ class HubSearch:
             raise HubUnavailable(f"the Hub at {self.endpoint} answered HTTP {status}") from None
         except (httpx2.HTTPError, OSError) as exc:
             raise HubUnavailable(f"cannot reach the Hub at {self.endpoint}: {type(exc).__name__}") from None
-        results = [r for r in (summarize(m, local_ids) for m in models) if _matches(r, query)]
+        local_keys = {i.lower() for i in local_ids}
+        results = [r for r in (summarize(m, local_keys) for m in models) if _matches(r, query)]
         if query.sort == "size":
             results.sort(key=lambda r: (r["size_bytes"] is None, r["size_bytes"] or 0))
         return results[: query.limit]

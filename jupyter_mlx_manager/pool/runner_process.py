@@ -100,6 +100,11 @@ class RunnerProcess:
     def alive(self) -> bool:
         return not self.exited.done()
 
+    @property
+    def serving(self) -> bool:
+        """Alive and not being killed (a stalled runner is on its way out): takes new requests."""
+        return self.alive and not self.stalled
+
     # -- requests ------------------------------------------------------------------------------
     async def generate(self, request_id: str, command: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Send one request and yield its events up to `done` or `error`."""
