@@ -18,10 +18,11 @@ from ._version import __version__
 from .audit import AuditLog
 from .audit.log import EVENT_SCHEMA_ID
 from .auth import TokenIssuer, UserService, resolve_secret
-from .handlers import ROUTES
 from .downloads import DownloadManager
+from .handlers import ROUTES
 from .models.catalog import ModelCatalog
 from .models.hub import HubSearch
+from .openai_api.limits import RequestLimits
 from .openai_api.service import CompletionService
 from .pool import ModelPool
 from .storage import Database
@@ -65,12 +66,23 @@ class MLXManager(ExtensionApp):
         "<data_dir>/jwt_secret with mode 0600.",
     ).tag(config=True)
 
-    access_token_expiry_hours = Float(24.0, help="Lifetime of the access token a password login returns. Default: 24.").tag(
-        config=True
-    )
+    access_token_expiry_hours = Float(
+        24.0, help="Lifetime of the access token a password login returns. Default: 24."
+    ).tag(config=True)
 
     allow_registration = Bool(
-        True, help="Let anyone reach mlx/api/auth/register; new users wait for an admin's approval. Default: True."
+        help="Let anyone reach mlx/api/auth/register; new users wait for an admin's approval. "
+        "Default: True, except under JupyterHub (JUPYTERHUB_API_TOKEN set), where the Hub owns identity.",
+    ).tag(config=True)
+
+    @default("allow_registration")
+    def _default_allow_registration(self) -> bool:
+        return not os.environ.get("JUPYTERHUB_API_TOKEN")
+
+    registration_limit = Int(
+        5,
+        help="Registrations allowed per client address per 10 minutes; beyond it 429 with "
+        "Retry-After. 0 = unlimited. Default: 5.",
     ).tag(config=True)
 
     model_dirs = List(
@@ -120,6 +132,42 @@ class MLXManager(ExtensionApp):
         False, help="Store prompt and completion text in the audit log. Default: False (only counts and timings)."
     ).tag(config=True)
 
+    max_requests_per_user = Int(
+        8,
+        help="Concurrent inference requests one user may have in flight (all models together); "
+        "beyond it a request is refused with 429 and Retry-After. 0 = unlimited. Default: 8.",
+    ).tag(config=True)
+
+    max_batch_size = Int(
+        16,
+        help="Requests of one model decoding together in its runner; more wait in that model's "
+        "queue (in arrival order). Default: 16.",
+    ).tag(config=True)
+
+    max_queued_requests = Int(
+        64,
+        help="Requests that may wait for a decoding slot of one model; beyond it a request is "
+        "refused with 503 server_busy and Retry-After. Default: 64.",
+    ).tag(config=True)
+
+    prefill_step_size = Int(
+        512,
+        help="Prompt tokens prefilled per scheduler step on every path: no single step holds up "
+        "other streams, admission or cancellation for longer than one chunk. Default: 512.",
+    ).tag(config=True)
+
+    runner_stall_seconds = Float(
+        30.0,
+        help="A runner that has work and sends no heartbeat for this many seconds is killed; its "
+        "requests fail with runner_stalled and the next request loads the model again. Default: 30.",
+    ).tag(config=True)
+
+    hf_token_for_users = Bool(
+        False,
+        help="Let non-admin users' Hub searches and downloads use the server's Hugging Face token "
+        "(and so see its private and gated repos). Default: False: only admins' requests use it.",
+    ).tag(config=True)
+
     # -- life cycle -------------------------------------------------------------------------
     def initialize_settings(self) -> None:
         data_dir = Path(self.data_dir).expanduser()
@@ -138,11 +186,14 @@ class MLXManager(ExtensionApp):
             self.audit,
             access_token_hours=self.access_token_expiry_hours,
             allow_registration=self.allow_registration,
+            registration_limit=self.registration_limit,
         )
         if self.owner_username:
             owner = self.users.ensure_owner_sync(self.owner_username)
             if owner["status"] != "approved" or not owner["is_admin"]:
-                self.log.warning("The owner account %r is %s and not an approved admin.", owner["username"], owner["status"])
+                self.log.warning(
+                    "The owner account %r is %s and not an approved admin.", owner["username"], owner["status"]
+                )
         self.catalog = ModelCatalog([data_dir / "models", *(Path(d).expanduser() for d in self.model_dirs)])
         self.pool = ModelPool(
             self.catalog,
@@ -151,17 +202,27 @@ class MLXManager(ExtensionApp):
             default_keep_alive=self.default_keep_alive,
             log=self.log,
             on_event=self._record_pool_event,
-            runner_args=["--prompt-cache-bytes", str(int(max(0.0, self.prompt_cache_gb) * 1024**3))],
+            runner_args=[
+                "--prompt-cache-bytes",
+                str(int(max(0.0, self.prompt_cache_gb) * 1024**3)),
+                "--prefill-step-size",
+                str(max(1, self.prefill_step_size)),
+            ],  # fmt: skip
+            runner_stall_seconds=self.runner_stall_seconds,
         )
         hf_endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-        self.hub_search = HubSearch(hf_endpoint, self.hf_token or None)
+        self.hub_search = HubSearch(hf_endpoint, self.hf_token or None, hf_token_for_users=self.hf_token_for_users)
         self.downloads = DownloadManager(
             self.db, self.audit, self.catalog.hub_cache, hf_endpoint, self.hf_token or None,
-            max_concurrent=self.max_concurrent_downloads, log=self.log,
+            max_concurrent=self.max_concurrent_downloads, log=self.log, hf_token_for_users=self.hf_token_for_users,
         )  # fmt: skip
         IOLoop.current().add_callback(self.downloads.start)  # resumes unfinished downloads
-        self.completions = CompletionService(self.pool, self.audit, record_content=self.audit_record_content)
+        self.limits = RequestLimits(self.max_requests_per_user, self.max_batch_size, self.max_queued_requests)
+        self.completions = CompletionService(
+            self.pool, self.audit, self.limits, record_content=self.audit_record_content
+        )
         self._sockets: set[Any] = set()
+        self._requests: set[Any] = set()  # inference handlers answering now
         self._background: set[asyncio.Task] = set()
         self.users.change_listeners.append(self._recheck_sockets)
         self._device: asyncio.Task | None = None
@@ -172,6 +233,13 @@ class MLXManager(ExtensionApp):
 
     async def stop_extension(self) -> None:
         self._pruner.stop()
+        # Inference requests end with a final event (an error in their stream) before runners stop.
+        for handler in list(self._requests):
+            handler.end_for_shutdown()
+        for _ in range(100):
+            if not self._requests:
+                break
+            await asyncio.sleep(0.05)
         await self.downloads.stop()
         await self.pool.shutdown()
         for socket in list(self._sockets):
@@ -213,6 +281,12 @@ class MLXManager(ExtensionApp):
         task = asyncio.ensure_future(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def track_request(self, handler: Any) -> None:
+        self._requests.add(handler)
+
+    def untrack_request(self, handler: Any) -> None:
+        self._requests.discard(handler)
 
     def track_socket(self, socket: Any) -> None:
         self._sockets.add(socket)

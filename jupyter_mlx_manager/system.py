@@ -26,14 +26,14 @@ async def probe_device() -> dict:
         )
         try:
             out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             process.kill()
             await process.wait()
             raise
         if process.returncode == 0:
             return json.loads(out)
         return {"type": "unavailable", "name": "MLX failed to start", "error": err.decode(errors="replace")[-500:]}
-    except (OSError, asyncio.TimeoutError, ValueError) as exc:
+    except (TimeoutError, OSError, ValueError) as exc:
         return {"type": "unavailable", "name": "MLX failed to start", "error": str(exc)}
 
 

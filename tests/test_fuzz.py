@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import requests
-
-from jupyter_mlx_manager.devhub import DevHub
 from models import build_models
 from servers import jupyter_server
+
+from jupyter_mlx_manager.devhub import DevHub
 
 FUZZ_SECONDS = 100
 

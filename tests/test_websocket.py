@@ -76,7 +76,7 @@ async def test_live_records_filtered_by_permission(api, jp_ws_fetch, make_user):
     # The user never sees the owner's record.
     try:
         unexpected = await asyncio.wait_for(user_ws.read_message(), 0.5)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         unexpected = None
     assert unexpected is None
     user_ws.close()

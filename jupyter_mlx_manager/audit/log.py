@@ -23,6 +23,18 @@ FIELDS = (
     "prompt_tokens", "cached_tokens", "completion_tokens", "ttft_ms", "duration_ms", "error_type",
 )  # fmt: skip
 STATUSES = ("ok", "error", "cancelled", "timeout")
+# Text fields come from clients (a model id, a user name that failed to log in, an error
+# message): bounded so that no request can grow the log, a live socket or an export at will.
+TEXT_BOUNDS = {
+    "request_id": 64,
+    "user": 64,
+    "client": 32,
+    "action": 64,
+    "endpoint": 256,
+    "model": 256,
+    "error_type": 100,
+}
+MAX_DETAIL = 1000
 
 
 class Subscription:
@@ -53,7 +65,7 @@ class Subscription:
             self._ready.clear()
             try:
                 await asyncio.wait_for(self._ready.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return None
         if self._items:
             return self._items.popleft()
@@ -65,20 +77,32 @@ class AuditLog:
     def __init__(self, db: Database, emit: Callable[[dict[str, Any]], None] | None = None):
         self.db = db
         self._emit = emit
+        # Called with each committed record (metrics); must be cheap and must not raise.
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._subscribers: set[Subscription] = set()
 
     async def record(self, action: str, status: str = "ok", **fields: Any) -> dict[str, Any]:
-        """Commit one record and publish it; returns the record as stored."""
+        """Commit one record and publish it; returns the record as stored.
+
+        `detail` (an error message, a note) is cut to MAX_DETAIL characters; `content` (the
+        prompt and completion, when the server records them) is stored whole instead."""
         assert status in STATUSES, status
         record = {name: fields.get(name) for name in FIELDS}
         record.update(action=action, status=status, time=utcnow())
         record["request_id"] = record["request_id"] or uuid.uuid4().hex
-        detail = fields.get("detail")
+        for name, bound in TEXT_BOUNDS.items():
+            if record[name] is not None:
+                record[name] = _bounded(str(record[name]), bound)
+        detail = fields.get("content")
+        if detail is None and fields.get("detail") is not None:
+            detail = _bounded(str(fields["detail"]), MAX_DETAIL)
         record["id"] = await self.db.write(_insert, record, detail)
         for subscriber in list(self._subscribers):
             subscriber.offer(record)
         if self._emit is not None:
             self._emit(record)
+        for listener in self.listeners:
+            listener(record)
         return record
 
     def subscribe(self, accepts: Callable[[dict[str, Any]], bool], maxsize: int = 256) -> Subscription:
@@ -168,13 +192,17 @@ class AuditLog:
         """Delete records older than `retention_days` (0 keeps everything); returns how many."""
         if retention_days <= 0:
             return 0
-        cutoff = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=retention_days)).isoformat(
+        cutoff = (dt.datetime.now(dt.UTC) - dt.timedelta(days=retention_days)).isoformat(
             timespec="milliseconds"
         )
         cutoff = cutoff.replace("+00:00", "Z")
         return await self.db.write(
             lambda conn: conn.execute("DELETE FROM audit_log WHERE time < ?", (cutoff,)).rowcount
         )
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _where(

@@ -26,6 +26,15 @@ def _int_argument(handler, name: str, default: int, low: int, high: int) -> int:
     return int(raw)
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_safe(record: dict) -> dict:
+    """A spreadsheet runs a cell that starts like a formula: such text cells get a leading `'`
+    (OWASP's advice), so a model id like `=HYPERLINK(…)` opens as text."""
+    return {k: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_STARTS) else v for k, v in record.items()}
+
+
 class _AuditQueryHandler(MLXAPIHandler):
     def filters(self) -> dict[str, str | None]:
         """The query's filters, narrowed to the caller's own records unless they are an admin."""
@@ -80,12 +89,13 @@ class AuditExportHandler(_AuditQueryHandler):
         if export_format == "csv":
             self.write(",".join(FIELDS) + "\r\n")
         try:
+            await self.flush()  # the headers go now (APIHandler.finish would make an empty export JSON)
             async for batch in self.mlx.audit.export_batches(**filters):
                 if export_format == "jsonl":
                     self.write("".join(json.dumps(record) + "\n" for record in batch))
                 else:
                     buffer = io.StringIO()
-                    csv.DictWriter(buffer, FIELDS).writerows(batch)
+                    csv.DictWriter(buffer, FIELDS).writerows([_csv_safe(record) for record in batch])
                     self.write(buffer.getvalue())
                 await self.flush()
         except StreamClosedError:

@@ -29,6 +29,26 @@ ERROR_TYPES = {
 }  # fmt: skip
 
 
+async def _pump(events, queue: asyncio.Queue) -> None:
+    """Run one request's event stream into `queue`: ("event", e)… then ("end", None), or
+    ("error", exc), or ("gone", None) when the client's departure cancelled it."""
+    try:
+        async with contextlib.aclosing(events):
+            async for event in events:
+                queue.put_nowait(("event", event))
+        queue.put_nowait(("end", None))
+    except asyncio.CancelledError:
+        queue.put_nowait(("gone", None))
+        raise
+    except Exception as exc:  # MLXError for what the client should hear; anything else is a 500
+        queue.put_nowait(("error", exc))
+
+
+class ServerShuttingDown(MLXError):
+    status_code = 503
+    reason = "server_shutting_down"
+
+
 def openai_error(status: int, message: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
     return {
         "error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "param": param, "code": code}
@@ -67,94 +87,115 @@ class _CompletionHandler(OpenAIHandler):
 
     def initialize(self, *args: Any, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
-        self._client_gone = asyncio.Event()  # before prepare(): a client may leave at any time
+        self._pump: asyncio.Task | None = None
+        self._client_gone = False  # before prepare(): a client may leave at any time
+        self._shutting_down = False
 
     def on_connection_close(self) -> None:
-        self._client_gone.set()
+        """A client that leaves cancels its request at once (queued, prefilling or decoding)."""
+        self._client_gone = True
+        if self._pump is not None:
+            self._pump.cancel()
+
+    def end_for_shutdown(self) -> None:
+        """The server is stopping: end this request now with a final error event."""
+        self._shutting_down = True
+        if self._pump is not None:
+            self._pump.cancel()
 
     @web.authenticated
     @authorized
     async def post(self):
+        self.mlx.track_request(self)
+        try:
+            await self._serve()
+        finally:
+            self.mlx.untrack_request(self)
+
+    async def _serve(self) -> None:
         request = parse(self.json_body(), self.kind, self.mlx.max_tokens_limit)
         usage = Usage()
         self.completion_id = ("chatcmpl-" if self.kind == "chat" else "cmpl-") + self.request_id
         self.created = int(time.time())
         self.model = request.model
         events = self.mlx.completions.generate(self.actor, self.request.path, request, self.request_id, usage)
-        async with contextlib.aclosing(events):
-            if request.stream:
-                await self._stream(events, usage, request.include_usage)
-            else:
-                await self._collect(events, usage)
-
-    async def _next_event(self, events, streaming: bool):
-        """The next event, or None at the end; writes keep-alives while waiting; stops if the client left."""
-        step = asyncio.ensure_future(events.__anext__())
-        gone = asyncio.ensure_future(self._client_gone.wait())
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        # One task per request runs the service; the reply waits on its queue (no task per token).
+        self._pump = asyncio.ensure_future(_pump(events, queue))
+        if self._client_gone or self._shutting_down:  # before the pump existed
+            self._pump.cancel()
         try:
-            while True:
-                done, _ = await asyncio.wait(
-                    {step, gone}, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED
-                )
-                if step in done:
-                    try:
-                        return step.result()
-                    except StopAsyncIteration:
-                        return None
-                if gone in done:
-                    step.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, MLXError):
-                        await step
-                    raise StreamClosedError()
+            if request.stream:
+                await self._stream(queue, usage, request.include_usage)
+            else:
+                await self._collect(queue, usage)
+        except StreamClosedError:
+            pass  # the client left: its request was cancelled and recorded as such
+        finally:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump  # the service has written its audit record
+
+    async def _next_event(self, queue: asyncio.Queue, streaming: bool) -> dict[str, Any] | None:
+        """The next event, or None at the end; writes keep-alives while waiting; raises the
+        service's error, or StreamClosedError once the client has left."""
+        while True:
+            try:
+                async with asyncio.timeout(KEEPALIVE_SECONDS):
+                    kind, value = await queue.get()
+            except TimeoutError:
                 if streaming:
                     self.write(": keepalive\n\n")
                     await self.flush()
-        finally:
-            gone.cancel()
+                continue
+            if kind == "event":
+                return value
+            if kind == "end":
+                return None
+            if kind == "gone":
+                if self._shutting_down:
+                    raise ServerShuttingDown("the server is shutting down; try again when it is back")
+                raise StreamClosedError()
+            raise value
 
-    async def _collect(self, events, usage: Usage) -> None:
+    async def _collect(self, queue: asyncio.Queue, usage: Usage) -> None:
         text, tool_calls = [], []
-        while (event := await self._next_event(events, streaming=False)) is not None:
+        while (event := await self._next_event(queue, streaming=False)) is not None:
             if event["ev"] == "text":
                 text.append(event["text"])
             elif event["ev"] == "tool_call":
                 tool_calls.append(self._tool_call(event["call"]))
         self.write_json(self._final_body("".join(text), tool_calls, usage))
 
-    async def _stream(self, events, usage: Usage, include_usage: bool) -> None:
+    async def _stream(self, queue: asyncio.Queue, usage: Usage, include_usage: bool) -> None:
+        # Until the runner has accepted the request (admitted, model loaded, prompt valid),
+        # errors still get a real status code; from then on headers go out and keep-alives flow.
+        first = await self._next_event(queue, streaming=False)
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
-        try:
-            # Until the runner has accepted the request (model loaded, prompt valid), errors
-            # still get a real status code; from then on headers go out and keep-alives flow.
-            first = await self._next_event(events, streaming=False)
-        except StreamClosedError:
-            return
-        try:
-            await self._send(self._chunk({"role": "assistant", "content": ""} if self.kind == "chat" else {"text": ""}))
-            event, tool_index = first, 0
-            while event is not None:
-                if event["ev"] == "text":
-                    await self._send(
-                        self._chunk({"content": event["text"]} if self.kind == "chat" else {"text": event["text"]})
-                    )
-                elif event["ev"] == "tool_call":
-                    call = {"index": tool_index, **self._tool_call(event["call"])}
-                    tool_index += 1
-                    await self._send(self._chunk({"tool_calls": [call]}))
-                try:
-                    event = await self._next_event(events, streaming=True)
-                except MLXError as exc:  # headers are gone: report in-band, as OpenAI does
-                    await self._send(openai_error(exc.status_code, exc.message, exc.reason))
-                    return
-            await self._send(self._chunk({} if self.kind == "chat" else {"text": ""}, usage.finish_reason))
-            if include_usage:
-                await self._send({**self._envelope(), "choices": [], "usage": usage.as_openai()})
-            self.write("data: [DONE]\n\n")
-            await self.flush()
-        except StreamClosedError:
-            return
+        await self._send(self._chunk({"role": "assistant", "content": ""} if self.kind == "chat" else {"text": ""}))
+        event, tool_index = first, 0
+        while event is not None:
+            if event["ev"] == "text":
+                await self._send(
+                    self._chunk({"content": event["text"]} if self.kind == "chat" else {"text": event["text"]})
+                )
+            elif event["ev"] == "tool_call":
+                call = {"index": tool_index, **self._tool_call(event["call"])}
+                tool_index += 1
+                await self._send(self._chunk({"tool_calls": [call]}))
+            try:
+                event = await self._next_event(queue, streaming=True)
+            except MLXError as exc:  # headers are gone: report in-band, as OpenAI does
+                await self._send(openai_error(exc.status_code, exc.message, exc.reason))
+                self.finish()
+                return
+        await self._send(self._chunk({} if self.kind == "chat" else {"text": ""}, usage.finish_reason))
+        if include_usage:
+            await self._send({**self._envelope(), "choices": [], "usage": usage.as_openai()})
+        self.write("data: [DONE]\n\n")
+        await self.flush()
         self.finish()
 
     async def _send(self, payload: dict[str, Any]) -> None:

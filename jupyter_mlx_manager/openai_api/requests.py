@@ -6,10 +6,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadRequest
+from ..models.catalog import is_valid_model_id
 from ..pool.pool import validate_keep_alive
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP = 4
+MAX_TOKEN_ID = 2**31 - 1  # no vocabulary is larger; the model's own size is checked once it is known
 
 
 class InvalidParam(BadRequest):
@@ -138,6 +140,12 @@ def parse(body: dict[str, Any], kind: str, max_tokens_limit: int) -> ParsedReque
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidParam("model is required", "model")
+    if not is_valid_model_id(model):  # before anything records or looks up the id
+        raise InvalidParam(
+            "model must be a model id such as 'org/name' or 'local/<folder name>' (see GET mlx/v1/models)",
+            "model",
+            "invalid_model_id",
+        )
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidParam("stream must be true or false", "stream")
@@ -179,3 +187,26 @@ def parse(body: dict[str, Any], kind: str, max_tokens_limit: int) -> ParsedReque
             raise InvalidParam("prompt must be a non-empty string or a list of token ids", "prompt")
         command["prompt"] = prompt
     return ParsedRequest(model, stream, bool(stream_options.get("include_usage")), keep_alive, command)
+
+
+def check_token_ids(command: dict[str, Any], vocab_size: int | None) -> None:
+    """Token ids from the client must index the model's embedding table: MLX does no bounds
+    checks, so one id past the end reads foreign memory or crashes the shared runner."""
+    if not vocab_size:
+        return
+    prompt = command.get("prompt")
+    if isinstance(prompt, list):
+        bad = next((t for t in prompt if not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise InvalidParam(
+                f"prompt token id {bad} is outside this model's vocabulary (0 to {vocab_size - 1})",
+                "prompt",
+                "invalid_token_id",
+            )
+    bad = next((k for k in command.get("logit_bias") or {} if not 0 <= int(k) < vocab_size), None)
+    if bad is not None:
+        raise InvalidParam(
+            f"logit_bias token id {bad} is outside this model's vocabulary (0 to {vocab_size - 1})",
+            "logit_bias",
+            "invalid_token_id",
+        )

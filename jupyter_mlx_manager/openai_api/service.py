@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -11,9 +12,11 @@ from typing import Any
 
 from ..audit import AuditLog
 from ..auth import Actor
-from ..errors import BadRequest, MLXError
+from ..errors import MLXError
+from ..models.catalog import is_admin, scrub_paths
 from ..pool import ModelPool, RunnerCrashed
-from .requests import ParsedRequest
+from .limits import RequestLimits
+from .requests import InvalidParam, ParsedRequest, check_token_ids
 
 
 class GenerationFailed(MLXError):
@@ -40,9 +43,12 @@ class Usage:
 
 
 class CompletionService:
-    def __init__(self, pool: ModelPool, audit: AuditLog, record_content: bool = False):
+    def __init__(
+        self, pool: ModelPool, audit: AuditLog, limits: RequestLimits | None = None, record_content: bool = False
+    ):
         self.pool = pool
         self.audit = audit
+        self.limits = limits or RequestLimits()
         self.record_content = record_content
 
     async def generate(
@@ -51,33 +57,40 @@ class CompletionService:
         """Yield the runner's `started`, `text` and `tool_call` events; fills `usage` as it goes.
 
         Raises MLXError subclasses for what goes wrong (404 unknown model, 400 bad request
-        for this model, 500 runner crash). Always writes one audit record.
+        for this model, 429/503 over a limit, 500 runner crash). Always writes one audit record.
         """
         started = time.monotonic()
         status, error_type = "error", None
         try:
-            async with self.pool.use(request.model, request.keep_alive) as model:
-                async for event in model.runner.generate(request_id, request.command):
-                    kind = event["ev"]
-                    if kind == "started":
-                        usage.prompt_tokens, usage.cached_tokens = event["prompt_tokens"], event["cached_tokens"]
-                        yield event
-                    elif kind == "error":
-                        error_type = event.get("code") or event["type"]
-                        if event["type"] == "invalid_request_error":
-                            raise BadRequest(event["message"], reason=event.get("code") or "invalid_request_error")
-                        raise GenerationFailed(event["message"])
-                    elif kind == "done":
-                        usage.finish_reason = event["finish_reason"]
-                        usage.completion_tokens = event["completion_tokens"]
-                        usage.ttft_ms = event.get("ttft_ms")
-                    else:
-                        if kind == "text":
-                            # Kept current, so a request cut short still records what it used.
+            async with (
+                self.limits.admit(actor.user["username"], request.model),
+                self.pool.use(request.model, request.keep_alive, user=actor.user) as model,
+            ):
+                check_token_ids(request.command, model.runner.info.get("vocab_size"))
+                # Closed deterministically: a request that ends here never sends a late cancel.
+                async with contextlib.aclosing(model.runner.generate(request_id, request.command)) as events:
+                    async for event in events:
+                        kind = event["ev"]
+                        if kind == "started":
+                            usage.prompt_tokens, usage.cached_tokens = event["prompt_tokens"], event["cached_tokens"]
+                            yield event
+                        elif kind == "error":
+                            error_type = event.get("code") or event["type"]
+                            if event["type"] == "invalid_request_error":
+                                raise InvalidParam(event["message"], event.get("param"), event.get("code"))
+                            message = event["message"] if is_admin(actor.user) else scrub_paths(event["message"])
+                            raise GenerationFailed(message, reason=event.get("code") or "server_error")
+                        elif kind == "done":
+                            usage.finish_reason = event["finish_reason"]
                             usage.completion_tokens = event["completion_tokens"]
-                            if self.record_content:
-                                usage.text.append(event["text"])
-                        yield event
+                            usage.ttft_ms = event.get("ttft_ms")
+                        else:
+                            if kind == "text":
+                                # Kept current, so a request cut short still records what it used.
+                                usage.completion_tokens = event["completion_tokens"]
+                                if self.record_content:
+                                    usage.text.append(event["text"])
+                            yield event
             status = "cancelled" if usage.finish_reason == "cancelled" else "ok"
         except (asyncio.CancelledError, GeneratorExit):
             status, error_type = "cancelled", "client_disconnected"
@@ -89,10 +102,10 @@ class CompletionService:
             error_type = error_type or exc.reason
             raise
         finally:
-            detail = None
+            content = None
             if self.record_content:
                 prompt = request.command.get("messages") or request.command.get("prompt")
-                detail = json.dumps({"prompt": prompt, "completion": "".join(usage.text)})
+                content = json.dumps({"prompt": prompt, "completion": "".join(usage.text)})
             await asyncio.shield(
                 self.audit.record(
                     endpoint.rsplit("/v1/", 1)[-1].replace("/", "."),
@@ -108,6 +121,6 @@ class CompletionService:
                     ttft_ms=usage.ttft_ms,
                     duration_ms=(time.monotonic() - started) * 1000,
                     error_type=error_type,
-                    detail=detail,
+                    content=content,
                 )
             )

@@ -27,7 +27,7 @@ class DatabaseError(RuntimeError):
 
 def utcnow() -> str:
     """Timestamps are stored as ISO 8601 UTC strings, which sort and compare correctly."""
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Database:

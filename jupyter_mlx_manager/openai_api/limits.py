@@ -1,0 +1,121 @@
+"""Admission of inference requests: per-user concurrency, per-model decoding slots and queue.
+
+A request is admitted in two steps, both before it reaches a runner:
+
+1. its user may have at most `max_requests_per_user` requests in flight (queued ones count);
+   beyond it → 429 `too_many_requests` with `Retry-After`;
+2. its model decodes at most `max_batch_size` requests together; later ones wait in that
+   model's queue in arrival order, at most `max_queued_requests` of them; beyond it → 503
+   `server_busy` with `Retry-After`.
+
+A waiting request whose client goes away is cancelled, and so leaves the queue at once. A
+slot is handed straight to the next waiter when a request ends, so no request can jump the
+queue between the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from ..errors import MLXError, TooManyRequests
+from ..models.catalog import model_key
+
+RETRY_AFTER_SECONDS = 1
+
+
+class ServerBusy(MLXError):
+    """A model's queue is full: a polite refusal (the SDKs retry it after `Retry-After`)."""
+
+    status_code = 503
+    reason = "server_busy"
+
+
+@dataclass
+class _ModelSlots:
+    decoding: int = 0
+    waiters: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
+
+
+class RequestLimits:
+    def __init__(self, max_requests_per_user: int = 8, max_batch_size: int = 16, max_queued_requests: int = 64):
+        self.max_requests_per_user = max(0, max_requests_per_user)
+        self.max_batch_size = max(1, max_batch_size)
+        self.max_queued_requests = max(0, max_queued_requests)
+        self._per_user: collections.Counter[str] = collections.Counter()
+        self._models: dict[str, _ModelSlots] = {}
+
+    def queue_depth(self, model_id: str) -> int:
+        slots = self._models.get(model_key(model_id))
+        return len(slots.waiters) if slots else 0
+
+    def status(self) -> dict[str, int]:
+        return {
+            "max_requests_per_user": self.max_requests_per_user,
+            "max_batch_size": self.max_batch_size,
+            "max_queued_requests": self.max_queued_requests,
+        }
+
+    @contextlib.asynccontextmanager
+    async def admit(self, username: str, model_id: str) -> AsyncIterator[None]:
+        """Hold a per-user place and a decoding slot of `model_id` for one request."""
+        if self.max_requests_per_user and self._per_user[username] >= self.max_requests_per_user:
+            raise TooManyRequests(
+                f"you have {self._per_user[username]} requests in flight, the most this server allows per user "
+                f"(c.MLXManager.max_requests_per_user = {self.max_requests_per_user}); wait for one to finish",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        self._per_user[username] += 1
+        key = model_key(model_id)  # ids differing in case are one model, with one queue
+        try:
+            await self._acquire(key)
+            try:
+                yield
+            finally:
+                self._release(key)
+        finally:
+            self._per_user[username] -= 1
+            if not self._per_user[username]:
+                del self._per_user[username]
+
+    async def _acquire(self, model_id: str) -> None:
+        slots = self._models.setdefault(model_id, _ModelSlots())
+        if slots.decoding < self.max_batch_size and not slots.waiters:
+            slots.decoding += 1
+            return
+        if len(slots.waiters) >= self.max_queued_requests:
+            raise ServerBusy(
+                f"{model_id} is decoding {slots.decoding} requests and {len(slots.waiters)} more are waiting, "
+                f"the most its queue holds (c.MLXManager.max_queued_requests = {self.max_queued_requests}); "
+                "try again shortly",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        granted = asyncio.get_running_loop().create_future()
+        slots.waiters.append(granted)
+        try:
+            await granted  # _release hands its slot over (decoding stays counted)
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self._release(model_id)  # the slot arrived as the client left: pass it on
+            else:
+                slots.waiters.remove(granted)
+                self._forget_if_idle(model_id)
+            raise
+
+    def _release(self, model_id: str) -> None:
+        slots = self._models[model_id]
+        while slots.waiters:
+            waiter = slots.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        slots.decoding -= 1
+        self._forget_if_idle(model_id)
+
+    def _forget_if_idle(self, model_id: str) -> None:
+        slots = self._models.get(model_id)
+        if slots is not None and not slots.decoding and not slots.waiters:
+            del self._models[model_id]
