@@ -253,3 +253,34 @@ async def test_concurrent_first_registrations_make_exactly_one_admin(tmp_path):
         assert sum(u["status"] == "pending" for u in created) == 29
     finally:
         db.close()
+
+
+async def test_a_ticket_is_not_a_bearer_token(api, make_user):
+    """A leaked ticket (it travels in URLs) can neither mint an API token nor renew itself."""
+    _, access = await make_user("ticket-holder")
+    ticket = (await api("POST", "mlx/api/auth/ticket", auth=access)).body["token"]
+    for method, path, body in (
+        ("POST", "mlx/api/auth/tokens", {"name": "from a ticket"}),
+        ("POST", "mlx/api/auth/ticket", None),
+        ("GET", "mlx/api/auth/me", None),
+    ):
+        for headers in ({"Authorization": f"Bearer {ticket}"}, {"Authorization": "", "x-api-key": ticket}):
+            reply = await api(method, path, auth=None, body=body, headers=headers)
+            assert reply.code == 401 and reply.body["reason"] == "ticket_not_bearer", (method, path, headers)
+    assert (await api("GET", "mlx/api/auth/tokens", auth=access)).body["tokens"] == []
+    # Where ?token= is allowed, the same ticket works.
+    reply = await api("GET", "mlx/api/audit/export", auth=None, params={"token": ticket, "format": "csv"})
+    assert reply.code == 200
+
+
+async def test_x_api_key_carries_our_tokens_like_bearer(api, make_user):
+    """The anthropic SDK sends its key as `x-api-key`: a JWT of ours there is a credential, POSTs
+    included (no XSRF: no browser attaches it by itself)."""
+    _, access = await make_user("anthropic-user")
+    api_token = (await api("POST", "mlx/api/auth/tokens", auth=access, body={"name": "sdk"})).body["token"]
+    headers = {"Authorization": "", "x-api-key": api_token}
+    me = await api("GET", "mlx/api/auth/me", auth=None, headers=headers)
+    assert me.code == 200 and me.body["username"] == "anthropic-user" and me.body["client"] == "api_token"
+    assert (await api("POST", "mlx/api/auth/ticket", auth=None, headers=headers)).code == 201
+    forged = await api("GET", "mlx/api/auth/me", auth=None, headers={"Authorization": "", "x-api-key": "a.b.c"})
+    assert forged.code == 401 and forged.body["reason"] == "invalid_token"

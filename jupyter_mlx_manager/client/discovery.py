@@ -2,7 +2,10 @@
 
 Order (SPEC): `JUPYTER_MLX_MANAGER_URL` + `JUPYTER_MLX_MANAGER_TOKEN`; else the server whose
 runtime file matches `JPY_PARENT_PID` (the server that launched this kernel); else the
-first of `list_running_servers()`; else a JupyterHub single-user server's environment.
+first of `list_running_servers()` (under JupyterHub: only the one serving this user's prefix);
+else a JupyterHub single-user server's environment (`JUPYTERHUB_SERVICE_URL`, completed with
+`JUPYTERHUB_SERVICE_PREFIX`, and `JUPYTERHUB_API_TOKEN`, which the Hub's single-user server
+accepts as its own token).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 
 class ServerNotFound(RuntimeError):
@@ -30,6 +34,12 @@ class ServerInfo:
             return {}
         scheme = "Bearer" if self.token.count(".") == 2 else "token"
         return {"Authorization": f"{scheme} {self.token}"}
+
+    @property
+    def websocket_headers(self) -> dict[str, str]:
+        """Headers for a WebSocket: JupyterHub 5+ reads a token in a WebSocket URL, and decides
+        cookie rules, only for requests that say `Sec-Fetch-Mode: websocket`, as browsers do."""
+        return {**self.auth_header, "Sec-Fetch-Mode": "websocket"}
 
 
 def _from_runtime_file(path: Path, source: str) -> ServerInfo:
@@ -56,15 +66,36 @@ def find_server() -> ServerInfo:
 
     from jupyter_server.serverapp import list_running_servers
 
+    hub_prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX")
     for info in list_running_servers():
+        if hub_prefix and _with_slash(info.get("base_url", "/")) != _with_slash(hub_prefix):
+            continue  # under a Hub, another user's (or a stale) server is not ours
         return ServerInfo(_with_slash(info["url"]), info.get("token", ""), "list_running_servers")
 
-    hub_url = os.environ.get("JUPYTERHUB_SERVICE_URL")
-    hub_token = os.environ.get("JUPYTERHUB_API_TOKEN")
-    if hub_url and hub_token:
-        return ServerInfo(_with_slash(hub_url.replace("://0.0.0.0", "://127.0.0.1")), hub_token, "JupyterHub")
+    hub = _from_hub_environment()
+    if hub is not None:
+        return hub
 
     raise ServerNotFound(
         "no running Jupyter server found; set JUPYTER_MLX_MANAGER_URL (and JUPYTER_MLX_MANAGER_TOKEN) "
         "to the server's URL and an API token"
     )
+
+
+def _from_hub_environment() -> ServerInfo | None:
+    """The single-user server a JupyterHub spawner described in this process's environment."""
+    token = os.environ.get("JUPYTERHUB_API_TOKEN")
+    url = os.environ.get("JUPYTERHUB_SERVICE_URL")
+    if not token or not url:
+        return None
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if host in ("", "0.0.0.0", "::", "*"):  # bound to all interfaces: connect locally
+        host = "127.0.0.1"
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    path = parts.path
+    if path in ("", "/"):  # a service URL without the prefix: the prefix is the server's base URL
+        path = os.environ.get("JUPYTERHUB_SERVICE_PREFIX") or "/"
+    return ServerInfo(_with_slash(urlunsplit((parts.scheme or "http", netloc, path, "", ""))), token, "JupyterHub")

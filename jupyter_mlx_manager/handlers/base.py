@@ -1,11 +1,13 @@
 """One authentication path for every handler: REST, SSE and WebSocket.
 
-A request is authenticated either by Jupyter (cookie with XSRF, or the Jupyter token) or by
-a JWT of ours: `Authorization: Bearer <jwt>` anywhere, `?token=<jwt>` only where
-`query_token_allowed` (SSE and WebSocket, whose browser APIs cannot send headers). A valid
-JWT pre-authenticates the request *before* Jupyter's own `prepare`, which then accepts it as
-the current user; XSRF is skipped only for such bearer requests. Either way the user's
-status is re-read from the database on every request.
+A request is authenticated either by Jupyter (cookie with XSRF, or the Jupyter token; under
+JupyterHub, the Hub cookie or a Hub token) or by a JWT of ours: `Authorization: Bearer <jwt>`
+or `x-api-key: <jwt>` (the anthropic SDK's header) anywhere, a ticket in `?token=<jwt>` only
+where `query_token_allowed` (SSE, WebSocket and export, whose browser APIs cannot send
+headers). A valid JWT pre-authenticates the request *before* Jupyter's own `prepare`, which
+then accepts it as the current user (under JupyterHub, as `_jupyterhub_user`, so the Hub's
+identity provider never sees, let alone forwards, our token); XSRF is skipped only for such
+requests. Either way the user's status is re-read from the database on every request.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from tornado import web
 from tornado.websocket import WebSocketHandler
 
 from ..auth import Actor, InvalidToken, looks_like_jwt
-from ..errors import BadRequest, MLXError, PayloadTooLarge, Unauthorized, UnsupportedMediaType
+from ..auth.hub import TokenHubUser, account_for_hub_user, hub_auth_of, hub_model
+from ..errors import BadRequest, Forbidden, MLXError, PayloadTooLarge, Unauthorized, UnsupportedMediaType
 
 __all__ = ["MLXAPIHandler", "MLXWebSocketHandler", "allow_unauthenticated", "authorized", "web", "ws_authenticated"]
 
@@ -42,6 +45,7 @@ class MLXAuthMixin(ExtensionHandlerMixin):
     mlx_user: dict[str, Any] | None = None
     actor: Actor | None = None
     _jwt_authenticated = False
+    _xsrf_refusal: web.HTTPError | None = None  # set when the XSRF check refused this request
     credential = None  # (token, claims) when a JWT of ours authenticated the request
 
     @property
@@ -54,6 +58,9 @@ class MLXAuthMixin(ExtensionHandlerMixin):
         scheme, _, value = self.request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and looks_like_jwt(value.strip()):
             return value.strip(), False
+        api_key = self.request.headers.get("x-api-key", "").strip()  # the anthropic SDK's header
+        if looks_like_jwt(api_key):
+            return api_key, False
         if self.query_token_allowed:
             value = self.get_query_argument("token", "")
             if looks_like_jwt(value):
@@ -80,11 +87,23 @@ class MLXAuthMixin(ExtensionHandlerMixin):
         if in_url and claims.kind != "ticket":
             # URLs end up in logs and histories: only short-lived tickets may travel there.
             raise Unauthorized("use a ticket (POST mlx/api/auth/ticket) in ?token=", reason="ticket_required")
+        if not in_url and claims.kind == "ticket":
+            # A leaked ticket can neither mint API tokens nor renew itself.
+            raise Unauthorized(
+                "a ticket is accepted only in ?token= on stream and WebSocket URLs", reason="ticket_not_bearer"
+            )
         if user is None:
             raise Unauthorized("the account behind this token no longer exists", reason="unknown_user")
         self.credential = (token, claims)
         self._jwt_authenticated = True
-        self._jupyter_current_user = User(username=user["username"], name=user["username"])
+        hub_auth = hub_auth_of(self.identity_provider)
+        if hub_auth is not None:
+            # JupyterHub's identity provider short-cuts on this (and otherwise sends the token to
+            # the Hub's API); its authorizer checks these scopes.
+            self._jupyterhub_user = TokenHubUser(user["username"], hub_auth.access_scopes)
+            self._jupyter_current_user = self._jupyterhub_user
+        else:
+            self._jupyter_current_user = User(username=user["username"], name=user["username"])
         self._resolve_actor(user, "api_token" if claims.kind == "api" else "session")
 
     async def _map_jupyter_user(self) -> None:
@@ -94,7 +113,10 @@ class MLXAuthMixin(ExtensionHandlerMixin):
         # JupyterLab sends the Jupyter token too, but only a browser page sends the XSRF header.
         browser = not self.token_authenticated or "X-XSRFToken" in self.request.headers
         client = "browser" if browser else "kernel"
-        if type(self.identity_provider) in _NAMELESS_PROVIDERS:
+        hub_user = hub_model(self.current_user)
+        if hub_user is not None:  # JupyterHub: the Hub's roles carry over
+            user = await account_for_hub_user(self.mlx.users, self.current_user.username, bool(hub_user.get("admin")))
+        elif type(self.identity_provider) in _NAMELESS_PROVIDERS:
             owner = self.mlx.owner_username
             if not owner:
                 raise Unauthorized(
@@ -119,7 +141,22 @@ class MLXAuthMixin(ExtensionHandlerMixin):
         # send only after a CORS preflight that Jupyter refuses: no cookie, no XSRF risk.
         if self._jwt_authenticated or (self._is_public() and self._content_type() == "application/json"):
             return None
-        return super().check_xsrf_cookie()
+        try:
+            return super().check_xsrf_cookie()
+        except web.HTTPError as exc:
+            # Remembered: JupyterHub drops a cookie that fails this check silently, which
+            # would otherwise look like "not signed in" (401) rather than the 403 it is.
+            # Without any cookie there was no session to protect: that is a missing credential (401).
+            if exc.status_code == 403 and self.request.cookies:
+                self._xsrf_refusal = exc
+            raise
+
+    def _xsrf_error(self) -> Forbidden:
+        detail = self._xsrf_refusal.log_message if self._xsrf_refusal is not None else "XSRF check failed"
+        return Forbidden(
+            f"{detail}: a cookie-authenticated request must send the X-XSRFToken header (the _xsrf cookie)",
+            reason="xsrf",
+        )
 
     def _content_type(self) -> str:
         return self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
@@ -171,10 +208,14 @@ class MLXAPIHandler(MLXAuthMixin, APIHandler):
         try:
             await super().prepare()
         except web.HTTPError as exc:
+            if exc.status_code == 403 and self._xsrf_refusal is not None:
+                raise self._xsrf_error() from None
             if exc.status_code == 403 and self.current_user is None:
                 raise _missing_credential() from None
             raise
         if self.current_user is None:  # servers that allow unauthenticated access by default
+            if self._xsrf_refusal is not None:
+                raise self._xsrf_error()
             raise _missing_credential()
         await self._map_jupyter_user()
 
