@@ -13,7 +13,7 @@ from jupyter_server.extension.application import ExtensionApp
 from tornado.ioloop import IOLoop, PeriodicCallback
 from traitlets import Bool, Float, Int, List, Unicode, default
 
-from . import system
+from . import metrics, system
 from ._version import __version__
 from .audit import AuditLog
 from .audit.log import EVENT_SCHEMA_ID
@@ -221,6 +221,7 @@ class MLXManager(ExtensionApp):
         self.completions = CompletionService(
             self.pool, self.audit, self.limits, record_content=self.audit_record_content
         )
+        metrics.install(self)
         self._sockets: set[Any] = set()
         self._requests: set[Any] = set()  # inference handlers answering now
         self._background: set[asyncio.Task] = set()
@@ -232,6 +233,7 @@ class MLXManager(ExtensionApp):
         self.handlers.extend(ROUTES)
 
     async def stop_extension(self) -> None:
+        metrics.uninstall(self)
         self._pruner.stop()
         # Inference requests end with a final event (an error in their stream) before runners stop.
         for handler in list(self._requests):

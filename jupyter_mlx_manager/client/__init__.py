@@ -1,4 +1,4 @@
-"""Kernel-side Python: `connect()` and the client's typed errors."""
+"""Kernel-side Python: `connect()`, the client's typed errors and its rich results."""
 
 from .client import (
     AuthenticationError,
@@ -9,11 +9,25 @@ from .client import (
     NotFound,
     PermissionDenied,
     ServerBusy,
+    StructuredOutputError,
     connect,
 )
 from .discovery import ServerNotFound, find_server
+from .results import (
+    AuditRecords,
+    ChatResult,
+    CompletionResult,
+    LocalModels,
+    PoolModels,
+    PoolStatus,
+    SearchResults,
+    Table,
+    TextResult,
+)
 
 __all__ = [
     "AuthenticationError", "Conflict", "Download", "MLXClient", "MLXManagerError", "NotFound",
-    "PermissionDenied", "ServerBusy", "ServerNotFound", "connect", "find_server",
+    "PermissionDenied", "ServerBusy", "ServerNotFound", "StructuredOutputError", "connect", "find_server",
+    "AuditRecords", "ChatResult", "CompletionResult", "LocalModels", "PoolModels", "PoolStatus",
+    "SearchResults", "Table", "TextResult",
 ]  # fmt: skip

@@ -7,14 +7,17 @@ with `tqdm.auto`, so a notebook gets a widget bar).
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import httpx
 
 from .discovery import ServerInfo, find_server
+from .results import AuditRecords, ChatResult, CompletionResult, LocalModels, PoolStatus, SearchResults
 
 
 class MLXManagerError(RuntimeError):
@@ -43,6 +46,15 @@ class Conflict(MLXManagerError):
 
 class ServerBusy(MLXManagerError):
     """429/503: throttled, or every loaded model is busy; try again later."""
+
+
+class StructuredOutputError(ValueError):
+    """A reply that does not parse or validate against the schema `map()` was given; `text`
+    holds the reply (a `ChatResult`), `__cause__` the parser's or validator's error."""
+
+    def __init__(self, message: str, text: str):
+        super().__init__(message)
+        self.text = text
 
 
 _ERRORS = {
@@ -208,13 +220,15 @@ class MLXClient:
     def status(self) -> dict[str, Any]:
         return self._get("mlx/api/status")
 
-    def search(self, q: str = "", **filters: Any) -> list[dict[str, Any]]:
-        """Hub search; filters: author, arch, quant, max_size_gb, sort, limit."""
+    def search(self, q: str = "", **filters: Any) -> SearchResults:
+        """Hub search; filters: author, arch, quant, max_size_gb, sort, limit. A list of dicts
+        that displays as a table (`.to_pandas()` with pandas)."""
         params = {k: v for k, v in {"q": q, **filters}.items() if v not in (None, "")}
-        return self._get("mlx/api/models/search", params=params)["models"]
+        return SearchResults(self._get("mlx/api/models/search", params=params)["models"])
 
-    def local_models(self) -> list[dict[str, Any]]:
-        return self._get("mlx/api/models/local")["models"]
+    def local_models(self) -> LocalModels:
+        """The models on this machine: a list of dicts that displays as a table."""
+        return LocalModels(self._get("mlx/api/models/local")["models"])
 
     def download(self, repo_id: str, wait: bool = True, *, revision: str | None = None, progress: bool = True):
         """Start (or join) a download on the server. `wait=True` blocks with a progress bar
@@ -227,29 +241,111 @@ class MLXClient:
         return self._get("mlx/api/downloads")["downloads"]
 
     def load(self, model: str, pin: bool = False, keep_alive: float | None = None) -> dict[str, Any]:
-        body = {"model": model, "pin": pin} | ({"keep_alive": keep_alive} if keep_alive is not None else {})
+        # Only what the caller asks for: sending pin=false would ask to unpin an admin's pinned model.
+        body = (
+            {"model": model}
+            | ({"pin": True} if pin else {})
+            | ({"keep_alive": keep_alive} if keep_alive is not None else {})
+        )
         return self._request("POST", "mlx/api/pool/load", json=body)
 
     def unload(self, model: str) -> dict[str, Any]:
         return self._request("POST", "mlx/api/pool/unload", json={"model": model})
 
-    def pool(self, *, timeout: float | None = None) -> dict[str, Any]:
-        """The pool's state; `timeout` (seconds) overrides the client's for this request."""
-        return self._get("mlx/api/pool", **({"timeout": timeout} if timeout is not None else {}))
+    def pool(self, *, timeout: float | None = None) -> PoolStatus:
+        """The pool's state (a dict that displays its models as a table); `timeout` (seconds)
+        overrides the client's for this request."""
+        return PoolStatus(self._get("mlx/api/pool", **({"timeout": timeout} if timeout is not None else {})))
 
-    def audit(self, **filters: Any) -> list[dict[str, Any]]:
-        """Audit records, newest first; filters: user, model, status, since, until, limit, offset."""
-        return self._get("mlx/api/audit", params={k: v for k, v in filters.items() if v is not None})["records"]
+    def audit(self, **filters: Any) -> AuditRecords:
+        """Audit records, newest first; filters: user, model, status, since, until, limit, offset.
+        A list of dicts that displays as a table (`.to_pandas()` with pandas)."""
+        return AuditRecords(
+            self._get("mlx/api/audit", params={k: v for k, v in filters.items() if v is not None})["records"]
+        )
 
     # -- inference ----------------------------------------------------------------------------
     def chat(self, model: str, messages_or_text: str | list[dict[str, Any]], stream: bool = False, **params: Any):
-        """The reply's text (or, with `stream=True`, an iterator of text pieces)."""
+        """The reply's text, a `ChatResult` (a `str` that displays as Markdown with a footer:
+        tokens, time to first token, tok/s); with `stream=True`, an iterator of text pieces."""
         messages = (
             [{"role": "user", "content": messages_or_text}] if isinstance(messages_or_text, str) else messages_or_text
         )
         return self._generate(
             "mlx/v1/chat/completions", {"model": model, "messages": messages, **params}, stream, chat=True
         )
+
+    def map(
+        self,
+        model: str,
+        prompts: Iterable[str | list[dict[str, Any]]],
+        schema: Any = None,
+        concurrency: int = 8,
+        *,
+        progress: bool = True,
+        **params: Any,
+    ) -> list[Any]:
+        """Chat with `model` about many prompts at once (`concurrency` requests in flight), with a
+        progress bar. Each prompt is a text or a list of messages; `params` go with every request.
+
+        Returns one result per prompt, in input order: a `ChatResult`, or with `schema` (a
+        Pydantic model class or a JSON schema dict, sent as `response_format`) the parsed and
+        validated value (a model instance; for a dict schema the parsed JSON). A prompt that
+        failed has its exception in its place (`MLXManagerError`, `StructuredOutputError`…);
+        the others are still served. Busy refusals (429/503) are retried with back-off."""
+        if params.pop("stream", False):
+            raise ValueError("map() returns whole replies: stream=True is not supported")
+        items = list(prompts)
+        parse = None
+        if schema is not None:
+            response_format, parse = _structured(schema)
+            params = {**params, "response_format": response_format}
+        results: list[Any] = [None] * len(items)
+
+        def one(index: int) -> None:
+            try:
+                reply = self._chat_when_free(model, items[index], params)
+                results[index] = parse(reply) if parse is not None else reply
+            except Exception as exc:  # reported in its place; the other prompts go on
+                results[index] = exc
+
+        if not items:
+            return results
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(items), desc=model, unit="req")
+        executor = ThreadPoolExecutor(
+            max_workers=max(1, min(int(concurrency), len(items))), thread_name_prefix="mlx-map"
+        )
+        try:
+            futures = [executor.submit(one, i) for i in range(len(items))]
+            for _ in as_completed(futures):
+                if bar is not None:
+                    bar.update(1)
+        except BaseException:  # KeyboardInterrupt: the requests not started yet are dropped
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        executor.shutdown(wait=True)
+        return results
+
+    _BUSY_RETRIES, _BUSY_DELAY = 8, 0.25
+
+    def _chat_when_free(self, model: str, prompt: str | list[dict[str, Any]], params: dict[str, Any]) -> ChatResult:
+        delay = self._BUSY_DELAY
+        for attempt in range(self._BUSY_RETRIES + 1):
+            try:
+                return self.chat(model, prompt, **params)
+            except ServerBusy:
+                if attempt == self._BUSY_RETRIES:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 4.0)
+        raise AssertionError("unreachable")
 
     def complete(self, model: str, prompt: str, stream: bool = False, **params: Any):
         return self._generate("mlx/v1/completions", {"model": model, "prompt": prompt, **params}, stream, chat=False)
@@ -262,9 +358,22 @@ class MLXClient:
 
     def _generate(self, path: str, body: dict[str, Any], stream: bool, chat: bool):
         if not stream:
-            reply = self._request("POST", path, json=body)
+            started = time.monotonic()
+            response = self._call("POST", path, json=body)
+            duration = time.monotonic() - started
+            reply = response.json()
             choice = reply["choices"][0]
-            return choice["message"]["content"] or "" if chat else choice["text"]
+            text = (choice["message"]["content"] or "") if chat else choice["text"]
+            usage = reply.get("usage") or {}
+            ttft_ms = usage.get("ttft_ms", response.headers.get(TTFT_HEADER))
+            try:
+                ttft_s = float(ttft_ms) / 1000 if ttft_ms is not None else None
+            except ValueError:
+                ttft_s = None
+            return (ChatResult if chat else CompletionResult)(
+                text, model=reply.get("model") or body.get("model"), usage=usage, ttft_s=ttft_s,
+                duration_s=duration, finish_reason=choice.get("finish_reason"), raw=reply,
+            )  # fmt: skip
         return self._stream_text(path, {**body, "stream": True}, chat)
 
     def _stream_text(self, path: str, body: dict[str, Any], chat: bool) -> Iterator[str]:
@@ -280,9 +389,14 @@ class MLXClient:
 
     # -- transport ----------------------------------------------------------------------------
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._call(method, path, **kwargs)
+        return response.json() if response.content else None
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request; raises the typed error of a refusal."""
         response = self._http.request(method, path, **kwargs)
         _raise_for(response)
-        return response.json() if response.content else None
+        return response
 
     def _get(self, path: str, **kwargs: Any) -> Any:
         return self._request("GET", path, **kwargs)
@@ -298,6 +412,53 @@ class MLXClient:
                     if data == "[DONE]":
                         return
                     yield json.loads(data)
+
+
+TTFT_HEADER = "X-MLX-TTFT-Ms"  # the server's time to first token of a non-streamed reply, if it sends it
+
+
+def _structured(schema: Any) -> tuple[dict[str, Any], Callable[[str], Any]]:
+    """(response_format, parse) for a Pydantic model class or a JSON schema dict."""
+    if isinstance(schema, type) and hasattr(schema, "model_json_schema") and hasattr(schema, "model_validate_json"):
+        json_schema, name = schema.model_json_schema(), schema.__name__
+
+        def parse(text: str) -> Any:
+            try:
+                return schema.model_validate_json(_json_text(text))
+            except ValueError as exc:  # pydantic.ValidationError is a ValueError
+                raise StructuredOutputError(f"the reply does not validate as {name}: {exc}", text) from exc
+
+    elif isinstance(schema, dict):
+        json_schema, name = schema, str(schema.get("title") or "result")
+        try:
+            import jsonschema
+        except ImportError:
+            jsonschema = None
+        else:
+            jsonschema.validators.validator_for(schema).check_schema(schema)  # a bad schema fails at once
+
+        def parse(text: str) -> Any:
+            try:
+                value = json.loads(_json_text(text))
+            except ValueError as exc:
+                raise StructuredOutputError(f"the reply is not JSON: {exc}", text) from exc
+            if jsonschema is not None:
+                try:
+                    jsonschema.validate(value, json_schema)
+                except jsonschema.ValidationError as exc:
+                    raise StructuredOutputError(f"the reply does not match the schema: {exc.message}", text) from exc
+            return value
+
+    else:
+        raise TypeError("schema must be a Pydantic model class or a JSON schema dict")
+    wire_name = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64] or "result"
+    return {"type": "json_schema", "json_schema": {"name": wire_name, "schema": json_schema, "strict": True}}, parse
+
+
+def _json_text(text: str) -> str:
+    """The JSON of a reply, without the Markdown code fence some models put around it."""
+    match = re.fullmatch(r"\s*```(?:json)?\s*\n?(.*?)\n?\s*```\s*", text, flags=re.DOTALL)
+    return match.group(1) if match else text
 
 
 def connect(url: str | None = None, token: str | None = None) -> MLXClient:

@@ -33,7 +33,7 @@ import shutil
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,7 @@ class DownloadManager:
         self.cache_dir = Path(cache_dir)
         self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
         self._token = token or None  # never logged, never on a command line
+        self.byte_listeners: list[Callable[[int], None]] = []  # called with bytes newly transferred (metrics)
         self.hf_token_for_users = bool(hf_token_for_users)  # else only admins' downloads use the token
         self.max_concurrent = max(1, int(max_concurrent))
         self.log = log or logging.getLogger(__name__)
@@ -477,6 +478,10 @@ class DownloadManager:
                     job.samples.append((time.monotonic(), event["downloaded_bytes"]))
                     while len(job.samples) > 2 and job.samples[-1][0] - job.samples[0][0] > RATE_WINDOW:
                         job.samples.popleft()
+                    new = event["downloaded_bytes"] - (job.record["downloaded_bytes"] or 0)
+                    if new > 0:
+                        for listener in self.byte_listeners:
+                            listener(new)
                     await self._update(job, downloaded_bytes=event["downloaded_bytes"], files_done=event["files_done"])
                 elif kind == "retry":
                     self.log.info("download of %s: retrying %s (attempt %s): %s", job.record["repo_id"], event.get("file"),

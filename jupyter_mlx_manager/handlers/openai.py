@@ -165,6 +165,8 @@ class _CompletionHandler(OpenAIHandler):
                 text.append(event["text"])
             elif event["ev"] == "tool_call":
                 tool_calls.append(self._tool_call(event["call"]))
+        if usage.ttft_ms is not None:  # the kernel client's footer shows it
+            self.set_header("X-MLX-TTFT-Ms", f"{usage.ttft_ms:.1f}")
         self.write_json(self._final_body("".join(text), tool_calls, usage))
 
     async def _stream(self, queue: asyncio.Queue, usage: Usage, include_usage: bool) -> None:

@@ -11,7 +11,11 @@ class PoolHandler(MLXAPIHandler):
     @web.authenticated
     @authorized
     async def get(self):
-        self.write_json(self.mlx.pool.status())
+        status = self.mlx.pool.status()
+        status["limits"].update(self.mlx.limits.status())  # the request limits live above the pool
+        for model in status["models"]:
+            model["queued"] = self.mlx.limits.queue_depth(model["model"])
+        self.write_json(status)
 
 
 class PoolLoadHandler(MLXAPIHandler):

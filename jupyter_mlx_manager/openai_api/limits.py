@@ -52,6 +52,10 @@ class RequestLimits:
         slots = self._models.get(model_key(model_id))
         return len(slots.waiters) if slots else 0
 
+    def models(self) -> list[str]:
+        """Keys of the models with requests decoding or waiting."""
+        return list(self._models)
+
     def status(self) -> dict[str, int]:
         return {
             "max_requests_per_user": self.max_requests_per_user,
