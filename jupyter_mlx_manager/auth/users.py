@@ -8,7 +8,7 @@ import hmac
 import re
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..audit import AuditLog
@@ -34,6 +34,8 @@ class Actor:
 
     user: dict[str, Any]
     client: str  # "browser", "kernel" or "api_token"
+    # Extra audit fields that say where the request came from (e.g. the notebook of a kernel).
+    context: dict[str, Any] = field(default_factory=dict)
 
 
 def validate_username(username: Any) -> str:

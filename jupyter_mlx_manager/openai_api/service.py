@@ -122,5 +122,6 @@ class CompletionService:
                     duration_ms=(time.monotonic() - started) * 1000,
                     error_type=error_type,
                     content=content,
+                    **actor.context,
                 )
             )
