@@ -146,8 +146,11 @@ async def test_a_subscriber_that_never_reads_stays_bounded_and_gets_a_gap(
          f"Authorization: token {jp_serverapp.identity_provider.token}\r\n\r\n").encode()
     )  # fmt: skip
     assert b"101" in (await asyncio.wait_for(loop.sock_recv(sock, 1024), 10)).split(b"\r\n")[0]
-    for i in range(3000):  # ~4 KB each: more than the kernel's socket buffers can absorb
-        await mlx_app.audit.record("flood.event", user=OWNER, endpoint="/flood/" + "x" * 4000)
+    # Text fields are bounded (~800 bytes a record at most): 12,000 of them are more than the
+    # kernel's socket buffers can absorb.
+    long = {"endpoint": "/flood/" + "x" * 400, "model": "m" * 400, "error_type": "e" * 200, "client": "c" * 40}
+    for i in range(12000):
+        await mlx_app.audit.record("flood.event", user=OWNER, **long)
     await asyncio.sleep(0.5)
     (subscription,) = [s for s in mlx_app.audit._subscribers]
     assert len(subscription._items) <= subscription.maxsize + 1
