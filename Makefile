@@ -38,7 +38,7 @@ lint: install
 test: install chromium lint test-python test-frontend test-ui
 
 test-python: install
-	$(PY) -m pytest -q -m "not ui" tests
+	$(PY) -m pytest -q -m "not ui" -n 2 --dist loadfile tests
 
 test-frontend: install
 	cd labextension && ../$(JLPM) install --immutable && ../$(JLPM) test
