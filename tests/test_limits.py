@@ -204,3 +204,16 @@ async def test_unknown_routes_answer_json_404_in_the_right_envelope(api):
     assert reply.code == 404 and reply.body["reason"] == "unknown_route"
     reply = await api("GET", "mlx/v1/nothing", auth=None)
     assert reply.code == 401 and "error" in reply.body
+
+
+@pytest.fixture
+def under_a_hub(monkeypatch):
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "a-hub-token-for-this-server")
+
+
+async def test_registration_is_off_by_default_under_jupyterhub(under_a_hub, api, mlx_app):
+    assert mlx_app.allow_registration is False
+    reply = await api(
+        "POST", "mlx/api/auth/register", auth=None, body={"username": "eve", "password": "long enough pw"}
+    )
+    assert reply.code == 403 and reply.body["reason"] == "registration_disabled"
