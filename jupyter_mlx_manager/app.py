@@ -11,7 +11,7 @@ from typing import Any
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from tornado.ioloop import IOLoop, PeriodicCallback
-from traitlets import Bool, Float, Int, List, Unicode, default
+from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, validate
 
 from . import metrics, system
 from ._version import __version__
@@ -20,10 +20,11 @@ from .audit.log import EVENT_SCHEMA_ID
 from .auth import TokenIssuer, UserService, resolve_secret
 from .downloads import DownloadManager
 from .handlers import ROUTES
+from .handlers.proxy import SharedService, shared_service_routes
+from .inference import InferenceService, RequestLimits
+from .inference.stored import ResponseStore
 from .models.catalog import ModelCatalog
 from .models.hub import HubSearch
-from .openai_api.limits import RequestLimits
-from .openai_api.service import CompletionService
 from .pool import ModelPool
 from .storage import Database
 
@@ -162,11 +163,41 @@ class MLXManager(ExtensionApp):
         "requests fail with runner_stalled and the next request loads the model again. Default: 30.",
     ).tag(config=True)
 
+    responses_ttl_hours = Float(
+        24.0,
+        help="How long stored OpenAI Responses (POST mlx/v1/responses without store: false) are kept, "
+        "per user, for previous_response_id and GET mlx/v1/responses/{id}; expired ones are pruned. "
+        "0 = store none. Default: 24.",
+    ).tag(config=True)
+
+    warm_runner = Bool(
+        True,
+        help="Keep one spare runner process with MLX and mlx-lm already imported, waiting for a "
+        "model: a load hands it the model and skips seconds of imports (a new spare starts in the "
+        "background). The spare is not a loaded model and is not counted in the memory budget. "
+        "Default: True.",
+    ).tag(config=True)
+
     hf_token_for_users = Bool(
         False,
         help="Let non-admin users' Hub searches and downloads use the server's Hugging Face token "
         "(and so see its private and gated repos). Default: False: only admins' requests use it.",
     ).tag(config=True)
+
+    pool_url = Unicode(
+        "",
+        help="URL of a shared model service (`jupyter mlx-manager serve`, e.g. run as a JupyterHub "
+        "service: http://127.0.0.1:8000/services/mlx/). When set, this server runs no runners: its "
+        "mlx/api and mlx/v1 routes are forwarded there on behalf of the same user (with this "
+        "server's Hub token, $JUPYTERHUB_API_TOKEN). Default: '' (models run here).",
+    ).tag(config=True)
+
+    @validate("pool_url")
+    def _check_pool_url(self, proposal) -> str:
+        value = proposal["value"].strip()
+        if value and not value.startswith(("http://", "https://")):
+            raise TraitError(f"pool_url must be an http(s) URL, not {value!r}")
+        return value.rstrip("/") + "/" if value else ""
 
     # -- life cycle -------------------------------------------------------------------------
     def initialize_settings(self) -> None:
@@ -194,6 +225,9 @@ class MLXManager(ExtensionApp):
                 self.log.warning(
                     "The owner account %r is %s and not an approved admin.", owner["username"], owner["status"]
                 )
+        if self.pool_url:  # a shared model service runs the models: no pool, runners or downloads here
+            self._initialize_forwarding(data_dir)
+            return
         self.catalog = ModelCatalog([data_dir / "models", *(Path(d).expanduser() for d in self.model_dirs)])
         self.pool = ModelPool(
             self.catalog,
@@ -209,7 +243,9 @@ class MLXManager(ExtensionApp):
                 str(max(1, self.prefill_step_size)),
             ],  # fmt: skip
             runner_stall_seconds=self.runner_stall_seconds,
+            warm_runner=self.warm_runner,
         )
+        IOLoop.current().add_callback(self.pool.start)  # the keep-alive reaper and the warm spare
         hf_endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
         self.hub_search = HubSearch(hf_endpoint, self.hf_token or None, hf_token_for_users=self.hf_token_for_users)
         self.downloads = DownloadManager(
@@ -218,9 +254,10 @@ class MLXManager(ExtensionApp):
         )  # fmt: skip
         IOLoop.current().add_callback(self.downloads.start)  # resumes unfinished downloads
         self.limits = RequestLimits(self.max_requests_per_user, self.max_batch_size, self.max_queued_requests)
-        self.completions = CompletionService(
+        self.completions = InferenceService(
             self.pool, self.audit, self.limits, record_content=self.audit_record_content
         )
+        self.responses = ResponseStore(self.db, self.responses_ttl_hours)
         metrics.install(self)
         self._sockets: set[Any] = set()
         self._requests: set[Any] = set()  # inference handlers answering now
@@ -229,10 +266,24 @@ class MLXManager(ExtensionApp):
         self._device: asyncio.Task | None = None
         self.log.info("jupyter-mlx-manager %s: data in %s", __version__, data_dir)
 
+    def _initialize_forwarding(self, data_dir: Path) -> None:
+        """pool_url: only accounts, tokens and the audit of this server's own auth live here."""
+        self.pool = self.downloads = self.completions = None
+        self._sockets: set[Any] = set()
+        self._requests: set[Any] = set()
+        self._background: set[asyncio.Task] = set()
+        self.users.change_listeners.append(self._recheck_sockets)
+        self._device: asyncio.Task | None = None
+        self.shared_service = SharedService(self.pool_url, log=self.log)
+        self.log.info("jupyter-mlx-manager %s: models served by %s (data in %s)", __version__, self.pool_url, data_dir)
+
     def initialize_handlers(self) -> None:
-        self.handlers.extend(ROUTES)
+        self.handlers.extend(shared_service_routes(ROUTES) if self.pool_url else ROUTES)
 
     async def stop_extension(self) -> None:
+        if self.pool_url:
+            await self._stop_forwarding()
+            return
         metrics.uninstall(self)
         self._pruner.stop()
         # Inference requests end with a final event (an error in their stream) before runners stop.
@@ -250,6 +301,18 @@ class MLXManager(ExtensionApp):
         if self._device is not None:
             self._device.cancel()
         if self._background:  # audit records of the last pool events, socket re-checks
+            await asyncio.wait(self._background, timeout=5)
+        self.db.close()
+
+    async def _stop_forwarding(self) -> None:
+        self._pruner.stop()
+        for handler in list(self._requests):
+            handler.end_for_shutdown()
+        for socket in list(self._sockets):
+            socket.close(1001, "server shutting down")
+        self._sockets.clear()
+        await self.shared_service.close()
+        if self._background:
             await asyncio.wait(self._background, timeout=5)
         self.db.close()
 

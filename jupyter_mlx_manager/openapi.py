@@ -149,6 +149,72 @@ SCHEMAS: dict[str, Any] = {
         {"prompt_tokens": INT, "completion_tokens": INT, "total_tokens": INT},
         ["prompt_tokens", "completion_tokens", "total_tokens"],
     ),
+    "AnthropicError": _obj(
+        {"type": {"const": "error"}, "error": _obj({"type": STR, "message": STR}, ["type", "message"])},
+        ["type", "error"],
+    ),
+    "AnthropicMessage": _obj(
+        {
+            "id": STR,
+            "type": {"const": "message"},
+            "role": {"const": "assistant"},
+            "model": STR,
+            "content": {"type": "array", "items": _obj({"type": STR}, ["type"])},
+            "stop_reason": _nullable("string"),
+            "stop_sequence": _nullable("string"),
+            "usage": _obj({"input_tokens": INT, "output_tokens": INT}, ["input_tokens", "output_tokens"]),
+        },
+        ["id", "type", "role", "model", "content", "stop_reason", "usage"],
+    ),
+    "MessagesRequest": _obj(
+        {
+            "model": STR,
+            "max_tokens": {"type": "integer", "minimum": 1},
+            "messages": {"type": "array", "items": _obj({"role": {"enum": ["user", "assistant"]}, "content": {}})},
+            "system": {"type": ["string", "array"]},
+            "stop_sequences": {"type": "array", "items": STR},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+            "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+            "top_k": {"type": "integer", "minimum": 0},
+            "tools": {"type": "array"},
+            "tool_choice": {"type": "object"},
+            "thinking": {"type": "object"},
+            "output_config": {"type": "object"},
+            "stream": BOOL,
+        },
+        ["model", "max_tokens", "messages"],
+    ),
+    "Response": _obj(
+        {
+            "id": STR,
+            "object": {"const": "response"},
+            "created_at": INT,
+            "status": {"enum": ["completed", "incomplete", "in_progress", "failed"]},
+            "model": STR,
+            "output": {"type": "array", "items": _obj({"type": STR}, ["type"])},
+            "usage": {"type": ["object", "null"]},
+            "previous_response_id": _nullable("string"),
+            "incomplete_details": {"type": ["object", "null"]},
+        },
+        ["id", "object", "status", "model", "output"],
+    ),
+    "ResponsesRequest": _obj(
+        {
+            "model": STR,
+            "input": {"type": ["string", "array"]},
+            "instructions": STR,
+            "tools": {"type": "array"},
+            "tool_choice": {"type": ["string", "object"]},
+            "text": _obj({"format": {"type": "object"}}),
+            "max_output_tokens": {"type": "integer", "minimum": 1},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+            "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+            "previous_response_id": STR,
+            "store": BOOL,
+            "stream": BOOL,
+        },
+        ["model", "input"],
+    ),
     "ChatCompletion": _obj(
         {"id": STR, "object": STR, "created": INT, "model": STR, "choices": {"type": "array"}, "usage": _ref("Usage")},
         ["id", "object", "model", "choices"],
@@ -345,6 +411,39 @@ def _paths() -> dict[str, Any]:
                 _responses(_ref("ChatCompletion"), error="OpenAIError", stream="text/event-stream"),
                 chat_body,
             )
+        },
+        "/mlx/v1/messages": {
+            "post": _op(
+                "Anthropic Messages (stream: server-sent events; x-api-key or Bearer)",
+                _responses(_ref("AnthropicMessage"), error="AnthropicError", stream="text/event-stream"),
+                _ref("MessagesRequest"),
+            )
+        },
+        "/mlx/v1/messages/count_tokens": {
+            "post": _op(
+                "Anthropic Messages: prompt tokens of a request",
+                _responses(_obj({"input_tokens": INT}, ["input_tokens"]), error="AnthropicError"),
+                _ref("MessagesRequest"),
+            )
+        },
+        "/mlx/v1/responses": {
+            "post": _op(
+                "OpenAI Responses (stream: server-sent events); stored per user unless store is false",
+                _responses(_ref("Response"), error="OpenAIError", stream="text/event-stream"),
+                _ref("ResponsesRequest"),
+            )
+        },
+        "/mlx/v1/responses/{response_id}": {
+            "get": _op(
+                "One of your stored responses",
+                _responses(_ref("Response"), error="OpenAIError"),
+                params=[_path("response_id", "string")],
+            ),
+            "delete": _op(
+                "Delete one of your stored responses",
+                _responses(_obj({"id": STR, "object": STR, "deleted": BOOL}, ["id", "deleted"]), error="OpenAIError"),
+                params=[_path("response_id", "string")],
+            ),
         },
         "/mlx/v1/completions": {
             "post": _op(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .anthropic import CountTokensHandler, MessagesHandler
 from .audit import AuditExportHandler, AuditHandler, AuditStatsHandler, AuditWebSocketHandler
 from .auth import LoginHandler, MeHandler, RegisterHandler, TicketHandler, TokenHandler, TokensHandler
 from .downloads import DownloadHandler, DownloadProgressHandler, DownloadsHandler
@@ -9,6 +10,7 @@ from .fallback import UnknownAPIRoute, UnknownOpenAIRoute
 from .models import LocalModelHandler, LocalModelsHandler, ModelSearchHandler
 from .openai import ChatCompletionsHandler, CompletionsHandler, ModelsHandler
 from .pool import PoolHandler, PoolLoadHandler, PoolUnloadHandler
+from .responses import ResponseHandler, ResponsesHandler
 from .status import OpenAPIHandler, StatusHandler
 from .users import UserHandler, UsersHandler
 
@@ -41,6 +43,10 @@ ROUTES = [
     ("mlx/v1/models", ModelsHandler),
     ("mlx/v1/chat/completions", ChatCompletionsHandler),
     ("mlx/v1/completions", CompletionsHandler),
+    ("mlx/v1/messages", MessagesHandler),
+    ("mlx/v1/messages/count_tokens", CountTokensHandler),
+    ("mlx/v1/responses", ResponsesHandler),
+    (r"mlx/v1/responses/(.+)", ResponseHandler),
     # Last: anything else under our prefixes is a JSON 404, not Jupyter's HTML page.
     ("mlx/api/.*", UnknownAPIRoute),
     ("mlx/v1/.*", UnknownOpenAIRoute),

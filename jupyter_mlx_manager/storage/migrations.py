@@ -67,4 +67,27 @@ MIGRATIONS: list[str] = [
     CREATE INDEX downloads_status ON downloads(status);
     CREATE INDEX downloads_repo ON downloads(repo_id);
     """,
+    # 3: the notebook behind a request (audit/attribution.py): the session's path, its kernel
+    # and the running cell, when a kernel of the requesting user's sessions sent them.
+    """
+    ALTER TABLE audit_log ADD COLUMN notebook TEXT;
+    ALTER TABLE audit_log ADD COLUMN kernel_id TEXT;
+    ALTER TABLE audit_log ADD COLUMN cell_id TEXT;
+    CREATE INDEX audit_log_notebook_time ON audit_log(notebook, time);
+    """,
+    # Stored OpenAI Responses (protocols/responses.py, inference/stored.py): one row per
+    # response, per user, until `expires_at` (c.MLXManager.responses_ttl_hours); `history` is
+    # the whole conversation up to and including it, so previous_response_id needs one read.
+    """
+    CREATE TABLE responses (
+        id          TEXT PRIMARY KEY,
+        user        TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        expires_at  TEXT NOT NULL,
+        body        TEXT NOT NULL,
+        history     TEXT NOT NULL
+    );
+    CREATE INDEX responses_user ON responses(user);
+    CREATE INDEX responses_expires ON responses(expires_at);
+    """,
 ]

@@ -1,4 +1,8 @@
-"""Runs one OpenAI-style request through the pool and records it in the audit trail."""
+"""Runs one inference request through limits and the pool, and records it in the audit trail.
+
+Every protocol (chat completions, completions, Anthropic Messages, OpenAI Responses) comes
+here with the same `InferenceRequest`; none of them touches limits, the pool or the audit.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,12 @@ from typing import Any
 
 from ..audit import AuditLog
 from ..auth import Actor
-from ..errors import MLXError
+from ..errors import MLXError, NotFound
 from ..models.catalog import is_admin, scrub_paths
 from ..pool import ModelPool, RunnerCrashed
 from .limits import RequestLimits
-from .requests import InvalidParam, ParsedRequest, check_token_ids
+from .request import InferenceRequest, InvalidParam, check_token_ids
+from .tokens import TokenCounter
 
 
 class GenerationFailed(MLXError):
@@ -29,8 +34,10 @@ class Usage:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = 0
     ttft_ms: float | None = None
     finish_reason: str | None = None
+    stop_sequence: str | None = None  # the stop string that ended it, when the runner says
     text: list[str] = field(default_factory=list)
 
     def as_openai(self) -> dict[str, Any]:
@@ -42,7 +49,7 @@ class Usage:
         }
 
 
-class CompletionService:
+class InferenceService:
     def __init__(
         self, pool: ModelPool, audit: AuditLog, limits: RequestLimits | None = None, record_content: bool = False
     ):
@@ -50,25 +57,37 @@ class CompletionService:
         self.audit = audit
         self.limits = limits or RequestLimits()
         self.record_content = record_content
+        self.tokens = TokenCounter()
+
+    async def count_tokens(self, actor: Actor, request: InferenceRequest) -> int:
+        """Prompt tokens of a request, with the model's own tokenizer and chat template (no
+        runner, no MLX: `tokenizers` in this process)."""
+        catalog = self.pool.catalog
+        folder = await asyncio.get_running_loop().run_in_executor(None, catalog.resolve, request.model)
+        if folder is None:
+            raise NotFound(f"model {request.model} is not on this machine", reason="model_not_found")
+        return await asyncio.get_running_loop().run_in_executor(None, self.tokens.count, folder, request.command())
 
     async def generate(
-        self, actor: Actor, endpoint: str, request: ParsedRequest, request_id: str, usage: Usage
+        self, actor: Actor, endpoint: str, request: InferenceRequest, request_id: str, usage: Usage
     ) -> AsyncIterator[dict[str, Any]]:
-        """Yield the runner's `started`, `text` and `tool_call` events; fills `usage` as it goes.
+        """Yield the runner's `started`, `text`, `reasoning` and `tool_call` events; fills
+        `usage` as it goes.
 
         Raises MLXError subclasses for what goes wrong (404 unknown model, 400 bad request
         for this model, 429/503 over a limit, 500 runner crash). Always writes one audit record.
         """
         started = time.monotonic()
         status, error_type = "error", None
+        command = request.command()
         try:
             async with (
                 self.limits.admit(actor.user["username"], request.model),
                 self.pool.use(request.model, request.keep_alive, user=actor.user) as model,
             ):
-                check_token_ids(request.command, model.runner.info.get("vocab_size"))
+                check_token_ids(command, model.runner.info.get("vocab_size"))
                 # Closed deterministically: a request that ends here never sends a late cancel.
-                async with contextlib.aclosing(model.runner.generate(request_id, request.command)) as events:
+                async with contextlib.aclosing(model.runner.generate(request_id, command)) as events:
                     async for event in events:
                         kind = event["ev"]
                         if kind == "started":
@@ -77,18 +96,23 @@ class CompletionService:
                         elif kind == "error":
                             error_type = event.get("code") or event["type"]
                             if event["type"] == "invalid_request_error":
-                                raise InvalidParam(event["message"], event.get("param"), event.get("code"))
+                                # The runner names our command's fields; the client hears its own.
+                                raise InvalidParam(
+                                    event["message"], request.param(event.get("param")), event.get("code")
+                                )
                             message = event["message"] if is_admin(actor.user) else scrub_paths(event["message"])
                             raise GenerationFailed(message, reason=event.get("code") or "server_error")
                         elif kind == "done":
                             usage.finish_reason = event["finish_reason"]
                             usage.completion_tokens = event["completion_tokens"]
                             usage.ttft_ms = event.get("ttft_ms")
+                            usage.stop_sequence = event.get("stop_sequence")
+                            usage.reasoning_tokens = event.get("reasoning_tokens") or 0
                         else:
-                            if kind == "text":
+                            if kind in ("text", "reasoning"):
                                 # Kept current, so a request cut short still records what it used.
-                                usage.completion_tokens = event["completion_tokens"]
-                                if self.record_content:
+                                usage.completion_tokens = event.get("completion_tokens", usage.completion_tokens)
+                                if self.record_content and kind == "text":
                                     usage.text.append(event["text"])
                             yield event
             status = "cancelled" if usage.finish_reason == "cancelled" else "ok"
@@ -104,7 +128,7 @@ class CompletionService:
         finally:
             content = None
             if self.record_content:
-                prompt = request.command.get("messages") or request.command.get("prompt")
+                prompt = command.get("messages") or command.get("prompt")
                 content = json.dumps({"prompt": prompt, "completion": "".join(usage.text)})
             await asyncio.shield(
                 self.audit.record(

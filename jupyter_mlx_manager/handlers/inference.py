@@ -1,0 +1,169 @@
+"""The shared base of every generating route (chat completions, completions, Messages,
+Responses): one task per request runs the inference service into a queue; the reply is
+either collected into one body or streamed as server-sent events, in the wire format of the
+protocol's *renderer*. Keep-alives flow while waiting; a client that goes away cancels its
+generation in the runner at once; server shutdown ends open streams with a final error event.
+
+A renderer (see `protocols/`) has: `feed(event) -> [(event name | None, payload)]`,
+`opening()` and `closing()` (the events around a stream), `body()` (the non-streamed reply),
+`error_events(status, message, code, param)` (an in-band error once headers are out),
+`keepalive` (raw SSE text) and `done_marker` (raw SSE text at the very end, or "").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from tornado.iostream import StreamClosedError
+
+from ..errors import MLXError
+from ..inference.request import InferenceRequest
+from ..inference.service import Usage
+from .base import MLXAPIHandler, authorized, web
+
+KEEPALIVE_SECONDS = 2.0
+
+
+class ServerShuttingDown(MLXError):
+    status_code = 503
+    reason = "server_shutting_down"
+
+
+async def _pump(events, queue: asyncio.Queue) -> None:
+    """Run one request's event stream into `queue`: ("event", e)… then ("end", None), or
+    ("error", exc), or ("gone", None) when the client's departure cancelled it."""
+    try:
+        async with contextlib.aclosing(events):
+            async for event in events:
+                queue.put_nowait(("event", event))
+        queue.put_nowait(("end", None))
+    except asyncio.CancelledError:
+        queue.put_nowait(("gone", None))
+        raise
+    except Exception as exc:  # MLXError for what the client should hear; anything else is a 500
+        queue.put_nowait(("error", exc))
+
+
+class InferenceHandler(MLXAPIHandler):
+    max_body_bytes = 4 * 1024 * 1024
+    keepalive_seconds = KEEPALIVE_SECONDS
+
+    def initialize(self, *args: Any, **kwargs: Any) -> None:
+        super().initialize(*args, **kwargs)
+        self._pump: asyncio.Task | None = None
+        self._client_gone = False  # before prepare(): a client may leave at any time
+        self._shutting_down = False
+
+    def on_connection_close(self) -> None:
+        """A client that leaves cancels its request at once (queued, prefilling or decoding)."""
+        self._client_gone = True
+        if self._pump is not None:
+            self._pump.cancel()
+
+    def end_for_shutdown(self) -> None:
+        """The server is stopping: end this request now with a final error event."""
+        self._shutting_down = True
+        if self._pump is not None:
+            self._pump.cancel()
+
+    @web.authenticated
+    @authorized
+    async def post(self, *args: str):
+        self.mlx.track_request(self)
+        try:
+            await self.serve(*args)
+        finally:
+            self.mlx.untrack_request(self)
+
+    async def serve(self, *args: str) -> None:  # pragma: no cover - each route defines it
+        raise NotImplementedError
+
+    async def finished(self, renderer: Any, usage: Usage) -> None:
+        """Called once generation has ended, before the last reply bytes (e.g. to store it)."""
+
+    async def generate(self, request: InferenceRequest, renderer: Any) -> None:
+        usage = renderer.usage = Usage()
+        events = self.mlx.completions.generate(self.actor, self.request.path, request, self.request_id, usage)
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        # One task per request runs the service; the reply waits on its queue (no task per token).
+        self._pump = asyncio.ensure_future(_pump(events, queue))
+        if self._client_gone or self._shutting_down:  # before the pump existed
+            self._pump.cancel()
+        try:
+            if request.stream:
+                await self._stream(queue, usage, renderer)
+            else:
+                await self._collect(queue, usage, renderer)
+        except StreamClosedError:
+            pass  # the client left: its request was cancelled and recorded as such
+        finally:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump  # the service has written its audit record
+
+    async def _next_event(self, queue: asyncio.Queue, keepalive: str | None) -> dict[str, Any] | None:
+        """The next event, or None at the end; writes keep-alives while waiting; raises the
+        service's error, or StreamClosedError once the client has left."""
+        while True:
+            try:
+                async with asyncio.timeout(self.keepalive_seconds):
+                    kind, value = await queue.get()
+            except TimeoutError:
+                if keepalive:
+                    self.write(keepalive)
+                    await self.flush()
+                continue
+            if kind == "event":
+                return value
+            if kind == "end":
+                return None
+            if kind == "gone":
+                if self._shutting_down:
+                    raise ServerShuttingDown("the server is shutting down; try again when it is back")
+                raise StreamClosedError()
+            raise value
+
+    async def _collect(self, queue: asyncio.Queue, usage: Usage, renderer: Any) -> None:
+        while (event := await self._next_event(queue, None)) is not None:
+            renderer.feed(event)
+        if usage.ttft_ms is not None:  # the kernel client's footer shows it
+            self.set_header("X-MLX-TTFT-Ms", f"{usage.ttft_ms:.1f}")
+        await self.finished(renderer, usage)
+        self.write_json(renderer.body())
+
+    async def _stream(self, queue: asyncio.Queue, usage: Usage, renderer: Any) -> None:
+        # Until the runner has accepted the request (admitted, model loaded, prompt valid),
+        # errors still get a real status code; from then on headers go out and keep-alives flow.
+        event = await self._next_event(queue, None)
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        await self._send(renderer.opening())
+        while event is not None:
+            await self._send(renderer.feed(event))
+            try:
+                event = await self._next_event(queue, renderer.keepalive)
+            except MLXError as exc:  # headers are gone: report in-band
+                _, code, param = exc.message, exc.reason, getattr(exc, "param", None)
+                await self._send(
+                    renderer.error_events(exc.status_code, exc.message, getattr(exc, "code", None) or code, param)
+                )
+                self.finish()
+                return
+        await self.finished(renderer, usage)
+        await self._send(renderer.closing())
+        if renderer.done_marker:
+            self.write(renderer.done_marker)
+            await self.flush()
+        self.finish()
+
+    async def _send(self, events: list[tuple[str | None, dict[str, Any]]]) -> None:
+        if not events:
+            return
+        for name, payload in events:
+            prefix = f"event: {name}\n" if name else ""
+            self.write(f"{prefix}data: {json.dumps(payload)}\n\n")
+        await self.flush()

@@ -1,0 +1,351 @@
+"""The one inference request every wire format translates into, validated once.
+
+A protocol module (`protocols/…`) reads its own body shape into an `InferenceRequest` (raising
+`InvalidParam` with its own field names), then `validate()` checks what is common to all of
+them (model id, keep-alive, token budget, ranges, tools, output format, unsupported parts) and
+`command()` turns it into the runner's `generate` command (runner/protocol.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..errors import BadRequest
+from ..models.catalog import is_valid_model_id
+from ..pool.pool import validate_keep_alive
+
+MAX_STOP = 16  # protocols may allow fewer (OpenAI: 4)
+MAX_TOOLS = 128
+MAX_TOKEN_ID = 2**31 - 1
+
+
+class InvalidParam(BadRequest):
+    """A 400 naming the field at fault (`param`), in the protocol's own spelling."""
+
+    def __init__(self, message: str, param: str | None, code: str | None = None):
+        super().__init__(message, reason="invalid_request_error")
+        self.param = param
+        self.code = code
+
+
+# -- message parts --------------------------------------------------------------------------------
+@dataclass
+class TextPart:
+    text: str
+    type: Literal["text"] = "text"
+
+
+@dataclass
+class ImagePart:
+    """An image (data URL / base64 or a URL). Kept in the model; refused until vision models exist."""
+
+    media_type: str | None = None
+    data: str | None = None  # base64
+    url: str | None = None
+    type: Literal["image"] = "image"
+
+
+@dataclass
+class ToolCallPart:
+    id: str
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+    type: Literal["tool_call"] = "tool_call"
+
+
+@dataclass
+class ToolResultPart:
+    call_id: str
+    content: str
+    is_error: bool = False
+    type: Literal["tool_result"] = "tool_result"
+
+
+Part = TextPart | ImagePart | ToolCallPart | ToolResultPart
+
+
+@dataclass
+class Message:
+    role: Literal["system", "user", "assistant", "tool"]
+    parts: list[Part] = field(default_factory=list)
+
+    def text(self) -> str:
+        return "".join(p.text for p in self.parts if isinstance(p, TextPart))
+
+
+@dataclass
+class Tool:
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool = False
+
+    def as_template(self) -> dict[str, Any]:
+        """The OpenAI function form chat templates (and mlx-lm's tool parsers) expect."""
+        function: dict[str, Any] = {"name": self.name, "parameters": self.parameters or {"type": "object"}}
+        if self.description:
+            function["description"] = self.description
+        return {"type": "function", "function": function}
+
+
+@dataclass
+class OutputFormat:
+    """`json_object`, or `json_schema` with the schema to enforce (by the runner's grammar)."""
+
+    type: Literal["json_object", "json_schema"]
+    schema: dict[str, Any] | None = None
+    name: str | None = None
+    strict: bool = False
+
+    def as_command(self) -> dict[str, Any]:
+        if self.type == "json_schema":
+            return {"type": "json_schema", "schema": self.schema}
+        return {"type": "json_object"}
+
+
+ToolChoice = Literal["auto", "none", "required"] | dict[str, str]  # {"name": …} for one function
+
+
+@dataclass
+class InferenceRequest:
+    model: str
+    kind: Literal["chat", "completion"] = "chat"
+    messages: list[Message] = field(default_factory=list)
+    prompt: str | list[int] | None = None  # completions only
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    min_p: float | None = None
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    logit_bias: dict[str, float] = field(default_factory=dict)
+    tools: list[Tool] = field(default_factory=list)
+    tool_choice: ToolChoice = "auto"
+    output_format: OutputFormat | None = None
+    # A thinking model's reasoning comes apart from its answer either way; this says whether it
+    # thinks: True / False (the template's enable_thinking), None: the template's default.
+    reasoning: bool | None = None
+    keep_alive: float | None = None
+    stream: bool = False
+    include_usage: bool = False
+    # The protocol's spelling of common fields, for `param` in errors (runner errors included).
+    names: dict[str, str] = field(default_factory=dict)
+
+    def param(self, name: str | None) -> str | None:
+        return self.names.get(name, name) if name else name
+
+    # -- validation, once for every protocol -----------------------------------------------------
+    def validate(self, max_tokens_limit: int, default_max_tokens: int | None = None) -> InferenceRequest:
+        if not isinstance(self.model, str) or not self.model:
+            raise InvalidParam("model is required", self.param("model"))
+        if not is_valid_model_id(self.model):  # before anything records or looks up the id
+            raise InvalidParam(
+                "model must be a model id such as 'org/name' or 'local/<folder name>' (see GET mlx/v1/models)",
+                self.param("model"),
+                "invalid_model_id",
+            )
+        try:
+            validate_keep_alive(self.keep_alive)
+        except BadRequest as exc:
+            raise InvalidParam(exc.message, self.param("keep_alive")) from None
+        if self.max_tokens is None:
+            self.max_tokens = min(default_max_tokens or max_tokens_limit, max_tokens_limit)
+        elif self.max_tokens > max_tokens_limit:
+            raise InvalidParam(
+                f"{self.param('max_tokens')} must be at most {max_tokens_limit} on this server "
+                "(c.MLXManager.max_tokens_limit)",
+                self.param("max_tokens"),
+            )
+        if len(self.stop) > MAX_STOP:
+            raise InvalidParam(f"at most {MAX_STOP} stop sequences", self.param("stop"))
+        if len(self.tools) > MAX_TOOLS:
+            raise InvalidParam(f"at most {MAX_TOOLS} tools", self.param("tools"))
+        names = [t.name for t in self.tools]
+        if len(set(names)) != len(names):
+            raise InvalidParam("tool names must be unique", self.param("tools"))
+        if isinstance(self.tool_choice, dict):
+            if self.tool_choice.get("name") not in names:
+                raise InvalidParam(
+                    f"tool_choice names {self.tool_choice.get('name')!r}, which is not one of the tools",
+                    self.param("tool_choice"),
+                )
+        elif self.tool_choice == "required" and not self.tools:
+            raise InvalidParam("tool_choice 'required' needs tools", self.param("tool_choice"))
+        if self.output_format is not None and self.output_format.type == "json_schema":
+            if not isinstance(self.output_format.schema, dict):
+                raise InvalidParam("the JSON schema must be an object", self.param("response_format"))
+        if self.kind == "chat":
+            if not self.messages:
+                raise InvalidParam("at least one message is required", self.param("messages"))
+            for message in self.messages:
+                if any(isinstance(p, ImagePart) for p in message.parts):
+                    raise InvalidParam(
+                        f"{self.model} does not take images (no vision model is loaded for it)",
+                        self.param("messages"),
+                        "images_not_supported",
+                    )
+        return self
+
+    # -- the runner's command --------------------------------------------------------------------
+    def template_messages(self) -> list[dict[str, Any]]:
+        """Messages in the shape chat templates take (OpenAI's): tool calls on assistant
+        messages, each tool result a `tool` message (in order, before the rest of its turn)."""
+        out: list[dict[str, Any]] = []
+        for message in self.messages:
+            text = message.text()
+            if message.role == "assistant":
+                calls = [
+                    {"id": p.id, "type": "function", "function": {"name": p.name, "arguments": p.arguments}}
+                    for p in message.parts
+                    if isinstance(p, ToolCallPart)
+                ]
+                entry: dict[str, Any] = {"role": "assistant", "content": text}
+                if calls:
+                    entry["tool_calls"] = calls
+                out.append(entry)
+                continue
+            for part in message.parts:
+                if isinstance(part, ToolResultPart):
+                    out.append({"role": "tool", "tool_call_id": part.call_id, "content": part.content})
+            if message.role == "tool":
+                continue
+            if text or not any(isinstance(p, ToolResultPart) for p in message.parts):
+                out.append({"role": message.role, "content": text})
+        return out
+
+    def command(self) -> dict[str, Any]:
+        command: dict[str, Any] = {
+            "kind": self.kind,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "stop": list(self.stop),
+            "logit_bias": dict(self.logit_bias),
+            "response_format": self.output_format.as_command() if self.output_format else None,
+            "reasoning": self.reasoning,
+        }
+        if self.top_k is not None:
+            command["top_k"] = self.top_k
+        if self.min_p is not None:
+            command["min_p"] = self.min_p
+        if self.kind == "chat":
+            command["messages"] = self.template_messages()
+            tools = self.tools
+            if self.tool_choice == "none":
+                tools = []
+            elif isinstance(self.tool_choice, dict):
+                tools = [t for t in tools if t.name == self.tool_choice["name"]]
+            command["tools"] = [t.as_template() for t in tools] or None
+            if tools and self.tool_choice != "auto":
+                command["tool_choice"] = "required"  # the runner may force a call (one tool left if named)
+        else:
+            command["prompt"] = self.prompt
+        return command
+
+
+# -- field readers the protocols share (each names the field in its own spelling) -----------------
+def number(body: dict[str, Any], name: str, low: float, high: float, default: float | None) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return default
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
+        raise InvalidParam(f"{name} must be a number from {low} to {high}", name)
+    return float(value)
+
+
+def integer(body: dict[str, Any], name: str, low: int = 0, high: int = MAX_TOKEN_ID) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidParam(f"{name} must be an integer from {low} to {high}", name)
+    return value
+
+
+def positive_int(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidParam(f"{name} must be a positive integer", name)
+    return value
+
+
+def boolean(body: dict[str, Any], name: str, default: bool = False) -> bool:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidParam(f"{name} must be true or false", name)
+    return value
+
+
+def string_list(body: dict[str, Any], name: str, limit: int = MAX_STOP) -> list[str]:
+    value = body.get(name)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or len(value) > limit or not all(isinstance(s, str) and s for s in value):
+        raise InvalidParam(f"{name} must be a non-empty string or a list of at most {limit} of them", name)
+    return value
+
+
+def logit_bias(body: dict[str, Any], name: str = "logit_bias") -> dict[str, float]:
+    bias = body.get(name)
+    if bias is None:
+        return {}
+    message = f"{name} must map token ids to numbers from -100 to 100"
+    if not isinstance(bias, dict):
+        raise InvalidParam(message, name)
+    out = {}
+    for key, value in bias.items():
+        if (
+            not (str(key).isascii() and str(key).isdigit() and len(str(key)) <= 9)
+            or isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not -100 <= value <= 100
+        ):
+            raise InvalidParam(message, name)
+        out[str(int(key))] = float(value)
+    return out
+
+
+def json_schema_format(schema: Any, name: Any, strict: Any, param: str) -> OutputFormat:
+    if not isinstance(schema, dict):
+        raise InvalidParam(f"{param}: schema must be a JSON schema object", param)
+    if name is not None and not isinstance(name, str):
+        raise InvalidParam(f"{param}: name must be a string", param)
+    return OutputFormat("json_schema", schema, name, bool(strict))
+
+
+def check_token_ids(command: dict[str, Any], vocab_size: int | None) -> None:
+    """Token ids from the client must index the model's embedding table: MLX does no bounds
+    checks, so one id past the end reads foreign memory or crashes the shared runner."""
+    if not vocab_size:
+        return
+    prompt = command.get("prompt")
+    if isinstance(prompt, list):
+        bad = next((t for t in prompt if not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise InvalidParam(
+                f"prompt token id {bad} is outside this model's vocabulary (0 to {vocab_size - 1})",
+                "prompt",
+                "invalid_token_id",
+            )
+    bad = next((k for k in command.get("logit_bias") or {} if not 0 <= int(k) < vocab_size), None)
+    if bad is not None:
+        raise InvalidParam(
+            f"logit_bias token id {bad} is outside this model's vocabulary (0 to {vocab_size - 1})",
+            "logit_bias",
+            "invalid_token_id",
+        )

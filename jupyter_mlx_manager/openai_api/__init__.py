@@ -1,1 +1,0 @@
-"""The OpenAI-compatible API: request validation, the completion service, response shapes."""

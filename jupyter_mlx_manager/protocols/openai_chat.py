@@ -1,0 +1,301 @@
+"""OpenAI chat completions and completions: bodies → `InferenceRequest`; events → replies."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from ..inference.request import (
+    ImagePart,
+    InferenceRequest,
+    InvalidParam,
+    Message,
+    OutputFormat,
+    TextPart,
+    Tool,
+    ToolCallPart,
+    ToolResultPart,
+    boolean,
+    integer,
+    json_schema_format,
+    logit_bias,
+    number,
+    positive_int,
+    string_list,
+)
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
+MAX_STOP = 4
+NAMES = {"max_tokens": "max_tokens", "response_format": "response_format"}
+
+
+def _content_parts(content: Any, where: str) -> list[Any] | None:
+    if content is None:
+        return None
+    if isinstance(content, str):
+        return [TextPart(content)]
+    if isinstance(content, list):
+        parts: list[Any] = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                parts.append(TextPart(part["text"]))
+            elif kind == "image_url" and isinstance(part.get("image_url"), dict) and part["image_url"].get("url"):
+                parts.append(ImagePart(url=part["image_url"]["url"]))
+            else:
+                raise InvalidParam(f"{where}.content: only text (and image_url) parts are supported", where)
+        return parts
+    raise InvalidParam(f"{where}.content must be a string or a list of text parts", where)
+
+
+def _tool_call_parts(tool_calls: Any, where: str) -> list[ToolCallPart]:
+    if not isinstance(tool_calls, list):
+        raise InvalidParam(f"{where}.tool_calls must be a list on an assistant message", f"{where}.tool_calls")
+    out = []
+    for call in tool_calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise InvalidParam(f"{where}.tool_calls: each needs function.name", f"{where}.tool_calls")
+        arguments = function.get("arguments", "{}")
+        if not isinstance(arguments, str):
+            import json
+
+            arguments = json.dumps(arguments)
+        out.append(ToolCallPart(str(call.get("id") or ""), function["name"], arguments))
+    return out
+
+
+def messages(body: dict[str, Any]) -> list[Message]:
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise InvalidParam("messages must be a non-empty list", "messages")
+    out = []
+    for i, message in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise InvalidParam(f"{where} must be an object", where)
+        role = message.get("role")
+        if role not in ROLES:
+            raise InvalidParam(f"{where}.role must be one of {', '.join(ROLES)}", f"{where}.role")
+        parts = _content_parts(message.get("content"), where)
+        tool_calls = message.get("tool_calls")
+        if parts is None and not (role == "assistant" and tool_calls):
+            raise InvalidParam(f"{where}.content is required", f"{where}.content")
+        parts = parts or []
+        if tool_calls is not None:
+            if role != "assistant":
+                raise InvalidParam(f"{where}.tool_calls must be a list on an assistant message", f"{where}.tool_calls")
+            parts += _tool_call_parts(tool_calls, where)
+        if role == "tool":
+            call_id = message.get("tool_call_id") if isinstance(message.get("tool_call_id"), str) else ""
+            text = "".join(p.text for p in parts if isinstance(p, TextPart))
+            out.append(Message("tool", [ToolResultPart(call_id, text)]))
+            continue
+        out.append(Message("system" if role == "developer" else role, parts))
+    return out
+
+
+def tools(body: dict[str, Any]) -> list[Tool]:
+    raw = body.get("tools")
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(
+        isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict)
+        and isinstance(t["function"].get("name"), str) and t["function"]["name"]
+        and isinstance(t["function"].get("parameters", {}), dict)
+        for t in raw
+    ):  # fmt: skip
+        raise InvalidParam("tools must be a list of {type: 'function', function: {name, parameters}}", "tools")
+    return [
+        Tool(
+            t["function"]["name"],
+            t["function"].get("description") if isinstance(t["function"].get("description"), str) else None,
+            t["function"].get("parameters"),
+            bool(t["function"].get("strict")),
+        )
+        for t in raw
+    ]
+
+
+def tool_choice(body: dict[str, Any]) -> Any:
+    choice = body.get("tool_choice")
+    if choice is None:
+        return "auto"
+    if choice in ("auto", "none", "required"):
+        return choice
+    if (
+        isinstance(choice, dict)
+        and choice.get("type") == "function"
+        and isinstance(choice.get("function"), dict)
+        and isinstance(choice["function"].get("name"), str)
+    ):
+        return {"name": choice["function"]["name"]}
+    raise InvalidParam(
+        "tool_choice must be 'none', 'auto', 'required' or {type: 'function', function: {name}}", "tool_choice"
+    )
+
+
+def response_format(body: dict[str, Any]) -> OutputFormat | None:
+    fmt = body.get("response_format")
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return OutputFormat("json_object")
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict):
+            raise InvalidParam(
+                "response_format.json_schema must be an object {name, schema, strict}", "response_format"
+            )
+        return json_schema_format(spec.get("schema", {}), spec.get("name"), spec.get("strict"), "response_format")
+    raise InvalidParam("response_format.type must be 'text', 'json_object' or 'json_schema'", "response_format")
+
+
+def parse(body: dict[str, Any], kind: str, max_tokens_limit: int) -> InferenceRequest:
+    """`kind` is "chat" (chat/completions) or "completion" (completions)."""
+    if body.get("n", 1) != 1:
+        raise InvalidParam("only n = 1 is supported", "n")
+    stream_options = body.get("stream_options") or {}
+    if not isinstance(stream_options, dict):
+        raise InvalidParam("stream_options must be an object", "stream_options")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise InvalidParam("seed must be an integer", "seed")
+    max_tokens, max_name = None, "max_tokens"
+    for name in ("max_completion_tokens", "max_tokens"):
+        if body.get(name) is not None:
+            max_tokens, max_name = positive_int(body, name), name
+            break
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidParam("model is required", "model")
+    request = InferenceRequest(
+        model=model,
+        kind="chat" if kind == "chat" else "completion",
+        max_tokens=max_tokens,
+        temperature=number(body, "temperature", 0, 2, 1.0),
+        top_p=number(body, "top_p", 0, 1, 1.0),
+        top_k=integer(body, "top_k", 0, 1_000_000),
+        min_p=number(body, "min_p", 0, 1, None),
+        seed=seed,
+        stop=string_list(body, "stop", MAX_STOP),
+        logit_bias=logit_bias(body),
+        keep_alive=body.get("keep_alive"),
+        stream=boolean(body, "stream"),
+        include_usage=bool(stream_options.get("include_usage")),
+        names={**NAMES, "max_tokens": max_name},
+    )
+    if kind == "chat":
+        request.messages = messages(body)
+        request.tools = tools(body)
+        request.tool_choice = tool_choice(body)
+        request.output_format = response_format(body)
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        valid_tokens = (
+            isinstance(prompt, list)
+            and prompt
+            and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt)
+        )
+        if not (isinstance(prompt, str) and prompt) and not valid_tokens:
+            raise InvalidParam("prompt must be a non-empty string or a list of token ids", "prompt")
+        request.prompt = prompt
+    return request.validate(max_tokens_limit, 16 if kind == "completion" else None)
+
+
+def tool_call(call: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": "call_" + uuid.uuid4().hex[:24],
+        "type": "function",
+        "function": {"name": call["name"], "arguments": call["arguments"]},
+    }
+
+
+ERROR_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
+    409: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error", 422: "invalid_request_error",
+    429: "rate_limit_error",
+}  # fmt: skip
+
+
+def openai_error(status: int, message: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    return {
+        "error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "param": param, "code": code}
+    }
+
+
+class ChatRenderer:
+    """The runner's events as chat completion (or text completion) replies and chunks."""
+
+    keepalive = ": keepalive\n\n"
+    done_marker = "data: [DONE]\n\n"
+
+    def __init__(self, kind: str, completion_id: str, created: int, model: str, include_usage: bool = False):
+        self.kind, self.id, self.created, self.model = kind, completion_id, created, model
+        self.include_usage = include_usage
+        self.text: list[str] = []
+        self.reasoning: list[str] = []
+        self.tool_calls: list[dict[str, Any]] = []
+        self.usage = None  # set by the handler
+
+    def _envelope(self) -> dict[str, Any]:
+        chat = self.kind == "chat"
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": self.created,
+            "model": self.model,
+        }
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> tuple[None, dict[str, Any]]:
+        if self.kind == "chat":
+            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        else:
+            choice = {"index": 0, "text": delta.get("text", ""), "logprobs": None, "finish_reason": finish_reason}
+        return None, {**self._envelope(), "choices": [choice]}
+
+    def opening(self) -> list:
+        return [self._chunk({"role": "assistant", "content": ""} if self.kind == "chat" else {"text": ""})]
+
+    def feed(self, event: dict[str, Any]) -> list:
+        kind = event["ev"]
+        if kind == "text":
+            self.text.append(event["text"])
+            return [self._chunk({"content": event["text"]} if self.kind == "chat" else {"text": event["text"]})]
+        if kind == "reasoning":
+            self.reasoning.append(event["text"])
+            return [self._chunk({"reasoning_content": event["text"]})] if self.kind == "chat" else []
+        if kind == "tool_call":
+            call = tool_call(event["call"])
+            self.tool_calls.append(call)
+            return [self._chunk({"tool_calls": [{"index": len(self.tool_calls) - 1, **call}]})]
+        return []
+
+    def closing(self) -> list:
+        out = [self._chunk({} if self.kind == "chat" else {"text": ""}, self.usage.finish_reason)]
+        if self.include_usage:
+            out.append((None, {**self._envelope(), "choices": [], "usage": self.usage.as_openai()}))
+        return out
+
+    def error_events(self, status: int, message: str, code: str | None, param: str | None) -> list:
+        return [(None, openai_error(status, message, code, param))]
+
+    def body(self) -> dict[str, Any]:
+        text, usage = "".join(self.text), self.usage
+        if self.kind == "chat":
+            message: dict[str, Any] = {"role": "assistant", "content": text or (None if self.tool_calls else "")}
+            if self.reasoning:
+                message["reasoning_content"] = "".join(self.reasoning)
+            if self.tool_calls:
+                message["tool_calls"] = self.tool_calls
+            choice = {"index": 0, "message": message, "finish_reason": usage.finish_reason, "logprobs": None}
+            envelope = {**self._envelope(), "object": "chat.completion"}
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": usage.finish_reason, "logprobs": None}
+            envelope = self._envelope()
+        return {**envelope, "choices": [choice], "usage": usage.as_openai()}

@@ -1,0 +1,371 @@
+"""OpenAI Responses (`POST mlx/v1/responses`): bodies (+ the stored conversation of a
+`previous_response_id`) → `InferenceRequest`; the runner's events → a Response object, or the
+`response.*` stream (created, in_progress, output_item.added, content_part.added,
+output_text.delta, … done, completed / incomplete)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from ..inference.request import (
+    ImagePart,
+    InferenceRequest,
+    InvalidParam,
+    Message,
+    OutputFormat,
+    TextPart,
+    Tool,
+    ToolCallPart,
+    ToolResultPart,
+    boolean,
+    integer,
+    json_schema_format,
+    logit_bias,
+    number,
+    positive_int,
+)
+
+NAMES = {"max_tokens": "max_output_tokens", "response_format": "text.format", "messages": "input"}
+ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
+MAX_ID = 128
+
+
+def _hex() -> str:
+    return uuid.uuid4().hex
+
+
+def input_items(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """`input` as a list of items (a string is one user message)."""
+    raw = body.get("input")
+    if isinstance(raw, str):
+        return [{"type": "message", "role": "user", "content": raw}]
+    if not isinstance(raw, list) or not all(isinstance(i, dict) for i in raw):
+        raise InvalidParam("input must be a string or a list of items", "input")
+    return raw
+
+
+def _content(content: Any, where: str) -> list[Any]:
+    if isinstance(content, str):
+        return [TextPart(content)]
+    if not isinstance(content, list):
+        raise InvalidParam(f"{where}.content must be a string or a list of content parts", where)
+    parts: list[Any] = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
+            parts.append(TextPart(part["text"]))
+        elif kind == "refusal" and isinstance(part.get("refusal"), str):
+            parts.append(TextPart(part["refusal"]))
+        elif kind == "input_image":
+            parts.append(ImagePart(url=part.get("image_url")))
+        else:
+            raise InvalidParam(f"{where}.content: unsupported part {kind!r}", where)
+    return parts
+
+
+def messages_of(items: list[dict[str, Any]], where: str = "input") -> list[Message]:
+    out: list[Message] = []
+    for i, item in enumerate(items):
+        at = f"{where}[{i}]"
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = ROLES.get(item.get("role"))
+            if role is None:
+                raise InvalidParam(f"{at}.role must be user, assistant, system or developer", at)
+            out.append(Message(role, _content(item.get("content"), at)))
+        elif kind == "function_call":
+            if not all(isinstance(item.get(k), str) for k in ("call_id", "name")):
+                raise InvalidParam(f"{at}: function_call needs call_id and name", at)
+            arguments = item.get("arguments", "{}")
+            part = ToolCallPart(
+                item["call_id"], item["name"], arguments if isinstance(arguments, str) else json.dumps(arguments)
+            )
+            if out and out[-1].role == "assistant":
+                out[-1].parts.append(part)
+            else:
+                out.append(Message("assistant", [part]))
+        elif kind == "function_call_output":
+            output = item.get("output")
+            if not isinstance(item.get("call_id"), str):
+                raise InvalidParam(f"{at}: function_call_output needs call_id", at)
+            if isinstance(output, list):
+                output = "".join(p.get("text", "") for p in output if isinstance(p, dict))
+            if not isinstance(output, str):
+                raise InvalidParam(f"{at}.output must be a string", at)
+            out.append(Message("tool", [ToolResultPart(item["call_id"], output)]))
+        elif kind == "reasoning":
+            continue  # earlier reasoning is not fed back to the model
+        else:
+            raise InvalidParam(f"{at}: unsupported item type {kind!r}", at)
+    return out
+
+
+def _tools(body: dict[str, Any]) -> list[Tool]:
+    raw = body.get("tools")
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise InvalidParam("tools must be a list of function tools", "tools")
+    tools = []
+    for i, tool in enumerate(raw):
+        if (
+            not isinstance(tool, dict)
+            or tool.get("type") != "function"
+            or not isinstance(tool.get("name"), str)
+            or not tool["name"]
+            or not isinstance(tool.get("parameters") or {}, dict)
+        ):
+            raise InvalidParam(
+                f"tools[{i}] must be {{type: 'function', name, parameters}} (only function tools)", "tools"
+            )
+        description = tool.get("description") if isinstance(tool.get("description"), str) else None
+        tools.append(Tool(tool["name"], description, tool.get("parameters"), bool(tool.get("strict"))))
+    return tools
+
+
+def _tool_choice(body: dict[str, Any]) -> Any:
+    choice = body.get("tool_choice")
+    if choice is None:
+        return "auto"
+    if choice in ("auto", "none", "required"):
+        return choice
+    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
+        return {"name": choice["name"]}
+    raise InvalidParam("tool_choice must be 'none', 'auto', 'required' or {type: 'function', name}", "tool_choice")
+
+
+def _format(body: dict[str, Any]) -> OutputFormat | None:
+    text = body.get("text")
+    if text is None:
+        return None
+    if not isinstance(text, dict):
+        raise InvalidParam("text must be an object {format}", "text")
+    fmt = text.get("format")
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return OutputFormat("json_object")
+    if kind == "json_schema":
+        return json_schema_format(fmt.get("schema"), fmt.get("name"), fmt.get("strict"), "text.format")
+    raise InvalidParam("text.format.type must be 'text', 'json_object' or 'json_schema'", "text.format")
+
+
+def previous_id(body: dict[str, Any]) -> str | None:
+    value = body.get("previous_response_id")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_ID:
+        raise InvalidParam("previous_response_id must be a response id", "previous_response_id")
+    return value
+
+
+def parse(body: dict[str, Any], max_tokens_limit: int, history: list[dict[str, Any]] | None = None) -> InferenceRequest:
+    """A Responses body; `history`: the items of the previous response's conversation."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidParam("model is required", "model")
+    if body.get("instructions") is not None and not isinstance(body["instructions"], str):
+        raise InvalidParam("instructions must be a string", "instructions")
+    items = input_items(body)
+    messages = messages_of(history or [], "previous_response_id") + messages_of(items)
+    if body.get("instructions"):
+        messages.insert(0, Message("system", [TextPart(body["instructions"])]))
+    boolean(body, "store", True)
+    reasoning = body.get("reasoning")
+    if reasoning is not None and not isinstance(reasoning, dict):
+        raise InvalidParam("reasoning must be an object {effort}", "reasoning")
+    request = InferenceRequest(
+        model=model,
+        kind="chat",
+        messages=messages,
+        max_tokens=positive_int(body, "max_output_tokens"),
+        temperature=number(body, "temperature", 0, 2, 1.0),
+        top_p=number(body, "top_p", 0, 1, 1.0),
+        top_k=integer(body, "top_k", 0, 1_000_000),
+        seed=integer(body, "seed", -(2**63), 2**63 - 1),  # an extension (extra_body)
+        logit_bias=logit_bias(body),  # an extension (extra_body)
+        tools=_tools(body),
+        tool_choice=_tool_choice(body),
+        output_format=_format(body),
+        reasoning=None if reasoning is None else (reasoning.get("effort") != "none"),
+        keep_alive=body.get("keep_alive"),
+        stream=boolean(body, "stream"),
+        names=NAMES,
+    )
+    return request.validate(max_tokens_limit)
+
+
+class ResponsesRenderer:
+    """The runner's events as a Response object, or as the `response.*` stream."""
+
+    keepalive = ": keepalive\n\n"
+    done_marker = ""
+
+    def __init__(self, response_id: str, body: dict[str, Any], request: InferenceRequest):
+        self.id = response_id
+        self.created_at = int(time.time())
+        self.request = request
+        self.echo = {
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "previous_response_id": body.get("previous_response_id"),
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "tools": body.get("tools") or [],
+            "tool_choice": body.get("tool_choice") or "auto",
+            "text": body.get("text") or {"format": {"type": "text"}},
+            "parallel_tool_calls": body.get("parallel_tool_calls", True),
+            "store": body.get("store", True) is not False,
+            "metadata": body.get("metadata") or {},
+            "reasoning": body.get("reasoning") or {"effort": None, "summary": None},
+            "truncation": "disabled",
+            "user": body.get("user"),
+        }
+        self.output: list[dict[str, Any]] = []
+        self._open: dict[str, Any] | None = None
+        self._seq = 0
+        self._final: dict[str, Any] | None = None
+        self._pending: list = []
+        self.usage = None  # set by the handler
+
+    # -- the response object ----------------------------------------------------------------------
+    def response(self, status: str = "in_progress") -> dict[str, Any]:
+        body = {
+            "id": self.id, "object": "response", "created_at": self.created_at, "status": status,
+            "model": self.request.model, "output": self.output if status != "in_progress" else [],
+            "error": None, "incomplete_details": None, "usage": None, **self.echo,
+        }  # fmt: skip
+        if status != "in_progress":
+            u = self.usage
+            body["usage"] = {
+                "input_tokens": u.prompt_tokens,
+                "input_tokens_details": {"cached_tokens": u.cached_tokens},
+                "output_tokens": u.completion_tokens,
+                "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+                "total_tokens": u.prompt_tokens + u.completion_tokens,
+            }
+            if status == "incomplete":
+                body["incomplete_details"] = {"reason": "max_output_tokens"}
+            text = "".join(c["text"] for item in self.output if item["type"] == "message" for c in item["content"])
+            body["output_text"] = text
+        return json.loads(json.dumps(body))  # a snapshot, not a view of the live lists
+
+    def final(self) -> dict[str, Any]:
+        if self._final is None:
+            self._pending = self._close()  # sent by closing()
+            status = "incomplete" if self.usage.finish_reason == "length" else "completed"
+            self._final = self.response(status)
+        return self._final
+
+    def _event(self, kind: str, **fields: Any) -> tuple[str, dict[str, Any]]:
+        event = {"type": kind, "sequence_number": self._seq, **fields}
+        self._seq += 1
+        return kind, event
+
+    # -- stream events ---------------------------------------------------------------------------
+    def _close(self) -> list:
+        item = self._open
+        if item is None:
+            return []
+        self._open = None
+        index = len(self.output) - 1
+        item["status"] = "completed"
+        events = []
+        if item["type"] == "message":
+            part = item["content"][0]
+            events.append(self._event("response.output_text.done", item_id=item["id"], output_index=index,
+                                      content_index=0, text=part["text"], logprobs=[]))  # fmt: skip
+            events.append(self._event("response.content_part.done", item_id=item["id"], output_index=index,
+                                      content_index=0, part=dict(part)))  # fmt: skip
+        elif item["type"] == "reasoning":
+            text = item["content"][0]["text"]
+            events.append(self._event("response.reasoning_text.done", item_id=item["id"], output_index=index,
+                                      content_index=0, text=text))  # fmt: skip
+        events.append(self._event("response.output_item.done", output_index=index, item=json.loads(json.dumps(item))))
+        return events
+
+    def opening(self) -> list:
+        snapshot = self.response()
+        return [
+            self._event("response.created", response=snapshot),
+            self._event("response.in_progress", response=snapshot),
+        ]
+
+    def feed(self, event: dict[str, Any]) -> list:
+        kind = event["ev"]
+        if kind in ("text", "reasoning"):
+            item_type = "message" if kind == "text" else "reasoning"
+            events = []
+            if self._open is None or self._open["type"] != item_type:
+                events += self._close()
+                if kind == "text":
+                    item = {
+                        "id": "msg_" + _hex(),
+                        "type": "message",
+                        "status": "in_progress",
+                        "role": "assistant",
+                        "content": [],
+                    }
+                else:
+                    item = {
+                        "id": "rs_" + _hex(),
+                        "type": "reasoning",
+                        "status": "in_progress",
+                        "summary": [],
+                        "content": [],
+                    }
+                self.output.append(item)
+                self._open = item
+                index = len(self.output) - 1
+                events.append(
+                    self._event("response.output_item.added", output_index=index, item=json.loads(json.dumps(item)))
+                )
+                if kind == "text":
+                    part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+                    events.append(self._event("response.content_part.added", item_id=item["id"], output_index=index,
+                                              content_index=0, part=dict(part)))  # fmt: skip
+                    item["content"].append(part)
+                else:
+                    item["content"].append({"type": "reasoning_text", "text": ""})
+            item, index = self._open, len(self.output) - 1
+            item["content"][0]["text"] += event["text"]
+            name = "response.output_text.delta" if kind == "text" else "response.reasoning_text.delta"
+            extra = {"logprobs": []} if kind == "text" else {}
+            events.append(
+                self._event(name, item_id=item["id"], output_index=index, content_index=0, delta=event["text"], **extra)
+            )
+            return events
+        if kind == "tool_call":
+            events = self._close()
+            call = event["call"]
+            item = {"id": "fc_" + _hex(), "type": "function_call", "status": "in_progress",
+                    "call_id": "call_" + _hex()[:24], "name": call["name"], "arguments": ""}  # fmt: skip
+            self.output.append(item)
+            index = len(self.output) - 1
+            events.append(self._event("response.output_item.added", output_index=index, item=dict(item)))
+            item["arguments"] = call["arguments"]
+            events.append(self._event("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
+                                      delta=call["arguments"]))  # fmt: skip
+            events.append(self._event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                                      name=call["name"], arguments=call["arguments"]))  # fmt: skip
+            item["status"] = "completed"
+            events.append(self._event("response.output_item.done", output_index=index, item=dict(item)))
+            return events
+        return []
+
+    def closing(self) -> list:
+        final = self.final()
+        kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+        return self._pending + [self._event(kind, response=final)]
+
+    def error_events(self, status: int, message: str, code: str | None, param: str | None) -> list:
+        return [self._event("error", code=code, message=message, param=param)]
+
+    def body(self) -> dict[str, Any]:
+        return self.final()

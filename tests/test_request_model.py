@@ -1,0 +1,227 @@
+"""The one request model: each protocol's translation into it, and its rendering back out
+(pure functions over bodies and runner events; no server, no MLX)."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+from openai.lib._parsing._completions import type_to_response_format_param
+
+from jupyter_mlx_manager.inference.request import InvalidParam
+from jupyter_mlx_manager.inference.service import Usage
+from jupyter_mlx_manager.protocols import anthropic, openai_chat, responses
+
+LIMIT = 512
+M = "local/tiny-demo"
+
+
+class City(pydantic.BaseModel):
+    name: str
+    population: int
+
+
+def test_chat_translation():
+    body = {
+        "model": M,
+        "messages": [
+            {"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "w", "arguments": '{"city": "P"}'}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "18"},
+        ],
+        "tools": [{"type": "function", "function": {"name": "w", "parameters": {"type": "object"}}}],
+        "top_k": 5, "stop": "x", "max_completion_tokens": 7,
+    }  # fmt: skip
+    command = openai_chat.parse(body, "chat", LIMIT).command()
+    assert command["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "w", "arguments": '{"city": "P"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "18"},
+    ]  # fmt: skip
+    assert command["tools"] == [{"type": "function", "function": {"name": "w", "parameters": {"type": "object"}}}]
+    assert (command["top_k"], command["stop"], command["max_tokens"]) == (5, ["x"], 7)
+    assert command["response_format"] is None and command["reasoning"] is None
+    assert "tool_choice" not in command
+    none = openai_chat.parse({**body, "tool_choice": "none"}, "chat", LIMIT).command()
+    assert none["tools"] is None
+    named = {**body, "tool_choice": {"type": "function", "function": {"name": "w"}}}
+    assert openai_chat.parse(named, "chat", LIMIT).command()["tool_choice"] == "required"
+    with pytest.raises(InvalidParam) as caught:
+        openai_chat.parse({**body, "tool_choice": {"type": "function", "function": {"name": "zz"}}}, "chat", LIMIT)
+    assert caught.value.param == "tool_choice"
+    with pytest.raises(InvalidParam) as caught:
+        openai_chat.parse({**body, "max_completion_tokens": LIMIT + 1}, "chat", LIMIT)
+    assert caught.value.param == "max_completion_tokens"
+
+
+def test_chat_response_format_and_the_sdks_parse_payload():
+    base = {"model": M, "messages": [{"role": "user", "content": "x"}]}
+    fmt = type_to_response_format_param(City)  # exactly what client.chat.completions.parse sends
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+    request = openai_chat.parse({**base, "response_format": fmt}, "chat", LIMIT)
+    assert request.command()["response_format"] == {"type": "json_schema", "schema": fmt["json_schema"]["schema"]}
+    assert request.output_format.strict and request.output_format.name == "City"
+    assert request.param("response_format") == "response_format"
+    json_object = openai_chat.parse({**base, "response_format": {"type": "json_object"}}, "chat", LIMIT)
+    assert json_object.command()["response_format"] == {"type": "json_object"}
+    text = openai_chat.parse({**base, "response_format": {"type": "text"}}, "chat", LIMIT)
+    assert text.command()["response_format"] is None
+    for bad in ({"type": "xml"}, {"type": "json_schema"}, {"type": "json_schema", "json_schema": {"schema": 3}}, 7):
+        with pytest.raises(InvalidParam) as caught:
+            openai_chat.parse({**base, "response_format": bad}, "chat", LIMIT)
+        assert caught.value.param == "response_format"
+
+
+def test_images_are_parts_but_refused_for_now():
+    body = {"model": M, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is it"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]}]}  # fmt: skip
+    with pytest.raises(InvalidParam) as caught:
+        openai_chat.parse(body, "chat", LIMIT)
+    assert caught.value.code == "images_not_supported"
+
+
+def test_messages_translation():
+    body = {
+        "model": M, "max_tokens": 9, "system": [{"type": "text", "text": "Be brief."}],
+        "messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "hmm", "signature": ""},
+                {"type": "text", "text": "Let me look."},
+                {"type": "tool_use", "id": "toolu_1", "name": "w", "input": {"city": "P"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "18"}]},
+                {"type": "text", "text": "Thanks"}]},
+        ],
+        "tools": [{"name": "w", "input_schema": {"type": "object"}}],
+        "tool_choice": {"type": "any"}, "stop_sequences": ["END"], "top_k": 3,
+        "thinking": {"type": "disabled"},
+        "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
+    }  # fmt: skip
+    request = anthropic.parse(body, LIMIT)
+    command = request.command()
+    assert command["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "Let me look.", "tool_calls": [
+            {"id": "toolu_1", "type": "function", "function": {"name": "w", "arguments": '{"city": "P"}'}}]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "18"},
+        {"role": "user", "content": "Thanks"},
+    ]  # fmt: skip
+    assert command["tool_choice"] == "required" and command["stop"] == ["END"] and command["top_k"] == 3
+    assert command["reasoning"] is False and command["max_tokens"] == 9
+    assert command["response_format"] == {"type": "json_schema", "schema": {"type": "object"}}
+    assert request.param("response_format") == "output_config.format" and request.param("stop") == "stop_sequences"
+    for bad, param in (
+        ({**body, "max_tokens": None}, "max_tokens"),
+        ({**body, "temperature": 1.5}, "temperature"),
+        ({**body, "tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools[0]"),
+        ({**body, "messages": [{"role": "user", "content": [{"type": "document"}]}]}, "messages[0].content[0]"),
+    ):
+        with pytest.raises(InvalidParam) as caught:
+            anthropic.parse(bad, LIMIT)
+        assert caught.value.param == param
+    assert anthropic.parse({**body, "max_tokens": None}, LIMIT, count_only=True).kind == "chat"
+
+
+def _usage(**fields) -> Usage:
+    return Usage(prompt_tokens=10, cached_tokens=4, completion_tokens=5, **fields)
+
+
+def test_messages_rendering():
+    r = anthropic.MessagesRenderer("msg_1", M)
+    r.usage = _usage(finish_reason="stop", stop_sequence="END")
+    events = r.opening()
+    for ev in ({"ev": "reasoning", "text": "hm"}, {"ev": "text", "text": "Hi"}, {"ev": "text", "text": "!"},
+               {"ev": "tool_call", "call": {"name": "w", "arguments": '{"city": "P"}'}}):  # fmt: skip
+        events += r.feed(ev)
+    events += r.closing()
+    names = [n for n, _ in events]
+    assert names == [
+        "message_start", "ping",
+        "content_block_start", "content_block_delta", "content_block_delta", "content_block_stop",  # thinking
+        "content_block_start", "content_block_delta", "content_block_delta", "content_block_stop",  # text
+        "content_block_start", "content_block_delta", "content_block_stop",  # tool_use
+        "message_delta", "message_stop",
+    ]  # fmt: skip
+    assert events[-2][1]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "END"}
+    body = r.body()
+    assert [b["type"] for b in body["content"]] == ["thinking", "text", "tool_use"]
+    assert body["content"][0]["thinking"] == "hm" and body["content"][1]["text"] == "Hi!"
+    assert body["content"][2]["input"] == {"city": "P"}
+    assert body["usage"]["input_tokens"] == 6 and body["usage"]["cache_read_input_tokens"] == 4
+    r.usage = _usage(finish_reason="tool_calls")
+    assert r.body()["stop_reason"] == "tool_use"
+    r.usage = _usage(finish_reason="length")
+    assert r.body()["stop_reason"] == "max_tokens"
+    assert anthropic.anthropic_error(529, "busy")["error"]["type"] == "overloaded_error"
+    assert anthropic.anthropic_error(403, "no")["error"]["type"] == "permission_error"
+
+
+def test_chat_rendering_of_reasoning():
+    r = openai_chat.ChatRenderer("chat", "chatcmpl-1", 0, M)
+    r.usage = _usage(finish_reason="stop")
+    chunks = r.feed({"ev": "reasoning", "text": "hm"}) + r.feed({"ev": "text", "text": "Hi"})
+    assert chunks[0][1]["choices"][0]["delta"] == {"reasoning_content": "hm"}
+    message = r.body()["choices"][0]["message"]
+    assert message["reasoning_content"] == "hm" and message["content"] == "Hi"
+
+
+def test_responses_translation_and_rendering():
+    history = [
+        {"type": "message", "role": "user", "content": "Weather?"},
+        {"type": "reasoning", "id": "rs_1", "summary": [], "content": [{"type": "reasoning_text", "text": "hm"}]},
+        {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "w", "arguments": "{}"},
+    ]
+    body = {
+        "model": M, "instructions": "Be brief.", "max_output_tokens": 5,
+        "input": [{"type": "function_call_output", "call_id": "call_1", "output": "18"},
+                  {"role": "user", "content": [{"type": "input_text", "text": "And?"}]}],
+        "tools": [{"type": "function", "name": "w", "parameters": {"type": "object"}}],
+        "text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}, "strict": True}},
+    }  # fmt: skip
+    request = responses.parse(body, LIMIT, history)
+    command = request.command()
+    assert command["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "w", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18"},
+        {"role": "user", "content": "And?"},
+    ]  # fmt: skip
+    assert command["response_format"] == {"type": "json_schema", "schema": {"type": "object"}}
+    assert command["max_tokens"] == 5
+    # A runner error about the schema names the Responses field.
+    assert request.param("response_format") == "text.format"
+    with pytest.raises(InvalidParam) as caught:
+        responses.parse({**body, "max_output_tokens": LIMIT + 1}, LIMIT)
+    assert caught.value.param == "max_output_tokens"
+
+    r = responses.ResponsesRenderer("resp_1", body, request)
+    r.usage = _usage(finish_reason="length", reasoning_tokens=1)
+    events = r.opening()
+    for ev in ({"ev": "reasoning", "text": "hm"}, {"ev": "text", "text": "Hi"},
+               {"ev": "tool_call", "call": {"name": "w", "arguments": "{}"}}):  # fmt: skip
+        events += r.feed(ev)
+    events += r.closing()
+    names = [n for n, _ in events]
+    assert names == [
+        "response.created", "response.in_progress",
+        "response.output_item.added", "response.reasoning_text.delta", "response.reasoning_text.done",
+        "response.output_item.done",
+        "response.output_item.added", "response.content_part.added", "response.output_text.delta",
+        "response.output_text.done", "response.content_part.done", "response.output_item.done",
+        "response.output_item.added", "response.function_call_arguments.delta",
+        "response.function_call_arguments.done", "response.output_item.done",
+        "response.incomplete",
+    ]  # fmt: skip
+    assert [e["sequence_number"] for _, e in events] == list(range(len(events)))
+    final = r.body()
+    assert final["status"] == "incomplete" and final["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert [i["type"] for i in final["output"]] == ["reasoning", "message", "function_call"]
+    assert final["output_text"] == "Hi" and final["usage"]["output_tokens_details"]["reasoning_tokens"] == 1
+    assert events[0][1]["response"]["output"] == [] and events[0][1]["response"]["status"] == "in_progress"
