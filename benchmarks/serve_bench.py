@@ -12,14 +12,20 @@ request generates exactly its `max_tokens`.
 * prompt cache: ~800 tokens of shared system prompt, TTFT of the first (cold) and of a
   second request sharing it (warm);
 * responsiveness (ours only): `GET api/contents` p50/p99, idle and while 8 generations run;
-* memory: our runner's RSS (from `mlx/api/pool`) and the `mlx_lm.server` process's RSS.
+* memory: our runner's RSS (from `mlx/api/pool`) and the `mlx_lm.server` process's RSS;
+* load latency (`--probes load` runs only this one): `POST mlx/api/pool/load` request → ready,
+  ours with the warm spare runner (`warm_runner`, the default) and without it, against
+  `mlx_lm.server` start → first successful `GET /v1/models` (its model loads in a thread while
+  it already answers, so also start → first completed 1-token chat, for both), and in-process
+  `mlx_lm.load` (imports done; and a whole cold process: start, imports, load, first token).
 
 One command writes JSON, a markdown table and a PNG plot into `--out`:
 
     .venv/bin/pip install matplotlib     # only for the PNG; without it the plot is skipped
     .venv/bin/python benchmarks/serve_bench.py --out benchmarks/results
 
-`--models tiny` and `--rounds 1` make a quicker run. Run it on a quiet machine.
+`--models tiny` and `--rounds 1` make a quicker run; `--probes load` measures only load
+latency (`--load-repeats` times each, medians). Run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -387,6 +393,156 @@ def start_servers(work: Path, model_path: Path, model_name: str) -> tuple[Server
     return servers[0], servers[1], token
 
 
+# -- load latency ---------------------------------------------------------------------------------
+def our_server(work: Path, model_dir: Path, *options: str) -> tuple[subprocess.Popen, str, dict]:
+    token, port = secrets.token_hex(16), free_port()
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(work / "config"), "JUPYTER_RUNTIME_DIR": str(work / "runtime")}
+    data = work / f"data-{secrets.token_hex(3)}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_server", "--no-browser", "--ServerApp.allow_root=True", f"--ServerApp.port={port}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}", f"--MLXManager.data_dir={data}",
+         f"--MLXManager.model_dirs={model_dir}", "--MLXManager.default_keep_alive=-1", "--MLXManager.owner_username=bench",
+         "--ServerApp.log_level=WARN", *options],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base, headers = f"http://127.0.0.1:{port}", {"Authorization": f"token {token}"}
+    wait_ready(f"{base}/api/status", headers, process)
+    return process, base, headers
+
+
+def one_token(url: str, headers: dict, model: str) -> None:
+    body = {"model": model, "messages": user("hi"), "max_tokens": 1, "temperature": 0}
+    requests.post(url, json=body, headers=headers, timeout=300).raise_for_status()
+
+
+def ours_load_latency(work: Path, model_path: Path, warm: bool, repeats: int) -> dict:
+    """`POST mlx/api/pool/load` → 200 (the runner is ready), then a 1-token chat; unloaded
+    between repeats. With the warm runner, each load waits until a spare is ready first."""
+    process, base, headers = our_server(work, model_path.parent, f"--MLXManager.warm_runner={warm}")
+    model = f"local/{model_path.name}"
+    ready, first = [], []
+    try:
+        for _ in range(repeats):
+            deadline = time.monotonic() + 120
+            while warm and time.monotonic() < deadline:
+                spare = requests.get(f"{base}/mlx/api/pool", headers=headers, timeout=10).json().get("spare")
+                if spare and spare.get("ready"):
+                    break
+                time.sleep(0.05)
+            start = time.perf_counter()
+            requests.post(
+                f"{base}/mlx/api/pool/load", json={"model": model}, headers=headers, timeout=300
+            ).raise_for_status()
+            ready.append(time.perf_counter() - start)
+            one_token(f"{base}/mlx/v1/chat/completions", headers, model)
+            first.append(time.perf_counter() - start)
+            requests.post(
+                f"{base}/mlx/api/pool/unload", json={"model": model}, headers=headers, timeout=60
+            ).raise_for_status()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return {"ready_s": statistics.median(ready), "first_token_s": statistics.median(first), "samples": len(ready)}
+
+
+def theirs_load_latency(model_path: Path, repeats: int) -> dict:
+    """`mlx_lm.server --model …` start → first successful `/v1/models`, and → first 1-token chat."""
+    ready, first = [], []
+    for _ in range(repeats):
+        port = free_port()
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlx_lm.server", "--model", str(model_path), "--port", str(port), "--log-level", "WARNING"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"mlx_lm.server exited with {process.returncode}")
+                try:
+                    if requests.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).ok:
+                        break
+                except requests.ConnectionError:
+                    pass
+                time.sleep(0.02)
+            ready.append(time.perf_counter() - start)
+            one_token(f"http://127.0.0.1:{port}/v1/chat/completions", {}, str(model_path))
+            first.append(time.perf_counter() - start)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    return {"ready_s": statistics.median(ready), "first_token_s": statistics.median(first), "samples": len(ready)}
+
+
+def in_process_load_child(model_path: Path) -> None:
+    """Child process: time the imports, `mlx_lm.load` and a first token; one JSON line."""
+    started = time.perf_counter()
+    from mlx_lm import generate, load
+
+    imported = time.perf_counter()
+    model, tokenizer = load(str(model_path))
+    loaded = time.perf_counter()
+    generate(model, tokenizer, "hi", max_tokens=1)
+    print(
+        json.dumps(
+            {"import_s": imported - started, "load_s": loaded - imported, "first_token_s": time.perf_counter() - loaded}
+        )
+    )
+
+
+def in_process_load_latency(model_path: Path, repeats: int) -> dict:
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, __file__, "--load-child", str(model_path)], capture_output=True, text=True,
+                             check=True, timeout=300)  # fmt: skip
+        run = json.loads(out.stdout.strip().splitlines()[-1])
+        run["cold_process_s"] = time.perf_counter() - start  # interpreter start, imports, load, first token
+        runs.append(run)
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]} | {"samples": len(runs)}
+
+
+def load_probe(name: str, work: Path, repeats: int) -> dict:
+    from jupyter_mlx_manager.models.demo import make_demo_model
+
+    hidden, layers = MODELS[name]
+    model_path = make_demo_model(work / f"load-models-{name}" / name, hidden_size=hidden, num_layers=layers)
+    weights = sum(f.stat().st_size for f in model_path.glob("*.safetensors"))
+    print(f"[{name}] load-latency probe", file=sys.stderr)
+    return {
+        "hidden": hidden, "layers": layers, "weights_bytes": weights,
+        "in_process": in_process_load_latency(model_path, repeats),
+        "ours_warm": ours_load_latency(work, model_path, True, repeats),
+        "ours_cold": ours_load_latency(work, model_path, False, repeats),
+        "theirs": theirs_load_latency(model_path, repeats),
+    }  # fmt: skip
+
+
+def load_markdown(loads: dict) -> str:
+    lines = ["### Load latency (medians)", "",
+             "| model | weights MiB | ours, warm spare: load → ready s | ours, no spare s | mlx_lm.server start → /v1/models s "
+             "| in-process mlx_lm.load s | ours warm / mlx_lm.server | ours warm / in-process load | ours cold / ours warm |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in loads.items():
+        w, c, t, i = r["ours_warm"], r["ours_cold"], r["theirs"], r["in_process"]
+        lines.append(f"| {name} | {r['weights_bytes'] / 2**20:.1f} | {w['ready_s']:.3f} | {c['ready_s']:.3f} | {t['ready_s']:.3f} | "
+                     f"{i['load_s']:.3f} | {w['ready_s'] / t['ready_s']:.2f} | {w['ready_s'] / i['load_s']:.2f} | "
+                     f"{c['ready_s'] / w['ready_s']:.1f} |")  # fmt: skip
+    lines += ["", "| model | to first token s: ours warm | ours no spare | mlx_lm.server (from start) | in-process cold process "
+              "(start, imports, load, token) | in-process imports s |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in loads.items():
+        w, c, t, i = r["ours_warm"], r["ours_cold"], r["theirs"], r["in_process"]
+        lines.append(f"| {name} | {w['first_token_s']:.3f} | {c['first_token_s']:.3f} | {t['first_token_s']:.3f} | "
+                     f"{i['cold_process_s']:.3f} | {i['import_s']:.3f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def stop_server(server: Server) -> None:
     server.process.send_signal(signal.SIGTERM)
     try:
@@ -460,6 +616,12 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
 
 
 # -- reporting ------------------------------------------------------------------------------------
+def markdown_header(results: dict) -> str:
+    m = results["machine"]
+    return (f"Machine: {m['cpus']} CPUs, {m['platform']}; load average before {m['load_before']}, "
+            f"after {m['load_after']}.")  # fmt: skip
+
+
 def markdown(results: dict) -> str:
     lines = [f"Machine: {results['machine']['cpus']} CPUs, {results['machine']['platform']}; load average before "
              f"{results['machine']['load_before']}, after {results['machine']['load_after']}; max_tokens {results['max_tokens']}, "
@@ -578,11 +740,20 @@ def main() -> None:
     parser.add_argument("--cache-repeats", type=int, default=5)
     parser.add_argument("--contents-samples", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument(
+        "--probes", nargs="+", choices=["serve", "load"], default=["serve", "load"],
+        help="serve: throughput, admission, prompt cache, responsiveness, memory; load: load latency",
+    )  # fmt: skip
+    parser.add_argument("--load-repeats", type=int, default=3, help="loads measured per contender and model")
     parser.add_argument("--in-process", type=Path, help=argparse.SUPPRESS)  # the child-process mode
+    parser.add_argument("--load-child", type=Path, help=argparse.SUPPRESS)  # the load-latency child
     args = parser.parse_args()
 
     if args.in_process:
         in_process_child(args.in_process, args.max_tokens)
+        return
+    if args.load_child:
+        in_process_load_child(args.load_child)
         return
 
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
@@ -590,15 +761,20 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_before": [round(x, 2) for x in os.getloadavg()]},
         "max_tokens": args.max_tokens, "rounds": args.rounds, "models": {},
     }  # fmt: skip
-    for name in args.models:
-        results["models"][name] = bench_model(name, args, work)
+    if "load" in args.probes:
+        results["load"] = {name: load_probe(name, work, args.load_repeats) for name in args.models}
+    if "serve" in args.probes:
+        for name in args.models:
+            results["models"][name] = bench_model(name, args, work)
     results["machine"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serve_bench.json").write_text(json.dumps(results, indent=2))
-    table = markdown(results)
+    table = markdown(results) if results["models"] else markdown_header(results)
+    if "load" in results:
+        table += "\n\n" + load_markdown(results["load"])
     (args.out / "serve_bench.md").write_text(table + "\n")
-    plotted = plot(results, args.out / "serve_bench.png")
+    plotted = plot(results, args.out / "serve_bench.png") if results["models"] else False
     print(table)
     print(
         f"\nwrote {args.out / 'serve_bench.json'}, {args.out / 'serve_bench.md'}"

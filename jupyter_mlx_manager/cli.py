@@ -1,4 +1,4 @@
-"""`jupyter mlx-manager …`: manage users and tokens from a shell on the server machine.
+"""`jupyter mlx-manager …`: manage users and tokens from a shell on the server machine; `serve`.
 
 Reads the same configuration files as the server (`c.MLXManager.data_dir`, `jwt_secret`),
 so it works on the running server's database; changes take effect on the next request.
@@ -66,7 +66,10 @@ def _demo_model(args: argparse.Namespace) -> int:
         if existing:
             print(f"models already present ({', '.join(existing[:3])}); not creating the demo model")
             return 0
-    path = make_demo_model(folder / args.name, scripted_tool_call=args.tool_calling)
+    if args.tool_calling and args.reasoning:
+        print("choose one of --tool-calling and --reasoning", file=sys.stderr)
+        return 2
+    path = make_demo_model(folder / args.name, scripted_tool_call=args.tool_calling, scripted_reasoning=args.reasoning)
     print(f"created local/{args.name} in {path}")
     if args.dir and folder != data_dir / "models" and str(folder) not in settings.model_dirs:
         print(f"add it to the server with: c.MLXManager.model_dirs = [{str(folder)!r}]")
@@ -105,6 +108,16 @@ async def _run(args: argparse.Namespace) -> int:
         db.close()
 
 
+def _serve(args: argparse.Namespace, traitlets_args: list[str]) -> int:
+    """`serve`: options as traitlets (`--MLXManager.model_dirs=…` and the like pass through)."""
+    from .serve import main as serve_main
+
+    options = [f"--MLXServe.{name}={value}" for name in ("ip", "port", "identity") if (value := getattr(args, name))]
+    if args.data_dir:
+        options.append(f"--MLXManager.data_dir={args.data_dir}")
+    return serve_main([*options, *traitlets_args])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jupyter mlx-manager", description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", help="database folder (default: c.MLXManager.data_dir)")
@@ -130,8 +143,26 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--tool-calling", action="store_true", help="a model that always calls the get_weather tool (to try tools)"
     )
+    demo.add_argument(
+        "--reasoning", action="store_true", help="a thinking model whose replies open with a <think>...</think> block"
+    )
 
-    args = parser.parse_args(argv)
+    serve = commands.add_parser(
+        "serve",
+        help="run the backend (pool, runners, downloads, audit, mlx/api and mlx/v1) as a standalone server, "
+        "or as a JupyterHub service; also takes --MLXManager.<trait>=<value>",
+    )
+    serve.add_argument("--ip", help="interface to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: 8890)")
+    serve.add_argument(
+        "--identity", choices=("auto", "standalone", "jupyterhub"), help="who may sign in (default: auto)"
+    )
+
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "serve":
+        return _serve(args, extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "demo-model":
         return _demo_model(args)
     return asyncio.run(_run(args))

@@ -27,7 +27,8 @@ def jp_server_config(tmp_path, mlx_config):
             "jpserver_extensions": {"jupyter_mlx_manager": True, "jupyter_server_terminals": False},
             "allow_unauthenticated_access": False,
         },
-        "MLXManager": {"data_dir": str(tmp_path / "mlx-data"), **mlx_config},
+        # No spare runner unless a test asks for one: it would only cost CPU at every server start.
+        "MLXManager": {"data_dir": str(tmp_path / "mlx-data"), "warm_runner": False, **mlx_config},
     }
 
 

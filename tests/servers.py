@@ -62,7 +62,7 @@ def jupyter_server(root: Path, *args: str, env: dict[str, str] | None = None) ->
             [sys.executable, "-m", "jupyter_server", "--no-browser", "--ServerApp.allow_root=True", "--ServerApp.ip=127.0.0.1",
              f"--ServerApp.port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
              "--ServerApp.jpserver_extensions=jupyter_server_terminals=False",
-             f"--MLXManager.data_dir={root / 'data'}", *args],
+             f"--MLXManager.data_dir={root / 'data'}", "--MLXManager.warm_runner=False", *args],
             stdout=log, stderr=subprocess.STDOUT, env=server_env,
         )  # fmt: skip
     server = RunningServer(f"http://127.0.0.1:{port}/", token, process, root, server_env)

@@ -11,11 +11,18 @@ in case (possible on a case-sensitive file system) are one model: the first, in 
 listing uses (model folders in order, names sorted), is the one that id names; the others are
 not listed.
 
-The HF cache is the one huggingface_hub uses (`HF_HUB_CACHE`, else `$HF_HOME/hub`, else
-`~/.cache/huggingface/hub`), read from the environment when the catalog is made (so a
-server started with `HF_HOME=…` uses it even if huggingface_hub was imported before). A
-Hub model is local when a snapshot of it holds a `config.json`; the download worker links
-`config.json` last, so a half-downloaded model never counts.
+The HF cache is huggingface_hub's own `constants.HF_HUB_CACHE` (`HF_HUB_CACHE`, else
+`$HF_HOME/hub`, else `~/.cache/huggingface/hub`), resolved when the catalog is made: those
+constants are read once, when huggingface_hub is imported, so if the environment has changed
+since (a server started with `HF_HOME=…` in a process that imported huggingface_hub before),
+`hub_cache_dir()` evaluates huggingface_hub's constants module afresh in a private copy. Cache
+folders are named by `file_download.repo_folder_name`, and the cached repos are listed with
+`scan_cache_dir` (local files only, no network). A Hub model is local when a snapshot of it
+holds a `config.json`; the download worker links `config.json` last, so a half-downloaded
+model never counts.
+
+`context_length(config, tokenizer_config)` is the one rule for a model's context: the catalog
+reports it and the runner enforces it (imported there; this module never imports MLX).
 
 `describe()` reads a model's characteristics from its files only — config.json, the JSON
 headers of the safetensors files (never the tensors), tokenizer_config.json and chat
@@ -24,6 +31,7 @@ templates — so listing models is cheap and never imports MLX.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -119,17 +127,46 @@ def weights_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
 
+# The variables huggingface_hub's constants read for the cache folder.
+_CACHE_ENV = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME", "HOME", "HUGGINGFACE_CO_STAGING")
+_cache_dirs: dict[tuple[str | None, ...], Path] = {}
+
+
 def hub_cache_dir() -> Path:
-    """The HF hub cache, resolved from the environment now (as huggingface_hub does at import)."""
-    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
-    return Path(home).expanduser() / "hub"
+    """huggingface_hub's `constants.HF_HUB_CACHE` for the environment as it is now.
+
+    Its constants are computed once, when it is imported, which may be before the server's
+    environment was set; so its constants module is run in a private copy (the shared one is
+    untouched), once per distinct environment, and that copy's HF_HUB_CACHE is the answer."""
+    from huggingface_hub import constants
+
+    key = tuple(os.environ.get(name) for name in _CACHE_ENV)
+    if key not in _cache_dirs:
+        spec = importlib.util.find_spec(constants.__name__)
+        fresh = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(fresh)
+        _cache_dirs[key] = Path(fresh.HF_HUB_CACHE)
+    return _cache_dirs[key]
 
 
 def hub_repo_folder(cache_dir: Path, repo_id: str) -> Path:
-    return cache_dir / ("models--" + repo_id.replace("/", "--"))
+    """The cache folder of a Hub model (`models--org--name`), as huggingface_hub names it."""
+    from huggingface_hub.file_download import repo_folder_name
+
+    return cache_dir / repo_folder_name(repo_id=repo_id, repo_type="model")
+
+
+def cached_model_folders(cache_dir: Path) -> list[str]:
+    """Names of the model repo folders in the HF cache (`scan_cache_dir`: local files only,
+    never the network), sorted; repos it finds corrupted are left out."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        info = scan_cache_dir(cache_dir)
+    except (CacheNotFound, ValueError, OSError):
+        return []
+    return sorted(repo.repo_path.name for repo in info.repos if repo.repo_type == "model")
 
 
 def _sorted_entries(directory: Path) -> list[str]:
@@ -185,7 +222,7 @@ class ModelCatalog:
                 ):
                     seen.add(model_key(model_id))
                     ids.append(model_id)
-        for entry in _sorted_entries(self.hub_cache):
+        for entry in cached_model_folders(self.hub_cache):
             if not entry.startswith("models--"):
                 continue
             org, sep, name = entry[len("models--") :].partition("--")
@@ -321,12 +358,16 @@ def _tree_bytes(path: Path, follow_links: bool = True) -> int:
     return total
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file; {} if it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+_read_json = read_json
 
 
 def safetensors_header(path: Path) -> dict[str, Any]:
@@ -383,16 +424,25 @@ def count_parameters(headers: list[dict[str, Any]], config: dict[str, Any]) -> t
     return total, by_dtype
 
 
-def _context_length(config: dict[str, Any], tokenizer_config: dict[str, Any]) -> int | None:
+DEFAULT_CONTEXT_LENGTH = 4096
+
+
+def context_length(config: dict[str, Any], tokenizer_config: dict[str, Any]) -> int:
+    """A model's context in tokens — what the catalog reports and the runner enforces (prompt
+    plus completion): the first positive integer of the config's position limits (its own,
+    then its `text_config`'s), else the tokenizer's `model_max_length` (when plausible),
+    else DEFAULT_CONTEXT_LENGTH."""
     keys = ("max_position_embeddings", "max_sequence_length", "max_seq_len", "seq_length", "n_positions", "n_ctx")
     for source in (config, config.get("text_config") or {}):
         if isinstance(source, dict):
             for key in keys:
                 value = source.get(key)
-                if isinstance(value, int) and value > 0:
+                if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                     return value
     value = tokenizer_config.get("model_max_length")
-    return value if isinstance(value, int) and 0 < value < 10_000_000 else None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10_000_000:
+        return value
+    return DEFAULT_CONTEXT_LENGTH
 
 
 def chat_template_text(path: Path, tokenizer_config: dict[str, Any]) -> str | None:
@@ -460,6 +510,63 @@ def _names_code(config: dict[str, Any], tokenizer_config: dict[str, Any]) -> boo
     return "model_file" in config or "auto_map" in config or "auto_map" in tokenizer_config
 
 
+def load_problem(path: Path) -> str | None:
+    """Why the runner would refuse to load the model folder (the checks it makes first, and
+    the safetensors headers: sizes and offsets within each file), or None. Cheap (headers
+    only, no MLX): the pool asks before it spawns or hands a spare the model."""
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        return f"{path} has no config.json: not a model folder"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        return f"config.json is not valid JSON: {exc}"
+    if not isinstance(config, dict):
+        return "config.json is not a JSON object"
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        return f"{path} has no .safetensors weights"
+    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        return f"{path} has no tokenizer (tokenizer.json / tokenizer_config.json)"
+    for weight in weights:
+        problem = _safetensors_problem(weight)
+        if problem:
+            return f"{weight.name} is not a valid safetensors file ({problem}): {weight}"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                return "shorter than its header"
+            (length,) = struct.unpack("<Q", prefix)
+            if length == 0 or length > _HEADER_LIMIT or 8 + length > size:
+                return f"a header length of {length} bytes in a file of {size}"
+            header = json.loads(f.read(length))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    except ValueError:
+        return "its header is not JSON"
+    if not isinstance(header, dict):
+        return "its header is not a JSON object"
+    data = size - 8 - length
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = meta.get("data_offsets") if isinstance(meta, dict) else None
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data
+        ):
+            return f"tensor {name[:80]!r} lies outside the file"
+    return None
+
+
 def ships_code(path: Path) -> bool:
     """Whether the model's configs ask to run Python code shipped with it."""
     return _names_code(_read_json(path / "config.json"), _read_json(path / "tokenizer_config.json"))
@@ -493,7 +600,7 @@ def read_characteristics(path: Path) -> dict[str, Any]:
         "parameters": parameters or None,
         "dtype": dtype,
         "quantization": quant,
-        "context_length": _context_length(config, tokenizer_config),
+        "context_length": context_length(config, tokenizer_config),
         "size_bytes": size,
         "files": len(files),
         "weight_files": len(weights),

@@ -19,6 +19,10 @@ from pathlib import Path
 SCRIPTED_CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"]
 EOS_TOKEN = "<|im_end|>"
+# What the scripted reasoning model answers: a think block, then the answer (added tokens each).
+THINK_TOKENS = ["<think>", "</think>"]
+SCRIPTED_REASONING = "The user greets me. I will answer briefly."
+SCRIPTED_ANSWER = ["Hello!", " The answer is 42.", " Anything else?"]
 
 CHAT_TEMPLATE = r"""
 {%- if tools %}
@@ -51,6 +55,15 @@ CHAT_TEMPLATE = r"""
 {%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}
 """.strip()
 
+# The reasoning model's template marks thinking as Qwen3's does: `enable_thinking=false`
+# closes an empty think block in the prompt, so the model answers at once.
+REASONING_CHAT_TEMPLATE = CHAT_TEMPLATE.replace(
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}",
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think></think>' }}{%- endif %}"
+    "{%- endif %}",
+)
+
 _CORPUS = """\
 The quick brown fox jumps over the lazy dog. A model is loaded once and shared by every notebook.
 Hello! How can I help you today? Local language models run on your own machine, privately.
@@ -70,12 +83,17 @@ def make_demo_model(
     num_heads: int = 4,
     seed: int = 0,
     scripted_tool_call: bool = False,
+    scripted_reasoning: bool = False,
 ) -> Path:
     """Write the model to `path` (atomically: built in a sibling temp dir, then renamed).
 
     `scripted_tool_call=True` makes a model that, decoding greedily, always answers with
     one call of the `get_weather` tool (`SCRIPTED_CALL`): a real model whose weights are
     chosen instead of random, so tool calling can be tested end to end.
+    `scripted_reasoning=True` makes a thinking model (its vocabulary has `<think>` and
+    `</think>`, which is how mlx-lm detects one; its template takes `enable_thinking`) that,
+    decoding greedily, answers `<think>SCRIPTED_REASONING</think>` then `SCRIPTED_ANSWER`
+    (straight to the answer when thinking is disabled).
     """
     import mlx.core as mx
     from mlx.utils import tree_flatten
@@ -91,13 +109,16 @@ def make_demo_model(
         tokenizer.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
-            special_tokens=SPECIAL_TOKENS,
+            special_tokens=SPECIAL_TOKENS + (THINK_TOKENS if scripted_reasoning else []),
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
         tokenizer.train_from_iterator(_CORPUS.splitlines() * 4, trainer)
         if scripted_tool_call:
             tokenizer.add_tokens([AddedToken(SCRIPTED_CALL, normalized=False)])
+        if scripted_reasoning:
+            tokenizer.add_tokens([AddedToken(t, normalized=False) for t in [SCRIPTED_REASONING, *SCRIPTED_ANSWER]])
+        scripted = scripted_tool_call or scripted_reasoning
         tokenizer.save(str(work / "tokenizer.json"))
         eos_id = tokenizer.token_to_id(EOS_TOKEN)
         (work / "tokenizer_config.json").write_text(
@@ -110,7 +131,7 @@ def make_demo_model(
                     "unk_token": None,
                     "model_max_length": 2048,
                     "add_bos_token": False,
-                    "chat_template": CHAT_TEMPLATE,
+                    "chat_template": REASONING_CHAT_TEMPLATE if scripted_reasoning else CHAT_TEMPLATE,
                 },
                 indent=2,
             )
@@ -131,7 +152,7 @@ def make_demo_model(
             "vocab_size": tokenizer.get_vocab_size(),
             "max_position_embeddings": 2048,
             "rope_theta": 10000.0,
-            "tie_word_embeddings": not scripted_tool_call,
+            "tie_word_embeddings": not scripted,
             "eos_token_id": eos_id,
             "torch_dtype": "float32",
         }
@@ -139,6 +160,9 @@ def make_demo_model(
         model = llama.Model(llama.ModelArgs.from_dict(config))
         if scripted_tool_call:
             script = ["Ċ", "<tool_call>", SCRIPTED_CALL, "</tool_call>", EOS_TOKEN]
+            _script_next_tokens(model, [tokenizer.token_to_id(t) for t in script])
+        elif scripted_reasoning:
+            script = ["Ċ", "<think>", SCRIPTED_REASONING, "</think>", *SCRIPTED_ANSWER, EOS_TOKEN]
             _script_next_tokens(model, [tokenizer.token_to_id(t) for t in script])
         mx.eval(model.parameters())
         mx.save_safetensors(

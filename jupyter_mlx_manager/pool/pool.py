@@ -21,6 +21,37 @@ an admin may:
 
 Ids that differ only in case are one model (`models.catalog.model_key`): `_models` is keyed by
 it, and a loaded model's `model_id` is the id as its folder spells it.
+
+Memory (SPEC "Limits"). A loaded model counts
+
+    memory_bytes = base + kv_bytes + prompt_cache_bytes
+
+where `base` is the larger of the estimate made before spawning (weights × ESTIMATE_FACTOR +
+the runner overhead) and the runner's RSS when its model became ready (interpreter,
+libraries, weights), and `kv_bytes` (the running requests' KV caches) and
+`prompt_cache_bytes` come from the runner's heartbeat, measured from the cache arrays'
+`nbytes`. The RSS of later heartbeats is reported (`rss_bytes`) but not added: on Linux it
+already holds the KV and prompt caches (adding both would count them twice), and on Apple
+unified memory MLX's Metal buffers are not all in RSS, so the arrays' own sizes are the one
+measure that means the same on both. The runner overhead in estimates is learned: the
+largest seen so far (a spare's RSS, a runner's base minus its weights), at least
+RUNNER_OVERHEAD_BYTES.
+
+The budget holds the sum of these. Before spawning, room is made for the estimate: first by
+trimming prompt caches (`trim_cache`: least recently used models first, each runner's cache
+capped at what it keeps), then by evicting idle unpinned models. Once ready, a model whose
+base turned out larger than its estimate gets room the same way, or is unloaded again (503
+`pool_busy`) — the pool is never over budget by a model. While running, the reaper (every
+second) trims prompt caches when live KV pushes the sum over the budget, and gives trimmed
+runners back room (up to `prompt_cache_bytes`, their configured size) when there is some;
+a runner starts with its cache capped at what the budget leaves. Live KV itself is never cut:
+requests run to their end.
+
+Warm spare (`warm_runner`): the pool keeps one runner process that has imported MLX and
+mlx-lm and waits for a model; `load()` hands it the model (a load then costs about reading the
+weights) and starts the next spare in the background. The spare is not a loaded model: it is
+not in `models`, not in the budget or `max_loaded_models`; `status()["spare"]` shows it. It is
+stopped at shutdown and, like every runner, exits with the server (stdin EOF, PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -40,6 +71,7 @@ from ..errors import BadRequest, Conflict, Forbidden, MLXError, NotFound
 from ..models.catalog import (
     ModelCatalog,
     is_admin,
+    load_problem,
     model_key,
     scrub_paths,
     ships_code,
@@ -49,9 +81,24 @@ from ..models.catalog import (
 )
 from .runner_process import LoadFailed, RunnerProcess
 
-# Beyond the weights: KV cache, activations and the interpreter (a rough, safe margin).
+# Beyond the weights: activations and the interpreter (a rough, safe margin; the pool learns
+# a larger one from the runners it sees). KV and prompt caches are counted as measured.
 RUNNER_OVERHEAD_BYTES = 200 * 1024**2
 ESTIMATE_FACTOR = 1.2
+DEFAULT_PROMPT_CACHE_BYTES = 1 << 30  # the runner's own default
+CACHE_RAISE_STEP_BYTES = 1 << 20  # give a trimmed prompt cache room back only in steps at least this big
+
+
+def _prompt_cache_option(runner_args: list[str]) -> int:
+    """`--prompt-cache-bytes N` from the runner options (the last one wins, as in argparse)."""
+    value = DEFAULT_PROMPT_CACHE_BYTES
+    for i, arg in enumerate(runner_args):
+        with contextlib.suppress(ValueError, IndexError):
+            if arg == "--prompt-cache-bytes":
+                value = int(runner_args[i + 1])
+            elif arg.startswith("--prompt-cache-bytes="):
+                value = int(arg.split("=", 1)[1])
+    return max(0, value)
 
 
 class PoolBusy(MLXError):
@@ -128,15 +175,21 @@ class LoadedModel:
     last_used: float = field(default_factory=time.time)
     requests: int = 0
     in_flight: int = 0
+    cache_limit: int = 0  # the prompt-cache cap last given to the runner
 
     @property
     def key(self) -> str:
         return model_key(self.model_id)
 
     @property
+    def base_bytes(self) -> int:
+        """The estimate, or the runner's RSS at ready if larger (see the module docstring)."""
+        return max(self.estimate_bytes, self.runner.base_bytes)
+
+    @property
     def memory_bytes(self) -> int:
-        """Measured resident memory once the runner reports it, else the estimate."""
-        return int(self.runner.heartbeat.get("rss_bytes") or self.estimate_bytes)
+        """What the budget counts: base + live KV + prompt cache (see the module docstring)."""
+        return self.base_bytes + self.runner.kv_bytes + self.runner.prompt_cache_bytes
 
     @property
     def expires_at(self) -> float | None:
@@ -156,6 +209,11 @@ class LoadedModel:
             "keep_alive": self.keep_alive,
             "expires_at": _iso(self.expires_at),
             "memory_bytes": self.memory_bytes,
+            "base_bytes": self.base_bytes,
+            "kv_bytes": self.runner.kv_bytes,
+            "prompt_cache_bytes": self.runner.prompt_cache_bytes,
+            "prompt_cache_limit_bytes": self.cache_limit,
+            "rss_bytes": self.runner.heartbeat.get("rss_bytes"),
             "mlx_active_bytes": self.runner.heartbeat.get("mlx_active_bytes"),
             "mlx_peak_bytes": self.runner.heartbeat.get("mlx_peak_bytes"),
             "pid": self.runner.pid,
@@ -179,10 +237,17 @@ class ModelPool:
         on_event=None,
         runner_args: list[str] | None = None,
         runner_stall_seconds: float = 30,
+        warm_runner: bool = False,
+        prompt_cache_bytes: int | None = None,
     ):
         self.catalog = catalog
         self.runner_args = list(runner_args or [])  # options for every runner spawned
         self.runner_stall_seconds = runner_stall_seconds
+        self.warm_runner = warm_runner
+        # Each runner's prompt-cache size (its cap when memory allows); default: from runner_args.
+        self.prompt_cache_bytes = (
+            _prompt_cache_option(self.runner_args) if prompt_cache_bytes is None else max(0, int(prompt_cache_bytes))
+        )
         self.max_memory_bytes = max_memory_bytes
         self.max_loaded_models = max_loaded_models
         self.default_keep_alive = default_keep_alive
@@ -198,6 +263,11 @@ class ModelPool:
         # they end: keeps the model from eviction, and tells who else is using it.
         self._users: dict[str, collections.Counter[str | None]] = {}
         self._reaper: asyncio.Task | None = None
+        self._spare: RunnerProcess | None = None  # the warm spare runner (not a loaded model)
+        self._spare_task: asyncio.Task | None = None  # spawning the next spare
+        self._tasks: set[asyncio.Task] = set()  # background work, kept referenced, failures logged
+        self._overhead = RUNNER_OVERHEAD_BYTES  # learned: see _learn_overhead
+        self._closed = False
 
     # -- public API ----------------------------------------------------------------------------
     def get_loaded_model(self, model_id: str) -> LoadedModel | None:
@@ -209,16 +279,28 @@ class ModelPool:
     def is_loading(self, model_id: str) -> bool:
         return model_key(model_id) in self._loading
 
+    @property
+    def spare(self) -> RunnerProcess | None:
+        """The warm spare runner, if there is one now."""
+        return self._spare if self._spare is not None and self._spare.alive else None
+
+    def memory_used_bytes(self) -> int:
+        return sum(m.memory_bytes for m in self._models.values())
+
     def status(self) -> dict[str, Any]:
+        spare = self.spare
         return {
             "models": [m.status() for m in self._models.values()],
+            "spare": None
+            if spare is None
+            else {"pid": spare.pid, "ready": spare.spare.done(), "rss_bytes": spare.heartbeat.get("rss_bytes")},
             "loading": sorted(self._loading_ids[key] for key in self._loading if key in self._loading_ids),
             "limits": {
                 "max_memory_bytes": self.max_memory_bytes,
                 "max_loaded_models": self.max_loaded_models,
                 "default_keep_alive": self.default_keep_alive,
             },
-            "memory_used_bytes": sum(m.memory_bytes for m in self._models.values()),
+            "memory_used_bytes": self.memory_used_bytes(),
         }
 
     def check_settings(self, pin: bool | None, keep_alive: float | None, user: dict[str, Any] | None) -> None:
@@ -249,6 +331,8 @@ class ModelPool:
         within what `user` may set (see `check_settings`)."""
         validate_model_id(model_id)
         self.check_settings(pin, keep_alive, user)
+        if self._closed:
+            raise PoolBusy("the server is shutting down", headers={"Retry-After": "5"})
         if self._reaper is None:
             self.start()
         key = model_key(model_id)
@@ -349,7 +433,7 @@ class ModelPool:
             self._release(key, name)
             model.last_used = time.time()
             if model.in_flight == 0 and model.keep_alive == 0 and not model.pinned:
-                asyncio.ensure_future(self._expire(model))
+                self._background(self._expire(model), "expiring a model")
 
     async def delete_model(
         self, model_id: str, user: dict[str, Any] | None = None, force: bool = False, downloads=None
@@ -410,20 +494,34 @@ class ModelPool:
             del self._users[key]
 
     def start(self) -> None:
-        self._reaper = asyncio.ensure_future(self._reap_expired())
+        """Start the keep-alive reaper and (with `warm_runner`) the spare; idempotent. Call it on
+        the event loop (the first `load()` does, if nobody did)."""
+        if self._closed:
+            return
+        if self._reaper is None:
+            self._reaper = asyncio.ensure_future(self._reap_expired())
+        self._ensure_spare()
 
     async def shutdown(self) -> None:
+        self._closed = True
         if self._reaper is not None:
             self._reaper.cancel()
+        if self._spare_task is not None and not self._spare_task.done():
+            # Not cancelled (a process could be left half-made): it stops its spare itself.
+            await asyncio.wait([self._spare_task], timeout=30)
         for future in list(self._loading.values()):
             future.cancel()
         models, self._models = list(self._models.values()), {}
-        await asyncio.gather(*(m.runner.stop() for m in models), return_exceptions=True)
+        spare, self._spare = self._spare, None
+        runners = [m.runner for m in models] + ([spare] if spare is not None else [])
+        await asyncio.gather(*(r.stop() for r in runners), return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
 
     # -- internals -----------------------------------------------------------------------------
     async def _load(self, model_id: str, keep_alive: float | None, user: dict[str, Any] | None) -> LoadedModel:
         by = username_of(user)
-        model_id, path, weights, asks_for_code = await asyncio.get_running_loop().run_in_executor(
+        model_id, path, weights, asks_for_code, problem = await asyncio.get_running_loop().run_in_executor(
             None, self._locate, model_id
         )
         if path is None:
@@ -434,7 +532,13 @@ class ModelPool:
                 "running code from a model is not allowed (trust_remote_code stays off)",
                 reason="remote_code",
             )
-        estimate = int(weights * ESTIMATE_FACTOR) + RUNNER_OVERHEAD_BYTES
+        if problem:  # what the runner would refuse: no process is spawned (or spare spent) for it
+            self.on_event("model.load", model_id, user=by, status="error", error_type="load_failed", detail=problem)
+            raise ModelLoadError(
+                f"{model_id} could not be loaded: {problem}",
+                public_message=f"{model_id} could not be loaded: {public_load_error(problem, model_id, path)}",
+            )
+        estimate = int(weights * ESTIMATE_FACTOR) + self._runner_overhead()
         if estimate > self.max_memory_bytes:
             raise ModelLoadError(
                 f"{model_id} needs about {estimate / 1024**3:.1f} GiB, more than the whole memory budget "
@@ -445,9 +549,7 @@ class ModelPool:
             await self._make_room(estimate)
             started = time.monotonic()
             try:
-                runner = await RunnerProcess.start(
-                    model_id, path, self.log, args=self.runner_args, stall_seconds=self.runner_stall_seconds
-                )
+                runner = await self._start_runner(model_id, path)
             except LoadFailed as exc:
                 self.on_event(
                     "model.load", model_id, user=by, status="error", error_type="load_failed", detail=str(exc)
@@ -459,30 +561,135 @@ class ModelPool:
             model = LoadedModel(
                 model_id, path, runner, estimate, self.default_keep_alive if keep_alive is None else float(keep_alive)
             )
+            model.cache_limit = self.prompt_cache_bytes
+            self._learn_overhead(runner.base_bytes - int(weights * ESTIMATE_FACTOR))
             self._models[model.key] = model
-        asyncio.ensure_future(self._watch(model))
+            try:
+                await self._settle_new(model)
+            except BaseException:
+                if self._models.get(model.key) is model:
+                    del self._models[model.key]
+                await runner.stop()
+                raise
+        self._background(self._watch(model), f"watching the runner of {model_id}")
         self.log.info("loaded %s in %.1f s (pid %d)", model_id, time.monotonic() - started, runner.pid)
         self.on_event("model.load", model_id, user=by, duration_ms=(time.monotonic() - started) * 1000)
         return model
 
-    def _locate(self, model_id: str) -> tuple[str, Path | None, int, bool]:
-        """The model's id as its folder spells it, its folder, weight bytes and whether it
-        ships code (file-system work: runs in an executor)."""
+    async def _start_runner(self, model_id: str, path: Path) -> RunnerProcess:
+        """The spare, handed this model, if there is one; else a new runner. The next spare is
+        started afterwards, in the background."""
+        spare = self._take_spare()
+        try:
+            if spare is not None:
+                return await spare.load(model_id, path)
+            return await RunnerProcess.start(
+                model_id, path, self.log, args=self.runner_args, stall_seconds=self.runner_stall_seconds
+            )
+        finally:
+            self._ensure_spare()
+
+    async def _settle_new(self, model: LoadedModel) -> None:
+        """A model just ready: its base may exceed its estimate. Make room for it (prompt caches,
+        then idle models), else refuse it (PoolBusy); then cap its prompt cache at what the
+        budget leaves."""
+        if model.base_bytes > self.max_memory_bytes:
+            raise ModelLoadError(
+                f"{model.model_id} takes {model.base_bytes / 1024**3:.2f} GiB once loaded, more than the whole memory "
+                f"budget ({self.max_memory_bytes / 1024**3:.2f} GiB, c.MLXManager.max_memory_gb)",
+                reason="insufficient_memory",
+            )
+        if self.memory_used_bytes() > self.max_memory_bytes:
+            await self._make_room(0, exclude=model)
+        free = self.max_memory_bytes - self.memory_used_bytes()
+        share = max(0, min(self.prompt_cache_bytes, free))
+        if share < self.prompt_cache_bytes and self.prompt_cache_bytes:
+            model.cache_limit = share
+            await model.runner.trim_cache(share)
+
+    def _take_spare(self) -> RunnerProcess | None:
+        spare = self.spare if self.warm_runner else None
+        if spare is not None:
+            self._spare = None
+        return spare
+
+    def _ensure_spare(self) -> None:
+        """Start spawning a spare unless there is one (or one is being spawned)."""
+        if not self.warm_runner or self._closed or self.spare is not None:
+            return
+        if self._spare_task is not None and not self._spare_task.done():
+            return
+        self._spare_task = self._background(self._spawn_spare(), "starting a spare runner")
+
+    async def _spawn_spare(self) -> None:
+        runner = await RunnerProcess.spawn(self.log, None, self.runner_args, self.runner_stall_seconds)
+        if self._closed:
+            await runner.stop()
+            return
+        self._spare = runner
+        self._background(self._watch_spare(runner), "watching the spare runner")
+
+    async def _watch_spare(self, runner: RunnerProcess) -> None:
+        await asyncio.wait([runner.spare, runner.exited], return_when=asyncio.FIRST_COMPLETED)
+        if runner.spare.done():  # its imports are done: what a runner costs before any model
+            self._learn_overhead(int(runner.spare.result().get("rss_bytes") or 0))
+        code = await runner.exited
+        if self._spare is runner:  # not handed a model: it died (the next load spawns a new one)
+            self._spare = None
+            if not self._closed:
+                self.log.warning("the spare runner (pid %d) exited with code %s", runner.pid, code)
+
+    def _learn_overhead(self, observed: int) -> None:
+        self._overhead = max(self._overhead, observed)
+
+    def _runner_overhead(self) -> int:
+        return self._overhead
+
+    def _background(self, coroutine, what: str) -> asyncio.Task:
+        """Run `coroutine` as a task kept referenced until it ends; its failure is logged."""
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+
+        def done(task: asyncio.Task) -> None:
+            self._tasks.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                self.log.error("pool: %s failed", what, exc_info=task.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    def _locate(self, model_id: str) -> tuple[str, Path | None, int, bool, str | None]:
+        """The model's id as its folder spells it, its folder, weight bytes, whether it ships
+        code, and why the runner would refuse it (file-system work: runs in an executor)."""
         found = self.catalog.locate(model_id)
         if found is None:
-            return model_id, None, 0, False
+            return model_id, None, 0, False, None
         model_id, path = found
-        return model_id, path, weights_bytes(path), ships_code(path)
+        return model_id, path, weights_bytes(path), ships_code(path), load_problem(path)
 
-    async def _make_room(self, needed: int) -> None:
-        """Evict idle unpinned models, least recently used first, until `needed` fits."""
+    async def _make_room(self, needed: int, exclude: LoadedModel | None = None) -> None:
+        """Make `needed` bytes (and, unless `exclude` is the model being made room for, a model
+        slot) fit: trim prompt caches first, then evict idle unpinned models, least recently
+        used first."""
 
         def fits() -> bool:
-            used = sum(m.memory_bytes for m in self._models.values())
-            return len(self._models) < self.max_loaded_models and used + needed <= self.max_memory_bytes
+            slots = (
+                len(self._models) <= self.max_loaded_models if exclude else len(self._models) < self.max_loaded_models
+            )
+            return slots and self.memory_used_bytes() + needed <= self.max_memory_bytes
 
+        trimmed = False
         while not fits():
-            idle = [m for m in self._models.values() if not m.pinned and not m.in_flight and not self._users.get(m.key)]
+            slots_ok = len(self._models) < self.max_loaded_models or exclude is not None
+            if not trimmed and slots_ok and any(m.runner.prompt_cache_bytes for m in self._models.values()):
+                trimmed = True
+                await self._fit_prompt_caches(needed)
+                continue
+            idle = [
+                m
+                for m in self._models.values()
+                if m is not exclude and not m.pinned and not m.in_flight and not self._users.get(m.key)
+            ]
             if not idle:
                 raise PoolBusy(
                     "no room to load another model: every loaded model is pinned or busy "
@@ -495,11 +702,49 @@ class ModelPool:
             self.log.info("evicted %s to make room", victim.model_id)
             self.on_event("model.evict", victim.model_id)
 
+    async def _fit_prompt_caches(self, needed: int = 0) -> None:
+        """Keep the budget with the prompt caches: over it (with `needed` more bytes), cap the
+        caches, least recently used model first, at what they may keep (`trim_cache`) and wait
+        for the runners' answers; under it, give capped caches room back, up to their
+        configured size, in steps of at least CACHE_RAISE_STEP_BYTES — only to caches that have
+        filled their cap, so the caps grow as the caches do, never far past the budget."""
+        models = sorted((m for m in self._models.values() if m.runner.serving), key=lambda m: m.last_used)
+        excess = self.memory_used_bytes() + needed - self.max_memory_bytes
+        if excess > 0:
+            trims = []
+            for model in models:
+                held = model.runner.prompt_cache_bytes
+                if excess <= 0:
+                    break
+                if held <= 0:
+                    continue
+                cut = min(held, excess)
+                model.cache_limit = held - cut
+                excess -= cut
+                trims.append(model.runner.trim_cache(model.cache_limit))
+            if trims:
+                await asyncio.gather(*trims, return_exceptions=True)
+            return
+        free = -excess
+        capped = [
+            m
+            for m in models
+            if m.cache_limit < self.prompt_cache_bytes
+            and m.runner.prompt_cache_bytes >= m.cache_limit - CACHE_RAISE_STEP_BYTES
+        ]
+        for model in capped:
+            limit = min(self.prompt_cache_bytes, model.cache_limit + free // len(capped))
+            if limit - model.cache_limit >= min(CACHE_RAISE_STEP_BYTES, self.prompt_cache_bytes - model.cache_limit):
+                model.cache_limit = limit
+                self._background(model.runner.trim_cache(limit), "raising a prompt cache's limit")
+
     async def _watch(self, model: LoadedModel) -> None:
         """A runner that exits without being asked is a crash: drop the model at once."""
         code = await model.runner.exited
         if self._models.get(model.key) is model:
             del self._models[model.key]
+            if self._closed:
+                return
             self.log.warning("runner for %s (pid %d) exited with code %s", model.model_id, model.runner.pid, code)
             self.on_event("model.crash", model.model_id, status="error", error_type=f"exit_{code}")
 
@@ -509,9 +754,20 @@ class ModelPool:
                 await self.unload(model.model_id, reason="expire")
 
     async def _reap_expired(self) -> None:
+        """Every second: expire idle models, keep the prompt caches inside the budget. An
+        exception in one round is logged; the reaper goes on."""
         while True:
             await asyncio.sleep(1)
-            now = time.time()
-            for model in list(self._models.values()):
-                if model.expires_at is not None and model.expires_at <= now:
-                    await self._expire(model)
+            try:
+                await self._reap_once()
+            except Exception:
+                self.log.exception("pool: the keep-alive reaper's round failed")
+
+    async def _reap_once(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        for model in list(self._models.values()):
+            if model.expires_at is not None and model.expires_at <= now:
+                await self._expire(model)
+        if not self._lock.locked():  # a load in progress makes room itself
+            async with self._lock:
+                await self._fit_prompt_caches()

@@ -10,6 +10,13 @@ A watchdog finds hung runners: while requests are in flight, a runner whose hear
 progress although it has work, for `stall_seconds`, is killed (SIGKILL); its requests end
 with an `error` event, code "runner_stalled". Progress moves per prefill chunk and decode
 step, so a long prompt or a slow first step does not look hung.
+
+A *spare* (`RunnerProcess.spawn()` without a path) is a runner that has imported MLX and
+mlx-lm and waits for a model: `load()` hands it one (`{"op": "load", "path": …}`), which
+skips the seconds of imports a fresh process pays. Memory figures: `base_bytes` (the RSS the
+runner reported when its model was ready), and from the heartbeats `kv_bytes` (live KV caches)
+and `prompt_cache_bytes`; `trim_cache()` caps the runner's prompt cache (`trim_cache` command)
+and waits for its answer.
 """
 
 from __future__ import annotations
@@ -45,6 +52,9 @@ class RunnerProcess:
         self.ready: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.exited: asyncio.Future[int] = loop.create_future()
         self.heartbeat: dict[str, Any] = {}
+        self.info: dict[str, Any] = {}  # the `ready` event
+        self.spare: asyncio.Future[dict[str, Any]] = loop.create_future()  # a spare's imports are done
+        self._trims: list[asyncio.Future[dict[str, Any] | None]] = []
         self.stderr_tail: deque[str] = deque(maxlen=20)
         self.stall_seconds = float(stall_seconds)
         self.stalled = False
@@ -54,6 +64,29 @@ class RunnerProcess:
         self._progress: Any = None
         self._tasks = [asyncio.ensure_future(self._read_events()), asyncio.ensure_future(self._read_stderr())]
         self._watchdog = asyncio.ensure_future(self._watch()) if self.stall_seconds > 0 else None
+
+    @classmethod
+    async def spawn(
+        cls,
+        log: logging.Logger,
+        path: Path | None = None,
+        args: Sequence[str] = (),
+        stall_seconds: float = 30,
+        model_id: str | None = None,
+    ) -> RunnerProcess:
+        """Spawn a runner for the model at `path`, or a spare (no path), without waiting."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "jupyter_mlx_manager.runner", *([str(path)] if path is not None else []), *args,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # a Ctrl-C in the server's terminal is not for runners
+            limit=16 * 1024 * 1024,
+            env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "JUPYTER_MLX_MANAGER_PARENT_PID": str(os.getpid())},
+        )  # fmt: skip
+        try:
+            return cls(model_id or "(spare runner)", process, log, stall_seconds=stall_seconds)
+        except BaseException:
+            _kill(process)
+            raise
 
     @classmethod
     async def start(
@@ -70,27 +103,65 @@ class RunnerProcess:
         `args`: runner options, e.g. `["--prompt-cache-bytes", "1073741824"]`. `stall_seconds`:
         see the watchdog (0 turns it off). On any exception, cancellation included, the child
         is killed before the exception propagates."""
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "jupyter_mlx_manager.runner", str(path), *args,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # a Ctrl-C in the server's terminal is not for runners
-            limit=16 * 1024 * 1024,
-            env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "JUPYTER_MLX_MANAGER_PARENT_PID": str(os.getpid())},
-        )  # fmt: skip
-        try:
-            runner = cls(model_id, process, log, stall_seconds=stall_seconds)
-        except BaseException:
-            _kill(process)
-            raise
-        try:
-            info = await asyncio.wait_for(asyncio.shield(runner.ready), timeout)
-        except BaseException as exc:
-            await runner._abort()
-            if isinstance(exc, TimeoutError):
-                raise LoadFailed(f"loading {model_id} took longer than {timeout:.0f} s") from None
-            raise
-        runner.info = info
+        runner = await cls.spawn(log, path, args, stall_seconds, model_id=model_id)
+        await runner._wait_ready(timeout)
         return runner
+
+    async def load(
+        self, model_id: str, path: Path, timeout: float = 300, options: dict[str, Any] | None = None
+    ) -> RunnerProcess:
+        """Hand a spare its model (`options`: `prompt_cache_bytes`, `prefill_step_size`) and wait
+        until it is loaded; LoadFailed otherwise. On any exception the child is killed."""
+        self.model_id = model_id
+        try:
+            if not self.alive:
+                raise LoadFailed(f"the spare runner had exited (code {self.process.returncode})")
+            self._send({**(options or {}), "op": "load", "path": str(path)})
+        except BaseException:
+            await self._abort()
+            raise
+        await self._wait_ready(timeout)
+        return self
+
+    async def _wait_ready(self, timeout: float) -> None:
+        try:
+            info = await asyncio.wait_for(asyncio.shield(self.ready), timeout)
+        except BaseException as exc:
+            await self._abort()
+            if isinstance(exc, TimeoutError):
+                raise LoadFailed(f"loading {self.model_id} took longer than {timeout:.0f} s") from None
+            raise
+        self.info = info
+
+    # -- memory --------------------------------------------------------------------------------
+    @property
+    def base_bytes(self) -> int:
+        """The runner's RSS when its model was ready (interpreter, libraries, weights)."""
+        return int(self.info.get("rss_bytes") or 0)
+
+    @property
+    def kv_bytes(self) -> int:
+        return int(self.heartbeat.get("kv_bytes") or 0)
+
+    @property
+    def prompt_cache_bytes(self) -> int:
+        return int(self.heartbeat.get("prompt_cache_bytes") or 0)
+
+    async def trim_cache(self, limit: int, timeout: float = 5) -> dict[str, Any] | None:
+        """Cap the runner's prompt cache at `limit` bytes (trimmed now, least recently used
+        first); the runner's answer (`prompt_cache_bytes`, `limit_bytes`), None if none came."""
+        if not self.serving:
+            return None
+        waiter = asyncio.get_running_loop().create_future()
+        self._trims.append(waiter)
+        self._send({"op": "trim_cache", "bytes": max(0, int(limit))})
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            if waiter in self._trims:
+                self._trims.remove(waiter)
 
     @property
     def pid(self) -> int:
@@ -145,6 +216,8 @@ class RunnerProcess:
                 _kill(self.process)
         await self.process.wait()
         await self._join_tasks()
+        if self.ready.done() and not self.ready.cancelled():
+            self.ready.exception()  # retrieved: nobody waits for it now (a spare never loaded)
 
     async def _abort(self) -> None:
         """Kill the runner at once (a failed or cancelled start) and reap it."""
@@ -185,6 +258,9 @@ class RunnerProcess:
                 self.ready.set_exception(LoadFailed(f"the runner exited with code {code} while loading: {detail}"))
             for queue in self._requests.values():
                 queue.put_nowait(None)
+            for waiter in self._trims:
+                if not waiter.done():
+                    waiter.set_result(None)
             if not self.exited.done():
                 self.exited.set_result(code)
             if self._watchdog is not None:
@@ -210,6 +286,16 @@ class RunnerProcess:
         elif kind == "ready":
             if not self.ready.done():
                 self.ready.set_result(event)
+        elif kind == "spare":
+            if not self.spare.done():
+                self.spare.set_result(event)
+        elif kind == "trimmed":
+            if isinstance(event.get("prompt_cache_bytes"), int):
+                self.heartbeat["prompt_cache_bytes"] = event["prompt_cache_bytes"]
+            if self._trims:
+                waiter = self._trims.pop(0)
+                if not waiter.done():
+                    waiter.set_result(event)
         elif kind == "failed":
             if not self.ready.done():
                 self.ready.set_exception(LoadFailed(str(event.get("error") or "the model failed to load")))

@@ -1,5 +1,8 @@
-"""`python -m jupyter_mlx_manager.runner MODEL_PATH [--prompt-cache-bytes N] [--prefill-step-size N]`:
-serve one model over stdin/stdout."""
+"""`python -m jupyter_mlx_manager.runner [MODEL_PATH] [--prompt-cache-bytes N] [--prefill-step-size N]`:
+serve one model over stdin/stdout.
+
+Without MODEL_PATH it is a spare: it imports MLX and mlx-lm, says `{"ev": "spare"}` and waits
+for `{"op": "load", "path": …}` (the pool's warm runner: a load then skips the imports)."""
 
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ def _protocol_streams() -> tuple[BinaryIO, BinaryIO]:
 def main() -> None:
     _exit_with_server()
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("model_path", type=Path)
+    parser.add_argument("model_path", type=Path, nargs="?", help="the model folder; none: a spare runner")
     parser.add_argument(
         "--prompt-cache-bytes", type=int, default=1 << 30,
         help="byte budget of the prompt (KV prefix) cache; 0 disables it (default: 1 GiB)",
@@ -98,8 +101,9 @@ def main() -> None:
                 break
     engine.inbox.put({"op": "shutdown"})
     stop.set()
-    generation.join(timeout=10)
-    out.flush()
+    if hasattr(engine, "model"):  # serving: let the generation thread end its step and flush
+        generation.join(timeout=10)
+    out.flush()  # a spare (or a runner still loading) has nothing to finish: it exits at once
     os._exit(0)  # skip interpreter teardown of MLX objects owned by the generation thread
 
 
@@ -116,7 +120,7 @@ def _heartbeats(engine: Engine, emit, stop: threading.Event, generation: threadi
     process = psutil.Process()
     while not stop.wait(protocol.HEARTBEAT_SECONDS):
         if not generation.is_alive():  # load failed or shut down: nothing more to serve
-            os._exit(1 if not hasattr(engine, "model") else 0)
+            os._exit(0 if hasattr(engine, "model") or engine.model_path is None else 1)
         emit(
             {
                 "ev": "heartbeat",

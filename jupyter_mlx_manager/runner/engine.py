@@ -33,15 +33,29 @@ All MLX work happens on this one thread (MLX streams are thread-local). Scheduli
   be below the model's `vocab_size` (MLX does no bounds checks: an out-of-range id is
   undefined behaviour, measured as a SIGSEGV). Any failure while admitting a request ends
   that request with an `error` event; the generation thread never dies of one.
+* **Memory**: `memory` (read by the heartbeat thread) carries `kv_bytes` (the live KV caches
+  of the running requests: the direct request's cache plus the batch's caches, from the
+  arrays' `nbytes`) and `prompt_cache_bytes`. `{"op": "trim_cache", "bytes": N}` sets the
+  prompt cache's byte limit to N (at most the configured size) and trims it at once
+  (`LRUPromptCache.trim_to`); the server sends it to keep the pool inside its memory budget.
+* **Spare runner**: made without a model path, the thread imports MLX and mlx-lm, says
+  `spare`, and waits for `{"op": "load", "path": …}`; then it loads as usual.
 * **Terminal events**: `done` and `error` go out through `_end` only, which records the id as
   finished first, so a cancel that arrives too late (or for an id never admitted) is dropped.
 
-Text-level work (detokenizing, stop strings, tool-call blocks: `text.py`) is per request
-and the same on both paths.
+Text-level work (detokenizing, reasoning blocks, stop strings, tool-call blocks: `text.py`,
+on mlx-lm's `TextStateMachine`) is per request and the same on both paths.
+
+* **Structured output**: a `response_format` becomes a llguidance token mask
+  (`grammar.py`), one more logits processor of the request: it travels with the request
+  onto the direct path and into batch rows, and `_rewind_sampler` re-synchronises it (like
+  the keyed sampler) when the request migrates or is demoted. A request whose JSON is
+  complete ends at once (only EOS could follow).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import queue
@@ -54,11 +68,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .grammar import GrammarProcessor, Grammars, UnsupportedSchema, schema_of
 from .text import TextFilter
 
 Emit = Callable[[dict[str, Any]], None]
 MODEL_KEY = "model"  # the prompt cache is per runner, hence per model
 MEMORY_UPDATE_SECONDS = 0.2
+# What a spare runner imports beyond mlx-lm's core, so that a load does not: the usual
+# architectures and the tokenizer classes (transformers imports them lazily).
+SPARE_PRELOADS = (
+    ("mlx_lm.models.llama", None), ("mlx_lm.models.qwen2", None), ("mlx_lm.models.qwen3", None),
+    ("transformers", "PreTrainedTokenizerFast"), ("transformers", "AutoTokenizer"),
+)  # fmt: skip
 
 
 EMBEDDING_NAMES = ("embed_tokens", "wte", "tok_embeddings", "word_embeddings", "embedding", "embeddings")
@@ -167,12 +188,15 @@ class Request:
     first_token_at: float | None = None
     completion_tokens: int = 0
     tool_calls: int = 0
+    grammar: GrammarProcessor | None = None  # structured output: the token mask (also in `processors`)
+    thinking: bool = False  # a chat request on a thinking model: reasoning is parsed out
+    reasoning_tokens: int = 0
 
 
 class Engine:
     def __init__(
         self,
-        model_path: Path,
+        model_path: Path | None,
         emit: Emit,
         prompt_cache_bytes: int = 1 << 30,
         switch: str = "migrate",
@@ -183,13 +207,16 @@ class Engine:
         self.emit_one = emit
         self.emit_many = emit_many or (lambda messages: [emit(m) for m in messages])
         self.prompt_cache_bytes = max(0, int(prompt_cache_bytes))
+        self.prompt_cache_limit = self.prompt_cache_bytes  # the server's share (trim_cache), at most the above
         # "migrate" (default), "finish" (a direct request finishes on its own path while the
         # others batch) or "batch" (no direct path at all): the latter two for benchmarks.
         self.switch = switch
         self.prefill_step_size = max(1, int(prefill_step_size))
         self.inbox: queue.Queue[dict[str, Any]] = queue.Queue()
         self.cancelled: set[str] = set()  # added to by the command reader; only ids still to come or running
-        self.memory: dict[str, Any] = {"mlx_active_bytes": 0, "mlx_peak_bytes": 0}
+        self.memory: dict[str, Any] = {
+            "mlx_active_bytes": 0, "mlx_peak_bytes": 0, "kv_bytes": 0, "prompt_cache_bytes": 0,
+        }  # fmt: skip
         self.direct: Request | None = None
         self.batched: dict[int, Request] = {}
         self.batch: Any = None
@@ -237,17 +264,23 @@ class Engine:
     # -- life cycle (the generation thread) --------------------------------------------------
     def run(self) -> None:
         try:
+            if self.model_path is None and not self._wait_for_model():  # a spare runner
+                return
             config = check_model_dir(self.model_path)
             import mlx.core as mx
             from mlx_lm import load
             from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache
 
+            from ..models.catalog import context_length, read_json
+
             self.mx = mx
             self.model, self.tokenizer = load(str(self.model_path), trust_remote_code=False)
             self.make_cache = lambda: make_prompt_cache(self.model)
             if self.prompt_cache_bytes:
-                self.prompt_cache = LRUPromptCache(max_size=1 << 20, max_bytes=self.prompt_cache_bytes)
+                self.prompt_cache = LRUPromptCache(max_size=1 << 20, max_bytes=self.prompt_cache_limit)
             self.vocab_size = vocab_size_of(self.model) or self._vocab_size_from_logits()
+            # The catalog's rule (no MLX there): the server reports what the runner enforces.
+            self.context_length = context_length(config, read_json(self.model_path / "tokenizer_config.json"))
         except Exception as exc:  # any load failure is reported, then the runner exits
             self.emit_one(
                 {
@@ -256,14 +289,12 @@ class Engine:
                 }
             )
             return
-        self.context_length = int(
-            config.get("max_position_embeddings") or getattr(self.tokenizer, "model_max_length", 0) or 4096
-        )
         self.eos = set(self.tokenizer.eos_token_ids)
         self._update_memory()
         self.emit_one(
             {
                 "ev": "ready",
+                "rss_bytes": _rss_bytes(),
                 "context_length": self.context_length,
                 "vocab_size": self.vocab_size,
                 "tool_calling": self.tokenizer.tool_parser is not None,
@@ -295,6 +326,78 @@ class Engine:
         finally:
             self._flush()
 
+    def _wait_for_model(self) -> bool:
+        """A spare runner: import MLX and mlx-lm now (on this thread, which owns the MLX streams),
+        say `spare`, then wait for `{"op": "load", "path": …, "prompt_cache_bytes"?,
+        "prefill_step_size"?}`. False when told to shut down first."""
+        import mlx.core  # noqa: F401
+        import mlx_lm  # noqa: F401
+        import mlx_lm.generate  # noqa: F401
+        import mlx_lm.models.cache  # noqa: F401
+        import mlx_lm.sample_utils  # noqa: F401
+
+        for name, attribute in SPARE_PRELOADS:  # optional: a module that is missing is no error
+            try:
+                module = importlib.import_module(name)
+                if attribute:
+                    getattr(module, attribute)
+            except Exception:
+                pass
+        self.emit_one({"ev": "spare", "rss_bytes": _rss_bytes()})
+        while True:
+            command = self.inbox.get()
+            op = command.get("op") if isinstance(command, dict) else None
+            if op == "shutdown":
+                return False
+            if op == "trim_cache":
+                self._trim_prompt_cache(command.get("bytes"))
+                self._flush()
+                continue
+            path = command.get("path") if op == "load" else None
+            if not isinstance(path, str) or not path:
+                self._log(f"spare runner: skipped {_brief(command)} (waiting for a load command with a path)")
+                continue
+            for name in ("prompt_cache_bytes", "prefill_step_size"):
+                value = command.get(name)
+                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                    setattr(self, name, max(value, 1) if name == "prefill_step_size" else value)
+            self.prompt_cache_limit = self.prompt_cache_bytes
+            self.model_path = Path(path)
+            return True
+
+    def _trim_prompt_cache(self, limit: Any) -> None:
+        """`trim_cache`: the prompt cache may hold at most `limit` bytes from now on (never more
+        than the configured size); trimmed at once, least recently used entries first."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            self._log(f"skipped a trim_cache with bytes {_brief(limit)}")
+            return
+        self.prompt_cache_limit = min(limit, self.prompt_cache_bytes)
+        try:
+            if self.prompt_cache is not None:
+                self.prompt_cache.max_bytes = self.prompt_cache_limit
+                self.prompt_cache.trim_to(n_bytes=self.prompt_cache_limit)
+                self.mx.clear_cache()
+            self._update_memory()
+        except Exception as exc:  # never fatal to the generation thread; the answer says what is held
+            self._log(f"trimming the prompt cache: {type(exc).__name__}: {exc}")
+        self.emit(
+            {
+                "ev": "trimmed",
+                "prompt_cache_bytes": self.memory.get("prompt_cache_bytes", 0),
+                "limit_bytes": self.prompt_cache_limit,
+            }
+        )
+
+    def _kv_bytes(self) -> int:
+        """Bytes of the running requests' KV caches (direct path + batch), from the arrays."""
+        total = 0
+        direct = self.direct
+        if direct is not None and direct.cache:
+            total += sum(int(c.nbytes) for c in direct.cache)
+        if self.batch is not None and self.batched:
+            total += int(self.batch.prompt_cache_nbytes)
+        return total
+
     def _vocab_size_from_logits(self) -> int:
         """Last resort when neither the embedding nor the config says: the width of the logits."""
         logits = self.model(self.mx.array([[0]]))
@@ -316,6 +419,10 @@ class Engine:
                 return True
             if isinstance(command, dict) and command.get("op") == "shutdown":
                 return False
+            if isinstance(command, dict) and command.get("op") == "trim_cache":
+                self._trim_prompt_cache(command.get("bytes"))
+                self._flush()
+                continue
             self.admitting = True
             try:
                 self._admit_one(command)
@@ -380,7 +487,17 @@ class Engine:
         if tools is not None and not isinstance(tools, list):
             raise _InvalidRequest("tools must be a list", "invalid_field", "tools")
         bias = self._logit_bias(command.get("logit_bias"))
-        prompt = self._prompt_tokens(command)
+        reasoning = command.get("reasoning")
+        if reasoning is not None and not isinstance(reasoning, bool):
+            raise _InvalidRequest("reasoning must be true, false or null", "invalid_field", "reasoning")
+        try:
+            schema = schema_of(command.get("response_format"))
+        except ValueError as exc:
+            raise _InvalidRequest(str(exc), "invalid_field", "response_format") from None
+        except UnsupportedSchema as exc:
+            raise _InvalidRequest(str(exc), "unsupported_schema", "response_format") from None
+        thinking = command.get("kind") == "chat" and bool(getattr(self.tokenizer, "has_thinking", False))
+        prompt = self._prompt_tokens(command, enable_thinking=reasoning if thinking else None)
         if not prompt:
             raise _InvalidRequest("the prompt is empty", "empty_prompt", "prompt")
         self._check_token_ids(prompt)
@@ -397,20 +514,50 @@ class Engine:
         else:
             sampler = KeyedSampler(self.mx, temperature, top_p, secrets.randbits(32) if seed is None else seed)
         processors = make_logits_processors(logit_bias=bias or None)
+        initial = "normal"
+        if thinking:  # the template opened a think block the model is to close (as mlx_lm.server decides)
+            start, end = self.tokenizer.rfind_think_start(prompt), self.tokenizer.rfind_think_end(prompt)
+            if start >= 0 and start > end:
+                initial = "reasoning"
+        grammar = None
+        if schema is not None:  # the mask goes last: nothing (logit_bias included) can unmask a token
+            mode = None if not thinking or reasoning is False else ("open" if initial == "reasoning" else "optional")
+            try:
+                grammar = self._grammars().processor(self.mx, schema, mode)
+            except UnsupportedSchema as exc:
+                raise _InvalidRequest(str(exc), "unsupported_schema", "response_format") from None
+            processors = [*processors, grammar]
         parser = self.tokenizer.tool_parser if tools else None
         text_filter = TextFilter(
             stop=stop,
             tool_call_start=self.tokenizer.tool_call_start,
             tool_call_end=self.tokenizer.tool_call_end,
             parse_tool_call=(lambda text: parser(text, tools)) if parser else None,
+            think_start=self.tokenizer.think_start if thinking else None,
+            think_end=self.tokenizer.think_end if thinking else None,
+            initial_state=initial,
         )
         cache, rest = self._cached_prefix(prompt)
         request = Request(
             rid, prompt, max_tokens, len(prompt) - len(rest), rest, cache, sampler, processors,
-            self.tokenizer.detokenizer, text_filter, self.eos,
+            self.tokenizer.detokenizer, text_filter, self.eos, grammar=grammar, thinking=thinking,
         )  # fmt: skip
         self.emit({"ev": "started", "id": rid, "prompt_tokens": len(prompt), "cached_tokens": request.cached_tokens})
         return request
+
+    def _grammars(self) -> Grammars:
+        """The runner's grammar engine (llguidance), made on the first structured request."""
+        grammars = getattr(self, "grammars", None)
+        if grammars is None:
+            try:
+                think = (self.tokenizer.think_start_id, self.tokenizer.think_end_id)
+            except (ValueError, AttributeError):  # multi-token markers: no think block before the JSON
+                think = None
+            if think is not None and None in think:
+                think = None
+            hf_tokenizer = getattr(self.tokenizer, "_tokenizer", self.tokenizer)
+            grammars = self.grammars = Grammars(hf_tokenizer, self.model_path, self.eos, self.vocab_size, think)
+        return grammars
 
     def _check_token_ids(self, tokens: list[int]) -> None:
         """Every id must index the embedding table: MLX does not check (out of range = UB)."""
@@ -464,7 +611,7 @@ class Engine:
                     return cache, rest
         return self.make_cache(), prompt
 
-    def _prompt_tokens(self, command: dict[str, Any]) -> list[int]:
+    def _prompt_tokens(self, command: dict[str, Any], enable_thinking: bool | None = None) -> list[int]:
         kind = command.get("kind")
         if kind == "chat":
             if not self.tokenizer.has_chat_template:
@@ -475,8 +622,9 @@ class Engine:
             if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
                 raise _InvalidRequest("messages must be a list of objects", "invalid_field", "messages")
             try:
+                extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
                 tokens = self.tokenizer.apply_chat_template(
-                    messages, tools=command.get("tools"), add_generation_prompt=True
+                    messages, tools=command.get("tools"), add_generation_prompt=True, **extra
                 )
             except Exception as exc:  # the model's Jinja template rejected the messages
                 raise _InvalidRequest(f"the chat template rejected these messages: {exc}", "invalid_messages") from None
@@ -679,8 +827,12 @@ class Engine:
     # -- per token (both paths) ----------------------------------------------------------------
     @staticmethod
     def _rewind_sampler(request: Request) -> None:
+        """After a switch between paths the last token is fed again and the next one sampled
+        anew: the keyed sampler and the grammar mask go back to that token."""
         if isinstance(request.sampler, KeyedSampler):
             request.sampler.index = len(request.generated)
+        if request.grammar is not None:
+            request.grammar.rewind(request.generated)
 
     def _on_token(self, request: Request, token: int) -> str | None:
         """Handle one sampled token; the finish reason if the request is done."""
@@ -691,8 +843,14 @@ class Engine:
             return "stop"
         request.completion_tokens += 1
         request.detokenizer.add_token(token)
+        was_reasoning = request.filter.state == "reasoning"
         if self._send_text(request, request.detokenizer.last_segment):
             return "stop"
+        if was_reasoning or request.filter.state == "reasoning":
+            request.reasoning_tokens += 1
+        grammar = request.grammar
+        if grammar is not None and len(grammar.consumed) == len(request.generated) and grammar.done:
+            return "stop"  # the JSON is complete: only EOS could follow
         if request.completion_tokens >= request.max_tokens:
             return "length"
         return None
@@ -703,6 +861,11 @@ class Engine:
         if final and not out.stopped:
             tail = request.filter.flush()
             out.text += tail.text
+            out.reasoning += tail.reasoning
+            out.tool_calls += tail.tool_calls
+        if out.reasoning:
+            count = request.completion_tokens
+            self.emit({"ev": "reasoning", "id": request.id, "text": out.reasoning, "completion_tokens": count})
         if out.text:
             self.emit(
                 {"ev": "text", "id": request.id, "text": out.text, "completion_tokens": request.completion_tokens}
@@ -779,6 +942,8 @@ class Engine:
                 "cached_tokens": request.cached_tokens,
                 "completion_tokens": request.completion_tokens,
                 "ttft_ms": ttft,
+                **({"reasoning_tokens": request.reasoning_tokens} if request.thinking else {}),
+                **({"stop_sequence": request.filter.matched_stop} if request.filter.matched_stop else {}),
             }
         )
         if self.prompt_cache is not None and cache_entry is not None and cache_entry[0] is not None:
@@ -801,15 +966,29 @@ class Engine:
         mx = getattr(self, "mx", None)
         if mx is not None:
             self.stats["pending_cancels"] = len(self.cancelled)
-            engine = {
-                **self.stats,
-                "prompt_cache_bytes": self.prompt_cache.nbytes if self.prompt_cache is not None else 0,
-            }
+            prompt_cache = int(self.prompt_cache.nbytes) if self.prompt_cache is not None else 0
+            try:
+                kv = self._kv_bytes()
+            except Exception:  # a cache type without nbytes: the last figure stands
+                kv = int(self.memory.get("kv_bytes") or 0)
+            engine = {**self.stats, "prompt_cache_bytes": prompt_cache}
             self.memory = {
                 "mlx_active_bytes": int(mx.get_active_memory()),
                 "mlx_peak_bytes": int(mx.get_peak_memory()),
+                "kv_bytes": kv,
+                "prompt_cache_bytes": prompt_cache,
+                "prompt_cache_limit_bytes": self.prompt_cache_limit if self.prompt_cache is not None else 0,
                 "engine": engine,
             }
+
+
+def _rss_bytes() -> int | None:
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:
+        return None
 
 
 class _InvalidRequest(Exception):

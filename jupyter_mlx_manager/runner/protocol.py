@@ -3,39 +3,72 @@
 Server → runner (the runner's stdin):
   {"op": "generate", "id": str, "kind": "chat"|"completion", "messages"|"prompt": …,
    "tools": [...]|null, "max_tokens": int, "temperature": float, "top_p": float,
-   "seed": int|null, "logit_bias": {token_id: bias}, "stop": [str]}
+   "seed": int|null, "logit_bias": {token_id: bias}, "stop": [str],
+   "response_format"?: null | {"type": "text"} | {"type": "json_object"}
+                       | {"type": "json_schema", "schema": {...}},
+   "reasoning"?: true|false|null}
+      `response_format` is enforced by constrained decoding (runner/grammar.py, llguidance):
+      every sampled token is masked to the JSON grammar (compact: ", " and ": " separators, no
+      other whitespace), and the request ends (`stop`) as soon as the JSON is complete. A schema
+      that cannot be enforced ends the request with error code "unsupported_schema"
+      (param "response_format", the message names the feature); an ill-typed value with
+      "invalid_field". `reasoning` (chat on a thinking model only): false renders the prompt
+      with `enable_thinking=False`, true with True, null the template's default.
       `prompt` is a string or a list of token ids. Every field is checked before anything
       reaches MLX: a missing or ill-typed field, a prompt token id (given, or produced by the
       tokenizer or chat template) or a logit_bias id outside [0, vocab_size) ends that request
       with an `error` event (type invalid_request_error). A command that is not a JSON object,
       has no string `id` or an unknown `op` is logged to stderr and skipped.
   {"op": "cancel", "id": str}                          a cancel for a finished id is dropped
+  {"op": "trim_cache", "bytes": int}                   the prompt cache may hold at most `bytes`
+      from now on (never more than --prompt-cache-bytes): trimmed at once, least recently used
+      entries first (`LRUPromptCache.trim_to`); answered with `trimmed`. The pool sends it to
+      keep its memory budget, and to give a trimmed cache room back.
+  {"op": "load", "path": str, "prompt_cache_bytes"?: int, "prefill_step_size"?: int}
+      only to a spare runner (started without MODEL_PATH): load this model folder, with these
+      options instead of the command line's; then it is a runner like any other (`ready` or
+      `failed`). Anything else a spare receives before it is logged and skipped.
   {"op": "shutdown"}
 
 Runner → server (the runner's stdout, on a private duplicate of fd 1; fd 1 itself points at
 stderr, so library output cannot corrupt the stream):
-  {"ev": "ready", "context_length": int, "vocab_size": int|null, "tool_calling": bool,
-   "eos_token_ids": [int]}                             vocab_size: rows of the token embedding
+  {"ev": "spare", "rss_bytes": int|null}              a spare runner has imported MLX and mlx-lm
+                                                       and waits for `load`
+  {"ev": "ready", "rss_bytes": int|null, "context_length": int, "vocab_size": int|null,
+   "tool_calling": bool, "eos_token_ids": [int]}       vocab_size: rows of the token embedding;
+      rss_bytes: the process's RSS with the model loaded (the pool's memory base);
+      context_length: `models.catalog.context_length` of its config (what the catalog reports)
   {"ev": "failed", "error": str}                       load failed; the runner exits
   {"ev": "started", "id", "prompt_tokens": int, "cached_tokens": int}
-  {"ev": "text", "id", "text": str, "completion_tokens": int}
+  {"ev": "text", "id", "text": str, "completion_tokens": int}      the answer
+  {"ev": "reasoning", "id", "text": str, "completion_tokens": int} a thinking model's reasoning
+      (chat requests on a model whose vocabulary has think markers, as mlx-lm detects them: the
+      text between them, markers dropped; also when the prompt itself opened the block). Stop
+      strings apply to the answer only; tool calls are parsed in the answer.
   {"ev": "tool_call", "id", "call": {"name": str, "arguments": str}}
   {"ev": "done", "id", "finish_reason": "stop"|"length"|"tool_calls"|"cancelled",
-   "prompt_tokens", "cached_tokens", "completion_tokens", "ttft_ms": float}
+   "prompt_tokens", "cached_tokens", "completion_tokens", "ttft_ms": float,
+   "reasoning_tokens"?: int,                           present for chat on a thinking model
+   "stop_sequence"?: str}                              the stop string that ended the output
   {"ev": "error", "id", "message": str, "type": "invalid_request_error"|"server_error",
    "code": str|null, "param"?: str}
       codes of invalid_request_error: "invalid_token_id" (prompt), "invalid_logit_bias",
       "invalid_field" (a missing or ill-typed field; `param` names it), "empty_prompt",
-      "context_length_exceeded", "no_chat_template", "invalid_messages". The server's own
+      "context_length_exceeded", "no_chat_template", "invalid_messages", "unsupported_schema"
+      (param "response_format"). The server's own
       handle adds "runner_stalled" (type server_error) when it kills a hung runner.
+  {"ev": "trimmed", "prompt_cache_bytes": int, "limit_bytes": int}   the answer to trim_cache
   {"ev": "heartbeat", "rss_bytes": int, "progress": int, "busy": bool,
-   "mlx_active_bytes": int, "mlx_peak_bytes": int,
+   "mlx_active_bytes": int, "mlx_peak_bytes": int, "kv_bytes": int, "prompt_cache_bytes": int,
+   "prompt_cache_limit_bytes": int,
    "engine": {"direct_steps", "batch_steps", "prefill_chunks", "migrations", "demotions",
               "pending_cancels", "prompt_cache_bytes"}}
       Sent every HEARTBEAT_SECONDS from its own thread. `progress` counts the generation
       thread's scheduler steps (each prefill chunk, decode step and admitted command);
       `busy` says whether it has work. Heartbeats that stop, or a `progress` that does not
-      move while busy, mean a hung runner.
+      move while busy, mean a hung runner. `kv_bytes`: the running requests' KV caches (the
+      direct request's cache plus the batch's), `prompt_cache_bytes`: the prompt cache, both
+      from the arrays' `nbytes` (what the pool's memory budget counts).
 
 `done` and `error` are terminal: exactly one per request. Text events are written as the
 tokens come; all the events of one scheduler step go out in one write.
