@@ -68,11 +68,12 @@ def _per_user_data_dir(spawner):
 
 c.Spawner.pre_spawn_hook = _per_user_data_dir
 
-c.JupyterHub.services = [{{"name": "test-admin", "api_token": {admin_token!r}}}]
+c.JupyterHub.services = [{{"name": "test-admin", "api_token": {admin_token!r}}}] + {services!r}
 c.JupyterHub.load_roles = [
     {{"name": "test-admin", "services": ["test-admin"],
       "scopes": ["admin:users", "admin:servers", "tokens", "read:users", "access:servers"]}},
 ] + {roles!r}
+{extra_config}
 """
 
 
@@ -94,6 +95,23 @@ class RunningHub:
 
     def user_url(self, name: str) -> str:
         return f"{self.url}user/{name}/"
+
+    def service_url(self, name: str) -> str:
+        return f"{self.url}services/{name}/"
+
+    def wait_for_service(self, name: str, token: str, timeout: float = 90) -> None:
+        """Until a managed service answers through the proxy (the Hub starts it in the background)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                reply = requests.get(self.service_url(name), headers={"Authorization": f"token {token}"}, timeout=5)
+                if reply.status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"service {name} did not start:\n" + self.log_text()[-4000:])
+            time.sleep(0.5)
 
     def token_for(self, name: str) -> str:
         """A Hub API token of `name` (the user's own permissions), as a kernel or a script has."""
@@ -146,10 +164,15 @@ def jupyterhub(
     environment: dict[str, str] | None = None,
     proxy: str,
     timeout: float = 60,
+    services: list[dict] | None = None,
+    extra_config: str = "",
+    port: int | None = None,
 ) -> Iterator[RunningHub]:
-    """A Hub on free ports with everything (database, cookie secret, users' homes and data
-    dirs) under `root`; stopped with SIGTERM, which also stops the users' servers."""
-    port, hub_port, proxy_api_port = free_port(), free_port(), free_port()
+    """A Hub on free ports (or the public `port` given) with everything (database, cookie
+    secret, users' homes and data dirs) under `root`; stopped with SIGTERM, which also stops
+    the users' servers and its managed `services` (extra `c.JupyterHub.services` entries).
+    `extra_config`: more jupyterhub_config.py lines."""
+    port, hub_port, proxy_api_port = port or free_port(), free_port(), free_port()
     config = CONFIG.format(
         port=port,
         hub_port=hub_port,
@@ -163,6 +186,8 @@ def jupyterhub(
         environment=environment or {},
         admin_token=ADMIN_TOKEN,
         roles=roles or [],
+        services=services or [],
+        extra_config=extra_config,
     )
     (root / "jupyterhub_config.py").write_text(config)
     (root / "home").mkdir(exist_ok=True)

@@ -8,6 +8,10 @@ headers). A valid JWT pre-authenticates the request *before* Jupyter's own `prep
 then accepts it as the current user (under JupyterHub, as `_jupyterhub_user`, so the Hub's
 identity provider never sees, let alone forwards, our token); XSRF is skipped only for such
 requests. Either way the user's status is re-read from the database on every request.
+
+The same handlers run without Jupyter in `jupyter mlx-manager serve` (serve/): there "Jupyter"
+is that host's identity provider, chosen at start-up — none but our JWTs (standalone), or
+JupyterHub's own provider as a Hub service (Hub OAuth cookie, Hub tokens) — below this one path.
 """
 
 from __future__ import annotations
@@ -211,13 +215,16 @@ class MLXAPIHandler(MLXAuthMixin, APIHandler):
             if exc.status_code == 403 and self._xsrf_refusal is not None:
                 raise self._xsrf_error() from None
             if exc.status_code == 403 and self.current_user is None:
-                raise _missing_credential() from None
+                raise _missing_credential(self.identity_provider) from None
             raise
         if self.current_user is None:  # servers that allow unauthenticated access by default
             if self._xsrf_refusal is not None:
                 raise self._xsrf_error()
-            raise _missing_credential()
+            raise _missing_credential(self.identity_provider)
         await self._map_jupyter_user()
+        from ..audit.attribution import attribute  # the kernel's notebook and cell, for the audit
+
+        await attribute(self)
 
     def json_body(self) -> dict[str, Any]:
         """The body as a JSON object; never logs it (it may hold a password)."""
@@ -236,11 +243,12 @@ class MLXAPIHandler(MLXAuthMixin, APIHandler):
         self.finish(json.dumps(data))
 
 
-def _missing_credential() -> Unauthorized:
+def _missing_credential(identity_provider: Any = None) -> Unauthorized:
     """No credential at all is a 401 (so OpenAI SDKs raise AuthenticationError), not a 403."""
-    return Unauthorized(
-        "authentication required: a Jupyter token or cookie, or Authorization: Bearer <token>", reason="unauthorized"
+    accepted = getattr(identity_provider, "mlx_credentials", None) or (
+        "a Jupyter token or cookie, or Authorization: Bearer <token>"
     )
+    return Unauthorized(f"authentication required: {accepted}", reason="unauthorized")
 
 
 def ws_authenticated(method):
