@@ -21,6 +21,7 @@ EVENT_SCHEMA_ID = "https://events.jupyter.org/jupyter_mlx_manager/audit/v1"
 FIELDS = (
     "id", "request_id", "time", "user", "client", "action", "endpoint", "model", "status",
     "prompt_tokens", "cached_tokens", "completion_tokens", "ttft_ms", "duration_ms", "error_type",
+    "notebook", "kernel_id", "cell_id",
 )  # fmt: skip
 STATUSES = ("ok", "error", "cancelled", "timeout")
 # Text fields come from clients (a model id, a user name that failed to log in, an error
@@ -33,7 +34,13 @@ TEXT_BOUNDS = {
     "endpoint": 256,
     "model": 256,
     "error_type": 100,
+    # Where a kernel's request came from (audit/attribution.py validates these already).
+    "notebook": 1024,
+    "kernel_id": 64,
+    "cell_id": 64,
 }
+# `stats(group_by=…)`: the columns a summary can be grouped by.
+GROUP_BY = ("notebook", "user", "model")
 MAX_DETAIL = 1000
 
 
@@ -114,7 +121,7 @@ class AuditLog:
         self._subscribers.discard(subscription)
 
     async def query(self, limit: int = 100, offset: int = 0, **filters: str | None) -> tuple[list[dict[str, Any]], int]:
-        """Records newest first matching every filter (user, model, status, since, until), and
+        """Records newest first matching every filter (user, model, status, notebook, since, until), and
         how many match in total."""
         where, params = _where(**filters)
 
@@ -168,6 +175,35 @@ class AuditLog:
 
         return await self.db.read(run)
 
+    async def grouped_stats(self, group_by: str, limit: int = 100, **filters: str | None) -> list[dict[str, Any]]:
+        """Inference requests (records with an endpoint) per `group_by` value (notebook, user or
+        model), most requests first: requests, token sums and total duration (ms). The `None`
+        key gathers the requests without one (e.g. not from a notebook)."""
+        if group_by not in GROUP_BY:
+            raise ValueError(f"group_by must be one of {GROUP_BY}")
+        where, params = _where(**filters)
+        cond = f"{where} {'AND' if where else 'WHERE'} endpoint IS NOT NULL"
+
+        def run(conn):
+            rows = conn.execute(
+                f"SELECT {group_by}, COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), "
+                f"COALESCE(SUM(duration_ms), 0) FROM audit_log {cond} GROUP BY {group_by} "
+                f"ORDER BY 2 DESC, 1 LIMIT ?",
+                [*params, limit],
+            )
+            return [
+                {
+                    "key": key,
+                    "requests": n,
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "duration_ms": round(duration, 1),
+                }
+                for key, n, prompt, completion, duration in rows
+            ]
+
+        return await self.db.read(run)
+
     async def export_batches(self, batch: int = 500, **filters: str | None):
         """Matching records oldest first, in batches, for streaming exports of any size."""
         where, params = _where(**filters)
@@ -192,9 +228,7 @@ class AuditLog:
         """Delete records older than `retention_days` (0 keeps everything); returns how many."""
         if retention_days <= 0:
             return 0
-        cutoff = (dt.datetime.now(dt.UTC) - dt.timedelta(days=retention_days)).isoformat(
-            timespec="milliseconds"
-        )
+        cutoff = (dt.datetime.now(dt.UTC) - dt.timedelta(days=retention_days)).isoformat(timespec="milliseconds")
         cutoff = cutoff.replace("+00:00", "Z")
         return await self.db.write(
             lambda conn: conn.execute("DELETE FROM audit_log WHERE time < ?", (cutoff,)).rowcount
@@ -211,9 +245,10 @@ def _where(
     status: str | None = None,
     since: str | None = None,
     until: str | None = None,
+    notebook: str | None = None,
 ) -> tuple[str, list[Any]]:
     clauses, params = [], []
-    for column, value in (("user", user), ("model", model), ("status", status)):
+    for column, value in (("user", user), ("model", model), ("status", status), ("notebook", notebook)):
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -208,10 +210,64 @@ class Download:
         return f"<Download {p.get('repo_id')} {p.get('status')} {p.get('downloaded_bytes', 0)}/{p.get('total_bytes', 0)} bytes>"
 
 
+KERNEL_ID_HEADER = "X-MLX-Kernel-Id"
+CELL_ID_HEADER = "X-MLX-Cell-Id"
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # what the server accepts (audit/attribution.py)
+
+
+def kernel_id() -> str | None:
+    """The id of the kernel this code runs in (from its connection file `kernel-<id>.json`),
+    or None outside a kernel."""
+    if "ipykernel" not in sys.modules:
+        return None
+    try:
+        from ipykernel.connect import get_connection_file
+
+        name = Path(get_connection_file()).name
+    except Exception:
+        return None
+    match = re.fullmatch(r"kernel-(.+)\.json", name)
+    return match.group(1) if match and _ID.fullmatch(match.group(1)) else None
+
+
+def cell_id() -> str | None:
+    """The id of the running cell: the `cellId` JupyterLab puts in the execute request's
+    metadata (threads started by the cell see it too), or None."""
+    if "ipykernel" not in sys.modules:
+        return None
+    try:
+        from IPython import get_ipython
+
+        kernel = getattr(get_ipython(), "kernel", None)
+        parent = kernel.get_parent("shell") if kernel is not None else None
+        value = ((parent or {}).get("metadata") or {}).get("cellId")
+    except Exception:
+        return None
+    return value if isinstance(value, str) and _ID.fullmatch(value) else None
+
+
 class MLXClient:
     def __init__(self, server: ServerInfo, timeout: float = 600):
         self.server = server
-        self._http = httpx.Client(base_url=server.url, headers=server.auth_header, timeout=timeout)
+        self.kernel_id = kernel_id()
+        self._http = httpx.Client(
+            base_url=server.url,
+            headers=server.auth_header,
+            timeout=timeout,
+            event_hooks={"request": [self._attribute]},
+        )
+
+    def _attribute(self, request: httpx.Request) -> None:
+        """Every request names this kernel and the running cell, so the server's audit knows
+        the notebook (it checks that the kernel is one of the caller's sessions)."""
+        if self.kernel_id is None:
+            return
+        request.headers[KERNEL_ID_HEADER] = self.kernel_id
+        cell = cell_id()
+        if cell is not None:
+            request.headers[CELL_ID_HEADER] = cell
+        else:
+            request.headers.pop(CELL_ID_HEADER, None)
 
     def __repr__(self) -> str:
         return f"<MLXClient {self.server.url} ({self.server.source})>"
@@ -354,7 +410,11 @@ class MLXClient:
         """An `openai.OpenAI` client for this server's `mlx/v1` API, with this client's credential."""
         import openai
 
-        return openai.OpenAI(base_url=self.server.url + "mlx/v1", api_key=self.server.token or "none")
+        extra: dict[str, Any] = {}
+        if self.kernel_id is not None and hasattr(openai, "DefaultHttpxClient"):
+            # the SDK's requests name this kernel and cell too
+            extra["http_client"] = openai.DefaultHttpxClient(event_hooks={"request": [self._attribute]})
+        return openai.OpenAI(base_url=self.server.url + "mlx/v1", api_key=self.server.token or "none", **extra)
 
     def _generate(self, path: str, body: dict[str, Any], stream: bool, chat: bool):
         if not stream:

@@ -13,7 +13,7 @@ import json
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError
 
-from ..audit.log import FIELDS, STATUSES
+from ..audit.log import FIELDS, GROUP_BY, STATUSES, TEXT_BOUNDS
 from ..auth import InvalidToken
 from ..errors import BadRequest, Forbidden
 from .base import MLXAPIHandler, MLXWebSocketHandler, authorized, web, ws_authenticated
@@ -38,7 +38,12 @@ def _csv_safe(record: dict) -> dict:
 class _AuditQueryHandler(MLXAPIHandler):
     def filters(self) -> dict[str, str | None]:
         """The query's filters, narrowed to the caller's own records unless they are an admin."""
-        args = {name: self.get_query_argument(name, None) for name in ("user", "model", "status", "since", "until")}
+        names = ("user", "model", "status", "notebook", "since", "until")
+        args = {name: self.get_query_argument(name, None) for name in names}
+        if args["notebook"] is not None and len(args["notebook"]) > TEXT_BOUNDS["notebook"]:
+            raise BadRequest(
+                f"notebook must be a path of at most {TEXT_BOUNDS['notebook']} characters", reason="invalid_notebook"
+            )
         if args["status"] is not None and args["status"] not in STATUSES:
             raise BadRequest(f"status must be one of {', '.join(STATUSES)}", reason="invalid_status")
         for name in ("since", "until"):
@@ -66,10 +71,20 @@ class AuditHandler(_AuditQueryHandler):
 
 
 class AuditStatsHandler(_AuditQueryHandler):
+    """Totals by status, model and user; with `?group_by=notebook|user|model`, the inference
+    requests, tokens and time of each notebook, user or model: `{"groups": [{"key", …}]}`."""
+
     @web.authenticated
     @authorized
     async def get(self):
-        self.write_json(await self.mlx.audit.stats(**self.filters()))
+        group_by = self.get_query_argument("group_by", None)
+        if group_by is None:
+            self.write_json(await self.mlx.audit.stats(**self.filters()))
+            return
+        if group_by not in GROUP_BY:
+            raise BadRequest(f"group_by must be one of {', '.join(GROUP_BY)}", reason="invalid_group_by")
+        limit = _int_argument(self, "limit", 100, 1, 1000)
+        self.write_json({"groups": await self.mlx.audit.grouped_stats(group_by, limit=limit, **self.filters())})
 
 
 class AuditExportHandler(_AuditQueryHandler):

@@ -564,14 +564,52 @@ export interface IAuditRecord {
   ttft_ms?: number | null;
   duration_ms?: number | null;
   error_type?: string | null;
+  /** Path of the notebook whose kernel (or editor) made the request, from the server's sessions. */
+  notebook?: string | null;
+  kernel_id?: string | null;
+  cell_id?: string | null;
 }
 
 export interface IAuditFilter {
   user?: string;
   model?: string;
   status?: string;
+  notebook?: string;
   since?: string;
   until?: string;
+}
+
+/** What `mlx/api/audit/stats?group_by=` groups by. */
+export type AuditGroupBy = 'notebook' | 'user' | 'model';
+
+/** One group of `mlx/api/audit/stats?group_by=…`: the inference requests of one key. */
+export interface IAuditGroup {
+  /** The notebook path, user or model; null gathers requests without one. */
+  key: string | null;
+  requests: number;
+  prompt_tokens: number;
+  completion_tokens: number;
+  duration_ms: number;
+}
+
+export function auditGroupsPath(
+  groupBy: AuditGroupBy,
+  filter: IAuditFilter = {}
+): string {
+  return 'audit/stats' + queryString({ ...filter, group_by: groupBy });
+}
+
+export async function getAuditGroups(
+  groupBy: AuditGroupBy,
+  filter: IAuditFilter = {},
+  settings?: ServerConnection.ISettings
+): Promise<IAuditGroup[]> {
+  const reply = await requestAPI<{ groups: IAuditGroup[] }>(
+    auditGroupsPath(groupBy, filter),
+    {},
+    settings
+  );
+  return reply?.groups ?? [];
 }
 
 export function auditPath(

@@ -57,6 +57,9 @@ export function matchesFilter(
   if (filter.status && record.status !== filter.status) {
     return false;
   }
+  if (filter.notebook && record.notebook !== filter.notebook) {
+    return false;
+  }
   const t = Date.parse(record.time);
   if (filter.since && !isNaN(t) && t < Date.parse(filter.since)) {
     return false;
@@ -65,6 +68,62 @@ export function matchesFilter(
     return false;
   }
   return true;
+}
+
+/**
+ * The filters to load: the form's, plus `notebook` when "This notebook" is on. With it on and
+ * no notebook in focus, null: there is nothing to show.
+ */
+export function effectiveFilter(
+  filter: IAuditFilter,
+  thisNotebook: boolean,
+  focused: string | null
+): IAuditFilter | null {
+  if (!thisNotebook) {
+    return filter;
+  }
+  return focused ? { ...filter, notebook: focused } : null;
+}
+
+/** One bar of the tokens-over-time chart. */
+export interface ITokenBin {
+  /** Start of the bin (ms since the epoch). */
+  start: number;
+  end: number;
+  prompt: number;
+  completion: number;
+  requests: number;
+}
+
+/**
+ * Tokens of the shown records over time: `bins` equal slices from the oldest to the newest
+ * record (records without tokens count as requests only). Empty without timed records.
+ */
+export function tokenSeries(records: IAuditRecord[], bins = 24): ITokenBin[] {
+  const timed = records
+    .map(r => ({ r, t: Date.parse(r.time) }))
+    .filter(({ t }) => !isNaN(t));
+  if (!timed.length || bins < 1) {
+    return [];
+  }
+  const first = Math.min(...timed.map(x => x.t));
+  const last = Math.max(...timed.map(x => x.t));
+  // At least a minute per bin, so a burst of requests is not one bar per millisecond.
+  const width = Math.max((last - first) / bins, 60_000 / bins, 1);
+  const series: ITokenBin[] = Array.from({ length: bins }, (_, i) => ({
+    start: first + i * width,
+    end: first + (i + 1) * width,
+    prompt: 0,
+    completion: 0,
+    requests: 0
+  }));
+  for (const { r, t } of timed) {
+    const bin = series[Math.min(bins - 1, Math.floor((t - first) / width))];
+    bin.prompt += r.prompt_tokens ?? 0;
+    bin.completion += r.completion_tokens ?? 0;
+    bin.requests += 1;
+  }
+  return series;
 }
 
 /** Newest first, no duplicates (the page and the socket can both deliver a record). */

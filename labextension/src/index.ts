@@ -9,12 +9,15 @@ import {
   Notification,
   WidgetTracker
 } from '@jupyterlab/apputils';
+import { ICompletionProviderManager } from '@jupyterlab/completer';
+import { INotebookTracker } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 
 import { ChatPanel } from './chatpanel';
 import { parseKeepAlive } from './format';
 import { mlxIcon } from './icon';
+import { DEFAULT_MAX_TOKENS, MLXInlineProvider } from './inline';
 import { MLXPanel } from './panel';
 import { MLXService, SectionId, SECTIONS } from './service';
 import { MLXStatusItem } from './statusbar';
@@ -39,16 +42,40 @@ const plugin: JupyterFrontEndPlugin<void> = {
   description:
     'MLX Manager: local MLX models in JupyterLab (sidebar, status bar, commands, chat).',
   autoStart: true,
-  optional: [ISettingRegistry, ILayoutRestorer, ICommandPalette, IStatusBar],
+  optional: [
+    ISettingRegistry,
+    ILayoutRestorer,
+    ICommandPalette,
+    IStatusBar,
+    INotebookTracker
+  ],
   activate: (
     app: JupyterFrontEnd,
     settingRegistry: ISettingRegistry | null,
     restorer: ILayoutRestorer | null,
     palette: ICommandPalette | null,
-    statusBar: IStatusBar | null
+    statusBar: IStatusBar | null,
+    notebooks: INotebookTracker | null
   ) => {
     const { commands, shell } = app;
     const service = new MLXService(app.serviceManager.serverSettings);
+
+    // -- the notebook in focus (Activity's "This notebook") ----------------------------------
+    if (notebooks) {
+      let watched: { pathChanged: any } | null = null;
+      const follow = () => {
+        service.focus.set({
+          notebook: notebooks.currentWidget?.context.path ?? null
+        });
+      };
+      notebooks.currentChanged.connect((_, panel) => {
+        watched?.pathChanged.disconnect(follow);
+        watched = panel?.context ?? null;
+        watched?.pathChanged.connect(follow); // renamed or moved
+        follow();
+      });
+      follow();
+    }
 
     const openChat = (model?: string) =>
       commands.execute(CommandIDs.openChat, model ? { model } : {});
@@ -256,4 +283,51 @@ const plugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default plugin;
+/**
+ * Inline completion (ghost text) from a loaded model, for JupyterLab's inline completer;
+ * its model and max tokens are settings of `jupyter-mlx-manager:plugin`.
+ */
+const inlinePlugin: JupyterFrontEndPlugin<void> = {
+  id: 'jupyter-mlx-manager:inline-completer',
+  description:
+    'MLX inline completion provider (ghost text from a loaded model).',
+  autoStart: true,
+  requires: [ICompletionProviderManager],
+  optional: [ISettingRegistry],
+  activate: (
+    app: JupyterFrontEnd,
+    manager: ICompletionProviderManager,
+    settingRegistry: ISettingRegistry | null
+  ) => {
+    const provider = new MLXInlineProvider(app.serviceManager.serverSettings);
+    manager.registerInlineProvider(provider);
+    if (!settingRegistry) {
+      return;
+    }
+    settingRegistry
+      .load(PLUGIN_ID)
+      .then(settings => {
+        const apply = () => {
+          const model = settings.get('inlineCompletionModel').composite;
+          const maxTokens = settings.get('inlineCompletionMaxTokens').composite;
+          provider.settings = {
+            model: typeof model === 'string' ? model.trim() : '',
+            maxTokens:
+              typeof maxTokens === 'number' && maxTokens > 0
+                ? maxTokens
+                : DEFAULT_MAX_TOKENS
+          };
+        };
+        apply();
+        settings.changed.connect(apply);
+      })
+      .catch(reason => {
+        console.warn(
+          'jupyter-mlx-manager: could not load inline completion settings',
+          reason
+        );
+      });
+  }
+};
+
+export default [plugin, inlinePlugin];

@@ -53,6 +53,12 @@ export interface IUiState {
   section: SectionId;
 }
 
+/** The notebook in focus (JupyterLab's notebook tracker), for "This notebook" in Activity. */
+export interface IFocusState {
+  /** Its path on the server (what audit records name), or null when none is open. */
+  notebook: string | null;
+}
+
 export class MLXService {
   readonly store = new Store<IServiceState>({
     status: null,
@@ -68,6 +74,7 @@ export class MLXService {
     loaded: false
   });
   readonly ui = new Store<IUiState>({ section: 'models' });
+  readonly focus = new Store<IFocusState>({ notebook: null });
   readonly downloads: DownloadsModel;
 
   constructor(

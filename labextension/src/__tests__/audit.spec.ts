@@ -213,3 +213,75 @@ describe('AuditFeed', () => {
     }
   });
 });
+
+import { effectiveFilter, tokenSeries } from '../audit';
+
+describe('This notebook', () => {
+  it('adds the notebook in focus to the filters, or shows nothing without one', () => {
+    expect(effectiveFilter({ model: 'm' }, false, 'a.ipynb')).toEqual({
+      model: 'm'
+    });
+    expect(effectiveFilter({ model: 'm' }, true, 'work/a.ipynb')).toEqual({
+      model: 'm',
+      notebook: 'work/a.ipynb'
+    });
+    expect(effectiveFilter({}, true, null)).toBeNull();
+  });
+
+  it('live records of another notebook are not shown', () => {
+    const filter = { notebook: 'work/a.ipynb' };
+    expect(matchesFilter(rec(1, { notebook: 'work/a.ipynb' }), filter)).toBe(
+      true
+    );
+    expect(matchesFilter(rec(2, { notebook: 'work/b.ipynb' }), filter)).toBe(
+      false
+    );
+    expect(matchesFilter(rec(3), filter)).toBe(false);
+    const state = auditReducer(initialAuditState, {
+      type: 'record',
+      record: rec(4, { notebook: 'work/b.ipynb' }),
+      filter
+    });
+    expect(state.records).toEqual([]);
+  });
+});
+
+describe('tokenSeries', () => {
+  it('sums prompt and completion tokens per time slice', () => {
+    const records = [
+      rec(1, {
+        time: '2026-01-01T00:00:00Z',
+        prompt_tokens: 10,
+        completion_tokens: 5
+      }),
+      rec(2, {
+        time: '2026-01-01T00:00:59Z',
+        prompt_tokens: 1,
+        completion_tokens: 2
+      }),
+      rec(3, {
+        time: '2026-01-01T00:10:00Z',
+        prompt_tokens: 3,
+        completion_tokens: 4
+      }),
+      rec(4, { time: '2026-01-01T00:10:00Z', action: 'auth.login' }),
+      rec(5, { time: 'not a time', prompt_tokens: 100 })
+    ];
+    const bins = tokenSeries(records, 10);
+    expect(bins).toHaveLength(10);
+    expect(bins[0]).toMatchObject({ prompt: 11, completion: 7, requests: 2 });
+    expect(bins[9]).toMatchObject({ prompt: 3, completion: 4, requests: 2 });
+    expect(bins.reduce((n, b) => n + b.prompt, 0)).toBe(14);
+    expect(bins[0].end).toBe(bins[1].start);
+  });
+
+  it('is empty without records, and one burst still spans a minute', () => {
+    expect(tokenSeries([])).toEqual([]);
+    const bins = tokenSeries(
+      [rec(1, { time: '2026-01-01T00:00:00Z', prompt_tokens: 1 })],
+      4
+    );
+    expect(bins[3].end - bins[0].start).toBe(60_000);
+    expect(bins[0].prompt).toBe(1);
+  });
+});

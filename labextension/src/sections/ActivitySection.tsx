@@ -1,11 +1,20 @@
 /**
- * Activity: the audit trail, live over the WebSocket, with filters and an export.
+ * Activity: the audit trail, live over the WebSocket, with filters and an export; "This
+ * notebook" narrows it to the notebook in focus; a chart of tokens over time for the shown
+ * records, and the usage per notebook (`mlx/api/audit/stats?group_by=notebook`).
  */
 import { ServerConnection } from '@jupyterlab/services';
 import * as React from 'react';
 
-import { auditExportUrl, getTicket, IAuditFilter, IAuditRecord } from '../api';
-import { AuditFeed } from '../audit';
+import {
+  auditExportUrl,
+  getAuditGroups,
+  getTicket,
+  IAuditFilter,
+  IAuditGroup,
+  IAuditRecord
+} from '../api';
+import { AuditFeed, effectiveFilter, ITokenBin, tokenSeries } from '../audit';
 import { formatClock, formatCount, formatMs } from '../format';
 import { useAction, useStore } from '../hooks';
 import { Badge, Button, Empty, ErrorNotice, Loading } from './common';
@@ -78,6 +87,14 @@ function Record({
             {record.client ? ` (${record.client})` : ''}
           </span>
         )}
+        {record.notebook && (
+          <span
+            data-field="notebook"
+            title={`${record.notebook}${record.cell_id ? ` (cell ${record.cell_id})` : ''}`}
+          >
+            {basename(record.notebook)}
+          </span>
+        )}
         {tokens && <span>{tokens}</span>}
         {timing && <span>{timing}</span>}
         {record.error_type && (
@@ -85,6 +102,117 @@ function Record({
         )}
       </div>
     </li>
+  );
+}
+
+function basename(path: string): string {
+  return path.split('/').pop() || path;
+}
+
+const CHART_WIDTH = 240;
+const CHART_HEIGHT = 48;
+
+/** Tokens over time of the shown records: stacked bars, prompt below completion. */
+export function TokenChart({
+  bins
+}: {
+  bins: ITokenBin[];
+}): JSX.Element | null {
+  const max = Math.max(0, ...bins.map(b => b.prompt + b.completion));
+  if (!bins.length || max === 0) {
+    return null;
+  }
+  const w = CHART_WIDTH / bins.length;
+  const total = bins.reduce((n, b) => n + b.prompt + b.completion, 0);
+  const y = (n: number) => (n / max) * (CHART_HEIGHT - 2);
+  return (
+    <figure className="jp-MLXPanel-chart" data-field="token-chart">
+      <svg
+        viewBox={`0 0 ${CHART_WIDTH} ${CHART_HEIGHT}`}
+        width="100%"
+        height={CHART_HEIGHT}
+        preserveAspectRatio="none"
+        role="img"
+        aria-label={`Tokens over time: ${formatCount(total)} tokens`}
+      >
+        {bins.map((b, i) => {
+          const hp = y(b.prompt);
+          const hc = y(b.completion);
+          const title = `${formatClock(new Date(b.start).toISOString())}: ${formatCount(b.prompt)} prompt + ${formatCount(b.completion)} completion tokens, ${b.requests} records`;
+          return (
+            <g key={i}>
+              <title>{title}</title>
+              <rect
+                className="jp-MLXPanel-chartPrompt"
+                x={i * w + 0.5}
+                y={CHART_HEIGHT - hp}
+                width={Math.max(w - 1, 0.5)}
+                height={hp}
+              />
+              <rect
+                className="jp-MLXPanel-chartCompletion"
+                x={i * w + 0.5}
+                y={CHART_HEIGHT - hp - hc}
+                width={Math.max(w - 1, 0.5)}
+                height={hc}
+              />
+            </g>
+          );
+        })}
+      </svg>
+      <figcaption className="jp-MLXPanel-itemMeta">
+        <span>Tokens over time</span>
+        <span>
+          {formatClock(new Date(bins[0].start).toISOString())} –{' '}
+          {formatClock(new Date(bins[bins.length - 1].end).toISOString())}
+        </span>
+        <span>{formatCount(total)} tok</span>
+      </figcaption>
+    </figure>
+  );
+}
+
+/** Requests, tokens and time per notebook (`stats?group_by=notebook`). */
+function NotebookUsage({
+  groups,
+  focused
+}: {
+  groups: IAuditGroup[];
+  focused: string | null;
+}): JSX.Element {
+  const rows = groups.filter(g => g.key !== null);
+  if (!rows.length) {
+    return <Empty>No requests from notebooks yet.</Empty>;
+  }
+  return (
+    <table className="jp-MLXPanel-table" aria-label="Usage per notebook">
+      <thead>
+        <tr>
+          <th>Notebook</th>
+          <th>Requests</th>
+          <th>Tokens</th>
+          <th>Time</th>
+        </tr>
+      </thead>
+      <tbody>
+        {rows.map(g => (
+          <tr
+            key={g.key}
+            data-notebook={g.key}
+            className={g.key === focused ? 'jp-mod-current' : undefined}
+          >
+            <td title={g.key ?? ''}>{basename(g.key ?? '')}</td>
+            <td>{formatCount(g.requests)}</td>
+            <td
+              title={`${g.prompt_tokens} prompt + ${g.completion_tokens} completion`}
+            >
+              {formatCount(g.prompt_tokens + g.completion_tokens)}
+            </td>
+            <td>{formatMs(g.duration_ms)}</td>
+          </tr>
+        ))}
+      </tbody>
+    </table>
   );
 }
 
@@ -117,11 +245,20 @@ export function ActivitySection({ service }: ISectionProps): JSX.Element {
   const state = useStore(feed.store);
   const [draft, setDraft] = React.useState<IAuditFilter>({});
   const [filter, setFilter] = React.useState<IAuditFilter>({});
+  const [thisNotebook, setThisNotebook] = React.useState(false);
+  const focused = useStore(service.focus).notebook;
+  const shown = effectiveFilter(filter, thisNotebook, focused);
+  const shownKey = JSON.stringify(shown);
   const exporting = useAction();
+  const [groups, setGroups] = React.useState<IAuditGroup[] | null>(null);
 
   React.useEffect(() => {
-    void feed.start(filter);
-  }, [feed, filter]);
+    if (shown === null) {
+      feed.stop();
+      return;
+    }
+    void feed.start(shown);
+  }, [feed, shownKey]);
   React.useEffect(() => () => feed.dispose(), [feed]);
 
   const apply = (e: React.FormEvent) => {
@@ -140,18 +277,49 @@ export function ActivitySection({ service }: ISectionProps): JSX.Element {
       setDraft(d => ({ ...d, [key]: e.target.value }));
 
   const models = (service.store.state.pool?.models ?? []).map(m => m.model);
-  const { records, total, dropped, connection, error, loading } = state;
+  const { dropped, connection, error, loading } = state;
+  const records = shown === null ? [] : state.records;
+  const total = shown === null ? 0 : state.total;
+  const bins = React.useMemo(() => tokenSeries(records), [records]);
+
+  // Usage per notebook: on open, and again whenever the shown records change (new requests).
+  const newest = records.length ? records[0].id : 0;
+  React.useEffect(() => {
+    let cancelled = false;
+    getAuditGroups('notebook', filter, service.serverSettings)
+      .then(g => !cancelled && setGroups(g))
+      .catch(() => !cancelled && setGroups([]));
+    return () => {
+      cancelled = true;
+    };
+  }, [service, newest, JSON.stringify(filter)]);
 
   return (
     <div className="jp-MLXPanel-section">
       <div className="jp-MLXPanel-row">
+        <label
+          className="jp-MLXPanel-toggle"
+          title={
+            focused
+              ? `Only the requests of ${focused}`
+              : 'Only the requests of the notebook in focus'
+          }
+        >
+          <input
+            type="checkbox"
+            checked={thisNotebook}
+            onChange={e => setThisNotebook(e.target.checked)}
+            data-field="this-notebook"
+          />
+          This notebook
+        </label>
         <span className="jp-MLXPanel-spacer" />
         <Button
           kind="minimal"
           busy={exporting.busy === 'jsonl'}
           onClick={() =>
             void exporting.run('jsonl', () =>
-              exportAudit('jsonl', filter, service.serverSettings)
+              exportAudit('jsonl', shown ?? filter, service.serverSettings)
             )
           }
           title="Download the filtered records as JSON lines"
@@ -163,7 +331,7 @@ export function ActivitySection({ service }: ISectionProps): JSX.Element {
           busy={exporting.busy === 'csv'}
           onClick={() =>
             void exporting.run('csv', () =>
-              exportAudit('csv', filter, service.serverSettings)
+              exportAudit('csv', shown ?? filter, service.serverSettings)
             )
           }
           title="Download the filtered records as CSV"
@@ -280,10 +448,22 @@ export function ActivitySection({ service }: ISectionProps): JSX.Element {
           title={connection === 'refused' ? 'Live updates refused' : undefined}
         />
       )}
-      {loading && !records.length && <Loading>Loading activity…</Loading>}
-      {!loading && !error && records.length === 0 && (
+      {thisNotebook && (
+        <div className="jp-MLXPanel-itemMeta" data-field="focused-notebook">
+          {focused ? (
+            <span title={focused}>Notebook: {focused}</span>
+          ) : (
+            <span>No notebook in focus: open one to see its requests.</span>
+          )}
+        </div>
+      )}
+      <TokenChart bins={bins} />
+      {loading && !records.length && shown !== null && (
+        <Loading>Loading activity…</Loading>
+      )}
+      {!loading && !error && records.length === 0 && shown !== null && (
         <Empty>
-          {Object.keys(filter).length
+          {Object.keys(shown).length
             ? 'No records match these filters.'
             : 'No activity yet. Load a model or chat with one.'}
         </Empty>
@@ -300,6 +480,14 @@ export function ActivitySection({ service }: ISectionProps): JSX.Element {
           Load older records
         </Button>
       )}
+      <details className="jp-MLXPanel-filters" data-field="notebook-usage">
+        <summary>Usage per notebook</summary>
+        {groups === null ? (
+          <Loading>Loading…</Loading>
+        ) : (
+          <NotebookUsage groups={groups} focused={focused} />
+        )}
+      </details>
     </div>
   );
 }
