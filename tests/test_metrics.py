@@ -121,6 +121,9 @@ class _Limits:
     def queue_depth(self, model_id):
         return self._models.get(model_id, 0)
 
+    def models(self):
+        return list(self._models)
+
 
 class _App:
     def __init__(self, loaded=(), depths=()):
