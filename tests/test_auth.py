@@ -284,3 +284,30 @@ async def test_x_api_key_carries_our_tokens_like_bearer(api, make_user):
     assert (await api("POST", "mlx/api/auth/ticket", auth=None, headers=headers)).code == 201
     forged = await api("GET", "mlx/api/auth/me", auth=None, headers={"Authorization": "", "x-api-key": "a.b.c"})
     assert forged.code == 401 and forged.body["reason"] == "invalid_token"
+
+
+async def test_a_hub_user_adopting_a_pending_account_does_not_inherit_its_password(api, mlx_app):
+    """Someone registered `alice` before the Hub user alice first came: the account becomes
+    hers, and the stranger's password no longer signs in."""
+    from jupyter_mlx_manager.auth.hub import account_for_hub_user
+
+    password = "the stranger's password"
+    reply = await api("POST", "mlx/api/auth/register", auth=None, body={"username": "alice", "password": password})
+    assert reply.code == 201 and reply.body["status"] == "pending"
+    account = await account_for_hub_user(mlx_app.users, "alice", hub_admin=True)
+    assert account["status"] == "approved" and account["is_admin"]
+    login = await api("POST", "mlx/api/auth/login", auth=None, body={"username": "alice", "password": password})
+    assert login.code == 401
+
+
+async def test_deleting_a_user_deletes_their_stored_responses(api, make_user, mlx_app):
+    user, _ = await make_user("carol")
+    await mlx_app.db.write(
+        lambda conn: conn.execute(
+            "INSERT INTO responses (id, user, created_at, expires_at, body, history) VALUES (?, ?, ?, ?, ?, ?)",
+            ("resp_1", "carol", "2026-01-01T00:00:00Z", "2999-01-01T00:00:00Z", "{}", "[]"),
+        )
+    )
+    assert (await api("DELETE", f"mlx/api/users/{user['id']}")).code == 204
+    left = await mlx_app.db.read(lambda conn: conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+    assert left == 0

@@ -158,3 +158,18 @@ def test_pool_url_unreachable_is_a_502(tmp_path):
         assert requests.get(server.url + "mlx/api/status", timeout=30).status_code == 401
         children = psutil.Process(server.process.pid).children(recursive=True)
         assert not [p for p in children if "jupyter_mlx_manager.runner" in " ".join(p.cmdline())]  # not even a spare
+
+
+def test_the_forwarder_never_leaves_the_services_mlx_paths():
+    """A decoded `..` (sent as %2e%2e) or an encoded `?`/`#` would carry this server's Hub token
+    to other paths of the service's host: such paths are no endpoint at all."""
+    from jupyter_mlx_manager.errors import NotFound
+    from jupyter_mlx_manager.handlers.proxy import SharedService
+
+    service = SharedService("http://127.0.0.1:8000/services/mlx/", log=None)
+    assert service.target("api/pool", [("token", "ticket"), ("a", "1")]) == (
+        "http://127.0.0.1:8000/services/mlx/mlx/api/pool?a=1"
+    )
+    for path in ("api/../../../../hub/api/user", "api/.", "api//x", "api/x?y=1", "api/x#y", "api/%2e%2e", "v1\\x"):
+        with pytest.raises(NotFound):
+            service.target(path, [])

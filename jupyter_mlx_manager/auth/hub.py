@@ -88,8 +88,11 @@ async def account_for_hub_user(users: UserService, name: str, hub_admin: bool) -
             )
         elif not _up_to_date(before, admin):
             status = "approved" if admin or before["status"] == "pending" else before["status"]
+            # A pending account was never vouched for: whoever registered it and chose its
+            # password is not known to be this Hub user, so the password goes (the Hub signs in).
             conn.execute(
-                "UPDATE users SET status = ?, is_admin = MAX(is_admin, ?) WHERE id = ?",
+                "UPDATE users SET status = ?, is_admin = MAX(is_admin, ?), "
+                "password_hash = CASE WHEN status = 'pending' THEN NULL ELSE password_hash END WHERE id = ?",
                 (status, int(admin), before["id"]),
             )
         after = _user(conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE username = ?", (name,)).fetchone())

@@ -114,14 +114,6 @@ LOGIN_BUDGET = HashBudget("login", workers=2, max_waiting=32)
 REGISTER_BUDGET = HashBudget("register", workers=1, max_waiting=32)
 
 
-async def hash_password(password: str, budget: HashBudget | None = None) -> str:
-    return await (budget or REGISTER_BUDGET).run(hash_password_sync, password)
-
-
-async def verify_password(stored_hash: str | None, password: str, budget: HashBudget | None = None) -> bool:
-    return await (budget or LOGIN_BUDGET).run(verify_password_sync, stored_hash, password)
-
-
 def hash_password_sync(password: str) -> str:
     return _hasher.hash(password)
 

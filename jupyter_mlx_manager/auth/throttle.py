@@ -43,12 +43,6 @@ class LoginThrottle:
         self.max_keys = max_keys  # bounds memory under a spray of made-up names and addresses
         self._records: dict[tuple[str, str], _Attempts] = {}
 
-    def retry_after(self, username: str, client: str) -> int:
-        """Seconds to wait before another attempt is allowed (0: go ahead). Counts nothing."""
-        record = self._recent((username.lower(), client))
-        deadline = self._deadline(record)
-        return 0 if deadline is None else _seconds_until(deadline)
-
     def begin(self, username: str, client: str) -> int:
         """Start an attempt: 0 → go ahead (the attempt now counts as a failure until
         `succeeded` or `cancel`), else the seconds to wait (and nothing is counted)."""

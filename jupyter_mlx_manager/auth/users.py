@@ -245,6 +245,8 @@ class UserService:
             if row is None:
                 raise NotFound(f"no user with id {user_id}")
             conn.execute("DELETE FROM users WHERE id = ?", (user_id,))
+            # Stored Responses are keyed by name: a later account of that name must not see them.
+            conn.execute("DELETE FROM responses WHERE user = ?", (row["username"],))
             _keep_an_admin(conn)
             return row
 

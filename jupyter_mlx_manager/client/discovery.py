@@ -35,12 +35,6 @@ class ServerInfo:
         scheme = "Bearer" if self.token.count(".") == 2 else "token"
         return {"Authorization": f"{scheme} {self.token}"}
 
-    @property
-    def websocket_headers(self) -> dict[str, str]:
-        """Headers for a WebSocket: JupyterHub 5+ reads a token in a WebSocket URL, and decides
-        cookie rules, only for requests that say `Sec-Fetch-Mode: websocket`, as browsers do."""
-        return {**self.auth_header, "Sec-Fetch-Mode": "websocket"}
-
 
 def _from_runtime_file(path: Path, source: str) -> ServerInfo:
     info = json.loads(path.read_text())

@@ -72,11 +72,6 @@ def existing_repo_id(cache_dir: Path, repo_id: str) -> str:
     return repo_id
 
 
-def partial_files(folder: Path) -> list[Path]:
-    blobs = folder / "blobs"
-    return sorted(blobs.glob("*.incomplete")) if blobs.is_dir() else []
-
-
 def clean_repo_folder(cache_dir: Path, repo_id: str) -> int:
     """After a cancelled download: remove partial files and blobs no snapshot uses; remove the
     whole repo folder if nothing of it remains. Returns the bytes freed. Blocking."""

@@ -118,6 +118,9 @@ class MLXAuthMixin(ExtensionHandlerMixin):
         browser = not self.token_authenticated or "X-XSRFToken" in self.request.headers
         client = "browser" if browser else "kernel"
         hub_user = hub_model(self.current_user)
+        if hub_user is not None and hub_user.get("kind", "user") != "user":
+            # A Hub service is not a person: its name may equal a user's, so it gets no account.
+            raise Forbidden("Hub services have no account here; use a user's token", reason="hub_service")
         if hub_user is not None:  # JupyterHub: the Hub's roles carry over
             user = await account_for_hub_user(self.mlx.users, self.current_user.username, bool(hub_user.get("admin")))
         elif type(self.identity_provider) in _NAMELESS_PROVIDERS:

@@ -21,14 +21,14 @@ import json
 import os
 import re
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, websocket_connect
 
 from ..auth.hub import hub_model, hub_owner
-from ..errors import Forbidden, MLXError
+from ..errors import Forbidden, MLXError, NotFound
 from .base import MLXAPIHandler, MLXWebSocketHandler, authorized, web, ws_authenticated
 
 __all__ = ["SharedService", "SharedServiceHandler", "SharedServiceWebSocket", "shared_service_routes"]
@@ -83,8 +83,14 @@ class SharedService:
         return self._client
 
     def target(self, path: str, query: list[tuple[str, str]]) -> str:
+        """The service's URL for `mlx/<path>`. The path arrives URL-decoded: a `..` segment (or an
+        encoded `?`, `#`) would leave `mlx/` on the service's host while carrying this server's
+        Hub token, so anything but plain segments is no endpoint at all."""
+        segments = path.split("/")
+        if any(part in ("", ".", "..") for part in segments) or any(c in path for c in "?#\\%"):
+            raise NotFound(f"no such endpoint: mlx/{path}", reason="unknown_route")
         kept = [(k, v) for k, v in query if k != "token"]  # a ticket of ours stays here
-        return self.url + "mlx/" + path + ("?" + urlencode(kept) if kept else "")
+        return self.url + "mlx/" + quote(path, safe="/") + ("?" + urlencode(kept) if kept else "")
 
     async def close(self) -> None:
         if self._client is not None:
@@ -276,7 +282,11 @@ class SharedServiceWebSocket(MLXWebSocketHandler):
         except MLXError as exc:
             self.close(1008, exc.message[:120])
             return
-        url = service.target(path, _query(self))
+        try:
+            url = service.target(path, _query(self))
+        except MLXError as exc:
+            self.close(1008, exc.message[:120])
+            return
         url = "ws" + url[len("http") :]
         self.mlx.track_socket(self)
         request = HTTPRequest(url, headers={"Authorization": f"token {credential}"}, connect_timeout=10)

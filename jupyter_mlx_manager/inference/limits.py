@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 from ..errors import MLXError, TooManyRequests
@@ -66,6 +66,18 @@ class RequestLimits:
     @contextlib.asynccontextmanager
     async def admit(self, username: str, model_id: str) -> AsyncIterator[None]:
         """Hold a per-user place and a decoding slot of `model_id` for one request."""
+        key = model_key(model_id)  # ids differing in case are one model, with one queue
+        with self.user_place(username):
+            await self._acquire(key)
+            try:
+                yield
+            finally:
+                self._release(key)
+
+    @contextlib.contextmanager
+    def user_place(self, username: str) -> Iterator[None]:
+        """One of the user's `max_requests_per_user` places (for work that needs no runner
+        slot too, such as counting tokens)."""
         if self.max_requests_per_user and self._per_user[username] >= self.max_requests_per_user:
             raise TooManyRequests(
                 f"you have {self._per_user[username]} requests in flight, the most this server allows per user "
@@ -73,13 +85,8 @@ class RequestLimits:
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
         self._per_user[username] += 1
-        key = model_key(model_id)  # ids differing in case are one model, with one queue
         try:
-            await self._acquire(key)
-            try:
-                yield
-            finally:
-                self._release(key)
+            yield
         finally:
             self._per_user[username] -= 1
             if not self._per_user[username]:
@@ -105,7 +112,8 @@ class RequestLimits:
             if granted.done() and not granted.cancelled():
                 self._release(model_id)  # the slot arrived as the client left: pass it on
             else:
-                slots.waiters.remove(granted)
+                with contextlib.suppress(ValueError):  # a release may have popped it just now
+                    slots.waiters.remove(granted)
                 self._forget_if_idle(model_id)
             raise
 

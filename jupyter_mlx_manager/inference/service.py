@@ -63,10 +63,11 @@ class InferenceService:
         """Prompt tokens of a request, with the model's own tokenizer and chat template (no
         runner, no MLX: `tokenizers` in this process)."""
         catalog = self.pool.catalog
-        folder = await asyncio.get_running_loop().run_in_executor(None, catalog.resolve, request.model)
-        if folder is None:
-            raise NotFound(f"model {request.model} is not on this machine", reason="model_not_found")
-        return await asyncio.get_running_loop().run_in_executor(None, self.tokens.count, folder, request.command())
+        with self.limits.user_place(actor.user["username"]):  # a flood of counts is bounded like requests
+            folder = await asyncio.get_running_loop().run_in_executor(None, catalog.resolve, request.model)
+            if folder is None:
+                raise NotFound(f"model {request.model} is not on this machine", reason="model_not_found")
+            return await asyncio.get_running_loop().run_in_executor(None, self.tokens.count, folder, request.command())
 
     async def generate(
         self, actor: Actor, endpoint: str, request: InferenceRequest, request_id: str, usage: Usage

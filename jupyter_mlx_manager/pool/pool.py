@@ -276,9 +276,6 @@ class ModelPool:
     def loaded_models(self) -> list[LoadedModel]:
         return list(self._models.values())
 
-    def is_loading(self, model_id: str) -> bool:
-        return model_key(model_id) in self._loading
-
     @property
     def spare(self) -> RunnerProcess | None:
         """The warm spare runner, if there is one now."""

@@ -70,9 +70,11 @@ def messages_of(items: list[dict[str, Any]], where: str = "input") -> list[Messa
     out: list[Message] = []
     for i, item in enumerate(items):
         at = f"{where}[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidParam(f"{at} must be an object", at)
         kind = item.get("type", "message")
         if kind == "message":
-            role = ROLES.get(item.get("role"))
+            role = ROLES.get(item["role"]) if isinstance(item.get("role"), str) else None
             if role is None:
                 raise InvalidParam(f"{at}.role must be user, assistant, system or developer", at)
             out.append(Message(role, _content(item.get("content"), at)))
@@ -92,7 +94,10 @@ def messages_of(items: list[dict[str, Any]], where: str = "input") -> list[Messa
             if not isinstance(item.get("call_id"), str):
                 raise InvalidParam(f"{at}: function_call_output needs call_id", at)
             if isinstance(output, list):
-                output = "".join(p.get("text", "") for p in output if isinstance(p, dict))
+                texts = [p.get("text") for p in output if isinstance(p, dict)]
+                if not all(isinstance(t, str) for t in texts):
+                    raise InvalidParam(f"{at}.output parts must carry text strings", at)
+                output = "".join(texts)
             if not isinstance(output, str):
                 raise InvalidParam(f"{at}.output must be a string", at)
             out.append(Message("tool", [ToolResultPart(item["call_id"], output)]))
