@@ -60,7 +60,8 @@ def start_server(root: Path, models: Path, per_user: int) -> tuple[subprocess.Po
          f"--ServerApp.root_dir={root}", "--ServerApp.jpserver_extensions=jupyter_server_terminals=False",
          f"--MLXManager.data_dir={root / 'data'}", f"--MLXManager.model_dirs={models}",
          "--MLXManager.default_keep_alive=-1", "--MLXManager.owner_username=owner",
-         "--MLXManager.registration_limit=0", f"--MLXManager.max_requests_per_user={per_user}"],
+         "--MLXManager.registration_limit=0", f"--MLXManager.max_requests_per_user={per_user}",
+         "--MLXManager.warm_runner=False"],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"

@@ -53,6 +53,8 @@ def jupyter_server(root: Path, *args: str, env: dict[str, str] | None = None) ->
     """A server on a free port with its own config, runtime and data dirs under `root`;
     stopped with SIGTERM at the end unless the test already stopped it."""
     port, token = free_port(), "jupyter-token-" + os.urandom(8).hex()
+    # No spare runner unless the test asks for one (it would only cost CPU at start).
+    no_spare = () if any("warm_runner" in arg for arg in args) else ("--MLXManager.warm_runner=False",)
     server_env = {
         k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER_MLX_MANAGER", "JPY_", "JUPYTERHUB_"))
     }
@@ -62,7 +64,7 @@ def jupyter_server(root: Path, *args: str, env: dict[str, str] | None = None) ->
             [sys.executable, "-m", "jupyter_server", "--no-browser", "--ServerApp.allow_root=True", "--ServerApp.ip=127.0.0.1",
              f"--ServerApp.port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
              "--ServerApp.jpserver_extensions=jupyter_server_terminals=False",
-             f"--MLXManager.data_dir={root / 'data'}", "--MLXManager.warm_runner=False", *args],
+             f"--MLXManager.data_dir={root / 'data'}", *no_spare, *args],
             stdout=log, stderr=subprocess.STDOUT, env=server_env,
         )  # fmt: skip
     server = RunningServer(f"http://127.0.0.1:{port}/", token, process, root, server_env)
