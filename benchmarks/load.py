@@ -169,6 +169,25 @@ async def run(args: argparse.Namespace, url: str, token: str, server_pid: int, m
     }
 
 
+def demo_model(root: Path) -> tuple[Path, int]:
+    """A models folder under `root` with the offline demo model `tiny-demo`, and its EOS id."""
+    models = root / "models"
+    subprocess.run(
+        [sys.executable, "-m", "jupyter_mlx_manager.cli", "--data-dir", str(root / "cli"), "demo-model",
+         "--dir", str(models), "--name", "tiny-demo"],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    return models, json.loads((models / "tiny-demo" / "config.json").read_text())["eos_token_id"]
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=32)
@@ -178,22 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mlx-load-") as tmp:
         root = Path(tmp)
-        models = root / "models"
-        subprocess.run(
-            [sys.executable, "-m", "jupyter_mlx_manager.cli", "--data-dir", str(root / "cli"), "demo-model",
-             "--dir", str(models), "--name", "tiny-demo"],
-            check=True, capture_output=True, timeout=300,
-        )  # fmt: skip
-        eos = json.loads((models / "tiny-demo" / "config.json").read_text())["eos_token_id"]
+        models, eos = demo_model(root)
         process, url, token = start_server(root, models, per_user=math.ceil(args.clients / args.users))
         try:
             report = asyncio.run(run(args, url, token, process.pid, "local/tiny-demo", eos))
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop(process)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -11,7 +11,6 @@ tree and how many runners hold the model.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import psutil
-from load import free_port, start_server
+from load import demo_model, free_port, start_server, stop
 
 MODEL = "local/tiny-demo"
 
@@ -40,14 +39,6 @@ def chat(url: str, headers: dict, eos: int) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 32,
             "logit_bias": {str(eos): -100}}  # fmt: skip
     httpx.post(url + "mlx/v1/chat/completions", json=body, headers=headers, timeout=120).raise_for_status()
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 def per_user_servers(root: Path, models: Path, eos: int) -> dict:
@@ -101,13 +92,7 @@ def shared_service(root: Path, models: Path, eos: int) -> dict:
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mlx-shared-") as tmp:
         root = Path(tmp)
-        models = root / "models"
-        subprocess.run(
-            [sys.executable, "-m", "jupyter_mlx_manager.cli", "--data-dir", str(root / "cli"), "demo-model",
-             "--dir", str(models), "--name", "tiny-demo"],
-            check=True, capture_output=True, timeout=300,
-        )  # fmt: skip
-        eos = json.loads((models / "tiny-demo" / "config.json").read_text())["eos_token_id"]
+        models, eos = demo_model(root)
         for name in ("alice", "bob", "service"):
             (root / name).mkdir()
         alone = per_user_servers(root, models, eos)

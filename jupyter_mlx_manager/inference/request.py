@@ -349,3 +349,26 @@ def check_token_ids(command: dict[str, Any], vocab_size: int | None) -> None:
             "logit_bias",
             "invalid_token_id",
         )
+
+
+def read_tools(body: dict[str, Any], schema_key: str, types: tuple[Any, ...], shape: str) -> list[Tool]:
+    """`body["tools"]` as Tools, for protocols whose tools are flat objects: a `type` in `types`,
+    a `name`, an optional `description` and a JSON schema under `schema_key`."""
+    raw = body.get("tools")
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise InvalidParam(f"tools must be a list of {shape}", "tools")
+    tools = []
+    for i, tool in enumerate(raw):
+        if (
+            not isinstance(tool, dict)
+            or tool.get("type") not in types
+            or not isinstance(tool.get("name"), str)
+            or not tool["name"]
+            or not isinstance(tool.get(schema_key) or {}, dict)
+        ):
+            raise InvalidParam(f"tools[{i}] must be one of the {shape}", f"tools[{i}]")
+        description = tool.get("description") if isinstance(tool.get("description"), str) else None
+        tools.append(Tool(tool["name"], description, tool.get(schema_key), bool(tool.get("strict"))))
+    return tools

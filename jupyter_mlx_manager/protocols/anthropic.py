@@ -15,7 +15,6 @@ from ..inference.request import (
     Message,
     OutputFormat,
     TextPart,
-    Tool,
     ToolCallPart,
     ToolResultPart,
     boolean,
@@ -24,6 +23,7 @@ from ..inference.request import (
     logit_bias,
     number,
     positive_int,
+    read_tools,
     string_list,
 )
 
@@ -96,30 +96,6 @@ def _blocks(role: str, content: Any, where: str) -> list[Any]:
         else:
             raise InvalidParam(f"{at}: unsupported content block {kind!r} for role {role}", at)
     return parts
-
-
-def _tools(body: dict[str, Any]) -> list[Tool]:
-    raw = body.get("tools")
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise InvalidParam("tools must be a list of {name, description, input_schema}", "tools")
-    tools = []
-    for i, tool in enumerate(raw):
-        if (
-            not isinstance(tool, dict)
-            or tool.get("type") not in (None, "custom")
-            or not isinstance(tool.get("name"), str)
-            or not tool["name"]
-            or not isinstance(tool.get("input_schema", {}), dict)
-        ):
-            raise InvalidParam(
-                f"tools[{i}] must be a custom tool {{name, description, input_schema}} (server tools are not available)",
-                f"tools[{i}]",
-            )
-        description = tool.get("description") if isinstance(tool.get("description"), str) else None
-        tools.append(Tool(tool["name"], description, tool.get("input_schema"), bool(tool.get("strict"))))
-    return tools
 
 
 def _tool_choice(body: dict[str, Any]) -> Any:
@@ -199,7 +175,9 @@ def parse(body: dict[str, Any], max_tokens_limit: int, count_only: bool = False)
         seed=integer(body, "seed", -(2**63), 2**63 - 1),  # an extension (extra_body)
         stop=string_list(body, "stop_sequences", MAX_STOP_SEQUENCES),
         logit_bias=logit_bias(body),  # not Anthropic's: an extension (extra_body)
-        tools=_tools(body),
+        tools=read_tools(
+            body, "input_schema", (None, "custom"), "custom tools {name, description, input_schema} (no server tools)"
+        ),
         tool_choice=_tool_choice(body),
         reasoning=_thinking(body),
         keep_alive=body.get("keep_alive"),

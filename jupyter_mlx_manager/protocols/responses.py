@@ -17,7 +17,6 @@ from ..inference.request import (
     Message,
     OutputFormat,
     TextPart,
-    Tool,
     ToolCallPart,
     ToolResultPart,
     boolean,
@@ -26,6 +25,7 @@ from ..inference.request import (
     logit_bias,
     number,
     positive_int,
+    read_tools,
 )
 
 NAMES = {"max_tokens": "max_output_tokens", "response_format": "text.format", "messages": "input"}
@@ -108,29 +108,6 @@ def messages_of(items: list[dict[str, Any]], where: str = "input") -> list[Messa
     return out
 
 
-def _tools(body: dict[str, Any]) -> list[Tool]:
-    raw = body.get("tools")
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise InvalidParam("tools must be a list of function tools", "tools")
-    tools = []
-    for i, tool in enumerate(raw):
-        if (
-            not isinstance(tool, dict)
-            or tool.get("type") != "function"
-            or not isinstance(tool.get("name"), str)
-            or not tool["name"]
-            or not isinstance(tool.get("parameters") or {}, dict)
-        ):
-            raise InvalidParam(
-                f"tools[{i}] must be {{type: 'function', name, parameters}} (only function tools)", "tools"
-            )
-        description = tool.get("description") if isinstance(tool.get("description"), str) else None
-        tools.append(Tool(tool["name"], description, tool.get("parameters"), bool(tool.get("strict"))))
-    return tools
-
-
 def _tool_choice(body: dict[str, Any]) -> Any:
     choice = body.get("tool_choice")
     if choice is None:
@@ -195,7 +172,7 @@ def parse(body: dict[str, Any], max_tokens_limit: int, history: list[dict[str, A
         top_k=integer(body, "top_k", 0, 1_000_000),
         seed=integer(body, "seed", -(2**63), 2**63 - 1),  # an extension (extra_body)
         logit_bias=logit_bias(body),  # an extension (extra_body)
-        tools=_tools(body),
+        tools=read_tools(body, "parameters", ("function",), "function tools {type: 'function', name, parameters}"),
         tool_choice=_tool_choice(body),
         output_format=_format(body),
         reasoning=None if reasoning is None else (reasoning.get("effort") != "none"),
