@@ -321,3 +321,19 @@ async def test_chat_completions_parse_sends_a_schema_that_is_accepted(sdk):
     except (pydantic.ValidationError, openai.LengthFinishReasonError):
         pytest.xfail("the runner does not enforce response_format yet")
     assert isinstance(reply.choices[0].message.parsed, City)
+
+
+async def test_top_k_min_p_and_penalties_change_sampling_as_asked(sdk, no_eos):
+    client = await sdk()
+    params = dict(model=MODEL, messages=[{"role": "user", "content": "Tell me"}], max_tokens=24, logit_bias=no_eos)
+    greedy = (await client.chat.completions.create(**params, temperature=0)).choices[0].message.content
+    # top_k=1 (and a min_p of 1.0) leave only the most likely token: sampling becomes greedy.
+    for extra in ({"top_k": 1}, {"min_p": 0.999}):
+        sampled = await client.chat.completions.create(**params, temperature=1.5, seed=3, extra_body=extra)
+        assert sampled.choices[0].message.content == greedy, extra
+    # The random model's greedy output repeats itself; penalties on repeated tokens break that.
+    plain = await client.chat.completions.create(**params, temperature=0)
+    penalised = await client.chat.completions.create(**params, temperature=0, frequency_penalty=2.0)
+    assert penalised.choices[0].message.content != plain.choices[0].message.content
+    with pytest.raises(openai.BadRequestError):
+        await client.chat.completions.create(**params, presence_penalty=3.0)

@@ -119,6 +119,10 @@ class InferenceRequest:
     top_p: float = 1.0
     top_k: int | None = None
     min_p: float | None = None
+    # OpenAI's presence / frequency penalties and mlx-lm's repetition penalty (None = off).
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     logit_bias: dict[str, float] = field(default_factory=dict)
@@ -228,10 +232,9 @@ class InferenceRequest:
             "response_format": self.output_format.as_command() if self.output_format else None,
             "reasoning": self.reasoning,
         }
-        if self.top_k is not None:
-            command["top_k"] = self.top_k
-        if self.min_p is not None:
-            command["min_p"] = self.min_p
+        for name in ("top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
+            if getattr(self, name) is not None:
+                command[name] = getattr(self, name)
         if self.kind == "chat":
             command["messages"] = self.template_messages()
             tools = self.tools

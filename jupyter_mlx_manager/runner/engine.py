@@ -148,21 +148,27 @@ class KeyedSampler:
     and after a switch between the two (the index is reset to the token being recomputed).
     """
 
-    def __init__(self, mx: Any, temperature: float, top_p: float, seed: int):
-        from mlx_lm.sample_utils import apply_top_p
+    def __init__(self, mx: Any, temperature: float, top_p: float, seed: int, top_k: int = 0, min_p: float = 0.0):
+        from mlx_lm import sample_utils
 
         self.mx = mx
         self.scale = 1.0 / temperature
         self.top_p = top_p if 0 < top_p < 1 else 0.0
-        self.apply_top_p = apply_top_p
+        self.top_k = max(0, top_k)
+        self.min_p = min_p if 0 < min_p < 1 else 0.0
+        self.filters = sample_utils
         self.seed = seed & 0xFFFFFFFF
         self.index = 0
 
     def __call__(self, logprobs: Any) -> Any:
         key = self.mx.random.key((self.seed << 31) ^ self.index)
         self.index += 1
+        if self.top_k and self.top_k < logprobs.shape[-1]:
+            logprobs = self.filters.apply_top_k(logprobs, self.top_k)
+        if self.min_p:
+            logprobs = self.filters.apply_min_p(logprobs, self.min_p)
         if self.top_p:
-            logprobs = self.apply_top_p(logprobs, self.top_p)
+            logprobs = self.filters.apply_top_p(logprobs, self.top_p)
         return self.mx.random.categorical(logprobs * self.scale, key=key)
 
 
@@ -478,6 +484,8 @@ class Engine:
         temperature = _number(command, "temperature", default=0.0)
         top_p = _number(command, "top_p", default=1.0)
         seed = _integer(command, "seed")
+        top_k = _integer(command, "top_k", minimum=0)
+        min_p = _number(command, "min_p", default=0.0)
         stop = command.get("stop")
         if isinstance(stop, str):
             stop = [stop]
@@ -512,8 +520,15 @@ class Engine:
         if temperature <= 0:
             sampler = greedy_sampler  # one shared object: the batch samples greedy rows in one call
         else:
-            sampler = KeyedSampler(self.mx, temperature, top_p, secrets.randbits(32) if seed is None else seed)
-        processors = make_logits_processors(logit_bias=bias or None)
+            sampler = KeyedSampler(
+                self.mx, temperature, top_p, secrets.randbits(32) if seed is None else seed, top_k or 0, min_p
+            )
+        processors = make_logits_processors(
+            logit_bias=bias or None,
+            repetition_penalty=_number(command, "repetition_penalty", default=None),
+            presence_penalty=_number(command, "presence_penalty", default=None),
+            frequency_penalty=_number(command, "frequency_penalty", default=None),
+        )
         initial = "normal"
         if thinking:  # the template opened a think block the model is to close (as mlx_lm.server decides)
             start, end = self.tokenizer.rfind_think_start(prompt), self.tokenizer.rfind_think_end(prompt)
@@ -1016,7 +1031,7 @@ def _integer(command: dict[str, Any], name: str, required: bool = False, minimum
     return value
 
 
-def _number(command: dict[str, Any], name: str, default: float) -> float:
+def _number(command: dict[str, Any], name: str, default: float | None) -> float | None:
     value = command.get(name)
     if value is None:
         return default
