@@ -22,7 +22,7 @@ def warm_models(tmp_path_factory):
 @pytest.fixture
 def mlx_config(warm_models):
     return {"owner_username": OWNER, "jwt_secret": JWT_SECRET, "model_dirs": [str(warm_models)],
-            "max_loaded_models": 2, "default_keep_alive": -1}  # fmt: skip
+            "max_loaded_models": 2, "default_keep_alive": -1, "warm_runner": True}  # fmt: skip
 
 
 def _gone(pid: int) -> bool:
