@@ -212,3 +212,15 @@ def test_map_with_a_json_schema_dict_and_busy_retries():
     with pytest.raises(TypeError):
         client.map("m", ["a"], schema=42)
     assert client.map("m", [], progress=False) == []
+
+
+def test_the_configured_sdk_clients_reach_this_server(client, no_eos):
+    """`connect().openai()` and `connect().anthropic()` carry the kernel's own credential."""
+    reply = client.openai().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=3, logit_bias=no_eos
+    )
+    assert reply.usage.completion_tokens == 3
+    message = client.anthropic().messages.create(
+        model=MODEL, max_tokens=3, messages=[{"role": "user", "content": "Hi"}], extra_body={"logit_bias": no_eos}
+    )
+    assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 3

@@ -416,6 +416,16 @@ class MLXClient:
             extra["http_client"] = openai.DefaultHttpxClient(event_hooks={"request": [self._attribute]})
         return openai.OpenAI(base_url=self.server.url + "mlx/v1", api_key=self.server.token or "none", **extra)
 
+    def anthropic(self):
+        """An `anthropic.Anthropic` client for this server's Messages API, with this client's
+        credential (sent as a bearer: `x-api-key` carries only tokens of ours, not Jupyter's)."""
+        import anthropic
+
+        extra: dict[str, Any] = {}
+        if self.kernel_id is not None and hasattr(anthropic, "DefaultHttpxClient"):
+            extra["http_client"] = anthropic.DefaultHttpxClient(event_hooks={"request": [self._attribute]})
+        return anthropic.Anthropic(base_url=self.server.url + "mlx", auth_token=self.server.token or "none", **extra)
+
     def _generate(self, path: str, body: dict[str, Any], stream: bool, chat: bool):
         if not stream:
             started = time.monotonic()
