@@ -20,7 +20,7 @@ import pytest
 import requests
 import websocket
 from hub import find_proxy, jupyterhub
-from models import build_models
+from models import build_models, eos_id
 from servers import free_port
 
 MODEL = "local/tiny"
@@ -68,6 +68,7 @@ def hub(tmp_path_factory):
         args=[f"--MLXManager.pool_url=http://127.0.0.1:{port}/services/mlx/"],
     ) as running:
         running.tokens = {name: running.token_for(name) for name in ("alice", "bob")}
+        running.eos = eos_id(models / "tiny")
         running.wait_for_service("mlx", running.tokens["alice"])
         yield running
 
@@ -211,7 +212,13 @@ def test_audit_websocket_and_sse_through_a_server(hub):
 
 
 def test_client_that_leaves_cancels_the_upstream_generation(hub):
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Go on"}], "max_tokens": 4000, "stream": True}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Go on"}],
+        "max_tokens": 4000,
+        "stream": True,
+        "logit_bias": {str(hub.eos): -100},
+    }  # no early EOS: the generation is still running when the client leaves
     with requests.post(
         hub.user_url("alice") + "mlx/v1/chat/completions", json=body, headers=_headers(hub, "alice"), stream=True
     ) as reply:
