@@ -375,3 +375,23 @@ def read_tools(body: dict[str, Any], schema_key: str, types: tuple[Any, ...], sh
         description = tool.get("description") if isinstance(tool.get("description"), str) else None
         tools.append(Tool(tool["name"], description, tool.get(schema_key), bool(tool.get("strict"))))
     return tools
+
+
+def openai_output_format(fmt: Any, param: str, nested: str | None = None) -> OutputFormat | None:
+    """An OpenAI format object `{"type": "text" | "json_object" | "json_schema", …}` (chat's
+    `response_format`, with the schema under `nested` = "json_schema"; Responses' `text.format`,
+    with it flat)."""
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return OutputFormat("json_object")
+    if kind == "json_schema":
+        spec = fmt.get(nested) if nested else fmt
+        if not isinstance(spec, dict):
+            raise InvalidParam(f"{param}.{nested} must be an object {{name, schema, strict}}", param)
+        schema = spec.get("schema", {}) if nested else spec.get("schema")
+        return json_schema_format(schema, spec.get("name"), spec.get("strict"), param)
+    raise InvalidParam(f"{param}.type must be 'text', 'json_object' or 'json_schema'", param)

@@ -17,9 +17,9 @@ from ..inference.request import (
     ToolResultPart,
     boolean,
     integer,
-    json_schema_format,
     logit_bias,
     number,
+    openai_output_format,
     positive_int,
     string_list,
 )
@@ -136,22 +136,7 @@ def tool_choice(body: dict[str, Any]) -> Any:
 
 
 def response_format(body: dict[str, Any]) -> OutputFormat | None:
-    fmt = body.get("response_format")
-    if fmt is None:
-        return None
-    kind = fmt.get("type") if isinstance(fmt, dict) else None
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return OutputFormat("json_object")
-    if kind == "json_schema":
-        spec = fmt.get("json_schema")
-        if not isinstance(spec, dict):
-            raise InvalidParam(
-                "response_format.json_schema must be an object {name, schema, strict}", "response_format"
-            )
-        return json_schema_format(spec.get("schema", {}), spec.get("name"), spec.get("strict"), "response_format")
-    raise InvalidParam("response_format.type must be 'text', 'json_object' or 'json_schema'", "response_format")
+    return openai_output_format(body.get("response_format"), "response_format", nested="json_schema")
 
 
 def parse(body: dict[str, Any], kind: str, max_tokens_limit: int) -> InferenceRequest:

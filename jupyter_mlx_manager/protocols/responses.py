@@ -21,9 +21,9 @@ from ..inference.request import (
     ToolResultPart,
     boolean,
     integer,
-    json_schema_format,
     logit_bias,
     number,
+    openai_output_format,
     positive_int,
     read_tools,
 )
@@ -125,17 +125,7 @@ def _format(body: dict[str, Any]) -> OutputFormat | None:
         return None
     if not isinstance(text, dict):
         raise InvalidParam("text must be an object {format}", "text")
-    fmt = text.get("format")
-    if fmt is None:
-        return None
-    kind = fmt.get("type") if isinstance(fmt, dict) else None
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return OutputFormat("json_object")
-    if kind == "json_schema":
-        return json_schema_format(fmt.get("schema"), fmt.get("name"), fmt.get("strict"), "text.format")
-    raise InvalidParam("text.format.type must be 'text', 'json_object' or 'json_schema'", "text.format")
+    return openai_output_format(text.get("format"), "text.format")
 
 
 def previous_id(body: dict[str, Any]) -> str | None:
