@@ -254,9 +254,10 @@ async def test_only_admins_delete_and_a_delete_never_races_a_load(api, make_user
     if delete.code == 200:
         assert delete.body["id"] == "local/spare" and not (model_dir / "spare").exists()
         assert "local/spare" not in await pool_models(api)
-    else:
+    else:  # the load won: the model stays, loaded, until it is unloaded
         assert delete.body["reason"] in ("model_loading", "model_loaded")
-        assert (model_dir / "spare" / "config.json").is_file()
+        assert (model_dir / "spare" / "config.json").is_file() and "local/spare" in await pool_models(api)
+        assert (await unload(api, "local/spare")).code == 200
 
     # Loaded: only with force (which unloads it first).
     assert (await load(api)).code == 200
