@@ -19,6 +19,7 @@ from ..pool.pool import validate_keep_alive
 MAX_STOP = 16  # protocols may allow fewer (OpenAI: 4)
 MAX_TOOLS = 128
 MAX_TOKEN_ID = 2**31 - 1
+MAX_TOP_LOGPROBS = 20
 
 
 class InvalidParam(BadRequest):
@@ -132,6 +133,8 @@ class InferenceRequest:
     # A thinking model's reasoning comes apart from its answer either way; this says whether it
     # thinks: True / False (the template's enable_thinking), None: the template's default.
     reasoning: bool | None = None
+    # Log-probabilities of the output tokens with this many alternatives each (None: none).
+    logprobs: int | None = None
     keep_alive: float | None = None
     stream: bool = False
     include_usage: bool = False
@@ -162,6 +165,10 @@ class InferenceRequest:
                 f"{self.param('max_tokens')} must be at most {max_tokens_limit} on this server "
                 "(c.MLXManager.max_tokens_limit)",
                 self.param("max_tokens"),
+            )
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidParam(
+                f"{self.param('logprobs')} must be an integer from 0 to {MAX_TOP_LOGPROBS}", self.param("logprobs")
             )
         if len(self.stop) > MAX_STOP:
             raise InvalidParam(f"at most {MAX_STOP} stop sequences", self.param("stop"))
@@ -232,7 +239,7 @@ class InferenceRequest:
             "response_format": self.output_format.as_command() if self.output_format else None,
             "reasoning": self.reasoning,
         }
-        for name in ("top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
+        for name in ("top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs"):
             if getattr(self, name) is not None:
                 command[name] = getattr(self, name)
         if self.kind == "chat":
@@ -244,7 +251,9 @@ class InferenceRequest:
                 tools = [t for t in tools if t.name == self.tool_choice["name"]]
             command["tools"] = [t.as_template() for t in tools] or None
             if tools and self.tool_choice != "auto":
-                command["tool_choice"] = "required"  # the runner may force a call (one tool left if named)
+                command["tool_choice"] = "required"  # the runner forces a call (to the one tool left if named)
+            elif any(t.strict for t in tools):
+                command["strict_tools"] = [t.name for t in tools if t.strict]
         else:
             command["prompt"] = self.prompt
         return command

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 import uuid
 from typing import Any
 
 from ..inference.request import (
+    MAX_TOP_LOGPROBS,
     ImagePart,
     InferenceRequest,
     InvalidParam,
@@ -27,6 +29,7 @@ from ..inference.request import (
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP = 4
 NAMES = {"max_tokens": "max_tokens", "response_format": "response_format"}
+CHAT_NAMES = {**NAMES, "logprobs": "top_logprobs"}
 
 
 def _content_parts(content: Any, where: str) -> list[Any] | None:
@@ -139,6 +142,19 @@ def response_format(body: dict[str, Any]) -> OutputFormat | None:
     return openai_output_format(body.get("response_format"), "response_format", nested="json_schema")
 
 
+def logprobs(body: dict[str, Any], kind: str) -> int | None:
+    """How many alternatives per token to report (None: no logprobs): chat's `logprobs: true`
+    with `top_logprobs` (which needs it), completions' `logprobs: n`."""
+    if kind != "chat":
+        return integer(body, "logprobs", 0, MAX_TOP_LOGPROBS)
+    top = integer(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    if not boolean(body, "logprobs"):
+        if top is not None:
+            raise InvalidParam("top_logprobs needs logprobs: true", "top_logprobs")
+        return None
+    return top or 0
+
+
 def parse(body: dict[str, Any], kind: str, max_tokens_limit: int) -> InferenceRequest:
     """`kind` is "chat" (chat/completions) or "completion" (completions)."""
     if body.get("n", 1) != 1:
@@ -171,10 +187,11 @@ def parse(body: dict[str, Any], kind: str, max_tokens_limit: int) -> InferenceRe
         seed=seed,
         stop=string_list(body, "stop", MAX_STOP),
         logit_bias=logit_bias(body),
+        logprobs=logprobs(body, kind),
         keep_alive=body.get("keep_alive"),
         stream=boolean(body, "stream"),
         include_usage=bool(stream_options.get("include_usage")),
-        names={**NAMES, "max_tokens": max_name},
+        names={**(CHAT_NAMES if kind == "chat" else NAMES), "max_tokens": max_name},
     )
     if kind == "chat":
         request.messages = messages(body)
@@ -223,9 +240,21 @@ class ChatRenderer:
     keepalive = ": keepalive\n\n"
     done_marker = "data: [DONE]\n\n"
 
-    def __init__(self, kind: str, completion_id: str, created: int, model: str, include_usage: bool = False):
+    def __init__(
+        self,
+        kind: str,
+        completion_id: str,
+        created: int,
+        model: str,
+        include_usage: bool = False,
+        logprobs: bool = False,
+    ):
         self.kind, self.id, self.created, self.model = kind, completion_id, created, model
         self.include_usage = include_usage
+        self.logprobs: list[dict[str, Any]] | None = [] if logprobs else None  # the runner's entries
+        self.offsets: list[int] = []  # completions' text_offset of each entry
+        self._offset = 0  # characters of the tokens so far
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.text: list[str] = []
         self.reasoning: list[str] = []
         self.tool_calls: list[dict[str, Any]] = []
@@ -240,12 +269,38 @@ class ChatRenderer:
             "model": self.model,
         }
 
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> tuple[None, dict[str, Any]]:
+    def _chunk(
+        self, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None
+    ) -> tuple[None, dict[str, Any]]:
         if self.kind == "chat":
             choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+            if self.logprobs is not None:
+                choice["logprobs"] = logprobs
         else:
-            choice = {"index": 0, "text": delta.get("text", ""), "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": 0, "text": delta.get("text", ""), "logprobs": logprobs, "finish_reason": finish_reason}
         return None, {**self._envelope(), "choices": [choice]}
+
+    def _add_logprobs(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        """Record a text event's token entries; the chunk's `logprobs`."""
+        start = len(self.logprobs)
+        self.logprobs.extend(entries)
+        for entry in entries:  # characters, not bytes: a token may hold part of a character
+            self.offsets.append(self._offset)
+            self._offset += len(self._utf8.decode(bytes(entry["bytes"])))
+        return self._logprobs(entries, self.offsets[start:])
+
+    def _logprobs(self, entries: list[dict[str, Any]], offsets: list[int]) -> dict[str, Any]:
+        """Token entries in this route's shape: chat's `{content: [...]}` as the runner sends
+        them, or completions' parallel lists (top_logprobs also name the chosen token, as
+        OpenAI's do; text_offset counts characters from the start of the output)."""
+        if self.kind == "chat":
+            return {"content": entries, "refusal": None}
+        return {
+            "tokens": [e["token"] for e in entries],
+            "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in [*e["top_logprobs"], e]} for e in entries],
+            "text_offset": offsets,
+        }
 
     def opening(self) -> list:
         return [self._chunk({"role": "assistant", "content": ""} if self.kind == "chat" else {"text": ""})]
@@ -254,7 +309,10 @@ class ChatRenderer:
         kind = event["ev"]
         if kind == "text":
             self.text.append(event["text"])
-            return [self._chunk({"content": event["text"]} if self.kind == "chat" else {"text": event["text"]})]
+            delta = {"content": event["text"]} if self.kind == "chat" else {"text": event["text"]}
+            if self.logprobs is None:
+                return [self._chunk(delta)]
+            return [self._chunk(delta, logprobs=self._add_logprobs(event.get("logprobs") or []))]
         if kind == "reasoning":
             self.reasoning.append(event["text"])
             return [self._chunk({"reasoning_content": event["text"]})] if self.kind == "chat" else []
@@ -281,9 +339,10 @@ class ChatRenderer:
                 message["reasoning_content"] = "".join(self.reasoning)
             if self.tool_calls:
                 message["tool_calls"] = self.tool_calls
-            choice = {"index": 0, "message": message, "finish_reason": usage.finish_reason, "logprobs": None}
+            choice = {"index": 0, "message": message}
             envelope = {**self._envelope(), "object": "chat.completion"}
         else:
-            choice = {"index": 0, "text": text, "finish_reason": usage.finish_reason, "logprobs": None}
-            envelope = self._envelope()
+            choice, envelope = {"index": 0, "text": text}, self._envelope()
+        choice["finish_reason"] = usage.finish_reason
+        choice["logprobs"] = None if self.logprobs is None else self._logprobs(self.logprobs, self.offsets)
         return {**envelope, "choices": [choice], "usage": usage.as_openai()}

@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 from ..inference.request import (
+    MAX_TOP_LOGPROBS,
     ImagePart,
     InferenceRequest,
     InvalidParam,
@@ -31,6 +32,7 @@ from ..inference.request import (
 NAMES = {"max_tokens": "max_output_tokens", "response_format": "text.format", "messages": "input"}
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 MAX_ID = 128
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
 
 def _hex() -> str:
@@ -137,6 +139,16 @@ def previous_id(body: dict[str, Any]) -> str | None:
     return value
 
 
+def _logprobs(body: dict[str, Any]) -> int | None:
+    """Alternatives per token when `include` asks for "message.output_text.logprobs" (with
+    `top_logprobs` of them, 0 to 20); None: no logprobs, as OpenAI does without the include."""
+    top = integer(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    include = body.get("include")
+    if include is not None and not (isinstance(include, list) and all(isinstance(i, str) for i in include)):
+        raise InvalidParam("include must be a list of strings", "include")
+    return (top or 0) if LOGPROBS_INCLUDE in (include or []) else None
+
+
 def parse(body: dict[str, Any], max_tokens_limit: int, history: list[dict[str, Any]] | None = None) -> InferenceRequest:
     """A Responses body; `history`: the items of the previous response's conversation."""
     model = body.get("model")
@@ -162,13 +174,14 @@ def parse(body: dict[str, Any], max_tokens_limit: int, history: list[dict[str, A
         top_k=integer(body, "top_k", 0, 1_000_000),
         seed=integer(body, "seed", -(2**63), 2**63 - 1),  # an extension (extra_body)
         logit_bias=logit_bias(body),  # an extension (extra_body)
+        logprobs=_logprobs(body),
         tools=read_tools(body, "parameters", ("function",), "function tools {type: 'function', name, parameters}"),
         tool_choice=_tool_choice(body),
         output_format=_format(body),
         reasoning=None if reasoning is None else (reasoning.get("effort") != "none"),
         keep_alive=body.get("keep_alive"),
         stream=boolean(body, "stream"),
-        names=NAMES,
+        names={**NAMES, "logprobs": "top_logprobs"},
     )
     return request.validate(max_tokens_limit)
 
@@ -252,7 +265,7 @@ class ResponsesRenderer:
         if item["type"] == "message":
             part = item["content"][0]
             events.append(self._event("response.output_text.done", item_id=item["id"], output_index=index,
-                                      content_index=0, text=part["text"], logprobs=[]))  # fmt: skip
+                                      content_index=0, text=part["text"], logprobs=part["logprobs"]))  # fmt: skip
             events.append(self._event("response.content_part.done", item_id=item["id"], output_index=index,
                                       content_index=0, part=dict(part)))  # fmt: skip
         elif item["type"] == "reasoning":
@@ -308,7 +321,10 @@ class ResponsesRenderer:
             item, index = self._open, len(self.output) - 1
             item["content"][0]["text"] += event["text"]
             name = "response.output_text.delta" if kind == "text" else "response.reasoning_text.delta"
-            extra = {"logprobs": []} if kind == "text" else {}
+            extra = {}
+            if kind == "text":  # the runner's entries are OpenAI's shape: {token, logprob, bytes, top_logprobs}
+                extra["logprobs"] = event.get("logprobs") or []
+                item["content"][0]["logprobs"] += extra["logprobs"]
             events.append(
                 self._event(name, item_id=item["id"], output_index=index, content_index=0, delta=event["text"], **extra)
             )

@@ -51,6 +51,14 @@ on mlx-lm's `TextStateMachine`) is per request and the same on both paths.
   onto the direct path and into batch rows, and `_rewind_sampler` re-synchronises it (like
   the keyed sampler) when the request migrates or is demoted. A request whose JSON is
   complete ends at once (only EOS could follow).
+* **Tool choice**: `tool_choice: "required"` (one tool left when the client named it) and
+  `strict_tools` become a grammar too, in the model's own tool-call format (`tool_call_start`
+  / `tool_call_end` around `{"name": …, "arguments": …}`, mlx-lm's `json_tools` parser): a
+  forced request must emit one call whose arguments match the tool's schema, and ends when it
+  closes. A model whose tool-call format is another one refuses such requests (400).
+* **Logprobs**: a request with `logprobs: k` (0 to 20) gets, on each `text` event, the
+  log-probability of every token behind that text and its `k` most likely alternatives
+  (`_logprob_entry`), read from the row the path already computed; others pay nothing.
 """
 
 from __future__ import annotations
@@ -74,6 +82,9 @@ from .text import TextFilter
 Emit = Callable[[dict[str, Any]], None]
 MODEL_KEY = "model"  # the prompt cache is per runner, hence per model
 MEMORY_UPDATE_SECONDS = 0.2
+MAX_TOP_LOGPROBS = 20
+LOGPROB_FLOOR = -9999.0  # what OpenAI reports for a token that cannot be sampled (-inf is not JSON)
+JSON_CALL_PARSERS = ("mlx_lm.tool_parsers.json_tools",)  # tool parsers that read {"name", "arguments"}
 # What a spare runner imports beyond mlx-lm's core, so that a load does not: the usual
 # architectures and the tokenizer classes (transformers imports them lazily).
 SPARE_PRELOADS = (
@@ -197,6 +208,8 @@ class Request:
     grammar: GrammarProcessor | None = None  # structured output: the token mask (also in `processors`)
     thinking: bool = False  # a chat request on a thinking model: reasoning is parsed out
     reasoning_tokens: int = 0
+    logprobs: int | None = None  # alternatives per token to report (None: no logprobs at all)
+    token_logprobs: list[dict[str, Any]] = field(default_factory=list)  # entries not yet sent
 
 
 class Engine:
@@ -241,6 +254,8 @@ class Engine:
         self._finished_ids: set[str] = set()
         self._finished_order: deque[str] = deque()
         self._memory_at = 0.0
+        self._token_infos: dict[int, dict[str, Any]] = {}  # logprobs: {token, bytes} by token id
+        self._byte_tokenizer: Any = None  # llguidance's tokenizer for token bytes; False: none
 
     @property
     def active(self) -> list[Request]:
@@ -495,6 +510,10 @@ class Engine:
         if tools is not None and not isinstance(tools, list):
             raise _InvalidRequest("tools must be a list", "invalid_field", "tools")
         bias = self._logit_bias(command.get("logit_bias"))
+        logprobs = _integer(command, "logprobs", minimum=0)
+        if logprobs is not None and logprobs > MAX_TOP_LOGPROBS:
+            raise _InvalidRequest(f"logprobs must be at most {MAX_TOP_LOGPROBS}", "invalid_field", "logprobs")
+        forced, strict = _tool_choice(command, tools)
         reasoning = command.get("reasoning")
         if reasoning is not None and not isinstance(reasoning, bool):
             raise _InvalidRequest("reasoning must be true, false or null", "invalid_field", "reasoning")
@@ -535,12 +554,15 @@ class Engine:
             if start >= 0 and start > end:
                 initial = "reasoning"
         grammar = None
-        if schema is not None:  # the mask goes last: nothing (logit_bias included) can unmask a token
-            mode = None if not thinking or reasoning is False else ("open" if initial == "reasoning" else "optional")
+        mode = None if not thinking or reasoning is False else ("open" if initial == "reasoning" else "optional")
+        if forced or strict:  # the mask goes last: nothing (logit_bias included) can unmask a token
+            grammar = self._tool_grammar(tools, forced, strict, schema, mode)
+        elif schema is not None:
             try:
                 grammar = self._grammars().processor(self.mx, schema, mode)
             except UnsupportedSchema as exc:
                 raise _InvalidRequest(str(exc), "unsupported_schema", "response_format") from None
+        if grammar is not None:
             processors = [*processors, grammar]
         parser = self.tokenizer.tool_parser if tools else None
         text_filter = TextFilter(
@@ -556,9 +578,46 @@ class Engine:
         request = Request(
             rid, prompt, max_tokens, len(prompt) - len(rest), rest, cache, sampler, processors,
             self.tokenizer.detokenizer, text_filter, self.eos, grammar=grammar, thinking=thinking,
+            logprobs=logprobs,
         )  # fmt: skip
         self.emit({"ev": "started", "id": rid, "prompt_tokens": len(prompt), "cached_tokens": request.cached_tokens})
         return request
+
+    def _tool_grammar(
+        self, tools: list[Any], forced: bool, strict: set[str], schema: dict[str, Any] | None, mode: str | None
+    ) -> GrammarProcessor:
+        """The mask that makes the model call a tool (`forced`) or keeps the arguments of
+        `strict` tools to their schemas, in the model's own tool-call format."""
+        param = "tool_choice" if forced else "tools"
+        parser = self.tokenizer.tool_parser
+        if parser is None or getattr(parser, "__module__", None) not in JSON_CALL_PARSERS:
+            reason = (
+                "this model has no tool-call format (mlx-lm found no tool parser for it)"
+                if parser is None
+                else f"this model's tool-call format ({parser.__module__}) cannot be enforced yet"
+            )
+            raise _InvalidRequest(
+                f"{reason}: use tool_choice 'auto' without strict tools", "unsupported_tool_choice", param
+            )
+        calls = []
+        for tool in tools:
+            function = tool.get("function") if isinstance(tool, dict) else None
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise _InvalidRequest("each tool needs function.name", "invalid_field", "tools")
+            exact = forced or function["name"] in strict
+            parameters = function.get("parameters") if exact else None
+            calls.append((function["name"], parameters if isinstance(parameters, dict) else {"type": "object"}))
+        start, end = self.tokenizer.tool_call_start, self.tokenizer.tool_call_end
+        markers = (self._marker(start), self._marker(end), start)
+        try:
+            return self._grammars().tool_processor(self.mx, calls, markers, forced, schema, mode)
+        except UnsupportedSchema as exc:
+            raise _InvalidRequest(str(exc), "unsupported_schema", param) from None
+
+    def _marker(self, text: str) -> str:
+        """A tool-call marker in llguidance's lark: the token itself if it is one, else the text."""
+        ids = _token_list(self.tokenizer.encode(text, add_special_tokens=False))
+        return f"<[{ids[0]}]>" if len(ids) == 1 else json.dumps(text)
 
     def _grammars(self) -> Grammars:
         """The runner's grammar engine (llguidance), made on the first structured request."""
@@ -714,7 +773,7 @@ class Engine:
                     prompt_cache=request.cache,
                     prefill_step_size=self.prefill_step_size,
                 )
-            token, _ = next(request.steps)
+            token, logprobs = next(request.steps)
         except StopIteration:
             self._finish(request, "length", self._direct_cache_entry(request))
             return
@@ -722,7 +781,7 @@ class Engine:
             self.direct = None
             self._error(request.id, f"{type(exc).__name__}: {exc}")
             return
-        reason = self._on_token(request, int(token))
+        reason = self._on_token(request, int(token), logprobs)
         if reason is not None:
             # The cache holds the prompt and every token sampled (generate_step has fed the last one).
             self._finish(request, reason, self._direct_cache_entry(request))
@@ -801,7 +860,7 @@ class Engine:
             request = self.batched.get(response.uid)
             if request is None:
                 continue
-            reason = self._on_token(request, int(response.token))
+            reason = self._on_token(request, int(response.token), response.logprobs)
             if response.finish_reason is not None:  # the batch has let it go (EOS or max_tokens)
                 del self.batched[response.uid]
                 self._finish(request, reason or ("stop" if response.finish_reason == "stop" else "length"),
@@ -849,16 +908,19 @@ class Engine:
         if request.grammar is not None:
             request.grammar.rewind(request.generated)
 
-    def _on_token(self, request: Request, token: int) -> str | None:
-        """Handle one sampled token; the finish reason if the request is done."""
+    def _on_token(self, request: Request, token: int, logprobs: Any = None) -> str | None:
+        """Handle one sampled token (`logprobs`: the row it was sampled from); the finish
+        reason if the request is done."""
         request.generated.append(token)
         if request.first_token_at is None:
             request.first_token_at = time.perf_counter()
         if token in request.eos:
             return "stop"
         request.completion_tokens += 1
-        request.detokenizer.add_token(token)
         was_reasoning = request.filter.state == "reasoning"
+        if request.logprobs is not None and logprobs is not None and not was_reasoning:  # content only
+            request.token_logprobs.append(self._logprob_entry(token, logprobs, request.logprobs))
+        request.detokenizer.add_token(token)
         if self._send_text(request, request.detokenizer.last_segment):
             return "stop"
         if was_reasoning or request.filter.state == "reasoning":
@@ -882,13 +944,59 @@ class Engine:
             count = request.completion_tokens
             self.emit({"ev": "reasoning", "id": request.id, "text": out.reasoning, "completion_tokens": count})
         if out.text:
-            self.emit(
-                {"ev": "text", "id": request.id, "text": out.text, "completion_tokens": request.completion_tokens}
-            )
+            event = {"ev": "text", "id": request.id, "text": out.text, "completion_tokens": request.completion_tokens}
+            if request.token_logprobs:  # the tokens behind this text (and any held back before it)
+                event["logprobs"], request.token_logprobs = request.token_logprobs, []
+            self.emit(event)
+        elif out.reasoning or out.tool_calls:
+            request.token_logprobs = []  # those tokens were reasoning or a tool call, not content
         for call in out.tool_calls:
             request.tool_calls += 1
             self.emit({"ev": "tool_call", "id": request.id, "call": call})
         return out.stopped
+
+    def _logprob_entry(self, token: int, logprobs: Any, top: int) -> dict[str, Any]:
+        """OpenAI's `{token, logprob, bytes, top_logprobs}` for a sampled token.
+
+        `logprobs` is the log-softmax both paths sample from: after the request's logits
+        processors (logit_bias, penalties, the grammar mask), before the sampler's temperature
+        and top-k / top-p / min-p filters. Masked tokens (-inf) are reported as -9999."""
+        mx = self.mx
+        row = logprobs.reshape(-1).astype(mx.float32)
+        top = min(top, row.shape[0])
+        best = mx.argpartition(-row, top - 1)[:top] if top else mx.array([], dtype=mx.int32)
+        chosen, picked = row[token], row[best]
+        mx.eval(chosen, best, picked)  # one wait for the three
+        ids, values = best.tolist(), picked.tolist()
+        entry = {**self._token_info(token), "logprob": max(chosen.item(), LOGPROB_FLOOR)}
+        ranked = sorted(zip(values, ids), key=lambda pair: -pair[0])
+        entry["top_logprobs"] = [{**self._token_info(i), "logprob": max(value, LOGPROB_FLOOR)} for value, i in ranked]
+        return entry
+
+    def _token_info(self, token: int) -> dict[str, Any]:
+        """`{token, bytes}` of one token as OpenAI reports it: its text, or `bytes:\\xNN…` for a
+        token that is only part of a UTF-8 character (`bytes` holds the exact bytes either way)."""
+        info = self._token_infos.get(token)
+        if info is None:
+            raw = self._token_bytes(token)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text = "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+            info = self._token_infos[token] = {"token": text, "bytes": list(raw)}
+        return info
+
+    def _token_bytes(self, token: int) -> bytes:
+        """A token's bytes from llguidance's tokenizer (exact, also for pieces of a character),
+        else the model tokenizer's decoding of it alone."""
+        if self._byte_tokenizer is None:
+            try:
+                self._byte_tokenizer = self._grammars().tokenizer()
+            except Exception:  # no tokenizer.json: the decoded text is the best there is
+                self._byte_tokenizer = False
+        if self._byte_tokenizer is False:
+            return self.tokenizer.decode([token]).encode("utf-8")
+        return bytes(self._byte_tokenizer.decode_bytes([token]))
 
     def _cancel_requested(self) -> None:
         ids = set(self.cancelled)
@@ -1038,6 +1146,21 @@ def _number(command: dict[str, Any], name: str, default: float | None) -> float 
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise _InvalidRequest(f"{name} must be a finite number, not {_brief(value)}", "invalid_field", name)
     return float(value)
+
+
+def _tool_choice(command: dict[str, Any], tools: list[Any] | None) -> tuple[bool, set[str]]:
+    """(whether a tool call is forced, the names of the tools whose arguments are strict)."""
+    choice = command.get("tool_choice")
+    if choice not in (None, "auto", "required"):
+        raise _InvalidRequest("tool_choice must be 'auto' or 'required'", "invalid_field", "tool_choice")
+    strict = command.get("strict_tools") or []
+    if not isinstance(strict, list) or not all(isinstance(name, str) for name in strict):
+        raise _InvalidRequest("strict_tools must be a list of tool names", "invalid_field", "strict_tools")
+    if not tools:
+        if choice == "required":
+            raise _InvalidRequest("tool_choice 'required' needs tools", "invalid_field", "tool_choice")
+        return False, set()
+    return choice == "required", set(strict)
 
 
 def _token_list(tokens: Any) -> list[int]:

@@ -31,6 +31,7 @@ from typing import Any
 # Compact JSON, no whitespace between tokens; unknown schema keywords are errors, not ignored.
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": ", "lenient": False}
 GRAMMAR_CACHE_SIZE = 64
+REGEX_META = set("\\.+*?()|[]{}^$#&-~/")  # escaped in a lark regex (Rust syntax; `\<` would be a word boundary)
 
 
 class UnsupportedSchema(Exception):
@@ -140,26 +141,109 @@ class Grammars:
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.tokenizer())
         if is_error:  # the schema alone: the message names the feature (e.g. 'Unimplemented keys: ["not"]')
             raise UnsupportedSchema(f"this JSON schema cannot be enforced: {'; '.join(messages)[:500]}")
-        if thinking and self.think_ids:
-            start, end = self.think_ids
-            prefix = f"THINK <[{end}]>" if thinking == "open" else f"(<[{start}]> THINK <[{end}]>)?"
-            lark = f"start: {prefix} GAP answer\nTHINK: /(.|\\n)*/\nGAP: /[ \\n]{{0,2}}/\nanswer: %json {schema_text}\n"
-            grammar = llguidance.LLMatcher.grammar_from_lark(lark)
-            is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.tokenizer())
-            if is_error:
-                raise UnsupportedSchema(f"this JSON schema cannot be enforced: {'; '.join(messages)[:500]}")
-        self._grammars[f"{thinking}:{schema_text}"] = grammar
-        if len(self._grammars) > GRAMMAR_CACHE_SIZE:
-            self._grammars.popitem(last=False)
+        prefix, rules = self._think(thinking)
+        if prefix:
+            grammar = self._lark(f"start: {prefix}answer\nanswer: %json {schema_text}\n{rules}")
+        self._remember(f"{thinking}:{schema_text}", grammar)
         return grammar
 
+    def tool_grammar(
+        self,
+        calls: list[tuple[str, dict[str, Any]]],
+        markers: tuple[str, str, str],
+        forced: bool,
+        answer: dict[str, Any] | None = None,
+        thinking: str | None = None,
+    ) -> str:
+        """llguidance grammar for a tool call in the `json_tools` format: `markers` (the start
+        and end markers in lark, tokens `<[id]>` or strings, and the start marker's text) around
+        `{"name": …, "arguments": …}`, the arguments of each of `calls` (name, schema) held to
+        its schema. `forced`: the answer is one call; else the JSON of `answer` (a schema) or
+        free text, then maybe a call. Free text cannot spell the start marker out: a call that
+        the text filter would see must go through the grammar."""
+        variants = [
+            {
+                "type": "object",
+                "properties": {"name": {"const": name}, "arguments": schema},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+            for name, schema in calls
+        ]
+        call_schema = variants[0] if len(variants) == 1 else {"anyOf": variants}
+        try:
+            call_text = json.dumps({**call_schema, "x-guidance": JSON_OPTIONS}, separators=(",", ":"))
+            answer_text = None
+            if answer is not None:
+                answer_text = json.dumps({**answer, "x-guidance": JSON_OPTIONS}, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise UnsupportedSchema(f"the tool's parameters are not a JSON schema: {exc}") from None
+        key = json.dumps([call_text, markers, forced, answer_text, thinking])
+        cached = self._grammars.get(key)
+        if cached is not None:
+            self._grammars.move_to_end(key)
+            return cached
+        start, end, start_text = markers
+        lark = f'call: {start} "\\n" payload "\\n" {end}\npayload: %json {call_text}\n'
+        if forced:
+            body = "call"
+        elif answer_text is not None:
+            body, lark = "answer | call", lark + f"answer: %json {answer_text}\n"
+        else:
+            spelled = "".join(f"\\{c}" if c in REGEX_META else c for c in start_text).replace("\n", "\\n")
+            body, lark = "TEXT call?", lark + f"TEXT: /(.|\\n)*/ & ~/(.|\\n)*{spelled}(.|\\n)*/\n"
+        prefix, rules = self._think(thinking)
+        grammar = self._lark(f"start: {prefix}body\nbody: {body}\n{lark}{rules}")
+        self._remember(key, grammar)
+        return grammar
+
+    def _think(self, thinking: str | None) -> tuple[str, str]:
+        """(the lark before the answer, the rules it uses) that let a thinking model reason
+        first: the rest of a think block the prompt opened ("open"), or an optional one."""
+        if not thinking or not self.think_ids:
+            return "", ""
+        start, end = self.think_ids
+        block = f"THINK <[{end}]>" if thinking == "open" else f"(<[{start}]> THINK <[{end}]>)?"
+        return f"{block} GAP ", "THINK: /(.|\\n)*/\nGAP: /[ \\n]{0,2}/\n"
+
+    def _lark(self, lark: str) -> str:
+        import llguidance
+
+        try:
+            grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+        except ValueError as exc:
+            raise UnsupportedSchema(f"this JSON schema cannot be enforced: {exc}") from None
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.tokenizer())
+        if is_error:
+            raise UnsupportedSchema(f"this JSON schema cannot be enforced: {'; '.join(messages)[:500]}")
+        return grammar
+
+    def _remember(self, key: str, grammar: str) -> None:
+        self._grammars[key] = grammar
+        if len(self._grammars) > GRAMMAR_CACHE_SIZE:
+            self._grammars.popitem(last=False)
+
     def processor(self, mx: Any, schema: dict[str, Any], thinking: str | None = None) -> GrammarProcessor:
+        return self._processor(mx, lambda: self.grammar(schema, thinking))
+
+    def tool_processor(
+        self,
+        mx: Any,
+        calls: list[tuple[str, dict[str, Any]]],
+        markers: tuple[str, str, str],
+        forced: bool,
+        answer: dict[str, Any] | None = None,
+        thinking: str | None = None,
+    ) -> GrammarProcessor:
+        return self._processor(mx, lambda: self.tool_grammar(calls, markers, forced, answer, thinking))
+
+    def _processor(self, mx: Any, compile_grammar: Any) -> GrammarProcessor:
         import time
 
         import llguidance
 
         began = time.perf_counter()
-        grammar = self.grammar(schema, thinking)
+        grammar = compile_grammar()
         matcher = llguidance.LLMatcher(self.tokenizer(), grammar, log_level=0)
         if matcher.is_error():
             raise UnsupportedSchema(f"this JSON schema cannot be enforced: {matcher.get_error()[:500]}")

@@ -6,7 +6,12 @@ Server → runner (the runner's stdin):
    "seed": int|null, "logit_bias": {token_id: bias}, "stop": [str],
    "response_format"?: null | {"type": "text"} | {"type": "json_object"}
                        | {"type": "json_schema", "schema": {...}},
-   "reasoning"?: true|false|null}
+   "reasoning"?: true|false|null, "logprobs"?: int (0-20), "tool_choice"?: "auto"|"required",
+   "strict_tools"?: [tool name]}
+      `logprobs: k` adds each answer token's log-probability and its k most likely alternatives
+      to the `text` events. `tool_choice: "required"` (the tools narrowed to one for a named
+      choice) and `strict_tools` are a grammar in the model's tool-call format (json_tools
+      only; another format ends the request with code "unsupported_tool_choice").
       `response_format` is enforced by constrained decoding (runner/grammar.py, llguidance):
       every sampled token is masked to the JSON grammar (compact: ", " and ": " separators, no
       other whitespace), and the request ends (`stop`) as soon as the JSON is complete. A schema
@@ -40,7 +45,8 @@ stderr, so library output cannot corrupt the stream):
       context_length: `models.catalog.context_length` of its config (what the catalog reports)
   {"ev": "failed", "error": str}                       load failed; the runner exits
   {"ev": "started", "id", "prompt_tokens": int, "cached_tokens": int}
-  {"ev": "text", "id", "text": str, "completion_tokens": int}      the answer
+  {"ev": "text", "id", "text": str, "completion_tokens": int,      the answer
+   "logprobs"?: [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}]}
   {"ev": "reasoning", "id", "text": str, "completion_tokens": int} a thinking model's reasoning
       (chat requests on a model whose vocabulary has think markers, as mlx-lm detects them: the
       text between them, markers dropped; also when the prompt itself opened the block). Stop
