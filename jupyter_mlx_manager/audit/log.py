@@ -21,7 +21,7 @@ EVENT_SCHEMA_ID = "https://events.jupyter.org/jupyter_mlx_manager/audit/v1"
 FIELDS = (
     "id", "request_id", "time", "user", "client", "action", "endpoint", "model", "status",
     "prompt_tokens", "cached_tokens", "completion_tokens", "ttft_ms", "duration_ms", "error_type",
-    "notebook", "kernel_id", "cell_id",
+    "backend", "notebook", "kernel_id", "cell_id",
 )  # fmt: skip
 STATUSES = ("ok", "error", "cancelled", "timeout")
 # Text fields come from clients (a model id, a user name that failed to log in, an error
@@ -34,6 +34,7 @@ TEXT_BOUNDS = {
     "endpoint": 256,
     "model": 256,
     "error_type": 100,
+    "backend": 64,  # `local`, or the remote backend that served an inference request
     # Where a kernel's request came from (audit/attribution.py validates these already).
     "notebook": 1024,
     "kernel_id": 64,

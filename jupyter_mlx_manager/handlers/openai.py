@@ -52,7 +52,8 @@ class ModelsHandler(OpenAIHandler):
                 "object": "list",
                 "data": [
                     {"id": i, "object": "model", "created": 0, "owned_by": "local", "loaded": i in loaded} for i in ids
-                ],
+                ]
+                + await self.mlx.remote.model_entries(),
             }
         )
 
@@ -64,8 +65,9 @@ class _CompletionHandler(OpenAIErrors, InferenceHandler):
         request = parse(self.json_body(), self.kind, self.mlx.max_tokens_limit)
         prefix = "chatcmpl-" if self.kind == "chat" else "cmpl-"
         renderer = ChatRenderer(
-            self.kind, prefix + self.request_id, int(time.time()), request.model, request.include_usage
-        )
+            self.kind, prefix + self.request_id, int(time.time()), request.model, request.include_usage,
+            logprobs=request.logprobs is not None,
+        )  # fmt: skip
         await self.generate(request, renderer)
 
 

@@ -4,6 +4,7 @@ force an unload is the pool's decision (`ModelPool.load`/`unload` take the user)
 from __future__ import annotations
 
 from ..errors import BadRequest
+from ..models.catalog import is_remote_id
 from .base import MLXAPIHandler, authorized, web
 
 
@@ -13,6 +14,7 @@ class PoolHandler(MLXAPIHandler):
     async def get(self):
         status = self.mlx.pool.status()
         status["limits"].update(self.mlx.limits.status())  # the request limits live above the pool
+        status["models"] += await self.mlx.remote.pool_entries()  # with their backend and health
         for model in status["models"]:
             model["queued"] = self.mlx.limits.queue_depth(model["model"])
         self.write_json(status)
@@ -26,6 +28,8 @@ class PoolLoadHandler(MLXAPIHandler):
         pin = body.get("pin")
         if pin is not None and not isinstance(pin, bool):
             raise BadRequest("pin must be true or false", reason="invalid_pin")
+        if is_remote_id(body.get("model")):
+            return self.write_json(self.mlx.remote.noop(body["model"], "load"))
         model = await self.mlx.pool.load(
             body.get("model"), pin=pin, keep_alive=body.get("keep_alive"), user=self.mlx_user
         )
@@ -42,6 +46,8 @@ class PoolUnloadHandler(MLXAPIHandler):
             raise BadRequest("model is required", reason="invalid_model_id")
         if not isinstance(force, bool):
             raise BadRequest("force must be true or false", reason="invalid_force")
+        if is_remote_id(model_id):
+            return self.write_json(self.mlx.remote.noop(model_id, "unload"))
         loaded = self.mlx.pool.get_loaded_model(model_id)
         await self.mlx.pool.unload(model_id, user=self.mlx_user, force=force)
         self.write_json({"model": loaded.model_id if loaded else model_id, "status": "unloaded"})

@@ -90,4 +90,9 @@ MIGRATIONS: list[str] = [
     CREATE INDEX responses_user ON responses(user);
     CREATE INDEX responses_expires ON responses(expires_at);
     """,
+    # 5: the backend that served an inference request: `local`, or a remote backend's name
+    # (backends/remote.py); older records and non-inference ones have none.
+    """
+    ALTER TABLE audit_log ADD COLUMN backend TEXT;
+    """,
 ]
