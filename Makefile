@@ -16,7 +16,7 @@ install: $(STAMP) $(CHP_STAMP)
 $(STAMP): pyproject.toml labextension/package.json labextension/yarn.lock $(shell find labextension/src labextension/style labextension/schema -type f)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,all]"
 	touch $@
 
 $(CHP_STAMP):

@@ -11,17 +11,19 @@ from typing import Any
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from tornado.ioloop import IOLoop, PeriodicCallback
-from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, validate
+from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default, validate
 
 from . import metrics, system
 from ._version import __version__
 from .audit import AuditLog
 from .audit.log import EVENT_SCHEMA_ID
 from .auth import TokenIssuer, UserService, resolve_secret
+from .backends import RemoteBackends, parse_backends
 from .downloads import DownloadManager
 from .handlers import ROUTES
 from .handlers.proxy import SharedService, shared_service_routes
 from .inference import InferenceService, RequestLimits
+from .inference.images import ImageLimits
 from .inference.stored import ResponseStore
 from .models.catalog import ModelCatalog
 from .models.hub import HubSearch
@@ -170,6 +172,14 @@ class MLXManager(ExtensionApp):
         "0 = store none. Default: 24.",
     ).tag(config=True)
 
+    allow_image_urls = Bool(
+        False,
+        help="Accept http(s) image URLs in chat (the server would fetch them: off, against SSRF). "
+        "Default: False: images travel as data URLs or base64.",
+    ).tag(config=True)
+
+    max_images_per_request = Int(8, help="Images one chat request may carry (each at most 20 MB).").tag(config=True)
+
     warm_runner = Bool(
         True,
         help="Keep one spare runner process with MLX and mlx-lm already imported, waiting for a "
@@ -182,6 +192,14 @@ class MLXManager(ExtensionApp):
         False,
         help="Let non-admin users' Hub searches and downloads use the server's Hugging Face token "
         "(and so see its private and gated repos). Default: False: only admins' requests use it.",
+    ).tag(config=True)
+
+    remote_backends = Dict(
+        help="Models served by other OpenAI-compatible servers (vLLM, exo, mlx_lm.server, a LiteLLM "
+        "proxy, another jupyter-mlx-manager), as remote/<name>/<upstream id>, behind this server's "
+        'auth, limits and audit: {"<name>": {"url": "http://host:8000/v1", "api_key_env": "ENV_VAR" '
+        '(optional: the upstream key, read from that variable, never shown), "models": [...] '
+        "(optional: else discovered from the upstream's GET /models)}}. Default: {}.",
     ).tag(config=True)
 
     pool_url = Unicode(
@@ -254,8 +272,14 @@ class MLXManager(ExtensionApp):
         )  # fmt: skip
         IOLoop.current().add_callback(self.downloads.start)  # resumes unfinished downloads
         self.limits = RequestLimits(self.max_requests_per_user, self.max_batch_size, self.max_queued_requests)
+        self.remote = RemoteBackends(self._remote_backend_configs(), log=self.log)
         self.completions = InferenceService(
-            self.pool, self.audit, self.limits, record_content=self.audit_record_content
+            self.pool,
+            self.audit,
+            self.limits,
+            record_content=self.audit_record_content,
+            remote=self.remote,
+            image_limits=ImageLimits(max(0, self.max_images_per_request), self.allow_image_urls),
         )
         self.responses = ResponseStore(self.db, self.responses_ttl_hours)
         metrics.install(self)
@@ -265,6 +289,16 @@ class MLXManager(ExtensionApp):
         self.users.change_listeners.append(self._recheck_sockets)
         self._device: asyncio.Task | None = None
         self.log.info("jupyter-mlx-manager %s: data in %s", __version__, data_dir)
+
+    def _remote_backend_configs(self) -> dict:
+        """The checked `remote_backends`; a bad entry is logged and none are served. (Checked
+        here, not in a trait validator: a validator's error at link time leaves the extension
+        loading with none of its configuration, data_dir included.)"""
+        try:
+            return parse_backends(self.remote_backends, os.environ)
+        except ValueError as exc:
+            self.log.error("c.MLXManager.%s; no remote backends are served", exc)
+            return {}
 
     def _initialize_forwarding(self, data_dir: Path) -> None:
         """pool_url: only accounts, tokens and the audit of this server's own auth live here."""
@@ -294,6 +328,7 @@ class MLXManager(ExtensionApp):
                 break
             await asyncio.sleep(0.05)
         await self.downloads.stop()
+        await self.remote.close()
         await self.pool.shutdown()
         for socket in list(self._sockets):
             socket.close(1001, "server shutting down")

@@ -412,6 +412,50 @@ def _paths() -> dict[str, Any]:
                 chat_body,
             )
         },
+        "/mlx/v1/embeddings": {
+            "post": _op(
+                "OpenAI: embeddings (embedding models; base64 is little-endian float32)",
+                _responses(
+                    _obj(
+                        {
+                            "object": {"const": "list"},
+                            "data": {
+                                "type": "array",
+                                "items": _obj(
+                                    {
+                                        "object": STR,
+                                        "index": INT,
+                                        "embedding": {"oneOf": [{"type": "array", "items": NUM}, STR]},
+                                    },
+                                    ["index", "embedding"],
+                                ),
+                            },
+                            "model": STR,
+                            "usage": _obj({"prompt_tokens": INT, "total_tokens": INT}, ["prompt_tokens"]),
+                        },
+                        ["data", "usage"],
+                    ),
+                    error="OpenAIError",
+                ),
+                _obj(
+                    {
+                        "model": STR,
+                        "input": {
+                            "oneOf": [
+                                STR,
+                                {"type": "array", "items": STR},
+                                {"type": "array", "items": INT},
+                                {"type": "array", "items": {"type": "array", "items": INT}},
+                            ]
+                        },
+                        "encoding_format": {"enum": ["float", "base64"]},
+                        "dimensions": INT,
+                        "user": STR,
+                    },
+                    ["model", "input"],
+                ),
+            )
+        },
         "/mlx/v1/messages": {
             "post": _op(
                 "Anthropic Messages (stream: server-sent events; x-api-key or Bearer)",

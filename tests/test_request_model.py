@@ -7,6 +7,7 @@ import pydantic
 import pytest
 from openai.lib._parsing._completions import type_to_response_format_param
 
+from jupyter_mlx_manager.inference.images import ImageLimits
 from jupyter_mlx_manager.inference.request import InvalidParam
 from jupyter_mlx_manager.inference.service import Usage
 from jupyter_mlx_manager.protocols import anthropic, openai_chat, responses
@@ -75,12 +76,12 @@ def test_chat_response_format_and_the_sdks_parse_payload():
         assert caught.value.param == "response_format"
 
 
-def test_images_are_parts_but_refused_for_now():
+def test_images_are_parts_checked_in_the_server():
     body = {"model": M, "messages": [{"role": "user", "content": [
         {"type": "text", "text": "what is it"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]}]}  # fmt: skip
-    with pytest.raises(InvalidParam) as caught:
-        openai_chat.parse(body, "chat", LIMIT)
-    assert caught.value.code == "images_not_supported"
+    with pytest.raises(InvalidParam) as caught:  # not a PNG (inference/images.py; tests/test_vision.py)
+        openai_chat.parse(body, "chat", LIMIT).check_images(ImageLimits())
+    assert caught.value.code == "invalid_image"
 
 
 def test_messages_translation():

@@ -6,8 +6,11 @@ with `tqdm.auto`, so a notebook gets a widget bar).
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
+import struct
 import sys
 import threading
 import time
@@ -58,6 +61,8 @@ class StructuredOutputError(ValueError):
         super().__init__(message)
         self.text = text
 
+
+EMBED_BATCH = 2048  # inputs per embeddings request: the server's limit
 
 _ERRORS = {
     401: AuthenticationError,
@@ -323,10 +328,14 @@ class MLXClient:
     # -- inference ----------------------------------------------------------------------------
     def chat(self, model: str, messages_or_text: str | list[dict[str, Any]], stream: bool = False, **params: Any):
         """The reply's text, a `ChatResult` (a `str` that displays as Markdown with a footer:
-        tokens, time to first token, tok/s); with `stream=True`, an iterator of text pieces."""
+        tokens, time to first token, tok/s); with `stream=True`, an iterator of text pieces.
+        A message's `content` may be a list mixing strings and images for a vision model:
+        `{"role": "user", "content": ["describe this", fig]}` (a PIL image, a matplotlib figure,
+        PNG/JPEG bytes or a `pathlib.Path`)."""
         messages = (
             [{"role": "user", "content": messages_or_text}] if isinstance(messages_or_text, str) else messages_or_text
         )
+        messages = [_with_images(m) for m in messages]
         return self._generate(
             "mlx/v1/chat/completions", {"model": model, "messages": messages, **params}, stream, chat=True
         )
@@ -405,6 +414,24 @@ class MLXClient:
 
     def complete(self, model: str, prompt: str, stream: bool = False, **params: Any):
         return self._generate("mlx/v1/completions", {"model": model, "prompt": prompt, **params}, stream, chat=False)
+
+    def embed(self, model: str, texts: str | list[str], *, dimensions: int | None = None):
+        """Embeddings of `texts` (one string or a list) from an embedding model: one row per
+        text, in order — a float32 numpy array of shape (len(texts), dim) when numpy is there,
+        else a list of lists of floats. Lists longer than the server takes in one request
+        (2,048) go in several."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        rows: list[bytes] = []
+        for start in range(0, len(texts), EMBED_BATCH):
+            body: dict[str, Any] = {"model": model, "input": texts[start : start + EMBED_BATCH]}
+            body.update(encoding_format="base64", **({"dimensions": dimensions} if dimensions else {}))
+            reply = self._request("POST", "mlx/v1/embeddings", json=body)
+            rows += [base64.b64decode(item["embedding"]) for item in sorted(reply["data"], key=lambda d: d["index"])]
+        try:
+            import numpy as np
+        except ImportError:
+            return [list(struct.unpack(f"<{len(row) // 4}f", row)) for row in rows]
+        return np.frombuffer(b"".join(rows), dtype="<f4").reshape(len(rows), -1) if rows else np.zeros((0, 0), "f4")
 
     def openai(self):
         """An `openai.OpenAI` client for this server's `mlx/v1` API, with this client's credential."""
@@ -485,6 +512,39 @@ class MLXClient:
 
 
 TTFT_HEADER = "X-MLX-TTFT-Ms"  # the server's time to first token of a non-streamed reply, if it sends it
+
+
+def _with_images(message: dict[str, Any]) -> dict[str, Any]:
+    """A message whose `content` is a list mixing strings and images (a PIL image, a matplotlib
+    figure, PNG/JPEG bytes, a `pathlib.Path`) in OpenAI's parts: text parts and data URLs."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return message
+    return {**message, "content": [_part(item) for item in content]}
+
+
+def _part(item: Any) -> dict[str, Any]:
+    if isinstance(item, str):
+        return {"type": "text", "text": item}
+    if isinstance(item, dict):  # already a wire part
+        return item
+    if isinstance(item, Path):
+        data = item.read_bytes()
+    elif isinstance(item, (bytes, bytearray, memoryview)):
+        data = bytes(item)
+    elif hasattr(item, "savefig") or (hasattr(item, "save") and hasattr(item, "mode")):  # a figure, a PIL image
+        buffer = io.BytesIO()
+        if hasattr(item, "savefig"):
+            item.savefig(buffer, format="png", bbox_inches="tight")
+        else:
+            item.save(buffer, "PNG")
+        data = buffer.getvalue()
+    else:
+        raise TypeError(f"a message part must be text or an image, not {type(item).__name__}")
+    kind = "image/png" if data.startswith(b"\x89PNG") else "image/jpeg" if data.startswith(b"\xff\xd8") else None
+    if kind is None:
+        raise ValueError("image bytes must be PNG or JPEG")
+    return {"type": "image_url", "image_url": {"url": f"data:{kind};base64,{base64.b64encode(data).decode()}"}}
 
 
 def _structured(schema: Any) -> tuple[dict[str, Any], Callable[[str], Any]]:

@@ -6,6 +6,7 @@ from .anthropic import CountTokensHandler, MessagesHandler
 from .audit import AuditExportHandler, AuditHandler, AuditStatsHandler, AuditWebSocketHandler
 from .auth import LoginHandler, MeHandler, RegisterHandler, TicketHandler, TokenHandler, TokensHandler
 from .downloads import DownloadHandler, DownloadProgressHandler, DownloadsHandler
+from .embeddings import EmbeddingsHandler
 from .fallback import UnknownAPIRoute, UnknownOpenAIRoute
 from .models import LocalModelHandler, LocalModelsHandler, ModelSearchHandler
 from .openai import ChatCompletionsHandler, CompletionsHandler, ModelsHandler
@@ -43,6 +44,7 @@ ROUTES = [
     ("mlx/v1/models", ModelsHandler),
     ("mlx/v1/chat/completions", ChatCompletionsHandler),
     ("mlx/v1/completions", CompletionsHandler),
+    ("mlx/v1/embeddings", EmbeddingsHandler),
     ("mlx/v1/messages", MessagesHandler),
     ("mlx/v1/messages/count_tokens", CountTokensHandler),
     ("mlx/v1/responses", ResponsesHandler),

@@ -20,6 +20,7 @@ from typing import Any
 from tornado.iostream import StreamClosedError
 
 from ..errors import MLXError
+from ..inference import images
 from ..inference.request import InferenceRequest
 from ..inference.service import Usage
 from .base import MLXAPIHandler, authorized, web
@@ -48,8 +49,16 @@ async def _pump(events, queue: asyncio.Queue) -> None:
 
 
 class InferenceHandler(MLXAPIHandler):
-    max_body_bytes = 4 * 1024 * 1024
     keepalive_seconds = KEEPALIVE_SECONDS
+
+    @property
+    def max_body_bytes(self) -> int:
+        """4 MiB of text; a body with image parts (every protocol spells them `…image…`) gets room
+        for the images it may carry too (base64: 4/3 of 20 MB each), checked one by one later."""
+        text = 4 * 1024 * 1024
+        if b"image" not in (self.request.body or b""):
+            return text
+        return text + self.mlx.completions.image_limits.max_images * (images.MAX_IMAGE_BYTES * 4 // 3 + 64)
 
     def initialize(self, *args: Any, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from ..errors import BadRequest
 from ..models.catalog import is_valid_model_id
 from ..pool.pool import validate_keep_alive
+from . import images
 
 MAX_STOP = 16  # protocols may allow fewer (OpenAI: 4)
 MAX_TOOLS = 128
@@ -40,7 +41,7 @@ class TextPart:
 
 @dataclass
 class ImagePart:
-    """An image (data URL / base64 or a URL). Kept in the model; refused until vision models exist."""
+    """An image (data URL / base64 or a URL); validated into base64 `data` (inference/images.py)."""
 
     media_type: str | None = None
     data: str | None = None  # base64
@@ -191,14 +192,26 @@ class InferenceRequest:
         if self.kind == "chat":
             if not self.messages:
                 raise InvalidParam("at least one message is required", self.param("messages"))
-            for message in self.messages:
-                if any(isinstance(p, ImagePart) for p in message.parts):
-                    raise InvalidParam(
-                        f"{self.model} does not take images (no vision model is loaded for it)",
-                        self.param("messages"),
-                        "images_not_supported",
-                    )
         return self
+
+    def has_images(self) -> bool:
+        return any(isinstance(p, ImagePart) for m in self.messages for p in m.parts)
+
+    def check_images(self, limits: images.ImageLimits) -> None:
+        """Decode, bound and recognise every image (inference/images.py) before a runner sees
+        one; only a vision model takes them (the service asks the pool for one)."""
+        parts = [p for m in self.messages for p in m.parts if isinstance(p, ImagePart)]
+        if len(parts) > limits.max_images:
+            raise InvalidParam(
+                f"at most {limits.max_images} images per request (c.MLXManager.max_images_per_request)",
+                self.param("messages"),
+                "too_many_images",
+            )
+        for part in parts:
+            try:
+                part.data, part.url = images.decode(part.url, part.data, part.media_type, limits.allow_urls), None
+            except images.ImageRefused as exc:
+                raise InvalidParam(str(exc), self.param("messages"), "invalid_image") from None
 
     # -- the runner's command --------------------------------------------------------------------
     def template_messages(self) -> list[dict[str, Any]]:
@@ -223,7 +236,14 @@ class InferenceRequest:
                     out.append({"role": "tool", "tool_call_id": part.call_id, "content": part.content})
             if message.role == "tool":
                 continue
-            if text or not any(isinstance(p, ToolResultPart) for p in message.parts):
+            if any(isinstance(p, ImagePart) for p in message.parts):  # a vision model's parts, in order
+                content = [
+                    {"type": "text", "text": p.text} if isinstance(p, TextPart) else {"type": "image", "data": p.data}
+                    for p in message.parts
+                    if isinstance(p, (TextPart, ImagePart))
+                ]
+                out.append({"role": message.role, "content": content})
+            elif text or not any(isinstance(p, ToolResultPart) for p in message.parts):
                 out.append({"role": message.role, "content": text})
         return out
 

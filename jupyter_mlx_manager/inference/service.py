@@ -12,16 +12,20 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..audit import AuditLog
 from ..auth import Actor
-from ..errors import MLXError, NotFound
-from ..models.catalog import is_admin, scrub_paths
+from ..errors import BadRequest, MLXError, NotFound
+from ..models.catalog import GENERATIVE_KINDS, is_admin, is_remote_id, scrub_paths
 from ..pool import ModelPool, RunnerCrashed
+from .images import ImageLimits
 from .limits import RequestLimits
 from .request import InferenceRequest, InvalidParam, check_token_ids
 from .tokens import TokenCounter
+
+if TYPE_CHECKING:
+    from ..backends import RemoteBackend, RemoteBackends
 
 
 class GenerationFailed(MLXError):
@@ -51,17 +55,28 @@ class Usage:
 
 class InferenceService:
     def __init__(
-        self, pool: ModelPool, audit: AuditLog, limits: RequestLimits | None = None, record_content: bool = False
+        self,
+        pool: ModelPool,
+        audit: AuditLog,
+        limits: RequestLimits | None = None,
+        record_content: bool = False,
+        remote: RemoteBackends | None = None,
+        image_limits: ImageLimits | None = None,
     ):
         self.pool = pool
         self.audit = audit
         self.limits = limits or RequestLimits()
         self.record_content = record_content
+        self.remote = remote
+        self.image_limits = image_limits or ImageLimits()
         self.tokens = TokenCounter()
 
     async def count_tokens(self, actor: Actor, request: InferenceRequest) -> int:
         """Prompt tokens of a request, with the model's own tokenizer and chat template (no
         runner, no MLX: `tokenizers` in this process)."""
+        if is_remote_id(request.model):
+            raise BadRequest("token counting is not available for remote models", reason="not_supported_for_remote")
+        request.check_images(self.image_limits)
         catalog = self.pool.catalog
         with self.limits.user_place(actor.user["username"]):  # a flood of counts is bounded like requests
             folder = await asyncio.get_running_loop().run_in_executor(None, catalog.resolve, request.model)
@@ -72,50 +87,52 @@ class InferenceService:
     async def generate(
         self, actor: Actor, endpoint: str, request: InferenceRequest, request_id: str, usage: Usage
     ) -> AsyncIterator[dict[str, Any]]:
-        """Yield the runner's `started`, `text`, `reasoning` and `tool_call` events; fills
-        `usage` as it goes.
+        """Yield the runner's `started`, `text`, `reasoning` and `tool_call` events (for a
+        remote model, the same events translated from its upstream); fills `usage` as it goes.
 
         Raises MLXError subclasses for what goes wrong (404 unknown model, 400 bad request
-        for this model, 429/503 over a limit, 500 runner crash). Always writes one audit record.
+        for this model, 429/503 over a limit, 500 runner crash, 502 upstream unavailable).
+        Always writes one audit record, naming the backend (`local` or the remote's name).
         """
         started = time.monotonic()
-        status, error_type = "error", None
+        status, error_type, backend = "error", None, "local"
+        request.check_images(self.image_limits)
         command = request.command()
         try:
+            remote = self.remote.resolve(request.model) if self.remote else None
+            backend = remote[0].name if remote else "local"
             async with (
                 self.limits.admit(actor.user["username"], request.model),
-                self.pool.use(request.model, request.keep_alive, user=actor.user) as model,
+                self._events(actor, request, command, request_id, remote) as events,
             ):
-                check_token_ids(command, model.runner.info.get("vocab_size"))
-                # Closed deterministically: a request that ends here never sends a late cancel.
-                async with contextlib.aclosing(model.runner.generate(request_id, command)) as events:
-                    async for event in events:
-                        kind = event["ev"]
-                        if kind == "started":
-                            usage.prompt_tokens, usage.cached_tokens = event["prompt_tokens"], event["cached_tokens"]
-                            yield event
-                        elif kind == "error":
-                            error_type = event.get("code") or event["type"]
-                            if event["type"] == "invalid_request_error":
-                                # The runner names our command's fields; the client hears its own.
-                                raise InvalidParam(
-                                    event["message"], request.param(event.get("param")), event.get("code")
-                                )
-                            message = event["message"] if is_admin(actor.user) else scrub_paths(event["message"])
-                            raise GenerationFailed(message, reason=event.get("code") or "server_error")
-                        elif kind == "done":
-                            usage.finish_reason = event["finish_reason"]
-                            usage.completion_tokens = event["completion_tokens"]
-                            usage.ttft_ms = event.get("ttft_ms")
-                            usage.stop_sequence = event.get("stop_sequence")
-                            usage.reasoning_tokens = event.get("reasoning_tokens") or 0
-                        else:
-                            if kind in ("text", "reasoning"):
-                                # Kept current, so a request cut short still records what it used.
-                                usage.completion_tokens = event.get("completion_tokens", usage.completion_tokens)
-                                if self.record_content and kind == "text":
-                                    usage.text.append(event["text"])
-                            yield event
+                async for event in events:
+                    kind = event["ev"]
+                    if kind == "started":
+                        usage.prompt_tokens, usage.cached_tokens = event["prompt_tokens"], event["cached_tokens"]
+                        yield event
+                    elif kind == "error":
+                        error_type = event.get("code") or event["type"]
+                        if event["type"] == "invalid_request_error":
+                            # The runner names our command's fields; the client hears its own.
+                            raise InvalidParam(event["message"], request.param(event.get("param")), event.get("code"))
+                        message = event["message"] if is_admin(actor.user) else scrub_paths(event["message"])
+                        raise GenerationFailed(message, reason=event.get("code") or "server_error")
+                    elif kind == "done":
+                        usage.finish_reason = event["finish_reason"]
+                        # A remote upstream reports its prompt tokens only at the end.
+                        usage.prompt_tokens = event.get("prompt_tokens", usage.prompt_tokens)
+                        usage.cached_tokens = event.get("cached_tokens", usage.cached_tokens)
+                        usage.completion_tokens = event["completion_tokens"]
+                        usage.ttft_ms = event.get("ttft_ms")
+                        usage.stop_sequence = event.get("stop_sequence")
+                        usage.reasoning_tokens = event.get("reasoning_tokens") or 0
+                    else:
+                        if kind in ("text", "reasoning"):
+                            # Kept current, so a request cut short still records what it used.
+                            usage.completion_tokens = event.get("completion_tokens", usage.completion_tokens)
+                            if self.record_content and kind == "text":
+                                usage.text.append(event["text"])
+                        yield event
             status = "cancelled" if usage.finish_reason == "cancelled" else "ok"
         except (asyncio.CancelledError, GeneratorExit):
             status, error_type = "cancelled", "client_disconnected"
@@ -146,7 +163,31 @@ class InferenceService:
                     ttft_ms=usage.ttft_ms,
                     duration_ms=(time.monotonic() - started) * 1000,
                     error_type=error_type,
+                    backend=backend,
                     content=content,
                     **actor.context,
                 )
             )
+
+    @contextlib.asynccontextmanager
+    async def _events(
+        self,
+        actor: Actor,
+        request: InferenceRequest,
+        command: dict[str, Any],
+        request_id: str,
+        remote: tuple[RemoteBackend, str] | None,
+    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """One request's event stream from its backend: the remote upstream, or the local
+        runner held through the pool (loading the model if needed). Closed deterministically:
+        a request that ends here never sends a late cancel, and a remote stream is closed."""
+        if remote is not None:
+            backend, upstream_id = remote
+            async with contextlib.aclosing(backend.generate(request, upstream_id, request_id)) as events:
+                yield events
+            return
+        kinds = ("vision",) if request.has_images() else GENERATIVE_KINDS  # images: a vision model only
+        async with self.pool.use(request.model, request.keep_alive, user=actor.user, kinds=kinds) as model:
+            check_token_ids(command, model.runner.info.get("vocab_size"))
+            async with contextlib.aclosing(model.runner.generate(request_id, command)) as events:
+                yield events

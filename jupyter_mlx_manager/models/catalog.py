@@ -24,6 +24,14 @@ model never counts.
 `context_length(config, tokenizer_config)` is the one rule for a model's context: the catalog
 reports it and the runner enforces it (imported there; this module never imports MLX).
 
+`model_kind(path)` says which MLX package serves a model — `text` (mlx-lm), `vision` (mlx-vlm),
+`embedding` (mlx-embeddings), `transcription` or `speech` (mlx-audio) — from its files, as those
+packages pick a model class: the config's `model_type` (or mlx-audio's `architecture`) names a
+module of theirs, `architectures` tells an encoder from a causal LM where a model type is served
+by both, and a vision model ships an image processor. The tables below are those packages'
+model modules (mlx-embeddings 0.1, mlx-audio 0.6), so a kind is known even where its package,
+a wheel extra, is not installed: such models are listed, and refused with the extra's name.
+
 `describe()` reads a model's characteristics from its files only — config.json, the JSON
 headers of the safetensors files (never the tensors), tokenizer_config.json and chat
 templates — so listing models is cheap and never imports MLX.
@@ -46,6 +54,9 @@ from ..errors import BadRequest, Forbidden, MLXError, NotFound
 _PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
 MODEL_ID_RE = re.compile(rf"{_PART}/{_PART}")
 LOCAL_PREFIX = "local/"
+# `remote/<backend>/<upstream id>` (backends/remote.py): never a file here, so the upstream id may
+# hold slashes (vLLM's `org/name`, the model path `mlx_lm.server` lists).
+REMOTE_ID_RE = re.compile(rf"remote/{_PART}/[A-Za-z0-9._:@+/-]{{1,200}}", re.IGNORECASE)
 _HEADER_LIMIT = 100 * 1024 * 1024
 
 
@@ -54,8 +65,13 @@ def is_local_id(model_id: str) -> bool:
     return model_id[: len(LOCAL_PREFIX)].lower() == LOCAL_PREFIX
 
 
+def is_remote_id(model_id: object) -> bool:
+    return isinstance(model_id, str) and bool(REMOTE_ID_RE.fullmatch(model_id)) and ".." not in model_id
+
+
 def is_valid_model_id(model_id: object) -> bool:
-    return (
+    """Any model id a request may name: local (`org/name`, `local/<folder>`) or remote."""
+    return is_remote_id(model_id) or (
         isinstance(model_id, str)
         and model_id.isascii()
         and bool(MODEL_ID_RE.fullmatch(model_id))
@@ -66,7 +82,8 @@ def is_valid_model_id(model_id: object) -> bool:
 
 
 def validate_model_id(model_id: object) -> str:
-    if not is_valid_model_id(model_id):
+    """A local model id (what may name files here), else 400."""
+    if is_remote_id(model_id) or not is_valid_model_id(model_id):
         raise BadRequest(
             "model ids look like 'org/name' (ASCII letters, digits, '.', '_', '-'; no '--' or '..'; "
             "models from the model folders are 'local/<folder name>')",
@@ -203,6 +220,11 @@ class ModelCatalog:
             return None
         org, _, name = folder.name[len("models--") :].partition("--")
         return f"{org}/{name}", snapshot
+
+    def kind(self, model_id: str) -> str | None:
+        """The kind of a local model (None if it is not local). Blocking, cheap: its config."""
+        path = self.resolve(model_id)
+        return model_kind(path) if path is not None else None
 
     def canonical_id(self, model_id: str) -> str | None:
         found = self.locate(model_id)
@@ -572,6 +594,100 @@ def ships_code(path: Path) -> bool:
     return _names_code(_read_json(path / "config.json"), _read_json(path / "tokenizer_config.json"))
 
 
+# -- kinds ---------------------------------------------------------------------------------------
+KINDS = ("text", "vision", "embedding", "transcription", "speech")
+GENERATIVE_KINDS = ("text", "vision")  # what chat, completions, Messages and Responses serve
+SERVED_KINDS = ("text", "vision", "embedding")  # the kinds this version has a runner for
+# kind → (the package that serves it, the wheel extra that installs it)
+KIND_PACKAGES = {
+    "text": ("mlx_lm", None),
+    "vision": ("mlx_vlm", "vision"),
+    "embedding": ("mlx_embeddings", "embeddings"),
+    "transcription": ("mlx_audio", "audio"),
+    "speech": ("mlx_audio", "audio"),
+}
+# mlx_embeddings.models: encoders only it serves, and model types it shares with mlx-lm (decoder
+# embedders such as Qwen3-Embedding, EmbeddingGemma), which are embedders only when no architecture
+# is a generative head.
+_ENCODER_TYPES = {"bert", "xlm_roberta", "modernbert", "siglip", "colqwen2_5", "colidefics3", "llama_bidirec"}
+_SHARED_EMBEDDING_TYPES = {"qwen3", "gemma3_text", "lfm2", "qwen3_vl", "llama_nemotron_vl"}
+_GENERATIVE_HEADS = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")
+# mlx_audio.stt.models and its MODEL_REMAPPING keys.
+_TRANSCRIPTION_TYPES = {
+    "canary", "cohere_asr", "fireredasr2", "fun_asr_nano", "glmasr", "glm", "granite_speech",
+    "granite_speech5_ctc", "granite_speech_nar", "granite_speech_plus", "higgs_audio_3", "lasr_ctc", "mega_asr",
+    "mimo_v2_asr", "ming_v3_asr", "mms", "moonshine", "moss_transcribe_diarize", "nemo", "nemotron_asr",
+    "parakeet", "parakeet_tdt", "phonon", "phonon2", "qwen2_audio", "qwen3_asr", "sensevoice", "vibevoice_asr",
+    "voxtral", "voxtral_realtime", "wav2vec", "wav2vec2", "whisper",
+}  # fmt: skip
+# mlx_audio.tts.models and its MODEL_REMAPPING keys, without the language-model backbones it also
+# keeps there (llama, qwen3, dense), which it tells apart by the repo's name, not the config.
+_SPEECH_TYPES = {
+    "arktts", "bailingmm", "bark", "breeze", "breeze_tts", "chatterbox", "chatterbox_turbo", "confucius4", "csm",
+    "dia", "dramabox", "echo_tts", "fish_drama3", "fish_qwen3_omni", "gradium_phonon_tts", "higgs_audio",
+    "higgs_audio_v3", "higgs_multimodal_qwen3", "indextts", "irodori_tts", "kitten", "kitten_tts", "kokoro",
+    "kugelaudio", "lingv3_tts", "longcat_audiodit", "marvis", "melotts", "moss_tts", "moss_tts_delay",
+    "moss_tts_local", "moss_tts_nano", "omnivoice", "outetts", "pocket_tts", "qwen3_tts", "rumik_oss", "sesame",
+    "soprano", "spark", "tada", "vibevoice", "vibevoice_streaming", "voxcpm", "voxcpm2", "voxtral_tts", "zonos2",
+}  # fmt: skip
+_SENTENCE_TRANSFORMERS_FILES = ("modules.json", "config_sentence_transformers.json")
+_IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
+def model_kind(path: Path, config: dict[str, Any] | None = None) -> str:
+    """The kind of the model in folder `path` (see the module docstring); `text` by default."""
+    config = _read_json(path / "config.json") if config is None else config
+    text_config = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    raw = config.get("model_type") or config.get("architecture") or text_config.get("model_type") or ""
+    model_type = str(raw).lower().replace("-", "_")
+    if model_type in _TRANSCRIPTION_TYPES or {"n_mels", "n_audio_ctx"} <= config.keys():  # mlx-whisper's layout
+        return "transcription"
+    if model_type in _SPEECH_TYPES:
+        return "speech"
+    architectures = [a for a in config.get("architectures") or [] if isinstance(a, str)]
+    generative = any(a.endswith(_GENERATIVE_HEADS) for a in architectures)
+    sentence_transformers = any((path / name).is_file() for name in _SENTENCE_TRANSFORMERS_FILES)
+    if model_type in _ENCODER_TYPES or (
+        model_type in _SHARED_EMBEDDING_TYPES and (sentence_transformers or (architectures and not generative))
+    ):
+        return "embedding"
+    if isinstance(config.get("vision_config"), dict) and any((path / n).is_file() for n in _IMAGE_PROCESSOR_FILES):
+        return "vision"
+    return "text"
+
+
+def missing_extra(kind: str) -> str | None:
+    """Why models of `kind` cannot be served here, naming the extra to install; None if they can.
+    The package is looked up, not imported (the server never imports MLX)."""
+    package, extra = KIND_PACKAGES.get(kind, (None, None))
+    if extra is not None and importlib.util.find_spec(package) is None:
+        return f"{kind} models need {package}: pip install jupyter-mlx-manager[{extra}]"
+    return None
+
+
+class WrongKind(BadRequest):
+    """The model exists but this endpoint (or this server) cannot serve its kind: a 400 naming
+    the `model` field, so an SDK reports which argument was wrong."""
+
+    reason = "invalid_request_error"
+
+    def __init__(self, message: str, code: str = "model_kind_not_supported"):
+        super().__init__(message)
+        self.param = "model"
+        self.code = code
+
+
+def check_kind(model_id: str, kind: str, wanted: tuple[str, ...] | None = None) -> None:
+    """WrongKind unless a model of `kind` can be served here (and, with `wanted`, is one of those)."""
+    if wanted is not None and kind not in wanted:
+        raise WrongKind(f"{model_id} is a {kind} model; this endpoint serves {' or '.join(wanted)} models")
+    problem = missing_extra(kind)
+    if problem:
+        raise WrongKind(f"{model_id} cannot be served: {problem}", code="extra_not_installed")
+    if kind not in SERVED_KINDS:
+        raise WrongKind(f"{model_id} is a {kind} model, which this server does not serve yet")
+
+
 def read_characteristics(path: Path) -> dict[str, Any]:
     config = _read_json(path / "config.json")
     tokenizer_config = _read_json(path / "tokenizer_config.json")
@@ -594,7 +710,11 @@ def read_characteristics(path: Path) -> dict[str, Any]:
         modified = max((p.stat().st_mtime for p in files), default=None)
     except OSError:
         files, size, modified = [], 0, None
+    kind = model_kind(path, config)
     return {
+        "kind": kind,
+        # Set when the kind's wheel extra is missing: the model is listed, not served.
+        "unavailable": missing_extra(kind),
         "model_type": config.get("model_type") or text_config.get("model_type"),
         "architecture": architectures[0] if isinstance(architectures, list) and architectures else None,
         "parameters": parameters or None,

@@ -1,9 +1,21 @@
-"""A tiny real model for demos and tests, made offline in about two seconds.
+"""Tiny real models for demos and tests, made offline in about two seconds.
 
-A Llama with random weights (`mlx_lm.models.llama`), a byte-level BPE tokenizer trained
-here with `tokenizers`, and a ChatML chat template that supports tools (mlx-lm picks its
-`json_tools` parser from it). It loads with `mlx_lm.load` and `mlx_lm.server` like any
-model from the Hub; its output is gibberish, which is all a test needs.
+Text (`make_demo_model`): a Llama with random weights (`mlx_lm.models.llama`), a byte-level BPE
+tokenizer trained here with `tokenizers`, and a ChatML chat template that supports tools
+(mlx-lm picks its `json_tools` parser from it). It loads with `mlx_lm.load` and
+`mlx_lm.server` like any model from the Hub; its output is gibberish, which is all a test needs.
+
+Embedding (`make_demo_embedding_model`): a BERT with random weights built with mlx-embeddings'
+own class (`mlx_embeddings.models.bert`) and a WordPiece tokenizer trained here, loaded by
+`mlx_embeddings.load` like a sentence-transformers BERT; its vectors are normalised but mean
+nothing.
+
+Vision (`make_demo_vision_model`): a Qwen2-VL with random weights built with mlx-vlm's own
+class (`mlx_vlm.models.qwen2_vl`), the text demo's tokenizer with Qwen2-VL's vision tokens, a
+chat template that places them for image parts, and Qwen2-VL's image processor configured for
+at most 112×112 pixels (a handful of image tokens); `mlx_vlm.load` and `stream_generate` take
+it like a Qwen2-VL from the Hub. (A Llava would be smaller still, but mlx-vlm 0.7's Llava
+processor hands tokenizer options to transformers 5's image processor, which refuses them.)
 
 Runs in a child process or the CLI: the Jupyter server never imports MLX.
 """
@@ -196,3 +208,166 @@ def _script_next_tokens(model, chain: list[int]) -> None:
     for current, following in zip(chain, chain[1:]):
         head[following] = head[following] + 10.0 * unit[current]
     model.lm_head.weight = head
+
+
+EMBEDDING_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def make_demo_embedding_model(
+    path: str | Path, hidden_size: int = 64, num_layers: int = 2, vocab_size: int = 1024, seed: int = 0
+) -> Path:
+    """Write a random-weight BERT embedding model to `path` (atomically, as `make_demo_model`).
+
+    It declares `matryoshka_dimensions` (its full size and halvings), so requests for shorter
+    embeddings (`dimensions`) can be tried on it."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_embeddings.models import bert
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size, special_tokens=EMBEDDING_SPECIAL_TOKENS, show_progress=False
+        )
+        tokenizer.train_from_iterator(_CORPUS.splitlines() * 4, trainer)
+        cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+        )
+        tokenizer.save(str(work / "tokenizer.json"))
+        (work / "tokenizer_config.json").write_text(
+            json.dumps(
+                {
+                    "tokenizer_class": "PreTrainedTokenizerFast",
+                    "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+                    "mask_token": "[MASK]", "model_max_length": 512,
+                },
+                indent=2,
+            )
+        )  # fmt: skip
+        config = {
+            "model_type": "bert",
+            "architectures": ["BertModel"],
+            "hidden_size": hidden_size,
+            "num_hidden_layers": num_layers,
+            "num_attention_heads": max(1, hidden_size // 16),
+            "intermediate_size": hidden_size * 2,
+            "max_position_embeddings": 512,
+            "type_vocab_size": 2,
+            "layer_norm_eps": 1e-12,
+            "vocab_size": tokenizer.get_vocab_size(),
+            "pad_token_id": tokenizer.token_to_id("[PAD]"),
+            "matryoshka_dimensions": [hidden_size // 2**i for i in range(3) if hidden_size // 2**i >= 8],
+            "torch_dtype": "float32",
+        }
+        mx.random.seed(seed)
+        model = bert.Model(bert.ModelArgs.from_dict(config))
+        mx.eval(model.parameters())
+        mx.save_safetensors(
+            str(work / "model.safetensors"), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"}
+        )
+        (work / "config.json").write_text(json.dumps(config, indent=2))
+        if path.exists():
+            shutil.rmtree(path)
+        work.rename(path)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return path
+
+
+VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+VISION_CHAT_TEMPLATE = r"""
+{%- for message in messages %}
+    {{- '<|im_start|>' + message.role + '\n' }}
+    {%- if message.content is string %}{{- message.content }}
+    {%- else %}{%- for part in message.content %}
+        {%- if part.type == 'image' or part.type == 'image_url' %}{{- '<|vision_start|><|image_pad|><|vision_end|>' }}
+        {%- elif part.type == 'text' %}{{- part.text }}{%- endif %}
+    {%- endfor %}{%- endif %}
+    {{- '<|im_end|>\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}
+""".strip()
+
+
+def make_demo_vision_model(path: str | Path, hidden_size: int = 64, num_layers: int = 2, seed: int = 0) -> Path:
+    """Write a random-weight Qwen2-VL to `path` (atomically, as `make_demo_model`)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_vlm.models import qwen2_vl
+    from tokenizers import AddedToken, Tokenizer
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent)) / "model"
+    try:
+        make_demo_model(work, hidden_size=hidden_size, num_layers=num_layers, seed=seed)
+        tokenizer = Tokenizer.from_file(str(work / "tokenizer.json"))
+        tokenizer.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in VISION_TOKENS])
+        tokenizer.save(str(work / "tokenizer.json"))
+        tokenizer_config = json.loads((work / "tokenizer_config.json").read_text())
+        tokenizer_config["chat_template"] = VISION_CHAT_TEMPLATE
+        (work / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+        text = json.loads((work / "config.json").read_text())
+        head_dim = hidden_size // text["num_attention_heads"]
+        config = {
+            **text,
+            "model_type": "qwen2_vl",
+            "architectures": ["Qwen2VLForConditionalGeneration"],
+            "vocab_size": tokenizer.get_vocab_size(),
+            "tie_word_embeddings": True,
+            "image_token_id": tokenizer.token_to_id("<|image_pad|>"),
+            "video_token_id": tokenizer.token_to_id("<|video_pad|>"),
+            "vision_start_token_id": tokenizer.token_to_id("<|vision_start|>"),
+            "vision_end_token_id": tokenizer.token_to_id("<|vision_end|>"),
+            # M-RoPE: temporal, height and width sections of half the head dimension
+            "rope_scaling": {"type": "mrope", "mrope_section": _thirds(head_dim // 2)},
+            "vision_config": {
+                "model_type": "qwen2_vl", "depth": 2, "embed_dim": 32, "hidden_size": hidden_size, "num_heads": 2,
+                "patch_size": 14, "spatial_patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                "in_channels": 3, "mlp_ratio": 2,
+            },
+        }  # fmt: skip
+        args = qwen2_vl.ModelConfig.from_dict(dict(config))
+        args.text_config = qwen2_vl.TextConfig.from_dict(args.text_config)
+        args.vision_config = qwen2_vl.VisionConfig.from_dict(config["vision_config"])
+        mx.random.seed(seed)
+        model = qwen2_vl.Model(args)
+        mx.eval(model.parameters())
+        (work / "model.safetensors").unlink()
+        mx.save_safetensors(
+            str(work / "model.safetensors"), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"}
+        )
+        (work / "config.json").write_text(json.dumps(config, indent=2))
+        (work / "preprocessor_config.json").write_text(
+            json.dumps(
+                {
+                    "image_processor_type": "Qwen2VLImageProcessor",
+                    "min_pixels": 56 * 56, "max_pixels": 112 * 112, "patch_size": 14, "temporal_patch_size": 2,
+                    "merge_size": 2, "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255,
+                    "do_normalize": True, "do_convert_rgb": True,
+                    "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+                },
+                indent=2,
+            )
+        )  # fmt: skip
+        (work / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2VLProcessor"}))
+        if path.exists():
+            shutil.rmtree(path)
+        work.rename(path)
+    finally:
+        shutil.rmtree(work.parent, ignore_errors=True)
+    return path
+
+
+def _thirds(n: int) -> list[int]:
+    """`n` split in three as evenly as possible, the larger parts last (Qwen2-VL's [16, 24, 24])."""
+    return [n // 3, (n - n // 3) // 2, n - n // 3 - (n - n // 3) // 2]

@@ -69,7 +69,9 @@ from typing import Any
 
 from ..errors import BadRequest, Conflict, Forbidden, MLXError, NotFound
 from ..models.catalog import (
+    GENERATIVE_KINDS,
     ModelCatalog,
+    check_kind,
     is_admin,
     load_problem,
     model_key,
@@ -176,6 +178,7 @@ class LoadedModel:
     requests: int = 0
     in_flight: int = 0
     cache_limit: int = 0  # the prompt-cache cap last given to the runner
+    kind: str = "text"  # models.catalog.model_kind: which runner program serves it
 
     @property
     def key(self) -> str:
@@ -204,6 +207,7 @@ class LoadedModel:
     def status(self) -> dict[str, Any]:
         return {
             "model": self.model_id,
+            "kind": self.kind,
             "status": "busy" if self.in_flight else "loaded",
             "pinned": self.pinned,
             "keep_alive": self.keep_alive,
@@ -405,15 +409,25 @@ class ModelPool:
 
     @contextlib.asynccontextmanager
     async def use(
-        self, model_id: str, keep_alive: float | None = None, user: dict[str, Any] | None = None
+        self,
+        model_id: str,
+        keep_alive: float | None = None,
+        user: dict[str, Any] | None = None,
+        kinds: tuple[str, ...] = GENERATIVE_KINDS,
     ) -> AsyncIterator[LoadedModel]:
         """Hold a model for one request of `user` (loading it if it is local); keeps it from
         eviction, and from being unloaded without `force`. The request's `keep_alive` is
-        checked like a load's (403 for what only admins may set).
+        checked like a load's (403 for what only admins may set). A model of another kind than
+        `kinds` (the endpoint's) is refused before anything loads (400, param `model`).
 
         The hold is counted before the load is awaited, so a model cannot be evicted by
         another load between becoming ready and being used."""
         validate_model_id(model_id)
+        loaded = self.get_loaded_model(model_id)
+        loop = asyncio.get_running_loop()
+        kind = loaded.kind if loaded else await loop.run_in_executor(None, self.catalog.kind, model_id)
+        if kind is not None:
+            check_kind(model_id, kind, kinds)
         key, name = model_key(model_id), username_of(user)
         self._users.setdefault(key, collections.Counter())[name] += 1
         try:
@@ -529,6 +543,8 @@ class ModelPool:
                 "running code from a model is not allowed (trust_remote_code stays off)",
                 reason="remote_code",
             )
+        kind = await asyncio.get_running_loop().run_in_executor(None, self.catalog.kind, model_id)
+        check_kind(model_id, kind or "text")  # its package may be missing (a wheel extra)
         if problem:  # what the runner would refuse: no process is spawned (or spare spent) for it
             self.on_event("model.load", model_id, user=by, status="error", error_type="load_failed", detail=problem)
             raise ModelLoadError(
@@ -546,7 +562,7 @@ class ModelPool:
             await self._make_room(estimate)
             started = time.monotonic()
             try:
-                runner = await self._start_runner(model_id, path)
+                runner = await self._start_runner(model_id, path, kind or "text")
             except LoadFailed as exc:
                 self.on_event(
                     "model.load", model_id, user=by, status="error", error_type="load_failed", detail=str(exc)
@@ -556,8 +572,9 @@ class ModelPool:
                     public_message=f"{model_id} could not be loaded: {public_load_error(str(exc), model_id, path)}",
                 ) from None
             model = LoadedModel(
-                model_id, path, runner, estimate, self.default_keep_alive if keep_alive is None else float(keep_alive)
-            )
+                model_id, path, runner, estimate, self.default_keep_alive if keep_alive is None else float(keep_alive),
+                kind=kind or "text",
+            )  # fmt: skip
             model.cache_limit = self.prompt_cache_bytes
             self._learn_overhead(runner.base_bytes - int(weights * ESTIMATE_FACTOR))
             self._models[model.key] = model
@@ -573,9 +590,15 @@ class ModelPool:
         self.on_event("model.load", model_id, user=by, duration_ms=(time.monotonic() - started) * 1000)
         return model
 
-    async def _start_runner(self, model_id: str, path: Path) -> RunnerProcess:
-        """The spare, handed this model, if there is one; else a new runner. The next spare is
-        started afterwards, in the background."""
+    async def _start_runner(self, model_id: str, path: Path, kind: str = "text") -> RunnerProcess:
+        """The spare, handed this model, if there is one (a spare has imported mlx-lm: text
+        models only); else a new runner for the model's kind. The next spare is started
+        afterwards, in the background."""
+        if kind != "text":
+            return await RunnerProcess.start(
+                model_id, path, self.log, args=[*self.runner_args, "--kind", kind],
+                stall_seconds=self.runner_stall_seconds,
+            )  # fmt: skip
         spare = self._take_spare()
         try:
             if spare is not None:

@@ -17,6 +17,9 @@ skips the seconds of imports a fresh process pays. Memory figures: `base_bytes` 
 runner reported when its model was ready), and from the heartbeats `kv_bytes` (live KV caches)
 and `prompt_cache_bytes`; `trim_cache()` caps the runner's prompt cache (`trim_cache` command)
 and waits for its answer.
+
+Runners of other kinds (`--kind embedding`: runner/embedding.py) speak the same protocol;
+`embed()` sends their one command and yields its events like `generate()`.
 """
 
 from __future__ import annotations
@@ -177,15 +180,23 @@ class RunnerProcess:
         return self.alive and not self.stalled
 
     # -- requests ------------------------------------------------------------------------------
-    async def generate(self, request_id: str, command: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Send one request and yield its events up to `done` or `error`."""
+    def generate(self, request_id: str, command: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Send one generation request and yield its events up to `done` or `error`."""
+        return self._request(request_id, {**command, "op": "generate", "id": request_id})
+
+    def embed(self, request_id: str, command: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Send one embedding request (an embedding runner's) and yield its `embeddings`
+        events up to `done` or `error`."""
+        return self._request(request_id, {**command, "op": "embed", "id": request_id})
+
+    async def _request(self, request_id: str, message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         if not self.alive or self.stalled:
             raise RunnerCrashed(f"the runner for {self.model_id} is not running")
         events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._requests[request_id] = events
         finished = False
         try:
-            self._send({**command, "op": "generate", "id": request_id})
+            self._send(message)
             while True:
                 event = await events.get()
                 if event is None:

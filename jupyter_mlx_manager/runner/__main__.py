@@ -1,5 +1,9 @@
-"""`python -m jupyter_mlx_manager.runner [MODEL_PATH] [--prompt-cache-bytes N] [--prefill-step-size N]`:
-serve one model over stdin/stdout.
+"""`python -m jupyter_mlx_manager.runner [MODEL_PATH] [--kind text|embedding|vision] [--prompt-cache-bytes N]
+[--prefill-step-size N]`: serve one model over stdin/stdout.
+
+`--kind` picks the engine (models.catalog.model_kind decides, in the server): mlx-lm's
+generation engine for text (engine.py), mlx-embeddings' for embedding models (embedding.py),
+mlx-vlm's for vision models (vision.py).
 
 Without MODEL_PATH it is a spare: it imports MLX and mlx-lm, says `{"ev": "spare"}` and waits
 for `{"op": "load", "path": …}` (the pool's warm runner: a load then skips the imports)."""
@@ -56,6 +60,9 @@ def main() -> None:
         help="prompt tokens prefilled per scheduler step on every path (default: 512)",
     )  # fmt: skip
     parser.add_argument(
+        "--kind", choices=["text", "embedding", "vision"], default="text", help="the model's kind (default: text)"
+    )
+    parser.add_argument(
         "--switch", choices=["migrate", "finish", "batch"], default="migrate",
         help="scheduling when a second request arrives during a direct one (for benchmarks)",
     )  # fmt: skip
@@ -72,10 +79,19 @@ def main() -> None:
     def emit(message):
         emit_many([message])
 
-    engine = Engine(
-        args.model_path, emit, prompt_cache_bytes=args.prompt_cache_bytes, switch=args.switch, emit_many=emit_many,
-        prefill_step_size=max(1, args.prefill_step_size),
-    )  # fmt: skip
+    if args.kind == "embedding" and args.model_path is not None:
+        from .embedding import EmbeddingEngine
+
+        engine = EmbeddingEngine(args.model_path, emit)
+    elif args.kind == "vision" and args.model_path is not None:
+        from .vision import VisionEngine
+
+        engine = VisionEngine(args.model_path, emit)
+    else:
+        engine = Engine(
+            args.model_path, emit, prompt_cache_bytes=args.prompt_cache_bytes, switch=args.switch,
+            emit_many=emit_many, prefill_step_size=max(1, args.prefill_step_size),
+        )  # fmt: skip
     generation = threading.Thread(target=engine.run, name="mlx-generation", daemon=True)
     generation.start()
     stop = threading.Event()

@@ -34,6 +34,11 @@ Server → runner (the runner's stdin):
       options instead of the command line's; then it is a runner like any other (`ready` or
       `failed`). Anything else a spare receives before it is logged and skipped.
   {"op": "shutdown"}
+  {"op": "embed", "id": str, "inputs": [str | [int]], "dimensions"?: int|null}
+      only to an embedding runner (`--kind embedding`, runner/embedding.py): strings are
+      tokenized there; every token id must be in [0, vocab_size) and no input longer than
+      context_length (else an `error`, type invalid_request_error, param "input"); answered
+      with `embeddings` events and one `done` (`prompt_tokens`, `dimensions`).
 
 Runner → server (the runner's stdout, on a private duplicate of fd 1; fd 1 itself points at
 stderr, so library output cannot corrupt the stream):
@@ -63,6 +68,12 @@ stderr, so library output cannot corrupt the stream):
       "context_length_exceeded", "no_chat_template", "invalid_messages", "unsupported_schema"
       (param "response_format"). The server's own
       handle adds "runner_stalled" (type server_error) when it kills a hung runner.
+  A vision runner (`--kind vision`, runner/vision.py) answers chat `generate` commands with the
+  events below; a user message's content may then be a list of {"type": "text", "text"} and
+  {"type": "image", "data": <base64, checked by the server>} parts.
+  {"ev": "embeddings", "id", "index": [int], "data": [str]}   an embedding runner's vectors for
+      these inputs (one batch): base64 of little-endian float32, pooled and normalised. Its
+      `ready` adds "kind": "embedding", "dimensions": int, "matryoshka": bool.
   {"ev": "trimmed", "prompt_cache_bytes": int, "limit_bytes": int}   the answer to trim_cache
   {"ev": "heartbeat", "rss_bytes": int, "progress": int, "busy": bool,
    "mlx_active_bytes": int, "mlx_peak_bytes": int, "kv_bytes": int, "prompt_cache_bytes": int,

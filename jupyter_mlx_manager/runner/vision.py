@@ -1,0 +1,225 @@
+"""The vision runner's one MLX thread (`python -m jupyter_mlx_manager.runner PATH --kind vision`).
+
+It loads the model with mlx-vlm (its own model classes, the model's chat template and image
+processor through transformers' `AutoProcessor`, never code shipped with the model: a model
+that names any is refused first, as for text models) and answers the text engine's `generate`
+commands for chat (`kind: "chat"`) with the same events: `started`, `text`, `done` or one
+`error`. Requests run **one at a time**, in arrival order, on mlx-vlm's `stream_generate`:
+mlx-vlm's batch generation is model-specific, and the pool's limits already queue the rest.
+A cancel stops a request between tokens.
+
+Images: a message part `{"type": "image", "data": <base64>}` (checked and size-bounded by the
+server) is decoded here with PIL and handed to the model's image processor; the chat template
+sees `{"type": "image"}` in its place. Sampling: `max_tokens`, `temperature`, `top_p`, `seed`,
+`logit_bias` (ids checked against the vocabulary) and `stop` strings; tools, structured output
+and logprobs are refused (`invalid_field`), never silently ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import queue
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .engine import ModelRefused, _rss_bytes, check_model_dir, vocab_size_of
+
+Emit = Callable[[dict[str, Any]], None]
+UNSUPPORTED = ("tools", "response_format", "logprobs", "tool_choice", "strict_tools")
+
+
+class _Invalid(Exception):
+    def __init__(self, message: str, code: str = "invalid_field", param: str | None = None):
+        super().__init__(message)
+        self.code, self.param = code, param
+
+
+class VisionEngine:
+    def __init__(self, model_path: Path, emit: Emit):
+        self.model_path = model_path
+        self.emit = emit
+        self.inbox: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.cancelled: set[str] = set()  # added to by the command reader
+        self.memory: dict[str, Any] = {
+            "mlx_active_bytes": 0,
+            "mlx_peak_bytes": 0,
+            "kv_bytes": 0,
+            "prompt_cache_bytes": 0,
+        }
+        self.progress = 0
+        self.busy = False
+
+    def run(self) -> None:
+        try:
+            config = check_model_dir(self.model_path)
+            os.environ["HF_HUB_OFFLINE"] = "1"  # a local folder: never let a loader reach the Hub
+            import mlx.core as mx
+            from mlx_vlm import load, stream_generate
+
+            from ..models.catalog import context_length, read_json
+
+            self.mx, self.stream_generate = mx, stream_generate
+            self.model, self.processor = load(str(self.model_path))
+            self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+            self.vocab_size = vocab_size_of(self.model) or int(config.get("vocab_size") or 0) or None
+            self.context_length = context_length(config, read_json(self.model_path / "tokenizer_config.json"))
+            eos = config.get("eos_token_id")
+            self.eos = sorted({eos} if isinstance(eos, int) else set(eos or []))
+        except Exception as exc:  # reported, then the runner exits
+            message = str(exc) if isinstance(exc, ModelRefused) else f"{type(exc).__name__}: {exc}"
+            self.emit({"ev": "failed", "error": message})
+            return
+        self._update_memory()
+        self.emit(
+            {
+                "ev": "ready", "kind": "vision", "rss_bytes": _rss_bytes(), "context_length": self.context_length,
+                "vocab_size": self.vocab_size, "tool_calling": False, "eos_token_ids": self.eos,
+            }
+        )  # fmt: skip
+        while True:
+            try:
+                command = self.inbox.get(timeout=0.5)
+            except queue.Empty:
+                self._update_memory()
+                self.cancelled.clear()  # nothing queued or running: late cancels
+                continue
+            op = command.get("op")
+            if op == "shutdown":
+                return
+            if op == "trim_cache":  # no prompt cache here
+                self.emit({"ev": "trimmed", "prompt_cache_bytes": 0, "limit_bytes": 0})
+            elif op == "generate" and isinstance(command.get("id"), str):
+                self.busy = True
+                try:
+                    self._generate(command)
+                finally:
+                    self.busy = False
+                    self.progress += 1
+                    self.cancelled.discard(command["id"])
+            else:
+                _log(f"skipped a command this vision runner does not serve: {str(command)[:120]}")
+
+    def _generate(self, command: dict[str, Any]) -> None:
+        rid = command["id"]
+        started = time.perf_counter()
+        try:
+            prompt, images, options, stops = self._prepare(command)
+        except _Invalid as exc:
+            self._error(rid, str(exc), "invalid_request_error", exc.code, exc.param)
+            return
+        text, sent, completion, first, reason, matched = "", 0, 0, None, "length", None
+        prompt_tokens = 0
+        try:
+            for result in self.stream_generate(self.model, self.processor, prompt, image=images or None, **options):
+                self.progress += 1
+                if first is None:
+                    first, prompt_tokens = time.perf_counter(), result.prompt_tokens
+                    self.emit({"ev": "started", "id": rid, "prompt_tokens": prompt_tokens, "cached_tokens": 0})
+                completion = result.generation_tokens
+                text += result.text
+                hit = min(((text.find(s), s) for s in stops if s in text), default=None)
+                if hit is not None:
+                    text, reason, matched = text[: hit[0]], "stop", hit[1]
+                # Hold back what could still become a stop string.
+                safe = len(text) if hit is not None else max(sent, len(text) - max(map(len, stops), default=1) + 1)
+                if safe > sent:
+                    self.emit({"ev": "text", "id": rid, "text": text[sent:safe], "completion_tokens": completion})
+                    sent = safe
+                if hit is not None:
+                    break
+                if result.token in self.eos:
+                    reason = "stop"
+                if rid in self.cancelled:
+                    reason = "cancelled"
+                    break
+            if reason not in ("cancelled", "stop") and completion < options["max_tokens"]:
+                reason = "stop"
+            if reason != "cancelled" and len(text) > sent:
+                self.emit({"ev": "text", "id": rid, "text": text[sent:], "completion_tokens": completion})
+        except Exception as exc:  # an MLX or processor failure: this request fails, the runner serves on
+            self._error(rid, f"{type(exc).__name__}: {exc}", "server_error", None)
+            return
+        done = {
+            "ev": "done", "id": rid, "finish_reason": reason, "prompt_tokens": prompt_tokens, "cached_tokens": 0,
+            "completion_tokens": completion, "ttft_ms": None if first is None else (first - started) * 1000,
+        }  # fmt: skip
+        if matched:
+            done["stop_sequence"] = matched
+        self.emit(done)
+
+    def _prepare(self, command: dict[str, Any]) -> tuple[str, list[Any], dict[str, Any], list[str]]:
+        """(prompt text, PIL images, stream_generate options, stop strings), all checked."""
+        if command.get("kind") != "chat" or not isinstance(command.get("messages"), list):
+            raise _Invalid("a vision model answers chat requests (messages) only", "invalid_messages", "messages")
+        for name in UNSUPPORTED:
+            if command.get(name) not in (None, [], {"type": "text"}):
+                raise _Invalid(f"{name} is not supported by vision models yet", "invalid_field", name)
+        from PIL import Image
+
+        images, messages = [], []
+        for message in command["messages"]:
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, list):
+                parts = []
+                for part in content:
+                    if isinstance(part, dict) and part.get("type") == "image":
+                        try:
+                            image = Image.open(io.BytesIO(base64.b64decode(part.get("data") or "", validate=True)))
+                            images.append(image.convert("RGB"))
+                        except Exception:
+                            raise _Invalid("an image could not be decoded", "invalid_image", "messages") from None
+                        parts.append({"type": "image"})
+                    elif isinstance(part, dict) and part.get("type") == "text":
+                        parts.append({"type": "text", "text": str(part.get("text") or "")})
+                content = parts
+            elif not isinstance(content, str):
+                raise _Invalid("message content must be text or a list of parts", "invalid_messages", "messages")
+            messages.append({"role": str(message.get("role")), "content": content})
+        try:
+            prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as exc:
+            raise _Invalid(f"the chat template refused the messages: {exc}", "invalid_messages", "messages") from None
+        if len(self.tokenizer.encode(prompt, add_special_tokens=False)) >= self.context_length:
+            raise _Invalid("the prompt is longer than the model's context", "context_length_exceeded", "messages")
+        max_tokens = command.get("max_tokens")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise _Invalid("max_tokens must be a positive integer", "invalid_field", "max_tokens")
+        bias = {}
+        for key, value in (command.get("logit_bias") or {}).items():
+            token = int(key)
+            if not 0 <= token < (self.vocab_size or 0):
+                raise _Invalid(f"logit_bias token id {token} is outside the vocabulary", "invalid_logit_bias")
+            bias[token] = float(value)
+        if isinstance(command.get("seed"), int):
+            self.mx.random.seed(command["seed"] & 0xFFFFFFFF)
+        options = {
+            "max_tokens": max_tokens,
+            "temperature": float(command.get("temperature") or 0.0),
+            "top_p": float(command.get("top_p") or 1.0),
+            **({"logit_bias": bias} if bias else {}),
+        }
+        stops = [s for s in command.get("stop") or [] if isinstance(s, str) and s]
+        return prompt, images, options, stops
+
+    def _error(self, rid: str, message: str, type_: str, code: str | None, param: str | None = None) -> None:
+        event = {"ev": "error", "id": rid, "message": message[:1000], "type": type_, "code": code}
+        if param is not None:
+            event["param"] = param
+        self.emit(event)
+
+    def _update_memory(self) -> None:
+        self.memory = {
+            "mlx_active_bytes": int(self.mx.get_active_memory()),
+            "mlx_peak_bytes": int(self.mx.get_peak_memory()),
+            "kv_bytes": 0,
+            "prompt_cache_bytes": 0,
+        }
+
+
+def _log(message: str) -> None:
+    print(f"jupyter_mlx_manager.runner: {message}", file=sys.stderr, flush=True)
