@@ -13,6 +13,12 @@ request generates exactly its `max_tokens`.
   second request sharing it (warm);
 * responsiveness (ours only): `GET api/contents` p50/p99, idle and while 8 generations run;
 * memory: our runner's RSS (from `mlx/api/pool`) and the `mlx_lm.server` process's RSS;
+* long prefill (`--probes prefill`): while 7 streams decode, a ~1,700-token prompt arrives and
+  a moment later a short request: the short one's TTFT (sent during the long prefill), the long
+  one's TTFT, and the inter-token p50/p99 of the 7 running streams from the long request's send
+  to its first token; ours vs `mlx_lm.server`, each with its default prefill step;
+* concurrency 8 vs `batch_generate` (`--probes batch`): aggregate tok/s of each server and of
+  in-process `mlx_lm.batch_generate` (a child process) on the same 8 prompts, as ratios;
 * load latency (`--probes load` runs only this one): `POST mlx/api/pool/load` request → ready,
   ours with the warm spare runner (`warm_runner`, the default) and without it, against
   `mlx_lm.server` start → first successful `GET /v1/models` (its model loads in a thread while
@@ -25,7 +31,8 @@ One command writes JSON, a markdown table and a PNG plot into `--out`:
     .venv/bin/python benchmarks/serve_bench.py --out benchmarks/results
 
 `--models tiny` and `--rounds 1` make a quicker run; `--probes load` measures only load
-latency (`--load-repeats` times each, medians). Run it on a quiet machine.
+latency (`--load-repeats` times each, medians); `--probes prefill batch --models tiny` only the
+long-prefill and batch_generate comparisons (a few minutes). Run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -83,6 +90,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+def produced(choice: dict) -> bool:
+    """A streamed chunk carries generated output: text, reasoning or a tool call (a random-weight
+    model sometimes opens a tool-call block, whose tokens are not `content`)."""
+    return any(value for key, value in choice.get("delta", {}).items() if key != "role")
+
+
 class Server:
     def __init__(self, name: str, url: str, headers: dict, model: str, process: subprocess.Popen, base: str):
         self.name, self.url, self.headers, self.model, self.process, self.base = (
@@ -110,7 +123,7 @@ class Server:
                     continue
                 data = json.loads(line[6:])
                 usage = data.get("usage") or usage
-                if data.get("choices") and data["choices"][0].get("delta", {}).get("content"):
+                if data.get("choices") and produced(data["choices"][0]):
                     now = time.perf_counter()
                     first = first or now
                     last = now
@@ -118,7 +131,7 @@ class Server:
                 if stop is not None and stop.is_set():
                     break
         return {"ttft": (first - start) if first else None, "decode_s": (last - first) if first else None,
-                "chunks": chunks, "end": time.perf_counter(), "usage": usage}  # fmt: skip
+                "chunks": chunks, "start": start, "first_at": first, "end": time.perf_counter(), "usage": usage}  # fmt: skip
 
 
 def user(text: str) -> list[dict]:
@@ -126,10 +139,12 @@ def user(text: str) -> list[dict]:
 
 
 # -- throughput -----------------------------------------------------------------------------------
-def run_level(server: Server, concurrency: int, max_tokens: int, logit_bias: dict) -> dict:
+def run_level(
+    server: Server, concurrency: int, max_tokens: int, logit_bias: dict, prompts: list[str] | None = None
+) -> dict:
     """`concurrency` requests at once; each prompt starts with a fresh nonce, so no prompt
-    cache can serve it (the cache has its own probe)."""
-    prompts = [f"[{secrets.token_hex(3)}] {PROMPT}" for _ in range(concurrency)]
+    cache can serve it (the cache has its own probe). `prompts`: these instead."""
+    prompts = prompts or [f"[{secrets.token_hex(3)}] {PROMPT}" for _ in range(concurrency)]
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         results = list(pool.map(lambda p: server.stream(user(p), max_tokens, logit_bias), prompts))
@@ -165,6 +180,7 @@ class Background:
         ]
         self.done = 0
         self.outcomes: list[str] = []  # how each stream ended, for the record
+        self.times: list[list[float]] = [[] for _ in range(count)]  # when each content chunk arrived
         for thread in self.threads:
             thread.start()
         for _ in self.threads:
@@ -181,11 +197,13 @@ class Background:
                     return
                 for line in reply.iter_lines():
                     last = line or last
-                    if not signalled and line.startswith(b"data: ") and line != b"data: [DONE]":
+                    if line.startswith(b"data: ") and line != b"data: [DONE]":
                         choices = json.loads(line[6:]).get("choices")
-                        if choices and choices[0].get("delta", {}).get("content"):
-                            signalled = True
-                            self.first_tokens.release()
+                        if choices and produced(choices[0]):
+                            self.times[i].append(time.perf_counter())
+                            if not signalled:
+                                signalled = True
+                                self.first_tokens.release()
                     if self.stop.is_set():
                         outcome = "stopped"
                         break
@@ -281,6 +299,191 @@ def contents_probe(server: Server, token: str, logit_bias: dict, samples: int, l
     return {"idle": stats(idle), "during_8_generations": {**stats(busy), "generations_outlasted_probe": still_busy}}
 
 
+# -- long prefill, and c=8 against batch_generate ----------------------------------------------------
+def long_messages(rules: int) -> list[dict]:
+    """A long prompt (about 47 tokens per rule on the demo tokenizer) with a fresh nonce: never cached."""
+    return user(f"[{secrets.token_hex(4)}] " + " ".join(RULE.format(i=i) for i in range(rules)) + " Summarize.")
+
+
+def gaps_between(times: list[list[float]], start: float, end: float) -> list[float]:
+    return [b - a for ts in times for a, b in zip(ts, ts[1:], strict=False) if a >= start and b <= end]
+
+
+def prefill_probe(server: Server, logit_bias: dict, samples: int, rules: int, running_tokens: int) -> dict:
+    """While 7 streams decode, a request with a long prompt arrives; a moment later a short one.
+
+    Per sample: the short request's TTFT (it counts only if it was sent before the long one's
+    first token, i.e. while the long prompt was prefilling), the long one's TTFT, and the
+    inter-token gaps of the 7 running streams between the long request's send and its first
+    token. The short request is sent 20% of the long prompt's TTFT alone (measured first) after it."""
+    alone = server.stream(long_messages(rules), 8, logit_bias)
+    delay = 0.2 * (alone["ttft"] or alone["end"] - alone["start"])
+    short_ttft, long_ttft, gaps, tokens_in_window, invalid, ended = [], [], [], [], 0, []
+    for _ in range(samples):
+        background = Background(server, 7, running_tokens, logit_bias)
+        try:
+            time.sleep(0.3)  # all 7 in steady decode
+            box: dict = {}
+            sent = time.perf_counter()
+            long = threading.Thread(target=lambda: box.update(server.stream(long_messages(rules), 8, logit_bias)))
+            long.start()
+            time.sleep(delay)
+            short = server.stream(user(f"[{secrets.token_hex(3)}] Quick question"), 8, logit_bias)
+            long.join(600)
+            still_running = background.running
+        finally:
+            background.close()
+        ended += [o for o in background.outcomes if o != "stopped"]
+        if not (box.get("first_at") and short["first_at"]) or short["start"] >= box["first_at"] or not still_running:
+            invalid += 1
+            continue
+        short_ttft.append(short["ttft"])
+        long_ttft.append(box["first_at"] - sent)
+        gaps += gaps_between(background.times, sent, box["first_at"])
+        tokens_in_window.append(min(sum(1 for t in ts if sent <= t <= box["first_at"]) for ts in background.times))
+    ms = lambda values, q: 1000 * percentile(values, q)  # noqa: E731
+    return {
+        "prompt_tokens": (alone["usage"] or {}).get("prompt_tokens"), "long_alone_ttft_ms": 1000 * alone["ttft"],
+        "short_delay_ms": 1000 * delay, "samples": len(short_ttft), "invalid_samples": invalid,
+        "short_ttft_p50_ms": ms(short_ttft, 0.5), "short_ttft_max_ms": ms(short_ttft, 1.0),
+        "long_ttft_p50_ms": ms(long_ttft, 0.5),
+        "running_gap_p50_ms": ms(gaps, 0.5), "running_gap_p99_ms": ms(gaps, 0.99), "running_gap_max_ms": ms(gaps, 1.0),
+        "running_gaps": len(gaps), "min_tokens_per_running_stream_in_window": tokens_in_window,
+        "running_streams_ended_early": ended,
+    }  # fmt: skip
+
+
+def batch_child(model_path: Path) -> None:
+    """Child process: `mlx_lm.batch_generate` on the prompts it is sent, one JSON line per batch."""
+    from mlx_lm import load
+    from mlx_lm.generate import batch_generate
+    from mlx_lm.sample_utils import make_logits_processors
+
+    model, tokenizer = load(str(model_path))
+    eos = json.loads((model_path / "config.json").read_text())["eos_token_id"]
+    processors = make_logits_processors(logit_bias={eos: -100})
+
+    def run(prompts: list[str], max_tokens: int) -> dict:
+        tokens = [tokenizer.apply_chat_template(user(p), add_generation_prompt=True) for p in prompts]
+        start = time.perf_counter()
+        response = batch_generate(model, tokenizer, tokens, max_tokens=max_tokens, logits_processors=processors)
+        wall = time.perf_counter() - start
+        assert len(response.texts) == len(prompts)
+        return {"wall_s": wall, "aggregate_tps": len(prompts) * max_tokens / wall}  # EOS suppressed: max_tokens each
+
+    run([f"[{secrets.token_hex(3)}] {PROMPT}" for _ in range(8)], 8)  # warm up
+    print("ready", flush=True)
+    for line in sys.stdin:
+        job = json.loads(line)
+        print(json.dumps(run(job["prompts"], job["max_tokens"])), flush=True)
+
+
+def batch_probe(servers: list[Server], model_path: Path, logit_bias: dict, max_tokens: int, rounds: int) -> dict:
+    """Concurrency 8: each server's aggregate tok/s and `batch_generate`'s on the same 8 prompts
+    (fresh nonces each round, so no prompt cache helps); the order rotates every round."""
+    child = subprocess.Popen([sys.executable, __file__, "--batch-child", str(model_path)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        samples: dict[str, list[float]] = {"batch_generate": [], **{s.name: [] for s in servers}}
+        for round_ in range(rounds):
+            prompts = [f"[{secrets.token_hex(3)}] {PROMPT}" for _ in range(8)]
+            contenders = ["batch_generate", *servers]
+            for c in contenders[round_ % 3 :] + contenders[: round_ % 3]:
+                if c == "batch_generate":
+                    child.stdin.write(json.dumps({"prompts": prompts, "max_tokens": max_tokens}) + "\n")
+                    child.stdin.flush()
+                    samples[c].append(json.loads(child.stdout.readline())["aggregate_tps"])
+                else:
+                    samples[c.name].append(run_level(c, 8, max_tokens, logit_bias, prompts)["aggregate_tps"])
+    finally:
+        child.stdin.close()
+        child.wait(60)
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    return {"max_tokens": max_tokens, "rounds": rounds, "aggregate_tps": medians, "samples": samples,
+            "over_batch_generate": {s.name: medians[s.name] / medians["batch_generate"] for s in servers}}  # fmt: skip
+
+
+def runner_pids(ours: Server) -> list[int]:
+    return [
+        m["pid"] for m in requests.get(f"{ours.base}/mlx/api/pool", headers=ours.headers, timeout=10).json()["models"]
+    ]
+
+
+def probe_model(name: str, args: argparse.Namespace, work: Path) -> dict:
+    """The `prefill` and `batch` probes on one model: both servers started fresh, side by side."""
+    from jupyter_mlx_manager.models.demo import make_demo_model
+
+    hidden, layers = MODELS[name]
+    model_path = make_demo_model(work / f"probe-models-{name}" / name, hidden_size=hidden, num_layers=layers)
+    eos = json.loads((model_path / "config.json").read_text())["eos_token_id"]
+    logit_bias = {str(eos): -100}
+    result: dict = {"hidden": hidden, "layers": layers, "ours_args": args.ours_arg, "theirs_args": args.theirs_arg}
+    ours, theirs, _token = start_servers(work, model_path, name, args.ours_arg, args.theirs_arg)
+    servers = [ours, theirs]
+    try:
+        for server in servers:  # warm up: load, compile
+            server.stream(user("warm up"), 8, logit_bias)
+            run_level(server, 4, 8, logit_bias)
+        result["ours_runner_pids"] = [runner_pids(ours)]
+        if "prefill" in args.probes:
+            print(f"[{name}] long-prefill probe", file=sys.stderr)
+            rounds: dict[str, list[dict]] = {s.name: [] for s in servers}
+            for round_ in range(2):  # alternating, so drift hits both alike
+                for server in servers if round_ % 2 == 0 else servers[::-1]:
+                    rounds[server.name].append(
+                        prefill_probe(server, logit_bias, args.prefill_samples, args.prefill_rules, 1200)
+                    )
+            result["prefill"] = rounds
+        if "batch" in args.probes:
+            print(f"[{name}] concurrency-8 vs batch_generate probe", file=sys.stderr)
+            result["batch"] = batch_probe(servers, model_path, logit_bias, args.max_tokens, args.rounds)
+        result["ours_runner_pids"].append(runner_pids(ours))  # the same pid twice: no runner restarted
+        result["logs"] = str(work)
+    finally:
+        for server in servers:
+            stop_server(server)
+    return result
+
+
+def probes_markdown(probes: dict) -> str:
+    lines = []
+    for name, r in probes.items():
+        lines += [
+            f"### {name} model (hidden {r['hidden']}, {r['layers']} layers): long prefill, c=8 vs batch_generate",
+            "",
+        ]
+        if "prefill" in r:
+            p = {n: rs[0] for n, rs in r["prefill"].items()}
+            lines += [f"Long prompt {p[OURS]['prompt_tokens']} tokens while 7 streams decode; a short request "
+                      f"arrives during its prefill (ours: {r['ours_args'] or 'defaults, prefill_step_size 512'}; mlx_lm.server: "
+                      f"{r['theirs_args'] or 'defaults, prefill step 2048'}).", "",
+                      "| probe (round 1 / round 2) | jupyter-mlx-manager | mlx_lm.server | ours/theirs |", "|---|---|---|---|"]  # fmt: skip
+            for label, key in (("short request TTFT p50 ms", "short_ttft_p50_ms"), ("short request TTFT max ms", "short_ttft_max_ms"),
+                               ("long request TTFT p50 ms", "long_ttft_p50_ms"), ("running streams inter-token p50 ms", "running_gap_p50_ms"),
+                               ("running streams inter-token p99 ms", "running_gap_p99_ms"), ("running streams inter-token max ms", "running_gap_max_ms")):  # fmt: skip
+                o, t = [x[key] for x in r["prefill"][OURS]], [x[key] for x in r["prefill"][THEIRS]]
+                lines.append(f"| {label} | {' / '.join(f'{v:.0f}' for v in o)} | {' / '.join(f'{v:.0f}' for v in t)} | "
+                             f"{' / '.join(f'{a / b:.2f}' for a, b in zip(o, t, strict=False))} |")  # fmt: skip
+            counts = {n: [x["samples"] for x in rs] for n, rs in r["prefill"].items()}
+            lines += [
+                "",
+                f"Valid samples per round (short request sent before the long one's first token): {counts}.",
+                "",
+            ]
+        pids = r.get("ours_runner_pids", [])
+        if len(pids) == 2 and pids[0] != pids[1]:
+            lines += [f"**Our runner was restarted during the probes** (pids {pids}; logs in {r.get('logs')}).", ""]
+        if "batch" in r:
+            b = r["batch"]
+            a = b["aggregate_tps"]
+            lines += [f"Concurrency 8, {b['max_tokens']} tokens each, median of {b['rounds']} rounds on the same prompts: "
+                      f"`batch_generate` {a['batch_generate']:.0f} tok/s; ours {a[OURS]:.0f} tok/s "
+                      f"(**{b['over_batch_generate'][OURS]:.2f}×** batch_generate); mlx_lm.server {a[THEIRS]:.0f} tok/s "
+                      f"({b['over_batch_generate'][THEIRS]:.2f}×); ours/mlx_lm.server {a[OURS] / a[THEIRS]:.2f}.", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
 # -- in-process ceiling (child process) -----------------------------------------------------------
 def in_process_child(model_path: Path, max_tokens: int) -> None:
     """Child process: mlx-lm without any server. Reads a concurrency per line on stdin, answers
@@ -355,19 +558,23 @@ class InProcess:
 
 
 # -- servers --------------------------------------------------------------------------------------
-def start_servers(work: Path, model_path: Path, model_name: str) -> tuple[Server, Server, str]:
+def start_servers(
+    work: Path, model_path: Path, model_name: str, ours_args: list[str] = (), theirs_args: list[str] = ()
+) -> tuple[Server, Server, str]:
     token, ours_port, theirs_port = secrets.token_hex(16), free_port(), free_port()
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(work / "config"), "JUPYTER_RUNTIME_DIR": str(work / "runtime")}
     ours = subprocess.Popen(
         [sys.executable, "-m", "jupyter_server", "--no-browser", "--ServerApp.allow_root=True", f"--ServerApp.port={ours_port}",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}", f"--MLXManager.data_dir={work / 'data'}",
          f"--MLXManager.model_dirs={model_path.parent}", "--MLXManager.default_keep_alive=-1", "--MLXManager.owner_username=bench",
-         "--ServerApp.log_level=WARN"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+         "--MLXManager.max_requests_per_user=16",  # one benchmark user runs 7 + 2 at once (the prefill probe)
+         "--ServerApp.log_level=WARN", *ours_args],
+        env=env, stdout=open(work / f"ours-{model_name}.log", "ab"), stderr=subprocess.STDOUT,  # warnings, for the record
     )  # fmt: skip
     theirs = subprocess.Popen(
-        [sys.executable, "-m", "mlx_lm.server", "--model", str(model_path), "--port", str(theirs_port), "--log-level", "WARNING"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "mlx_lm.server", "--model", str(model_path), "--port", str(theirs_port), "--log-level", "WARNING",
+         *theirs_args],
+        stdout=open(work / f"theirs-{model_name}.log", "ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     base = f"http://127.0.0.1:{ours_port}"
     servers = (
@@ -741,12 +948,30 @@ def main() -> None:
     parser.add_argument("--contents-samples", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument(
-        "--probes", nargs="+", choices=["serve", "load"], default=["serve", "load"],
-        help="serve: throughput, admission, prompt cache, responsiveness, memory; load: load latency",
+        "--probes", nargs="+", choices=["serve", "load", "prefill", "batch"], default=["serve", "load", "prefill", "batch"],
+        help="serve: throughput, admission, prompt cache, responsiveness, memory; load: load latency; "
+        "prefill: a short request and 7 running streams while a long prompt prefills; batch: c=8 vs batch_generate",
     )  # fmt: skip
+    parser.add_argument(
+        "--ours-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="prefill/batch probes: an extra option for our server, e.g. --ours-arg=--MLXManager.prefill_step_size=64",
+    )
+    parser.add_argument(
+        "--theirs-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="prefill/batch probes: an extra option for mlx_lm.server, e.g. --theirs-arg=--prefill-step-size=64",
+    )
+    parser.add_argument("--prefill-samples", type=int, default=4, help="long prompts per prefill probe round")
+    parser.add_argument("--prefill-rules", type=int, default=36, help="long prompt: rules of ~47 tokens (36: ~1,700)")
     parser.add_argument("--load-repeats", type=int, default=3, help="loads measured per contender and model")
     parser.add_argument("--in-process", type=Path, help=argparse.SUPPRESS)  # the child-process mode
     parser.add_argument("--load-child", type=Path, help=argparse.SUPPRESS)  # the load-latency child
+    parser.add_argument("--batch-child", type=Path, help=argparse.SUPPRESS)  # the batch_generate child
     args = parser.parse_args()
 
     if args.in_process:
@@ -754,6 +979,9 @@ def main() -> None:
         return
     if args.load_child:
         in_process_load_child(args.load_child)
+        return
+    if args.batch_child:
+        batch_child(args.batch_child)
         return
 
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
@@ -766,6 +994,8 @@ def main() -> None:
     if "serve" in args.probes:
         for name in args.models:
             results["models"][name] = bench_model(name, args, work)
+    if {"prefill", "batch"} & set(args.probes):
+        results["probes"] = {name: probe_model(name, args, work) for name in args.models}
     results["machine"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -773,6 +1003,8 @@ def main() -> None:
     table = markdown(results) if results["models"] else markdown_header(results)
     if "load" in results:
         table += "\n\n" + load_markdown(results["load"])
+    if "probes" in results:
+        table += "\n\n" + probes_markdown(results["probes"])
     (args.out / "serve_bench.md").write_text(table + "\n")
     plotted = plot(results, args.out / "serve_bench.png") if results["models"] else False
     print(table)
