@@ -8,7 +8,7 @@ For tests and offline demos. Point any `huggingface_hub` 2.x client at it with
 It answers the URLs the client uses (read from huggingface_hub 2.4's `hf_api.py`,
 `file_download.py` and `_snapshot_download.py`):
 
-- `GET /api/models?search=&author=&filter=&sort=&limit=&full=&config=&expand=` — `list_models`
+- `GET /api/models?search=&author=&filter=&pipeline_tag=&sort=&limit=&full=&config=&expand=` — `list_models`
 - `GET /api/models/{repo}[/revision/{rev}]?blobs=&expand=` — `model_info` / `repo_info`
   (`siblings` with sizes, git oids and LFS sha256 when `blobs`; `sha`; `tags`; `config`;
   `safetensors` parameter counts read from the weight files' headers)
@@ -21,7 +21,7 @@ Switches for fault injection (attributes of `DevHub`, settable while it runs, or
 `throttle_bps` (file bodies sent at most that fast), `drop_after_bytes` + `drop_count` (cut
 that many file responses longer than N bytes after their first N body bytes), `fail_requests` (1-based request numbers
 answered with HTTP 500) and `fail_next(n, path_contains)`. Counters: `bytes_sent` per
-`repo/file`, and `log` (one entry per request: method, path, range start, status, bytes,
+`repo/file`, and `log` (one entry per request: method, path, query, range start, status, bytes,
 and when the response ended — `finished` is None while a body is still being sent).
 `add_repo(..., files={"../evil": b"x"})` makes a repo whose listing holds a hostile name.
 """
@@ -88,6 +88,8 @@ class HubRepo:
     last_modified: str = "2025-01-01T00:00:00.000Z"
     config: dict[str, Any] | None = None
     safetensors: dict[str, Any] | None = None
+    pipeline_tag: str | None = "text-generation"
+    library_name: str | None = "mlx"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -166,8 +168,11 @@ class DevHub:
         likes: int = 0,
         token: str | None = None,
         last_modified: str | None = None,
+        pipeline_tag: str | None = "text-generation",
+        library_name: str | None = "mlx",
     ) -> HubRepo:
-        """Serve the files of `folder` (recursively) plus `files` (name → bytes) as `repo_id`."""
+        """Serve the files of `folder` (recursively) plus `files` (name → bytes) as `repo_id`
+        (`pipeline_tag` and `library_name` as the Hub reports them; the pipeline tag is a tag too)."""
         entries: dict[str, HubFile] = {}
         if folder is not None:
             root = Path(folder)
@@ -186,7 +191,8 @@ class DevHub:
             except ValueError:
                 config = None
         model_type = (config or {}).get("model_type")
-        all_tags = ["mlx", "safetensors", "text-generation", *([model_type] if model_type else []), *tags]
+        all_tags = ["mlx", "safetensors", *([pipeline_tag] if pipeline_tag else []), *([model_type] if model_type else []),
+                    *tags]  # fmt: skip
         repo = HubRepo(
             repo_id,
             entries,
@@ -197,6 +203,8 @@ class DevHub:
             token=token,
             config=config,
             safetensors=_safetensors_params(entries),
+            pipeline_tag=pipeline_tag,
+            library_name=library_name,
         )
         if last_modified:
             repo.last_modified = last_modified
@@ -325,6 +333,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.entry = {
             "method": method,
             "path": path,
+            "query": split.query,
             "range_start": None,
             "status": None,
             "bytes": 0,
@@ -402,6 +411,7 @@ class _Handler(BaseHTTPRequestHandler):
         search = (self._arg("search") or "").lower()
         author = (self._arg("author") or "").lower()
         filters = [f for value in self.query.get("filter", []) for f in value.split(",") if f]
+        pipeline = self._arg("pipeline_tag")
         repos = []
         for repo in list(self.hub.repos.values()):
             if search and search not in repo.repo_id.lower():
@@ -409,6 +419,8 @@ class _Handler(BaseHTTPRequestHandler):
             if author and repo.author.lower() != author:
                 continue
             if any(f not in repo.tags for f in filters):
+                continue
+            if pipeline and repo.pipeline_tag != pipeline:
                 continue
             repos.append(repo)
         sort = self._arg("sort")
@@ -454,7 +466,7 @@ class _Handler(BaseHTTPRequestHandler):
             "author": repo.author, "downloads": repo.downloads, "likes": repo.likes, "tags": repo.tags, "sha": repo.sha,
             "siblings": siblings, "config": repo.config, "safetensors": repo.safetensors, "lastModified": repo.last_modified,
             "createdAt": repo.created_at, "private": False, "gated": "manual" if repo.token else False, "disabled": False,
-            "library_name": "mlx", "pipeline_tag": "text-generation", "usedStorage": sum(f.size for f in repo.files.values()),
+            "library_name": repo.library_name, "pipeline_tag": repo.pipeline_tag, "usedStorage": sum(f.size for f in repo.files.values()),
             "trendingScore": repo.likes, "downloadsAllTime": repo.downloads,
         }  # fmt: skip
         base = {"_id": hashlib.md5(repo.repo_id.encode()).hexdigest()[:24], "id": repo.repo_id}

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 import psutil
 import pytest
@@ -25,6 +25,7 @@ from models import build_models
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from jupyter_mlx_manager.devhub import DevHub
+from jupyter_mlx_manager.models.hub import PIPELINE_KINDS
 
 TINY = "mlx-test/tiny-llama"
 GATED_TOKEN = "hf_gated_" + "s3cret" * 4
@@ -75,6 +76,20 @@ def quantized_files(model_type: str, bits: int, rows: int, context: int, templat
     return files
 
 
+# Hub repos of each kind: (pipeline_tag, library_name, config, the kind search reports).
+KIND_REPOS = {
+    "kinds/vlm-chat": ("image-text-to-text", "mlx", {"model_type": "llava", "vision_config": {}}, "vision"),
+    "kinds/vlm-caption": ("image-to-text", "mlx", {"model_type": "llava"}, "vision"),
+    "kinds/embed-fe": ("feature-extraction", "mlx", {"model_type": "bert"}, "embedding"),
+    "kinds/embed-st": ("sentence-similarity", "sentence-transformers", {"model_type": "bert"}, "embedding"),
+    "kinds/whisper-asr": ("automatic-speech-recognition", "mlx", {"model_type": "whisper"}, "transcription"),
+    "kinds/kokoro-tts": ("text-to-speech", "mlx", {"model_type": "kokoro"}, "speech"),
+    "kinds/lm-untagged": (None, "mlx-lm", {"model_type": "phi3"}, "text"),
+    "kinds/whisper-untagged": (None, "mlx", {"model_type": "whisper"}, "transcription"),
+    "kinds/mystery": (None, "mlx", {"model_type": "mystery"}, None),
+}
+KIND_OF = {repo_id: spec[3] for repo_id, spec in KIND_REPOS.items()}
+
 QWEN_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m.content }}{% endfor %}<tool_call>\n<function={{ name }}>"
 
 
@@ -103,6 +118,9 @@ def devhub(demo_models):
     hub.add_repo(
         "mlx-test/no-weights", files={"config.json": b'{"model_type": "llama"}', "pytorch_model.bin": b"\0" * 16}
     )
+    for n, (repo_id, (pipeline, library, config, _)) in enumerate(KIND_REPOS.items()):
+        hub.add_repo(repo_id, files={"config.json": json.dumps(config).encode()}, pipeline_tag=pipeline,
+                     library_name=library, downloads=2 + n)  # fmt: skip
     hub.start()
     yield hub
     hub.stop()
@@ -539,6 +557,40 @@ async def test_search_filters_sorts_and_validates(api, hub):
     # Only the MLX library is searched, on the Hub's side.
     listing = [e for e in hub.log if e["path"] == "/api/models"]
     assert listing
+
+
+async def test_search_kinds_and_the_kind_filter(api, hub):
+    async def search(**params):
+        reply = await api("GET", "mlx/api/models/search", params={"limit": "100", **params})
+        assert reply.code == 200, reply.body
+        return reply.body["models"]
+
+    # Each result's kind: the Hub's pipeline tag, else the library, else the config; None if unknown.
+    found = {m["id"]: m for m in await search(q="kinds/")}
+    assert {i: m["kind"] for i, m in found.items()} == KIND_OF
+    assert found["kinds/vlm-chat"]["pipeline_tag"] == "image-text-to-text"
+    assert (await search(q="tiny-llama"))[0]["kind"] == "text"
+    # kind= narrows the Hub's query (one listing per pipeline tag of the kind, merged) and the results.
+    for kind in ("vision", "embedding", "transcription", "speech"):
+        hub.log.clear()
+        got = await search(kind=kind, q="kinds/")
+        assert {m["id"] for m in got} == {i for i, k in KIND_OF.items() if k == kind and KIND_REPOS[i][0]}, kind
+        asked = sorted(
+            parse_qs(e["query"]).get("pipeline_tag", [None])[0]
+            for e in hub.log if e["path"] == "/api/models"
+        )  # fmt: skip
+        assert asked == sorted(t for t, k in PIPELINE_KINDS.items() if k == kind), (kind, asked)
+    # Two listings merged, still by downloads, and cut to the limit.
+    merged = await search(kind="vision", q="kinds/", sort="downloads")
+    assert [m["id"] for m in merged] == ["kinds/vlm-caption", "kinds/vlm-chat"]
+    assert [m["id"] for m in await search(kind="vision", q="kinds/", limit="1")] == ["kinds/vlm-caption"]
+    text = {m["id"] for m in await search(kind="text")}
+    assert TINY in text and "mlx-test/qwen-mini-4bit" in text and not text & set(KIND_OF)
+    assert await search(kind="speech", q="tiny-llama") == []
+    for bad in ("audio", "TEXT", "text,vision", "x" * 200):
+        reply = await api("GET", "mlx/api/models/search", params={"kind": bad})
+        assert reply.code == 400 and reply.body["reason"] == "invalid_kind", (bad, reply.body)
+        assert "kind" in reply.body["message"]
 
 
 async def test_local_catalog_characteristics(api):

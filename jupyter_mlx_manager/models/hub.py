@@ -1,6 +1,8 @@
 """Hub search: `HfApi.list_models` (MLX library filter) plus what the Hub's metadata says
-about each model — architecture, quantization, size and parameter estimates — filtered
-and sorted here, since the Hub cannot filter on most of these.
+about each model — architecture, quantization, size and parameter estimates, its *kind*
+(from the Hub's `pipeline_tag`, library and tags) — filtered and sorted here, since the Hub
+cannot filter on most of these. A `kind=` filter is also sent to the Hub as `pipeline_tag`
+(one listing per pipeline tag of that kind, merged).
 
 The HTTP calls run on a worker thread, never on the event loop. `HF_ENDPOINT` (read when
 the server starts) is honoured. The server's `hf_token` (which may see private and gated
@@ -16,18 +18,42 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadRequest, MLXError
-from .catalog import is_admin
+from .catalog import _ENCODER_TYPES, _SPEECH_TYPES, _TRANSCRIPTION_TYPES, KINDS, is_admin
 
 SORTS = {"downloads": "downloads", "likes": "likes", "trending": "trending_score", "updated": "last_modified",
          "created": "created_at", "size": None}  # fmt: skip
 QUANT_BITS = (2, 3, 4, 5, 6, 8, 16)
-EXPAND = ["author", "downloads", "likes", "tags", "safetensors", "config", "lastModified", "gated", "library_name",
-          "pipeline_tag", "usedStorage"]  # fmt: skip
+EXPAND = ["author", "downloads", "likes", "tags", "safetensors", "config", "lastModified", "createdAt", "gated",
+          "library_name", "pipeline_tag", "usedStorage", "trendingScore"]  # fmt: skip
+# The Hub's pipeline tags → our model kinds; KIND_PIPELINES: what a `kind=` filter asks the Hub for.
+PIPELINE_KINDS = {
+    "text-generation": "text", "text2text-generation": "text",
+    "image-text-to-text": "vision", "image-to-text": "vision", "visual-question-answering": "vision",
+    "feature-extraction": "embedding", "sentence-similarity": "embedding",
+    "automatic-speech-recognition": "transcription",
+    "text-to-speech": "speech", "text-to-audio": "speech",
+}  # fmt: skip
+KIND_PIPELINES = {kind: [tag for tag, k in PIPELINE_KINDS.items() if k == kind] for kind in KINDS}
+# Libraries (the Hub's `library_name`, also found among the tags) that serve one kind only.
+_LIBRARY_KINDS = {"mlx-lm": "text", "mlx_lm": "text", "mlx-vlm": "vision", "mlx_vlm": "vision",
+                  "mlx-embeddings": "embedding", "mlx_embeddings": "embedding",
+                  "sentence-transformers": "embedding", "mlx-whisper": "transcription"}  # fmt: skip
+_GENERATIVE_HEADS = ("ForCausalLM", "LMHeadModel")
 _DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
                 "I8": 1, "U8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "BOOL": 1}  # fmt: skip
 _ARCH_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _TEXT_RE = re.compile(r"[\x20-\x7e]{0,100}")
 _AUTHOR_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+class KindError(BadRequest):
+    """An unknown `kind=`: a 400 naming the `kind` argument."""
+
+    reason = "invalid_kind"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.param = "kind"
 
 
 class HubUnavailable(MLXError):
@@ -46,6 +72,7 @@ class SearchQuery:
     max_size_bytes: int | None = None
     sort: str = "downloads"
     limit: int = 20
+    kind: str | None = None
 
     @classmethod
     def parse(cls, args: dict[str, str | None]) -> SearchQuery:
@@ -90,6 +117,11 @@ class SearchQuery:
             if sort not in SORTS:
                 raise BadRequest(f"sort must be one of {', '.join(SORTS)}", reason="invalid_sort")
             query.sort = sort
+        kind = args.get("kind")
+        if kind:
+            if kind not in KINDS:
+                raise KindError(f"kind must be one of {', '.join(KINDS)}")
+            query.kind = kind
         limit = args.get("limit")
         if limit:
             if not (limit.isascii() and limit.isdigit() and len(limit) <= 3) or not 1 <= int(limit) <= 100:
@@ -117,6 +149,37 @@ def _bits_from(model: Any) -> tuple[int | None, int | None]:
     if match:
         return int(match.group(1)), None
     return None, None
+
+
+def hub_kind(model: Any) -> str | None:
+    """The kind of a Hub model, from what the Hub says about it without downloading a file: its
+    pipeline tag, else its library or tags, else its config; `text` for a repo that looks like an
+    mlx-lm model, else None (unknown)."""
+    kind = PIPELINE_KINDS.get(model.pipeline_tag or "")
+    if kind is not None:
+        return kind
+    tags = [str(t).lower() for t in model.tags or []]
+    library = str(getattr(model, "library_name", None) or "").lower()
+    for name in (library, *tags):
+        if name in _LIBRARY_KINDS:
+            return _LIBRARY_KINDS[name]
+    for tag in tags:
+        if tag in PIPELINE_KINDS:
+            return PIPELINE_KINDS[tag]
+    config = model.config if isinstance(model.config, dict) else {}
+    model_type = str(config.get("model_type") or "").lower().replace("-", "_")
+    if model_type in _TRANSCRIPTION_TYPES:
+        return "transcription"
+    if model_type in _SPEECH_TYPES:
+        return "speech"
+    if model_type in _ENCODER_TYPES:
+        return "embedding"
+    if isinstance(config.get("vision_config"), dict):
+        return "vision"
+    architectures = config.get("architectures") if isinstance(config.get("architectures"), list) else []
+    if any(isinstance(a, str) and a.endswith(_GENERATIVE_HEADS) for a in architectures):
+        return "text"
+    return None
 
 
 def summarize(model: Any, local_ids: set[str]) -> dict[str, Any]:
@@ -150,6 +213,7 @@ def summarize(model: Any, local_ids: set[str]) -> dict[str, Any]:
         "parameters": parameters,
         "tags": list(model.tags or []),
         "pipeline_tag": model.pipeline_tag,
+        "kind": hub_kind(model),
         "gated": bool(model.gated),
         "last_modified": model.last_modified.isoformat().replace("+00:00", "Z") if model.last_modified else None,
         "local": model.id in local_ids or model.id.lower() in local_ids,  # ids are case-insensitive
@@ -157,6 +221,8 @@ def summarize(model: Any, local_ids: set[str]) -> dict[str, Any]:
 
 
 def _matches(result: dict[str, Any], query: SearchQuery) -> bool:
+    if query.kind is not None and result["kind"] != query.kind:
+        return False
     if query.arch is not None:
         names = [result["model_type"] or "", result["architecture"] or ""]
         if not any(query.arch == n.lower() or (len(query.arch) > 2 and query.arch in n.lower()) for n in names):
@@ -170,6 +236,14 @@ def _matches(result: dict[str, Any], query: SearchQuery) -> bool:
     ):
         return False
     return True
+
+
+def _sort_key(value: Any) -> tuple[bool, Any]:
+    if value is None:
+        return (False, 0)
+    if hasattr(value, "timestamp"):
+        return (True, value.timestamp())
+    return (True, value)
 
 
 class HubSearch:
@@ -190,16 +264,25 @@ class HubSearch:
         from huggingface_hub import HfApi
 
         api = HfApi(endpoint=self.endpoint, token=token)
-        return list(
-            api.list_models(
+        sort = SORTS[query.sort] or "downloads"
+        pipelines: list[str | None] = list(KIND_PIPELINES[query.kind]) if query.kind else [None]
+        models: dict[str, Any] = {}
+        for pipeline in pipelines:
+            listed = api.list_models(
                 search=query.q,
                 author=query.author,
                 filter="mlx",
-                sort=SORTS[query.sort] or "downloads",
+                pipeline_tag=pipeline,
+                sort=sort,
                 limit=fetch,
                 expand=EXPAND,
             )
-        )
+            for model in listed:
+                models.setdefault(model.id, model)
+        if len(pipelines) == 1:
+            return list(models.values())
+        # Listings merged: sorted again as the Hub sorted each one (descending, missing last).
+        return sorted(models.values(), key=lambda m: _sort_key(getattr(m, sort, None)), reverse=True)
 
     async def search(
         self, query: SearchQuery, local_ids: set[str], user: dict[str, Any] | None = None
@@ -207,7 +290,8 @@ class HubSearch:
         import httpx2
         from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-        # Filters the Hub cannot apply are applied to a larger first page.
+        # Filters the Hub cannot apply are applied to a larger first page (a `kind=` filter is
+        # applied on the Hub's side, and again here on the kind derived from all it says).
         fetch = min(max(query.limit * 5, 100), 500) if query.filters_here else query.limit
         loop = asyncio.get_running_loop()
         try:

@@ -335,6 +335,8 @@ export interface IPoolModel {
   in_flight?: number;
   context_length?: number | null;
   tool_calling?: boolean;
+  /** text, vision, embedding, transcription or speech. */
+  kind?: ModelKind | null;
 }
 
 export interface IPool {
@@ -388,10 +390,17 @@ export function unloadModel(
 export type Quantization =
   { bits: number; group_size?: number | null; mode?: string } | string | null;
 
+/** What a model does (SPEC "kinds"); the Hub's kind may be unknown (null). */
+export type ModelKind =
+  'text' | 'vision' | 'embedding' | 'transcription' | 'speech';
+
 export interface ILocalModel {
   id: string;
   loaded?: boolean;
   downloading?: boolean;
+  kind?: ModelKind | null;
+  /** Why this server cannot serve it (the wheel extra to install); null when it can. */
+  unavailable?: string | null;
   /** e.g. "llama" */
   model_type?: string | null;
   /** e.g. "LlamaForCausalLM" */
@@ -415,6 +424,8 @@ export interface IHubModel {
   quantization?: Quantization;
   parameters?: number | string | null;
   tags?: string[];
+  /** From the Hub's pipeline tag and library; null when unknown. */
+  kind?: ModelKind | null;
   local?: boolean;
   gated?: boolean;
 }
@@ -427,6 +438,8 @@ export interface ISearchQuery {
   max_size_gb?: number | string;
   sort?: string;
   limit?: number;
+  /** Only models of this kind; empty = any. */
+  kind?: ModelKind | '';
 }
 
 export function searchModelsPath(query: ISearchQuery): string {

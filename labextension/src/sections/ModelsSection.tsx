@@ -9,6 +9,7 @@ import {
   IHubModel,
   ILocalModel,
   ISearchQuery,
+  ModelKind,
   searchModels,
   toApiError
 } from '../api';
@@ -28,6 +29,7 @@ import {
   Empty,
   ErrorNotice,
   Facts,
+  KindBadge,
   Loading,
   SectionHeader
 } from './common';
@@ -50,6 +52,14 @@ const QUANTS: [string, string][] = [
   ['8bit', '8-bit'],
   ['16', 'not quantized']
 ];
+const KINDS: [ModelKind | '', string][] = [
+  ['', 'any'],
+  ['text', 'Text'],
+  ['vision', 'Vision'],
+  ['embedding', 'Embedding'],
+  ['transcription', 'Transcription'],
+  ['speech', 'Speech']
+];
 const SORTS: [string, string][] = [
   ['downloads', 'Most downloaded'],
   ['likes', 'Most liked'],
@@ -59,7 +69,7 @@ const SORTS: [string, string][] = [
   ['size', 'Smallest']
 ];
 
-function LocalModel({
+export function LocalModel({
   model,
   detailed,
   loading,
@@ -78,9 +88,15 @@ function LocalModel({
         <span className="jp-MLXPanel-itemTitle" title={model.id}>
           {model.id}
         </span>
+        <KindBadge kind={model.kind} />
         {model.loaded && <Badge kind="ok">loaded</Badge>}
         {model.downloading && <Badge kind="info">downloading</Badge>}
       </div>
+      {model.unavailable && (
+        <div className="jp-MLXPanel-hint jp-mod-warn" role="note">
+          {model.unavailable}
+        </div>
+      )}
       {detailed && (
         <Facts
           items={[
@@ -116,6 +132,8 @@ function LocalModel({
             kind="accept"
             onClick={onLoad}
             busy={loading}
+            disabled={!!model.unavailable}
+            title={model.unavailable ?? undefined}
             label={`Load ${model.id}`}
           >
             {loading ? 'Loading…' : 'Load'}
@@ -126,7 +144,7 @@ function LocalModel({
   );
 }
 
-function HubResult({
+export function HubResult({
   model,
   downloading,
   busy,
@@ -143,6 +161,7 @@ function HubResult({
         <span className="jp-MLXPanel-itemTitle" title={model.id}>
           {model.id}
         </span>
+        <KindBadge kind={model.kind} />
         {model.local && <Badge kind="ok">on disk</Badge>}
         {model.gated && <Badge kind="warn">gated</Badge>}
       </div>
@@ -261,6 +280,20 @@ function HubSearch({ service }: { service: MLXService }): JSX.Element {
                 onChange={set('arch')}
                 placeholder="llama, qwen2…"
               />
+            </label>
+            <label>
+              Kind
+              <select
+                className="jp-MLXPanel-select"
+                value={query.kind ?? ''}
+                onChange={set('kind')}
+              >
+                {KINDS.map(([value, label]) => (
+                  <option key={value} value={value}>
+                    {label}
+                  </option>
+                ))}
+              </select>
             </label>
             <label>
               Quantization

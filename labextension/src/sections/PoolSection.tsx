@@ -13,6 +13,7 @@ import {
 import { useAction, useStore } from '../hooks';
 import {
   Badge,
+  KindBadge,
   Bar,
   Button,
   Empty,
@@ -64,7 +65,7 @@ function KeepAliveSelect({
   );
 }
 
-function LoadedModel({
+export function LoadedModel({
   model,
   budget,
   busy,
@@ -97,6 +98,7 @@ function LoadedModel({
         <Badge kind={model.status === 'busy' ? 'info' : 'ok'}>
           {model.status}
         </Badge>
+        <KindBadge kind={model.kind} />
         {model.pinned && <Badge kind="accent">pinned</Badge>}
       </div>
       <Bar

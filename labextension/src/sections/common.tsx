@@ -193,6 +193,22 @@ export function Badge({
   );
 }
 
+/** A model's kind as a badge; nothing for text models (most of them) or an unknown kind. */
+export function KindBadge({
+  kind
+}: {
+  kind?: string | null;
+}): JSX.Element | null {
+  if (!kind || kind === 'text') {
+    return null;
+  }
+  return (
+    <Badge kind="kind" title={`A ${kind} model`}>
+      {kind}
+    </Badge>
+  );
+}
+
 export function Button({
   children,
   onClick,
