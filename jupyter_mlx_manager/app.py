@@ -23,6 +23,7 @@ from .downloads import DownloadManager
 from .handlers import ROUTES
 from .handlers.proxy import SharedService, shared_service_routes
 from .inference import InferenceService, RequestLimits
+from .inference.embeddings import EmbeddingService
 from .inference.images import ImageLimits
 from .inference.stored import ResponseStore
 from .models.catalog import ModelCatalog
@@ -162,7 +163,9 @@ class MLXManager(ExtensionApp):
     runner_stall_seconds = Float(
         30.0,
         help="A runner that has work and sends no heartbeat for this many seconds is killed; its "
-        "requests fail with runner_stalled and the next request loads the model again. Default: 30.",
+        "requests fail with runner_stalled and the next request loads the model again (one that keeps "
+        "heartbeating but makes no progress is given ten times as long: a step of a big model can be slow). "
+        "Default: 30.",
     ).tag(config=True)
 
     responses_ttl_hours = Float(
@@ -281,6 +284,7 @@ class MLXManager(ExtensionApp):
             remote=self.remote,
             image_limits=ImageLimits(max(0, self.max_images_per_request), self.allow_image_urls),
         )
+        self.embeddings = EmbeddingService(self.pool, self.audit, self.limits, remote=self.remote)
         self.responses = ResponseStore(self.db, self.responses_ttl_hours)
         metrics.install(self)
         self._sockets: set[Any] = set()

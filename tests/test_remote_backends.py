@@ -110,6 +110,11 @@ class RecorderHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+        if self.path.endswith("/embeddings"):  # one vector [i, len(text)] per input
+            data = [{"object": "embedding", "index": i, "embedding": [float(i), float(len(text))]}
+                    for i, text in enumerate(body["input"])]  # fmt: skip
+            usage = {"prompt_tokens": 7, "total_tokens": 7}
+            return self._json(200, {"object": "list", "data": data, "model": body["model"], "usage": usage})
         mode = body["messages"][-1]["content"]
         if mode == "leak":
             return self._json(400, {"error": {"message": f"bad key {self.headers['Authorization']}", "param": None}})
@@ -281,6 +286,16 @@ def test_a_stream_is_passed_through_as_it_arrives(server, sdk, recorder):
     assert sent["body"]["stream"] is True and sent["body"]["stream_options"] == {"include_usage": True}
     assert sent["body"]["model"] == "echo"
     assert sent["headers"]["X-Request-ID"] == stream.response.headers["X-Request-ID"]
+
+
+def test_embeddings_of_a_remote_model(server, sdk, recorder):
+    reply = sdk.embeddings.create(model=ECHO, input=["one", "three"], encoding_format="float")
+    assert reply.model == ECHO and [d.embedding for d in reply.data] == [[0.0, 3.0], [1.0, 5.0]]
+    sent = recorder.requests[-1]
+    assert sent["path"] == "/v1/embeddings" and sent["body"]["model"] == "echo"
+    assert sent["body"]["input"] == ["one", "three"] and sent["headers"]["Authorization"] == f"Bearer {SECRET}"
+    record = _audit(server, sent["headers"]["X-Request-ID"])
+    assert (record["backend"], record["status"], record["prompt_tokens"]) == ("rec", "ok", 7)
 
 
 def test_mlx_lm_server_streams_and_answers_with_usage_in_the_audit(server, sdk, mlx_model, no_eos):

@@ -480,6 +480,7 @@ def test_a_runner_that_stops_making_progress_is_killed(engine_models, monkeypatc
 
     async def scenario():
         runner = await RunnerProcess.start("demo", engine_models / "demo", logging.getLogger("test"), stall_seconds=1.5)
+        runner.stuck_seconds = 1.5  # the default (STUCK_FACTOR × stall_seconds) would make this test slow
         try:
             started = time.monotonic()
             events = [e async for e in runner.generate("stuck", {"kind": "completion", "prompt": "x", "max_tokens": 3})]

@@ -43,6 +43,7 @@ MAX_BACKOFF = 30.0
 DISCOVERY_TTL = 60.0
 LIST_WAIT = 2.0  # a slow discovery never holds up a listing for longer than this
 MAX_ERROR_BYTES = 64 * 1024
+MAX_EMBEDDINGS_BYTES = 256 * 1024 * 1024  # 2,048 inputs × 4,096 dimensions as JSON floats fit
 GATEWAY_DOWN = (502, 503, 504)  # what a proxy in front of the engine answers when it is gone
 NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?")
 ENTRY_KEYS = {"url", "api_key_env", "models"}
@@ -261,6 +262,28 @@ class RemoteBackend:
             self.in_flight[upstream_id] -= 1
             if not self.in_flight[upstream_id]:
                 del self.in_flight[upstream_id]
+
+    async def embed(self, body: dict[str, Any], upstream_id: str, request_id: str) -> dict[str, Any]:
+        """The upstream's embeddings reply (OpenAI's JSON) for `body` (ours, less the model),
+        read whole but bounded; the same health, errors and key handling as a generation."""
+        self.check_model(upstream_id)
+        async with self._stream("embeddings", {**body, "model": upstream_id}, request_id) as reply:
+            raw = bytearray()
+            try:
+                async for chunk in reply.aiter_bytes():
+                    raw += chunk
+                    if len(raw) > MAX_EMBEDDINGS_BYTES:
+                        raise UpstreamUnavailable(f"remote backend {self.name}: the embeddings reply is too large")
+            except httpx.HTTPError as exc:
+                self._failed("reply", exc)
+                raise self._unavailable() from None
+        try:
+            answer = json.loads(raw)
+            if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
+                raise ValueError("no data list")
+        except ValueError:
+            raise UpstreamUnavailable(f"remote backend {self.name} sent an embeddings reply that is not one") from None
+        return answer
 
     @contextlib.asynccontextmanager
     async def _stream(self, path: str, body: dict[str, Any], request_id: str) -> AsyncIterator[httpx.Response]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ..inference.embeddings import EmbeddingService, parse_embeddings
+from ..inference.embeddings import parse_embeddings
 from .base import MLXAPIHandler, authorized, web
 from .inference import ServerShuttingDown
 from .openai import OpenAIErrors
@@ -35,10 +35,11 @@ class EmbeddingsHandler(OpenAIErrors, MLXAPIHandler):
     @authorized
     async def post(self):
         request = parse_embeddings(self.json_body())
-        service = EmbeddingService(self.mlx.pool, self.mlx.audit, self.mlx.limits)
         self.mlx.track_request(self)
         try:
-            self._task = asyncio.ensure_future(service.embed(self.actor, self.request.path, request, self.request_id))
+            self._task = asyncio.ensure_future(
+                self.mlx.embeddings.embed(self.actor, self.request.path, request, self.request_id)
+            )
             if self._shutting_down:
                 self._task.cancel()
             try:

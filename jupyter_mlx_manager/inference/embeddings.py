@@ -22,15 +22,18 @@ import contextlib
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..audit import AuditLog
 from ..auth import Actor
 from ..errors import MLXError
-from ..models.catalog import is_remote_id, is_valid_model_id, scrub_paths
+from ..models.catalog import is_valid_model_id, scrub_paths
 from ..pool import ModelPool, RunnerCrashed
 from .limits import RequestLimits
 from .request import InvalidParam
+
+if TYPE_CHECKING:
+    from ..backends import RemoteBackends
 
 MAX_INPUTS = 2048
 EMBEDDING_KINDS = ("embedding",)
@@ -47,6 +50,13 @@ class EmbeddingRequest:
     inputs: list[str | list[int]]
     encoding_format: str = "float"
     dimensions: int | None = None
+
+    def upstream_body(self) -> dict[str, Any]:
+        """This request as an OpenAI embeddings body for a remote backend (its model id apart)."""
+        body: dict[str, Any] = {"input": self.inputs, "encoding_format": self.encoding_format}
+        if self.dimensions is not None:
+            body["dimensions"] = self.dimensions
+        return body
 
 
 def _token_list(value: Any) -> bool:
@@ -122,20 +132,26 @@ def _floats(data: str) -> list[float]:
 
 
 class EmbeddingService:
-    def __init__(self, pool: ModelPool, audit: AuditLog, limits: RequestLimits):
+    def __init__(self, pool: ModelPool, audit: AuditLog, limits: RequestLimits, remote: RemoteBackends | None = None):
         self.pool = pool
         self.audit = audit
         self.limits = limits
+        self.remote = remote
 
     async def embed(self, actor: Actor, endpoint: str, request: EmbeddingRequest, request_id: str) -> dict[str, Any]:
         """OpenAI's embeddings reply; one audit record whatever happens."""
         started = time.monotonic()
-        status, error_type, prompt_tokens, model_id = "error", None, 0, request.model
+        status, error_type, prompt_tokens, model_id, backend = "error", None, 0, request.model, "local"
         try:
-            if is_remote_id(request.model):
-                raise InvalidParam(
-                    "embeddings are not available for remote models", "model", "model_kind_not_supported"
-                )
+            remote = self.remote.resolve(request.model) if self.remote else None
+            if remote is not None:
+                backend = remote[0].name
+                async with self.limits.admit(actor.user["username"], request.model):
+                    answer = await remote[0].embed(request.upstream_body(), remote[1], request_id)
+                usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
+                prompt_tokens = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else 0
+                status = "ok"
+                return {**answer, "model": request.model}  # replies name our model id
             username = actor.user["username"]
             async with (
                 self.limits.admit(username, request.model),
@@ -177,7 +193,7 @@ class EmbeddingService:
                     "embeddings", status=status, request_id=request_id, user=actor.user["username"],
                     client=actor.client, endpoint=endpoint, model=model_id, prompt_tokens=prompt_tokens,
                     cached_tokens=0, completion_tokens=0, duration_ms=(time.monotonic() - started) * 1000,
-                    error_type=error_type, backend="local", **actor.context,
+                    error_type=error_type, backend=backend, **actor.context,
                 )
             )  # fmt: skip
         return {
