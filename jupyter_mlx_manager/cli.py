@@ -54,13 +54,16 @@ def _services(data_dir: str | None):
     return db, UserService(db, issuer, AuditLog(db))
 
 
-DEMO_NAMES = {"text": "tiny-demo", "embedding": "tiny-embedding", "vision": "tiny-vision"}
+DEMO_NAMES = {
+    "text": "tiny-demo", "embedding": "tiny-embedding", "vision": "tiny-vision",
+    "transcription": "tiny-transcription", "speech": "tiny-speech",
+}  # fmt: skip
 
 
 def _demo_model(args: argparse.Namespace) -> int:
     from .app import MLXManager
+    from .models import demo
     from .models.catalog import ModelCatalog
-    from .models.demo import make_demo_embedding_model, make_demo_model, make_demo_vision_model
 
     settings = MLXManager(config=_server_config())
     data_dir = Path(args.data_dir or settings.data_dir).expanduser()
@@ -77,17 +80,12 @@ def _demo_model(args: argparse.Namespace) -> int:
         print("--tool-calling and --reasoning make text models", file=sys.stderr)
         return 2
     args.name = args.name or DEMO_NAMES.get(args.kind, "tiny-demo")
-    if args.kind == "embedding":
-        path = make_demo_embedding_model(folder / args.name)
-    elif args.kind == "vision":
-        path = make_demo_vision_model(folder / args.name)
-    elif args.kind == "text":
-        path = make_demo_model(
+    if args.kind == "text":
+        path = demo.make_demo_model(
             folder / args.name, scripted_tool_call=args.tool_calling, scripted_reasoning=args.reasoning
         )
     else:
-        print(f"no {args.kind} demo model in this version", file=sys.stderr)
-        return 2
+        path = getattr(demo, f"make_demo_{args.kind}_model")(folder / args.name)
     print(f"created local/{args.name} in {path}")
     if args.dir and folder != data_dir / "models" and str(folder) not in settings.model_dirs:
         print(f"add it to the server with: c.MLXManager.model_dirs = [{str(folder)!r}]")
@@ -156,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = commands.add_parser("demo-model", help="create a tiny random-weight model (offline), id local/<name>")
     demo.add_argument("--dir", help="models folder to create it in (default: <data_dir>/models, always served)")
-    demo.add_argument("--name", help="its folder name (default: tiny-demo, tiny-embedding, tiny-vision)")
+    demo.add_argument("--name", help="its folder name (default: tiny-<kind>, tiny-demo for text)")
     demo.add_argument("--kind", choices=KINDS, default="text", help="the kind of model (default: text)")
     demo.add_argument("--if-missing", action="store_true", help="do nothing if any local model exists")
     demo.add_argument(

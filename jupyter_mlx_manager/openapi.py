@@ -365,7 +365,7 @@ def _paths() -> dict[str, Any]:
             "get": _op(
                 "Search the Hub for MLX models",
                 _responses(_list_of("models", "Model")),
-                params=_query("q", "author", "arch", "quant", "max_size_gb", "sort", "limit"),
+                params=_query("q", "author", "arch", "quant", "max_size_gb", "sort", "limit", "kind"),
             )
         },
         "/mlx/api/models/local": {"get": _op("Models on this machine", _responses(_list_of("models", "Model")))},
@@ -452,6 +452,54 @@ def _paths() -> dict[str, Any]:
                         "dimensions": INT,
                         "user": STR,
                     },
+                    ["model", "input"],
+                ),
+            )
+        },
+        "/mlx/v1/audio/transcriptions": {
+            "post": {
+                **_op(
+                    "OpenAI: speech to text (transcription models; WAV, FLAC, MP3 or Ogg Vorbis)",
+                    _responses(
+                        _obj(
+                            {
+                                "text": STR,
+                                "task": STR,
+                                "language": _nullable("string"),
+                                "duration": NUM,
+                                "segments": {"type": "array", "items": {"type": "object"}},
+                            },
+                            ["text"],
+                        ),
+                        error="OpenAIError",
+                        stream="text/plain",  # response_format=text
+                    ),
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": _obj(
+                                {
+                                    "file": {"type": "string", "contentMediaType": "application/octet-stream"},
+                                    "model": STR,
+                                    "language": STR,
+                                    "temperature": NUM,
+                                    "response_format": {"enum": ["json", "text", "verbose_json"]},
+                                },
+                                ["file", "model"],
+                            )
+                        }
+                    },
+                },
+            }
+        },
+        "/mlx/v1/audio/speech": {
+            "post": _op(
+                "OpenAI: text to speech (speech models) → a 16-bit PCM WAV",
+                _responses(None, error="OpenAIError", stream="audio/wav"),
+                _obj(
+                    {"model": STR, "input": STR, "voice": STR, "response_format": {"enum": ["wav"]}, "speed": NUM},
                     ["model", "input"],
                 ),
             )

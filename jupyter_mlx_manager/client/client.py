@@ -433,6 +433,34 @@ class MLXClient:
             return [list(struct.unpack(f"<{len(row) // 4}f", row)) for row in rows]
         return np.frombuffer(b"".join(rows), dtype="<f4").reshape(len(rows), -1) if rows else np.zeros((0, 0), "f4")
 
+    def transcribe(self, model: str, audio: str | Path | bytes, *, language: str | None = None) -> str:
+        """The text of an audio file (a path, or the file's bytes: WAV, FLAC, MP3 or Ogg Vorbis)
+        from a transcription model."""
+        data = audio if isinstance(audio, bytes) else Path(audio).expanduser().read_bytes()
+        fields = {"model": model, "response_format": "json", **({"language": language} if language else {})}
+        reply = self._request(
+            "POST", "mlx/v1/audio/transcriptions", data=fields, files={"file": ("audio", data)}, timeout=600
+        )
+        return reply["text"]
+
+    def speak(self, model: str, text: str, *, voice: str | None = None):
+        """Speech of `text` from a speech model, as an `IPython.display.Audio` (it plays in the
+        notebook; `.data` is the WAV's bytes, `.sample_rate` its rate); the WAV's bytes where
+        IPython is not installed."""
+        body = {"model": model, "input": text, "response_format": "wav", **({"voice": voice} if voice else {})}
+        wav = self._call("POST", "mlx/v1/audio/speech", json=body, timeout=600).content
+        try:
+            from IPython.display import Audio
+        except ImportError:
+            return wav
+        import wave
+
+        with wave.open(io.BytesIO(wav)) as w:
+            rate = w.getframerate()
+        audio = Audio(data=wav)
+        audio.sample_rate = rate
+        return audio
+
     def openai(self):
         """An `openai.OpenAI` client for this server's `mlx/v1` API, with this client's credential."""
         import openai

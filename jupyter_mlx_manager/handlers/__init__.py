@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .anthropic import CountTokensHandler, MessagesHandler
+from .audio import SpeechHandler, TranscriptionsHandler
 from .audit import AuditExportHandler, AuditHandler, AuditStatsHandler, AuditWebSocketHandler
 from .auth import LoginHandler, MeHandler, RegisterHandler, TicketHandler, TokenHandler, TokensHandler
 from .downloads import DownloadHandler, DownloadProgressHandler, DownloadsHandler
@@ -45,6 +46,8 @@ ROUTES = [
     ("mlx/v1/chat/completions", ChatCompletionsHandler),
     ("mlx/v1/completions", CompletionsHandler),
     ("mlx/v1/embeddings", EmbeddingsHandler),
+    ("mlx/v1/audio/transcriptions", TranscriptionsHandler),
+    ("mlx/v1/audio/speech", SpeechHandler),
     ("mlx/v1/messages", MessagesHandler),
     ("mlx/v1/messages/count_tokens", CountTokensHandler),
     ("mlx/v1/responses", ResponsesHandler),

@@ -597,7 +597,6 @@ def ships_code(path: Path) -> bool:
 # -- kinds ---------------------------------------------------------------------------------------
 KINDS = ("text", "vision", "embedding", "transcription", "speech")
 GENERATIVE_KINDS = ("text", "vision")  # what chat, completions, Messages and Responses serve
-SERVED_KINDS = ("text", "vision", "embedding")  # the kinds this version has a runner for
 # kind → (the package that serves it, the wheel extra that installs it)
 KIND_PACKAGES = {
     "text": ("mlx_lm", None),
@@ -684,8 +683,6 @@ def check_kind(model_id: str, kind: str, wanted: tuple[str, ...] | None = None) 
     problem = missing_extra(kind)
     if problem:
         raise WrongKind(f"{model_id} cannot be served: {problem}", code="extra_not_installed")
-    if kind not in SERVED_KINDS:
-        raise WrongKind(f"{model_id} is a {kind} model, which this server does not serve yet")
 
 
 def read_characteristics(path: Path) -> dict[str, Any]:

@@ -17,6 +17,14 @@ at most 112×112 pixels (a handful of image tokens); `mlx_vlm.load` and `stream_
 it like a Qwen2-VL from the Hub. (A Llava would be smaller still, but mlx-vlm 0.7's Llava
 processor hands tokenizer options to transformers 5's image processor, which refuses them.)
 
+Transcription (`make_demo_transcription_model`): a Whisper with random weights built with
+mlx-audio's own class and a WhisperProcessor made here; `mlx_audio.stt.utils.load_model` takes it.
+Speech (`make_demo_speech_model`): a Soprano (Qwen3 + Vocos decoder) with random weights built
+with mlx-audio's own class, the smallest of its text-to-speech models whose text front end is a
+plain tokenizer (the Kokoro, Kitten, MeloTTS family need phonemizer / G2P data; most others a
+neural codec downloaded from the Hub); `mlx_audio.tts.utils.load_model` takes it. Both sound and
+read as noise.
+
 Runs in a child process or the CLI: the Jupyter server never imports MLX.
 """
 
@@ -371,3 +379,130 @@ def make_demo_vision_model(path: str | Path, hidden_size: int = 64, num_layers: 
 def _thirds(n: int) -> list[int]:
     """`n` split in three as evenly as possible, the larger parts last (Qwen2-VL's [16, 24, 24])."""
     return [n // 3, (n - n // 3) // 2, n - n // 3 - (n - n // 3) // 2]
+
+
+# Whisper's special tokens, in the order its tokenizer has them after the text vocabulary
+# (English-only layout: one language token); the timestamp tokens <|0.00|>…<|30.00|> come last,
+# as Whisper's decoding takes every id from the first timestamp up as a timestamp.
+WHISPER_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>", "<|startoflm|>",
+    "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>",
+]  # fmt: skip
+
+
+def make_demo_transcription_model(
+    path: str | Path, width: int = 32, num_layers: int = 1, vocab_size: int = 512, seed: int = 0
+) -> Path:
+    """Write a random-weight Whisper to `path` (atomically, as `make_demo_model`).
+
+    mlx-audio's own class (`mlx_audio.stt.models.whisper`) in its MLX layout, and a
+    `WhisperProcessor` (a byte-level BPE tokenizer trained here with Whisper's special and
+    timestamp tokens, Whisper's 80-bin feature extractor), which mlx-audio's loader reads from
+    the folder. The vocabulary is far below Whisper's 51,865, so mlx-audio treats it as an
+    English-only model (no language detection). The audio context keeps Whisper's 1,500 frames
+    (30 s windows): mlx-audio pads every input to that, so the encoder is kept to one narrow
+    layer (about half a second per window on two CPU cores); a 64-token text context bounds the
+    gibberish decoded per window."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_audio.stt.models.whisper import whisper
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        )
+        tokenizer.train_from_iterator(_CORPUS.splitlines() * 4, trainer)
+        timestamps = [f"<|{i * 0.02:.2f}|>" for i in range(1501)]
+        tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in WHISPER_SPECIAL_TOKENS])
+        tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in timestamps])
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+            unk_token="<|endoftext|>", pad_token="<|endoftext|>", model_max_length=64,
+        )  # fmt: skip
+        fast.save_pretrained(str(work))
+        WhisperFeatureExtractor(feature_size=80).save_pretrained(str(work))
+        config = {
+            "model_type": "whisper", "n_mels": 80, "n_audio_ctx": 1500, "n_audio_state": width,
+            "n_audio_head": max(1, width // 32), "n_audio_layer": num_layers, "n_vocab": tokenizer.get_vocab_size(),
+            "n_text_ctx": 64, "n_text_state": width, "n_text_head": max(1, width // 32), "n_text_layer": num_layers,
+        }  # fmt: skip
+        mx.random.seed(seed)
+        model = whisper.Model(whisper.ModelDimensions.from_dict(config))
+        mx.eval(model.parameters())
+        mx.save_safetensors(
+            str(work / "model.safetensors"), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"}
+        )
+        (work / "config.json").write_text(json.dumps(config, indent=2))
+        if path.exists():
+            shutil.rmtree(path)
+        work.rename(path)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return path
+
+
+SOPRANO_SPECIAL_TOKENS = ["[STOP]", "[TEXT]", "[START]"]
+
+
+def make_demo_speech_model(
+    path: str | Path, hidden_size: int = 64, num_layers: int = 2, vocab_size: int = 512, seed: int = 0
+) -> Path:
+    """Write a random-weight Soprano text-to-speech model to `path` (atomically, as `make_demo_model`).
+
+    Soprano (`mlx_audio.tts.models.soprano`) is a Qwen3 language model whose hidden states a Vocos
+    decoder turns into 32 kHz audio (2,048 samples per token); its text front end is a plain
+    tokenizer (no phonemizer or G2P data to download), here a byte-level BPE trained here with
+    its `[STOP]`, `[TEXT]` and `[START]` markers ([STOP] is the pad token, which ends speech).
+    mlx-audio fixes the decoder's size for such a folder (eight 512-wide layers), which is most of
+    its ~30 MB (float16 on disk; mlx-audio runs the decoder in float32)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_audio.tts.models.soprano import soprano
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        )
+        tokenizer.train_from_iterator(_CORPUS.splitlines() * 4, trainer)
+        tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SOPRANO_SPECIAL_TOKENS])
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tokenizer, pad_token="[STOP]", eos_token="[STOP]", model_max_length=2048
+        )
+        fast.save_pretrained(str(work))
+        config = {
+            "model_type": "soprano", "hidden_size": hidden_size, "num_hidden_layers": num_layers,
+            "intermediate_size": hidden_size * 2, "num_attention_heads": 2, "num_key_value_heads": 2,
+            "head_dim": hidden_size // 2, "rms_norm_eps": 1e-6, "vocab_size": tokenizer.get_vocab_size(),
+            "max_position_embeddings": 2048, "rope_theta": 10000.0, "tie_word_embeddings": False,
+            "sample_rate": 32000,
+        }  # fmt: skip
+        mx.random.seed(seed)
+        model = soprano.Model(soprano.ModelConfig.from_dict({**config, "model_path": str(path)}))
+        mx.eval(model.parameters())
+        weights = {k: v.astype(mx.float16) for k, v in tree_flatten(model.parameters())}
+        mx.save_safetensors(str(work / "model.safetensors"), weights, metadata={"format": "mlx"})
+        (work / "config.json").write_text(json.dumps(config, indent=2))
+        if path.exists():
+            shutil.rmtree(path)
+        work.rename(path)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return path

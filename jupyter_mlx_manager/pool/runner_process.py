@@ -6,10 +6,11 @@ belongs to, keeps the latest heartbeat figures, and notices the process exiting 
 with an "ev" is logged and skipped, never fatal to the reader.
 
 A watchdog finds hung runners: while requests are in flight, a runner whose heartbeats stop
-(e.g. SIGSTOP, a deadlock that holds the interpreter) or whose generation thread makes no
-progress although it has work, for `stall_seconds`, is killed (SIGKILL); its requests end
-with an `error` event, code "runner_stalled". Progress moves per prefill chunk and decode
-step, so a long prompt or a slow first step does not look hung.
+(e.g. SIGSTOP, a deadlock that holds the interpreter) for `stall_seconds`, or whose generation
+thread makes no progress although it has work for `STUCK_FACTOR` times as long (a hung Metal
+command buffer), is killed (SIGKILL); its requests end with an `error` event, code
+"runner_stalled". Progress moves per prefill chunk and decode step; one step of a big model
+under load can still take tens of seconds, hence the longer bound for a runner that is alive.
 
 A *spare* (`RunnerProcess.spawn()` without a path) is a runner that has imported MLX and
 mlx-lm and waits for a model: `load()` hands it one (`{"op": "load", "path": …}`), which
@@ -18,8 +19,9 @@ runner reported when its model was ready), and from the heartbeats `kv_bytes` (l
 and `prompt_cache_bytes`; `trim_cache()` caps the runner's prompt cache (`trim_cache` command)
 and waits for its answer.
 
-Runners of other kinds (`--kind embedding`: runner/embedding.py) speak the same protocol;
-`embed()` sends their one command and yields its events like `generate()`.
+Runners of other kinds (`--kind embedding`: runner/embedding.py; `transcription`, `speech`:
+runner/audio.py) speak the same protocol; `embed()`, `transcribe()` and `speak()` send their
+one command and yield its events like `generate()`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from ..runner import protocol
+
+STUCK_FACTOR = 10  # alive but no progress: killed after this many times stall_seconds
 
 
 class LoadFailed(Exception):
@@ -60,6 +64,7 @@ class RunnerProcess:
         self._trims: list[asyncio.Future[dict[str, Any] | None]] = []
         self.stderr_tail: deque[str] = deque(maxlen=20)
         self.stall_seconds = float(stall_seconds)
+        self.stuck_seconds = STUCK_FACTOR * self.stall_seconds
         self.stalled = False
         self._requests: dict[str, asyncio.Queue[dict[str, Any] | None]] = {}
         self._alive_at = loop.time()  # the last line from the runner
@@ -188,6 +193,14 @@ class RunnerProcess:
         """Send one embedding request (an embedding runner's) and yield its `embeddings`
         events up to `done` or `error`."""
         return self._request(request_id, {**command, "op": "embed", "id": request_id})
+
+    def transcribe(self, request_id: str, command: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Send one transcription (a transcription runner's); yields `transcription`, `done`."""
+        return self._request(request_id, {**command, "op": "transcribe", "id": request_id})
+
+    def speak(self, request_id: str, command: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Send one speech request (a speech runner's); yields `audio` events up to `done`."""
+        return self._request(request_id, {**command, "op": "speak", "id": request_id})
 
     async def _request(self, request_id: str, message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         if not self.alive or self.stalled:
@@ -318,7 +331,7 @@ class RunnerProcess:
 
     async def _watch(self) -> None:
         """Kill the runner when it has requests in flight and shows no life or no progress for
-        `stall_seconds` (see the module docstring)."""
+        `stall_seconds`, or no progress for `stuck_seconds` (see the module docstring)."""
         loop = asyncio.get_running_loop()
         interval = min(0.5, self.stall_seconds / 4)
         ticked = loop.time()
@@ -333,7 +346,7 @@ class RunnerProcess:
             if not self._requests or not self.alive:
                 continue
             silent, stuck = now - self._alive_at, now - self._progress_at
-            if silent < self.stall_seconds and stuck < self.stall_seconds:
+            if silent < self.stall_seconds and stuck < self.stuck_seconds:
                 continue
             if silent >= self.stall_seconds:
                 self._stalled(f"sent nothing for {silent:.0f} s")

@@ -1,9 +1,10 @@
-"""`python -m jupyter_mlx_manager.runner [MODEL_PATH] [--kind text|embedding|vision] [--prompt-cache-bytes N]
+"""`python -m jupyter_mlx_manager.runner [MODEL_PATH] [--kind text|embedding|vision|transcription|speech]
+[--prompt-cache-bytes N]
 [--prefill-step-size N]`: serve one model over stdin/stdout.
 
 `--kind` picks the engine (models.catalog.model_kind decides, in the server): mlx-lm's
 generation engine for text (engine.py), mlx-embeddings' for embedding models (embedding.py),
-mlx-vlm's for vision models (vision.py).
+mlx-vlm's for vision models (vision.py), mlx-audio's for transcription and speech models (audio.py).
 
 Without MODEL_PATH it is a spare: it imports MLX and mlx-lm, says `{"ev": "spare"}` and waits
 for `{"op": "load", "path": …}` (the pool's warm runner: a load then skips the imports)."""
@@ -60,7 +61,10 @@ def main() -> None:
         help="prompt tokens prefilled per scheduler step on every path (default: 512)",
     )  # fmt: skip
     parser.add_argument(
-        "--kind", choices=["text", "embedding", "vision"], default="text", help="the model's kind (default: text)"
+        "--kind",
+        choices=["text", "embedding", "vision", "transcription", "speech"],
+        default="text",
+        help="the model's kind (default: text)",
     )
     parser.add_argument(
         "--switch", choices=["migrate", "finish", "batch"], default="migrate",
@@ -87,6 +91,10 @@ def main() -> None:
         from .vision import VisionEngine
 
         engine = VisionEngine(args.model_path, emit)
+    elif args.kind in ("transcription", "speech") and args.model_path is not None:
+        from .audio import AudioEngine
+
+        engine = AudioEngine(args.model_path, emit, args.kind)
     else:
         engine = Engine(
             args.model_path, emit, prompt_cache_bytes=args.prompt_cache_bytes, switch=args.switch,
