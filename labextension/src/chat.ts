@@ -10,9 +10,14 @@ import { ServerConnection } from '@jupyterlab/services';
 import { ApiError, fetchResponse } from './api';
 import { SSEParser } from './sse';
 
+/** OpenAI chat content parts: text, and images as data URLs (SPEC "Vision"). */
+export type ChatContentPart =
+  | { type: 'text'; text: string }
+  | { type: 'image_url'; image_url: { url: string } };
+
 export interface IChatMessage {
   role: 'system' | 'user' | 'assistant';
-  content: string;
+  content: string | ChatContentPart[];
 }
 
 export interface IChatRequest {
@@ -20,6 +25,145 @@ export interface IChatRequest {
   messages: IChatMessage[];
   max_tokens?: number;
   temperature?: number;
+}
+
+// -- images ---------------------------------------------------------------------------------
+
+/** Images one request may carry, and the bytes of each (the server's defaults, SPEC). */
+export const MAX_IMAGES = 8;
+export const MAX_IMAGE_BYTES = 20 * 1024 * 1024;
+/** The types the attach button offers and a paste may add. */
+export const IMAGE_TYPES = [
+  'image/png',
+  'image/jpeg',
+  'image/gif',
+  'image/webp'
+];
+
+/** Kinds the chat panel can talk to (SPEC "kinds"); no kind = an older server or a remote model. */
+export function isChatKind(kind: string | null | undefined): boolean {
+  return !kind || kind === 'text' || kind === 'vision';
+}
+
+/** Only the chat models (text, vision) of a list of pool entries or local models. */
+export function chatModels<T extends { kind?: string | null }>(
+  models: readonly T[]
+): T[] {
+  return models.filter(m => isChatKind(m.kind));
+}
+
+/** An image waiting to be sent. */
+export interface IPendingImage {
+  name: string;
+  type: string;
+  size: number;
+  /** `data:image/…;base64,…` */
+  url: string;
+}
+
+/** What `checkImages` needs of a `File`. */
+export interface IImageFile {
+  name: string;
+  type: string;
+  size: number;
+}
+
+/**
+ * Which of `files` may join the `pending` images: images of the offered types, at most
+ * `MAX_IMAGE_BYTES` each, `MAX_IMAGES` in all. The rest are refused, each with a message.
+ */
+export function checkImages<F extends IImageFile>(
+  pending: number,
+  files: readonly F[]
+): { accepted: F[]; refused: string[] } {
+  const accepted: F[] = [];
+  const refused: string[] = [];
+  let over = 0;
+  for (const file of files) {
+    const name = file.name || 'pasted image';
+    if (!IMAGE_TYPES.includes(file.type)) {
+      refused.push(`${name} is not a PNG, JPEG, GIF or WebP image.`);
+    } else if (file.size > MAX_IMAGE_BYTES) {
+      refused.push(
+        `${name} is over ${MAX_IMAGE_BYTES / (1024 * 1024)} MB, the most an image may be.`
+      );
+    } else if (pending + accepted.length >= MAX_IMAGES) {
+      over++;
+    } else {
+      accepted.push(file);
+    }
+  }
+  if (over) {
+    refused.push(
+      `At most ${MAX_IMAGES} images per message: ${over} not added.`
+    );
+  }
+  return { accepted, refused };
+}
+
+/** A user message's content: the text alone, or the text and the images as content parts. */
+export function userContent(
+  text: string,
+  images: readonly string[] = []
+): string | ChatContentPart[] {
+  if (!images.length) {
+    return text;
+  }
+  const parts: ChatContentPart[] = [];
+  if (text) {
+    parts.push({ type: 'text', text });
+  }
+  for (const url of images) {
+    parts.push({ type: 'image_url', image_url: { url } });
+  }
+  return parts;
+}
+
+/** A turn of the conversation, as `buildMessages` reads it. */
+export interface IHistoryTurn {
+  role: 'user' | 'assistant';
+  content: string;
+  images?: readonly string[];
+}
+
+/**
+ * The messages of one request: the system prompt, the history and the new user turn (the
+ * last of `turns`). Images go only to a vision model, and at most `MAX_IMAGES` in all (the
+ * server's per-request limit): the newest are kept, older turns keep their text.
+ */
+export function buildMessages(
+  system: string,
+  turns: readonly IHistoryTurn[],
+  vision: boolean
+): IChatMessage[] {
+  let budget = vision ? MAX_IMAGES : 0;
+  const out: IChatMessage[] = [];
+  for (let i = turns.length - 1; i >= 0; i--) {
+    const t = turns[i];
+    const all = t.role === 'user' ? (t.images ?? []) : [];
+    const images =
+      budget > 0 ? all.slice(Math.max(0, all.length - budget)) : [];
+    budget -= images.length;
+    const content = userContent(t.content, images);
+    if (content.length) {
+      out.push({ role: t.role, content });
+    }
+  }
+  if (system.trim()) {
+    out.push({ role: 'system', content: system.trim() });
+  }
+  return out.reverse();
+}
+
+/** A file's bytes as a data URL (`FileReader`). */
+export function readDataURL(file: Blob): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result));
+    reader.onerror = () =>
+      reject(reader.error ?? new Error('could not read the file'));
+    reader.readAsDataURL(file);
+  });
 }
 
 export interface IUsage {
