@@ -3,6 +3,9 @@ with the extension, a local Hub and tiny models; the kernels find the server by 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import nbformat
@@ -15,6 +18,7 @@ from servers import jupyter_server
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 HUB_REPO = "demo/tiny-llama"
+KINDS = ("embedding", "vision", "transcription", "speech")
 
 
 class _ServerKernel(AsyncKernelManager):
@@ -105,3 +109,96 @@ def test_openai_sdk_notebook(lab):
 def test_widgets_notebook(lab):
     text = _outputs(run_notebook(lab, "04-widgets.ipynb"))
     assert "'loaded'" in text
+
+
+@pytest.fixture(scope="module")
+def kinds_lab(tmp_path_factory):
+    """A server whose model folder holds a demo model of every kind beyond text, built at once
+    in child processes (the test process never imports MLX)."""
+    root = tmp_path_factory.mktemp("kinds")
+    models = root / "models"
+    cli = [sys.executable, "-m", "jupyter_mlx_manager.cli"]
+    builds = [
+        subprocess.Popen(
+            [*cli, "--data-dir", str(root / f"cli-{kind}"), "demo-model", "--dir", str(models), "--kind", kind],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for kind in KINDS
+    ]
+    for build in builds:
+        _, err = build.communicate(timeout=300)
+        assert build.returncode == 0, err.decode()[-2000:]
+    args = (
+        f"--MLXManager.model_dirs={models}",
+        "--MLXManager.default_keep_alive=-1",
+        f"--MLXManager.max_loaded_models={len(KINDS)}",
+    )
+    with jupyter_server(root, *args, env={"HOME": str(root / "home")}) as server:
+        yield server
+
+
+class _Table(HTMLParser):
+    """The cells of an HTML table (pandas' `_repr_html_`), row by row, header cells included."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append("".join(self._cell).strip())
+            self._cell = None
+
+
+def _cell(nb, fragment: str):
+    (cell,) = [c for c in nb.cells if c.cell_type == "code" and fragment in c.source]
+    return cell
+
+
+@pytest.mark.timeout(240)  # building the four demo models included (about 80 s here)
+def test_beyond_text_notebook_embeds_sees_a_figure_and_speaks(kinds_lab):
+    ids = {kind: f"local/tiny-{kind}" for kind in KINDS}
+    parameters = (
+        f'EMBED_MODEL = "{ids["embedding"]}"\nVISION_MODEL = "{ids["vision"]}"\n'
+        f'SPEECH_MODEL = "{ids["speech"]}"\nTRANSCRIBE_MODEL = "{ids["transcription"]}"\nMAX_TOKENS = 8'
+    )
+    nb = run_notebook(kinds_lab, "05-beyond-text.ipynb", parameters)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+
+    # The similarity table: one row and one column per sentence, 1.0 on the diagonal.
+    (table,) = [o for o in _cell(nb, "pd.DataFrame").outputs if o.output_type == "execute_result"]
+    parser = _Table()
+    parser.feed(table.data["text/html"])
+    header, *rows = [row for row in parser.rows if row]
+    assert header == ["", "#0", "#1", "#2", "#3"] and len(rows) == 4
+    for i, row in enumerate(rows):
+        values = [float(v) for v in row[1:]]
+        assert len(values) == 4 and values[i] == pytest.approx(1.0, abs=1e-3)
+        assert all(-1.001 <= v <= 1.001 for v in values)
+
+    # The figure is drawn, and the vision model answers about it: a Markdown reply with text.
+    assert any("image/png" in o.get("data", {}) for o in _cell(nb, "plt.subplots").outputs)
+    (reply,) = [o for o in _cell(nb, "VISION_MODEL,").outputs if o.output_type == "execute_result"]
+    assert "text/markdown" in reply.data and "(empty reply)" not in reply.data["text/markdown"]
+    assert reply.data["text/plain"].strip("'\"")
+
+    # Speech plays in the notebook: an <audio> element with a WAV.
+    (speech,) = [o for o in _cell(nb, "mlx.speak(").outputs if o.output_type == "execute_result"]
+    assert "<audio" in speech.data["text/html"] and "audio/wav" in speech.data["text/html"]
+
+    # All four kinds ran in the pool.
+    pool = requests.get(kinds_lab.url + "mlx/api/pool", headers=kinds_lab.headers, timeout=10).json()
+    assert {m["model"]: m["kind"] for m in pool["models"]} == {model: kind for kind, model in ids.items()}

@@ -564,8 +564,9 @@ def _part(item: Any) -> dict[str, Any]:
         buffer = io.BytesIO()
         if hasattr(item, "savefig"):
             item.savefig(buffer, format="png", bbox_inches="tight")
-        else:
-            item.save(buffer, "PNG")
+        else:  # PNG cannot hold every PIL mode (CMYK, YCbCr, HSV, F...)
+            png_mode = item.mode in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA")
+            (item if png_mode else item.convert("RGB")).save(buffer, "PNG")
         data = buffer.getvalue()
     else:
         raise TypeError(f"a message part must be text or an image, not {type(item).__name__}")
