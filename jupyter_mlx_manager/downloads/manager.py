@@ -272,16 +272,20 @@ class DownloadManager:
         return public(record, user)
 
     async def list(self, limit: int = 200, user: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Newest first; active downloads with their live progress. A non-admin sees their own."""
+        """Newest first; active downloads with their live progress. A non-admin sees their own.
+
+        The jobs are taken before the read: a job that finishes during it (its row read while
+        still `downloading`) is shown with its final record, not the stale row."""
+        jobs = dict(self._jobs)
         if is_admin(user):
             query, args = "SELECT * FROM downloads ORDER BY id DESC LIMIT ?", (limit,)
         else:
-            watched = [job.id for job in self._jobs.values() if job.visible_to(user)]
+            watched = [job.id for job in jobs.values() if job.visible_to(user)]
             marks = ", ".join("?" * len(watched)) or "NULL"
             query = f"SELECT * FROM downloads WHERE user = ? COLLATE NOCASE OR id IN ({marks}) ORDER BY id DESC LIMIT ?"
             args = (username_of(user) or "", *watched, limit)
         rows = await self.db.read(lambda conn: [dict(r) for r in conn.execute(query, args)])
-        return [public(self._jobs[r["id"]].record if r["id"] in self._jobs else r, user) for r in rows]
+        return [public(jobs[r["id"]].record if r["id"] in jobs else r, user) for r in rows]
 
     def active_for(self, repo_id: str) -> dict[str, Any] | None:
         """The unfinished download of this model (ids compared case-insensitively), if any."""
