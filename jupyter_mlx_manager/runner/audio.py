@@ -39,9 +39,6 @@ from __future__ import annotations
 import base64
 import inspect
 import math
-import os
-import queue
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,9 +46,8 @@ from typing import Any
 
 import numpy as np
 
-from .engine import ModelRefused, _rss_bytes, check_model_dir
+from .serial import Emit, Invalid, SerialEngine
 
-Emit = Callable[[dict[str, Any]], None]
 SAMPLE_RATE = 16000  # what every mlx-audio speech-to-text model takes
 MAX_AUDIO_SECONDS = 30 * 60
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for audio/speech
@@ -59,88 +55,25 @@ MAX_SPEECH_TOKENS = 512
 CHUNK_SAMPLES = 1 << 20  # float32 samples per `audio` event (4 MiB, well inside the line limit)
 
 
-class _Invalid(Exception):
-    def __init__(self, message: str, code: str, param: str):
-        super().__init__(message)
-        self.code, self.param = code, param
-
-
-class AudioEngine:
+class AudioEngine(SerialEngine):
     def __init__(self, model_path: Path, emit: Emit, kind: str):
         assert kind in ("transcription", "speech"), kind
-        self.model_path = model_path
-        self.emit = emit
+        super().__init__(model_path, emit)
         self.kind = kind
-        self.inbox: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.cancelled: set[str] = set()  # added to by the command reader
-        self.memory: dict[str, Any] = {
-            "mlx_active_bytes": 0,
-            "mlx_peak_bytes": 0,
-            "kv_bytes": 0,
-            "prompt_cache_bytes": 0,
-        }
-        self.progress = 0
-        self.busy = False
 
-    def run(self) -> None:
-        try:
-            check_model_dir(self.model_path)
-            os.environ["HF_HUB_OFFLINE"] = "1"  # a local folder: never let a loader reach the Hub
-            import mlx.core as mx
+    def load(self, config: dict[str, Any]) -> dict[str, Any]:
+        if self.kind == "transcription":
+            from mlx_audio.stt.utils import load_model
+        else:
+            from mlx_audio.tts.utils import load_model
+        self.model = load_model(self.model_path)
+        self.voices = sorted(p.stem for p in (self.model_path / "voices").glob("*") if p.is_file())
+        self._count_windows()
+        self._warm_up()
+        return {"context_length": 0, "vocab_size": None, "sample_rate": self._sample_rate(), "voices": self.voices}
 
-            self.mx = mx
-            if self.kind == "transcription":
-                from mlx_audio.stt.utils import load_model
-            else:
-                from mlx_audio.tts.utils import load_model
-            self.model = load_model(self.model_path)
-            self.voices = sorted(p.stem for p in (self.model_path / "voices").glob("*") if p.is_file())
-            self._count_windows()
-            self._warm_up()
-        except Exception as exc:  # reported, then the runner exits
-            message = str(exc) if isinstance(exc, ModelRefused) else f"{type(exc).__name__}: {exc}"
-            self.emit({"ev": "failed", "error": message})
-            return
-        self._update_memory()
-        self.emit(
-            {
-                "ev": "ready", "kind": self.kind, "rss_bytes": _rss_bytes(), "context_length": 0, "vocab_size": None,
-                "sample_rate": self._sample_rate(), "voices": self.voices, "tool_calling": False, "eos_token_ids": [],
-            }
-        )  # fmt: skip
-        while True:
-            try:
-                command = self.inbox.get(timeout=0.5)
-            except queue.Empty:
-                self._update_memory()
-                self.cancelled.clear()  # nothing queued or running: late cancels
-                continue
-            op = command.get("op")
-            if op == "shutdown":
-                return
-            if op == "trim_cache":  # no prompt cache here
-                self.emit({"ev": "trimmed", "prompt_cache_bytes": 0, "limit_bytes": 0})
-            elif op in ("transcribe", "speak") and isinstance(command.get("id"), str):
-                rid = command["id"]
-                if rid in self.cancelled:  # cancelled while queued
-                    self.emit({"ev": "done", "id": rid, "finish_reason": "cancelled", "prompt_tokens": 0})
-                    self.cancelled.discard(rid)
-                    continue
-                wrong = (op == "transcribe") != (self.kind == "transcription")
-                self.busy = True
-                try:
-                    if wrong:
-                        self._error(rid, f"a {self.kind} model does not {op}", "invalid_request_error", "wrong_kind")
-                    elif op == "transcribe":
-                        self._transcribe(command)
-                    else:
-                        self._speak(command)
-                finally:
-                    self.busy = False
-                    self.progress += 1
-                    self.cancelled.discard(rid)
-            else:
-                _log(f"skipped a command this {self.kind} runner does not serve: {str(command)[:120]}")
+    def handlers(self) -> dict[str, Callable[[dict[str, Any]], None]]:
+        return {"transcribe": self._transcribe} if self.kind == "transcription" else {"speak": self._speak}
 
     # -- speech to text ---------------------------------------------------------------------------
     def _transcribe(self, command: dict[str, Any]) -> None:
@@ -148,14 +81,14 @@ class AudioEngine:
         try:
             audio = _pcm(command.get("audio"))
             options = self._transcribe_options(command)
-        except _Invalid as exc:
-            self._error(rid, str(exc), "invalid_request_error", exc.code, exc.param)
+        except Invalid as exc:
+            self.error(rid, str(exc), "invalid_request_error", exc.code, exc.param)
             return
         started = time.perf_counter()
         try:
             result = self.model.generate(audio, **options)
         except Exception as exc:  # an MLX failure: this request fails, the runner serves on
-            self._error(rid, f"{type(exc).__name__}: {exc}", "server_error", None)
+            self.error(rid, f"{type(exc).__name__}: {exc}", "server_error", None)
             return
         segments = [_segment(s) for s in getattr(result, "segments", None) or [] if isinstance(s, dict)]
         self.emit(
@@ -181,12 +114,12 @@ class AudioEngine:
         language = command.get("language")
         if language is not None:
             if not isinstance(language, str) or not 1 <= len(language) <= 32:
-                raise _Invalid("language must be a language code such as 'en'", "invalid_field", "language")
+                raise Invalid("language must be a language code such as 'en'", "invalid_field", "language")
             options["language"] = language
         temperature = command.get("temperature")
         if temperature is not None:
             if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 1:
-                raise _Invalid("temperature must be between 0 and 1", "invalid_field", "temperature")
+                raise Invalid("temperature must be between 0 and 1", "invalid_field", "temperature")
             options["temperature"] = float(temperature)
         if "verbose" in accepted:
             options["verbose"] = None  # no progress bar or text on stderr
@@ -209,14 +142,14 @@ class AudioEngine:
         rid = command["id"]
         text, voice = command.get("input"), command.get("voice")
         if not isinstance(text, str) or not text.strip():
-            self._error(rid, "input must be a non-empty string", "invalid_request_error", "empty_input", "input")
+            self.error(rid, "input must be a non-empty string", "invalid_request_error", "empty_input", "input")
             return
         if len(text) > MAX_INPUT_CHARS:
             message = f"input has {len(text)} characters; at most {MAX_INPUT_CHARS}"
-            self._error(rid, message, "invalid_request_error", "input_too_long", "input")
+            self.error(rid, message, "invalid_request_error", "input_too_long", "input")
             return
         if voice is not None and not isinstance(voice, str):
-            self._error(rid, "voice must be a string", "invalid_request_error", "invalid_field", "voice")
+            self.error(rid, "voice must be a string", "invalid_request_error", "invalid_field", "voice")
             return
         accepted = inspect.signature(self.model.generate).parameters
         options: dict[str, Any] = {"voice": voice if voice in self.voices else None}
@@ -238,7 +171,7 @@ class AudioEngine:
                 samples += len(audio)
                 self.progress += 1
         except Exception as exc:  # an MLX failure: this request fails, the runner serves on
-            self._error(rid, f"{type(exc).__name__}: {exc}", "server_error", None)
+            self.error(rid, f"{type(exc).__name__}: {exc}", "server_error", None)
             return
         self.emit(
             {
@@ -266,33 +199,19 @@ class AudioEngine:
             return SAMPLE_RATE
         return int(getattr(self.model, "sample_rate", None) or 24000)
 
-    def _error(self, rid: str, message: str, type_: str, code: str | None, param: str | None = None) -> None:
-        event = {"ev": "error", "id": rid, "message": message[:1000], "type": type_, "code": code}
-        if param is not None:
-            event["param"] = param
-        self.emit(event)
-
-    def _update_memory(self) -> None:
-        self.memory = {
-            "mlx_active_bytes": int(self.mx.get_active_memory()),
-            "mlx_peak_bytes": int(self.mx.get_peak_memory()),
-            "kv_bytes": 0,
-            "prompt_cache_bytes": 0,
-        }
-
 
 def _pcm(data: Any) -> np.ndarray:
     """float32 samples of base64 little-endian int16 PCM, checked."""
     if not isinstance(data, str) or not data:
-        raise _Invalid("audio must be base64 PCM", "invalid_field", "file")
+        raise Invalid("audio must be base64 PCM", "invalid_field", "file")
     try:
         raw = base64.b64decode(data, validate=True)
     except ValueError:
-        raise _Invalid("audio is not valid base64", "invalid_field", "file") from None
+        raise Invalid("audio is not valid base64", "invalid_field", "file") from None
     if len(raw) < 2 or len(raw) % 2:
-        raise _Invalid("the audio is empty", "empty_audio", "file")
+        raise Invalid("the audio is empty", "empty_audio", "file")
     if len(raw) // 2 > MAX_AUDIO_SECONDS * SAMPLE_RATE:
-        raise _Invalid(f"the audio is longer than {MAX_AUDIO_SECONDS // 60} minutes", "audio_too_long", "file")
+        raise Invalid(f"the audio is longer than {MAX_AUDIO_SECONDS // 60} minutes", "audio_too_long", "file")
     return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
 
 
@@ -309,7 +228,3 @@ def _segment(segment: dict[str, Any]) -> dict[str, Any]:
         if value is None or isinstance(value, (str, int, float, list)):
             out[key] = value
     return out
-
-
-def _log(message: str) -> None:
-    print(f"jupyter_mlx_manager.runner: {message}", file=sys.stderr, flush=True)

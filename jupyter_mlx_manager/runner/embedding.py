@@ -18,19 +18,14 @@ the model's pooled, normalised output (`text_embeds`), as float32, base64 of lit
 bytes (OpenAI's base64 encoding). `dimensions` truncates them and normalises again
 (Matryoshka models; the server allows it only where the model declares it).
 
-The loop is the text engine's, simplified: requests run one at a time in arrival order (one
-forward pass over a batch is already the unit of work); a cancel drops a queued request or
-stops a running one between batches. The heartbeat thread reads `progress`, `busy` and
-`memory` as it does for the text engine; there is no prompt cache (`trim_cache` is answered
-with zeros).
+Requests run one at a time in arrival order (serial.py: one forward pass over a batch is
+already the unit of work); a cancel drops a queued request or stops a running one between
+batches.
 """
 
 from __future__ import annotations
 
 import base64
-import os
-import queue
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,96 +33,49 @@ from typing import Any
 
 import numpy as np
 
-from .engine import ModelRefused, _rss_bytes, check_model_dir, vocab_size_of
+from .engine import vocab_size_of
+from .serial import Emit, Invalid, SerialEngine
 
-Emit = Callable[[dict[str, Any]], None]
 MAX_INPUTS = 2048
 BATCH_SIZE = 32
 BATCH_TOKENS = 16384  # padded tokens per forward pass at most: bounds activation memory
 
 
-class _Invalid(Exception):
-    def __init__(self, message: str, code: str, param: str = "input"):
-        super().__init__(message)
-        self.code, self.param = code, param
+class EmbeddingEngine(SerialEngine):
+    kind = "embedding"
 
-
-class EmbeddingEngine:
     def __init__(self, model_path: Path, emit: Emit, batch_size: int = BATCH_SIZE):
-        self.model_path = model_path
-        self.emit = emit
+        super().__init__(model_path, emit)
         self.batch_size = max(1, batch_size)
-        self.inbox: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.cancelled: set[str] = set()  # added to by the command reader
-        self.memory: dict[str, Any] = {
-            "mlx_active_bytes": 0,
-            "mlx_peak_bytes": 0,
-            "kv_bytes": 0,
-            "prompt_cache_bytes": 0,
-        }
-        self.progress = 0
-        self.busy = False
 
-    def run(self) -> None:
-        try:
-            config = check_model_dir(self.model_path)
-            os.environ["HF_HUB_OFFLINE"] = "1"  # a local folder: never let a loader reach the Hub
-            import mlx.core as mx
-            from mlx_embeddings import load
+    def load(self, config: dict[str, Any]) -> dict[str, Any]:
+        from mlx_embeddings import load
 
-            from ..models.catalog import context_length, read_json
+        from ..models.catalog import context_length, read_json
 
-            self.mx = mx
-            self.model, tokenizer = load(str(self.model_path))
-            self.tokenizer = getattr(tokenizer, "_tokenizer", tokenizer)
-            self.vocab_size = vocab_size_of(self.model) or int(config.get("vocab_size") or 0) or None
-            self.context_length = context_length(config, read_json(self.model_path / "tokenizer_config.json"))
-            pad = getattr(self.tokenizer, "pad_token_id", None)
-            self.pad_id = pad if isinstance(pad, int) and 0 <= pad < (self.vocab_size or pad + 1) else 0
-            self.dimensions = int(self._forward([[self.pad_id]]).shape[-1])
-            self.matryoshka = bool(matryoshka_dimensions(self.model_path))
-        except Exception as exc:  # reported, then the runner exits
-            message = str(exc) if isinstance(exc, ModelRefused) else f"{type(exc).__name__}: {exc}"
-            self.emit({"ev": "failed", "error": message})
-            return
-        self._update_memory()
-        self.emit(
-            {
-                "ev": "ready", "kind": "embedding", "rss_bytes": _rss_bytes(), "context_length": self.context_length,
-                "vocab_size": self.vocab_size, "dimensions": self.dimensions, "matryoshka": self.matryoshka,
-                "tool_calling": False, "eos_token_ids": [],
-            }
-        )  # fmt: skip
-        while True:
-            try:
-                command = self.inbox.get(timeout=0.5)
-            except queue.Empty:
-                self._update_memory()
-                self.cancelled.clear()  # nothing queued or running: late cancels
-                continue
-            op = command.get("op")
-            if op == "shutdown":
-                return
-            if op == "trim_cache":  # no prompt cache here
-                self.emit({"ev": "trimmed", "prompt_cache_bytes": 0, "limit_bytes": 0})
-            elif op == "embed" and isinstance(command.get("id"), str):
-                self.busy = True
-                try:
-                    self._embed(command)
-                finally:
-                    self.busy = False
-                    self.progress += 1
-                    self.cancelled.discard(command["id"])
-            else:
-                _log(f"skipped a command this embedding runner does not serve: {str(command)[:120]}")
+        self.model, tokenizer = load(str(self.model_path))
+        self.tokenizer = getattr(tokenizer, "_tokenizer", tokenizer)
+        self.vocab_size = vocab_size_of(self.model) or int(config.get("vocab_size") or 0) or None
+        self.context_length = context_length(config, read_json(self.model_path / "tokenizer_config.json"))
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        self.pad_id = pad if isinstance(pad, int) and 0 <= pad < (self.vocab_size or pad + 1) else 0
+        self.dimensions = int(self._forward([[self.pad_id]]).shape[-1])
+        self.matryoshka = bool(matryoshka_dimensions(self.model_path))
+        return {
+            "context_length": self.context_length, "vocab_size": self.vocab_size, "dimensions": self.dimensions,
+            "matryoshka": self.matryoshka,
+        }  # fmt: skip
+
+    def handlers(self) -> dict[str, Callable[[dict[str, Any]], None]]:
+        return {"embed": self._embed}
 
     def _embed(self, command: dict[str, Any]) -> None:
         rid = command["id"]
         try:
             tokens = self._tokens(command.get("inputs"))
             dimensions = self._dimensions(command.get("dimensions"))
-        except _Invalid as exc:
-            self._error(rid, str(exc), "invalid_request_error", exc.code, exc.param)
+        except Invalid as exc:
+            self.error(rid, str(exc), "invalid_request_error", exc.code, exc.param)
             return
         started = time.perf_counter()
         try:
@@ -146,7 +94,7 @@ class EmbeddingEngine:
                 self.progress += 1
                 start += size
         except Exception as exc:  # an MLX failure: this request fails, the runner serves on
-            self._error(rid, f"{type(exc).__name__}: {exc}", "server_error", None)
+            self.error(rid, f"{type(exc).__name__}: {exc}", "server_error", None)
             return
         self.emit(
             {
@@ -158,9 +106,9 @@ class EmbeddingEngine:
     def _tokens(self, inputs: Any) -> list[list[int]]:
         """Token ids of every input, checked (see the module docstring)."""
         if not isinstance(inputs, list) or not inputs:
-            raise _Invalid("inputs must be a non-empty list", "invalid_field")
+            raise Invalid("inputs must be a non-empty list", "invalid_field", "input")
         if len(inputs) > MAX_INPUTS:
-            raise _Invalid(f"at most {MAX_INPUTS} inputs per request", "too_many_inputs")
+            raise Invalid(f"at most {MAX_INPUTS} inputs per request", "too_many_inputs", "input")
         texts = [i for i, item in enumerate(inputs) if isinstance(item, str)]
         encoded = self.tokenizer([inputs[i] for i in texts])["input_ids"] if texts else []
         out: list[list[int]] = []
@@ -168,17 +116,20 @@ class EmbeddingEngine:
         for i, item in enumerate(inputs):
             ids = [int(t) for t in by_index[i]] if i in by_index else item
             if not isinstance(ids, list) or not ids:
-                raise _Invalid(f"input {i} is empty", "empty_input")
+                raise Invalid(f"input {i} is empty", "empty_input", "input")
             if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
-                raise _Invalid(f"input {i} must be a string or a list of token ids", "invalid_field")
+                raise Invalid(f"input {i} must be a string or a list of token ids", "invalid_field", "input")
             bad = next((t for t in ids if not 0 <= t < (self.vocab_size or 0)), None)
             if bad is not None:
                 top = (self.vocab_size or 1) - 1
-                raise _Invalid(f"input {i}: token id {bad} is outside the vocabulary (0 to {top})", "invalid_token_id")
+                raise Invalid(
+                    f"input {i}: token id {bad} is outside the vocabulary (0 to {top})", "invalid_token_id", "input"
+                )
             if len(ids) > self.context_length:
-                raise _Invalid(
+                raise Invalid(
                     f"input {i} has {len(ids)} tokens; this model takes at most {self.context_length}",
                     "context_length_exceeded",
+                    "input",
                 )
             out.append(ids)
         return out
@@ -187,9 +138,9 @@ class EmbeddingEngine:
         if value is None or value == self.dimensions:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < self.dimensions:
-            raise _Invalid(f"dimensions must be between 1 and {self.dimensions}", "invalid_field", "dimensions")
+            raise Invalid(f"dimensions must be between 1 and {self.dimensions}", "invalid_field", "dimensions")
         if not self.matryoshka:
-            raise _Invalid("this model's embeddings cannot be shortened", "invalid_field", "dimensions")
+            raise Invalid("this model's embeddings cannot be shortened", "invalid_field", "dimensions")
         return value
 
     def _forward(self, rows: list[list[int]], dimensions: int | None = None) -> Any:
@@ -209,20 +160,6 @@ class EmbeddingEngine:
         mx.eval(vectors)
         return vectors
 
-    def _error(self, rid: str, message: str, type_: str, code: str | None, param: str | None = None) -> None:
-        event = {"ev": "error", "id": rid, "message": message[:1000], "type": type_, "code": code}
-        if param is not None:
-            event["param"] = param
-        self.emit(event)
-
-    def _update_memory(self) -> None:
-        self.memory = {
-            "mlx_active_bytes": int(self.mx.get_active_memory()),
-            "mlx_peak_bytes": int(self.mx.get_peak_memory()),
-            "kv_bytes": 0,
-            "prompt_cache_bytes": 0,
-        }
-
 
 def matryoshka_dimensions(path: Path) -> list[int]:
     """The shorter sizes a model says its embeddings keep their meaning at (Matryoshka
@@ -234,7 +171,3 @@ def matryoshka_dimensions(path: Path) -> list[int]:
         if isinstance(value, list) and value and all(isinstance(v, int) and v > 0 for v in value):
             return value
     return []
-
-
-def _log(message: str) -> None:
-    print(f"jupyter_mlx_manager.runner: {message}", file=sys.stderr, flush=True)

@@ -19,98 +19,43 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import queue
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from .engine import ModelRefused, _rss_bytes, check_model_dir, vocab_size_of
+from .engine import vocab_size_of
+from .serial import Invalid, SerialEngine
 
-Emit = Callable[[dict[str, Any]], None]
 UNSUPPORTED = ("tools", "response_format", "logprobs", "tool_choice", "strict_tools")
 
 
-class _Invalid(Exception):
-    def __init__(self, message: str, code: str = "invalid_field", param: str | None = None):
-        super().__init__(message)
-        self.code, self.param = code, param
+class VisionEngine(SerialEngine):
+    kind = "vision"
 
+    def load(self, config: dict[str, Any]) -> dict[str, Any]:
+        from mlx_vlm import load, stream_generate
 
-class VisionEngine:
-    def __init__(self, model_path: Path, emit: Emit):
-        self.model_path = model_path
-        self.emit = emit
-        self.inbox: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.cancelled: set[str] = set()  # added to by the command reader
-        self.memory: dict[str, Any] = {
-            "mlx_active_bytes": 0,
-            "mlx_peak_bytes": 0,
-            "kv_bytes": 0,
-            "prompt_cache_bytes": 0,
-        }
-        self.progress = 0
-        self.busy = False
+        from ..models.catalog import context_length, read_json
 
-    def run(self) -> None:
-        try:
-            config = check_model_dir(self.model_path)
-            os.environ["HF_HUB_OFFLINE"] = "1"  # a local folder: never let a loader reach the Hub
-            import mlx.core as mx
-            from mlx_vlm import load, stream_generate
+        self.stream_generate = stream_generate
+        self.model, self.processor = load(str(self.model_path))
+        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        self.vocab_size = vocab_size_of(self.model) or int(config.get("vocab_size") or 0) or None
+        self.context_length = context_length(config, read_json(self.model_path / "tokenizer_config.json"))
+        eos = config.get("eos_token_id")
+        self.eos = sorted({eos} if isinstance(eos, int) else set(eos or []))
+        return {"context_length": self.context_length, "vocab_size": self.vocab_size, "eos_token_ids": self.eos}
 
-            from ..models.catalog import context_length, read_json
-
-            self.mx, self.stream_generate = mx, stream_generate
-            self.model, self.processor = load(str(self.model_path))
-            self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
-            self.vocab_size = vocab_size_of(self.model) or int(config.get("vocab_size") or 0) or None
-            self.context_length = context_length(config, read_json(self.model_path / "tokenizer_config.json"))
-            eos = config.get("eos_token_id")
-            self.eos = sorted({eos} if isinstance(eos, int) else set(eos or []))
-        except Exception as exc:  # reported, then the runner exits
-            message = str(exc) if isinstance(exc, ModelRefused) else f"{type(exc).__name__}: {exc}"
-            self.emit({"ev": "failed", "error": message})
-            return
-        self._update_memory()
-        self.emit(
-            {
-                "ev": "ready", "kind": "vision", "rss_bytes": _rss_bytes(), "context_length": self.context_length,
-                "vocab_size": self.vocab_size, "tool_calling": False, "eos_token_ids": self.eos,
-            }
-        )  # fmt: skip
-        while True:
-            try:
-                command = self.inbox.get(timeout=0.5)
-            except queue.Empty:
-                self._update_memory()
-                self.cancelled.clear()  # nothing queued or running: late cancels
-                continue
-            op = command.get("op")
-            if op == "shutdown":
-                return
-            if op == "trim_cache":  # no prompt cache here
-                self.emit({"ev": "trimmed", "prompt_cache_bytes": 0, "limit_bytes": 0})
-            elif op == "generate" and isinstance(command.get("id"), str):
-                self.busy = True
-                try:
-                    self._generate(command)
-                finally:
-                    self.busy = False
-                    self.progress += 1
-                    self.cancelled.discard(command["id"])
-            else:
-                _log(f"skipped a command this vision runner does not serve: {str(command)[:120]}")
+    def handlers(self) -> dict[str, Callable[[dict[str, Any]], None]]:
+        return {"generate": self._generate}
 
     def _generate(self, command: dict[str, Any]) -> None:
         rid = command["id"]
         started = time.perf_counter()
         try:
             prompt, images, options, stops = self._prepare(command)
-        except _Invalid as exc:
-            self._error(rid, str(exc), "invalid_request_error", exc.code, exc.param)
+        except Invalid as exc:
+            self.error(rid, str(exc), "invalid_request_error", exc.code, exc.param)
             return
         text, sent, completion, first, reason, matched = "", 0, 0, None, "length", None
         prompt_tokens = 0
@@ -142,7 +87,7 @@ class VisionEngine:
             if reason != "cancelled" and len(text) > sent:
                 self.emit({"ev": "text", "id": rid, "text": text[sent:], "completion_tokens": completion})
         except Exception as exc:  # an MLX or processor failure: this request fails, the runner serves on
-            self._error(rid, f"{type(exc).__name__}: {exc}", "server_error", None)
+            self.error(rid, f"{type(exc).__name__}: {exc}", "server_error", None)
             return
         done = {
             "ev": "done", "id": rid, "finish_reason": reason, "prompt_tokens": prompt_tokens, "cached_tokens": 0,
@@ -155,10 +100,10 @@ class VisionEngine:
     def _prepare(self, command: dict[str, Any]) -> tuple[str, list[Any], dict[str, Any], list[str]]:
         """(prompt text, PIL images, stream_generate options, stop strings), all checked."""
         if command.get("kind") != "chat" or not isinstance(command.get("messages"), list):
-            raise _Invalid("a vision model answers chat requests (messages) only", "invalid_messages", "messages")
+            raise Invalid("a vision model answers chat requests (messages) only", "invalid_messages", "messages")
         for name in UNSUPPORTED:
             if command.get(name) not in (None, [], {"type": "text"}):
-                raise _Invalid(f"{name} is not supported by vision models yet", "invalid_field", name)
+                raise Invalid(f"{name} is not supported by vision models yet", "invalid_field", name)
         from PIL import Image
 
         images, messages = [], []
@@ -172,28 +117,28 @@ class VisionEngine:
                             image = Image.open(io.BytesIO(base64.b64decode(part.get("data") or "", validate=True)))
                             images.append(image.convert("RGB"))
                         except Exception:
-                            raise _Invalid("an image could not be decoded", "invalid_image", "messages") from None
+                            raise Invalid("an image could not be decoded", "invalid_image", "messages") from None
                         parts.append({"type": "image"})
                     elif isinstance(part, dict) and part.get("type") == "text":
                         parts.append({"type": "text", "text": str(part.get("text") or "")})
                 content = parts
             elif not isinstance(content, str):
-                raise _Invalid("message content must be text or a list of parts", "invalid_messages", "messages")
+                raise Invalid("message content must be text or a list of parts", "invalid_messages", "messages")
             messages.append({"role": str(message.get("role")), "content": content})
         try:
             prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except Exception as exc:
-            raise _Invalid(f"the chat template refused the messages: {exc}", "invalid_messages", "messages") from None
+            raise Invalid(f"the chat template refused the messages: {exc}", "invalid_messages", "messages") from None
         if len(self.tokenizer.encode(prompt, add_special_tokens=False)) >= self.context_length:
-            raise _Invalid("the prompt is longer than the model's context", "context_length_exceeded", "messages")
+            raise Invalid("the prompt is longer than the model's context", "context_length_exceeded", "messages")
         max_tokens = command.get("max_tokens")
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise _Invalid("max_tokens must be a positive integer", "invalid_field", "max_tokens")
+            raise Invalid("max_tokens must be a positive integer", "invalid_field", "max_tokens")
         bias = {}
         for key, value in (command.get("logit_bias") or {}).items():
             token = int(key)
             if not 0 <= token < (self.vocab_size or 0):
-                raise _Invalid(f"logit_bias token id {token} is outside the vocabulary", "invalid_logit_bias")
+                raise Invalid(f"logit_bias token id {token} is outside the vocabulary", "invalid_logit_bias")
             bias[token] = float(value)
         if isinstance(command.get("seed"), int):
             self.mx.random.seed(command["seed"] & 0xFFFFFFFF)
@@ -205,21 +150,3 @@ class VisionEngine:
         }
         stops = [s for s in command.get("stop") or [] if isinstance(s, str) and s]
         return prompt, images, options, stops
-
-    def _error(self, rid: str, message: str, type_: str, code: str | None, param: str | None = None) -> None:
-        event = {"ev": "error", "id": rid, "message": message[:1000], "type": type_, "code": code}
-        if param is not None:
-            event["param"] = param
-        self.emit(event)
-
-    def _update_memory(self) -> None:
-        self.memory = {
-            "mlx_active_bytes": int(self.mx.get_active_memory()),
-            "mlx_peak_bytes": int(self.mx.get_peak_memory()),
-            "kv_bytes": 0,
-            "prompt_cache_bytes": 0,
-        }
-
-
-def _log(message: str) -> None:
-    print(f"jupyter_mlx_manager.runner: {message}", file=sys.stderr, flush=True)
