@@ -30,10 +30,13 @@ Runs in a child process or the CLI: the Jupyter server never imports MLX.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # What the scripted tool-calling model always answers (a single added token).
 SCRIPTED_CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
@@ -94,6 +97,36 @@ Numbers 0 1 2 3 4 5 6 7 8 9 10 100 1000, punctuation . , ; : ! ? ( ) [ ] { } " '
 """
 
 
+@contextlib.contextmanager
+def _building(path: Path) -> Iterator[Path]:
+    """A scratch folder beside `path` that replaces `path` only when the block succeeds: a
+    failed or interrupted build never leaves a half-written model where the catalog looks."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        work = scratch / "model"
+        work.mkdir()
+        yield work
+        if path.exists():
+            shutil.rmtree(path)
+        work.rename(path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _save(work: Path, model: Any, config: dict[str, Any], dtype: Any = None) -> None:
+    """The model's (random) weights as MLX safetensors, and its config."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    mx.eval(model.parameters())
+    weights = dict(tree_flatten(model.parameters()))
+    if dtype is not None:
+        weights = {k: v.astype(dtype) for k, v in weights.items()}
+    mx.save_safetensors(str(work / "model.safetensors"), weights, metadata={"format": "mlx"})
+    (work / "config.json").write_text(json.dumps(config, indent=2))
+
+
 def make_demo_model(
     path: str | Path,
     hidden_size: int = 64,
@@ -116,14 +149,11 @@ def make_demo_model(
     (straight to the answer when thinking is disabled).
     """
     import mlx.core as mx
-    from mlx.utils import tree_flatten
     from mlx_lm.models import llama
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
+    with _building(path) as work:
         tokenizer = Tokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = decoders.ByteLevel()
@@ -184,17 +214,7 @@ def make_demo_model(
         elif scripted_reasoning:
             script = ["Ċ", "<think>", SCRIPTED_REASONING, "</think>", *SCRIPTED_ANSWER, EOS_TOKEN]
             _script_next_tokens(model, [tokenizer.token_to_id(t) for t in script])
-        mx.eval(model.parameters())
-        mx.save_safetensors(
-            str(work / "model.safetensors"), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"}
-        )
-        (work / "config.json").write_text(json.dumps(config, indent=2))
-        if path.exists():
-            shutil.rmtree(path)
-        work.rename(path)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        _save(work, model, config)
     return path
 
 
@@ -229,14 +249,11 @@ def make_demo_embedding_model(
     It declares `matryoshka_dimensions` (its full size and halvings), so requests for shorter
     embeddings (`dimensions`) can be tried on it."""
     import mlx.core as mx
-    from mlx.utils import tree_flatten
     from mlx_embeddings.models import bert
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
+    with _building(path) as work:
         tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
         tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
         tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -277,17 +294,7 @@ def make_demo_embedding_model(
         }
         mx.random.seed(seed)
         model = bert.Model(bert.ModelArgs.from_dict(config))
-        mx.eval(model.parameters())
-        mx.save_safetensors(
-            str(work / "model.safetensors"), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"}
-        )
-        (work / "config.json").write_text(json.dumps(config, indent=2))
-        if path.exists():
-            shutil.rmtree(path)
-        work.rename(path)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        _save(work, model, config)
     return path
 
 
@@ -309,14 +316,11 @@ VISION_CHAT_TEMPLATE = r"""
 def make_demo_vision_model(path: str | Path, hidden_size: int = 64, num_layers: int = 2, seed: int = 0) -> Path:
     """Write a random-weight Qwen2-VL to `path` (atomically, as `make_demo_model`)."""
     import mlx.core as mx
-    from mlx.utils import tree_flatten
     from mlx_vlm.models import qwen2_vl
     from tokenizers import AddedToken, Tokenizer
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent)) / "model"
-    try:
+    with _building(path) as work:
         make_demo_model(work, hidden_size=hidden_size, num_layers=num_layers, seed=seed)
         tokenizer = Tokenizer.from_file(str(work / "tokenizer.json"))
         tokenizer.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in VISION_TOKENS])
@@ -349,12 +353,7 @@ def make_demo_vision_model(path: str | Path, hidden_size: int = 64, num_layers: 
         args.vision_config = qwen2_vl.VisionConfig.from_dict(config["vision_config"])
         mx.random.seed(seed)
         model = qwen2_vl.Model(args)
-        mx.eval(model.parameters())
-        (work / "model.safetensors").unlink()
-        mx.save_safetensors(
-            str(work / "model.safetensors"), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"}
-        )
-        (work / "config.json").write_text(json.dumps(config, indent=2))
+        _save(work, model, config)  # over the text model's weights and config
         (work / "preprocessor_config.json").write_text(
             json.dumps(
                 {
@@ -368,11 +367,6 @@ def make_demo_vision_model(path: str | Path, hidden_size: int = 64, num_layers: 
             )
         )  # fmt: skip
         (work / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2VLProcessor"}))
-        if path.exists():
-            shutil.rmtree(path)
-        work.rename(path)
-    finally:
-        shutil.rmtree(work.parent, ignore_errors=True)
     return path
 
 
@@ -404,15 +398,12 @@ def make_demo_transcription_model(
     layer (about half a second per window on two CPU cores); a 64-token text context bounds the
     gibberish decoded per window."""
     import mlx.core as mx
-    from mlx.utils import tree_flatten
     from mlx_audio.stt.models.whisper import whisper
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
+    with _building(path) as work:
         tokenizer = Tokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = decoders.ByteLevel()
@@ -436,17 +427,7 @@ def make_demo_transcription_model(
         }  # fmt: skip
         mx.random.seed(seed)
         model = whisper.Model(whisper.ModelDimensions.from_dict(config))
-        mx.eval(model.parameters())
-        mx.save_safetensors(
-            str(work / "model.safetensors"), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"}
-        )
-        (work / "config.json").write_text(json.dumps(config, indent=2))
-        if path.exists():
-            shutil.rmtree(path)
-        work.rename(path)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        _save(work, model, config)
     return path
 
 
@@ -465,15 +446,12 @@ def make_demo_speech_model(
     mlx-audio fixes the decoder's size for such a folder (eight 512-wide layers), which is most of
     its ~30 MB (float16 on disk; mlx-audio runs the decoder in float32)."""
     import mlx.core as mx
-    from mlx.utils import tree_flatten
     from mlx_audio.tts.models.soprano import soprano
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
+    with _building(path) as work:
         tokenizer = Tokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = decoders.ByteLevel()
@@ -495,14 +473,5 @@ def make_demo_speech_model(
         }  # fmt: skip
         mx.random.seed(seed)
         model = soprano.Model(soprano.ModelConfig.from_dict({**config, "model_path": str(path)}))
-        mx.eval(model.parameters())
-        weights = {k: v.astype(mx.float16) for k, v in tree_flatten(model.parameters())}
-        mx.save_safetensors(str(work / "model.safetensors"), weights, metadata={"format": "mlx"})
-        (work / "config.json").write_text(json.dumps(config, indent=2))
-        if path.exists():
-            shutil.rmtree(path)
-        work.rename(path)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        _save(work, model, config, dtype=mx.float16)
     return path
