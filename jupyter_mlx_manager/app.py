@@ -23,6 +23,7 @@ from .downloads import DownloadManager
 from .handlers import ROUTES
 from .handlers.proxy import SharedService, shared_service_routes
 from .inference import InferenceService, RequestLimits
+from .inference.audio import AudioService
 from .inference.embeddings import EmbeddingService
 from .inference.images import ImageLimits
 from .inference.stored import ResponseStore
@@ -285,6 +286,7 @@ class MLXManager(ExtensionApp):
             image_limits=ImageLimits(max(0, self.max_images_per_request), self.allow_image_urls),
         )
         self.embeddings = EmbeddingService(self.pool, self.audit, self.limits, remote=self.remote)
+        self.audio = AudioService(self.pool, self.audit, self.limits)
         self.responses = ResponseStore(self.db, self.responses_ttl_hours)
         metrics.install(self)
         self._sockets: set[Any] = set()

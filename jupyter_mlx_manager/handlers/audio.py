@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ..inference.audio import MAX_UPLOAD_BYTES, AudioService, parse_speech, parse_transcription
+from ..inference.audio import MAX_UPLOAD_BYTES, parse_speech, parse_transcription
 from ..inference.request import InvalidParam
 from .base import MLXAPIHandler, authorized, web
 from .inference import ServerShuttingDown
@@ -33,10 +33,9 @@ class _AudioHandler(OpenAIErrors, MLXAPIHandler):
 
     async def _serve(self, work):
         """The reply of `work` (a coroutine), or None when the client left."""
-        service = AudioService(self.mlx.pool, self.mlx.audit, self.mlx.limits)
         self.mlx.track_request(self)
         try:
-            self._task = asyncio.ensure_future(work(service))
+            self._task = asyncio.ensure_future(work(self.mlx.audio))
             if self._shutting_down:
                 self._task.cancel()
             try:
@@ -59,7 +58,10 @@ class TranscriptionsHandler(_AudioHandler):
             raise InvalidParam("send the audio as multipart/form-data with a 'file' field", "file", "invalid_body")
         fields = {k: v[0].decode("utf-8", "replace") for k, v in self.request.body_arguments.items() if v}
         files = self.request.files.get("file") or []
-        request = parse_transcription(fields, files[0]["body"] if files else None)
+        # Decoding and resampling up to 30 minutes of audio is seconds of CPU: never on the event loop.
+        request = await asyncio.get_running_loop().run_in_executor(
+            None, parse_transcription, fields, files[0]["body"] if files else None
+        )
         reply = await self._serve(
             lambda service: service.transcribe(self.actor, self.request.path, request, self.request_id)
         )

@@ -71,12 +71,17 @@ class InferenceService:
         self.image_limits = image_limits or ImageLimits()
         self.tokens = TokenCounter()
 
+    async def _check_images(self, request: InferenceRequest) -> None:
+        """Decode and check a request's images (up to 8 × 20 MB of base64) off the event loop."""
+        if request.has_images():
+            await asyncio.get_running_loop().run_in_executor(None, request.check_images, self.image_limits)
+
     async def count_tokens(self, actor: Actor, request: InferenceRequest) -> int:
         """Prompt tokens of a request, with the model's own tokenizer and chat template (no
         runner, no MLX: `tokenizers` in this process)."""
         if is_remote_id(request.model):
             raise BadRequest("token counting is not available for remote models", reason="not_supported_for_remote")
-        request.check_images(self.image_limits)
+        await self._check_images(request)
         catalog = self.pool.catalog
         with self.limits.user_place(actor.user["username"]):  # a flood of counts is bounded like requests
             folder = await asyncio.get_running_loop().run_in_executor(None, catalog.resolve, request.model)
@@ -96,7 +101,7 @@ class InferenceService:
         """
         started = time.monotonic()
         status, error_type, backend = "error", None, "local"
-        request.check_images(self.image_limits)
+        await self._check_images(request)
         command = request.command()
         try:
             remote = self.remote.resolve(request.model) if self.remote else None
