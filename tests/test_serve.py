@@ -157,7 +157,7 @@ def test_pool_url_unreachable_is_a_502(tmp_path):
         assert ticket.status_code == 201, ticket.text  # served here: this server's own credential
         assert requests.get(server.url + "mlx/api/status", timeout=30).status_code == 401
         children = psutil.Process(server.process.pid).children(recursive=True)
-        assert not [p for p in children if "jupyter_mlx_manager.runner" in " ".join(p.cmdline())]  # not even a spare
+        assert not [p for p in children if "jupyter_mlx_manager.runner" in _cmdline(p)]  # not even a spare
 
 
 def test_the_forwarder_never_leaves_the_services_mlx_paths():
@@ -173,3 +173,11 @@ def test_the_forwarder_never_leaves_the_services_mlx_paths():
     for path in ("api/../../../../hub/api/user", "api/.", "api//x", "api/x?y=1", "api/x#y", "api/%2e%2e", "v1\\x"):
         with pytest.raises(NotFound):
             service.target(path, [])
+
+
+def _cmdline(process: psutil.Process) -> str:
+    """A child's command line; "" for one that has exited meanwhile (a zombie runs nothing)."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
