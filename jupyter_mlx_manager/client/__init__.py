@@ -21,6 +21,7 @@ from .results import (
     PoolModels,
     PoolStatus,
     SearchResults,
+    ServerStatus,
     Table,
     TextResult,
 )
@@ -29,5 +30,5 @@ __all__ = [
     "AuthenticationError", "Conflict", "Download", "MLXClient", "MLXManagerError", "NotFound",
     "PermissionDenied", "ServerBusy", "ServerNotFound", "StructuredOutputError", "connect", "find_server",
     "AuditRecords", "ChatResult", "CompletionResult", "LocalModels", "PoolModels", "PoolStatus",
-    "SearchResults", "Table", "TextResult",
+    "SearchResults", "ServerStatus", "Table", "TextResult",
 ]  # fmt: skip

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from .discovery import ServerInfo, find_server
-from .results import AuditRecords, ChatResult, CompletionResult, LocalModels, PoolStatus, SearchResults
+from .results import AuditRecords, ChatResult, CompletionResult, LocalModels, PoolStatus, SearchResults, ServerStatus
 
 
 class MLXManagerError(RuntimeError):
@@ -278,8 +278,9 @@ class MLXClient:
         return f"<MLXClient {self.server.url} ({self.server.source})>"
 
     # -- management API -----------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        return self._get("mlx/api/status")
+    def status(self) -> ServerStatus:
+        """Version, device, memory and the pool in brief: a dict that displays as a table."""
+        return ServerStatus(self._get("mlx/api/status"))
 
     def search(self, q: str = "", **filters: Any) -> SearchResults:
         """Hub search; filters: author, arch, quant, max_size_gb, sort, limit. A list of dicts
@@ -312,6 +313,11 @@ class MLXClient:
 
     def unload(self, model: str) -> dict[str, Any]:
         return self._request("POST", "mlx/api/pool/unload", json={"model": model})
+
+    def delete_model(self, model: str, force: bool = False) -> dict[str, Any]:
+        """Remove a local model from the server's disk (admins); a loaded one is refused (409)
+        unless `force`, which unloads it first. Returns `{id, freed_bytes}`."""
+        return self._request("DELETE", f"mlx/api/models/local/{model}", params={"force": "1"} if force else None)
 
     def pool(self, *, timeout: float | None = None) -> PoolStatus:
         """The pool's state (a dict that displays its models as a table); `timeout` (seconds)
@@ -501,16 +507,30 @@ class MLXClient:
             )  # fmt: skip
         return self._stream_text(path, {**body, "stream": True}, chat)
 
+    def chat_deltas(self, model: str, messages: list[dict[str, Any]], **params: Any) -> Iterator[dict[str, Any]]:
+        """A streamed chat reply as it arrives: each chunk's `delta` (`content`, and
+        `reasoning_content` for a thinking model's reasoning). Closing the iterator ends the
+        request (the server stops generating)."""
+        body = {"model": model, "messages": [_with_images(m) for m in messages], **params, "stream": True}
+        for event in self._stream_events("mlx/v1/chat/completions", body):
+            for choice in event.get("choices", []):
+                if choice.get("delta"):
+                    yield choice["delta"]
+
     def _stream_text(self, path: str, body: dict[str, Any], chat: bool) -> Iterator[str]:
+        for event in self._stream_events(path, body):
+            for choice in event.get("choices", []):
+                text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+                if text:
+                    yield text
+
+    def _stream_events(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         for event in self._sse(path, method="POST", json=body):
             if "error" in event:
                 raise MLXManagerError(
                     500, event["error"].get("message", "generation failed"), event["error"].get("code")
                 )
-            for choice in event.get("choices", []):
-                text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
-                if text:
-                    yield text
+            yield event
 
     # -- transport ----------------------------------------------------------------------------
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:

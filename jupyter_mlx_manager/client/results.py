@@ -5,7 +5,10 @@
   first token, tokens per second.
 - `Table`: a `list` of dict rows (`local_models()`, `search()`, `audit()`) that renders as an
   HTML table; `.to_pandas()` when pandas is installed.
-- `PoolStatus`: the `dict` `pool()` returns, rendering its memory summary and models table.
+- `PoolStatus`: the `dict` `pool()` returns, rendering its memory summary and models table;
+  `ServerStatus`: the `dict` `status()` returns, rendering as a table of the same style.
+
+Sizes are shown one way everywhere (`format_bytes`); demo models carry `DEMO_LABEL`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 MAX_HTML_ROWS = 200
+DEMO_LABEL = "demo · random weights"
 # Code blocks and code spans of a reply: Markdown shows them as text, so they keep their `<`.
 _CODE = re.compile(r"(```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)|`[^`\n]*`)", re.DOTALL)
 _TAG = re.compile(r"<(?=[A-Za-z/!?])")
@@ -126,8 +130,10 @@ class CompletionResult(TextResult):
 
 
 # -- tables ------------------------------------------------------------------------------------
-def _gib(n: float) -> str:
-    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+def format_bytes(n: float) -> str:
+    """A size as everything here shows one: binary units, one decimal (`512 B`, `3.2 MiB`,
+    `1.5 GiB`)."""
+    for unit, size in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
         if abs(n) >= size:
             return f"{n / size:.1f} {unit}"
     return f"{int(n)} B"
@@ -143,10 +149,12 @@ def _count(n: float) -> str:
 def _cell(column: str, value: Any) -> str:
     if value is None:
         return ""
+    if column == "demo":
+        return DEMO_LABEL if value else ""
     if isinstance(value, bool):
         return "✓" if value else ""
     if column.endswith("_bytes") and isinstance(value, (int, float)):
-        return _gib(value)
+        return format_bytes(value)
     if column == "parameters" and isinstance(value, (int, float)):
         return _count(value)
     if column.endswith("_ms") and isinstance(value, (int, float)):
@@ -206,8 +214,8 @@ class Table(list):
 
 
 class LocalModels(Table):
-    columns = ("id", "architecture", "parameters", "quantization", "size_bytes", "context_length", "loaded",
-               "downloading", "tool_calling")  # fmt: skip
+    columns = ("id", "kind", "architecture", "parameters", "quantization", "size_bytes", "context_length", "loaded",
+               "downloading", "tool_calling", "demo")  # fmt: skip
     empty = "no local models"
 
 
@@ -247,7 +255,10 @@ class PoolStatus(dict):
         used = self.get("memory_used_bytes")
         budget = (self.get("limits") or {}).get("max_memory_bytes")
         if isinstance(used, (int, float)):
-            summary.append(f"memory {_gib(used)}" + (f" of {_gib(budget)}" if isinstance(budget, (int, float)) else ""))
+            summary.append(
+                f"memory {format_bytes(used)}"
+                + (f" of {format_bytes(budget)}" if isinstance(budget, (int, float)) else "")
+            )
         loading = self.get("loading") or []
         if loading:
             summary.append("loading: " + ", ".join(str(m) for m in loading))
@@ -257,3 +268,39 @@ class PoolStatus(dict):
     def to_pandas(self):
         """The loaded models as a `pandas.DataFrame` (ImportError without pandas)."""
         return self.models.to_pandas()
+
+
+class ServerStatus(dict):
+    """The server's status (the dict `status()` returns): version, device, memory and the pool
+    in brief; renders as a table like `pool()`."""
+
+    def rows(self) -> list[tuple[str, str]]:
+        device = self.get("device") or {}
+        memory = self.get("memory") or {}
+        pool = self.get("pool") or {}
+        user = self.get("user") or {}
+        rows = [("version", str(self.get("version", "")))]
+        if device:
+            where = {"gpu": "GPU (Metal)", "cpu": "CPU"}.get(str(device.get("type")), str(device.get("type") or ""))
+            rows.append(("device", " · ".join(str(part) for part in (where, device.get("name")) if part)))
+        if isinstance(memory.get("total_bytes"), (int, float)):
+            available = memory.get("available_bytes")
+            free = f"{format_bytes(available)} available of " if isinstance(available, (int, float)) else ""
+            rows.append(("memory", free + format_bytes(memory["total_bytes"])))
+        if isinstance(memory.get("budget_bytes"), (int, float)):
+            rows.append(("model memory budget", format_bytes(memory["budget_bytes"])))
+        if pool:
+            most = pool.get("max_loaded_models")
+            rows.append(("loaded models", f"{pool.get('loaded_models', 0)}" + (f" of at most {most}" if most else "")))
+            if isinstance(pool.get("memory_used_bytes"), (int, float)):
+                rows.append(("memory used by models", format_bytes(pool["memory_used_bytes"])))
+        if user.get("username"):
+            rows.append(("signed in as", user["username"] + (" (admin)" if user.get("is_admin") else "")))
+        return rows
+
+    def _repr_html_(self) -> str:
+        body = "".join(
+            f"<tr><th style='text-align: left'>{html.escape(name)}</th><td>{html.escape(value)}</td></tr>"
+            for name, value in self.rows()
+        )
+        return f"<p><strong>jupyter-mlx-manager</strong></p><table><tbody>{body}</tbody></table>"

@@ -54,6 +54,8 @@ from ..errors import BadRequest, Forbidden, MLXError, NotFound
 _PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
 MODEL_ID_RE = re.compile(rf"{_PART}/{_PART}")
 LOCAL_PREFIX = "local/"
+# Written by models/demo.py into each demo model: its weights are random (`"demo": true` in listings).
+DEMO_MARKER = "mlx_manager_demo.json"
 # `remote/<backend>/<upstream id>` (backends/remote.py): never a file here, so the upstream id may
 # hold slashes (vLLM's `org/name`, the model path `mlx_lm.server` lists).
 REMOTE_ID_RE = re.compile(rf"remote/{_PART}/[A-Za-z0-9._:@+/-]{{1,200}}", re.IGNORECASE)
@@ -726,5 +728,6 @@ def read_characteristics(path: Path) -> dict[str, Any]:
         "tool_parser": parser,
         # Python code of its own (refused by the pool and the runner: trust_remote_code stays off).
         "remote_code": _names_code(config, tokenizer_config),
+        "demo": (path / DEMO_MARKER).is_file(),
         "modified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(modified)) if modified else None,
     }

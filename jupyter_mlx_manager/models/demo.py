@@ -38,6 +38,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .catalog import DEMO_MARKER
+
 # What the scripted tool-calling model always answers (a single added token).
 SCRIPTED_CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"]
@@ -125,6 +127,9 @@ def _save(work: Path, model: Any, config: dict[str, Any], dtype: Any = None) -> 
         weights = {k: v.astype(dtype) for k, v in weights.items()}
     mx.save_safetensors(str(work / "model.safetensors"), weights, metadata={"format": "mlx"})
     (work / "config.json").write_text(json.dumps(config, indent=2))
+    (work / DEMO_MARKER).write_text(
+        json.dumps({"demo": True, "weights": "random", "made_by": "jupyter mlx-manager demo-model"})
+    )
 
 
 def make_demo_model(
