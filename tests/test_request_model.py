@@ -53,8 +53,10 @@ def test_chat_translation():
     with pytest.raises(InvalidParam) as caught:
         openai_chat.parse({**body, "tool_choice": {"type": "function", "function": {"name": "zz"}}}, "chat", LIMIT)
     assert caught.value.param == "tool_choice"
-    with pytest.raises(InvalidParam) as caught:
-        openai_chat.parse({**body, "max_completion_tokens": LIMIT + 1}, "chat", LIMIT)
+    # Above the server's limit is clamped to it (agents ask for 32,000), not refused.
+    assert openai_chat.parse({**body, "max_completion_tokens": LIMIT + 1}, "chat", LIMIT).max_tokens == LIMIT
+    with pytest.raises(InvalidParam) as caught:  # no token count at all
+        openai_chat.parse({**body, "max_completion_tokens": 2**31}, "chat", LIMIT)
     assert caught.value.param == "max_completion_tokens"
 
 
@@ -163,7 +165,7 @@ def test_messages_rendering():
 
 
 def test_chat_rendering_of_reasoning():
-    r = openai_chat.ChatRenderer("chat", "chatcmpl-1", 0, M)
+    r = openai_chat.ChatRenderer("chatcmpl-1", 0, M)
     r.usage = _usage(finish_reason="stop")
     chunks = r.feed({"ev": "reasoning", "text": "hm"}) + r.feed({"ev": "text", "text": "Hi"})
     assert chunks[0][1]["choices"][0]["delta"] == {"reasoning_content": "hm"}
@@ -198,8 +200,9 @@ def test_responses_translation_and_rendering():
     assert command["max_tokens"] == 5
     # A runner error about the schema names the Responses field.
     assert request.param("response_format") == "text.format"
+    assert responses.parse({**body, "max_output_tokens": LIMIT + 1}, LIMIT).max_tokens == LIMIT
     with pytest.raises(InvalidParam) as caught:
-        responses.parse({**body, "max_output_tokens": LIMIT + 1}, LIMIT)
+        responses.parse({**body, "max_output_tokens": 0}, LIMIT)
     assert caught.value.param == "max_output_tokens"
 
     r = responses.ResponsesRenderer("resp_1", body, request)

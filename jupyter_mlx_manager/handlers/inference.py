@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from tornado.iostream import StreamClosedError
@@ -87,22 +88,32 @@ class InferenceHandler(MLXAPIHandler):
         finally:
             self.mlx.untrack_request(self)
 
+    @web.authenticated
+    @authorized
+    async def head(self, *args: str):
+        """Clients probe a route before they use it (Claude Code: HEAD on its base URL)."""
+        self.finish()
+
     async def serve(self, *args: str) -> None:  # pragma: no cover - each route defines it
         raise NotImplementedError
 
     async def finished(self, renderer: Any, usage: Usage) -> None:
         """Called once generation has ended, before the last reply bytes (e.g. to store it)."""
 
-    async def generate(self, request: InferenceRequest, renderer: Any) -> None:
-        usage = renderer.usage = Usage()
-        events = self.mlx.completions.generate(self.actor, self.request.path, request, self.request_id, usage)
+    async def generate(self, request: InferenceRequest | list[InferenceRequest], renderer: Any) -> None:
+        """Run one request, or several one after another (a completions request's prompts:
+        their events tagged with `index`, each its own runner request and audit record)."""
+        requests = request if isinstance(request, list) else [request]
+        usages = renderer.usages = [Usage() for _ in requests]
+        usage = renderer.usage = usages[0]
+        events = self._events(requests, usages)
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         # One task per request runs the service; the reply waits on its queue (no task per token).
         self._pump = asyncio.ensure_future(_pump(events, queue))
         if self._client_gone or self._shutting_down:  # before the pump existed
             self._pump.cancel()
         try:
-            if request.stream:
+            if requests[0].stream:
                 await self._stream(queue, usage, renderer)
             else:
                 await self._collect(queue, usage, renderer)
@@ -112,6 +123,15 @@ class InferenceHandler(MLXAPIHandler):
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump  # the service has written its audit record
+
+    async def _events(self, requests: list[InferenceRequest], usages: list[Usage]) -> AsyncIterator[dict[str, Any]]:
+        for index, (request, usage) in enumerate(zip(requests, usages)):
+            request_id = self.request_id if index == 0 else f"{self.request_id}.{index}"
+            async with contextlib.aclosing(
+                self.mlx.completions.generate(self.actor, self.request.path, request, request_id, usage)
+            ) as events:
+                async for event in events:
+                    yield {**event, "index": index} if len(requests) > 1 else event
 
     async def _next_event(self, queue: asyncio.Queue, keepalive: str | None) -> dict[str, Any] | None:
         """The next event, or None at the end; writes keep-alives while waiting; raises the

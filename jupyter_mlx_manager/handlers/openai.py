@@ -12,7 +12,15 @@ import json
 import time
 from typing import Any
 
-from ..protocols.openai_chat import ERROR_TYPES, ChatRenderer, openai_error, parse
+from ..models.catalog import context_length, read_json
+from ..protocols.openai_chat import (
+    ERROR_TYPES,
+    ChatRenderer,
+    CompletionRenderer,
+    openai_error,
+    parse,
+    parse_completions,
+)
 from .base import MLXAPIHandler, authorized, web
 from .inference import KEEPALIVE_SECONDS, InferenceHandler, ServerShuttingDown
 
@@ -24,6 +32,7 @@ __all__ = [
     "ModelsHandler",
     "OpenAIErrors",
     "OpenAIHandler",
+    "ProbeHandler",
     "ServerShuttingDown",
     "openai_error",
 ]
@@ -41,39 +50,61 @@ class OpenAIHandler(OpenAIErrors, MLXAPIHandler):
     max_body_bytes = 4 * 1024 * 1024
 
 
+class ProbeHandler(OpenAIHandler):
+    """`HEAD mlx` and `HEAD mlx/v1`: the base URLs clients probe before use answer 200 (with
+    credentials, like every route; without, 401)."""
+
+    @web.authenticated
+    @authorized
+    async def head(self):
+        self.finish()
+
+
+def _local_entries(catalog: Any, max_tokens_limit: int) -> list[dict[str, Any]]:
+    """Every local model with the limits this server enforces for it: `context_length`
+    (prompt + output, as the runner counts) and `max_output_tokens` (the server's limit, within
+    the context), so clients (opencode, Claude Code) can size their compaction. Blocking."""
+    entries = []
+    for model_id in catalog.local_ids():
+        entry = {"id": model_id, "object": "model", "created": 0, "owned_by": "local"}
+        folder = catalog.resolve(model_id)
+        if folder is not None:
+            context = context_length(read_json(folder / "config.json"), read_json(folder / "tokenizer_config.json"))
+            entry["context_length"] = context
+            entry["max_output_tokens"] = max(1, min(max_tokens_limit, context - 1))
+        entries.append(entry)
+    return entries
+
+
 class ModelsHandler(OpenAIHandler):
     @web.authenticated
     @authorized
     async def get(self):
-        ids = await asyncio.get_running_loop().run_in_executor(None, self.mlx.catalog.local_ids)
-        loaded = {m.model_id for m in self.mlx.pool.loaded_models()}
-        self.write_json(
-            {
-                "object": "list",
-                "data": [
-                    {"id": i, "object": "model", "created": 0, "owned_by": "local", "loaded": i in loaded} for i in ids
-                ]
-                + await self.mlx.remote.model_entries(),
-            }
+        entries = await asyncio.get_running_loop().run_in_executor(
+            None, _local_entries, self.mlx.catalog, self.mlx.max_tokens_limit
         )
+        loaded = {m.model_id for m in self.mlx.pool.loaded_models()}
+        for entry in entries:
+            entry["loaded"] = entry["id"] in loaded
+        self.write_json({"object": "list", "data": entries + await self.mlx.remote.model_entries()})
 
 
-class _CompletionHandler(OpenAIErrors, InferenceHandler):
-    kind = "chat"
-
+class ChatCompletionsHandler(OpenAIErrors, InferenceHandler):
     async def serve(self) -> None:
-        request = parse(self.json_body(), self.kind, self.mlx.max_tokens_limit)
-        prefix = "chatcmpl-" if self.kind == "chat" else "cmpl-"
+        request = parse(self.json_body(), "chat", self.mlx.max_tokens_limit)
         renderer = ChatRenderer(
-            self.kind, prefix + self.request_id, int(time.time()), request.model, request.include_usage,
+            "chatcmpl-" + self.request_id, int(time.time()), request.model, request.include_usage,
             logprobs=request.logprobs is not None,
         )  # fmt: skip
         await self.generate(request, renderer)
 
 
-class ChatCompletionsHandler(_CompletionHandler):
-    kind = "chat"
-
-
-class CompletionsHandler(_CompletionHandler):
-    kind = "completion"
+class CompletionsHandler(OpenAIErrors, InferenceHandler):
+    async def serve(self) -> None:
+        requests = parse_completions(self.json_body(), self.mlx.max_tokens_limit)
+        first = requests[0]
+        renderer = CompletionRenderer(
+            "cmpl-" + self.request_id, int(time.time()), first.model, len(requests), first.include_usage,
+            logprobs=first.logprobs is not None,
+        )  # fmt: skip
+        await self.generate(requests, renderer)

@@ -116,6 +116,7 @@ class InferenceRequest:
     kind: Literal["chat", "completion"] = "chat"
     messages: list[Message] = field(default_factory=list)
     prompt: str | list[int] | None = None  # completions only
+    echo: bool = False  # completions: the prompt (with its logprobs) comes back before the output
     max_tokens: int | None = None
     temperature: float = 1.0
     top_p: float = 1.0
@@ -159,14 +160,13 @@ class InferenceRequest:
             validate_keep_alive(self.keep_alive)
         except BadRequest as exc:
             raise InvalidParam(exc.message, self.param("keep_alive")) from None
+        # Above the server's limit is clamped, not refused (as the real APIs do for their
+        # models): agents ask for 32,000 and expect the answer to end with a length stop.
+        # The runner clamps again to the room the context leaves.
         if self.max_tokens is None:
             self.max_tokens = min(default_max_tokens or max_tokens_limit, max_tokens_limit)
-        elif self.max_tokens > max_tokens_limit:
-            raise InvalidParam(
-                f"{self.param('max_tokens')} must be at most {max_tokens_limit} on this server "
-                "(c.MLXManager.max_tokens_limit)",
-                self.param("max_tokens"),
-            )
+        else:
+            self.max_tokens = min(self.max_tokens, max_tokens_limit)
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
             raise InvalidParam(
                 f"{self.param('logprobs')} must be an integer from 0 to {MAX_TOP_LOGPROBS}", self.param("logprobs")
@@ -276,6 +276,8 @@ class InferenceRequest:
                 command["strict_tools"] = [t.name for t in tools if t.strict]
         else:
             command["prompt"] = self.prompt
+            if self.echo:
+                command["echo"] = True
         return command
 
 
@@ -303,12 +305,13 @@ def integer(body: dict[str, Any], name: str, low: int = 0, high: int = MAX_TOKEN
     return value
 
 
-def positive_int(body: dict[str, Any], name: str) -> int | None:
+def positive_int(body: dict[str, Any], name: str, low: int = 1) -> int | None:
+    """A token count (`low`: 0 where zero means "score only"); above 2**31 - 1 is no count."""
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidParam(f"{name} must be a positive integer", name)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_TOKEN_ID:
+        raise InvalidParam(f"{name} must be an integer from {low} to {MAX_TOKEN_ID}", name)
     return value
 
 

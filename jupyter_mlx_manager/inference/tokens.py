@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import BadRequest
 from ..models.catalog import chat_template_text
+from ..runner.templates import place_system_messages, renders_system_mid_conversation
 
 CACHE_SIZE = 4
 
@@ -24,6 +25,7 @@ class TokenCounter:
     def __init__(self) -> None:
         self._loaded: OrderedDict[Path, tuple[Any, Any, dict[str, Any]]] = OrderedDict()
         self._lock = threading.Lock()
+        self._mid_system_of: dict[Path, bool] = {}
 
     def _load(self, folder: Path) -> tuple[Any, Any, dict[str, Any]]:
         with self._lock:
@@ -65,20 +67,33 @@ class TokenCounter:
                 self._loaded.popitem(last=False)
         return entry
 
+    def _mid_system(self, folder: Path, render: Any) -> bool:
+        """Whether this model's template renders a system turn mid-conversation (asked once)."""
+        if folder not in self._mid_system_of:
+            self._mid_system_of[folder] = renders_system_mid_conversation(render)
+        return self._mid_system_of[folder]
+
     def count(self, folder: Path, command: dict[str, Any]) -> int:
         """Blocking: run off the event loop."""
         tokenizer, template, config = self._load(folder)
         if command.get("kind") == "chat":
             if template is None:
                 raise BadRequest("this model has no chat template", reason="invalid_request_error")
-            try:
-                text = template.render(
-                    messages=command["messages"],
-                    tools=command.get("tools"),
-                    add_generation_prompt=True,
+
+            def render(messages: list[dict[str, Any]], **extra: Any) -> str:
+                return template.render(
+                    messages=messages,
                     bos_token=_token_text(config.get("bos_token")),
                     eos_token=_token_text(config.get("eos_token")),
+                    **extra,
                 )
+
+            extra = {}
+            if isinstance(command.get("reasoning"), bool) and _thinks(tokenizer):
+                extra["enable_thinking"] = command["reasoning"]  # as the runner renders it
+            try:
+                messages = place_system_messages(command["messages"], lambda: self._mid_system(folder, render))
+                text = render(messages, tools=command.get("tools"), add_generation_prompt=True, **extra)
             except Exception as exc:
                 raise BadRequest(
                     f"the chat template rejected these messages: {exc}", reason="invalid_messages"
@@ -88,6 +103,11 @@ class TokenCounter:
         if isinstance(prompt, list):
             return len(prompt)
         return len(tokenizer.encode(prompt or "").ids)
+
+
+def _thinks(tokenizer: Any) -> bool:
+    """A thinking model as mlx-lm tells one (think markers in its vocabulary)."""
+    return tokenizer.token_to_id("<think>") is not None and tokenizer.token_to_id("</think>") is not None
 
 
 def _first_template(folder: Path, config: dict[str, Any]) -> str | None:

@@ -55,6 +55,19 @@ def _text_blocks(value: Any, where: str) -> str:
     raise InvalidParam(f"{where} must be a string or a list of text blocks", where)
 
 
+def _tool_result_text(value: Any, where: str) -> str:
+    """A tool result's text; an image or document block in it (a screenshot, a PDF page) is
+    named in the text instead: tool results reach the model as text."""
+    if isinstance(value, list):
+        value = [
+            {"type": "text", "text": f"[{b['type']} omitted]"}
+            if isinstance(b, dict) and b.get("type") in ("image", "document")
+            else b
+            for b in value
+        ]
+    return _text_blocks(value, where)
+
+
 def _image(block: dict[str, Any], where: str) -> ImagePart:
     source = block.get("source")
     if not isinstance(source, dict) or source.get("type") not in ("base64", "url"):
@@ -87,10 +100,8 @@ def _blocks(role: str, content: Any, where: str) -> list[Any]:
         elif kind == "tool_result" and role == "user":
             if not isinstance(block.get("tool_use_id"), str):
                 raise InvalidParam(f"{at}: tool_result needs tool_use_id", at)
-            result = block.get("content", "")
-            parts.append(
-                ToolResultPart(block["tool_use_id"], _text_blocks(result, f"{at}.content"), bool(block.get("is_error")))
-            )
+            result = _tool_result_text(block.get("content", ""), f"{at}.content")
+            parts.append(ToolResultPart(block["tool_use_id"], result, bool(block.get("is_error"))))
         elif kind in ("thinking", "redacted_thinking") and role == "assistant":
             continue  # earlier reasoning is not fed back to the model
         else:
@@ -123,7 +134,9 @@ def _thinking(body: dict[str, Any]) -> bool | None:
         return True
     if kind == "disabled":
         return False
-    raise InvalidParam("thinking must be {type: 'enabled', budget_tokens} or {type: 'disabled'}", "thinking")
+    raise InvalidParam(
+        "thinking must be {type: 'enabled', budget_tokens}, {type: 'adaptive'} or {type: 'disabled'}", "thinking"
+    )
 
 
 def _output_format(body: dict[str, Any]) -> tuple[OutputFormat | None, str]:
@@ -157,11 +170,15 @@ def parse(body: dict[str, Any], max_tokens_limit: int, count_only: bool = False)
         messages.append(Message("system", [TextPart(_text_blocks(body["system"], "system"))]))
     for i, message in enumerate(raw):
         where = f"messages[{i}]"
-        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
-            raise InvalidParam(f"{where}.role must be 'user' or 'assistant'", f"{where}.role")
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in ("user", "assistant", "system"):
+            raise InvalidParam(f"{where}: Unexpected role {role!r}: use 'user' or 'assistant'", f"{where}.role")
         if "content" not in message:
             raise InvalidParam(f"{where}.content: Field required", f"{where}.content")
-        messages.append(Message(message["role"], _blocks(message["role"], message["content"], where)))
+        if role == "system":  # Claude Code's mid-conversation notes: system text at this place
+            messages.append(Message("system", [TextPart(_text_blocks(message["content"], f"{where}.content"))]))
+            continue
+        messages.append(Message(role, _blocks(role, message["content"], where)))
     output_format, format_name = _output_format(body)
     request = InferenceRequest(
         model=model,

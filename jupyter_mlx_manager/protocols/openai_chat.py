@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import codecs
+import dataclasses
+import json
 import uuid
 from typing import Any
 
@@ -28,6 +30,7 @@ from ..inference.request import (
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP = 4
+MAX_PROMPTS = 128  # prompts of one completions request (run one after another)
 NAMES = {"max_tokens": "max_tokens", "response_format": "response_format"}
 CHAT_NAMES = {**NAMES, "logprobs": "top_logprobs"}
 
@@ -61,8 +64,6 @@ def _tool_call_parts(tool_calls: Any, where: str) -> list[ToolCallPart]:
             raise InvalidParam(f"{where}.tool_calls: each needs function.name", f"{where}.tool_calls")
         arguments = function.get("arguments", "{}")
         if not isinstance(arguments, str):
-            import json
-
             arguments = json.dumps(arguments)
         out.append(ToolCallPart(str(call.get("id") or ""), function["name"], arguments))
     return out
@@ -155,8 +156,41 @@ def logprobs(body: dict[str, Any], kind: str) -> int | None:
     return top or 0
 
 
-def parse(body: dict[str, Any], kind: str, max_tokens_limit: int) -> InferenceRequest:
-    """`kind` is "chat" (chat/completions) or "completion" (completions)."""
+def _token_ids(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
+    )
+
+
+def prompts(body: dict[str, Any]) -> list[str | list[int]]:
+    """Completions' `prompt`: a string, a list of token ids, or a list of either (lm-eval's
+    `local-completions` sends `[[ids]]`): one prompt each, in order."""
+    prompt = body.get("prompt")
+    if (isinstance(prompt, str) and prompt) or _token_ids(prompt):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and len(prompt) <= MAX_PROMPTS:
+        if all((isinstance(p, str) and p) or _token_ids(p) for p in prompt):
+            return list(prompt)
+    raise InvalidParam(
+        f"prompt must be a non-empty string, a list of token ids, or a list of at most {MAX_PROMPTS} of either",
+        "prompt",
+    )
+
+
+def parse_completions(body: dict[str, Any], max_tokens_limit: int) -> list[InferenceRequest]:
+    """A completions body: one request per prompt (the same parameters each)."""
+    many = prompts(body)
+    echo = boolean(body, "echo")
+    request = parse(body, "completion", max_tokens_limit, zero_tokens=echo)
+    request.echo = echo
+    return [dataclasses.replace(request, prompt=p) for p in many]
+
+
+def parse(body: dict[str, Any], kind: str, max_tokens_limit: int, zero_tokens: bool = False) -> InferenceRequest:
+    """`kind` is "chat" (chat/completions) or "completion" (completions; `zero_tokens`: with
+    `echo`, `max_tokens: 0` scores the prompt without generating)."""
     if body.get("n", 1) != 1:
         raise InvalidParam("only n = 1 is supported", "n")
     stream_options = body.get("stream_options") or {}
@@ -168,7 +202,7 @@ def parse(body: dict[str, Any], kind: str, max_tokens_limit: int) -> InferenceRe
     max_tokens, max_name = None, "max_tokens"
     for name in ("max_completion_tokens", "max_tokens"):
         if body.get(name) is not None:
-            max_tokens, max_name = positive_int(body, name), name
+            max_tokens, max_name = positive_int(body, name, 0 if zero_tokens else 1), name
             break
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -199,17 +233,7 @@ def parse(body: dict[str, Any], kind: str, max_tokens_limit: int) -> InferenceRe
         request.tool_choice = tool_choice(body)
         request.output_format = response_format(body)
     else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        valid_tokens = (
-            isinstance(prompt, list)
-            and prompt
-            and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt)
-        )
-        if not (isinstance(prompt, str) and prompt) and not valid_tokens:
-            raise InvalidParam("prompt must be a non-empty string or a list of token ids", "prompt")
-        request.prompt = prompt
+        request.prompt = prompts(body)[0]  # parse_completions makes one request per prompt
     return request.validate(max_tokens_limit, 16 if kind == "completion" else None)
 
 
@@ -234,88 +258,59 @@ def openai_error(status: int, message: str, code: str | None = None, param: str 
     }
 
 
+def sum_usage(usages: list[Any]) -> dict[str, Any]:
+    """OpenAI's usage object over several runs (a completions request's prompts)."""
+    prompt = sum(u.prompt_tokens for u in usages)
+    completion = sum(u.completion_tokens for u in usages)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": sum(u.cached_tokens for u in usages)},
+    }
+
+
 class ChatRenderer:
-    """The runner's events as chat completion (or text completion) replies and chunks."""
+    """The runner's events as a chat completion, or as its chunks."""
 
     keepalive = ": keepalive\n\n"
     done_marker = "data: [DONE]\n\n"
 
     def __init__(
-        self,
-        kind: str,
-        completion_id: str,
-        created: int,
-        model: str,
-        include_usage: bool = False,
-        logprobs: bool = False,
+        self, completion_id: str, created: int, model: str, include_usage: bool = False, logprobs: bool = False
     ):
-        self.kind, self.id, self.created, self.model = kind, completion_id, created, model
+        self.id, self.created, self.model = completion_id, created, model
         self.include_usage = include_usage
         self.logprobs: list[dict[str, Any]] | None = [] if logprobs else None  # the runner's entries
-        self.offsets: list[int] = []  # completions' text_offset of each entry
-        self._offset = 0  # characters of the tokens so far
-        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.text: list[str] = []
         self.reasoning: list[str] = []
         self.tool_calls: list[dict[str, Any]] = []
         self.usage = None  # set by the handler
 
     def _envelope(self) -> dict[str, Any]:
-        chat = self.kind == "chat"
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": self.created,
-            "model": self.model,
-        }
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
 
-    def _chunk(
-        self, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None
-    ) -> tuple[None, dict[str, Any]]:
-        if self.kind == "chat":
-            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
-            if self.logprobs is not None:
-                choice["logprobs"] = logprobs
-        else:
-            choice = {"index": 0, "text": delta.get("text", ""), "logprobs": logprobs, "finish_reason": finish_reason}
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None) -> tuple:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        if self.logprobs is not None:
+            choice["logprobs"] = logprobs
         return None, {**self._envelope(), "choices": [choice]}
 
-    def _add_logprobs(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
-        """Record a text event's token entries; the chunk's `logprobs`."""
-        start = len(self.logprobs)
-        self.logprobs.extend(entries)
-        for entry in entries:  # characters, not bytes: a token may hold part of a character
-            self.offsets.append(self._offset)
-            self._offset += len(self._utf8.decode(bytes(entry["bytes"])))
-        return self._logprobs(entries, self.offsets[start:])
-
-    def _logprobs(self, entries: list[dict[str, Any]], offsets: list[int]) -> dict[str, Any]:
-        """Token entries in this route's shape: chat's `{content: [...]}` as the runner sends
-        them, or completions' parallel lists (top_logprobs also name the chosen token, as
-        OpenAI's do; text_offset counts characters from the start of the output)."""
-        if self.kind == "chat":
-            return {"content": entries, "refusal": None}
-        return {
-            "tokens": [e["token"] for e in entries],
-            "token_logprobs": [e["logprob"] for e in entries],
-            "top_logprobs": [{t["token"]: t["logprob"] for t in [*e["top_logprobs"], e]} for e in entries],
-            "text_offset": offsets,
-        }
-
     def opening(self) -> list:
-        return [self._chunk({"role": "assistant", "content": ""} if self.kind == "chat" else {"text": ""})]
+        return [self._chunk({"role": "assistant", "content": ""})]
 
     def feed(self, event: dict[str, Any]) -> list:
         kind = event["ev"]
         if kind == "text":
             self.text.append(event["text"])
-            delta = {"content": event["text"]} if self.kind == "chat" else {"text": event["text"]}
             if self.logprobs is None:
-                return [self._chunk(delta)]
-            return [self._chunk(delta, logprobs=self._add_logprobs(event.get("logprobs") or []))]
+                return [self._chunk({"content": event["text"]})]
+            entries = event.get("logprobs") or []
+            self.logprobs.extend(entries)
+            return [self._chunk({"content": event["text"]}, logprobs={"content": entries, "refusal": None})]
         if kind == "reasoning":
             self.reasoning.append(event["text"])
-            return [self._chunk({"reasoning_content": event["text"]})] if self.kind == "chat" else []
+            return [self._chunk({"reasoning_content": event["text"]})]
         if kind == "tool_call":
             call = tool_call(event["call"])
             self.tool_calls.append(call)
@@ -323,7 +318,7 @@ class ChatRenderer:
         return []
 
     def closing(self) -> list:
-        out = [self._chunk({} if self.kind == "chat" else {"text": ""}, self.usage.finish_reason)]
+        out = [self._chunk({}, self.usage.finish_reason)]
         if self.include_usage:
             out.append((None, {**self._envelope(), "choices": [], "usage": self.usage.as_openai()}))
         return out
@@ -332,17 +327,115 @@ class ChatRenderer:
         return [(None, openai_error(status, message, code, param))]
 
     def body(self) -> dict[str, Any]:
-        text, usage = "".join(self.text), self.usage
-        if self.kind == "chat":
-            message: dict[str, Any] = {"role": "assistant", "content": text or (None if self.tool_calls else "")}
-            if self.reasoning:
-                message["reasoning_content"] = "".join(self.reasoning)
-            if self.tool_calls:
-                message["tool_calls"] = self.tool_calls
-            choice = {"index": 0, "message": message}
-            envelope = {**self._envelope(), "object": "chat.completion"}
-        else:
-            choice, envelope = {"index": 0, "text": text}, self._envelope()
-        choice["finish_reason"] = usage.finish_reason
-        choice["logprobs"] = None if self.logprobs is None else self._logprobs(self.logprobs, self.offsets)
-        return {**envelope, "choices": [choice], "usage": usage.as_openai()}
+        text = "".join(self.text)
+        message: dict[str, Any] = {"role": "assistant", "content": text or (None if self.tool_calls else "")}
+        if self.reasoning:
+            message["reasoning_content"] = "".join(self.reasoning)
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        choice = {
+            "index": 0,
+            "message": message,
+            "finish_reason": self.usage.finish_reason,
+            "logprobs": None if self.logprobs is None else {"content": self.logprobs, "refusal": None},
+        }
+        return {**self._envelope(), "object": "chat.completion", "choices": [choice], "usage": self.usage.as_openai()}
+
+
+@dataclasses.dataclass
+class _Choice:
+    """One prompt's text completion as it comes: its text and OpenAI's parallel logprob lists
+    (`text_offset` in characters from the start of the echoed prompt, or of the output)."""
+
+    text: list[str] = dataclasses.field(default_factory=list)
+    tokens: list[str] = dataclasses.field(default_factory=list)
+    token_logprobs: list[float | None] = dataclasses.field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = dataclasses.field(default_factory=list)
+    text_offset: list[int] = dataclasses.field(default_factory=list)
+    offset: int = 0
+    utf8: Any = dataclasses.field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+
+    def add(self, entries: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+        """Record token entries (a prompt's first has `logprob: null`); (their text, the
+        chunk's logprobs). Characters, not bytes: a token may hold part of a character."""
+        start, text = len(self.tokens), []
+        for entry in entries:
+            piece = self.utf8.decode(bytes(entry["bytes"]))
+            self.text_offset.append(self.offset)
+            self.offset += len(piece)
+            text.append(piece)
+            self.tokens.append(entry["token"])
+            self.token_logprobs.append(entry["logprob"])
+            first = entry["logprob"] is None
+            # OpenAI's top_logprobs also name the chosen token; none for the first prompt token.
+            self.top_logprobs.append(
+                None if first else {t["token"]: t["logprob"] for t in [*entry["top_logprobs"], entry]}
+            )
+        return "".join(text), self.logprobs(start)
+
+    def logprobs(self, start: int = 0) -> dict[str, Any]:
+        return {
+            "tokens": self.tokens[start:],
+            "token_logprobs": self.token_logprobs[start:],
+            "top_logprobs": self.top_logprobs[start:],
+            "text_offset": self.text_offset[start:],
+        }
+
+
+class CompletionRenderer:
+    """The runner's events for each prompt of a completions request (tagged with its `index`
+    when there are several) as one text completion, or as its chunks. With `echo` the prompt
+    comes first (the runner's `prompt` event), with its logprobs when asked."""
+
+    keepalive = ": keepalive\n\n"
+    done_marker = "data: [DONE]\n\n"
+
+    def __init__(self, completion_id: str, created: int, model: str, prompts: int, include_usage: bool, logprobs: bool):
+        self.id, self.created, self.model = completion_id, created, model
+        self.include_usage, self.with_logprobs = include_usage, logprobs
+        self.choices = [_Choice() for _ in range(prompts)]
+        self.usages: list[Any] = []  # set by the handler, one per prompt
+
+    def _envelope(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model}
+
+    def _chunk(self, index: int, text: str, logprobs: Any = None, finish_reason: str | None = None) -> tuple:
+        choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+        return None, {**self._envelope(), "choices": [choice]}
+
+    def opening(self) -> list:
+        return [self._chunk(0, "")]
+
+    def feed(self, event: dict[str, Any]) -> list:
+        kind, index = event["ev"], event.get("index", 0)
+        if kind not in ("prompt", "text"):
+            return []
+        choice = self.choices[index]
+        text, logprobs = event["text"], None
+        if self.with_logprobs and event.get("logprobs") is not None:
+            decoded, logprobs = choice.add(event["logprobs"])
+            if kind == "prompt":  # the echoed prompt is its tokens' text, as text_offset counts it
+                text = decoded
+        choice.text.append(text)
+        return [self._chunk(index, text, logprobs)]
+
+    def closing(self) -> list:
+        out = [self._chunk(i, "", None, u.finish_reason) for i, u in enumerate(self.usages)]
+        if self.include_usage:
+            out.append((None, {**self._envelope(), "choices": [], "usage": sum_usage(self.usages)}))
+        return out
+
+    def error_events(self, status: int, message: str, code: str | None, param: str | None) -> list:
+        return [(None, openai_error(status, message, code, param))]
+
+    def body(self) -> dict[str, Any]:
+        choices = [
+            {
+                "index": i,
+                "text": "".join(c.text),
+                "logprobs": c.logprobs() if self.with_logprobs else None,
+                "finish_reason": u.finish_reason,
+            }
+            for i, (c, u) in enumerate(zip(self.choices, self.usages))
+        ]
+        return {**self._envelope(), "choices": choices, "usage": sum_usage(self.usages)}

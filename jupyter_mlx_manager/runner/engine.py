@@ -77,6 +77,7 @@ from pathlib import Path
 from typing import Any
 
 from .grammar import GrammarProcessor, Grammars, UnsupportedSchema, schema_of
+from .templates import place_system_messages, renders_system_mid_conversation
 from .text import TextFilter
 
 Emit = Callable[[dict[str, Any]], None]
@@ -87,6 +88,8 @@ MEMORY_UPDATE_SECONDS = 0.2
 # at 100 entries, 167 ms at 1,000), so every stream would stall longer as the cache fills.
 PROMPT_CACHE_MAX_ENTRIES = 128
 MAX_TOP_LOGPROBS = 20
+# Logits held at once while scoring a prompt (echo): rows × vocabulary, 128 MiB of float32.
+SCORE_LOGITS = 1 << 25
 LOGPROB_FLOOR = -9999.0  # what OpenAI reports for a token that cannot be sampled (-inf is not JSON)
 JSON_CALL_PARSERS = ("mlx_lm.tool_parsers.json_tools",)  # tool parsers that read {"name", "arguments"}
 # What a spare runner imports beyond mlx-lm's core, so that a load does not: the usual
@@ -499,7 +502,10 @@ class Engine:
                 }
             )
             return None
-        max_tokens = _integer(command, "max_tokens", required=True, minimum=1)
+        echo = command.get("echo", False)
+        if not isinstance(echo, bool) or (echo and command.get("kind") != "completion"):
+            raise _InvalidRequest("echo must be true or false (completions only)", "invalid_field", "echo")
+        max_tokens = _integer(command, "max_tokens", required=True, minimum=0 if echo else 1)
         temperature = _number(command, "temperature", default=0.0)
         top_p = _number(command, "top_p", default=1.0)
         seed = _integer(command, "seed")
@@ -534,11 +540,7 @@ class Engine:
         self._check_token_ids(prompt)
         budget = self.context_length - len(prompt)
         if budget <= 0:
-            raise _InvalidRequest(
-                f"the prompt has {len(prompt)} tokens; this model's context is {self.context_length}",
-                "context_length_exceeded",
-                "prompt",
-            )
+            raise _InvalidRequest(too_long(len(prompt), self.context_length), "context_length_exceeded", "prompt")
         max_tokens = min(max_tokens, budget)
         if temperature <= 0:
             sampler = greedy_sampler  # one shared object: the batch samples greedy rows in one call
@@ -578,14 +580,66 @@ class Engine:
             think_end=self.tokenizer.think_end if thinking else None,
             initial_state=initial,
         )
-        cache, rest = self._cached_prefix(prompt)
+        scores = None
+        if echo and logprobs is not None:  # the whole prompt is computed to score it
+            scores, cache = self._score(prompt, logprobs)
+            rest, cached = prompt[-1:], 0
+        else:
+            cache, rest = self._cached_prefix(prompt)
+            cached = len(prompt) - len(rest)
         request = Request(
-            rid, prompt, max_tokens, len(prompt) - len(rest), rest, cache, sampler, processors,
+            rid, prompt, max_tokens, cached, rest, cache, sampler, processors,
             self.tokenizer.detokenizer, text_filter, self.eos, grammar=grammar, thinking=thinking,
             logprobs=logprobs,
         )  # fmt: skip
-        self.emit({"ev": "started", "id": rid, "prompt_tokens": len(prompt), "cached_tokens": request.cached_tokens})
+        self.emit({"ev": "started", "id": rid, "prompt_tokens": len(prompt), "cached_tokens": cached})
+        if echo:
+            text = command["prompt"] if isinstance(command["prompt"], str) else self.tokenizer.decode(prompt)
+            self.emit({"ev": "prompt", "id": rid, "text": text, **({"logprobs": scores} if scores else {})})
+        if max_tokens == 0:  # scored, nothing to generate
+            self._finish(request, "length", (cache, prompt[: len(prompt) - len(rest)]))
+            return None
         return request
+
+    def _score(self, prompt: list[int], top: int) -> tuple[list[dict[str, Any]], Any]:
+        """Each prompt token's log-probability given the tokens before it, with its `top` most
+        likely alternatives (the first token has none: `logprob` null), as `logprobs` entries;
+        and the KV cache of all but the last token, from which generation goes on.
+
+        The model's own log-softmax (no logit_bias, penalties or mask: those shape sampling),
+        in float32, computed `prefill_step_size` tokens at a time (fewer for a wide vocabulary,
+        to bound the logits held at once)."""
+        from mlx_lm.generate import generation_stream
+
+        mx = self.mx
+        cache = self.make_cache()
+        entries = [{**self._token_info(prompt[0]), "logprob": None, "top_logprobs": []}]
+        step = max(1, min(self.prefill_step_size, SCORE_LOGITS // max(1, self.vocab_size or 1)))
+        fed = prompt[:-1]
+        for start in range(0, len(fed), step):
+            chunk = fed[start : start + step]
+            targets = mx.array(prompt[start + 1 : start + 1 + len(chunk)])
+            with mx.stream(generation_stream):
+                logits = self.model(mx.array(chunk)[None], cache=cache)[0].astype(mx.float32)
+                rows = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+                chosen = mx.take_along_axis(rows, targets[:, None], axis=-1)[:, 0]
+                rows = rows[:, : self.vocab_size or rows.shape[-1]]  # alternatives are real tokens only
+                width = min(top, rows.shape[-1])
+                best = mx.argpartition(-rows, width - 1, axis=-1)[:, :width] if width else rows[:, :0].astype(mx.int32)
+                picked = mx.take_along_axis(rows, best, axis=-1)
+                mx.eval(chosen, best, picked, [c.state for c in cache])
+            for token, value, ids, values in zip(targets.tolist(), chosen.tolist(), best.tolist(), picked.tolist()):
+                ranked = sorted(zip(values, ids), key=lambda pair: -pair[0])
+                entries.append(
+                    {
+                        **self._token_info(token),
+                        "logprob": max(value, LOGPROB_FLOOR),
+                        "top_logprobs": [{**self._token_info(i), "logprob": max(v, LOGPROB_FLOOR)} for v, i in ranked],
+                    }
+                )
+            self.progress += 1  # the watchdog sees a long scoring pass move
+        mx.clear_cache()
+        return entries, cache
 
     def _tool_grammar(
         self, tools: list[Any], forced: bool, strict: set[str], schema: dict[str, Any] | None, mode: str | None
@@ -701,6 +755,7 @@ class Engine:
                 raise _InvalidRequest("messages must be a list of objects", "invalid_field", "messages")
             try:
                 extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+                messages = place_system_messages(messages, self._renders_system_mid_conversation)
                 tokens = self.tokenizer.apply_chat_template(
                     messages, tools=command.get("tools"), add_generation_prompt=True, **extra
                 )
@@ -718,10 +773,20 @@ class Engine:
             raise _InvalidRequest("prompt must be a string or a list of token ids", "invalid_field", "prompt")
         return _token_list(self.tokenizer.encode(prompt))
 
+    def _renders_system_mid_conversation(self) -> bool:
+        """Asked of the chat template once (runner/templates.py)."""
+        if getattr(self, "_mid_system", None) is None:
+            self._mid_system = renders_system_mid_conversation(
+                lambda messages: self.tokenizer.apply_chat_template(messages, tokenize=False)
+            )
+        return self._mid_system
+
     def _place(self, request: Request) -> None:
         """Direct path if nothing else runs; otherwise the batch (migrating the direct one)."""
         if self.direct is None and not self.batched and self.switch != "batch":
-            self._run_direct(request, request.rest, request.cache, request.prompt[: request.cached_tokens])
+            self._run_direct(
+                request, request.rest, request.cache, request.prompt[: len(request.prompt) - len(request.rest)]
+            )
             return
         if self.direct is not None and self.switch == "migrate":
             direct = self.direct
@@ -731,7 +796,7 @@ class Engine:
                 if self.direct is not direct and self.batched.get(direct.uid) is not direct:
                     self._error(direct.id, f"{type(exc).__name__}: {exc}")
                 raise
-        self._insert(request, request.rest, request.cache, request.prompt[: request.cached_tokens])
+        self._insert(request, request.rest, request.cache, request.prompt[: len(request.prompt) - len(request.rest)])
 
     # -- the direct path -----------------------------------------------------------------------
     def _run_direct(self, request: Request, tokens: list[int], cache: Any, cache_tokens: list[int]) -> None:
@@ -1116,6 +1181,15 @@ def _rss_bytes() -> int | None:
         return int(psutil.Process().memory_info().rss)
     except Exception:
         return None
+
+
+def too_long(prompt_tokens: int, context_length: int) -> str:
+    """Anthropic's words first (Claude Code compacts on `prompt is too long: N tokens > M
+    maximum`, M the longest prompt that leaves room for one token), then OpenAI's phrase."""
+    return (
+        f"prompt is too long: {prompt_tokens} tokens > {context_length - 1} maximum "
+        f"(this model's maximum context length is {context_length} tokens)"
+    )
 
 
 class _InvalidRequest(Exception):

@@ -7,7 +7,10 @@ Server → runner (the runner's stdin):
    "response_format"?: null | {"type": "text"} | {"type": "json_object"}
                        | {"type": "json_schema", "schema": {...}},
    "reasoning"?: true|false|null, "logprobs"?: int (0-20), "tool_choice"?: "auto"|"required",
-   "strict_tools"?: [tool name]}
+   "strict_tools"?: [tool name], "echo"?: bool}
+      `echo` (completions only): a `prompt` event follows `started`; with `logprobs: k` the
+      whole prompt is computed to give each prompt token's log-probability (the model's own
+      log-softmax) and k alternatives; `max_tokens` may then be 0 (score, generate nothing).
       `logprobs: k` adds each answer token's log-probability and its k most likely alternatives
       to the `text` events. `tool_choice: "required"` (the tools narrowed to one for a named
       choice) and `strict_tools` are a grammar in the model's tool-call format (json_tools
@@ -50,6 +53,8 @@ stderr, so library output cannot corrupt the stream):
       context_length: `models.catalog.context_length` of its config (what the catalog reports)
   {"ev": "failed", "error": str}                       load failed; the runner exits
   {"ev": "started", "id", "prompt_tokens": int, "cached_tokens": int}
+  {"ev": "prompt", "id", "text": str, "logprobs"?: [entries as below; the first has
+   "logprob": null and no alternatives]}              an `echo` request's prompt
   {"ev": "text", "id", "text": str, "completion_tokens": int,      the answer
    "logprobs"?: [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}]}
   {"ev": "reasoning", "id", "text": str, "completion_tokens": int} a thinking model's reasoning
