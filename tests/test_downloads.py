@@ -290,7 +290,8 @@ async def test_download_then_catalog_then_load_and_chat(api, hf_cache, demo_mode
     assert record["status"] in ("queued", "downloading") and record["revision"] == "main"
     done = await wait_download(api, record["id"])
     assert done["status"] == "completed", done
-    assert done["downloaded_bytes"] == done["total_bytes"] > 400_000 and done["files_done"] == done["files_total"] == 5
+    # 6 files: config, weights, tokenizer (3) and the demo marker, which a demo model keeps wherever it goes
+    assert done["downloaded_bytes"] == done["total_bytes"] > 400_000 and done["files_done"] == done["files_total"] == 6
     assert (await api("GET", "mlx/api/downloads")).body["downloads"][0]["id"] == record["id"]
 
     snapshot = hf_cache / "models--mlx-test--tiny-llama" / "snapshots" / done["commit"]
@@ -320,7 +321,7 @@ async def test_download_then_catalog_then_load_and_chat(api, hf_cache, demo_mode
     assert ("download.start", "ok") in actions and ("download.complete", "ok") in actions
     # Each file was fetched once, by commit, and no file outside the MLX allow-list was asked for.
     gets = [e for e in hub.log if e["method"] == "GET" and "/resolve/" in e["path"]]
-    assert len(gets) == 5 and all(f"/resolve/{done['commit']}/" in e["path"] for e in gets)
+    assert len(gets) == done["files_total"] == 6 and all(f"/resolve/{done['commit']}/" in e["path"] for e in gets)
 
 
 async def test_throttled_download_streams_monotonic_progress_to_two_followers(api, sse, hub, jp_auth_header):

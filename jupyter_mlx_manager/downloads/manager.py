@@ -53,8 +53,8 @@ PERSIST_INTERVAL = 1.0
 RATE_WINDOW = 5.0
 TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH")
 # Error kinds whose messages say nothing about the server (no paths, no OS error text).
-PLAIN_ERROR_KINDS = {"not_found", "revision_not_found", "not_mlx", "offline", "bad_listing", "unsafe_file_name",
-                     "checksum", "http", "aborted"}  # fmt: skip
+PLAIN_ERROR_KINDS = {"not_found", "revision_not_found", "not_mlx", "offline", "unreachable", "bad_listing",
+                     "unsafe_file_name", "checksum", "http", "aborted"}  # fmt: skip
 USER_ERRORS = {
     "gated": "{repo_id} is gated or private: an administrator can download it with the server's Hugging Face token",
     "disk_space": "not enough free disk space on the server to download {repo_id}",

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..models.hub_network import HubUnreachable, fail_fast
 from .files import repo_folder, unsafe_reason, wanted
 
 CHUNK = 64 * 1024
@@ -86,7 +87,7 @@ def _transient(exc: BaseException) -> bool:
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-    if isinstance(exc, OfflineModeIsEnabled):
+    if isinstance(exc, (OfflineModeIsEnabled, HubUnreachable)):  # answers, not accidents: no retry
         return False
     if isinstance(exc, (httpx2.TransportError, ConnectionError, TimeoutError)):
         return True
@@ -131,6 +132,8 @@ def plan(api, repo_id: str, revision: str) -> tuple[str, list[dict[str, Any]]]:
         info = _with_retries("model_info", lambda: api.model_info(repo_id, revision=revision, files_metadata=True))
     except OfflineModeIsEnabled:
         raise WorkerError("offline", "downloads are disabled on this server (HF_HUB_OFFLINE is set)") from None
+    except HubUnreachable as exc:
+        raise WorkerError("unreachable", str(exc)) from None
     except GatedRepoError:
         raise WorkerError(
             "gated", f"{repo_id} is a gated repository: accept its terms on the Hub and set c.MLXManager.hf_token"
@@ -312,6 +315,8 @@ def run(config: dict[str, Any], commands: Commands) -> str:
         except WorkerError:
             entry["partial"].unlink(missing_ok=True)  # a file that fails its checksum twice is not kept
             raise
+        except HubUnreachable as exc:
+            raise WorkerError("unreachable", f"downloading {name} stopped: {exc}") from None
         except Exception as exc:
             from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 
@@ -353,6 +358,7 @@ def main() -> int:
     if not line:
         return 3
     config = json.loads(line)
+    fail_fast()  # no network, DNS failure, refused: the reason at once, not after minutes of retries
     commands = Commands()
     try:
         path = run(config, commands)

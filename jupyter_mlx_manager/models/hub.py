@@ -4,7 +4,8 @@ about each model — architecture, quantization, size and parameter estimates, i
 cannot filter on most of these. A `kind=` filter is also sent to the Hub as `pipeline_tag`
 (one listing per pipeline tag of that kind, merged).
 
-The HTTP calls run on a worker thread, never on the event loop. `HF_ENDPOINT` (read when
+The HTTP calls run on a worker thread, never on the event loop; a Hub that cannot be reached
+(no network, DNS failure, refused) fails at once (`hub_network.py`). `HF_ENDPOINT` (read when
 the server starts) is honoured. The server's `hf_token` (which may see private and gated
 repos) is sent only for admins' searches, unless `hf_token_for_users`; other searches send
 no token at all (not even one huggingface_hub would find by itself).
@@ -250,6 +251,9 @@ class HubSearch:
     def __init__(
         self, endpoint: str, token: str | None = None, timeout: float = 20.0, hf_token_for_users: bool = False
     ):
+        from .hub_network import fail_fast
+
+        fail_fast()  # no network, DNS failure, refused: an answer at once, not 20 s of retries
         self.endpoint = endpoint.rstrip("/")
         self._token = token or None
         self.timeout = timeout
@@ -290,6 +294,8 @@ class HubSearch:
         import httpx2
         from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+        from .hub_network import HubUnreachable
+
         # Filters the Hub cannot apply are applied to a larger first page (a `kind=` filter is
         # applied on the Hub's side, and again here on the kind derived from all it says).
         fetch = min(max(query.limit * 5, 100), 500) if query.filters_here else query.limit
@@ -300,6 +306,8 @@ class HubSearch:
             )
         except TimeoutError:
             raise HubUnavailable(f"the Hub at {self.endpoint} did not answer within {self.timeout:.0f} s") from None
+        except HubUnreachable as exc:
+            raise HubUnavailable(str(exc), reason="hub_unreachable") from None
         except OfflineModeIsEnabled:
             raise HubUnavailable("the Hub is disabled on this server (HF_HUB_OFFLINE)", reason="hub_offline") from None
         except HfHubHTTPError as exc:
