@@ -17,6 +17,7 @@ import ipywidgets as w
 from traitlets import Unicode
 
 from ..client import MLXClient, MLXManagerError, NotFound, connect
+from ..client.results import DEMO_LABEL, format_bytes
 
 
 def _in_background(target, *args) -> threading.Thread:
@@ -45,20 +46,29 @@ def _error_html(message: str) -> str:
     return f"<span style='color: var(--jp-error-color1)'>error: {html.escape(message)}</span>"
 
 
-def _gib(n: int | float | None) -> str:
-    return f"{(n or 0) / 1024**3:.2f} GiB"
-
-
 class ModelPicker(w.VBox):
-    """Pick a local model; load or unload it in the shared pool. `state`: idle, loading,
-    loaded, unloading or error (with `error`)."""
+    """Pick a model; load or unload it in the shared pool. `state`: idle, loading, loaded,
+    unloading or error (with `error`).
+
+    Given `models`, it offers those; given none, the local models with the loaded ones first,
+    one of them chosen."""
 
     state = Unicode("idle")
     error = Unicode("")
 
-    def __init__(self, client: MLXClient | None = None, pin: bool = False, keep_alive: float | None = None, **kwargs):
+    def __init__(
+        self,
+        client: MLXClient | None = None,
+        pin: bool = False,
+        keep_alive: float | None = None,
+        models: list[str] | None = None,
+        **kwargs,
+    ):
         self.client = client or connect()
         self.pin, self.keep_alive = pin, keep_alive
+        self.models = list(models) if models is not None else None
+        self.loaded: set[str] = set()
+        self.demo: set[str] = set()
         self.dropdown = w.Dropdown(description="Model", options=[], layout=w.Layout(width="auto"))
         self.load_button = w.Button(description="Load", button_style="primary", icon="play")
         self.unload_button = w.Button(description="Unload", icon="stop")
@@ -70,6 +80,7 @@ class ModelPicker(w.VBox):
             [self.dropdown, w.HBox([self.load_button, self.unload_button, self.progress]), self.status], **kwargs
         )
         self.observe(self._render, names=["state", "error"])
+        self.dropdown.observe(self._on_pick, names="value")
         self.refresh()
 
     @property
@@ -87,20 +98,26 @@ class ModelPicker(w.VBox):
         shows the error (and `refresh()` again recovers once the server answers)."""
         try:
             try:
-                ids = [m["id"] for m in self.client.local_models()]
+                local = list(self.client.local_models())
             except NotFound:  # older servers: the OpenAI model list has the same ids
-                ids = [m.id for m in self.client.openai().models.list().data]
-            loaded = {m["model"] for m in self.client.pool()["models"]}
+                local = [{"id": m.id} for m in self.client.openai().models.list().data]
+            loaded = [m["model"] for m in self.client.pool()["models"]]
         except Exception as exc:
             if self.state not in ("loading", "unloading"):
                 self.error, self.state = describe(exc, self.client), "error"
             return
+        self.loaded = set(loaded)
+        self.demo = {m["id"] for m in local if m.get("demo")}
+        if self.models is not None:
+            ids = self.models
+        else:
+            ids = loaded + [m["id"] for m in local if m["id"] not in self.loaded]
         current = self.dropdown.value
         self.dropdown.options = ids
-        if current in ids:
-            self.dropdown.value = current
+        chosen = current if current in ids else (loaded[0] if loaded and loaded[0] in ids else None)
+        self.dropdown.value = chosen or (ids[0] if ids else None)
         if self.state not in ("loading", "unloading"):
-            self.error, self.state = "", "loaded" if self.model in loaded else "idle"
+            self.error, self.state = "", "loaded" if self.model in self.loaded else "idle"
 
     def load(self) -> threading.Thread:
         return self._run(
@@ -110,8 +127,14 @@ class ModelPicker(w.VBox):
     def unload(self) -> threading.Thread:
         return self._run("unloading", "idle", lambda: self.client.unload(self.model))
 
+    def _on_pick(self, _=None) -> None:
+        if self.state in ("idle", "loaded"):
+            self.state = "loaded" if self.model in self.loaded else "idle"
+        self._render()
+
     def _run(self, busy: str, done: str, action) -> threading.Thread:
         self.error, self.state = "", busy
+        model = self.model
 
         def work():
             try:
@@ -119,6 +142,7 @@ class ModelPicker(w.VBox):
             except Exception as exc:  # refused, unreachable, restarted: show it, buttons back
                 self.error, self.state = describe(exc, self.client), "error"
             else:
+                (self.loaded.add if done == "loaded" else self.loaded.discard)(model)
                 self.state = done
 
         return _in_background(work)
@@ -134,11 +158,15 @@ class ModelPicker(w.VBox):
         )
         if self.state == "error":
             text = _error_html(self.error)
+        elif self.model in self.demo:
+            text += f" · <i>{DEMO_LABEL}</i>: its replies are noise"
         self.status.value = f"<b>{html.escape(self.model or '')}</b> {text}"
 
 
 class DownloadWidget(w.VBox):
-    """Download a Hub repo into the local cache with live progress; cancel it."""
+    """Download a Hub repo into the local cache with live progress; cancel it. A failed
+    download shows why, and offers Retry (the Download button) and Remove (its partial
+    files)."""
 
     state = Unicode("idle")  # idle, downloading, completed, failed, cancelled, error
     error = Unicode("")
@@ -148,13 +176,18 @@ class DownloadWidget(w.VBox):
         self.repo = w.Text(value=repo_id, description="Repo", placeholder="org/name")
         self.download_button = w.Button(description="Download", button_style="primary", icon="download")
         self.cancel_button = w.Button(description="Cancel", icon="times", disabled=True)
+        self.remove_button = w.Button(
+            description="Remove", icon="trash", tooltip="remove the partial files", layout=w.Layout(display="none")
+        )
         self.bar = w.FloatProgress(value=0, min=0, max=1)
         self.label = w.HTML()
         self.download_button.on_click(lambda _: self.start())
         self.cancel_button.on_click(lambda _: self.cancel())
+        self.remove_button.on_click(lambda _: self.remove())
         self.handle = None
         super().__init__(
-            [w.HBox([self.repo, self.download_button, self.cancel_button]), self.bar, self.label], **kwargs
+            [w.HBox([self.repo, self.download_button, self.cancel_button, self.remove_button]), self.bar, self.label],
+            **kwargs,
         )
 
     def start(self) -> threading.Thread | None:
@@ -169,6 +202,7 @@ class DownloadWidget(w.VBox):
         self.state = "downloading"
         self.bar.bar_style = ""
         self.download_button.disabled, self.cancel_button.disabled = True, False
+        self.download_button.description, self.remove_button.layout.display = "Download", "none"
         self.handle.on_progress(self._show)
         self._show(self.handle.progress)
         return _in_background(self._follow, self.handle)
@@ -182,6 +216,22 @@ class DownloadWidget(w.VBox):
             self.error = describe(exc, self.client)
             self.label.value = _error_html(self.error)
 
+    def remove(self) -> None:
+        """Remove what a failed download left (its partial files); the widget starts afresh."""
+        if self.handle is None or self.state not in ("failed", "cancelled"):
+            return
+        try:
+            self.handle.cancel()  # for a failed download: its partial files go
+        except Exception as exc:
+            self.error = describe(exc, self.client)
+            self.label.value = _error_html(self.error)
+            return
+        repo = html.escape(str(self.handle.progress.get("repo_id", "")))
+        self.handle, self.error, self.state = None, "", "idle"
+        self.bar.value, self.bar.bar_style = 0, ""
+        self.download_button.description, self.remove_button.layout.display = "Download", "none"
+        self.label.value = f"{repo}: removed"
+
     def _fail(self, message: str) -> None:
         self.error, self.state = message, "error"
         self.label.value = _error_html(message)
@@ -189,12 +239,19 @@ class DownloadWidget(w.VBox):
 
     def _show(self, record: dict[str, Any]) -> None:
         total = record.get("total_bytes") or 0
+        done = record.get("downloaded_bytes") or 0
         self.bar.max = max(total, 1)
-        self.bar.value = min(record.get("downloaded_bytes") or 0, self.bar.max)
+        self.bar.value = min(done, self.bar.max)
+        repo, status = html.escape(str(record.get("repo_id", ""))), html.escape(str(record.get("status", "")))
+        if record.get("status") == "failed":
+            self.label.value = _error_html(f"{record.get('repo_id', '')}: {record.get('error') or 'failed'}")
+            return
+        if not record.get("files_total"):  # the Hub has not listed the files yet
+            self.label.value = f"{repo}: {status}…" if status != "cancelled" else f"{repo}: cancelled"
+            return
         self.label.value = (
-            f"{html.escape(str(record.get('repo_id', '')))}: {html.escape(str(record.get('status', '')))} — "
-            f"{_gib(record.get('downloaded_bytes'))} of {_gib(total)}, "
-            f"{record.get('files_done', 0)}/{record.get('files_total', 0)} files"
+            f"{repo}: {status} — {format_bytes(done)} of {format_bytes(total)}, "
+            f"{record.get('files_done') or 0}/{record['files_total']} files"
         )
 
     def _follow(self, handle) -> None:
@@ -208,6 +265,8 @@ class DownloadWidget(w.VBox):
                 self.error, self.state = record.get("error") or "", record["status"]
                 self.bar.bar_style = "danger"
                 self.download_button.disabled, self.cancel_button.disabled = False, True
+                self.download_button.description = "Retry"
+                self.remove_button.layout.display = "" if record["status"] == "failed" else "none"
             else:  # lost the server
                 self._fail(describe(exc, self.client))
             return
@@ -245,9 +304,9 @@ class PoolMonitor(w.VBox):
         budget = pool["limits"]["max_memory_bytes"]
         self.memory.max = max(budget, 1)
         self.memory.value = pool["memory_used_bytes"]
-        self.memory.description = f"{_gib(pool['memory_used_bytes'])} / {_gib(budget)}"
+        self.memory.description = f"{format_bytes(pool['memory_used_bytes'])} / {format_bytes(budget)}"
         rows = "".join(
-            f"<tr><td>{html.escape(m['model'])}</td><td>{m['status']}</td><td>{_gib(m['memory_bytes'])}</td>"
+            f"<tr><td>{html.escape(m['model'])}</td><td>{m['status']}</td><td>{format_bytes(m['memory_bytes'])}</td>"
             f"<td>{'📌' if m['pinned'] else ''}</td><td>{m['requests']}</td><td>{m['pid']}</td></tr>"
             for m in pool["models"]
         )
