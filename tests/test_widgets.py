@@ -213,3 +213,36 @@ def test_download_wait_blocks_on_the_stream():
     with pytest.raises(TimeoutError):
         handle.wait(timeout=0.1)
     assert handle.wait(timeout=30)["status"] == "completed" and server.gets == 0 and server.streams == 1
+
+
+def test_model_picker_without_models_picks_a_loaded_one(client, server):
+    client.load(MODEL)
+    try:
+        picker = ModelPicker(client)  # as a notebook writes it: nothing given
+        assert picker.dropdown.options[0] == MODEL and picker.model == MODEL and picker.state == "loaded"
+        assert "demo · random weights" in picker.status.value  # a demo model says what it is
+        chosen = ModelPicker(client, models=["local/other", MODEL])
+        assert list(chosen.dropdown.options) == ["local/other", MODEL] and chosen.model == MODEL
+    finally:
+        client.unload(MODEL)
+
+
+def test_download_widget_shows_why_a_download_failed_and_offers_retry_and_remove(tmp_path):
+    env = {"HF_ENDPOINT": "http://nonexistent.invalid", "HF_HOME": str(tmp_path / "hf")}
+    with jupyter_server(tmp_path, env=env) as running:
+        download = DownloadWidget(connect(running.url, running.token), repo_id="mlx-community/tiny")
+        download.start()
+        _until(lambda: download.state not in ("idle", "downloading"))
+        assert download.state == "failed" and "nonexistent.invalid cannot be reached" in download.error
+        assert "cannot be reached" in download.label.value and "0/None" not in download.label.value
+        assert "of 0 B" not in download.label.value and "GiB" not in download.label.value
+        assert download.download_button.description == "Retry" and not download.download_button.disabled
+        assert download.remove_button.layout.display != "none"
+
+        download.remove_button.click()
+        assert download.state == "idle" and download.remove_button.layout.display == "none"
+        assert download.download_button.description == "Download"
+
+        download.download_button.click()  # Retry: a new attempt, failing the same way
+        _until(lambda: download.state not in ("idle", "downloading"))
+        assert download.state == "failed" and "cannot be reached" in download.error
