@@ -217,6 +217,7 @@ class Request:
     reasoning_tokens: int = 0
     logprobs: int | None = None  # alternatives per token to report (None: no logprobs at all)
     token_logprobs: list[dict[str, Any]] = field(default_factory=list)  # entries not yet sent
+    completion: bool = False  # a completions request (its logprobs include an end-of-text token)
 
 
 class Engine:
@@ -590,7 +591,7 @@ class Engine:
         request = Request(
             rid, prompt, max_tokens, cached, rest, cache, sampler, processors,
             self.tokenizer.detokenizer, text_filter, self.eos, grammar=grammar, thinking=thinking,
-            logprobs=logprobs,
+            logprobs=logprobs, completion=command.get("kind") == "completion",
         )  # fmt: skip
         self.emit({"ev": "started", "id": rid, "prompt_tokens": len(prompt), "cached_tokens": cached})
         if echo:
@@ -984,6 +985,9 @@ class Engine:
         if request.first_token_at is None:
             request.first_token_at = time.perf_counter()
         if token in request.eos:
+            if request.completion and request.logprobs is not None and logprobs is not None:
+                # OpenAI's completions list the end-of-text token too (lm-eval drops the last entry)
+                request.token_logprobs.append(self._logprob_entry(token, logprobs, request.logprobs))
             return "stop"
         request.completion_tokens += 1
         was_reasoning = request.filter.state == "reasoning"
@@ -1122,6 +1126,11 @@ class Engine:
                 self._send_text(request, request.detokenizer.last_segment, final=True)
         except Exception as exc:  # the request must still end (with what it has)
             self._log(f"finishing {request.id}: {type(exc).__name__}: {exc}")
+        ended_on_eos = reason == "stop" and bool(request.generated) and request.generated[-1] in request.eos
+        if request.token_logprobs and request.completion and ended_on_eos:  # the end-of-text token's entry
+            event = {"ev": "text", "id": request.id, "text": "", "completion_tokens": request.completion_tokens}
+            self.emit({**event, "logprobs": request.token_logprobs})
+            request.token_logprobs = []
         if reason == "stop" and request.tool_calls:
             reason = "tool_calls"
         ttft = None if request.first_token_at is None else (request.first_token_at - request.started) * 1000
