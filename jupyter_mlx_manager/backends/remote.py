@@ -1,7 +1,7 @@
 """Remote backends: models served by another OpenAI-compatible server, behind our edge.
 
 A remote model `remote/<backend>/<upstream id>` goes through the same limits and audit as a
-local one (inference/service.py); only the generation happens elsewhere. The one internal
+local one (inference/pipeline.py); only the generation happens elsewhere. The one internal
 request is sent upstream as a streamed chat completion (or completion), and the upstream's
 SSE chunks are translated, as they arrive, into the runner's events (`started`, `text`,
 `reasoning`, `tool_call`, `done`), so every protocol we serve renders them unchanged.
@@ -27,13 +27,17 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from logging import Logger
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ..errors import MLXError, NotFound
+from ..errors import BadRequest, MLXError, NotFound
 from ..inference.request import InferenceRequest, InvalidParam
 from ..models.catalog import is_remote_id
+from .base import Backend, Event, HeldModel
+
+if TYPE_CHECKING:
+    from ..inference.embeddings import EmbeddingRequest
 
 REMOTE_PREFIX = "remote/"
 CONNECT_TIMEOUT = 10.0  # SPEC: an unreachable upstream is a 502 within this, never a hang
@@ -47,6 +51,7 @@ MAX_EMBEDDINGS_BYTES = 256 * 1024 * 1024  # 2,048 inputs × 4,096 dimensions as 
 GATEWAY_DOWN = (502, 503, 504)  # what a proxy in front of the engine answers when it is gone
 NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?")
 ENTRY_KEYS = {"url", "api_key_env", "models"}
+SERVED_KINDS = ("text", "vision", "embedding")  # what an OpenAI-compatible upstream is asked for here
 
 
 class UpstreamUnavailable(MLXError):
@@ -106,6 +111,11 @@ def _valid_upstream(backend: str, upstream_id: str) -> bool:
     return is_remote_id(f"{REMOTE_PREFIX}{backend}/{upstream_id}")
 
 
+def upstream_of(model_id: str) -> str:
+    """`remote/<backend>/<upstream id>` → the upstream id."""
+    return model_id[len(REMOTE_PREFIX) :].partition("/")[2]
+
+
 def upstream_body(request: InferenceRequest, upstream_id: str) -> dict[str, Any]:
     """The internal request as an OpenAI chat completion (or completion) for the upstream,
     always streamed with usage, so tokens reach the audit and text reaches the client as it
@@ -145,7 +155,44 @@ def upstream_body(request: InferenceRequest, upstream_id: str) -> dict[str, Any]
     return body
 
 
-class RemoteBackend:
+class RemoteModel(HeldModel):
+    """A model of an upstream, for one request: its operations go to the upstream."""
+
+    def __init__(self, backend: RemoteBackend, model_id: str, upstream_id: str):
+        self.backend = backend
+        self.model_id = model_id
+        self.upstream_id = upstream_id
+        self.info: dict[str, Any] = {}
+
+    def generate(self, request: InferenceRequest, request_id: str) -> AsyncIterator[Event]:
+        return self.backend.generate(request, self.upstream_id, request_id)
+
+    async def embed(self, request: EmbeddingRequest, request_id: str) -> AsyncIterator[Event]:
+        """The upstream's whole reply as the runner's events: the vectors as it sent them
+        (floats, or base64 when asked for), then its prompt tokens."""
+        answer = await self.backend.embed(request.upstream_body(), self.upstream_id, request_id)
+        items = [item for item in answer["data"] if isinstance(item, dict)]
+        yield {
+            "ev": "embeddings",
+            "index": [item.get("index", i) for i, item in enumerate(items)],
+            "data": [item.get("embedding") for item in items],
+        }
+        usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
+        tokens = usage.get("prompt_tokens")
+        yield {"ev": "done", "prompt_tokens": tokens if isinstance(tokens, int) else 0}
+
+    def transcribe(self, command: dict[str, Any], request_id: str) -> AsyncIterator[Event]:
+        raise _no_audio()
+
+    def speak(self, command: dict[str, Any], request_id: str) -> AsyncIterator[Event]:
+        raise _no_audio()
+
+
+def _no_audio() -> InvalidParam:
+    return InvalidParam("audio is not available for remote models", "model", "model_kind_not_supported")
+
+
+class RemoteBackend(Backend):
     """One upstream: its HTTP client, its models (configured, or discovered and cached) and
     its health."""
 
@@ -233,13 +280,46 @@ class RemoteBackend:
         if self.configured is not None and upstream_id not in self.configured:
             raise NotFound(f"remote backend {self.name} does not serve {upstream_id}", reason="model_not_found")
 
+    # -- the Backend interface -------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def hold(
+        self, model_id: str, *, user: dict[str, Any], kinds: tuple[str, ...], keep_alive: float | None = None
+    ) -> AsyncIterator[HeldModel]:
+        """Nothing to load or keep here: the upstream holds its models. Audio is not asked of
+        an upstream (it speaks chat, completions and embeddings)."""
+        if not set(kinds) & set(SERVED_KINDS):
+            raise _no_audio()
+        upstream_id = upstream_of(model_id)
+        self.check_model(upstream_id)
+        yield RemoteModel(self, model_id, upstream_id)
+
+    async def load(
+        self, model_id: str, *, user: dict[str, Any], pin: bool | None, keep_alive: float | None
+    ) -> dict[str, Any]:
+        return self._nothing_to_do(model_id, "load")
+
+    async def unload(self, model_id: str, *, user: dict[str, Any], force: bool) -> dict[str, Any]:
+        return self._nothing_to_do(model_id, "unload")
+
+    async def count_tokens(self, request: InferenceRequest) -> int:
+        raise BadRequest("token counting is not available for remote models", reason="not_supported_for_remote")
+
+    def _nothing_to_do(self, model_id: str, action: str) -> dict[str, Any]:
+        """The answer to a load or unload of a remote model: nothing to do here, and why."""
+        return {
+            "model": model_id,
+            "status": "remote",
+            "backend": self.name,
+            "health": self.health,
+            "message": f"{model_id} is served by remote backend {self.name}: there is nothing to {action} here",
+        }
+
     # -- generation ----------------------------------------------------------------------------
     async def generate(
         self, request: InferenceRequest, upstream_id: str, request_id: str
     ) -> AsyncIterator[dict[str, Any]]:
         """The runner's events for one request, translated from the upstream's stream as each
         chunk arrives. Closing this generator (a client that left) closes the upstream stream."""
-        self.check_model(upstream_id)
         path = "chat/completions" if request.kind == "chat" else "completions"
         started = time.monotonic()
         self.in_flight[upstream_id] += 1
@@ -266,7 +346,6 @@ class RemoteBackend:
     async def embed(self, body: dict[str, Any], upstream_id: str, request_id: str) -> dict[str, Any]:
         """The upstream's embeddings reply (OpenAI's JSON) for `body` (ours, less the model),
         read whole but bounded; the same health, errors and key handling as a generation."""
-        self.check_model(upstream_id)
         async with self._stream("embeddings", {**body, "model": upstream_id}, request_id) as reply:
             raw = bytearray()
             try:
@@ -441,18 +520,18 @@ class RemoteBackends:
     def __init__(self, configs: dict[str, BackendConfig], log: Logger):
         self.backends = {name: RemoteBackend(name, config, log) for name, config in configs.items()}
 
-    def resolve(self, model_id: str) -> tuple[RemoteBackend, str] | None:
-        """(backend, upstream id) of a remote model id; None for a local id; 404 for a remote
-        id naming no backend."""
+    def resolve(self, model_id: str) -> RemoteBackend | None:
+        """The backend of a remote model id; None for a local id; 404 for a remote id naming no
+        backend."""
         if not is_remote_id(model_id):
             return None
-        name, _, upstream_id = model_id[len(REMOTE_PREFIX) :].partition("/")
+        name = model_id[len(REMOTE_PREFIX) :].partition("/")[0]
         backend = self.backends.get(name.lower())
         if backend is None:
             raise NotFound(
                 f"there is no remote backend {name!r} (c.MLXManager.remote_backends)", reason="model_not_found"
             )
-        return backend, upstream_id
+        return backend
 
     async def _listed(self) -> list[tuple[RemoteBackend, str]]:
         lists = await asyncio.gather(*(b.models() for b in self.backends.values()))
@@ -474,19 +553,8 @@ class RemoteBackends:
             for b, i in await self._listed()
         ]  # fmt: skip
 
-    def noop(self, model_id: str, action: str) -> dict[str, Any]:
-        """The answer to a load or unload of a remote model: nothing to do here, and why."""
-        backend, upstream_id = self.resolve(model_id)
-        return {
-            "model": model_id,
-            "status": "remote",
-            "backend": backend.name,
-            "health": backend.health,
-            "message": f"{model_id} is served by remote backend {backend.name}: there is nothing to {action} here",
-        }
-
     async def close(self) -> None:
         await asyncio.gather(*(b.close() for b in self.backends.values()))
 
 
-__all__ = ["RemoteBackend", "RemoteBackends", "UpstreamUnavailable", "parse_backends"]
+__all__ = ["RemoteBackend", "RemoteBackends", "RemoteModel", "UpstreamUnavailable", "parse_backends"]

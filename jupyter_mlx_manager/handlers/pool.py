@@ -1,10 +1,10 @@
 """`mlx/api/pool…`: see, load and unload models. Who may pin, set a long keep-alive or
-force an unload is the pool's decision (`ModelPool.load`/`unload` take the user)."""
+force an unload is the pool's decision (`ModelPool.load`/`unload` take the user); what a load
+means is the model's backend's (a remote model has nothing to load)."""
 
 from __future__ import annotations
 
 from ..errors import BadRequest
-from ..models.catalog import is_remote_id
 from .base import MLXAPIHandler, authorized, web
 
 
@@ -28,12 +28,9 @@ class PoolLoadHandler(MLXAPIHandler):
         pin = body.get("pin")
         if pin is not None and not isinstance(pin, bool):
             raise BadRequest("pin must be true or false", reason="invalid_pin")
-        if is_remote_id(body.get("model")):
-            return self.write_json(self.mlx.remote.noop(body["model"], "load"))
-        model = await self.mlx.pool.load(
-            body.get("model"), pin=pin, keep_alive=body.get("keep_alive"), user=self.mlx_user
-        )
-        self.write_json(model.status())
+        model_id = body.get("model")
+        backend = self.mlx.backends.resolve(model_id)
+        self.write_json(await backend.load(model_id, user=self.mlx_user, pin=pin, keep_alive=body.get("keep_alive")))
 
 
 class PoolUnloadHandler(MLXAPIHandler):
@@ -46,8 +43,5 @@ class PoolUnloadHandler(MLXAPIHandler):
             raise BadRequest("model is required", reason="invalid_model_id")
         if not isinstance(force, bool):
             raise BadRequest("force must be true or false", reason="invalid_force")
-        if is_remote_id(model_id):
-            return self.write_json(self.mlx.remote.noop(model_id, "unload"))
-        loaded = self.mlx.pool.get_loaded_model(model_id)
-        await self.mlx.pool.unload(model_id, user=self.mlx_user, force=force)
-        self.write_json({"model": loaded.model_id if loaded else model_id, "status": "unloaded"})
+        backend = self.mlx.backends.resolve(model_id)
+        self.write_json(await backend.unload(model_id, user=self.mlx_user, force=force))

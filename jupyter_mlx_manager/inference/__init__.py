@@ -1,15 +1,18 @@
-"""Inference, whatever the wire format: the request model, the service that runs it, limits."""
+"""Inference, whatever the wire format: the request model, the one serving pipeline, the thin
+services on it (generation, embeddings, audio), limits."""
 
 from .limits import RequestLimits, ServerBusy
+from .pipeline import ServingFailed, ServingPipeline, Usage
 from .request import InferenceRequest, InvalidParam
-from .service import GenerationFailed, InferenceService, Usage
+from .service import InferenceService
 
 __all__ = [
-    "GenerationFailed",
     "InferenceRequest",
     "InferenceService",
     "InvalidParam",
     "RequestLimits",
     "ServerBusy",
+    "ServingFailed",
+    "ServingPipeline",
     "Usage",
 ]

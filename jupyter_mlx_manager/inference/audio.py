@@ -16,33 +16,25 @@ model's, else its default voice), `response_format` `wav` (the default here: Ope
 aac and flac would need encoders this server does not ship) and `speed` 1 only. The reply is a
 16-bit PCM WAV at the model's sample rate.
 
-Both go through the same limits and pool as generation (`pool.use` with the endpoint's kind: a
-chat model named here is a 400 on `model`, and so is a transcription model on speech) and write
-one audit record: `prompt_tokens` holds the audio samples in (transcription) or the characters
+Both go through the one serving pipeline with the endpoint's kind (a chat model named here is
+a 400 on `model`, and so is a transcription model on speech) and write one audit record: `prompt_tokens` holds the audio samples in (transcription) or the characters
 in (speech), `completion_tokens` the text tokens decoded or the audio samples out, and `detail`
 the seconds of audio.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import io
-import time
 import wave
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..audit import AuditLog
 from ..auth import Actor
-from ..errors import MLXError
-from ..models.catalog import is_remote_id, is_valid_model_id, scrub_paths
-from ..pool import ModelPool, RunnerCrashed
-from .limits import RequestLimits
+from ..models.catalog import is_valid_model_id
+from .pipeline import ServingFailed, ServingPipeline
 from .request import InvalidParam
 
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # OpenAI's limit
@@ -50,11 +42,6 @@ MAX_INPUT_CHARS = 4096
 SAMPLE_RATE = 16000
 FORMATS = "WAV, FLAC, MP3 or Ogg Vorbis"
 TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json")
-
-
-class AudioFailed(MLXError):
-    status_code = 500
-    reason = "server_error"
 
 
 @dataclass
@@ -80,8 +67,6 @@ class SpeechRequest:
 def _model(value: Any) -> str:
     if not is_valid_model_id(value):
         raise InvalidParam("model must be a model id such as 'org/name' or 'local/<folder>'", "model", "invalid_model")
-    if is_remote_id(value):
-        raise InvalidParam("audio is not available for remote models", "model", "model_kind_not_supported")
     return value
 
 
@@ -166,10 +151,10 @@ def wav_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
 
 
 class AudioService:
-    def __init__(self, pool: ModelPool, audit: AuditLog, limits: RequestLimits):
-        self.pool = pool
-        self.audit = audit
-        self.limits = limits
+    """Transcription and speech on the one serving pipeline."""
+
+    def __init__(self, pipeline: ServingPipeline):
+        self.pipeline = pipeline
 
     async def transcribe(
         self, actor: Actor, endpoint: str, request: TranscriptionRequest, request_id: str
@@ -179,16 +164,15 @@ class AudioService:
         if request.temperature is not None:
             command["temperature"] = request.temperature
         result: dict[str, Any] = {}
-        async with self._run(actor, endpoint, request.model, request_id, ("transcription",), "transcribe", command) as (
-            events,
-            usage,
-        ):
-            async for event in events:
+        async with self.pipeline.serve(
+            actor, endpoint, request.model, request_id, kinds=("transcription",), action="transcriptions"
+        ) as call:
+            async for event in call.events(call.model.transcribe(command, request_id), _param):
                 if event["ev"] == "transcription":
                     result = event
             if not result:
-                raise AudioFailed("the runner gave no transcription")
-            usage["detail"] = f"{request.seconds:.2f} s of audio in"
+                raise ServingFailed("the runner gave no transcription")
+            call.usage.detail = f"{request.seconds:.2f} s of audio in"
         return {k: result.get(k) for k in ("text", "language", "duration", "segments")}
 
     async def speak(self, actor: Actor, endpoint: str, request: SpeechRequest, request_id: str) -> bytes:
@@ -196,72 +180,20 @@ class AudioService:
         chunks: list[np.ndarray] = []
         sample_rate = 0
         command = {"input": request.input, "voice": request.voice}
-        async with self._run(actor, endpoint, request.model, request_id, ("speech",), "speak", command) as (
-            events,
-            usage,
-        ):
-            async for event in events:
+        async with self.pipeline.serve(
+            actor, endpoint, request.model, request_id, kinds=("speech",), action="speech"
+        ) as call:
+            async for event in call.events(call.model.speak(command, request_id), _param):
                 if event["ev"] == "audio":
                     chunks.append(np.frombuffer(base64.b64decode(event["data"]), dtype="<f4"))
                     sample_rate = int(event["sample_rate"])
             samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype="<f4")
             if not sample_rate or not len(samples):
-                raise AudioFailed("the model produced no audio")
-            usage["detail"] = f"{len(samples) / sample_rate:.2f} s of audio out"
+                raise ServingFailed("the model produced no audio")
+            call.usage.detail = f"{len(samples) / sample_rate:.2f} s of audio out"
         return wav_bytes(samples, sample_rate)
 
-    @contextlib.asynccontextmanager
-    async def _run(
-        self, actor: Actor, endpoint: str, model_id: str, request_id: str, kinds: tuple[str, ...], op: str,
-        command: dict[str, Any],
-    ) -> AsyncIterator[tuple[AsyncIterator[dict[str, Any]], dict[str, Any]]]:  # fmt: skip
-        """Limits → `pool.use(kinds=…)` → the runner's events up to `done` (errors raised as
-        the HTTP errors they are), and one audit record whatever happens."""
-        started = time.monotonic()
-        status, error_type = "error", None
-        usage: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0, "detail": None, "model": model_id}
-        try:
-            async with (
-                self.limits.admit(actor.user["username"], model_id),
-                self.pool.use(model_id, user=actor.user, kinds=kinds) as model,
-            ):
-                usage["model"] = model.model_id
-                send = model.runner.transcribe if op == "transcribe" else model.runner.speak
-                async with contextlib.aclosing(send(request_id, command)) as raw:
 
-                    async def events() -> AsyncIterator[dict[str, Any]]:
-                        nonlocal error_type
-                        async for event in raw:
-                            if event["ev"] == "error":
-                                error_type = event.get("code") or event["type"]
-                                if event["type"] == "invalid_request_error":
-                                    param = event.get("param") or "model"
-                                    raise InvalidParam(event["message"], param, event.get("code"))
-                                raise AudioFailed(
-                                    scrub_paths(event["message"]), reason=event.get("code") or "server_error"
-                                )
-                            if event["ev"] == "done":
-                                usage["prompt_tokens"] = int(event.get("prompt_tokens") or 0)
-                                usage["completion_tokens"] = int(event.get("completion_tokens") or 0)
-                            yield event
-
-                    yield events(), usage
-            status = "ok"
-        except (asyncio.CancelledError, GeneratorExit):
-            status, error_type = "cancelled", "client_disconnected"
-            raise
-        except RunnerCrashed as exc:
-            error_type = "runner_crashed"
-            raise AudioFailed(str(exc), reason="runner_crashed") from None
-        except MLXError as exc:
-            error_type = error_type or getattr(exc, "code", None) or exc.reason
-            raise
-        finally:
-            await asyncio.shield(
-                self.audit.record(
-                    "transcriptions" if op == "transcribe" else "speech", status=status, request_id=request_id, user=actor.user["username"], client=actor.client,
-                    endpoint=endpoint, model=usage["model"], prompt_tokens=usage["prompt_tokens"], cached_tokens=0,
-                    completion_tokens=usage["completion_tokens"], duration_ms=(time.monotonic() - started) * 1000,
-                    error_type=error_type, backend="local", detail=usage["detail"], **actor.context,
-                )
-            )  # fmt: skip
+def _param(name: str | None) -> str:
+    """The runner's audio errors name no field of the form but the model's."""
+    return name or "model"

@@ -1,0 +1,107 @@
+"""The local backend: models on this machine, each in a runner process held through the pool.
+
+What the runner must never see is checked here, against the loaded model's own figures (its
+`ready` event): token ids outside the vocabulary (MLX does no bounds checks), token lists
+beyond the context, `dimensions` the model cannot give.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from ..errors import NotFound
+from ..inference.request import InvalidParam, check_token_ids
+from ..inference.tokens import TokenCounter
+from .base import Backend, Event, HeldModel
+
+if TYPE_CHECKING:
+    from ..inference.embeddings import EmbeddingRequest
+    from ..inference.request import InferenceRequest
+    from ..pool import ModelPool
+    from ..pool.pool import LoadedModel
+
+
+class LocalModel(HeldModel):
+    def __init__(self, model: LoadedModel):
+        self.model_id = model.model_id
+        self.info = model.runner.info
+        self.runner = model.runner
+
+    def generate(self, request: InferenceRequest, request_id: str) -> AsyncIterator[Event]:
+        command = request.command()
+        check_token_ids(command, self.info.get("vocab_size"))
+        return self.runner.generate(request_id, command)
+
+    def embed(self, request: EmbeddingRequest, request_id: str) -> AsyncIterator[Event]:
+        _check_embedding(request, self.info)
+        return self.runner.embed(request_id, {"inputs": request.inputs, "dimensions": request.dimensions})
+
+    def transcribe(self, command: dict[str, Any], request_id: str) -> AsyncIterator[Event]:
+        return self.runner.transcribe(request_id, command)
+
+    def speak(self, command: dict[str, Any], request_id: str) -> AsyncIterator[Event]:
+        return self.runner.speak(request_id, command)
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self, pool: ModelPool):
+        self.pool = pool
+        self.tokens = TokenCounter()
+
+    @contextlib.asynccontextmanager
+    async def hold(
+        self, model_id: str, *, user: dict[str, Any], kinds: tuple[str, ...], keep_alive: float | None = None
+    ) -> AsyncIterator[HeldModel]:
+        async with self.pool.use(model_id, keep_alive, user=user, kinds=kinds) as model:
+            yield LocalModel(model)
+
+    async def load(
+        self, model_id: str, *, user: dict[str, Any], pin: bool | None, keep_alive: float | None
+    ) -> dict[str, Any]:
+        return (await self.pool.load(model_id, pin=pin, keep_alive=keep_alive, user=user)).status()
+
+    async def unload(self, model_id: str, *, user: dict[str, Any], force: bool) -> dict[str, Any]:
+        loaded = self.pool.get_loaded_model(model_id)
+        await self.pool.unload(model_id, user=user, force=force)
+        return {"model": loaded.model_id if loaded else model_id, "status": "unloaded"}
+
+    async def count_tokens(self, request: InferenceRequest) -> int:
+        """With the model's own tokenizer and chat template, in this process (`tokenizers`, no
+        runner, no MLX), off the event loop."""
+        loop = asyncio.get_running_loop()
+        folder = await loop.run_in_executor(None, self.pool.catalog.resolve, request.model)
+        if folder is None:
+            raise NotFound(f"model {request.model} is not on this machine", reason="model_not_found")
+        return await loop.run_in_executor(None, self.tokens.count, folder, request.command())
+
+
+def _check_embedding(request: EmbeddingRequest, info: dict[str, Any]) -> None:
+    """Token ids inside the vocabulary, token lists inside the context, and `dimensions` only
+    where the model may be shortened."""
+    vocab, context = info.get("vocab_size"), info.get("context_length")
+    for i, item in enumerate(request.inputs):
+        if isinstance(item, str):
+            continue
+        if vocab and max(item) >= vocab:
+            raise InvalidParam(
+                f"input {i}: token id {max(item)} is outside this model's vocabulary (0 to {vocab - 1})",
+                "input",
+                "invalid_token_id",
+            )
+        if context and len(item) > context:
+            raise InvalidParam(
+                f"input {i} has {len(item)} tokens; this model takes at most {context}",
+                "input",
+                "context_length_exceeded",
+            )
+    full = info.get("dimensions")
+    if request.dimensions is not None and request.dimensions != full:
+        if not info.get("matryoshka"):
+            raise InvalidParam(f"{request.model} does not support shorter embeddings (dimensions)", "dimensions")
+        if full and request.dimensions > full:
+            raise InvalidParam(f"dimensions must be at most {full} for {request.model}", "dimensions")
