@@ -25,7 +25,14 @@ SPECIAL = ("<|im_start|>", "<|endoftext|>", "<|im_end|>")
 
 @pytest.fixture(scope="module")
 def demo_models(tmp_path_factory):
-    return build_models(tmp_path_factory.mktemp("first-hour"), ["tiny-demo"])
+    root = tmp_path_factory.mktemp("first-hour")
+    folder = build_models(root, ["tiny-demo"])
+    subprocess.run(
+        [sys.executable, "-m", "jupyter_mlx_manager.cli", "--data-dir", str(root / "cli-data"), "demo-model",
+         "--dir", str(folder), "--kind", "embedding"],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    return folder
 
 
 @pytest.fixture(params=sorted(UNREACHABLE))
@@ -156,3 +163,9 @@ async def test_demo_models_are_labelled_and_status_is_a_table(api):
     rows = dict(status.rows())
     assert rows["version"] and rows["device"] and "of at most" in rows["loaded models"]
     assert "GiB" in rows["memory"] and "<table>" in status._repr_html_() and "{" not in status._repr_html_()
+
+
+async def test_a_model_of_another_kind_is_named_with_the_right_article(api):
+    body = {"model": "local/tiny-embedding", "messages": [{"role": "user", "content": "Hi"}]}
+    refused = await api("POST", "mlx/v1/chat/completions", body=body)
+    assert refused.code == 400 and "is an embedding model" in refused.body["error"]["message"], refused.body

@@ -36,7 +36,7 @@ def _services(data_dir: str | None):
 
 def demo_model(args: argparse.Namespace) -> int:
     from ..app import MLXManager
-    from ..models.catalog import KINDS, ModelCatalog, missing_extra
+    from ..models.catalog import KINDS, ModelCatalog, missing_extra, with_article
 
     settings = MLXManager(config=server_config())
     data_dir = Path(args.data_dir or settings.data_dir).expanduser()
@@ -64,7 +64,7 @@ def demo_model(args: argparse.Namespace) -> int:
             print(f"models already present ({', '.join(catalog.local_ids()[:3])}); not creating the demo model")
             return 0
         for kind in [k for k in kinds if k in present]:
-            print(f"a {kind} model is already present; not creating its demo model")
+            print(f"{with_article(kind)} model is already present; not creating its demo model".capitalize())
         kinds = [k for k in kinds if k not in present]
     for kind in kinds:
         name = args.name or DEMO_NAMES[kind]

@@ -657,6 +657,11 @@ def model_kind(path: Path, config: dict[str, Any] | None = None) -> str:
     return "text"
 
 
+def with_article(word: str) -> str:
+    """`a text`, `an embedding`: a kind with its article (by its first letter, right for every kind)."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
 def missing_extra(kind: str) -> str | None:
     """Why models of `kind` cannot be served here, naming the extra to install; None if they can.
     The package is looked up, not imported (the server never imports MLX)."""
@@ -681,7 +686,7 @@ class WrongKind(BadRequest):
 def check_kind(model_id: str, kind: str, wanted: tuple[str, ...] | None = None) -> None:
     """WrongKind unless a model of `kind` can be served here (and, with `wanted`, is one of those)."""
     if wanted is not None and kind not in wanted:
-        raise WrongKind(f"{model_id} is a {kind} model; this endpoint serves {' or '.join(wanted)} models")
+        raise WrongKind(f"{model_id} is {with_article(kind)} model; this endpoint serves {' or '.join(wanted)} models")
     problem = missing_extra(kind)
     if problem:
         raise WrongKind(f"{model_id} cannot be served: {problem}", code="extra_not_installed")
