@@ -18,11 +18,14 @@ from ._version import __version__
 from .audit import AuditLog
 from .audit.log import EVENT_SCHEMA_ID
 from .auth import TokenIssuer, UserService, resolve_secret
-from .backends import RemoteBackends, parse_backends
+from .backends import Backends, LocalBackend, RemoteBackends, parse_backends
+from .batches import BatchService, FileStore, LineRunner
+from .budgets import Budgets, check_budgets
 from .downloads import DownloadManager
+from .errors import MLXError
 from .handlers import ROUTES
 from .handlers.proxy import SharedService, shared_service_routes
-from .inference import InferenceService, RequestLimits
+from .inference import InferenceService, RequestLimits, ServingPipeline
 from .inference.audio import AudioService
 from .inference.embeddings import EmbeddingService
 from .inference.images import ImageLimits
@@ -155,6 +158,12 @@ class MLXManager(ExtensionApp):
         "refused with 503 server_busy and Retry-After. Default: 64.",
     ).tag(config=True)
 
+    batch_slots = Int(
+        -1,
+        help="Decoding slots of one model that background batch lines may hold at once (they wait while "
+        "any interactive request is waiting). Default: -1 = half of max_batch_size.",
+    ).tag(config=True)
+
     prefill_step_size = Int(
         512,
         help="Prompt tokens prefilled per scheduler step on every path: no single step holds up "
@@ -184,6 +193,26 @@ class MLXManager(ExtensionApp):
 
     max_images_per_request = Int(8, help="Images one chat request may carry (each at most 20 MB).").tag(config=True)
 
+    max_body_mb = Float(
+        16.0,
+        help="The largest JSON request body, in MB, refused with 413 from its Content-Length before it "
+        "is read. Routes that carry images or audio allow what those need on top. Default: 16.",
+    ).tag(config=True)
+
+    max_image_mb_in_flight = Float(
+        256.0,
+        help="Bytes of image-carrying requests (chat, Messages, Responses) one user may have in flight "
+        "at once, in MB, counted from Content-Length before the body is read; beyond it 429 with "
+        "Retry-After. Default: 256.",
+    ).tag(config=True)
+
+    max_connections_per_ip = Int(
+        256,
+        help="`jupyter mlx-manager serve`: open connections one client address may hold; more are "
+        "closed at once. 0 = no bound. Not applied as a JupyterHub service, whose clients all come "
+        "through the Hub's proxy. Default: 256.",
+    ).tag(config=True)
+
     warm_runner = Bool(
         True,
         help="Keep one spare runner process with MLX and mlx-lm already imported, waiting for a "
@@ -198,6 +227,15 @@ class MLXManager(ExtensionApp):
         "(and so see its private and gated repos). Default: False: only admins' requests use it.",
     ).tag(config=True)
 
+    budgets = Dict(
+        help=(
+            "Token budgets (prompt + completion tokens) per UTC minute, day and month: "
+            '{"default": {"tokens_per_day": 200000}, "users": {"alice": {...}}, "groups": {"students": {...}}}, '
+            "each with tokens_per_minute / tokens_per_day / tokens_per_month (0 or absent = unlimited). A user's own "
+            "budget wins, else their JupyterHub groups' most generous, else the default. Admins change them at "
+            "run time with PUT mlx/api/budgets. Default: none."
+        )
+    ).tag(config=True)
     remote_backends = Dict(
         help="Models served by other OpenAI-compatible servers (vLLM, exo, mlx_lm.server, a LiteLLM "
         "proxy, another jupyter-mlx-manager), as remote/<name>/<upstream id>, behind this server's "
@@ -275,19 +313,31 @@ class MLXManager(ExtensionApp):
             max_concurrent=self.max_concurrent_downloads, log=self.log, hf_token_for_users=self.hf_token_for_users,
         )  # fmt: skip
         IOLoop.current().add_callback(self.downloads.start)  # resumes unfinished downloads
-        self.limits = RequestLimits(self.max_requests_per_user, self.max_batch_size, self.max_queued_requests)
+        self.limits = RequestLimits(
+            self.max_requests_per_user,
+            self.max_batch_size,
+            self.max_queued_requests,
+            batch_slots=None if self.batch_slots < 0 else self.batch_slots,
+        )
         self.remote = RemoteBackends(self._remote_backend_configs(), log=self.log)
+        self.backends = Backends(LocalBackend(self.pool), self.remote)
+        self.budget_service = Budgets(self.db, self._budget_config())
+        self.budget_service.load()
+        self.audit.listeners.append(self.budget_service.on_record)
+        pipeline = ServingPipeline(self.backends, self.audit, self.limits, self.budget_service)
         self.completions = InferenceService(
-            self.pool,
-            self.audit,
-            self.limits,
+            pipeline,
             record_content=self.audit_record_content,
-            remote=self.remote,
             image_limits=ImageLimits(max(0, self.max_images_per_request), self.allow_image_urls),
         )
-        self.embeddings = EmbeddingService(self.pool, self.audit, self.limits, remote=self.remote)
-        self.audio = AudioService(self.pool, self.audit, self.limits)
+        self.embeddings = EmbeddingService(pipeline)
+        self.audio = AudioService(pipeline)
         self.responses = ResponseStore(self.db, self.responses_ttl_hours)
+        self.files = FileStore(self.db, data_dir / "files")
+        self.batches = BatchService(
+            self.db, self.files, self.users.get_by_name, LineRunner(self), self.limits.batch_slots, self.log
+        )
+        IOLoop.current().add_callback(self.batches.start)  # resumes the batches a stop interrupted
         metrics.install(self)
         self._sockets: set[Any] = set()
         self._requests: set[Any] = set()  # inference handlers answering now
@@ -295,6 +345,14 @@ class MLXManager(ExtensionApp):
         self.users.change_listeners.append(self._recheck_sockets)
         self._device: asyncio.Task | None = None
         self.log.info("jupyter-mlx-manager %s: data in %s", __version__, data_dir)
+
+    def _budget_config(self) -> dict:
+        """The checked `budgets`; a bad value is logged and no configured budgets apply."""
+        try:
+            return check_budgets(self.budgets)
+        except MLXError as exc:
+            self.log.error("c.MLXManager.budgets: %s; no configured budgets apply", exc)
+            return {}
 
     def _remote_backend_configs(self) -> dict:
         """The checked `remote_backends`; a bad entry is logged and none are served. (Checked
@@ -334,6 +392,7 @@ class MLXManager(ExtensionApp):
                 break
             await asyncio.sleep(0.05)
         await self.downloads.stop()
+        await self.batches.stop()
         await self.remote.close()
         await self.pool.shutdown()
         for socket in list(self._sockets):

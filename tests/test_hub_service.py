@@ -64,7 +64,7 @@ def hub(tmp_path_factory):
         services=[service],
         roles=[{"name": "user", "scopes": ["self", "access:services!service=mlx"]}],
         extra_config='c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", '
-        '"access:services!service=mlx"]',
+        '"access:services!service=mlx"]\nc.JupyterHub.load_groups = {"students": {"users": ["bob"]}}',
         args=[f"--MLXManager.pool_url=http://127.0.0.1:{port}/services/mlx/"],
     ) as running:
         running.tokens = {name: running.token_for(name) for name in ("alice", "bob")}
@@ -122,6 +122,27 @@ def test_hub_tokens_and_admins_on_the_service(hub):
         base_url=hub.service_url("mlx") + "mlx/v1", api_key=created.json()["token"], max_retries=0, timeout=120
     )
     assert MODEL in [m.id for m in client.models.list().data]
+
+
+def test_group_budgets_follow_the_hubs_groups(hub):
+    """bob is in the Hub group `students`, alice is not: a students' budget binds bob only."""
+    alice, bob = _headers(hub, "alice"), _headers(hub, "bob")
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
+    budget = {"groups": {"students": {"tokens_per_day": 1}}}
+    assert _service(hub, "PUT", "mlx/api/budgets", json=budget, headers=bob).status_code == 403
+    assert _service(hub, "PUT", "mlx/api/budgets", json=budget, headers=alice).status_code == 200
+    try:
+        first = _service(hub, "POST", "mlx/v1/chat/completions", json=chat, headers=bob)
+        assert first.status_code == 200, first.text  # nothing spent yet today
+        refused = _service(hub, "POST", "mlx/v1/chat/completions", json=chat, headers=bob)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
+        assert int(refused.headers["Retry-After"]) > 0
+        own = _service(hub, "GET", "mlx/api/budgets", headers=bob).json()
+        assert own["windows"]["tokens_per_day"]["limit"] == 1 and own["windows"]["tokens_per_day"]["remaining"] == 0
+        for _ in range(2):  # alice is no student
+            assert _service(hub, "POST", "mlx/v1/chat/completions", json=chat, headers=alice).status_code == 200
+    finally:
+        _service(hub, "PUT", "mlx/api/budgets", json={"groups": {"students": None}}, headers=alice)
 
 
 def test_browser_signs_in_with_hub_oauth(hub):

@@ -177,19 +177,22 @@ class AuditLog:
         return await self.db.read(run)
 
     async def grouped_stats(self, group_by: str, limit: int = 100, **filters: str | None) -> list[dict[str, Any]]:
-        """Inference requests (records with an endpoint) per `group_by` value (notebook, user or
-        model), most requests first: requests, token sums and total duration (ms). The `None`
-        key gathers the requests without one (e.g. not from a notebook)."""
-        if group_by not in GROUP_BY:
-            raise ValueError(f"group_by must be one of {GROUP_BY}")
+        """Inference requests (records with an endpoint) per `group_by` value (notebook, user,
+        model, or the UTC day), most requests first (days in order): requests, token sums and
+        total duration (ms). The `None` key gathers the requests without one (e.g. not from a
+        notebook). `mlx/api/usage` and the budgets count from these same records."""
+        if group_by not in (*GROUP_BY, "day"):
+            raise ValueError(f"group_by must be one of {(*GROUP_BY, 'day')}")
+        column = "substr(time, 1, 10)" if group_by == "day" else group_by
+        order = "1" if group_by == "day" else "2 DESC, 1"
         where, params = _where(**filters)
         cond = f"{where} {'AND' if where else 'WHERE'} endpoint IS NOT NULL"
 
         def run(conn):
             rows = conn.execute(
-                f"SELECT {group_by}, COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), "
-                f"COALESCE(SUM(duration_ms), 0) FROM audit_log {cond} GROUP BY {group_by} "
-                f"ORDER BY 2 DESC, 1 LIMIT ?",
+                f"SELECT {column}, COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), "
+                f"COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(duration_ms), 0) FROM audit_log {cond} "
+                f"GROUP BY {column} ORDER BY {order} LIMIT ?",
                 [*params, limit],
             )
             return [
@@ -198,9 +201,10 @@ class AuditLog:
                     "requests": n,
                     "prompt_tokens": prompt,
                     "completion_tokens": completion,
+                    "cached_tokens": cached,
                     "duration_ms": round(duration, 1),
                 }
-                for key, n, prompt, completion, duration in rows
+                for key, n, prompt, completion, cached, duration in rows
             ]
 
         return await self.db.read(run)

@@ -36,6 +36,7 @@ class Actor:
     client: str  # "browser", "kernel" or "api_token"
     # Extra audit fields that say where the request came from (e.g. the notebook of a kernel).
     context: dict[str, Any] = field(default_factory=dict)
+    groups: tuple[str, ...] = ()  # the identity provider's groups (JupyterHub's), for budgets
 
 
 def validate_username(username: Any) -> str:

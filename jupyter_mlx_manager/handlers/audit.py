@@ -19,7 +19,7 @@ from ..errors import BadRequest, Forbidden
 from .base import MLXAPIHandler, MLXWebSocketHandler, authorized, web, ws_authenticated
 
 
-def _int_argument(handler, name: str, default: int, low: int, high: int) -> int:
+def int_argument(handler, name: str, default: int, low: int, high: int) -> int:
     raw = handler.get_query_argument(name, str(default))
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 12) or not low <= int(raw) <= high:
         raise BadRequest(f"{name} must be an integer from {low} to {high}", reason=f"invalid_{name}")
@@ -63,8 +63,8 @@ class AuditHandler(_AuditQueryHandler):
     @authorized
     async def get(self):
         records, total = await self.mlx.audit.query(
-            limit=_int_argument(self, "limit", 100, 1, 1000),
-            offset=_int_argument(self, "offset", 0, 0, 10**9),
+            limit=int_argument(self, "limit", 100, 1, 1000),
+            offset=int_argument(self, "offset", 0, 0, 10**9),
             **self.filters(),
         )
         self.write_json({"records": records, "total": total})
@@ -83,8 +83,26 @@ class AuditStatsHandler(_AuditQueryHandler):
             return
         if group_by not in GROUP_BY:
             raise BadRequest(f"group_by must be one of {', '.join(GROUP_BY)}", reason="invalid_group_by")
-        limit = _int_argument(self, "limit", 100, 1, 1000)
+        limit = int_argument(self, "limit", 100, 1, 1000)
         self.write_json({"groups": await self.mlx.audit.grouped_stats(group_by, limit=limit, **self.filters())})
+
+
+USAGE_GROUP_BY = ("day", "user", "model", "notebook")
+
+
+class UsageHandler(_AuditQueryHandler):
+    """`mlx/api/usage`: requests and tokens per day, user, model or notebook (own records;
+    admins everyone's), from the same audit records the budgets count."""
+
+    @web.authenticated
+    @authorized
+    async def get(self):
+        group_by = self.get_query_argument("group_by", "day")
+        if group_by not in USAGE_GROUP_BY:
+            raise BadRequest(f"group_by must be one of {', '.join(USAGE_GROUP_BY)}", reason="invalid_group_by")
+        limit = int_argument(self, "limit", 1000, 1, 10000)
+        rows = await self.mlx.audit.grouped_stats(group_by, limit=limit, **self.filters())
+        self.write_json({"group_by": group_by, "rows": rows})
 
 
 class AuditExportHandler(_AuditQueryHandler):
@@ -129,7 +147,7 @@ class AuditWebSocketHandler(MLXWebSocketHandler):
 
     @ws_authenticated
     async def get(self, *args, **kwargs):
-        self._replay = _int_argument(self, "replay", 0, 0, 1000)
+        self._replay = int_argument(self, "replay", 0, 0, 1000)
         return await super().get(*args, **kwargs)
 
     async def open(self, *args, **kwargs):

@@ -95,4 +95,54 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE audit_log ADD COLUMN backend TEXT;
     """,
+    # 6: token budgets set by admins through `mlx/api/budgets` (budgets.py): one row per
+    # scope and name (the default's name is ''), its limits as JSON; config holds the rest.
+    """
+    CREATE TABLE budgets (
+        scope       TEXT NOT NULL CHECK (scope IN ('default', 'user', 'group')),
+        name        TEXT NOT NULL,
+        limits      TEXT NOT NULL,
+        updated_at  TEXT NOT NULL,
+        PRIMARY KEY (scope, name)
+    );
+    """,
+    # 7: OpenAI's Files and Batch API (batches/): uploaded files (their bytes live in
+    # <data_dir>/files/<id>) and batches, whose output and error files are files too.
+    """
+    CREATE TABLE files (
+        id          TEXT PRIMARY KEY,
+        user        TEXT NOT NULL,
+        filename    TEXT NOT NULL,
+        purpose     TEXT NOT NULL,
+        bytes       INTEGER NOT NULL,
+        lines       INTEGER NOT NULL,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE INDEX files_user ON files(user, created_at);
+    CREATE TABLE batches (
+        id                 TEXT PRIMARY KEY,
+        user               TEXT NOT NULL,
+        endpoint           TEXT NOT NULL,
+        input_file_id      TEXT NOT NULL,
+        completion_window  TEXT NOT NULL,
+        status             TEXT NOT NULL,
+        output_file_id     TEXT,
+        error_file_id      TEXT,
+        total              INTEGER NOT NULL DEFAULT 0,
+        completed          INTEGER NOT NULL DEFAULT 0,
+        failed             INTEGER NOT NULL DEFAULT 0,
+        metadata           TEXT,
+        errors             TEXT,
+        created_at         INTEGER NOT NULL,
+        in_progress_at     INTEGER,
+        finalizing_at      INTEGER,
+        completed_at       INTEGER,
+        failed_at          INTEGER,
+        cancelling_at      INTEGER,
+        cancelled_at       INTEGER,
+        expires_at         INTEGER NOT NULL
+    );
+    CREATE INDEX batches_user ON batches(user, created_at);
+    CREATE INDEX batches_status ON batches(status);
+    """,
 ]
