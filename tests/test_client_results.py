@@ -135,6 +135,17 @@ def test_tables_escape_and_format_their_cells():
     assert "more rows" in Table([{"n": i} for i in range(500)])._repr_html_()
 
 
+def test_sizes_have_one_style_and_status_renders_as_a_table(client):
+    from jupyter_mlx_manager.client.results import format_bytes
+
+    assert [format_bytes(n) for n in (512, 3 * 1024**2, 1536 * 1024**2)] == ["512 B", "3.0 MiB", "1.5 GiB"]
+    status = client.status()
+    assert isinstance(status, dict) and status["version"]  # still the API's dict
+    html = status._repr_html_()
+    assert "<table>" in html and "device" in html and "loaded models" in html and "{" not in html
+    assert "GiB" in dict(status.rows())["memory"]
+
+
 def test_a_reply_renders_as_markdown_without_raw_html():
     reply = ChatResult("see <img src=x onerror=alert(1)> and `<b>` and\n```html\n<p>x</p>\n```\n", model="m/x")
     markdown = reply._repr_markdown_()

@@ -138,6 +138,46 @@ def kinds_lab(tmp_path_factory):
         yield server
 
 
+@pytest.fixture(scope="module")
+def fresh_lab(tmp_path_factory):
+    """What a fresh `make run` gives, with no network: demo models of every installed kind made
+    by `demo-model --all-kinds --if-missing` in the data folder, the server's defaults
+    (`max_loaded_models` 3), and a Hub whose host name does not resolve."""
+    root = tmp_path_factory.mktemp("fresh")
+    subprocess.run(
+        [sys.executable, "-m", "jupyter_mlx_manager.cli", "--data-dir", str(root / "data"), "demo-model",
+         "--all-kinds", "--if-missing"],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    env = {"HF_ENDPOINT": "http://nonexistent.invalid", "HF_HOME": str(root / "hf"), "HOME": str(root / "home")}
+    with jupyter_server(root, env=env) as server:
+        yield server
+
+
+def test_quickstart_offline_goes_on_with_the_demo_model(fresh_lab):
+    nb = run_notebook(fresh_lab, "01-quickstart.ipynb")
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = _outputs(nb)
+    assert "the Hub at nonexistent.invalid cannot be reached" in text
+    assert "using local/tiny-demo instead" in text and "chat.completions" in text
+    status = _cell(nb, "mlx.status()").outputs[0].data
+    assert "<table>" in status["text/html"] and "version" in status["text/html"]
+
+
+@pytest.mark.timeout(300)
+def test_beyond_text_on_a_fresh_server_lists_all_its_models(fresh_lab):
+    nb = run_notebook(fresh_lab, "05-beyond-text.ipynb")
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    (listing,) = [o for o in _cell(nb, "used = [").outputs if o.output_type == "execute_result"]
+    for kind in KINDS:
+        assert f"local/tiny-{kind}" in listing.data["text/plain"]
+    pool = requests.get(fresh_lab.url + "mlx/api/pool", headers=fresh_lab.headers, timeout=10).json()
+    assert len(pool["models"]) <= pool["limits"]["max_loaded_models"] == 3  # eviction made room
+    assert "unloaded to make room" in listing.data["text/plain"]
+
+
 class _Table(HTMLParser):
     """The cells of an HTML table (pandas' `_repr_html_`), row by row, header cells included."""
 
