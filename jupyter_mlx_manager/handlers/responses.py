@@ -25,17 +25,21 @@ class ResponseNotFound(NotFound):
         self.param = param
 
 
+async def _history(handler: MLXAPIHandler, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The items of the conversation a `previous_response_id` continues (the user's own)."""
+    previous = previous_id(body)
+    if previous is None:
+        return []
+    found = await handler.mlx.responses.get(handler.mlx_user["username"], previous)
+    if found is None:
+        raise ResponseNotFound(previous, "previous_response_id")
+    return found[1]
+
+
 class ResponsesHandler(OpenAIErrors, InferenceHandler):
     async def serve(self) -> None:
         body = self.json_body()
-        store = self.mlx.responses
-        history: list[dict[str, Any]] = []
-        previous = previous_id(body)
-        if previous is not None:
-            found = await store.get(self.mlx_user["username"], previous)
-            if found is None:
-                raise ResponseNotFound(previous, "previous_response_id")
-            history = found[1]
+        history = await _history(self, body)
         request = parse(body, self.mlx.max_tokens_limit, history)
         self._history = history + [dict(i) for i in input_items(body)]
         self._store = body.get("store", True) is not False
@@ -45,6 +49,22 @@ class ResponsesHandler(OpenAIErrors, InferenceHandler):
         final = renderer.final()
         if self._store:
             await self.mlx.responses.save(self.mlx_user["username"], final, self._history + final["output"])
+
+
+class InputTokensHandler(OpenAIErrors, MLXAPIHandler):
+    """`POST mlx/v1/responses/input_tokens`: the prompt tokens a Responses body would use
+    (instructions, input, tools, a previous response's conversation), counted as the runner
+    counts them, without generating."""
+
+    max_body_bytes = 4 * 1024 * 1024
+
+    @web.authenticated
+    @authorized
+    async def post(self):
+        body = self.json_body()
+        request = parse(body, self.mlx.max_tokens_limit, await _history(self, body))
+        count = await self.mlx.completions.count_tokens(self.actor, request)
+        self.write_json({"object": "response.input_tokens", "input_tokens": count})
 
 
 class ResponseHandler(OpenAIErrors, MLXAPIHandler):

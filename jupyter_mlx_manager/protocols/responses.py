@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..inference.request import (
@@ -18,6 +19,7 @@ from ..inference.request import (
     Message,
     OutputFormat,
     TextPart,
+    Tool,
     ToolCallPart,
     ToolResultPart,
     boolean,
@@ -26,7 +28,6 @@ from ..inference.request import (
     number,
     openai_output_format,
     positive_int,
-    read_tools,
 )
 
 NAMES = {"max_tokens": "max_output_tokens", "response_format": "text.format", "messages": "input"}
@@ -68,7 +69,16 @@ def _content(content: Any, where: str) -> list[Any]:
     return parts
 
 
-def messages_of(items: list[dict[str, Any]], where: str = "input") -> list[Message]:
+def _call(out: list[Message], part: ToolCallPart) -> None:
+    """A call joins the assistant turn it follows (several calls: one turn)."""
+    if out and out[-1].role == "assistant":
+        out[-1].parts.append(part)
+    else:
+        out.append(Message("assistant", [part]))
+
+
+def messages_of(items: list[dict[str, Any]], where: str = "input", tools: ToolSet | None = None) -> list[Message]:
+    tools = tools or ToolSet()
     out: list[Message] = []
     for i, item in enumerate(items):
         at = f"{where}[{i}]"
@@ -84,14 +94,17 @@ def messages_of(items: list[dict[str, Any]], where: str = "input") -> list[Messa
             if not all(isinstance(item.get(k), str) for k in ("call_id", "name")):
                 raise InvalidParam(f"{at}: function_call needs call_id and name", at)
             arguments = item.get("arguments", "{}")
-            part = ToolCallPart(
-                item["call_id"], item["name"], arguments if isinstance(arguments, str) else json.dumps(arguments)
+            name = tools.model_name(item["name"], item.get("namespace"))
+            _call(
+                out,
+                ToolCallPart(item["call_id"], name, arguments if isinstance(arguments, str) else json.dumps(arguments)),
             )
-            if out and out[-1].role == "assistant":
-                out[-1].parts.append(part)
-            else:
-                out.append(Message("assistant", [part]))
-        elif kind == "function_call_output":
+        elif kind == "custom_tool_call":
+            if not all(isinstance(item.get(k), str) for k in ("call_id", "name", "input")):
+                raise InvalidParam(f"{at}: custom_tool_call needs call_id, name and input", at)
+            name = tools.model_name(item["name"], item.get("namespace"))
+            _call(out, ToolCallPart(item["call_id"], name, json.dumps({CUSTOM_INPUT: item["input"]})))
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             output = item.get("output")
             if not isinstance(item.get("call_id"), str):
                 raise InvalidParam(f"{at}: function_call_output needs call_id", at)
@@ -103,22 +116,130 @@ def messages_of(items: list[dict[str, Any]], where: str = "input") -> list[Messa
             if not isinstance(output, str):
                 raise InvalidParam(f"{at}.output must be a string", at)
             out.append(Message("tool", [ToolResultPart(item["call_id"], output)]))
-        elif kind == "reasoning":
-            continue  # earlier reasoning is not fed back to the model
+        elif kind in ("reasoning", "web_search_call"):
+            continue  # earlier reasoning is not fed back to the model; hosted calls never ran here
         else:
             raise InvalidParam(f"{at}: unsupported item type {kind!r}", at)
     return out
 
 
-def _tool_choice(body: dict[str, Any]) -> Any:
+# Tools OpenAI runs on its side; this server cannot: left out of what the model sees, listed back.
+HOSTED_TOOLS = (
+    "web_search", "web_search_preview", "web_search_2025_08_26", "web_search_preview_2025_03_11", "file_search",
+    "code_interpreter", "image_generation", "computer_use_preview", "computer_use", "mcp", "local_shell",
+)  # fmt: skip
+CUSTOM_INPUT = "input"  # a custom tool's free-form input, as the model sees it: one string argument
+
+
+@dataclass
+class ToolSet:
+    """A Responses `tools` list as the model sees it: function tools (those of `namespace`
+    groups expanded, named `<namespace>__<name>` only where a name repeats) and custom tools
+    (one string argument); hosted tools left out. `origin` maps the model's names back."""
+
+    tools: list[Tool] = field(default_factory=list)
+    origin: dict[str, tuple[str, str | None, str]] = field(default_factory=dict)  # name → (type, namespace, name)
+    hosted: set[str] = field(default_factory=set)
+
+    def model_name(self, name: str, namespace: str | None = None) -> str:
+        """The model's name of a tool the client names (with its namespace, if any)."""
+        for model_name, (_, space, original) in self.origin.items():
+            if original == name and space == namespace:
+                return model_name
+        return name
+
+
+def _function(tool: Any, where: str) -> Tool:
+    if (
+        not isinstance(tool, dict)
+        or tool.get("type") != "function"
+        or not isinstance(tool.get("name"), str)
+        or not tool["name"]
+        or not isinstance(tool.get("parameters") or {}, dict)
+    ):
+        raise InvalidParam(f"{where} must be a function tool {{type: 'function', name, parameters}}", where)
+    description = tool.get("description") if isinstance(tool.get("description"), str) else None
+    return Tool(tool["name"], description, tool.get("parameters"), bool(tool.get("strict")))
+
+
+def _custom(tool: dict[str, Any], where: str) -> Tool:
+    if not isinstance(tool.get("name"), str) or not tool["name"]:
+        raise InvalidParam(f"{where}: a custom tool needs a name", where)
+    fmt = tool.get("format") or {"type": "text"}
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "grammar"):
+        raise InvalidParam(f"{where}.format must be {{type: 'text'}} or {{type: 'grammar', syntax, definition}}", where)
+    description = tool.get("description") if isinstance(tool.get("description"), str) else ""
+    if fmt["type"] == "grammar":
+        if fmt.get("syntax") not in ("lark", "regex") or not isinstance(fmt.get("definition"), str):
+            raise InvalidParam(f"{where}.format: a grammar needs syntax 'lark' or 'regex' and a definition", where)
+        description += f"\nThe input must match this {fmt['syntax']} grammar:\n{fmt['definition']}"
+    parameters = {
+        "type": "object",
+        "properties": {CUSTOM_INPUT: {"type": "string", "description": "the tool's free-form input"}},
+        "required": [CUSTOM_INPUT],
+    }
+    return Tool(tool["name"], description.strip() or None, parameters)
+
+
+def tool_set(body: dict[str, Any]) -> ToolSet:
+    raw = body.get("tools")
+    out = ToolSet()
+    if raw is None:
+        return out
+    if not isinstance(raw, list):
+        raise InvalidParam("tools must be a list of tools", "tools")
+    entries: list[tuple[Tool, str, str | None]] = []  # (tool, type, namespace)
+    for i, tool in enumerate(raw):
+        where = f"tools[{i}]"
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind == "function":
+            entries.append((_function(tool, where), "function", None))
+        elif kind == "custom":
+            entries.append((_custom(tool, where), "custom", None))
+        elif kind == "namespace" and isinstance(tool.get("name"), str) and isinstance(tool.get("tools"), list):
+            for j, inner in enumerate(tool["tools"]):
+                at = f"{where}.tools[{j}]"
+                if isinstance(inner, dict) and inner.get("type") == "custom":
+                    entries.append((_custom(inner, at), "custom", tool["name"]))
+                else:
+                    entries.append((_function(inner, at), "function", tool["name"]))
+        elif kind in HOSTED_TOOLS:
+            out.hosted.add(kind)
+        else:
+            raise InvalidParam(
+                f"{where} must be a function, custom or namespace tool, or a hosted tool this server leaves out",
+                where,
+            )
+    counts: dict[str, int] = {}
+    for tool, _, _ in entries:
+        counts[tool.name] = counts.get(tool.name, 0) + 1
+    for tool, kind, namespace in entries:
+        original = tool.name
+        if namespace is not None and counts[original] > 1:
+            tool.name = f"{namespace}__{original}"
+        out.tools.append(tool)
+        out.origin[tool.name] = (kind, namespace, original)
+    return out
+
+
+def _tool_choice(body: dict[str, Any], tools: ToolSet) -> Any:
     choice = body.get("tool_choice")
     if choice is None:
         return "auto"
     if choice in ("auto", "none", "required"):
         return choice
-    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
-        return {"name": choice["name"]}
-    raise InvalidParam("tool_choice must be 'none', 'auto', 'required' or {type: 'function', name}", "tool_choice")
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind in ("function", "custom") and isinstance(choice.get("name"), str):
+        return {"name": tools.model_name(choice["name"], choice.get("namespace"))}
+    if kind in HOSTED_TOOLS:
+        raise InvalidParam(
+            f"tool_choice forces {kind!r}, a hosted tool this server cannot run (it is left out of the tools)",
+            "tool_choice",
+            "unsupported_tool",
+        )
+    raise InvalidParam(
+        "tool_choice must be 'none', 'auto', 'required' or {type: 'function' | 'custom', name}", "tool_choice"
+    )
 
 
 def _format(body: dict[str, Any]) -> OutputFormat | None:
@@ -157,7 +278,8 @@ def parse(body: dict[str, Any], max_tokens_limit: int, history: list[dict[str, A
     if body.get("instructions") is not None and not isinstance(body["instructions"], str):
         raise InvalidParam("instructions must be a string", "instructions")
     items = input_items(body)
-    messages = messages_of(history or [], "previous_response_id") + messages_of(items)
+    tools = tool_set(body)
+    messages = messages_of(history or [], "previous_response_id", tools) + messages_of(items, "input", tools)
     if body.get("instructions"):
         messages.insert(0, Message("system", [TextPart(body["instructions"])]))
     boolean(body, "store", True)
@@ -175,8 +297,8 @@ def parse(body: dict[str, Any], max_tokens_limit: int, history: list[dict[str, A
         seed=integer(body, "seed", -(2**63), 2**63 - 1),  # an extension (extra_body)
         logit_bias=logit_bias(body),  # an extension (extra_body)
         logprobs=_logprobs(body),
-        tools=read_tools(body, "parameters", ("function",), "function tools {type: 'function', name, parameters}"),
-        tool_choice=_tool_choice(body),
+        tools=tools.tools,
+        tool_choice=_tool_choice(body, tools),
         output_format=_format(body),
         reasoning=None if reasoning is None else (reasoning.get("effort") != "none"),
         keep_alive=body.get("keep_alive"),
@@ -196,6 +318,7 @@ class ResponsesRenderer:
         self.id = response_id
         self.created_at = int(time.time())
         self.request = request
+        self.tools = tool_set(body)
         self.echo = {
             "instructions": body.get("instructions"),
             "max_output_tokens": body.get("max_output_tokens"),
@@ -330,22 +453,53 @@ class ResponsesRenderer:
             )
             return events
         if kind == "tool_call":
-            events = self._close()
             call = event["call"]
-            item = {"id": "fc_" + _hex(), "type": "function_call", "status": "in_progress",
-                    "call_id": "call_" + _hex()[:24], "name": call["name"], "arguments": ""}  # fmt: skip
-            self.output.append(item)
-            index = len(self.output) - 1
-            events.append(self._event("response.output_item.added", output_index=index, item=dict(item)))
-            item["arguments"] = call["arguments"]
-            events.append(self._event("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
-                                      delta=call["arguments"]))  # fmt: skip
-            events.append(self._event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
-                                      name=call["name"], arguments=call["arguments"]))  # fmt: skip
-            item["status"] = "completed"
-            events.append(self._event("response.output_item.done", output_index=index, item=dict(item)))
-            return events
+            kind, namespace, name = self.tools.origin.get(call["name"], ("function", None, call["name"]))
+            make = self._custom_call if kind == "custom" else self._function_call
+            return self._close() + make(name, namespace, call)
         return []
+
+    def _function_call(self, name: str, namespace: str | None, call: dict[str, Any]) -> list:
+        """A `function_call` item, named as the client named the tool (with its `namespace`)."""
+        item = {"id": "fc_" + _hex(), "type": "function_call", "status": "in_progress",
+                "call_id": "call_" + _hex()[:24], "name": name, "arguments": ""}  # fmt: skip
+        if namespace is not None:
+            item["namespace"] = namespace
+        self.output.append(item)
+        index = len(self.output) - 1
+        events = [self._event("response.output_item.added", output_index=index, item=dict(item))]
+        item["arguments"] = call["arguments"]
+        events.append(self._event("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
+                                  delta=call["arguments"]))  # fmt: skip
+        events.append(self._event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                                  name=item["name"], arguments=call["arguments"]))  # fmt: skip
+        item["status"] = "completed"
+        events.append(self._event("response.output_item.done", output_index=index, item=dict(item)))
+        return events
+
+    def _custom_call(self, name: str, namespace: str | None, call: dict[str, Any]) -> list:
+        """A `custom_tool_call` item: the model's one string argument is the tool's input."""
+        try:
+            arguments = json.loads(call["arguments"])
+        except ValueError:
+            arguments = None
+        text = arguments.get(CUSTOM_INPUT) if isinstance(arguments, dict) else None
+        text = text if isinstance(text, str) else call["arguments"]
+        item = {"id": "ctc_" + _hex(), "type": "custom_tool_call", "status": "in_progress",
+                "call_id": "call_" + _hex()[:24], "name": name, "input": ""}  # fmt: skip
+        if namespace is not None:
+            item["namespace"] = namespace
+        self.output.append(item)
+        index = len(self.output) - 1
+        events = [self._event("response.output_item.added", output_index=index, item=dict(item))]
+        item["input"] = text
+        events.append(self._event("response.custom_tool_call_input.delta", item_id=item["id"], output_index=index,
+                                  delta=text))  # fmt: skip
+        events.append(self._event("response.custom_tool_call_input.done", item_id=item["id"], output_index=index,
+                                  input=text))  # fmt: skip
+        item["status"] = "completed"
+        events.append(self._event("response.output_item.done", output_index=index, item=dict(item)))
+        return events
 
     def closing(self) -> list:
         final = self.final()
