@@ -9,6 +9,7 @@ whole history as input, reasoning items sent back) and `responses/input_tokens`.
 from __future__ import annotations
 
 import json
+import re
 
 import openai
 import pytest
@@ -148,3 +149,21 @@ async def test_hosted_tools_cannot_be_forced(sdk):
     )  # fmt: skip
     (call,) = [item for item in forced.output if item.type == "function_call"]
     assert call.namespace == "weather"
+
+
+async def test_a_custom_tools_regex_grammar_is_enforced(sdk):
+    """Random weights, a forced call: the input still matches the tool's regex (llguidance)."""
+    client = await sdk()
+    ticket = {
+        "type": "custom",
+        "name": "open_ticket",
+        "description": "Opens a ticket by its code",
+        "format": {"type": "grammar", "syntax": "regex", "definition": "[a-z]{3}-[0-9]{2}"},
+    }
+    for seed in (1, 2, 3):
+        reply = await client.responses.create(
+            model="local/tiny-demo", input="Open the ticket", tools=[ticket], max_output_tokens=40,
+            tool_choice={"type": "custom", "name": "open_ticket"}, temperature=1.0, extra_body={"seed": seed},
+        )  # fmt: skip
+        (call,) = [item for item in reply.output if item.type == "custom_tool_call"]
+        assert call.name == "open_ticket" and re.fullmatch("[a-z]{3}-[0-9]{2}", call.input), call.input

@@ -169,16 +169,18 @@ def _custom(tool: dict[str, Any], where: str) -> Tool:
     if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "grammar"):
         raise InvalidParam(f"{where}.format must be {{type: 'text'}} or {{type: 'grammar', syntax, definition}}", where)
     description = tool.get("description") if isinstance(tool.get("description"), str) else ""
-    if fmt["type"] == "grammar":
-        if fmt.get("syntax") not in ("lark", "regex") or not isinstance(fmt.get("definition"), str):
-            raise InvalidParam(f"{where}.format: a grammar needs syntax 'lark' or 'regex' and a definition", where)
-        description += f"\nThe input must match this {fmt['syntax']} grammar:\n{fmt['definition']}"
-    parameters = {
-        "type": "object",
-        "properties": {CUSTOM_INPUT: {"type": "string", "description": "the tool's free-form input"}},
-        "required": [CUSTOM_INPUT],
-    }
-    return Tool(tool["name"], description.strip() or None, parameters)
+    text: dict[str, Any] = {"type": "string", "description": "the tool's free-form input"}
+    parameters = {"type": "object", "properties": {CUSTOM_INPUT: text}, "required": [CUSTOM_INPUT]}
+    if fmt["type"] == "text":
+        return Tool(tool["name"], description or None, parameters)
+    if fmt.get("syntax") not in ("lark", "regex") or not isinstance(fmt.get("definition"), str):
+        raise InvalidParam(f"{where}.format: a grammar needs syntax 'lark' or 'regex' and a definition", where)
+    if fmt["syntax"] == "regex":  # enforced: the input is a JSON string, held to the regex (llguidance)
+        text["pattern"] = f"^(?:{fmt['definition']})$"
+        return Tool(tool["name"], description or None, {**parameters, "additionalProperties": False}, strict=True)
+    # A Lark grammar cannot hold the JSON-escaped string the model writes: the model is shown it.
+    description += f"\nThe input must match this Lark grammar:\n{fmt['definition']}"
+    return Tool(tool["name"], description.strip(), parameters)
 
 
 def tool_set(body: dict[str, Any]) -> ToolSet:
