@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import uuid
 from typing import Any
 
@@ -28,17 +29,23 @@ from jupyter_server.base.websocket import WebSocketMixin
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from jupyter_server.log import _scrub_uri  # the scrubbing Jupyter's access log uses
 from tornado import web
+from tornado.httputil import parse_body_arguments
 from tornado.websocket import WebSocketHandler
 
 from ..auth import Actor, InvalidToken, looks_like_jwt
 from ..auth.hub import TokenHubUser, account_for_hub_user, hub_auth_of, hub_model
 from ..errors import BadRequest, Forbidden, MLXError, PayloadTooLarge, Unauthorized, UnsupportedMediaType
+from ..inference.images import ImageBytesHeld, ImagesInFlight
 
 __all__ = ["MLXAPIHandler", "MLXWebSocketHandler", "allow_unauthenticated", "authorized", "web", "ws_authenticated"]
 
 # Jupyter's stock identity providers invent a new "Anonymous …" name per token request,
 # so requests they authenticate act as the owner account instead.
 _NAMELESS_PROVIDERS = (IdentityProvider, PasswordIdentityProvider)
+# The most of a body read before a credential is known (login, register), and how deeply a JSON
+# body may nest.
+UNAUTHENTICATED_BODY_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 64
 
 
 class MLXAuthMixin(ExtensionHandlerMixin):
@@ -114,9 +121,10 @@ class MLXAuthMixin(ExtensionHandlerMixin):
         """After Jupyter's prepare: find our account for a Jupyter-authenticated request."""
         if self._jwt_authenticated or self.current_user is None:
             return
-        # JupyterLab sends the Jupyter token too, but only a browser page sends the XSRF header.
-        browser = not self.token_authenticated or "X-XSRFToken" in self.request.headers
-        client = "browser" if browser else "kernel"
+        # Jupyter and the Hub try a token before the cookie, and JupyterLab may send the Jupyter
+        # token too: a browser is a request with the login cookie this server signed, whatever
+        # else it sends (headers such as X-XSRFToken are the caller's choice).
+        client = "browser" if not self.token_authenticated or self._presents_login_cookie() else "kernel"
         hub_user = hub_model(self.current_user)
         if hub_user is not None and hub_user.get("kind", "user") != "user":
             # A Hub service is not a person: its name may equal a user's, so it gets no account.
@@ -132,11 +140,25 @@ class MLXAuthMixin(ExtensionHandlerMixin):
             user = await self.mlx.users.get_by_name(owner)
         else:
             user = await self.mlx.users.user_for_jupyter_name(self.current_user.username)
-        self._resolve_actor(user, client)
+        # The Hub's groups, for group budgets.
+        groups = tuple(g for g in (hub_user or {}).get("groups") or () if isinstance(g, str))
+        self._resolve_actor(user, client, groups)
 
-    def _resolve_actor(self, user: dict[str, Any] | None, client: str) -> None:
+    def _presents_login_cookie(self) -> bool:
+        """Whether the request carries the host's login cookie (Jupyter's, or the Hub's OAuth
+        cookie), signed with this server's secret."""
+        hub_auth = hub_auth_of(self.identity_provider)
+        if hub_auth is not None:
+            return self.get_secure_cookie(hub_auth.cookie_name) is not None
+        cookie_name = getattr(self.identity_provider, "get_cookie_name", None)
+        if cookie_name is None:
+            return False
+        kwargs = getattr(self.identity_provider, "get_secure_cookie_kwargs", None) or {}
+        return self.get_secure_cookie(cookie_name(self), **kwargs) is not None
+
+    def _resolve_actor(self, user: dict[str, Any] | None, client: str, groups: tuple[str, ...] = ()) -> None:
         self.mlx_user = self.mlx.users.require_active(user)
-        self.actor = Actor(user=self.mlx_user, client=client)
+        self.actor = Actor(user=self.mlx_user, client=client, groups=groups)
 
     def _is_public(self) -> bool:
         method = getattr(self, (self.request.method or "").lower(), None)
@@ -196,20 +218,48 @@ class MLXAuthMixin(ExtensionHandlerMixin):
         return message, reason, param
 
 
+@web.stream_request_body
 class MLXAPIHandler(MLXAuthMixin, APIHandler):
-    """JSON management API handler."""
+    """JSON management API handler.
 
-    max_body_bytes = 64 * 1024
+    Every route streams its body (`stream_request_body`) so that its fate is decided on the
+    headers, before any of it is read: a `Content-Length` beyond the route's limit is 413, a
+    request without a credential is 401 (public routes read at most 64 KiB), and the bytes of a
+    route that may carry images count against the user's image bytes in flight (429). Only
+    then is the body read, into `self.request.body` (and, for forms, its arguments and files)
+    as Tornado would have done, so the handlers read it as usual."""
+
+    # The route's body limit in bytes; None: the server's JSON limit (`c.MLXManager.max_body_mb`).
+    max_body_bytes: int | None = 64 * 1024
+    # Whether the body may carry images: its length counts against `max_image_mb_in_flight`.
+    counts_image_bytes = False
+    _body_chunks: list[bytes] | None = None
+    _body_received = 0
+    _body_limit = 0
+    _image_bytes: ImageBytesHeld | None = None
+
+    @property
+    def max_json_body_bytes(self) -> int:
+        """`c.MLXManager.max_body_mb`: the most a JSON body of text may weigh."""
+        return int(self.mlx.max_body_mb * 1024 * 1024)
+
+    def body_limit(self) -> int:
+        """The most this request's body may weigh: the route's limit, and no more than
+        `UNAUTHENTICATED_BODY_BYTES` on the routes that need no credential."""
+        limit = self.max_json_body_bytes if self.max_body_bytes is None else self.max_body_bytes
+        return min(limit, UNAUTHENTICATED_BODY_BYTES) if self._is_public() else limit
 
     async def prepare(self) -> None:
         self.current_user = self._jupyter_current_user = None
         self.request_id = uuid.uuid4().hex
         self.set_header("X-Request-ID", self.request_id)
-        length = max(len(self.request.body or b""), int(self.request.headers.get("Content-Length", 0) or 0))
-        if length > self.max_body_bytes:
-            raise PayloadTooLarge(f"request body larger than {self.max_body_bytes} bytes")
+        limit = self.body_limit()
+        length = _declared_length(self.request)
+        if length is not None and length > limit:
+            raise PayloadTooLarge(f"request body larger than {limit} bytes")
         if self._is_public():
             await super().prepare()
+            self._receive_body(limit)
             return
         await self._authenticate()
         try:
@@ -228,22 +278,123 @@ class MLXAPIHandler(MLXAuthMixin, APIHandler):
         from ..audit.attribution import attribute  # the kernel's notebook and cell, for the audit
 
         await attribute(self)
+        if self.counts_image_bytes and length:
+            self._image_bytes = self.mlx_images_in_flight.hold(self.mlx_user["id"], length)
+        self._receive_body(limit)
+
+    @property
+    def mlx_images_in_flight(self) -> ImagesInFlight:
+        """The server's one account of image bytes in flight per user (`max_image_mb_in_flight`)."""
+        return self.settings.setdefault(
+            "mlx_images_in_flight", ImagesInFlight(int(self.mlx.max_image_mb_in_flight * 1024 * 1024))
+        )
+
+    def _receive_body(self, limit: int) -> None:
+        """From here on the body is read (up to `limit`); it lands in `self.request.body`."""
+        self._body_chunks, self._body_limit = [], limit
+        # Tornado's own bound (a chunked body's declared sizes), a little above ours so that ours answers.
+        self.request.connection.set_max_body_size(limit + 64 * 1024)
+        self.request._body_future.add_done_callback(self._body_complete)  # before the method awaits it
+        stream = getattr(self.request.connection, "stream", None)
+        if stream is not None:
+            # Tornado tells `on_connection_close` of a client gone mid-body, which subclasses
+            # override: the stream itself tells us, so the request ends and its bytes are released.
+            stream.set_close_callback(self._closed_during_body)
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._body_chunks is None:
+            return
+        self._body_received += len(chunk)
+        if self._body_received > self._body_limit:  # a chunked body that outgrew the limit
+            self._body_chunks = None
+            exc = PayloadTooLarge(f"request body larger than {self._body_limit} bytes")
+            self.send_error(exc.status_code, exc_info=(type(exc), exc, None))
+            web.RequestHandler.on_connection_close(self)  # the method never runs
+            return
+        self._body_chunks.append(chunk)
+
+    def _body_complete(self, future) -> None:
+        if future.cancelled() or future.exception() is not None or self._body_chunks is None:
+            return
+        self.request.body, self._body_chunks = b"".join(self._body_chunks), None
+        if self._content_type() in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            parse_body_arguments(
+                self.request.headers.get("Content-Type", ""),
+                self.request.body,
+                self.request.body_arguments,
+                self.request.files,
+                self.request.headers,
+            )
+            for name, values in self.request.body_arguments.items():
+                self.request.arguments.setdefault(name, []).extend(values)
+
+    def _closed_during_body(self) -> None:
+        self._body_chunks = None
+        web.RequestHandler.on_connection_close(self)
+        self._release_image_bytes()
+
+    def on_finish(self) -> None:
+        self._release_image_bytes()
+        super().on_finish()
+
+    def _release_image_bytes(self) -> None:
+        held, self._image_bytes = self._image_bytes, None
+        if held is not None:
+            held.release()
 
     def json_body(self) -> dict[str, Any]:
         """The body as a JSON object; never logs it (it may hold a password)."""
         if self._content_type() != "application/json":
             raise UnsupportedMediaType("send the body as application/json")
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("request body is not valid JSON", reason="invalid_json") from None
-        if not isinstance(body, dict):
-            raise BadRequest("request body must be a JSON object", reason="invalid_json")
-        return body
+        return parse_json_object(self.request.body or b"{}")
 
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(json.dumps(data))
+
+
+def _declared_length(request) -> int | None:
+    """The request's Content-Length, None without one; 400 when it is not a number."""
+    value = request.headers.get("Content-Length")
+    if value is None:
+        return None
+    digits = re.fullmatch(r"\s*([0-9]+)\s*", value)
+    if digits is None:
+        raise BadRequest("Content-Length is not a number", reason="invalid_content_length")
+    return int(digits.group(1)) if len(digits.group(1)) <= 18 else 10**18
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """A JSON object, or 400 `invalid_json`: not JSON, NaN or Infinity, or nested deeper than
+    `MAX_JSON_DEPTH` (which would otherwise exhaust the parser's or a later walker's recursion)."""
+    try:
+        value = json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BadRequest("request body is not valid JSON", reason="invalid_json") from None
+    if not isinstance(value, dict):
+        raise BadRequest("request body must be a JSON object", reason="invalid_json")
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _depth(value) > MAX_JSON_DEPTH:
+        raise BadRequest(f"request body is nested deeper than {MAX_JSON_DEPTH} levels", reason="invalid_json")
+    return value
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest in `value` (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_JSON_DEPTH:
+            return depth
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
 
 
 def _missing_credential(identity_provider: Any = None) -> Unauthorized:

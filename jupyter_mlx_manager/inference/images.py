@@ -8,7 +8,9 @@ that claim to be an image. http(s) URLs are refused unless `c.MLXManager.allow_i
 (the server would fetch them: SSRF); and even then this version does not fetch, it refuses
 them with a message that says so.
 
-The server's limits (`ImageLimits`, from its traits) are held by the inference service.
+The server's limits (`ImageLimits`, from its traits) are held by the inference service; the
+image bytes each user has in flight (`ImagesInFlight`) by the handlers, which decide on them
+before a body is read.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
+from typing import Any
+
+from ..errors import PayloadTooLarge, TooManyRequests
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 _DATA_URL = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+=[\w.+-]+)*);base64,", re.ASCII)
@@ -72,3 +77,56 @@ def decode(url: str | None, data: str | None, media_type: str | None, allow_urls
     if sniff(raw) is None:
         raise ImageRefused("the data is not a PNG, JPEG, GIF, WebP or BMP image")
     return base64.b64encode(raw).decode()
+
+
+class ImagesInFlight:
+    """The bytes of image-carrying request bodies each user has in flight, bounded
+    (`c.MLXManager.max_image_mb_in_flight`): held from the request's `Content-Length` before
+    its body is read, released when the request ends. One server-wide account, on the event loop."""
+
+    retry_after_seconds = 2
+
+    def __init__(self, limit_bytes: int):
+        self.limit = limit_bytes
+        self._held: dict[Any, int] = {}
+
+    def held(self, user: Any) -> int:
+        return self._held.get(user, 0)
+
+    def hold(self, user: Any, size: int) -> ImageBytesHeld:
+        """`size` bytes more for `user`, or 413 (more than the whole allowance: never admitted)
+        or 429 with Retry-After (the user's requests in flight hold the rest)."""
+        if size > self.limit:
+            raise PayloadTooLarge(
+                f"a request carrying images may be at most {self.limit // (1024 * 1024)} MB on this server",
+                reason="images_too_large",
+            )
+        held = self._held.get(user, 0)
+        if held + size > self.limit:
+            raise TooManyRequests(
+                f"your requests in flight already carry {held // (1024 * 1024)} MB of the "
+                f"{self.limit // (1024 * 1024)} MB of images allowed at once; try again when they finish",
+                reason="images_in_flight",
+                headers={"Retry-After": str(self.retry_after_seconds)},
+            )
+        self._held[user] = held + size
+        return ImageBytesHeld(self, user, size)
+
+    def _release(self, user: Any, size: int) -> None:
+        left = self._held.get(user, 0) - size
+        if left > 0:
+            self._held[user] = left
+        else:
+            self._held.pop(user, None)
+
+
+@dataclass
+class ImageBytesHeld:
+    """Bytes held for one request; `release()` once, when it ends."""
+
+    account: ImagesInFlight
+    user: Any
+    size: int
+
+    def release(self) -> None:
+        self.account._release(self.user, self.size)

@@ -24,6 +24,7 @@ import re
 import secrets
 import signal
 import sys
+from collections import Counter
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlparse
@@ -39,7 +40,7 @@ from traitlets.config import Application
 
 from .._version import __version__
 from ..auth.hub import hub_auth_of
-from ..handlers.base import MLXAuthMixin, allow_unauthenticated
+from ..handlers.base import UNAUTHENTICATED_BODY_BYTES, MLXAuthMixin, allow_unauthenticated
 from .identity import Identity, hub_service_identity, in_hub_service, standalone_identity
 
 __all__ = ["MLXServe", "main", "make_web_app"]
@@ -125,6 +126,45 @@ def make_web_app(manager: Any, identity: Identity, cookie_secret: bytes | None =
     return web.Application(routes, **settings)
 
 
+# Server-wide bounds on every connection. Each route streams its body and sets its own limit
+# before reading it (handlers/base.py); this bound is for the rest (the home page, the Hub's
+# OAuth callback), which take no body.
+CONNECTION_LIMITS = {
+    "max_body_size": UNAUTHENTICATED_BODY_BYTES,
+    "max_buffer_size": 16 * 1024 * 1024,  # what one read may buffer (a body streams through in 64 KiB chunks)
+    # How long a connection may take to send a request's headers, and may stay idle between requests:
+    # a client that sends its headers slowly (slowloris) is dropped after this.
+    "idle_connection_timeout": 20,
+    "body_timeout": 300,  # to receive a whole body once its headers are in
+}
+
+
+class BoundedHTTPServer(HTTPServer):
+    """Tornado's HTTP server, holding at most `max_connections_per_ip` open connections per
+    client address (0: no bound): beyond it a new connection is closed at once."""
+
+    def initialize(self, *args: Any, max_connections_per_ip: int = 0, **kwargs: Any) -> None:
+        super().initialize(*args, **kwargs)
+        self.max_connections_per_ip = max_connections_per_ip
+        self._open_per_address: Counter[str] = Counter()
+
+    def handle_stream(self, stream: Any, address: Any) -> None:
+        if self.max_connections_per_ip > 0 and isinstance(address, tuple) and address:
+            if self._open_per_address[address[0]] >= self.max_connections_per_ip:
+                stream.close()
+                return
+            self._open_per_address[address[0]] += 1
+        super().handle_stream(stream, address)
+
+    def on_close(self, server_conn: Any) -> None:
+        address = server_conn.context.address
+        if isinstance(address, tuple) and address and address[0] in self._open_per_address:
+            self._open_per_address[address[0]] -= 1
+            if self._open_per_address[address[0]] <= 0:
+                del self._open_per_address[address[0]]
+        super().on_close(server_conn)
+
+
 class MLXServe(Application):
     """`jupyter mlx-manager serve`: pool, runners, downloads, audit, management and OpenAI APIs
     (`mlx/api`, `mlx/v1`) as a standalone server, or as a JupyterHub service."""
@@ -176,7 +216,7 @@ class MLXServe(Application):
     }
 
     def _manager_config(self):
-        from ..cli import _server_config
+        from ..server_config import server_config as _server_config
 
         config = _server_config()
         config.merge(self.config)  # the command line wins over the files
@@ -204,7 +244,13 @@ class MLXServe(Application):
         manager.initialize_settings()
         manager.initialize_handlers()
         web_app = make_web_app(manager, identity)
-        server = HTTPServer(web_app, xheaders=identity.kind == "jupyterhub")  # behind the Hub's proxy
+        behind_hub = identity.kind == "jupyterhub"  # behind the Hub's proxy: every client comes through it
+        server = BoundedHTTPServer(
+            web_app,
+            xheaders=behind_hub,
+            max_connections_per_ip=0 if behind_hub else manager.max_connections_per_ip,
+            **CONNECTION_LIMITS,
+        )
         try:
             server.listen(self.port, self.ip)
         except OSError as exc:
