@@ -229,3 +229,105 @@ def test_responses_translation_and_rendering():
     assert [i["type"] for i in final["output"]] == ["reasoning", "message", "function_call"]
     assert final["output_text"] == "Hi" and final["usage"]["output_tokens_details"]["reasoning_tokens"] == 1
     assert events[0][1]["response"]["output"] == [] and events[0][1]["response"]["status"] == "in_progress"
+
+
+def test_system_messages_mid_conversation_kept_or_folded():
+    from jupyter_mlx_manager.runner.templates import place_system_messages
+
+    messages = [
+        {"role": "system", "content": "A"},
+        {"role": "system", "content": "B"},
+        {"role": "user", "content": "u1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "system", "content": "note"},
+        {"role": "user", "content": "u2"},
+        {"role": "system", "content": "last"},
+    ]
+    kept = place_system_messages(messages, lambda: True)
+    assert kept[0] == {"role": "system", "content": "A\n\nB"} and kept[1:] == messages[2:]
+    folded = place_system_messages(messages, lambda: False)
+    assert folded == [
+        {"role": "system", "content": "A\n\nB"},
+        {"role": "user", "content": "u1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "note\n\nu2\n\nlast"},
+    ]
+    asked = []
+    plain = [{"role": "user", "content": "x"}]
+    assert place_system_messages(plain, lambda: asked.append(1) or True) == plain and not asked
+    ending = place_system_messages([*messages[2:4], {"role": "system", "content": "n"}], lambda: False)
+    assert ending[-1] == {"role": "user", "content": "n"}  # after an assistant turn: a user turn of its own
+
+
+def test_messages_system_role_and_tool_result_images():
+    body = {
+        "model": M, "max_tokens": 50_000,
+        "messages": [
+            {"role": "user", "content": "Hi"},
+            {"role": "system", "content": [{"type": "text", "text": "note", "cache_control": {"type": "ephemeral"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [
+                {"type": "text", "text": "shot:"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "x"}}]}]},
+        ],
+        "thinking": {"type": "adaptive"}, "context_management": {"edits": []}, "unknown": 1,
+    }  # fmt: skip
+    request = anthropic.parse(body, LIMIT)
+    assert request.max_tokens == LIMIT and request.reasoning is True
+    command = request.command()
+    assert command["messages"][1] == {"role": "system", "content": "note"}
+    assert command["messages"][2] == {"role": "tool", "tool_call_id": "t", "content": "shot:[image omitted]"}
+    with pytest.raises(InvalidParam) as caught:
+        anthropic.parse({**body, "messages": [{"role": "wizard", "content": "x"}]}, LIMIT)
+    assert "Unexpected role" in caught.value.message
+
+
+def test_completions_prompts_and_echo_rendering():
+    base = {"model": M, "max_tokens": 0, "echo": True, "logprobs": 1}
+    requests = openai_chat.parse_completions({**base, "prompt": [[1, 2], [3]]}, LIMIT)
+    assert [r.command()["prompt"] for r in requests] == [[1, 2], [3]]
+    assert all(r.command()["echo"] and r.max_tokens == 0 for r in requests)
+    assert [r.prompt for r in openai_chat.parse_completions({**base, "prompt": ["a", "b"]}, LIMIT)] == ["a", "b"]
+    for bad in ([], [[]], ["a", ""], [[1], [-1]], [["a"]], [1.5]):
+        with pytest.raises(InvalidParam):
+            openai_chat.parse_completions({**base, "prompt": bad}, LIMIT)
+    with pytest.raises(InvalidParam) as caught:  # generating nothing needs echo
+        openai_chat.parse_completions({**base, "echo": False, "prompt": "a"}, LIMIT)
+    assert caught.value.param == "max_tokens"
+
+    r = openai_chat.CompletionRenderer("cmpl-1", 0, M, prompts=2, include_usage=False, logprobs=True)
+    r.usages = [_usage(finish_reason="length"), _usage(finish_reason="stop")]
+    first = {"token": "Hé", "bytes": list("Hé".encode()), "logprob": None, "top_logprobs": []}
+    second = {"token": "llo", "bytes": list(b"llo"), "logprob": -1.5,
+              "top_logprobs": [{"token": "x", "bytes": [120], "logprob": -0.5}]}  # fmt: skip
+    r.feed({"ev": "prompt", "index": 1, "text": "Héllo", "logprobs": [first, second]})
+    r.feed({"ev": "text", "index": 1, "text": "!", "logprobs": [{**second, "token": "!", "bytes": [33]}]})
+    body = r.body()
+    assert [c["index"] for c in body["choices"]] == [0, 1] and body["choices"][1]["text"] == "Héllo!"
+    logprobs = body["choices"][1]["logprobs"]
+    assert logprobs["token_logprobs"] == [None, -1.5, -1.5] and logprobs["top_logprobs"][0] is None
+    assert logprobs["text_offset"] == [0, 2, 5] and logprobs["top_logprobs"][1] == {"x": -0.5, "llo": -1.5}
+    assert body["usage"]["prompt_tokens"] == 20 and [c["finish_reason"] for c in body["choices"]] == ["length", "stop"]
+
+
+def test_responses_tool_sets():
+    fn = {"type": "function", "name": "run", "parameters": {"type": "object"}}
+    body = {
+        "model": M, "input": "x",
+        "tools": [fn, {"type": "namespace", "name": "a", "description": "", "tools": [fn]},
+                  {"type": "namespace", "name": "b", "description": "", "tools": [{**fn, "name": "only"}]},
+                  {"type": "web_search"}, {"type": "custom", "name": "free"}],
+    }  # fmt: skip
+    tools = responses.tool_set(body)
+    assert [t.name for t in tools.tools] == ["run", "a__run", "only", "free"]  # renamed only where names repeat
+    assert tools.origin["a__run"] == ("function", "a", "run") and tools.hosted == {"web_search"}
+    history = [{"type": "function_call", "call_id": "c", "name": "run", "namespace": "a", "arguments": "{}"}]
+    command = responses.parse(body, LIMIT, history).command()
+    assert command["messages"][0]["tool_calls"][0]["function"]["name"] == "a__run"
+    r = responses.ResponsesRenderer("resp_1", body, responses.parse(body, LIMIT))
+    r.usage = _usage(finish_reason="tool_calls")
+    r.feed({"ev": "tool_call", "call": {"name": "a__run", "arguments": "{}"}})
+    r.feed({"ev": "tool_call", "call": {"name": "free", "arguments": '{"input": "ls -la"}'}})
+    output = r.body()["output"]
+    assert (output[0]["type"], output[0]["name"], output[0]["namespace"]) == ("function_call", "run", "a")
+    assert (output[1]["type"], output[1]["name"], output[1]["input"]) == ("custom_tool_call", "free", "ls -la")
+    assert r.body()["tools"] == body["tools"]  # listed back unchanged, the hosted one too
