@@ -27,11 +27,12 @@ SPECIAL = ("<|im_start|>", "<|endoftext|>", "<|im_end|>")
 def demo_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("first-hour")
     folder = build_models(root, ["tiny-demo"])
-    subprocess.run(
-        [sys.executable, "-m", "jupyter_mlx_manager.cli", "--data-dir", str(root / "cli-data"), "demo-model",
-         "--dir", str(folder), "--kind", "embedding"],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
+    for kind in ("embedding", "vision"):
+        subprocess.run(
+            [sys.executable, "-m", "jupyter_mlx_manager.cli", "--data-dir", str(root / "cli-data"), "demo-model",
+             "--dir", str(folder), "--kind", kind],
+            check=True, capture_output=True, timeout=300,
+        )  # fmt: skip
     return folder
 
 
@@ -139,6 +140,17 @@ async def test_special_tokens_never_appear_in_reply_text(api, demo_models):
     completion = await api("POST", "mlx/v1/completions", body={**body, "prompt": "Once upon a time"})
     assert completion.code == 200, completion.body
     assert not [s for s in SPECIAL if s in completion.body["choices"][0]["text"]], completion.body
+
+    # A vision model's runner (mlx-vlm) too; its tokenizer is the text demo's plus vision tokens.
+    vision_ids = _special_ids(demo_models / "tiny-vision")
+    vision_bias = {str(vision_ids["<|im_start|>"]): 8, str(vision_ids["<|endoftext|>"]): 8, str(eos): -100}
+    seen = await api(
+        "POST", "mlx/v1/chat/completions",
+        body={**body, "model": "local/tiny-vision", "logit_bias": vision_bias,
+              "messages": [{"role": "user", "content": "Hi"}]},
+    )  # fmt: skip
+    assert seen.code == 200, seen.body
+    assert not [s for s in SPECIAL if s in (seen.body["choices"][0]["message"]["content"] or "")], seen.body
 
     streamed = await api("POST", "mlx/v1/chat/completions",
                          body={**body, "stream": True, "messages": [{"role": "user", "content": "Hi"}]})  # fmt: skip

@@ -332,6 +332,8 @@ def make_demo_vision_model(path: str | Path, hidden_size: int = 64, num_layers: 
         tokenizer.save(str(work / "tokenizer.json"))
         tokenizer_config = json.loads((work / "tokenizer_config.json").read_text())
         tokenizer_config["chat_template"] = VISION_CHAT_TEMPLATE
+        # As Qwen2-VL lists them: what `all_special_ids` (mlx-vlm's `skip_special_tokens`) leaves out of text.
+        tokenizer_config["additional_special_tokens"] = ["<|im_start|>", "<|im_end|>", *VISION_TOKENS]
         (work / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
         text = json.loads((work / "config.json").read_text())
         head_dim = hidden_size // text["num_attention_heads"]
