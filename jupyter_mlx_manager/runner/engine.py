@@ -132,6 +132,18 @@ def vocab_size_of(model: Any) -> int | None:
     return min(known) if known else None
 
 
+def _hidden_special_ids(tokenizer: Any) -> set[int]:
+    """The special tokens a reply's text never shows (as `skip_special_tokens` decodes): every
+    added token the tokenizer marks special (`all_special_ids` often holds only eos and pad), but
+    the markers the text filter reads (tool-call and thinking tags, which some models mark special)."""
+    markers = {
+        getattr(tokenizer, name, None) for name in ("tool_call_start", "tool_call_end", "think_start", "think_end")
+    }
+    added = getattr(getattr(tokenizer, "_tokenizer", None), "added_tokens_decoder", None) or {}
+    shown = markers - {None}
+    return {i for i, t in added.items() if getattr(t, "special", False) and getattr(t, "content", str(t)) not in shown}
+
+
 class ModelRefused(Exception):
     """The model cannot be loaded safely or at all; the message says why."""
 
@@ -249,6 +261,7 @@ class Engine:
         self.batch: Any = None
         self.prompt_cache: Any = None
         self.vocab_size: int | None = None
+        self.hidden_ids: set[int] = set()  # special tokens that are never text (`_hidden_special_ids`)
         self.stats = {
             "migrations": 0, "demotions": 0, "batch_steps": 0, "direct_steps": 0, "prefill_chunks": 0,
             "pending_cancels": 0,
@@ -319,6 +332,7 @@ class Engine:
             )
             return
         self.eos = set(self.tokenizer.eos_token_ids)
+        self.hidden_ids = _hidden_special_ids(self.tokenizer)
         self._update_memory()
         self.emit_one(
             {
@@ -993,8 +1007,9 @@ class Engine:
         was_reasoning = request.filter.state == "reasoning"
         if request.logprobs is not None and logprobs is not None and not was_reasoning:  # content only
             request.token_logprobs.append(self._logprob_entry(token, logprobs, request.logprobs))
-        request.detokenizer.add_token(token)
-        if self._send_text(request, request.detokenizer.last_segment):
+        if token not in self.hidden_ids:  # <|im_start|>, <|endoftext|>…: counted, never shown
+            request.detokenizer.add_token(token)
+        if self._send_text(request, request.detokenizer.last_segment if token not in self.hidden_ids else ""):
             return "stop"
         if was_reasoning or request.filter.state == "reasoning":
             request.reasoning_tokens += 1
