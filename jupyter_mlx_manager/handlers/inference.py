@@ -52,14 +52,14 @@ async def _pump(events, queue: asyncio.Queue) -> None:
 class InferenceHandler(MLXAPIHandler):
     keepalive_seconds = KEEPALIVE_SECONDS
 
+    counts_image_bytes = True  # its Content-Length counts against the user's image bytes in flight (base.py)
+
     @property
     def max_body_bytes(self) -> int:
-        """4 MiB of text; a body with image parts (every protocol spells them `…image…`) gets room
-        for the images it may carry too (base64: 4/3 of 20 MB each), checked one by one later."""
-        text = 4 * 1024 * 1024
-        if b"image" not in (self.request.body or b""):
-            return text
-        return text + self.mlx.completions.image_limits.max_images * (images.MAX_IMAGE_BYTES * 4 // 3 + 64)
+        """The server's JSON limit, plus room for the images a body may carry (base64: 4/3 of 20 MB
+        each), decided before the body is read; each image is checked later."""
+        images_room = self.mlx.completions.image_limits.max_images * (images.MAX_IMAGE_BYTES * 4 // 3 + 64)
+        return self.max_json_body_bytes + images_room
 
     def initialize(self, *args: Any, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
