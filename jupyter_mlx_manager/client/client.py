@@ -22,7 +22,16 @@ from typing import Any
 import httpx
 
 from .discovery import ServerInfo, find_server
-from .results import AuditRecords, ChatResult, CompletionResult, LocalModels, PoolStatus, SearchResults, ServerStatus
+from .results import (
+    AuditRecords,
+    ChatResult,
+    CompletionResult,
+    LocalModels,
+    PoolStatus,
+    SearchResults,
+    ServerStatus,
+    UsageRows,
+)
 
 
 class MLXManagerError(RuntimeError):
@@ -117,6 +126,7 @@ class Download:
         self._closed = threading.Event()
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self._show = show_progress
+        self._bar: Any = None
         self._thread = threading.Thread(target=self._follow, name=f"mlx-download-{self.id}", daemon=True)
         self._thread.start()
 
@@ -129,11 +139,15 @@ class Download:
         """Call `callback(record)` with every new record (on the follower's thread)."""
         self._listeners.append(callback)
 
-    def _update(self, record: dict[str, Any], bar: Any) -> bool:
+    def _update(self, record: dict[str, Any]) -> bool:
         self.progress = record
-        if bar is not None:
-            bar.total = record.get("total_bytes") or bar.total
-            bar.update(record.get("downloaded_bytes", 0) - bar.n)
+        if self._show and self._bar is None and record.get("total_bytes"):
+            # Only once the Hub has listed the files: a download that fails first shows no empty bar.
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=record["total_bytes"], unit="B", unit_scale=True, desc=record["repo_id"])
+        if self._bar is not None:
+            self._bar.update(record.get("downloaded_bytes", 0) - self._bar.n)
         for listener in list(self._listeners):
             try:
                 listener(record)
@@ -142,27 +156,17 @@ class Download:
         return record.get("status") in self.FINAL
 
     def _follow(self) -> None:
-        bar = None
         delay, lost_since = self._MIN_DELAY, None
         try:
-            if self._show:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(
-                    total=self.progress.get("total_bytes") or None,
-                    unit="B",
-                    unit_scale=True,
-                    desc=self.progress["repo_id"],
-                )
             while not self._closed.is_set():
                 received = 0
                 try:
                     for event in self._client._sse(f"mlx/api/downloads/{self.id}/progress"):
                         received += 1
-                        if self._update(event, bar):
+                        if self._update(event):
                             return
                     # the stream ended without a final record: ask for it
-                    if self._update(self._client._get(f"mlx/api/downloads/{self.id}"), bar):
+                    if self._update(self._client._get(f"mlx/api/downloads/{self.id}")):
                         return
                     lost_since = None
                 except Exception as exc:
@@ -178,8 +182,8 @@ class Download:
                 delay = self._MIN_DELAY if received else min(delay * 2, self._MAX_DELAY)
                 self._closed.wait(delay)
         finally:
-            if bar is not None:
-                bar.close()
+            if self._bar is not None:
+                self._bar.close()
             self._done.set()
 
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
@@ -346,6 +350,16 @@ class MLXClient:
             "mlx/v1/chat/completions", {"model": model, "messages": messages, **params}, stream, chat=True
         )
 
+    def usage(self, group_by: str = "day", **filters: Any) -> UsageRows:
+        """Requests and tokens per `day`, `user`, `model` or `notebook` (your own; an admin's:
+        everyone's, or `user=`), as a table (`to_pandas()`); `since`/`until` as ISO times."""
+        reply = self._get("mlx/api/usage", params={"group_by": group_by, **filters})
+        return UsageRows(reply["rows"], title=f"Usage by {group_by}")
+
+    def budget(self) -> dict[str, Any]:
+        """Your token budgets: each window's limit, what is used and left, and when it renews."""
+        return self._get("mlx/api/budgets")
+
     def map(
         self,
         model: str,
@@ -354,8 +368,9 @@ class MLXClient:
         concurrency: int = 8,
         *,
         progress: bool = True,
+        background: bool = False,
         **params: Any,
-    ) -> list[Any]:
+    ) -> list[Any] | BatchJob:
         """Chat with `model` about many prompts at once (`concurrency` requests in flight), with a
         progress bar. Each prompt is a text or a list of messages; `params` go with every request.
 
@@ -363,7 +378,12 @@ class MLXClient:
         Pydantic model class or a JSON schema dict, sent as `response_format`) the parsed and
         validated value (a model instance; for a dict schema the parsed JSON). A prompt that
         failed has its exception in its place (`MLXManagerError`, `StructuredOutputError`…);
-        the others are still served. Busy refusals (429/503) are retried with back-off."""
+        the others are still served. Busy refusals (429/503) are retried with back-off.
+
+        With `background=True` the prompts go to the server as one batch (OpenAI's Batch API):
+        it runs at low priority (people typing go first), survives the kernel and the server
+        restarting, and counts against your budget; a `BatchJob` handle is returned at once,
+        whose `wait()` shows progress and returns the same results."""
         if params.pop("stream", False):
             raise ValueError("map() returns whole replies: stream=True is not supported")
         items = list(prompts)
@@ -371,6 +391,8 @@ class MLXClient:
         if schema is not None:
             response_format, parse = _structured(schema)
             params = {**params, "response_format": response_format}
+        if background:
+            return self._submit_batch(model, items, params, parse, progress)
         results: list[Any] = [None] * len(items)
 
         def one(index: int) -> None:
@@ -403,6 +425,33 @@ class MLXClient:
                 bar.close()
         executor.shutdown(wait=True)
         return results
+
+    def batch(self, batch_id: str) -> BatchJob:
+        """A background `map()` (or any batch of yours) by id, e.g. after the kernel restarted."""
+        batch = self._get(f"mlx/v1/batches/{batch_id}")
+        return BatchJob(self, batch, batch["request_counts"]["total"])
+
+    def _submit_batch(
+        self, model: str, items: list[Any], params: dict[str, Any], parse: Callable[[str], Any] | None, progress: bool
+    ) -> BatchJob:
+        if not items:
+            raise ValueError("map(background=True) needs at least one prompt")
+        lines = []
+        for index, prompt in enumerate(items):
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            body = {"model": model, "messages": [_with_images(m) for m in messages], **params}
+            lines.append(json.dumps({"custom_id": str(index), "method": "POST", "url": "/v1/chat/completions",
+                                     "body": body}).encode())  # fmt: skip
+        upload = self._request(
+            "POST", "mlx/v1/files", files={"file": ("map.jsonl", b"\n".join(lines) + b"\n")}, data={"purpose": "batch"}
+        )
+        batch = self._request(
+            "POST",
+            "mlx/v1/batches",
+            json={"input_file_id": upload["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h",
+                  "metadata": {"source": "map"}},
+        )  # fmt: skip
+        return BatchJob(self, batch, len(items), parse, progress)
 
     _BUSY_RETRIES, _BUSY_DELAY = 8, 0.25
 
@@ -560,6 +609,87 @@ class MLXClient:
 
 
 TTFT_HEADER = "X-MLX-TTFT-Ms"  # the server's time to first token of a non-streamed reply, if it sends it
+
+
+class BatchJob:
+    """A background `map()`: a batch on the server. `status()` reads it, `wait()` follows it
+    with a progress bar and returns the results in input order, `cancel()` stops it (what
+    finished is kept). The batch goes on if the kernel stops: `connect().batch(id)` finds it."""
+
+    TERMINAL = ("completed", "failed", "cancelled", "expired")
+
+    def __init__(self, client: MLXClient, batch: dict[str, Any], count: int, parse: Any = None, progress: bool = True):
+        self.client = client
+        self.id = batch["id"]
+        self.batch = batch
+        self.count = count
+        self.parse = parse
+        self.progress = progress
+
+    def status(self) -> dict[str, Any]:
+        self.batch = self.client._get(f"mlx/v1/batches/{self.id}")
+        return self.batch
+
+    def wait(self, timeout: float | None = None, poll: float = 0.5) -> list[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.count, desc=f"batch {self.id}", unit="req")
+        try:
+            while True:
+                batch = self.status()
+                counts = batch["request_counts"]
+                if bar is not None:
+                    bar.n = counts["completed"] + counts["failed"]
+                    bar.refresh()
+                if batch["status"] in self.TERMINAL:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"batch {self.id} is still {batch['status']}")
+                time.sleep(poll)
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.results()
+
+    def results(self) -> list[Any]:
+        """One result per prompt, in input order: a `ChatResult` (or the parsed value), an
+        `MLXManagerError` for a prompt that failed, None for one not answered (cancelled)."""
+        results: list[Any] = [None] * self.count
+        for file_id in (self.batch.get("output_file_id"), self.batch.get("error_file_id")):
+            if not file_id:
+                continue
+            for line in self.client._call("GET", f"mlx/v1/files/{file_id}/content").text.splitlines():
+                answer = json.loads(line)
+                index, reply = int(answer["custom_id"]), answer["response"]
+                body = reply["body"]
+                if reply["status_code"] != 200:
+                    error = body.get("error") or {}
+                    results[index] = MLXManagerError(reply["status_code"], error.get("message", ""), error.get("code"))
+                    continue
+                choice = body["choices"][0]
+                result = ChatResult(
+                    choice["message"].get("content") or "", model=body.get("model"), usage=body.get("usage"),
+                    finish_reason=choice.get("finish_reason"), raw=body,
+                )  # fmt: skip
+                try:
+                    results[index] = self.parse(result) if self.parse is not None else result
+                except Exception as exc:  # the prompt's own failure, in its place
+                    results[index] = exc
+        return results
+
+    def cancel(self) -> dict[str, Any]:
+        self.batch = self.client._request("POST", f"mlx/v1/batches/{self.id}/cancel")
+        return self.batch
+
+    def __repr__(self) -> str:
+        counts = self.batch.get("request_counts") or {}
+        return (
+            f"<BatchJob {self.id}: {self.batch.get('status')}, {counts.get('completed', 0)} of {self.count} done, "
+            f"{counts.get('failed', 0)} failed>"
+        )
 
 
 def _with_images(message: dict[str, Any]) -> dict[str, Any]:
