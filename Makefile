@@ -25,7 +25,7 @@ $(CHP_STAMP):
 	touch $@
 
 run: install
-	$(VENV)/bin/jupyter mlx-manager demo-model --if-missing
+	$(VENV)/bin/jupyter mlx-manager demo-model --all-kinds --if-missing
 	@echo "Starting JupyterLab with jupyter-mlx-manager on http://127.0.0.1:$(PORT)/lab"
 	$(VENV)/bin/jupyter lab --no-browser --ServerApp.allow_root=True --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT)
 

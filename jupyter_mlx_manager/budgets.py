@@ -97,6 +97,7 @@ class Budgets:
         # (user, window, start) → [tokens, last audit id counted]; only current windows are kept.
         self._spent: dict[tuple[str, str, str], list[int]] = {}
         self._loading: dict[tuple[str, str, str], asyncio.Future] = {}
+        self._groups: dict[str, tuple[str, ...]] = {}  # username → groups last seen
 
     def load(self) -> None:
         """The admins' budgets from the database, once at start (before any request)."""
@@ -136,10 +137,31 @@ class Budgets:
                 out[window] = limit
         return out
 
+    async def groups_of(self, username: str, seen: tuple[str, ...] | None) -> tuple[str, ...]:
+        """The user's groups: those this request came with (remembered when they change), else
+        the ones last seen (a request with one of our own tokens carries none)."""
+        if seen is not None:
+            if self._groups.get(username) != seen:
+                self._groups[username] = seen
+                await self.db.write(
+                    lambda conn: conn.execute(
+                        "INSERT INTO user_groups (username, groups, updated_at) VALUES (?, ?, ?) "
+                        "ON CONFLICT (username) DO UPDATE SET groups = excluded.groups, updated_at = excluded.updated_at",
+                        (username, json.dumps(list(seen)), utcnow()),
+                    )
+                )
+            return seen
+        if username not in self._groups:
+            row = await self.db.read(
+                lambda conn: conn.execute("SELECT groups FROM user_groups WHERE username = ?", (username,)).fetchone()
+            )
+            self._groups[username] = tuple(json.loads(row[0])) if row else ()
+        return self._groups[username]
+
     # -- admission -------------------------------------------------------------------------
-    async def check(self, username: str, groups: tuple[str, ...] = ()) -> None:
+    async def check(self, username: str, groups: tuple[str, ...] | None = None) -> None:
         """Raise BudgetExceeded when a window's budget of this user is spent."""
-        limits = self.limits_for(username, groups)
+        limits = self.limits_for(username, await self.groups_of(username, groups))
         if not limits:
             return
         now = self.clock()
@@ -200,8 +222,9 @@ class Budgets:
                 entry[1] = record["id"]
 
     # -- what users and admins see -----------------------------------------------------------
-    async def status(self, username: str, groups: tuple[str, ...] = ()) -> dict[str, Any]:
+    async def status(self, username: str, groups: tuple[str, ...] | None = None) -> dict[str, Any]:
         """A user's limits, what is spent and left in each window, and when each renews."""
+        groups = await self.groups_of(username, groups)
         limits = self.limits_for(username, groups)
         now = self.clock()
         windows = {}
@@ -214,7 +237,7 @@ class Budgets:
                 "remaining": None if limit is None else max(0, limit - spent),
                 "resets_at": _iso(window_of(window, now)[1]),
             }
-        return {"user": username, "windows": windows}
+        return {"user": username, "groups": list(groups), "windows": windows}
 
     async def update(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Store an admin's changes (checked with `check_budgets`); `null` removes an entry."""

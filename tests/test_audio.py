@@ -106,9 +106,11 @@ async def test_transcription_and_speech_with_the_openai_sdk(sdk, api, jp_http_po
     records = [r for r in records if r["action"] == "transcriptions"]
     assert len(records) == 4 and {r["status"] for r in records} == {"ok"}
     assert all(r["prompt_tokens"] == 16000 and r["endpoint"].endswith("audio/transcriptions") for r in records)
+    assert all(r["audio_seconds"] == 1.0 for r in records)  # one second of 16 kHz audio in, counted as time
     records = (await api("GET", "mlx/api/audit", params={"model": TTS})).body["records"]
     records = [r for r in records if r["action"] == "speech"]
     assert len(records) == 1 and records[0]["status"] == "ok" and records[0]["completion_tokens"] > 0
+    assert records[0]["audio_seconds"] > 0
 
     # The kernel client (its sync HTTP runs off this loop).
     from jupyter_mlx_manager import connect

@@ -20,6 +20,7 @@ from conftest import JWT_SECRET, OWNER
 from models import build_models, eos_id
 from servers import jupyter_server
 
+from jupyter_mlx_manager.client import BatchJob, connect
 from jupyter_mlx_manager.inference.limits import RequestLimits
 
 MODEL = "local/tiny-demo"
@@ -312,3 +313,22 @@ def test_a_batch_survives_a_server_restart(tmp_path, models_dir, no_eos):
         ids = [json.loads(line)["custom_id"] for line in output.text.splitlines()]
         assert sorted(ids) == sorted(line["custom_id"] for line in lines)  # each exactly once
         assert found["request_counts"] == {"total": 12, "completed": 12, "failed": 0}
+
+
+def test_kernel_map_in_the_background_and_usage(tmp_path, models_dir, no_eos):
+    """The kernel client: `map(background=True)` hands back a batch at once and its results in
+    input order; `usage()` and `budget()` read the same ledger."""
+    args = (f"--MLXManager.model_dirs={models_dir}", "--MLXManager.owner_username=owner")
+    with jupyter_server(tmp_path, *args) as server:
+        client = connect(server.url, server.token)
+        prompts = [f"prompt {i}" for i in range(5)]
+        job = client.map(MODEL, prompts, background=True, progress=False, max_tokens=3, temperature=0,
+                         logit_bias=no_eos)  # fmt: skip
+        assert isinstance(job, BatchJob) and job.status()["status"] in ("validating", "in_progress", "completed")
+        results = client.batch(job.id).wait(timeout=120)  # found again by id, as after a kernel restart
+        assert [r.usage["completion_tokens"] for r in results] == [3] * 5
+        assert all(r.model == MODEL for r in results)
+
+        rows = client.usage(group_by="model")
+        assert [(r["key"], r["requests"], r["completion_tokens"]) for r in rows] == [(MODEL, 5, 15)]
+        assert client.budget()["windows"]["tokens_per_day"]["limit"] is None

@@ -139,6 +139,12 @@ def test_group_budgets_follow_the_hubs_groups(hub):
         assert int(refused.headers["Retry-After"]) > 0
         own = _service(hub, "GET", "mlx/api/budgets", headers=bob).json()
         assert own["windows"]["tokens_per_day"]["limit"] == 1 and own["windows"]["tokens_per_day"]["remaining"] == 0
+        assert own["groups"] == ["students"]
+        # One of our own API tokens carries no groups: the ones the Hub gave bob still bind him.
+        created = _service(hub, "POST", "mlx/api/auth/tokens", json={"name": "budget"}, headers=bob)
+        api_token = {"Authorization": f"Bearer {created.json()['token']}"}
+        refused = _service(hub, "POST", "mlx/v1/chat/completions", json=chat, headers=api_token)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
         for _ in range(2):  # alice is no student
             assert _service(hub, "POST", "mlx/v1/chat/completions", json=chat, headers=alice).status_code == 200
     finally:

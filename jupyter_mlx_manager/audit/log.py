@@ -21,7 +21,7 @@ EVENT_SCHEMA_ID = "https://events.jupyter.org/jupyter_mlx_manager/audit/v1"
 FIELDS = (
     "id", "request_id", "time", "user", "client", "action", "endpoint", "model", "status",
     "prompt_tokens", "cached_tokens", "completion_tokens", "ttft_ms", "duration_ms", "error_type",
-    "backend", "notebook", "kernel_id", "cell_id",
+    "backend", "notebook", "kernel_id", "cell_id", "audio_seconds",
 )  # fmt: skip
 STATUSES = ("ok", "error", "cancelled", "timeout")
 # Text fields come from clients (a model id, a user name that failed to log in, an error
@@ -191,7 +191,8 @@ class AuditLog:
         def run(conn):
             rows = conn.execute(
                 f"SELECT {column}, COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), "
-                f"COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(duration_ms), 0) FROM audit_log {cond} "
+                f"COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(duration_ms), 0), COALESCE(SUM(audio_seconds), 0) "
+                f"FROM audit_log {cond} "
                 f"GROUP BY {column} ORDER BY {order} LIMIT ?",
                 [*params, limit],
             )
@@ -203,8 +204,9 @@ class AuditLog:
                     "completion_tokens": completion,
                     "cached_tokens": cached,
                     "duration_ms": round(duration, 1),
+                    "audio_seconds": round(audio, 3),
                 }
-                for key, n, prompt, completion, cached, duration in rows
+                for key, n, prompt, completion, cached, duration, audio in rows
             ]
 
         return await self.db.read(run)

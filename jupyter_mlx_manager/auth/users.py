@@ -36,7 +36,9 @@ class Actor:
     client: str  # "browser", "kernel" or "api_token"
     # Extra audit fields that say where the request came from (e.g. the notebook of a kernel).
     context: dict[str, Any] = field(default_factory=dict)
-    groups: tuple[str, ...] = ()  # the identity provider's groups (JupyterHub's), for budgets
+    # The identity provider's groups (JupyterHub's), for budgets; None where this request does not
+    # say (our own tokens): the budgets then use the groups last seen for the user.
+    groups: tuple[str, ...] | None = None
 
 
 def validate_username(username: Any) -> str:

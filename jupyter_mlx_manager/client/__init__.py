@@ -2,6 +2,7 @@
 
 from .client import (
     AuthenticationError,
+    BatchJob,
     Conflict,
     Download,
     MLXClient,
@@ -24,11 +25,12 @@ from .results import (
     ServerStatus,
     Table,
     TextResult,
+    UsageRows,
 )
 
 __all__ = [
-    "AuthenticationError", "Conflict", "Download", "MLXClient", "MLXManagerError", "NotFound",
+    "AuthenticationError", "BatchJob", "Conflict", "Download", "MLXClient", "MLXManagerError", "NotFound",
     "PermissionDenied", "ServerBusy", "ServerNotFound", "StructuredOutputError", "connect", "find_server",
     "AuditRecords", "ChatResult", "CompletionResult", "LocalModels", "PoolModels", "PoolStatus",
-    "SearchResults", "ServerStatus", "Table", "TextResult",
+    "SearchResults", "ServerStatus", "Table", "TextResult", "UsageRows",
 ]  # fmt: skip

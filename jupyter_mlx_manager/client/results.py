@@ -231,6 +231,11 @@ class AuditRecords(Table):
     empty = "no audit records"
 
 
+class UsageRows(Table):
+    columns = ("key", "requests", "prompt_tokens", "completion_tokens", "cached_tokens", "audio_seconds")
+    empty = "no usage yet"
+
+
 class PoolModels(Table):
     columns = ("model", "status", "pinned", "memory_bytes", "requests", "in_flight", "context_length", "pid",
                "expires_at")  # fmt: skip

@@ -140,7 +140,7 @@ class MLXAuthMixin(ExtensionHandlerMixin):
             user = await self.mlx.users.get_by_name(owner)
         else:
             user = await self.mlx.users.user_for_jupyter_name(self.current_user.username)
-        # The Hub's groups, for group budgets.
+        # The Hub's groups, for group budgets (no groups where there is no Hub).
         groups = tuple(g for g in (hub_user or {}).get("groups") or () if isinstance(g, str))
         self._resolve_actor(user, client, groups)
 
@@ -156,7 +156,7 @@ class MLXAuthMixin(ExtensionHandlerMixin):
         kwargs = getattr(self.identity_provider, "get_secure_cookie_kwargs", None) or {}
         return self.get_secure_cookie(cookie_name(self), **kwargs) is not None
 
-    def _resolve_actor(self, user: dict[str, Any] | None, client: str, groups: tuple[str, ...] = ()) -> None:
+    def _resolve_actor(self, user: dict[str, Any] | None, client: str, groups: tuple[str, ...] | None = None) -> None:
         self.mlx_user = self.mlx.users.require_active(user)
         self.actor = Actor(user=self.mlx_user, client=client, groups=groups)
 

@@ -6,17 +6,23 @@ from __future__ import annotations
 import asyncio
 
 from ..errors import BadRequest, NotFound
-from ..models.catalog import validate_model_id
+from ..models.catalog import validate_model_id, weights_bytes
 from ..models.hub import SearchQuery
 from .base import MLXAPIHandler, authorized, web
 
 _TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
 
 
-def _local_fields(handler: MLXAPIHandler, info: dict) -> dict:
+def _local_fields(handler: MLXAPIHandler, info: dict, weights: int) -> dict:
     info["loaded"] = handler.mlx.pool.get_loaded_model(info["id"]) is not None
     info["downloading"] = handler.mlx.downloads.active_for(info["id"]) is not None
+    info["memory_estimate_bytes"] = handler.mlx.pool.estimate_bytes(weights)  # what a load must make room for
     return info
+
+
+def _weights(catalog, model_id: str) -> int:
+    folder = catalog.resolve(model_id)
+    return weights_bytes(folder) if folder is not None else 0
 
 
 async def _off_loop(fn, *args):
@@ -37,8 +43,12 @@ class LocalModelsHandler(MLXAPIHandler):
     @web.authenticated
     @authorized
     async def get(self):
-        models = await _off_loop(self.mlx.catalog.list_local, self.mlx_user)
-        self.write_json({"models": [_local_fields(self, m) for m in models]})
+        catalog = self.mlx.catalog
+
+        def listed():
+            return [(m, _weights(catalog, m["id"])) for m in catalog.list_local(self.mlx_user)]
+
+        self.write_json({"models": [_local_fields(self, m, weights) for m, weights in await _off_loop(listed)]})
 
 
 class LocalModelHandler(MLXAPIHandler):
@@ -49,7 +59,7 @@ class LocalModelHandler(MLXAPIHandler):
         info = await _off_loop(self.mlx.catalog.describe, model_id, self.mlx_user)
         if info is None:
             raise NotFound(f"model {model_id} is not on this machine", reason="model_not_found")
-        self.write_json(_local_fields(self, info))
+        self.write_json(_local_fields(self, info, await _off_loop(_weights, self.mlx.catalog, info["id"])))
 
     @web.authenticated
     @authorized

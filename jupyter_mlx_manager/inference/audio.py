@@ -17,9 +17,10 @@ aac and flac would need encoders this server does not ship) and `speed` 1 only. 
 16-bit PCM WAV at the model's sample rate.
 
 Both go through the one serving pipeline with the endpoint's kind (a chat model named here is
-a 400 on `model`, and so is a transcription model on speech) and write one audit record: `prompt_tokens` holds the audio samples in (transcription) or the characters
-in (speech), `completion_tokens` the text tokens decoded or the audio samples out, and `detail`
-the seconds of audio.
+a 400 on `model`, and so is a transcription model on speech) and write one audit record:
+`prompt_tokens` holds the audio samples in (transcription) or the characters in (speech),
+`completion_tokens` the text tokens decoded or the audio samples out, and `audio_seconds` the
+seconds of audio in or out (what usage views count audio in).
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ class AudioService:
                     result = event
             if not result:
                 raise ServingFailed("the runner gave no transcription")
-            call.usage.detail = f"{request.seconds:.2f} s of audio in"
+            call.usage.audio_seconds = round(request.seconds, 3)
         return {k: result.get(k) for k in ("text", "language", "duration", "segments")}
 
     async def speak(self, actor: Actor, endpoint: str, request: SpeechRequest, request_id: str) -> bytes:
@@ -190,7 +191,7 @@ class AudioService:
             samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype="<f4")
             if not sample_rate or not len(samples):
                 raise ServingFailed("the model produced no audio")
-            call.usage.detail = f"{len(samples) / sample_rate:.2f} s of audio out"
+            call.usage.audio_seconds = round(len(samples) / sample_rate, 3)
         return wav_bytes(samples, sample_rate)
 
 

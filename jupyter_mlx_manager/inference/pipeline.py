@@ -47,7 +47,7 @@ class Usage:
     ttft_ms: float | None = None
     finish_reason: str | None = None
     stop_sequence: str | None = None  # the stop string that ended it, when the runner says
-    detail: str | None = None  # the audit's free-text detail (audio seconds)
+    audio_seconds: float | None = None  # transcription: seconds in; speech: seconds out
     text: list[str] = field(default_factory=list)
 
     def as_openai(self) -> dict[str, Any]:
@@ -178,7 +178,7 @@ class ServingPipeline:
                     duration_ms=(time.monotonic() - started) * 1000,
                     error_type=error_type,
                     backend=backend_name,
-                    detail=usage.detail,
+                    audio_seconds=usage.audio_seconds,
                     content=call.content() if call is not None and call.content is not None else None,
                     **actor.context,
                 )

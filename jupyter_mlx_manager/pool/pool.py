@@ -201,8 +201,11 @@ class LoadedModel:
         return self.last_used + self.keep_alive
 
     @property
-    def context_length(self) -> int:
-        return int(self.runner.info.get("context_length", 0))
+    def context_length(self) -> int | None:
+        """Tokens of prompt + output, as the runner enforces them; None for models without one
+        (speech-to-text and text-to-speech work in seconds of audio)."""
+        value = self.runner.info.get("context_length")
+        return int(value) if value else None
 
     def status(self) -> dict[str, Any]:
         return {
@@ -300,6 +303,7 @@ class ModelPool:
                 "max_memory_bytes": self.max_memory_bytes,
                 "max_loaded_models": self.max_loaded_models,
                 "default_keep_alive": self.default_keep_alive,
+                "runner_overhead_bytes": self._runner_overhead(),
             },
             "memory_used_bytes": self.memory_used_bytes(),
         }
@@ -551,7 +555,7 @@ class ModelPool:
                 f"{model_id} could not be loaded: {problem}",
                 public_message=f"{model_id} could not be loaded: {public_load_error(problem, model_id, path)}",
             )
-        estimate = int(weights * ESTIMATE_FACTOR) + self._runner_overhead()
+        estimate = self.estimate_bytes(weights)
         if estimate > self.max_memory_bytes:
             raise ModelLoadError(
                 f"{model_id} needs about {estimate / 1024**3:.1f} GiB, more than the whole memory budget "
@@ -664,6 +668,11 @@ class ModelPool:
 
     def _runner_overhead(self) -> int:
         return self._overhead
+
+    def estimate_bytes(self, weights: int) -> int:
+        """What a model of `weights` bytes is counted as before its runner is ready: the sidebar
+        shows it before Load, the load makes room for it."""
+        return int(weights * ESTIMATE_FACTOR) + self._runner_overhead()
 
     def _background(self, coroutine, what: str) -> asyncio.Task:
         """Run `coroutine` as a task kept referenced until it ends; its failure is logged."""

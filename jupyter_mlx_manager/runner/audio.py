@@ -70,7 +70,7 @@ class AudioEngine(SerialEngine):
         self.voices = sorted(p.stem for p in (self.model_path / "voices").glob("*") if p.is_file())
         self._count_windows()
         self._warm_up()
-        return {"context_length": 0, "vocab_size": None, "sample_rate": self._sample_rate(), "voices": self.voices}
+        return {"context_length": None, "vocab_size": None, "sample_rate": self._sample_rate(), "voices": self.voices}
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], None]]:
         return {"transcribe": self._transcribe} if self.kind == "transcription" else {"speak": self._speak}

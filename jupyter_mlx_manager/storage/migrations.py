@@ -97,6 +97,7 @@ MIGRATIONS: list[str] = [
     """,
     # 6: token budgets set by admins through `mlx/api/budgets` (budgets.py): one row per
     # scope and name (the default's name is ''), its limits as JSON; config holds the rest.
+    # And each user's groups as last seen.
     """
     CREATE TABLE budgets (
         scope       TEXT NOT NULL CHECK (scope IN ('default', 'user', 'group')),
@@ -104,6 +105,13 @@ MIGRATIONS: list[str] = [
         limits      TEXT NOT NULL,
         updated_at  TEXT NOT NULL,
         PRIMARY KEY (scope, name)
+    );
+    -- The groups the identity provider (JupyterHub) last gave each user: a request with one of
+    -- our own tokens carries none, and must not escape its group's budget.
+    CREATE TABLE user_groups (
+        username    TEXT PRIMARY KEY COLLATE NOCASE,
+        groups      TEXT NOT NULL,
+        updated_at  TEXT NOT NULL
     );
     """,
     # 7: OpenAI's Files and Batch API (batches/): uploaded files (their bytes live in
@@ -144,5 +152,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX batches_user ON batches(user, created_at);
     CREATE INDEX batches_status ON batches(status);
+    """,
+    # 8: seconds of audio of a transcription (in) or speech (out) request, so usage shows audio
+    # in seconds rather than in samples.
+    """
+    ALTER TABLE audit_log ADD COLUMN audio_seconds REAL;
     """,
 ]
