@@ -28,6 +28,10 @@ def mlx_config(models_dir):
         "jwt_secret": JWT_SECRET,
         "model_dirs": [str(models_dir)],
         "default_keep_alive": -1,
+        # A chat body may weigh the JSON limit plus room for its images: with no images and a
+        # 4 MB limit, the 5 MB body below is over it.
+        "max_body_mb": 4,
+        "max_images_per_request": 0,
     }
 
 

@@ -28,7 +28,7 @@ class MessagesHandler(AnthropicErrors, InferenceHandler):
 
 
 class CountTokensHandler(AnthropicErrors, MLXAPIHandler):
-    max_body_bytes = 4 * 1024 * 1024
+    max_body_bytes = None  # the server's JSON limit (c.MLXManager.max_body_mb)
 
     @web.authenticated
     @authorized

@@ -47,7 +47,7 @@ class OpenAIErrors:
 
 
 class OpenAIHandler(OpenAIErrors, MLXAPIHandler):
-    max_body_bytes = 4 * 1024 * 1024
+    max_body_bytes = None  # the server's JSON limit (c.MLXManager.max_body_mb)
 
 
 class ProbeHandler(OpenAIHandler):

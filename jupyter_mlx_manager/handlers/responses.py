@@ -56,7 +56,7 @@ class InputTokensHandler(OpenAIErrors, MLXAPIHandler):
     (instructions, input, tools, a previous response's conversation), counted as the runner
     counts them, without generating."""
 
-    max_body_bytes = 4 * 1024 * 1024
+    max_body_bytes = None  # the server's JSON limit (c.MLXManager.max_body_mb)
 
     @web.authenticated
     @authorized
