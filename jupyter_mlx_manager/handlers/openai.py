@@ -21,7 +21,7 @@ from ..protocols.openai_chat import (
     parse,
     parse_completions,
 )
-from .base import MLXAPIHandler, authorized, web
+from .base import MLXAPIHandler, allow_unauthenticated, authorized, web
 from .inference import KEEPALIVE_SECONDS, InferenceHandler, ServerShuttingDown
 
 __all__ = [
@@ -51,11 +51,11 @@ class OpenAIHandler(OpenAIErrors, MLXAPIHandler):
 
 
 class ProbeHandler(OpenAIHandler):
-    """`HEAD mlx` and `HEAD mlx/v1`: the base URLs clients probe before use answer 200 (with
-    credentials, like every route; without, 401)."""
+    """`HEAD mlx` and `HEAD mlx/v1`: the base URLs clients probe before use answer 200, with or
+    without credentials (Claude Code 2.1 warms its connection with a bare `HEAD <base>`): the
+    answer has no body and says only that the server is there, as any 401 would."""
 
-    @web.authenticated
-    @authorized
+    @allow_unauthenticated
     async def head(self):
         self.finish()
 
