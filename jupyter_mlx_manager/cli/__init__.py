@@ -97,6 +97,20 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--reasoning", action="store_true", help="a thinking model whose replies open with a <think>...</think> block"
     )
+    demo.add_argument(
+        "--size",
+        choices=["tiny", "small", "bench"],
+        default="tiny",
+        help="text models: tiny (tests), small (demos) or bench (a decode step of ~5-20 ms on one CPU core, "
+        "for benchmarks/serve_bench.py); default: tiny",
+    )
+    demo.add_argument(
+        "--context",
+        type=int,
+        default=2048,
+        help="text models: the context length in tokens written into its config (default 2048); agents need "
+        "room for their prompts: Claude Code ~55k, opencode ~22k, Codex ~18k",
+    )
 
     serve = commands.add_parser(
         "serve",

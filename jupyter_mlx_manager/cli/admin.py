@@ -47,6 +47,9 @@ def demo_model(args: argparse.Namespace) -> int:
     if (args.all_kinds or args.kind != "text") and (args.tool_calling or args.reasoning):
         print("--tool-calling and --reasoning make text models", file=sys.stderr)
         return 2
+    if not 16 <= args.context <= 1_048_576:
+        print("--context must be from 16 to 1048576 tokens", file=sys.stderr)
+        return 2
     if args.all_kinds and args.name:
         print("--name names one model; --all-kinds makes one of each kind (tiny-<kind>)", file=sys.stderr)
         return 2
@@ -79,7 +82,10 @@ def _make_demo(kind: str, path: Path, args: argparse.Namespace) -> Path:
     from ..models import demo
 
     if kind == "text":
-        return demo.make_demo_model(path, scripted_tool_call=args.tool_calling, scripted_reasoning=args.reasoning)
+        return demo.make_demo_model(
+            path, scripted_tool_call=args.tool_calling, scripted_reasoning=args.reasoning,
+            context_length=args.context, **demo.SIZES[args.size],
+        )  # fmt: skip
     return getattr(demo, f"make_demo_{kind}_model")(path)
 
 

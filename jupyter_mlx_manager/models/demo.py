@@ -132,6 +132,16 @@ def _save(work: Path, model: Any, config: dict[str, Any], dtype: Any = None) -> 
     )
 
 
+# `demo-model --size`: tiny for tests, small for demos, bench for `benchmarks/serve_bench.py` (a
+# decode step of roughly 5–20 ms on one CPU core here, so server overhead shows at a realistic ratio;
+# on Apple Silicon every size decodes faster, memory-bandwidth-bound).
+SIZES = {
+    "tiny": {"hidden_size": 64, "num_layers": 2},
+    "small": {"hidden_size": 512, "num_layers": 8, "num_heads": 8},
+    "bench": {"hidden_size": 384, "num_layers": 6, "num_heads": 6},
+}
+
+
 def make_demo_model(
     path: str | Path,
     hidden_size: int = 64,
@@ -142,8 +152,12 @@ def make_demo_model(
     seed: int = 0,
     scripted_tool_call: bool = False,
     scripted_reasoning: bool = False,
+    context_length: int = 2048,
 ) -> Path:
     """Write the model to `path` (atomically: built in a sibling temp dir, then renamed).
+
+    `context_length` is what its config promises (and the server then enforces): agents need
+    room for their prompts (Claude Code's is ~55k tokens).
 
     `scripted_tool_call=True` makes a model that, decoding greedily, always answers with
     one call of the `get_weather` tool (`SCRIPTED_CALL`): a real model whose weights are
@@ -184,7 +198,7 @@ def make_demo_model(
                     "pad_token": "<|endoftext|>",
                     "bos_token": None,
                     "unk_token": None,
-                    "model_max_length": 2048,
+                    "model_max_length": context_length,
                     "add_bos_token": False,
                     "chat_template": REASONING_CHAT_TEMPLATE if scripted_reasoning else CHAT_TEMPLATE,
                 },
@@ -205,7 +219,7 @@ def make_demo_model(
             "num_key_value_heads": max(1, num_heads // 2),
             "rms_norm_eps": 1e-5,
             "vocab_size": tokenizer.get_vocab_size(),
-            "max_position_embeddings": 2048,
+            "max_position_embeddings": context_length,
             "rope_theta": 10000.0,
             "tie_word_embeddings": not scripted,
             "eos_token_id": eos_id,

@@ -147,6 +147,7 @@ class VisionEngine(SerialEngine):
             "temperature": float(command.get("temperature") or 0.0),
             "top_p": float(command.get("top_p") or 1.0),
             **({"logit_bias": bias} if bias else {}),
+            "skip_special_tokens": True,  # <|im_start|>, <|endoftext|>…: never reply text
         }
         stops = [s for s in command.get("stop") or [] if isinstance(s, str) and s]
         return prompt, images, options, stops
