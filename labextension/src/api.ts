@@ -328,6 +328,8 @@ export interface IPoolModel {
   keep_alive: number;
   expires_at: string | null;
   memory_bytes: number;
+  /** The prompt cache's share of `memory_bytes` (trimmed before models are evicted). */
+  prompt_cache_bytes?: number | null;
   pid?: number | null;
   loaded_at?: string | null;
   last_used?: string | null;
@@ -409,6 +411,10 @@ export interface ILocalModel {
   quantization?: Quantization;
   parameters?: number | string | null;
   size_bytes?: number | null;
+  /** What the pool will count for it once loaded (newer servers). */
+  memory_estimate_bytes?: number | null;
+  /** A demo model with random weights (newer servers; else told by its id). */
+  demo?: boolean;
   context_length?: number | null;
   tool_calling?: boolean;
   [key: string]: unknown;
@@ -576,6 +582,8 @@ export interface IAuditRecord {
   completion_tokens?: number | null;
   ttft_ms?: number | null;
   duration_ms?: number | null;
+  /** Seconds of audio in (transcriptions) or out (speech), on newer servers. */
+  audio_seconds?: number | null;
   error_type?: string | null;
   /** Path of the notebook whose kernel (or editor) made the request, from the server's sessions. */
   notebook?: string | null;

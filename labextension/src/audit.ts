@@ -85,6 +85,77 @@ export function effectiveFilter(
   return focused ? { ...filter, notebook: focused } : null;
 }
 
+/** Transcription uploads are decoded to 16 kHz mono: their `prompt_tokens` are samples at this rate. */
+export const TRANSCRIPTION_SAMPLE_RATE = 16000;
+
+/**
+ * What an audit record used, in the units it was used in: tokens for text, seconds for audio
+ * (the audio routes keep samples and characters in the token columns: never tokens).
+ */
+export interface IUsageUnits {
+  promptTokens: number;
+  completionTokens: number;
+  /** Seconds of audio in (transcriptions) or out (speech); null when the server did not say. */
+  audioIn: number | null;
+  audioOut: number | null;
+  /** Characters of text in (speech). */
+  characters: number;
+  audio: 'transcription' | 'speech' | null;
+}
+
+/** Which audio route a record is of, from its endpoint (or its action). */
+export function audioRoute(
+  record: IAuditRecord
+): 'transcription' | 'speech' | null {
+  const endpoint = record.endpoint ?? '';
+  if (
+    /\/audio\/transcriptions\/?$/.test(endpoint) ||
+    record.action === 'transcriptions'
+  ) {
+    return 'transcription';
+  }
+  if (/\/audio\/speech\/?$/.test(endpoint) || record.action === 'speech') {
+    return 'speech';
+  }
+  return null;
+}
+
+export function usageUnits(record: IAuditRecord): IUsageUnits {
+  const prompt = record.prompt_tokens ?? 0;
+  const completion = record.completion_tokens ?? 0;
+  const seconds =
+    typeof record.audio_seconds === 'number' ? record.audio_seconds : null;
+  const audio = audioRoute(record);
+  if (audio === 'transcription') {
+    return {
+      promptTokens: 0,
+      completionTokens: completion,
+      audioIn: seconds ?? prompt / TRANSCRIPTION_SAMPLE_RATE,
+      audioOut: null,
+      characters: 0,
+      audio
+    };
+  }
+  if (audio === 'speech') {
+    return {
+      promptTokens: 0,
+      completionTokens: 0,
+      audioIn: null,
+      audioOut: seconds,
+      characters: prompt,
+      audio
+    };
+  }
+  return {
+    promptTokens: prompt,
+    completionTokens: completion,
+    audioIn: null,
+    audioOut: null,
+    characters: 0,
+    audio
+  };
+}
+
 /** One bar of the tokens-over-time chart. */
 export interface ITokenBin {
   /** Start of the bin (ms since the epoch). */
@@ -92,12 +163,15 @@ export interface ITokenBin {
   end: number;
   prompt: number;
   completion: number;
+  /** Seconds of audio in and out (transcriptions, speech). */
+  audio: number;
   requests: number;
 }
 
 /**
  * Tokens of the shown records over time: `bins` equal slices from the oldest to the newest
- * record (records without tokens count as requests only). Empty without timed records.
+ * record (records without tokens count as requests only; audio counts in seconds, apart).
+ * Empty without timed records.
  */
 export function tokenSeries(records: IAuditRecord[], bins = 24): ITokenBin[] {
   const timed = records
@@ -115,12 +189,15 @@ export function tokenSeries(records: IAuditRecord[], bins = 24): ITokenBin[] {
     end: first + (i + 1) * width,
     prompt: 0,
     completion: 0,
+    audio: 0,
     requests: 0
   }));
   for (const { r, t } of timed) {
     const bin = series[Math.min(bins - 1, Math.floor((t - first) / width))];
-    bin.prompt += r.prompt_tokens ?? 0;
-    bin.completion += r.completion_tokens ?? 0;
+    const units = usageUnits(r);
+    bin.prompt += units.promptTokens;
+    bin.completion += units.completionTokens;
+    bin.audio += (units.audioIn ?? 0) + (units.audioOut ?? 0);
     bin.requests += 1;
   }
   return series;

@@ -172,9 +172,31 @@ export interface IUsage {
   total_tokens?: number;
 }
 
+/** A piece of a streamed tool call (OpenAI's `delta.tool_calls[i]`); pieces of one call share `index`. */
+export interface IToolCallDelta {
+  index: number;
+  id?: string;
+  name?: string;
+  arguments?: string;
+}
+
+/** A tool call the model made, assembled from its pieces. */
+export interface IToolCall {
+  id: string;
+  name: string;
+  arguments: string;
+}
+
 /** What one streamed chunk means to the chat panel. */
 export type ChunkResult =
-  | { kind: 'delta'; text: string; finishReason: string | null }
+  | {
+      kind: 'delta';
+      text: string;
+      finishReason: string | null;
+      /** `delta.reasoning_content` (a thinking model's reasoning), when the chunk has some. */
+      reasoning?: string;
+      toolCalls?: IToolCallDelta[];
+    }
   | { kind: 'usage'; usage: IUsage }
   | { kind: 'done' }
   | { kind: 'error'; message: string; code: string }
@@ -207,9 +229,54 @@ export function parseChunk(data: string): ChunkResult {
       ? { kind: 'usage', usage: json.usage }
       : { kind: 'ignore' };
   }
-  const text =
-    typeof choice.delta?.content === 'string' ? choice.delta.content : '';
-  return { kind: 'delta', text, finishReason: choice.finish_reason ?? null };
+  const delta = choice.delta ?? {};
+  const text = typeof delta.content === 'string' ? delta.content : '';
+  const result: ChunkResult = {
+    kind: 'delta',
+    text,
+    finishReason: choice.finish_reason ?? null
+  };
+  const reasoning = delta.reasoning_content ?? delta.reasoning;
+  if (typeof reasoning === 'string' && reasoning) {
+    result.reasoning = reasoning;
+  }
+  if (Array.isArray(delta.tool_calls) && delta.tool_calls.length) {
+    result.toolCalls = delta.tool_calls.map((c: any, i: number) => ({
+      index: typeof c?.index === 'number' ? c.index : i,
+      id: typeof c?.id === 'string' ? c.id : undefined,
+      name: typeof c?.function?.name === 'string' ? c.function.name : undefined,
+      arguments:
+        typeof c?.function?.arguments === 'string'
+          ? c.function.arguments
+          : c?.function?.arguments !== undefined
+            ? JSON.stringify(c.function.arguments)
+            : undefined
+    }));
+  }
+  return result;
+}
+
+/** Add streamed tool-call pieces to the calls so far (a new index starts a call). */
+export function mergeToolCalls(
+  calls: readonly IToolCall[],
+  pieces: readonly IToolCallDelta[]
+): IToolCall[] {
+  const out = calls.map(c => ({ ...c }));
+  for (const piece of pieces) {
+    const call = out[piece.index];
+    if (call) {
+      call.id = call.id || piece.id || '';
+      call.name += piece.name ?? '';
+      call.arguments += piece.arguments ?? '';
+    } else {
+      out[piece.index] = {
+        id: piece.id ?? '',
+        name: piece.name ?? '',
+        arguments: piece.arguments ?? ''
+      };
+    }
+  }
+  return out.filter(Boolean);
 }
 
 export interface IChatStats {
@@ -250,12 +317,18 @@ export function computeStats(t: {
 export interface IStreamHandlers {
   /** Each piece of text as it arrives. */
   onDelta?: (text: string) => void;
+  /** Each piece of reasoning (`reasoning_content`) as it arrives. */
+  onReasoning?: (text: string) => void;
+  /** The tool calls so far, whenever one grows. */
+  onToolCalls?: (calls: IToolCall[]) => void;
   /** `performance.now()`-like clock, for tests. */
   now?: () => number;
 }
 
 export interface IChatResult {
   text: string;
+  reasoning: string;
+  toolCalls: IToolCall[];
   finishReason: string | null;
   usage: IUsage | null;
   stats: IChatStats;
@@ -278,6 +351,8 @@ export async function streamChat(
   let firstTokenAt: number | null = null;
   let chunks = 0;
   let text = '';
+  let reasoning = '';
+  let toolCalls: IToolCall[] = [];
   let finishReason: string | null = null;
   let usage: IUsage | null = null;
   let stopped = false;
@@ -287,6 +362,8 @@ export async function streamChat(
     const tokens = usage?.completion_tokens ?? (chunks || null);
     return {
       text,
+      reasoning,
+      toolCalls,
       finishReason,
       usage,
       stopped,
@@ -348,6 +425,20 @@ export async function streamChat(
       for (const event of events) {
         const chunk = parseChunk(event.data);
         if (chunk.kind === 'delta') {
+          if (chunk.reasoning || chunk.toolCalls) {
+            if (firstTokenAt === null) {
+              firstTokenAt = now();
+            }
+          }
+          if (chunk.reasoning) {
+            chunks++;
+            reasoning += chunk.reasoning;
+            options.onReasoning?.(chunk.reasoning);
+          }
+          if (chunk.toolCalls) {
+            toolCalls = mergeToolCalls(toolCalls, chunk.toolCalls);
+            options.onToolCalls?.(toolCalls);
+          }
           if (chunk.text) {
             if (firstTokenAt === null) {
               firstTokenAt = now();

@@ -1,9 +1,13 @@
 /**
  * The chat panel (main area): pick a loaded chat model (text or vision), stream a reply, stop
- * it; each reply shows its time to first token and tokens per second. A vision model also
- * takes images (attached or pasted), sent as `image_url` content parts (data URLs).
+ * it; each reply shows its time to first token and tokens per second. Replies are Markdown
+ * (JupyterLab's rendermime), with the reasoning of a thinking model folded away and tool
+ * calls shown; each can be copied, regenerated or sent to a notebook as a code cell. The
+ * conversations are kept per notebook server (history.ts). A vision model also takes images
+ * (attached or pasted), sent as `image_url` content parts (data URLs).
  */
-import { MainAreaWidget } from '@jupyterlab/apputils';
+import { Clipboard, MainAreaWidget } from '@jupyterlab/apputils';
+import type { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { ReactWidget } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
@@ -12,36 +16,29 @@ import {
   buildMessages,
   chatModels,
   checkImages,
-  IChatStats,
   IMAGE_TYPES,
   IPendingImage,
+  IToolCall,
   MAX_IMAGE_BYTES,
   MAX_IMAGES,
   readDataURL,
   streamChat
 } from './chat';
-import { formatCount, formatMs } from './format';
+import { formatCount, formatMs, plural } from './format';
+import { ChatHistory, historyKey, ITurn } from './history';
 import { useAction, useStore } from './hooks';
 import { mlxIcon } from './icon';
+import { Markdown } from './markdown';
+import { DEMO_LABEL, isDemoModel } from './modelinfo';
 import { Button, Empty, ErrorNotice } from './sections/common';
-import { MLXService } from './service';
+import { MLXService, SectionId } from './service';
+import { exchangeCode } from './snippets';
 import { Store } from './store';
 
 export const CHAT_ID = 'jupyter-mlx-manager:chat';
 
-interface ITurn {
-  id: number;
-  role: 'user' | 'assistant';
-  content: string;
-  /** Data URLs of the images sent with a user turn. */
-  images?: string[];
-  model?: string;
-  streaming?: boolean;
-  stopped?: boolean;
-  stats?: IChatStats;
-  finishReason?: string | null;
-  error?: ApiError;
-}
+/** Inserts a code cell into the notebook in focus (or a new one). */
+export type SendToNotebook = (code: string) => Promise<void>;
 
 /** The text under a reply: "TTFT 19 ms · 205.3 tok/s · 40 tokens". */
 function StatsLine({ turn }: { turn: ITurn }): JSX.Element | null {
@@ -67,7 +64,7 @@ function StatsLine({ turn }: { turn: ITurn }): JSX.Element | null {
       <span>{formatMs(s.totalMs)}</span>
       {turn.stopped && <span data-field="stopped">stopped</span>}
       {!turn.stopped && turn.finishReason === 'length' && (
-        <span>max tokens reached</span>
+        <span data-field="length">max tokens reached</span>
       )}
     </div>
   );
@@ -78,11 +75,14 @@ export function ModelPicker({
   models,
   value,
   disabled,
+  demos,
   onChange
 }: {
   models: readonly IPoolModel[];
   value: string;
   disabled?: boolean;
+  /** The server's `demo` flags of local models, by id (where it sends them). */
+  demos?: Record<string, boolean | undefined>;
   onChange: (model: string) => void;
 }): JSX.Element {
   return (
@@ -98,7 +98,11 @@ export function ModelPicker({
         {!models.length && <option value="">no chat model loaded</option>}
         {models.map(m => (
           <option key={m.model} value={m.model}>
-            {m.kind === 'vision' ? `${m.model} (vision)` : m.model}
+            {m.model}
+            {m.kind === 'vision' ? ' (vision)' : ''}
+            {isDemoModel({ id: m.model, demo: demos?.[m.model] })
+              ? ` (${DEMO_LABEL})`
+              : ''}
           </option>
         ))}
       </select>
@@ -302,41 +306,281 @@ function pastedImages(data: DataTransfer): File[] {
   return files;
 }
 
+/** A thinking model's reasoning, folded away (open while it is all there is to see). */
+function Reasoning({
+  text,
+  thinking
+}: {
+  text: string;
+  thinking: boolean;
+}): JSX.Element {
+  return (
+    <details className="jp-MLXChat-reasoning" data-field="reasoning">
+      <summary>{thinking ? 'Thinking…' : 'Reasoning'}</summary>
+      <div className="jp-MLXChat-reasoningText">{text}</div>
+    </details>
+  );
+}
+
+/** The tool calls of a reply: name and arguments (pretty JSON when they parse). */
+function ToolCalls({ calls }: { calls: readonly IToolCall[] }): JSX.Element {
+  return (
+    <div className="jp-MLXChat-toolCalls" aria-label="Tool calls">
+      {calls.map((call, i) => {
+        let args = call.arguments;
+        try {
+          args = JSON.stringify(JSON.parse(call.arguments), null, 2);
+        } catch {
+          // shown as sent
+        }
+        return (
+          <div
+            key={call.id || i}
+            className="jp-MLXChat-toolCall"
+            data-field="tool-call"
+            data-tool={call.name}
+          >
+            <div className="jp-MLXChat-toolName">
+              Tool call: <code>{call.name || '(no name)'}</code>
+            </div>
+            {args && <pre className="jp-MLXChat-toolArgs">{args}</pre>}
+          </div>
+        );
+      })}
+    </div>
+  );
+}
+
+/** Copy, regenerate (the last reply only) and send to a notebook. */
+function ReplyActions({
+  turn,
+  last,
+  busy,
+  onRegenerate,
+  onSendToNotebook
+}: {
+  turn: ITurn;
+  last: boolean;
+  busy: boolean;
+  onRegenerate: () => void;
+  onSendToNotebook?: () => void;
+}): JSX.Element {
+  const [copied, setCopied] = React.useState(false);
+  React.useEffect(() => {
+    if (!copied) {
+      return;
+    }
+    const timer = setTimeout(() => setCopied(false), 1500);
+    return () => clearTimeout(timer);
+  }, [copied]);
+  return (
+    <div className="jp-MLXChat-actions" role="group" aria-label="Reply actions">
+      <Button
+        kind="minimal"
+        label="Copy reply"
+        title="Copy the reply's Markdown"
+        disabled={!turn.content}
+        onClick={() => {
+          Clipboard.copyToSystem(turn.content);
+          setCopied(true);
+        }}
+      >
+        {copied ? 'Copied' : 'Copy'}
+      </Button>
+      {last && (
+        <Button
+          kind="minimal"
+          label="Regenerate reply"
+          title="Ask again for a new reply"
+          disabled={busy}
+          onClick={onRegenerate}
+        >
+          Regenerate
+        </Button>
+      )}
+      {onSendToNotebook && (
+        <Button
+          kind="minimal"
+          label="Send to notebook"
+          title="Insert this exchange as a code cell (connect() and client.chat) into the notebook in focus"
+          disabled={busy}
+          onClick={onSendToNotebook}
+        >
+          Send to notebook
+        </Button>
+      )}
+    </div>
+  );
+}
+
+function TurnView({
+  turn,
+  rendermime,
+  last,
+  busy,
+  onRegenerate,
+  onSendToNotebook
+}: {
+  turn: ITurn;
+  rendermime?: IRenderMimeRegistry | null;
+  last: boolean;
+  busy: boolean;
+  onRegenerate: () => void;
+  onSendToNotebook?: () => void;
+}): JSX.Element {
+  const assistant = turn.role === 'assistant';
+  const error = turn.error
+    ? new ApiError(turn.error.message, turn.error.status, turn.error.reason)
+    : null;
+  return (
+    <div
+      className={`jp-MLXChat-turn jp-mod-${turn.role}`}
+      data-role={turn.role}
+      aria-busy={turn.streaming || undefined}
+    >
+      <div className="jp-MLXChat-role">{assistant ? turn.model : 'You'}</div>
+      {turn.images && <ImageStrip images={turn.images.map(url => ({ url }))} />}
+      {!turn.images && !!turn.imagesLeftOut && (
+        <div className="jp-MLXChat-stats">
+          {plural(turn.imagesLeftOut, 'image')} (not kept after a reload)
+        </div>
+      )}
+      {assistant && turn.reasoning && (
+        <Reasoning
+          text={turn.reasoning}
+          thinking={!!turn.streaming && !turn.content}
+        />
+      )}
+      <div className="jp-MLXChat-content">
+        {assistant ? (
+          <Markdown source={turn.content} rendermime={rendermime} />
+        ) : (
+          <div className="jp-MLXChat-plain">{turn.content}</div>
+        )}
+        {turn.streaming && (
+          <span className="jp-MLXChat-cursor" aria-hidden="true" />
+        )}
+      </div>
+      {assistant && turn.toolCalls && turn.toolCalls.length > 0 && (
+        <ToolCalls calls={turn.toolCalls} />
+      )}
+      {error && <ErrorNotice error={error} title="The reply failed" />}
+      {assistant && !error && <StatsLine turn={turn} />}
+      {assistant && !turn.streaming && (
+        <ReplyActions
+          turn={turn}
+          last={last}
+          busy={busy}
+          onRegenerate={onRegenerate}
+          onSendToNotebook={onSendToNotebook}
+        />
+      )}
+    </div>
+  );
+}
+
+/** The conversations kept for this server: switch, start a new one, delete this one. */
+function Conversations({
+  history,
+  disabled
+}: {
+  history: ChatHistory;
+  disabled: boolean;
+}): JSX.Element {
+  const { conversations, current } = useStore(history.store);
+  const kept = conversations.filter(c => c.turns.length || c.id === current);
+  return (
+    <div className="jp-MLXChat-conversations">
+      <label className="jp-MLXChat-field">
+        Conversation
+        <select
+          className="jp-MLXPanel-select"
+          aria-label="Conversation"
+          value={current}
+          disabled={disabled}
+          onChange={e => history.select(e.target.value)}
+        >
+          {kept.map(c => (
+            <option key={c.id} value={c.id}>
+              {c.title}
+            </option>
+          ))}
+        </select>
+      </label>
+      <Button
+        kind="minimal"
+        disabled={disabled || !history.current.turns.length}
+        onClick={() =>
+          history.startNew(history.current.model, history.current.system)
+        }
+        title="Start a new conversation (this one is kept)"
+      >
+        New chat
+      </Button>
+      <Button
+        kind="minimal"
+        disabled={disabled || !history.current.turns.length}
+        onClick={() => history.remove(history.current.id)}
+        label="Delete conversation"
+        title="Delete this conversation"
+      >
+        Delete
+      </Button>
+    </div>
+  );
+}
+
 function ChatView({
   service,
   selection,
-  onOpenPool
+  history,
+  rendermime,
+  onOpenSection,
+  onSendToNotebook
 }: {
   service: MLXService;
   selection: Store<{ model: string }>;
-  onOpenPool: () => void;
+  history: ChatHistory;
+  rendermime?: IRenderMimeRegistry | null;
+  onOpenSection: (section: SectionId) => void;
+  onSendToNotebook?: SendToNotebook;
 }): JSX.Element {
   const { pool, error: serviceError, status } = useStore(service.store);
   const { models: localModels } = useStore(service.models);
   const { model: wanted } = useStore(selection);
+  const { conversations, current } = useStore(history.store);
+  const conversation =
+    conversations.find(c => c.id === current) ?? conversations[0];
+  const turns = conversation.turns;
+  const system = conversation.system;
   // Embedding, transcription and speech models are in the pool too: not chat models.
   const loaded = chatModels(pool?.models ?? []);
   const model = loaded.some(m => m.model === wanted)
     ? wanted
-    : (loaded[0]?.model ?? '');
+    : loaded.some(m => m.model === conversation.model)
+      ? conversation.model
+      : (loaded[0]?.model ?? '');
   const vision = loaded.find(m => m.model === model)?.kind === 'vision';
+  const demos: Record<string, boolean | undefined> = {};
+  for (const m of localModels) {
+    demos[m.id] = typeof m.demo === 'boolean' ? m.demo : undefined;
+  }
+  const demo = !!model && isDemoModel({ id: model, demo: demos[model] });
 
-  const [turns, setTurns] = React.useState<ITurn[]>([]);
   const [input, setInput] = React.useState('');
   const [maxTokens, setMaxTokens] = React.useState(256);
   const [temperature, setTemperature] = React.useState(0.7);
-  const [system, setSystem] = React.useState('');
   const [images, setImages] = React.useState<IPendingImage[]>([]);
   const [notice, setNotice] = React.useState<string | null>(null);
+  const [sendError, setSendError] = React.useState<Error | null>(null);
   const imageCount = React.useRef(0);
   const reading = React.useRef(0);
   imageCount.current = images.length;
   const controller = React.useRef<AbortController | null>(null);
-  const nextId = React.useRef(1);
   const log = React.useRef<HTMLDivElement>(null);
   const inputRef = React.useRef<HTMLTextAreaElement>(null);
   const loadAction = useAction();
-  const streaming = turns.some(t => t.streaming);
+  const streaming = turns.some(t => t.streaming) || !!controller.current;
 
   React.useEffect(() => {
     const el = log.current;
@@ -344,19 +588,13 @@ function ChatView({
       el.scrollTop = el.scrollHeight;
     }
   }, [turns]);
-  React.useEffect(() => () => controller.current?.abort(), []);
-
-  const update = (
-    id: number,
-    patch: Partial<ITurn> | ((t: ITurn) => Partial<ITurn>)
-  ) =>
-    setTurns(ts =>
-      ts.map(t =>
-        t.id === id
-          ? { ...t, ...(typeof patch === 'function' ? patch(t) : patch) }
-          : t
-      )
-    );
+  React.useEffect(
+    () => () => {
+      controller.current?.abort();
+      history.flush();
+    },
+    [history]
+  );
 
   /** Check and read image files into the pending images; refusals go to the notice. */
   const addImages = async (files: File[]) => {
@@ -404,56 +642,54 @@ function ChatView({
     void addImages(files);
   };
 
-  const send = async () => {
-    const text = input.trim();
-    const sending = vision ? images : [];
-    if ((!text && !sending.length) || !model || streaming) {
-      return;
-    }
-    if (!vision && images.length) {
-      return;
-    }
-    const userTurn: ITurn = {
-      id: nextId.current++,
-      role: 'user',
-      content: text,
-      images: sending.length ? sending.map(i => i.url) : undefined
-    };
-    const history = buildMessages(
+  /** Stream a reply to `before` (the conversation up to a user turn) into a new turn. */
+  const reply = async (before: ITurn[]) => {
+    const id = conversation.id;
+    const messages = buildMessages(
       system,
-      [...turns.filter(t => !t.error), userTurn],
+      before.filter(t => !t.error),
       vision
     );
-    const reply: ITurn = {
-      id: nextId.current++,
+    const replyTurn: ITurn = {
+      id: history.nextTurnId(),
       role: 'assistant',
       content: '',
       model,
       streaming: true
     };
-    setTurns(ts => [...ts, userTurn, reply]);
-    setInput('');
-    setImages([]);
-    setNotice(null);
+    history.update(id, { turns: [...before, replyTurn], model });
     const abort = new AbortController();
     controller.current = abort;
+    const patch = (p: Partial<ITurn> | ((t: ITurn) => Partial<ITurn>)) =>
+      history.updateTurn(id, replyTurn.id, p);
 
     // Many deltas per second: collect them and render once per animation frame.
     let pendingText = '';
+    let pendingReasoning = '';
     let frame = 0;
     const flush = () => {
       frame = 0;
-      const piece = pendingText;
+      const text = pendingText;
+      const thought = pendingReasoning;
       pendingText = '';
-      if (piece) {
-        update(reply.id, t => ({ content: t.content + piece }));
+      pendingReasoning = '';
+      if (text || thought) {
+        patch(t => ({
+          content: t.content + text,
+          reasoning: thought ? (t.reasoning ?? '') + thought : t.reasoning
+        }));
+      }
+    };
+    const schedule = () => {
+      if (!frame) {
+        frame = requestAnimationFrame(flush);
       }
     };
     try {
       const result = await streamChat(
         {
           model,
-          messages: history,
+          messages,
           max_tokens: maxTokens > 0 ? maxTokens : undefined,
           temperature
         },
@@ -461,18 +697,23 @@ function ChatView({
           signal: abort.signal,
           onDelta: piece => {
             pendingText += piece;
-            if (!frame) {
-              frame = requestAnimationFrame(flush);
-            }
-          }
+            schedule();
+          },
+          onReasoning: piece => {
+            pendingReasoning += piece;
+            schedule();
+          },
+          onToolCalls: calls => patch({ toolCalls: calls })
         },
         service.serverSettings
       );
       if (frame) {
         cancelAnimationFrame(frame);
       }
-      update(reply.id, {
+      patch({
         content: result.text,
+        reasoning: result.reasoning || undefined,
+        toolCalls: result.toolCalls.length ? result.toolCalls : undefined,
         streaming: false,
         stopped: result.stopped,
         stats: result.stats,
@@ -483,13 +724,67 @@ function ChatView({
         cancelAnimationFrame(frame);
       }
       flush();
-      update(reply.id, { streaming: false, error: toApiError(err) });
+      const e = toApiError(err);
+      patch({
+        streaming: false,
+        error: { message: e.message, status: e.status, reason: e.reason }
+      });
     } finally {
       controller.current = null;
+      history.flush();
       void service.refresh();
       inputRef.current?.focus();
     }
   };
+
+  const send = async () => {
+    const text = input.trim();
+    const sending = vision ? images : [];
+    if ((!text && !sending.length) || !model || streaming) {
+      return;
+    }
+    if (!vision && images.length) {
+      return;
+    }
+    const userTurn: ITurn = {
+      id: history.nextTurnId(),
+      role: 'user',
+      content: text,
+      images: sending.length ? sending.map(i => i.url) : undefined
+    };
+    setInput('');
+    setImages([]);
+    setNotice(null);
+    await reply([...turns, userTurn]);
+  };
+
+  /** The last reply again: the same conversation up to its question, a new answer. */
+  const regenerate = () => {
+    const last = turns.length - 1;
+    if (streaming || !model || last < 0 || turns[last].role !== 'assistant') {
+      return;
+    }
+    void reply(turns.slice(0, last));
+  };
+
+  /** The exchange of reply `index` (and the conversation before it) as a code cell. */
+  const sendToNotebook = onSendToNotebook
+    ? (index: number) => {
+        const answer = turns[index];
+        const code = exchangeCode({
+          model: answer.model || model,
+          system,
+          turns: turns.slice(0, index).filter(t => !t.error),
+          reply: answer.content,
+          maxTokens,
+          temperature
+        });
+        setSendError(null);
+        onSendToNotebook(code).catch(err =>
+          setSendError(err instanceof Error ? err : new Error(String(err)))
+        );
+      }
+    : undefined;
 
   const stop = () => controller.current?.abort();
 
@@ -509,6 +804,7 @@ function ChatView({
   const firstLocal = chatModels(localModels).find(
     m => !m.unavailable && !loaded.some(l => l.model === m.id)
   );
+  const lastIndex = turns.length - 1;
 
   return (
     <div className="jp-MLXChat">
@@ -517,7 +813,11 @@ function ChatView({
           models={loaded}
           value={model}
           disabled={streaming}
-          onChange={m => selection.set({ model: m })}
+          demos={demos}
+          onChange={m => {
+            selection.set({ model: m });
+            history.update(conversation.id, { model: m });
+          }}
         />
         <label className="jp-MLXChat-field">
           Max tokens
@@ -542,13 +842,7 @@ function ChatView({
           />
         </label>
         <span className="jp-MLXPanel-spacer" />
-        <Button
-          kind="minimal"
-          onClick={() => setTurns([])}
-          disabled={streaming || !turns.length}
-        >
-          Clear
-        </Button>
+        <Conversations history={history} disabled={streaming} />
       </div>
       <details className="jp-MLXChat-system">
         <summary>System prompt</summary>
@@ -557,10 +851,31 @@ function ChatView({
           aria-label="System prompt"
           rows={2}
           value={system}
-          onChange={e => setSystem(e.target.value)}
+          onChange={e =>
+            history.update(conversation.id, { system: e.target.value })
+          }
           placeholder="You are a helpful assistant."
         />
       </details>
+      {demo && (
+        <div
+          className="jp-MLXPanel-hint jp-mod-warn jp-MLXChat-demo"
+          role="note"
+          data-field="demo-note"
+        >
+          <strong>{model}</strong> is a demo model with random weights: its
+          replies are random words, not answers. It is here to try the panel
+          offline; for real answers, download a model in{' '}
+          <button
+            type="button"
+            className="jp-MLXPanel-link"
+            onClick={() => onOpenSection('models')}
+          >
+            Models → Search the Hub
+          </button>
+          .
+        </div>
+      )}
       {blocked && serviceError && <ErrorNotice error={serviceError} />}
       {!blocked && pool && !loaded.length && (
         <Empty>
@@ -582,7 +897,7 @@ function ChatView({
           <button
             type="button"
             className="jp-MLXPanel-link"
-            onClick={onOpenPool}
+            onClick={() => onOpenSection('pool')}
           >
             open the pool
           </button>
@@ -594,6 +909,13 @@ function ChatView({
           error={loadAction.error}
           title="Load failed"
           onDismiss={loadAction.clear}
+        />
+      )}
+      {sendError && (
+        <ErrorNotice
+          error={sendError}
+          title="Could not send to a notebook"
+          onDismiss={() => setSendError(null)}
         />
       )}
       <div
@@ -610,28 +932,20 @@ function ChatView({
             {vision && ' Attach or paste images for it to look at.'}
           </div>
         )}
-        {turns.map(t => (
-          <div
+        {turns.map((t, i) => (
+          <TurnView
             key={t.id}
-            className={`jp-MLXChat-turn jp-mod-${t.role}`}
-            data-role={t.role}
-            aria-busy={t.streaming || undefined}
-          >
-            <div className="jp-MLXChat-role">
-              {t.role === 'user' ? 'You' : t.model}
-            </div>
-            {t.images && <ImageStrip images={t.images.map(url => ({ url }))} />}
-            <div className="jp-MLXChat-content">
-              {t.content}
-              {t.streaming && (
-                <span className="jp-MLXChat-cursor" aria-hidden="true" />
-              )}
-            </div>
-            {t.error && (
-              <ErrorNotice error={t.error} title="The reply failed" />
-            )}
-            {t.role === 'assistant' && !t.error && <StatsLine turn={t} />}
-          </div>
+            turn={t}
+            rendermime={rendermime}
+            last={i === lastIndex}
+            busy={streaming || !model}
+            onRegenerate={regenerate}
+            onSendToNotebook={
+              sendToNotebook && t.role === 'assistant' && i > 0
+                ? () => sendToNotebook(i)
+                : undefined
+            }
+          />
         ))}
       </div>
       <Composer
@@ -657,13 +971,31 @@ function ChatView({
 
 class ChatContent extends ReactWidget {
   readonly selection = new Store<{ model: string }>({ model: '' });
+  readonly history: ChatHistory;
 
   constructor(
     private readonly _service: MLXService,
-    private readonly _onOpenPool: () => void
+    private readonly _options: IChatPanelOptions
   ) {
     super();
     this.addClass('jp-MLXChat-widget');
+    let storage: Storage | null = null;
+    try {
+      storage = window.localStorage;
+    } catch {
+      storage = null; // storage disabled: conversations last as long as the page
+    }
+    this.history = new ChatHistory(
+      storage,
+      historyKey(_service.serverSettings.baseUrl)
+    );
+  }
+
+  dispose(): void {
+    if (!this.isDisposed) {
+      this.history.dispose();
+    }
+    super.dispose();
   }
 
   protected render(): JSX.Element {
@@ -671,15 +1003,26 @@ class ChatContent extends ReactWidget {
       <ChatView
         service={this._service}
         selection={this.selection}
-        onOpenPool={this._onOpenPool}
+        history={this.history}
+        rendermime={this._options.rendermime}
+        onOpenSection={this._options.onOpenSection}
+        onSendToNotebook={this._options.onSendToNotebook}
       />
     );
   }
 }
 
+export interface IChatPanelOptions {
+  /** Opens a section of the sidebar. */
+  onOpenSection: (section: SectionId) => void;
+  /** JupyterLab's rendermime, for Markdown replies (plain text without it). */
+  rendermime?: IRenderMimeRegistry | null;
+  onSendToNotebook?: SendToNotebook;
+}
+
 export class ChatPanel extends MainAreaWidget<ChatContent> {
-  constructor(service: MLXService, onOpenPool: () => void) {
-    super({ content: new ChatContent(service, onOpenPool) });
+  constructor(service: MLXService, options: IChatPanelOptions) {
+    super({ content: new ChatContent(service, options) });
     this.id = CHAT_ID;
     this.title.label = 'MLX Chat';
     this.title.icon = mlxIcon;

@@ -220,3 +220,15 @@ export function formatQuantization(q: unknown, dtype?: string | null): string {
   }
   return dtype ? String(dtype) : '';
 }
+
+/**
+ * A count with its noun, singular or plural: (1, 'user') -> "1 user", (3, 'user') -> "3 users";
+ * irregular plurals are passed in.
+ */
+export function plural(
+  n: number,
+  singular: string,
+  pluralForm = `${singular}s`
+): string {
+  return `${formatCount(n)} ${n === 1 ? singular : pluralForm}`;
+}

@@ -10,7 +10,12 @@ import {
   WidgetTracker
 } from '@jupyterlab/apputils';
 import { ICompletionProviderManager } from '@jupyterlab/completer';
-import { INotebookTracker } from '@jupyterlab/notebook';
+import {
+  INotebookTracker,
+  NotebookActions,
+  NotebookPanel
+} from '@jupyterlab/notebook';
+import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 
@@ -47,7 +52,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     ILayoutRestorer,
     ICommandPalette,
     IStatusBar,
-    INotebookTracker
+    INotebookTracker,
+    IRenderMimeRegistry
   ],
   activate: (
     app: JupyterFrontEnd,
@@ -55,7 +61,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     restorer: ILayoutRestorer | null,
     palette: ICommandPalette | null,
     statusBar: IStatusBar | null,
-    notebooks: INotebookTracker | null
+    notebooks: INotebookTracker | null,
+    rendermime: IRenderMimeRegistry | null
   ) => {
     const { commands, shell } = app;
     const service = new MLXService(app.serviceManager.serverSettings);
@@ -90,6 +97,29 @@ const plugin: JupyterFrontEndPlugin<void> = {
       shell.activateById(panel.id);
     };
 
+    /**
+     * "Send to notebook": a code cell below the active cell of the notebook in focus, or in a
+     * new notebook when none is open.
+     */
+    const sendToNotebook = async (code: string): Promise<void> => {
+      let panel: NotebookPanel | null = notebooks?.currentWidget ?? null;
+      if (!panel) {
+        panel = (await commands.execute('notebook:create-new', {
+          kernelName: 'python3'
+        })) as NotebookPanel;
+      }
+      await panel.context.ready;
+      const notebook = panel.content;
+      const only = notebook.widgets.length === 1 ? notebook.widgets[0] : null;
+      if (!(only && !only.model.sharedModel.getSource().trim())) {
+        NotebookActions.insertBelow(notebook);
+      }
+      NotebookActions.changeCellType(notebook, 'code');
+      notebook.activeCell?.model.sharedModel.setSource(code);
+      shell.activateById(panel.id);
+      notebook.activeCell?.node.scrollIntoView({ block: 'nearest' });
+    };
+
     // -- chat panel (one, restored with the layout) ----------------------------------------
     const tracker = new WidgetTracker<ChatPanel>({
       namespace: 'jupyter-mlx-manager-chat'
@@ -106,7 +136,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
       icon: mlxIcon,
       execute: args => {
         if (!chat || chat.isDisposed) {
-          chat = new ChatPanel(service, () => openSection('pool'));
+          chat = new ChatPanel(service, {
+            onOpenSection: openSection,
+            rendermime,
+            onSendToNotebook: sendToNotebook
+          });
           void tracker.add(chat);
           shell.add(chat, 'main');
         }

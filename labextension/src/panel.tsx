@@ -8,7 +8,7 @@ import * as React from 'react';
 
 import { IStatus, IUser, listUsers } from './api';
 import { isActive } from './downloads';
-import { formatBytes } from './format';
+import { formatBytes, plural } from './format';
 import { usePoll, useStore } from './hooks';
 import { mlxIcon } from './icon';
 import { ActivitySection } from './sections/ActivitySection';
@@ -64,7 +64,10 @@ function StatusList({ status }: { status: IStatus }): JSX.Element {
   if (pool) {
     const loaded = pool.loaded_models ?? pool.models?.length ?? 0;
     const max = pool.max_loaded_models ?? pool.limits?.max_loaded_models;
-    poolText = `${loaded}${typeof max === 'number' ? ` / ${max}` : ''} models loaded`;
+    poolText =
+      typeof max === 'number'
+        ? `${loaded} / ${max} models loaded`
+        : `${plural(loaded, 'model')} loaded`;
     if (typeof pool.memory_used_bytes === 'number') {
       poolText += `, ${formatBytes(pool.memory_used_bytes)} used`;
     }
@@ -201,9 +204,9 @@ function PanelView({
       s.id === 'users' ? pending : s.id === 'downloads' ? activeDownloads : 0,
     badgeLabel:
       s.id === 'users'
-        ? `${pending} users waiting for approval`
+        ? `${plural(pending, 'user')} waiting for approval`
         : s.id === 'downloads'
-          ? `${activeDownloads} downloads running`
+          ? `${plural(activeDownloads, 'download')} running`
           : undefined
   }));
   const current = tabs.some(t => t.id === section) ? section : 'models';
@@ -321,7 +324,7 @@ export class MLXPanel extends ReactWidget {
 
   private _onPending = (count: number) => {
     this.title.caption = count
-      ? `MLX (${count} users waiting for approval)`
+      ? `MLX (${plural(count, 'user')} waiting for approval)`
       : 'MLX';
   };
 

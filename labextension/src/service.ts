@@ -8,6 +8,8 @@ import { ServerConnection } from '@jupyterlab/services';
 import {
   ApiError,
   getPool,
+  IHubModel,
+  ISearchQuery,
   getStatus,
   ILoadOptions,
   ILocalModel,
@@ -16,6 +18,7 @@ import {
   IStatus,
   listLocalModels,
   loadModel,
+  searchModels,
   toApiError,
   unloadModel
 } from './api';
@@ -53,6 +56,16 @@ export interface IUiState {
   section: SectionId;
 }
 
+/** The Hub search of the Models section: kept here so that it outlives switching tabs. */
+export interface ISearchState {
+  query: ISearchQuery;
+  results: IHubModel[] | null;
+  error: ApiError | null;
+  searching: boolean;
+  /** "Downloading … " after a download started from a result. */
+  notice: string;
+}
+
 /** The notebook in focus (JupyterLab's notebook tracker), for "This notebook" in Activity. */
 export interface IFocusState {
   /** Its path on the server (what audit records name), or null when none is open. */
@@ -74,6 +87,13 @@ export class MLXService {
     loaded: false
   });
   readonly ui = new Store<IUiState>({ section: 'models' });
+  readonly search = new Store<ISearchState>({
+    query: { q: '', sort: 'downloads', limit: 20 },
+    results: null,
+    error: null,
+    searching: false,
+    notice: ''
+  });
   readonly focus = new Store<IFocusState>({ notebook: null });
   readonly downloads: DownloadsModel;
 
@@ -119,6 +139,22 @@ export class MLXService {
 
   openSection(section: SectionId): void {
     this.ui.set({ section });
+  }
+
+  /** Search the Hub with the stored query; results and error land in `search`. */
+  async searchHub(): Promise<void> {
+    const query = this.search.state.query;
+    this.search.set({ searching: true, error: null, notice: '' });
+    try {
+      const results = await searchModels(query, this.serverSettings);
+      this.search.set({ results, searching: false });
+    } catch (err) {
+      this.search.set({
+        error: toApiError(err),
+        results: null,
+        searching: false
+      });
+    }
   }
 
   async refreshModels(): Promise<void> {

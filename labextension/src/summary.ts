@@ -1,7 +1,7 @@
 /**
  * One-line summaries of the shared state (status bar). Pure: unit-tested in node.
  */
-import { formatBytes } from './format';
+import { formatBytes, plural } from './format';
 import type { IServiceState } from './service';
 
 /** The item's text and tooltip for a service state (pure, unit-tested). */
@@ -26,7 +26,7 @@ export function statusBarText(state: IServiceState): {
   const used = pool?.memory_used_bytes ?? status?.pool?.memory_used_bytes ?? 0;
   const budget = pool?.limits?.max_memory_bytes ?? status?.memory?.budget_bytes;
   const loading = pool?.loading?.length ?? 0;
-  const models = `${count} ${count === 1 ? 'model' : 'models'}`;
+  const models = plural(count, 'model');
   const text = `MLX: ${models} · ${formatBytes(used)}${loading ? ` · loading ${loading}` : ''}`;
   const names = (pool?.models ?? []).map(m => m.model).join(', ');
   const title =

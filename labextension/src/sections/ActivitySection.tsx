@@ -14,8 +14,21 @@ import {
   IAuditGroup,
   IAuditRecord
 } from '../api';
-import { AuditFeed, effectiveFilter, ITokenBin, tokenSeries } from '../audit';
-import { formatClock, formatCount, formatMs } from '../format';
+import {
+  AuditFeed,
+  effectiveFilter,
+  ITokenBin,
+  tokenSeries,
+  usageUnits
+} from '../audit';
+import { formatTick, niceTicks, timeTicks } from '../chart';
+import {
+  formatClock,
+  formatCount,
+  formatDuration,
+  formatMs,
+  plural
+} from '../format';
 import { useAction, useStore } from '../hooks';
 import { Badge, Button, Empty, ErrorNotice, Loading } from './common';
 import { ISectionProps } from './ModelsSection';
@@ -45,10 +58,7 @@ function Record({
   record: IAuditRecord;
   showUser: boolean;
 }): JSX.Element {
-  const tokens =
-    record.prompt_tokens !== null && record.prompt_tokens !== undefined
-      ? `${formatCount(record.prompt_tokens)} → ${formatCount(record.completion_tokens ?? 0)} tok`
-      : '';
+  const tokens = usageText(record);
   const timing = [
     typeof record.ttft_ms === 'number'
       ? `TTFT ${formatMs(record.ttft_ms)}`
@@ -105,70 +115,243 @@ function Record({
   );
 }
 
+/** What a record used, in its units: "12 → 40 tok", "3.2 s audio → 9 tok", "80 chars → audio". */
+export function usageText(record: IAuditRecord): string {
+  if (record.prompt_tokens === null || record.prompt_tokens === undefined) {
+    return '';
+  }
+  const u = usageUnits(record);
+  if (u.audio === 'transcription') {
+    return `${formatSeconds(u.audioIn ?? 0)} s audio → ${formatCount(u.completionTokens)} tok`;
+  }
+  if (u.audio === 'speech') {
+    return `${plural(u.characters, 'char')} → ${u.audioOut === null ? 'audio' : `${formatSeconds(u.audioOut)} s audio`}`;
+  }
+  return `${formatCount(u.promptTokens)} → ${formatCount(u.completionTokens)} tok`;
+}
+
 function basename(path: string): string {
   return path.split('/').pop() || path;
 }
 
-const CHART_WIDTH = 240;
-const CHART_HEIGHT = 48;
+const CHART = {
+  width: 300,
+  height: 132,
+  left: 40,
+  right: 8,
+  top: 10,
+  bottom: 22
+};
 
-/** Tokens over time of the shown records: stacked bars, prompt below completion. */
-export function TokenChart({
-  bins
+interface ISeries {
+  key: string;
+  label: string;
+  /** Its bars' class (colour). */
+  className: string;
+  value: (bin: ITokenBin) => number;
+}
+
+/**
+ * Stacked bars over time with both axes: values on the left (round ticks, `unit`), clock times
+ * below, a legend of the series and each bar's figures as its tooltip.
+ */
+export function BarChart({
+  bins,
+  series,
+  unit,
+  title,
+  format,
+  field
 }: {
   bins: ITokenBin[];
+  series: ISeries[];
+  /** The unit of one bar, for the axis: "tokens", "seconds of audio". */
+  unit: string;
+  title: string;
+  format: (n: number) => string;
+  field: string;
 }): JSX.Element | null {
-  const max = Math.max(0, ...bins.map(b => b.prompt + b.completion));
+  const totals = bins.map(b => series.reduce((n, s) => n + s.value(b), 0));
+  const max = Math.max(0, ...totals);
   if (!bins.length || max === 0) {
     return null;
   }
-  const w = CHART_WIDTH / bins.length;
-  const total = bins.reduce((n, b) => n + b.prompt + b.completion, 0);
-  const y = (n: number) => (n / max) * (CHART_HEIGHT - 2);
+  const ticks = niceTicks(max, 4);
+  const top = ticks[ticks.length - 1];
+  const plotW = CHART.width - CHART.left - CHART.right;
+  const plotH = CHART.height - CHART.top - CHART.bottom;
+  const start = bins[0].start;
+  const end = bins[bins.length - 1].end;
+  const x = (t: number) => CHART.left + ((t - start) / (end - start)) * plotW;
+  const y = (v: number) => CHART.top + plotH - (v / top) * plotH;
+  const binWidth = bins[0].end - bins[0].start;
+  const times = timeTicks(start, end, 3);
+  const withSeconds = times.length > 1 && times[1] - times[0] < 60_000;
+  const total = totals.reduce((a, b) => a + b, 0);
+  const per = formatDuration(binWidth / 1000);
   return (
-    <figure className="jp-MLXPanel-chart" data-field="token-chart">
+    <figure className="jp-MLXPanel-chart" data-field={field}>
+      <figcaption className="jp-MLXPanel-chartTitle">
+        <span>{title}</span>
+        <span data-field="chart-total">
+          {format(total)} {unit} in all
+        </span>
+      </figcaption>
       <svg
-        viewBox={`0 0 ${CHART_WIDTH} ${CHART_HEIGHT}`}
+        viewBox={`0 0 ${CHART.width} ${CHART.height}`}
         width="100%"
-        height={CHART_HEIGHT}
-        preserveAspectRatio="none"
         role="img"
-        aria-label={`Tokens over time: ${formatCount(total)} tokens`}
+        aria-label={`${title}: ${format(total)} ${unit} from ${formatClock(new Date(start).toISOString())} to ${formatClock(new Date(end).toISOString())}, one bar per ${per}`}
       >
+        <g className="jp-MLXPanel-chartAxis" data-axis="y">
+          {ticks.map(v => (
+            <g key={v}>
+              <line
+                className="jp-MLXPanel-chartGrid"
+                x1={CHART.left}
+                x2={CHART.width - CHART.right}
+                y1={y(v)}
+                y2={y(v)}
+              />
+              <text
+                x={CHART.left - 4}
+                y={y(v)}
+                textAnchor="end"
+                dominantBaseline="middle"
+              >
+                {format(v)}
+              </text>
+            </g>
+          ))}
+        </g>
+        <g className="jp-MLXPanel-chartAxis" data-axis="x">
+          <line
+            className="jp-MLXPanel-chartBase"
+            x1={CHART.left}
+            x2={CHART.width - CHART.right}
+            y1={CHART.top + plotH}
+            y2={CHART.top + plotH}
+          />
+          {times.map(t => (
+            <g key={t}>
+              <line
+                className="jp-MLXPanel-chartBase"
+                x1={x(t)}
+                x2={x(t)}
+                y1={CHART.top + plotH}
+                y2={CHART.top + plotH + 3}
+              />
+              <text
+                x={x(t)}
+                y={CHART.height - 6}
+                textAnchor={
+                  x(t) < CHART.left + 16
+                    ? 'start'
+                    : x(t) > CHART.width - CHART.right - 16
+                      ? 'end'
+                      : 'middle'
+                }
+              >
+                {formatTick(t, withSeconds)}
+              </text>
+            </g>
+          ))}
+        </g>
         {bins.map((b, i) => {
-          const hp = y(b.prompt);
-          const hc = y(b.completion);
-          const title = `${formatClock(new Date(b.start).toISOString())}: ${formatCount(b.prompt)} prompt + ${formatCount(b.completion)} completion tokens, ${b.requests} records`;
+          const w = Math.max(x(b.end) - x(b.start) - 1, 0.5);
+          let base = 0;
+          const tip = `${formatClock(new Date(b.start).toISOString())}–${formatClock(new Date(b.end).toISOString())}: ${series.map(s => `${format(s.value(b))} ${s.label}`).join(', ')} (${plural(b.requests, 'request')})`;
           return (
-            <g key={i}>
-              <title>{title}</title>
-              <rect
-                className="jp-MLXPanel-chartPrompt"
-                x={i * w + 0.5}
-                y={CHART_HEIGHT - hp}
-                width={Math.max(w - 1, 0.5)}
-                height={hp}
-              />
-              <rect
-                className="jp-MLXPanel-chartCompletion"
-                x={i * w + 0.5}
-                y={CHART_HEIGHT - hp - hc}
-                width={Math.max(w - 1, 0.5)}
-                height={hc}
-              />
+            <g key={i} data-bin={i}>
+              <title>{tip}</title>
+              {series.map(s => {
+                const v = s.value(b);
+                const rect = (
+                  <rect
+                    key={s.key}
+                    className={s.className}
+                    x={x(b.start) + 0.5}
+                    y={y(base + v)}
+                    width={w}
+                    height={Math.max(0, y(base) - y(base + v))}
+                  />
+                );
+                base += v;
+                return rect;
+              })}
             </g>
           );
         })}
       </svg>
-      <figcaption className="jp-MLXPanel-itemMeta">
-        <span>Tokens over time</span>
-        <span>
-          {formatClock(new Date(bins[0].start).toISOString())} –{' '}
-          {formatClock(new Date(bins[bins.length - 1].end).toISOString())}
+      <div className="jp-MLXPanel-chartLegend" data-field="legend">
+        {series.map(s => (
+          <span key={s.key} className="jp-MLXPanel-chartKey">
+            <svg width="10" height="10" aria-hidden="true">
+              <rect className={s.className} width="10" height="10" />
+            </svg>
+            {s.label}
+          </span>
+        ))}
+        <span className="jp-MLXPanel-chartUnit" data-field="unit">
+          {unit} per {per}
         </span>
-        <span>{formatCount(total)} tok</span>
-      </figcaption>
+      </div>
     </figure>
+  );
+}
+
+const TOKEN_SERIES: ISeries[] = [
+  {
+    key: 'prompt',
+    label: 'prompt',
+    className: 'jp-MLXPanel-chartPrompt',
+    value: b => b.prompt
+  },
+  {
+    key: 'completion',
+    label: 'completion',
+    className: 'jp-MLXPanel-chartCompletion',
+    value: b => b.completion
+  }
+];
+
+const AUDIO_SERIES: ISeries[] = [
+  {
+    key: 'audio',
+    label: 'audio in and out',
+    className: 'jp-MLXPanel-chartAudio',
+    value: b => b.audio
+  }
+];
+
+/** Seconds, short: 0.5 -> "0.5", 12 -> "12", 90 -> "90". */
+function formatSeconds(n: number): string {
+  return n >= 10 || Number.isInteger(n)
+    ? formatCount(Math.round(n))
+    : n.toFixed(1);
+}
+
+/** Tokens over time of the shown records; audio (in seconds) in a chart of its own. */
+export function TokenChart({ bins }: { bins: ITokenBin[] }): JSX.Element {
+  return (
+    <>
+      <BarChart
+        bins={bins}
+        series={TOKEN_SERIES}
+        unit="tokens"
+        title="Tokens over time"
+        format={formatCount}
+        field="token-chart"
+      />
+      <BarChart
+        bins={bins}
+        series={AUDIO_SERIES}
+        unit="seconds of audio"
+        title="Audio over time"
+        format={formatSeconds}
+        field="audio-chart"
+      />
+    </>
   );
 }
 
@@ -427,12 +610,12 @@ export function ActivitySection({ service }: ISectionProps): JSX.Element {
           {CONNECTION_TEXT[connection]}
         </span>
         <span data-field="count">
-          {records.length} of {total} records
+          {records.length} of {plural(total, 'record')}
         </span>
       </div>
       {dropped > 0 && (
         <div className="jp-MLXPanel-notice jp-mod-warning" role="alert">
-          {dropped} live records were skipped (too many at once).{' '}
+          {plural(dropped, 'live record')} skipped (too many at once).{' '}
           <button
             type="button"
             className="jp-MLXPanel-link"

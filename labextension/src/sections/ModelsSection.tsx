@@ -4,22 +4,21 @@
  */
 import * as React from 'react';
 
-import {
-  ApiError,
-  IHubModel,
-  ILocalModel,
-  ISearchQuery,
-  ModelKind,
-  searchModels,
-  toApiError
-} from '../api';
+import { IHubModel, ILocalModel, IPool, ISearchQuery, ModelKind } from '../api';
 import { isActive } from '../downloads';
+import { describeFit, fitInPool, memoryEstimate } from '../estimate';
 import {
   formatBytes,
   formatCount,
   formatParameters,
   formatQuantization
 } from '../format';
+import {
+  contextFigure,
+  DEMO_LABEL,
+  isDemoModel,
+  kindActions
+} from '../modelinfo';
 import { useAction, usePoll, useStore } from '../hooks';
 import { MLXService } from '../service';
 import { throwIfFailed } from '../store';
@@ -69,19 +68,67 @@ const SORTS: [string, string][] = [
   ['size', 'Smallest']
 ];
 
+/** Before Load: what the model needs and whether it fits the budget now (or what goes). */
+export function MemoryFit({
+  model,
+  pool
+}: {
+  model: ILocalModel;
+  pool: IPool | null;
+}): JSX.Element | null {
+  const needed = memoryEstimate(model);
+  const fit = fitInPool(needed, pool);
+  const { text, level } = describeFit(fit);
+  if (!text) {
+    return needed === null ? null : (
+      <div className="jp-MLXPanel-estimate" data-field="estimate">
+        needs ≈ {formatBytes(needed)}
+      </div>
+    );
+  }
+  return (
+    <div
+      className={`jp-MLXPanel-estimate jp-mod-${level}`}
+      data-field="estimate"
+      data-fit={fit.kind}
+      title="The pool's estimate: weights × 1.2 + the runner process. When the budget is short, idle unpinned models are unloaded, least recently used first."
+    >
+      {text}
+    </div>
+  );
+}
+
+/** The demo label (random weights) on a model's row: a warning, not a badge of what it is. */
+export function DemoLabel(): JSX.Element {
+  return (
+    <span
+      className="jp-MLXPanel-demoLabel"
+      data-field="demo"
+      title="A demo model with random weights: it answers with random words. Download a real model to chat."
+    >
+      {DEMO_LABEL}
+    </span>
+  );
+}
+
 export function LocalModel({
   model,
   detailed,
   loading,
+  pool,
   onLoad,
   onChat
 }: {
   model: ILocalModel;
   detailed: boolean;
   loading: boolean;
+  /** The pool now, for the memory estimate before Load. */
+  pool?: IPool | null;
   onLoad: () => void;
   onChat?: () => void;
 }): JSX.Element {
+  const context = contextFigure(model.kind, model.context_length);
+  const chat = kindActions(model.kind).chat && onChat;
   return (
     <li className="jp-MLXPanel-item" data-model={model.id}>
       <div className="jp-MLXPanel-itemHead">
@@ -89,6 +136,7 @@ export function LocalModel({
           {model.id}
         </span>
         <KindBadge kind={model.kind} />
+        {isDemoModel(model) && <DemoLabel />}
         {model.loaded && <Badge kind="ok">loaded</Badge>}
         {model.downloading && <Badge kind="info">downloading</Badge>}
       </div>
@@ -110,20 +158,18 @@ export function LocalModel({
                 ? formatBytes(model.size_bytes)
                 : ''
             ],
-            [
-              'context',
-              typeof model.context_length === 'number'
-                ? formatCount(model.context_length)
-                : ''
-            ],
+            ['context', context === null ? '' : formatCount(context)],
             ['tools', model.tool_calling ? 'yes' : '']
           ]}
         />
       )}
+      {!model.loaded && !model.unavailable && pool !== undefined && (
+        <MemoryFit model={model} pool={pool} />
+      )}
       <div className="jp-MLXPanel-itemActions">
         {model.loaded ? (
-          onChat && (
-            <Button onClick={onChat} label={`Chat with ${model.id}`}>
+          chat && (
+            <Button onClick={chat} label={`Chat with ${model.id}`}>
               Chat
             </Button>
           )
@@ -203,35 +249,20 @@ export function HubResult({
 }
 
 function HubSearch({ service }: { service: MLXService }): JSX.Element {
-  const [query, setQuery] = React.useState<ISearchQuery>({
-    q: '',
-    sort: 'downloads',
-    limit: 20
-  });
-  const [results, setResults] = React.useState<IHubModel[] | null>(null);
-  const [error, setError] = React.useState<ApiError | null>(null);
-  const [searching, setSearching] = React.useState(false);
+  const { query, results, error, searching, notice } = useStore(service.search);
   const downloads = useStore(service.downloads.store).downloads;
   const action = useAction();
-  const [notice, setNotice] = React.useState('');
+  const setQuery = (update: (q: ISearchQuery) => ISearchQuery) =>
+    service.search.set(s => ({ ...s, query: update(s.query) }));
 
   const set =
     (key: keyof ISearchQuery) =>
     (e: React.ChangeEvent<HTMLInputElement | HTMLSelectElement>) =>
       setQuery(q => ({ ...q, [key]: e.target.value }));
 
-  const search = async (e?: React.FormEvent) => {
+  const search = (e?: React.FormEvent) => {
     e?.preventDefault();
-    setSearching(true);
-    setError(null);
-    try {
-      setResults(await searchModels(query, service.serverSettings));
-    } catch (err) {
-      setError(toApiError(err));
-      setResults(null);
-    } finally {
-      setSearching(false);
-    }
+    void service.searchHub();
   };
 
   const active = new Set(
@@ -240,7 +271,7 @@ function HubSearch({ service }: { service: MLXService }): JSX.Element {
   const download = (id: string) =>
     action.run(id, async () => {
       await service.downloads.start(id);
-      setNotice(`Downloading ${id}…`);
+      service.search.set({ notice: `Downloading ${id}…` });
     });
 
   return (
@@ -259,6 +290,18 @@ function HubSearch({ service }: { service: MLXService }): JSX.Element {
           <Button type="submit" busy={searching} kind="accept">
             Search
           </Button>
+          {(results || error) && (
+            <Button
+              kind="minimal"
+              onClick={() =>
+                service.search.set({ results: null, error: null, notice: '' })
+              }
+              label="Clear search results"
+              title="Hide the results"
+            >
+              Clear
+            </Button>
+          )}
         </div>
         <details className="jp-MLXPanel-filters">
           <summary>Filters</summary>
@@ -310,7 +353,7 @@ function HubSearch({ service }: { service: MLXService }): JSX.Element {
               </select>
             </label>
             <label>
-              Max size (GB)
+              Max size (GiB)
               <input
                 className="jp-MLXPanel-input"
                 type="number"
@@ -418,6 +461,7 @@ export function ModelsSection({
 
   return (
     <div className="jp-MLXPanel-section">
+      <HubSearch service={service} />
       <section
         aria-label="Models on this machine"
         className="jp-MLXPanel-subsection"
@@ -436,7 +480,7 @@ export function ModelsSection({
         {!loaded && !error && <Loading>Looking for local models…</Loading>}
         {loaded && !error && models.length === 0 && (
           <Empty>
-            No models yet. Search the Hub below and download one, or create the
+            No models yet. Search the Hub above and download one, or create the
             offline demo model with <code>jupyter mlx-manager demo-model</code>.
           </Empty>
         )}
@@ -450,6 +494,7 @@ export function ModelsSection({
                   model={{ ...m, loaded: isLoaded }}
                   detailed={detailed}
                   loading={loading.has(m.id) || action.busy === m.id}
+                  pool={pool}
                   onLoad={() => void action.run(m.id, () => service.load(m.id))}
                   onChat={onChat ? () => onChat(m.id) : undefined}
                 />
@@ -458,7 +503,6 @@ export function ModelsSection({
           </ul>
         )}
       </section>
-      <HubSearch service={service} />
     </div>
   );
 }

@@ -3,14 +3,16 @@
  */
 import * as React from 'react';
 
-import { IPoolModel } from '../api';
+import { ILocalModel, IPoolModel } from '../api';
 import {
   formatBytes,
   formatCount,
   formatKeepAlive,
-  formatRelative
+  formatRelative,
+  plural
 } from '../format';
 import { useAction, useStore } from '../hooks';
+import { contextFigure, isDemoModel, kindActions } from '../modelinfo';
 import {
   Badge,
   KindBadge,
@@ -22,7 +24,7 @@ import {
   memoryText,
   SectionHeader
 } from './common';
-import { ISectionProps } from './ModelsSection';
+import { DemoLabel, ISectionProps, MemoryFit } from './ModelsSection';
 
 /** Keep-alive choices (seconds; negative = forever, 0 = unload when idle). */
 export const KEEP_ALIVE_CHOICES = [0, 60, 300, 1800, 3600, 4 * 3600, 86400, -1];
@@ -67,6 +69,7 @@ function KeepAliveSelect({
 
 export function LoadedModel({
   model,
+  local,
   budget,
   busy,
   onPin,
@@ -75,6 +78,8 @@ export function LoadedModel({
   onChat
 }: {
   model: IPoolModel;
+  /** The model as `models/local` describes it (context, demo flag), when known. */
+  local?: ILocalModel;
   budget: number | undefined;
   busy: string | null;
   onPin: () => void;
@@ -83,12 +88,16 @@ export function LoadedModel({
   onChat?: () => void;
 }): JSX.Element {
   const expires = model.pinned
-    ? 'pinned'
+    ? 'never unloads (pinned)'
     : model.keep_alive < 0
-      ? 'never'
-      : model.expires_at
-        ? formatRelative(model.expires_at)
-        : '—';
+      ? 'never unloads'
+      : `unloads ${model.expires_at ? formatRelative(model.expires_at) : '—'}`;
+  const context = contextFigure(
+    model.kind,
+    local?.context_length,
+    model.context_length
+  );
+  const chat = kindActions(model.kind).chat && onChat;
   return (
     <li className="jp-MLXPanel-item" data-model={model.model}>
       <div className="jp-MLXPanel-itemHead">
@@ -99,6 +108,7 @@ export function LoadedModel({
           {model.status}
         </Badge>
         <KindBadge kind={model.kind} />
+        {isDemoModel({ id: model.model, demo: local?.demo }) && <DemoLabel />}
         {model.pinned && <Badge kind="accent">pinned</Badge>}
       </div>
       <Bar
@@ -109,33 +119,30 @@ export function LoadedModel({
       />
       <div className="jp-MLXPanel-itemMeta">
         <span data-field="memory">{formatBytes(model.memory_bytes)}</span>
-        <span>unloads {expires}</span>
+        <span>{expires}</span>
       </div>
       <Facts
         items={[
           ['requests', formatCount(model.requests ?? 0)],
           ['in flight', model.in_flight ? String(model.in_flight) : ''],
-          [
-            'context',
-            typeof model.context_length === 'number'
-              ? formatCount(model.context_length)
-              : ''
-          ],
+          ['context', context === null ? '' : formatCount(context)],
           ['tools', model.tool_calling ? 'yes' : ''],
           ['last used', model.last_used ? formatRelative(model.last_used) : ''],
           ['pid', model.pid ? String(model.pid) : '']
         ]}
       />
       <div className="jp-MLXPanel-itemActions">
-        <label className="jp-MLXPanel-inline">
-          Keep alive
-          <KeepAliveSelect
-            label={`Keep-alive of ${model.model}`}
-            value={model.keep_alive}
-            disabled={busy === 'keep'}
-            onChange={s => s !== undefined && onKeepAlive(s)}
-          />
-        </label>
+        {!model.pinned && (
+          <label className="jp-MLXPanel-inline">
+            Keep alive
+            <KeepAliveSelect
+              label={`Keep-alive of ${model.model}`}
+              value={model.keep_alive}
+              disabled={busy === 'keep'}
+              onChange={s => s !== undefined && onKeepAlive(s)}
+            />
+          </label>
+        )}
         <Button
           onClick={onPin}
           pressed={model.pinned}
@@ -149,8 +156,8 @@ export function LoadedModel({
         >
           {model.pinned ? 'Unpin' : 'Pin'}
         </Button>
-        {onChat && (
-          <Button onClick={onChat} label={`Chat with ${model.model}`}>
+        {chat && (
+          <Button onClick={chat} label={`Chat with ${model.model}`}>
             Chat
           </Button>
         )}
@@ -185,6 +192,7 @@ function LoadForm({ props }: { props: ISectionProps }): JSX.Element {
   const chosen = candidates.some(m => m.id === model)
     ? model
     : (candidates[0]?.id ?? '');
+  const chosenModel = candidates.find(m => m.id === chosen);
 
   if (!candidates.length) {
     return (
@@ -202,7 +210,7 @@ function LoadForm({ props }: { props: ISectionProps }): JSX.Element {
         e.preventDefault();
         if (chosen) {
           void action.run('load', () =>
-            service.load(chosen, { pin, keep_alive: keepAlive })
+            service.load(chosen, pin ? { pin } : { keep_alive: keepAlive })
           );
         }
       }}
@@ -224,6 +232,7 @@ function LoadForm({ props }: { props: ISectionProps }): JSX.Element {
           Load
         </Button>
       </div>
+      {chosenModel && <MemoryFit model={chosenModel} pool={pool} />}
       <div className="jp-MLXPanel-row">
         <label className="jp-MLXPanel-inline">
           <input
@@ -233,15 +242,17 @@ function LoadForm({ props }: { props: ISectionProps }): JSX.Element {
           />{' '}
           Pin
         </label>
-        <label className="jp-MLXPanel-inline">
-          Keep alive
-          <KeepAliveSelect
-            label="Keep-alive of the model to load"
-            value={keepAlive}
-            onChange={setKeepAlive}
-            allowDefault
-          />
-        </label>
+        {!pin && (
+          <label className="jp-MLXPanel-inline">
+            Keep alive
+            <KeepAliveSelect
+              label="Keep-alive of the model to load"
+              value={keepAlive}
+              onChange={setKeepAlive}
+              allowDefault
+            />
+          </label>
+        )}
       </div>
       {action.error && (
         <ErrorNotice
@@ -287,6 +298,7 @@ export function PoolSection(props: ISectionProps): JSX.Element {
   };
 
   const models = pool?.models ?? [];
+  const local = useStore(service.models).models;
   const limits = pool?.limits ?? {};
   const budget = limits.max_memory_bytes;
   const used =
@@ -305,11 +317,9 @@ export function PoolSection(props: ISectionProps): JSX.Element {
         <div className="jp-MLXPanel-itemMeta">
           <span data-field="pool-memory">{memoryText(used, budget)}</span>
           <span data-field="pool-count">
-            {models.length}
             {typeof limits.max_loaded_models === 'number'
-              ? ` of ${limits.max_loaded_models}`
-              : ''}{' '}
-            models
+              ? `${models.length} of ${plural(limits.max_loaded_models, 'model')}`
+              : plural(models.length, 'model')}
           </span>
           {typeof limits.default_keep_alive === 'number' && (
             <span>
@@ -339,6 +349,9 @@ export function PoolSection(props: ISectionProps): JSX.Element {
             <LoadedModel
               key={m.model}
               model={m}
+              local={local.find(
+                l => l.id.toLowerCase() === m.model.toLowerCase()
+              )}
               budget={budget}
               busy={busy[m.model] ?? null}
               onPin={() =>

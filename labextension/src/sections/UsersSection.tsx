@@ -5,7 +5,7 @@
 import * as React from 'react';
 
 import { IUser, updateUser } from '../api';
-import { formatRelative } from '../format';
+import { formatRelative, plural } from '../format';
 import { useAction } from '../hooks';
 import { Badge, Button, Empty, ErrorNotice, Loading } from './common';
 import { ISectionProps } from './ModelsSection';
@@ -76,7 +76,7 @@ export function UsersSection({
         />
       )}
       <div className="jp-MLXPanel-itemMeta">
-        <span>{users.length} users</span>
+        <span>{plural(users.length, 'user')}</span>
         <span data-field="pending-count">
           {pending
             ? `${pending} waiting for approval`
