@@ -135,6 +135,14 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path):
     # Never let a developer's own config or token leak into the test server.
     for name in ("JUPYTER_TOKEN", "JUPYTER_PATH", "JUPYTER_CONFIG_PATH", "JUPYTER_MLX_MANAGER_URL"):
         env.pop(name, None)
+    # The labextension as this checkout last built it (`jlpm build` writes it into the package),
+    # ahead of the copy pip installed under sys.prefix, which a rebuild does not update.
+    built = Path(__file__).resolve().parents[2] / "jupyter_mlx_manager" / "labextension"
+    if (built / "package.json").is_file():
+        extensions = root / "jupyter-path" / "labextensions"
+        extensions.mkdir(parents=True)
+        (extensions / "jupyter-mlx-manager").symlink_to(built, target_is_directory=True)
+        env["JUPYTER_PATH"] = str(extensions.parent)
     cmd = [
         sys.executable,
         "-m",
