@@ -214,7 +214,7 @@ describe('AuditFeed', () => {
   });
 });
 
-import { effectiveFilter, tokenSeries } from '../audit';
+import { effectiveFilter, tokenSeries, usageUnits } from '../audit';
 
 describe('This notebook', () => {
   it('adds the notebook in focus to the filters, or shows nothing without one', () => {
@@ -283,5 +283,48 @@ describe('tokenSeries', () => {
     );
     expect(bins[3].end - bins[0].start).toBe(60_000);
     expect(bins[0].prompt).toBe(1);
+  });
+});
+
+describe('audio in seconds', () => {
+  it('never counts audio samples or characters as tokens', () => {
+    const transcription = rec(1, {
+      action: 'transcriptions',
+      endpoint: '/user/ann/mlx/v1/audio/transcriptions',
+      prompt_tokens: 32000,
+      completion_tokens: 9
+    });
+    const speech = rec(2, {
+      action: 'speech',
+      endpoint: '/mlx/v1/audio/speech',
+      prompt_tokens: 11,
+      completion_tokens: 84000,
+      audio_seconds: 3.5
+    });
+    const chat = rec(3, { prompt_tokens: 10, completion_tokens: 5 });
+    expect(usageUnits(transcription)).toMatchObject({
+      audio: 'transcription',
+      audioIn: 2,
+      promptTokens: 0,
+      completionTokens: 9
+    });
+    expect(usageUnits(speech)).toMatchObject({
+      audio: 'speech',
+      audioOut: 3.5,
+      characters: 11,
+      promptTokens: 0,
+      completionTokens: 0
+    });
+    // Without the server's seconds, a speech reply has no seconds (not a guess).
+    expect(
+      usageUnits({ ...speech, audio_seconds: undefined }).audioOut
+    ).toBeNull();
+    const [bin] = tokenSeries([transcription, speech, chat], 1);
+    expect(bin).toMatchObject({
+      prompt: 10,
+      completion: 14,
+      audio: 5.5,
+      requests: 3
+    });
   });
 });

@@ -12,7 +12,13 @@ jest.mock('@jupyterlab/services', () => ({
 }));
 
 import { ApiError } from '../api';
-import { computeStats, parseChunk, streamChat } from '../chat';
+import {
+  computeStats,
+  IToolCall,
+  mergeToolCalls,
+  parseChunk,
+  streamChat
+} from '../chat';
 
 function chunk(content: string | null, finish: string | null = null): string {
   const delta = content === null ? {} : { content };
@@ -233,5 +239,101 @@ describe('streamChat', () => {
       settings
     );
     expect(result).toMatchObject({ stopped: true, text: '' });
+  });
+});
+
+describe('reasoning and tool calls', () => {
+  beforeEach(() => mockMakeRequest.mockReset());
+
+  it('reads reasoning_content and tool-call pieces from a chunk', () => {
+    expect(
+      parseChunk('{"choices":[{"delta":{"reasoning_content":"Hmm."}}]}')
+    ).toEqual({
+      kind: 'delta',
+      text: '',
+      finishReason: null,
+      reasoning: 'Hmm.'
+    });
+    const call = parseChunk(
+      JSON.stringify({
+        choices: [
+          {
+            delta: {
+              tool_calls: [
+                {
+                  index: 0,
+                  id: 'call_1',
+                  type: 'function',
+                  function: { name: 'get_weather', arguments: '{"city":' }
+                }
+              ]
+            }
+          }
+        ]
+      })
+    );
+    expect(call).toMatchObject({
+      toolCalls: [
+        { index: 0, id: 'call_1', name: 'get_weather', arguments: '{"city":' }
+      ]
+    });
+  });
+
+  it('assembles tool calls whose arguments arrive in pieces', () => {
+    expect(
+      mergeToolCalls(
+        mergeToolCalls(
+          [],
+          [{ index: 0, id: 'c1', name: 'get_weather', arguments: '{"ci' }]
+        ),
+        [
+          { index: 0, arguments: 'ty": "Paris"}' },
+          { index: 1, id: 'c2', name: 'now', arguments: '{}' }
+        ]
+      )
+    ).toEqual([
+      { id: 'c1', name: 'get_weather', arguments: '{"city": "Paris"}' },
+      { id: 'c2', name: 'now', arguments: '{}' }
+    ]);
+  });
+
+  it('streams reasoning apart from the answer, and the tool calls', async () => {
+    const delta = (d: object) =>
+      `data: ${JSON.stringify({ choices: [{ index: 0, delta: d, finish_reason: null }] })}\n\n`;
+    const text =
+      delta({ reasoning_content: 'The user ' }) +
+      delta({ reasoning_content: 'greets me.' }) +
+      delta({ content: 'Hello!' }) +
+      delta({
+        tool_calls: [
+          {
+            index: 0,
+            id: 'c1',
+            type: 'function',
+            function: { name: 'get_weather', arguments: '{"city": "Paris"}' }
+          }
+        ]
+      }) +
+      'data: [DONE]\n\n';
+    mockMakeRequest.mockResolvedValue(streamReply([text]));
+    const thoughts: string[] = [];
+    const calls: IToolCall[][] = [];
+    const result = await streamChat(
+      { model: 'm', messages: [{ role: 'user', content: 'hi' }] },
+      {
+        onReasoning: r => thoughts.push(r),
+        onToolCalls: c => calls.push(c)
+      },
+      settings
+    );
+    expect(thoughts).toEqual(['The user ', 'greets me.']);
+    expect(result.reasoning).toBe('The user greets me.');
+    expect(result.text).toBe('Hello!');
+    expect(result.toolCalls).toEqual([
+      { id: 'c1', name: 'get_weather', arguments: '{"city": "Paris"}' }
+    ]);
+    expect(calls).toHaveLength(1);
+    // The first reasoning token is the first token (TTFT).
+    expect(result.stats.ttftMs).not.toBeNull();
   });
 });
