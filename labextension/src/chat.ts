@@ -8,6 +8,7 @@
 import { ServerConnection } from '@jupyterlab/services';
 
 import { ApiError, fetchResponse } from './api';
+import { formatBytes } from './format';
 import { SSEParser } from './sse';
 
 /** OpenAI chat content parts: text, and images as data URLs (SPEC "Vision"). */
@@ -85,7 +86,7 @@ export function checkImages<F extends IImageFile>(
       refused.push(`${name} is not a PNG, JPEG, GIF or WebP image.`);
     } else if (file.size > MAX_IMAGE_BYTES) {
       refused.push(
-        `${name} is over ${MAX_IMAGE_BYTES / (1024 * 1024)} MB, the most an image may be.`
+        `${name} is over ${formatBytes(MAX_IMAGE_BYTES)}, the most an image may be.`
       );
     } else if (pending + accepted.length >= MAX_IMAGES) {
       over++;

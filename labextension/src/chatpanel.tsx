@@ -24,7 +24,7 @@ import {
   readDataURL,
   streamChat
 } from './chat';
-import { formatCount, formatMs, plural } from './format';
+import { formatBytes, formatCount, formatMs, plural } from './format';
 import { ChatHistory, historyKey, ITurn } from './history';
 import { useAction, useStore } from './hooks';
 import { mlxIcon } from './icon';
@@ -260,7 +260,7 @@ export function Composer({
               onClick={() => fileRef.current?.click()}
               disabled={streaming || images.length >= MAX_IMAGES}
               label="Attach images"
-              title={`Attach images (PNG, JPEG, GIF, WebP; at most ${MAX_IMAGES}, ${MAX_IMAGE_BYTES / (1024 * 1024)} MB each) — or paste one`}
+              title={`Attach images (PNG, JPEG, GIF, WebP; at most ${MAX_IMAGES}, ${formatBytes(MAX_IMAGE_BYTES)} each) — or paste one`}
             >
               Attach
             </Button>

@@ -132,6 +132,8 @@ function sortDownloads(list: IDownload[]): IDownload[] {
 
 export interface IDownloadsState {
   downloads: IDownload[];
+  /** Failed downloads whose leftovers the user removed: no longer listed. */
+  removed: string[];
   /** False when the server has no downloads API (404); null until first asked. */
   available: boolean | null;
   error: ApiError | null;
@@ -167,6 +169,7 @@ const EVENT_NAMES = [
 export class DownloadsModel {
   readonly store = new Store<IDownloadsState>({
     downloads: [],
+    removed: [],
     available: null,
     error: null
   });
@@ -221,6 +224,20 @@ export class DownloadsModel {
       downloads: mergeDownload(s.downloads, { id, status: 'cancelled' })
     }));
     void this.refresh();
+  }
+
+  /** A failed download again (the server resumes from what it kept). */
+  retry(download: IDownload): Promise<IDownload> {
+    return this.start(download.repo_id, download.revision ?? undefined);
+  }
+
+  /**
+   * Remove what a failed download left (the server deletes its partial files) and stop
+   * listing it.
+   */
+  async remove(id: IDownload['id']): Promise<void> {
+    await cancelDownload(id, this._settings);
+    this.store.set(s => ({ ...s, removed: [...s.removed, String(id)] }));
   }
 
   /** Apply one progress event (record fields + `rate_bps`, `eta_s`). */

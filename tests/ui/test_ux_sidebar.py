@@ -211,3 +211,38 @@ def test_activity_chart_axes_and_audio_seconds(lab_server, kinds, page: Page, ar
     chart.scroll_into_view_if_needed()
     page.screenshot(path=str(artifacts_dir / "ux-activity-chart.png"))
     assert not own_errors(console_log), own_errors(console_log)
+
+
+def test_failed_download_shows_why_and_offers_retry_and_remove(lab_server, page: Page, artifacts_dir):
+    if lab_server.hub is None:
+        pytest.skip("no jupyter_mlx_manager.devhub to download from")
+    repo = "mlx-test/not-there"  # the stand-in Hub has no such repo: the download fails
+    open_panel(page, lab_server)
+    downloads = open_section(page, "downloads")
+    field = downloads.get_by_label("Download a model from the Hub")
+    field.fill(repo)
+    field.press("Enter")
+    item = downloads.locator(f'[data-download="{repo}"]')
+    expect(item.locator(".jp-MLXPanel-badge")).to_have_text("failed", timeout=30_000)
+    expect(item.locator('[data-field="reason"]')).not_to_be_empty()
+    expect(item.get_by_role("button", name=f"Cancel download of {repo}")).to_have_count(0)
+    page.screenshot(path=str(artifacts_dir / "ux-download-failed.png"))
+
+    # Retry starts it again (a new record); it fails again, for the same reason.
+    before = len(lab_server.get("mlx/api/downloads").json()["downloads"])
+    with page.expect_response(
+        lambda r: r.url.split("?")[0].endswith("/mlx/api/downloads") and r.request.method == "POST"
+    ):
+        item.first.get_by_role("button", name=f"Retry download of {repo}").click()
+    assert len(lab_server.get("mlx/api/downloads").json()["downloads"]) == before + 1
+    expect(downloads.locator(f'[data-download="{repo}"] .jp-MLXPanel-badge').first).to_have_text(
+        "failed", timeout=30_000
+    )
+
+    # Remove takes each off the list.
+    while downloads.locator(f'[data-download="{repo}"]').count():
+        count = downloads.locator(f'[data-download="{repo}"]').count()
+        downloads.locator(f'[data-download="{repo}"]').first.get_by_role(
+            "button", name=f"Remove download of {repo}"
+        ).click()
+        expect(downloads.locator(f'[data-download="{repo}"]')).to_have_count(count - 1)

@@ -142,14 +142,14 @@ describe('checkImages', () => {
     expect(checkImages(0, files)).toEqual({ accepted: files, refused: [] });
   });
 
-  it('refuses a file over 20 MB and one of another type', () => {
+  it('refuses a file over 20 MiB and one of another type', () => {
     const big = file('big.png', 'image/png', MAX_IMAGE_BYTES + 1);
     const edge = file('edge.png', 'image/png', MAX_IMAGE_BYTES);
     const svg = file('x.svg', 'image/svg+xml');
     const { accepted, refused } = checkImages(0, [big, edge, svg]);
     expect(accepted).toEqual([edge]);
     expect(refused).toHaveLength(2);
-    expect(refused[0]).toMatch(/big\.png is over 20 MB/);
+    expect(refused[0]).toMatch(/big\.png is over 20\.0\u00a0MiB/);
     expect(refused[1]).toMatch(/x\.svg is not a PNG, JPEG, GIF or WebP/);
   });
 
@@ -292,9 +292,9 @@ describe('Composer', () => {
   });
 
   it('shows a refusal as an alert', () => {
-    const html = render({ notice: 'big.png is over 20 MB.' });
+    const html = render({ notice: 'big.png is over 20.0 MiB.' });
     expect(html).toMatch(/role="alert"/);
-    expect(html).toContain('big.png is over 20 MB.');
+    expect(html).toContain('big.png is over 20.0 MiB.');
   });
 
   it('will not send images to a model that is not a vision model', () => {

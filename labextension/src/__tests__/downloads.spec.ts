@@ -8,6 +8,8 @@ jest.mock('@jupyterlab/services', () => ({
   }
 }));
 
+import * as React from 'react';
+
 import { IDownload } from '../api';
 import {
   DownloadsModel,
@@ -17,6 +19,7 @@ import {
   progressText,
   replaceDownloads
 } from '../downloads';
+import { DownloadItem } from '../sections/DownloadsSection';
 
 const json = (status: number, body: unknown) =>
   new Response(JSON.stringify(body), { status });
@@ -251,5 +254,76 @@ describe('DownloadsModel', () => {
     } finally {
       jest.useRealTimers();
     }
+  });
+});
+
+describe('a failed download', () => {
+  beforeEach(() => {
+    mockMakeRequest.mockReset();
+    FakeEventSource.all = [];
+  });
+
+  it('is retried from its repo and revision, and removed from the list', async () => {
+    const failed = record({
+      id: 7,
+      status: 'failed',
+      error: 'Cannot reach the Hub (huggingface.co): no network.'
+    });
+    const model = new DownloadsModel(
+      mockSettings as any,
+      url => new FakeEventSource(url)
+    );
+    mockMakeRequest.mockResolvedValueOnce(json(200, { downloads: [failed] }));
+    await model.refresh();
+
+    mockMakeRequest.mockResolvedValueOnce(
+      json(201, record({ id: 8, status: 'queued' }))
+    );
+    mockMakeRequest.mockResolvedValue(
+      json(200, { token: 't', expires_in: 60 })
+    );
+    await model.retry(failed);
+    const [url, init] = mockMakeRequest.mock.calls[1];
+    expect(url).toBe('http://h/base/mlx/api/downloads');
+    expect(JSON.parse(init.body)).toEqual({
+      repo_id: 'mlx-community/tiny',
+      revision: 'main'
+    });
+
+    mockMakeRequest.mockReset();
+    mockMakeRequest.mockResolvedValueOnce(json(200, failed));
+    await model.remove(7);
+    const [removeUrl, removeInit] = mockMakeRequest.mock.calls[0];
+    expect(removeUrl).toBe('http://h/base/mlx/api/downloads/7');
+    expect(removeInit.method).toBe('DELETE');
+    expect(model.store.state.removed).toEqual(['7']);
+    model.dispose();
+  });
+
+  it('shows its reason, Retry and Remove, and no Cancel', () => {
+    const { renderToStaticMarkup } = jest.requireActual<{
+      renderToStaticMarkup: (element: React.ReactElement) => string;
+    }>('react-dom/server');
+    const noop = () => undefined;
+    const html = renderToStaticMarkup(
+      React.createElement(DownloadItem, {
+        download: record({
+          status: 'failed',
+          error: 'no network',
+          total_bytes: 0
+        }),
+        busy: null,
+        onCancel: noop,
+        onRetry: noop,
+        onRemove: noop
+      })
+    );
+    expect(html).toContain('no network');
+    expect(html).toContain('aria-label="Retry download of mlx-community/tiny"');
+    expect(html).toContain(
+      'aria-label="Remove download of mlx-community/tiny"'
+    );
+    expect(html).not.toContain('Cancel download');
+    expect(html).not.toContain('0 B of');
   });
 });

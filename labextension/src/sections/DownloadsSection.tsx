@@ -31,15 +31,21 @@ function statusKind(status: string): string {
   return isActive(status) ? 'info' : 'ok';
 }
 
-function DownloadItem({
+export function DownloadItem({
   download,
-  cancelling,
-  onCancel
+  busy,
+  onCancel,
+  onRetry,
+  onRemove
 }: {
   download: IDownload;
-  cancelling: boolean;
+  /** The action under way on it: cancel, retry or remove. */
+  busy: string | null;
   onCancel: () => void;
+  onRetry: () => void;
+  onRemove: () => void;
 }): JSX.Element {
+  const failed = isFailed(download.status);
   const active = isActive(download.status);
   const progress = progressText(download);
   const live = [
@@ -73,14 +79,45 @@ function DownloadItem({
         )}
       </div>
       {download.error && (
-        <div className="jp-MLXPanel-itemError">{download.error}</div>
+        <div className="jp-MLXPanel-itemError" data-field="reason">
+          {download.error}
+        </div>
+      )}
+      {failed && !download.error && (
+        <div className="jp-MLXPanel-itemError" data-field="reason">
+          The download failed; the server gave no reason.
+        </div>
+      )}
+      {failed && (
+        <div className="jp-MLXPanel-itemActions">
+          <Button
+            kind="accept"
+            onClick={onRetry}
+            busy={busy === 'retry'}
+            disabled={!!busy}
+            label={`Retry download of ${download.repo_id}`}
+            title="Start it again (it goes on from the files already there)"
+          >
+            Retry
+          </Button>
+          <Button
+            kind="warn"
+            onClick={onRemove}
+            busy={busy === 'remove'}
+            disabled={!!busy}
+            label={`Remove download of ${download.repo_id}`}
+            title="Delete its partial files and take it off the list"
+          >
+            Remove
+          </Button>
+        </div>
       )}
       {active && (
         <div className="jp-MLXPanel-itemActions">
           <Button
             kind="warn"
             onClick={onCancel}
-            busy={cancelling}
+            busy={busy === 'cancel'}
             label={`Cancel download of ${download.repo_id}`}
           >
             Cancel
@@ -96,7 +133,8 @@ export function DownloadsSection({
   interval
 }: ISectionProps): JSX.Element {
   const model = service.downloads;
-  const { downloads, available, error } = useStore(model.store);
+  const { downloads: all, removed, available, error } = useStore(model.store);
+  const downloads = all.filter(d => !removed.includes(String(d.id)));
   const anyActive = downloads.some(d => isActive(d.status));
   // The list is polled while shown (SSE carries the live part); faster while something runs.
   usePoll(
@@ -178,9 +216,19 @@ export function DownloadsSection({
             <DownloadItem
               key={String(d.id)}
               download={d}
-              cancelling={action.busy === `cancel:${d.id}`}
+              busy={
+                action.busy?.endsWith(`:${d.id}`)
+                  ? action.busy.split(':')[0]
+                  : null
+              }
               onCancel={() =>
                 void action.run(`cancel:${d.id}`, () => model.cancel(d.id))
+              }
+              onRetry={() =>
+                void action.run(`retry:${d.id}`, () => model.retry(d))
+              }
+              onRemove={() =>
+                void action.run(`remove:${d.id}`, () => model.remove(d.id))
               }
             />
           ))}
