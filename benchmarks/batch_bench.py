@@ -39,10 +39,11 @@ def ttft_ms(http: httpx.Client, headers: dict, eos: int) -> float:
     started = time.perf_counter()
     with http.stream("POST", "mlx/v1/chat/completions", json=body, headers=headers) as reply:
         reply.raise_for_status()
-        for line in reply.iter_lines():
+        lines = reply.iter_lines()
+        for line in lines:
             if line.startswith("data:") and '"content"' in line:
                 first = time.perf_counter()
-                for _ in reply.iter_lines():
+                for _ in lines:  # the rest of the reply
                     pass
                 return (first - started) * 1000
     raise RuntimeError("no content")

@@ -22,7 +22,7 @@ from .backends import Backends, LocalBackend, RemoteBackends, parse_backends
 from .batches import BatchService, FileStore, LineRunner
 from .budgets import Budgets, check_budgets
 from .downloads import DownloadManager
-from .errors import MLXError
+from .errors import BadRequest, MLXError
 from .handlers import ROUTES
 from .handlers.proxy import SharedService, shared_service_routes
 from .inference import InferenceService, RequestLimits, ServingPipeline
@@ -30,6 +30,7 @@ from .inference.audio import AudioService
 from .inference.embeddings import EmbeddingService
 from .inference.images import ImageLimits
 from .inference.stored import ResponseStore
+from .jobs import JobService, JobSpecs
 from .models.catalog import ModelCatalog
 from .models.hub import HubSearch
 from .pool import ModelPool
@@ -164,6 +165,12 @@ class MLXManager(ExtensionApp):
         "any interactive request is waiting). Default: -1 = half of max_batch_size.",
     ).tag(config=True)
 
+    max_concurrent_jobs = Int(
+        1,
+        help="Workbench jobs (fine-tune, evaluate, convert) that run at once, each in its own process with "
+        "its memory counted in the pool's budget; the others wait in order. Default: 1.",
+    ).tag(config=True)
+
     prefill_step_size = Int(
         512,
         help="Prompt tokens prefilled per scheduler step on every path: no single step holds up "
@@ -288,7 +295,9 @@ class MLXManager(ExtensionApp):
         if self.pool_url:  # a shared model service runs the models: no pool, runners or downloads here
             self._initialize_forwarding(data_dir)
             return
-        self.catalog = ModelCatalog([data_dir / "models", *(Path(d).expanduser() for d in self.model_dirs)])
+        self.catalog = ModelCatalog(
+            [data_dir / "models", *(Path(d).expanduser() for d in self.model_dirs)], adapter_dir=data_dir / "adapters"
+        )
         self.pool = ModelPool(
             self.catalog,
             max_memory_bytes=system.memory_budget_bytes(self.max_memory_gb),
@@ -338,6 +347,10 @@ class MLXManager(ExtensionApp):
             self.db, self.files, self.users.get_by_name, LineRunner(self), self.limits.batch_slots, self.log
         )
         IOLoop.current().add_callback(self.batches.start)  # resumes the batches a stop interrupted
+        root_dir = getattr(getattr(self, "serverapp", None), "root_dir", None)
+        specs = JobSpecs(self.catalog, data_dir, Path(root_dir) if root_dir else None, self._own_file)
+        self.jobs = JobService(self.db, self.audit, self.pool, specs, self.max_concurrent_jobs, self.log)
+        IOLoop.current().add_callback(self.jobs.start)  # interrupted jobs marked, the queue served
         metrics.install(self)
         self._sockets: set[Any] = set()
         self._requests: set[Any] = set()  # inference handlers answering now
@@ -345,6 +358,14 @@ class MLXManager(ExtensionApp):
         self.users.change_listeners.append(self._recheck_sockets)
         self._device: asyncio.Task | None = None
         self.log.info("jupyter-mlx-manager %s: data in %s", __version__, data_dir)
+
+    def _own_file(self, user: str, file_id: str) -> Path:
+        """The path of an uploaded file of `user`'s (a job's `data`); a 400 if there is none."""
+        if not self.db.write_sync(
+            lambda conn: conn.execute("SELECT 1 FROM files WHERE id = ? AND user = ?", (file_id, user)).fetchone()
+        ):
+            raise BadRequest(f"data: no file {file_id!r}", reason="invalid_data")
+        return self.files.path(file_id)
 
     def _budget_config(self) -> dict:
         """The checked `budgets`; a bad value is logged and no configured budgets apply."""
@@ -393,6 +414,7 @@ class MLXManager(ExtensionApp):
             await asyncio.sleep(0.05)
         await self.downloads.stop()
         await self.batches.stop()
+        await self.jobs.stop()
         await self.remote.close()
         await self.pool.shutdown()
         for socket in list(self._sockets):

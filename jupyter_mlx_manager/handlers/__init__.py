@@ -11,10 +11,11 @@ from .budgets import BudgetsHandler
 from .downloads import DownloadHandler, DownloadProgressHandler, DownloadsHandler
 from .embeddings import EmbeddingsHandler
 from .fallback import UnknownAPIRoute, UnknownOpenAIRoute
+from .jobs import JobEventsHandler, JobHandler, JobsHandler
 from .models import LocalModelHandler, LocalModelsHandler, ModelSearchHandler
 from .openai import ChatCompletionsHandler, CompletionsHandler, ModelsHandler, ProbeHandler
 from .pool import PoolHandler, PoolLoadHandler, PoolUnloadHandler
-from .responses import ResponseHandler, ResponsesHandler
+from .responses import InputTokensHandler, ResponseHandler, ResponsesHandler
 from .status import OpenAPIHandler, StatusHandler
 from .users import UserHandler, UsersHandler
 
@@ -47,6 +48,9 @@ ROUTES = [
     ("mlx/api/downloads", DownloadsHandler),
     (rf"mlx/api/downloads/{_ID}", DownloadHandler),
     (rf"mlx/api/downloads/{_ID}/progress", DownloadProgressHandler),
+    ("mlx/api/jobs", JobsHandler),
+    (rf"mlx/api/jobs/{_OPENAI_ID}", JobHandler),
+    (rf"mlx/api/jobs/{_OPENAI_ID}/events", JobEventsHandler),
     ("mlx/?", ProbeHandler),
     ("mlx/v1/?", ProbeHandler),
     ("mlx/v1/models", ModelsHandler),
@@ -64,6 +68,7 @@ ROUTES = [
     (rf"mlx/v1/batches/{_OPENAI_ID}", BatchHandler),
     (rf"mlx/v1/batches/{_OPENAI_ID}/cancel", BatchCancelHandler),
     ("mlx/v1/responses", ResponsesHandler),
+    ("mlx/v1/responses/input_tokens", InputTokensHandler),
     (r"mlx/v1/responses/(.+)", ResponseHandler),
     # Last: anything else under our prefixes is a JSON 404, not Jupyter's HTML page.
     ("mlx/api/.*", UnknownAPIRoute),

@@ -3,12 +3,9 @@ cancels which download is the download manager's decision (each call takes the u
 
 from __future__ import annotations
 
-import json
-
-from tornado.iostream import StreamClosedError
-
 from ..errors import BadRequest
 from .base import MLXAPIHandler, authorized, web
+from .events import EventStreamHandler
 
 
 class DownloadsHandler(MLXAPIHandler):
@@ -43,46 +40,15 @@ class DownloadHandler(MLXAPIHandler):
         self.write_json(record)
 
 
-class DownloadProgressHandler(MLXAPIHandler):
+class DownloadProgressHandler(EventStreamHandler):
     """Server-sent events: the record plus `rate_bps` and `eta_s`, at most 4 a second, a
     `: keepalive` comment after `keepalive_seconds` of silence, and a last event with
-    `"final": true` (then the stream ends; an EventSource should close on it).
+    `"final": true`. Without any credential, as with an invalid one, the answer is 401."""
 
-    `?token=<ticket>` authenticates where EventSource cannot send headers. Without any
-    credential, as with an invalid one, the answer is 401.
-    """
-
-    query_token_allowed = True
     keepalive_seconds = 15.0
     min_interval = 0.25
-    retry_ms = 3000
 
-    def on_connection_close(self) -> None:
-        self._gone = True
-
-    @web.authenticated
-    @authorized
-    async def get(self, download_id: str):
-        self._gone = False
-        events = self.mlx.downloads.follow(
+    def events(self, download_id: str):
+        return self.mlx.downloads.follow(
             int(download_id), self.min_interval, self.keepalive_seconds, user=self.mlx_user
         )
-        first = await events.__anext__()  # a missing download is a plain 404
-        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.set_header("Cache-Control", "no-cache")
-        self.set_header("X-Accel-Buffering", "no")
-        self.write(f"retry: {self.retry_ms}\n\n")
-        try:
-            event = first
-            while True:
-                self.write(": keepalive\n\n" if event is None else f"data: {json.dumps(event)}\n\n")
-                await self.flush()
-                if self._gone or (event is not None and event.get("final")):
-                    break
-                event = await events.__anext__()
-        except (StreamClosedError, StopAsyncIteration):
-            pass
-        finally:
-            await events.aclose()
-        if not self._gone:
-            self.finish()

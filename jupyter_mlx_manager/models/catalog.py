@@ -56,6 +56,11 @@ MODEL_ID_RE = re.compile(rf"{_PART}/{_PART}")
 LOCAL_PREFIX = "local/"
 # Written by models/demo.py into each demo model: its weights are random (`"demo": true` in listings).
 DEMO_MARKER = "mlx_manager_demo.json"
+# `adapter/<name>`: a fine-tuned adapter (jobs/) in `<data_dir>/adapters/<name>`, served as its base
+# model plus the adapter. Its folder holds the base's config and tokenizer files, mlx-lm's
+# `adapters.safetensors` and `adapter_config.json`, and this marker naming the base.
+ADAPTER_PREFIX = "adapter/"
+ADAPTER_MARKER = "mlx_manager_adapter.json"
 # `remote/<backend>/<upstream id>` (backends/remote.py): never a file here, so the upstream id may
 # hold slashes (vLLM's `org/name`, the model path `mlx_lm.server` lists).
 REMOTE_ID_RE = re.compile(rf"remote/{_PART}/[A-Za-z0-9._:@+/-]{{1,200}}", re.IGNORECASE)
@@ -65,6 +70,10 @@ _HEADER_LIMIT = 100 * 1024 * 1024
 def is_local_id(model_id: str) -> bool:
     """`local/<folder>` (any case): a model of the model folders, never a Hub repo."""
     return model_id[: len(LOCAL_PREFIX)].lower() == LOCAL_PREFIX
+
+
+def is_adapter_id(model_id: str) -> bool:
+    return model_id[: len(ADAPTER_PREFIX)].lower() == ADAPTER_PREFIX
 
 
 def is_remote_id(model_id: object) -> bool:
@@ -97,8 +106,6 @@ def validate_model_id(model_id: object) -> str:
 def model_key(model_id: str) -> str:
     """What identifies a model wherever ids are compared: ids that differ only in case name
     the same model (and, `--` being refused in Hub ids, the same HF cache folder)."""
-    if is_local_id(model_id):
-        return LOCAL_PREFIX + model_id[len(LOCAL_PREFIX) :].lower()
     return model_id.lower()
 
 
@@ -142,8 +149,17 @@ class DeleteFailed(MLXError):
 
 
 def weights_bytes(path: Path) -> int:
-    """Bytes of the weight files: the pool's memory estimate before a model is loaded."""
-    return sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    """Bytes of the weight files: the pool's memory estimate before a model is loaded (an
+    adapter's with its base model's)."""
+    own = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    base = adapter_base(path)
+    return own + (weights_bytes(Path(base["base_path"])) if base and Path(base["base_path"]).is_dir() else 0)
+
+
+def adapter_base(path: Path) -> dict[str, Any] | None:
+    """`{"base": model id, "base_path": folder}` of an adapter's folder; None for a model."""
+    marker = read_json(path / ADAPTER_MARKER)
+    return marker if isinstance(marker.get("base"), str) and isinstance(marker.get("base_path"), str) else None
 
 
 # The variables huggingface_hub's constants read for the cache folder.
@@ -196,8 +212,9 @@ def _sorted_entries(directory: Path) -> list[str]:
 
 
 class ModelCatalog:
-    def __init__(self, model_dirs: list[Path], hub_cache: Path | None = None):
+    def __init__(self, model_dirs: list[Path], hub_cache: Path | None = None, adapter_dir: Path | None = None):
         self.model_dirs = model_dirs
+        self.adapter_dir = adapter_dir
         self.hub_cache = Path(hub_cache) if hub_cache is not None else hub_cache_dir()
         self._described: dict[str, tuple[Any, dict[str, Any]]] = {}
 
@@ -214,6 +231,9 @@ class ModelCatalog:
         if is_local_id(model_id):
             found = self._folder_model(model_id[len(LOCAL_PREFIX) :])
             return (LOCAL_PREFIX + found[1].name, found[1]) if found else None
+        if is_adapter_id(model_id):
+            adapter = self._adapter_folder(model_id[len(ADAPTER_PREFIX) :])
+            return (ADAPTER_PREFIX + adapter.name, adapter) if adapter else None
         folder = self._hub_folder(model_id)
         if folder is None:
             return None
@@ -246,6 +266,10 @@ class ModelCatalog:
                 ):
                     seen.add(model_key(model_id))
                     ids.append(model_id)
+        if self.adapter_dir is not None:
+            for entry in _sorted_entries(self.adapter_dir):
+                if self._adapter_folder(entry) is not None:
+                    ids.append(ADAPTER_PREFIX + entry)
         for entry in cached_model_folders(self.hub_cache):
             if not entry.startswith("models--"):
                 continue
@@ -272,6 +296,16 @@ class ModelCatalog:
                     and (directory / entry / "config.json").is_file()
                 ):
                     return directory, directory / entry
+        return None
+
+    def _adapter_folder(self, name: str) -> Path | None:
+        if self.adapter_dir is None:
+            return None
+        want = name.lower()
+        for entry in _sorted_entries(self.adapter_dir):
+            folder = self.adapter_dir / entry
+            if entry.lower() == want and is_valid_model_id(ADAPTER_PREFIX + entry) and adapter_base(folder):
+                return folder
         return None
 
     def _hub_folder(self, repo_id: str) -> Path | None:
@@ -318,8 +352,10 @@ class ModelCatalog:
             info = read_characteristics(path)
             self._described[model_key(model_id)] = ((str(path), key), info)
             info = dict(info)
-        hub = not is_local_id(model_id)
-        info.update(id=model_id, source="hub" if hub else "folder", path=str(path), revision=path.name if hub else None)
+        source = "folder" if is_local_id(model_id) else "adapter" if is_adapter_id(model_id) else "hub"
+        info.update(id=model_id, source=source, path=str(path), revision=path.name if source == "hub" else None)
+        if source == "adapter":
+            info["base_model"] = (adapter_base(path) or {}).get("base")
         return for_user(info, user)
 
     def list_local(self, user: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -339,8 +375,12 @@ class ModelCatalog:
         Who may delete, and when, is `ModelPool.delete_model`'s business: call that.
         """
         validate_model_id(model_id)
-        if is_local_id(model_id):
-            found = self._folder_model(model_id[len(LOCAL_PREFIX) :])
+        if is_local_id(model_id) or is_adapter_id(model_id):
+            if is_local_id(model_id):
+                found = self._folder_model(model_id[len(LOCAL_PREFIX) :])
+            else:
+                adapter = self._adapter_folder(model_id[len(ADAPTER_PREFIX) :])
+                found = (self.adapter_dir, adapter) if adapter is not None else None
             if found is None:
                 raise NotFound(f"model {model_id} is not on this machine", reason="model_not_found")
             directory, target = found
@@ -365,7 +405,7 @@ class ModelCatalog:
             ) from None
         except OSError as exc:
             raise DeleteFailed(f"deleting {model_id} failed: {exc.strerror or exc} ({exc.filename})") from None
-        if not is_local_id(model_id):
+        if not is_local_id(model_id) and not is_adapter_id(model_id):
             shutil.rmtree(self.hub_cache / ".locks" / target.name, ignore_errors=True)
         self._described.pop(model_key(model_id), None)
         return freed

@@ -274,6 +274,7 @@ class ModelPool:
         self._spare_task: asyncio.Task | None = None  # spawning the next spare
         self._tasks: set[asyncio.Task] = set()  # background work, kept referenced, failures logged
         self._overhead = RUNNER_OVERHEAD_BYTES  # learned: see _learn_overhead
+        self._reserved: dict[str, int] = {}  # jobs' memory, by job (see reserve)
         self._closed = False
 
     # -- public API ----------------------------------------------------------------------------
@@ -289,7 +290,25 @@ class ModelPool:
         return self._spare if self._spare is not None and self._spare.alive else None
 
     def memory_used_bytes(self) -> int:
-        return sum(m.memory_bytes for m in self._models.values())
+        return sum(m.memory_bytes for m in self._models.values()) + sum(self._reserved.values())
+
+    async def reserve(self, name: str, nbytes: int) -> None:
+        """Count `nbytes` of other work (a job's child process: fine-tune, evaluate, convert) in
+        the memory budget, making room for it as for a load (prompt caches trimmed, idle models
+        evicted); PoolBusy when it cannot fit now, a 400 when it never could."""
+        if nbytes > self.max_memory_bytes:
+            raise ModelLoadError(
+                f"{name} needs about {nbytes / 1024**3:.1f} GiB, more than the whole memory budget "
+                f"({self.max_memory_bytes / 1024**3:.1f} GiB, c.MLXManager.max_memory_gb)",
+                reason="insufficient_memory",
+            )
+        async with self._lock:
+            await self._make_room(nbytes, slot=False)
+            self._reserved[name] = nbytes
+
+    def release(self, name: str) -> None:
+        """The end of what `reserve` counted."""
+        self._reserved.pop(name, None)
 
     def status(self) -> dict[str, Any]:
         spare = self.spare
@@ -306,6 +325,7 @@ class ModelPool:
                 "runner_overhead_bytes": self._runner_overhead(),
             },
             "memory_used_bytes": self.memory_used_bytes(),
+            "jobs": [{"job": name, "memory_bytes": n} for name, n in self._reserved.items()],
         }
 
     def check_settings(self, pin: bool | None, keep_alive: float | None, user: dict[str, Any] | None) -> None:
@@ -696,20 +716,23 @@ class ModelPool:
         model_id, path = found
         return model_id, path, weights_bytes(path), ships_code(path), load_problem(path)
 
-    async def _make_room(self, needed: int, exclude: LoadedModel | None = None) -> None:
-        """Make `needed` bytes (and, unless `exclude` is the model being made room for, a model
-        slot) fit: trim prompt caches first, then evict idle unpinned models, least recently
-        used first."""
+    async def _make_room(self, needed: int, exclude: LoadedModel | None = None, slot: bool = True) -> None:
+        """Make `needed` bytes (and, unless `exclude` is the model being made room for or `slot`
+        is False, a model slot) fit: trim prompt caches first, then evict idle unpinned models,
+        least recently used first."""
+        wants_slot = slot and exclude is None
 
         def fits() -> bool:
             slots = (
-                len(self._models) <= self.max_loaded_models if exclude else len(self._models) < self.max_loaded_models
+                len(self._models) < self.max_loaded_models
+                if wants_slot
+                else len(self._models) <= self.max_loaded_models
             )
             return slots and self.memory_used_bytes() + needed <= self.max_memory_bytes
 
         trimmed = False
         while not fits():
-            slots_ok = len(self._models) < self.max_loaded_models or exclude is not None
+            slots_ok = len(self._models) < self.max_loaded_models or not wants_slot
             if not trimmed and slots_ok and any(m.runner.prompt_cache_bytes for m in self._models.values()):
                 trimmed = True
                 await self._fit_prompt_caches(needed)

@@ -16,40 +16,14 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import BinaryIO
 
+from ..children import exit_with_server, protocol_streams
 from . import protocol
 from .engine import Engine
 
 
-def _exit_with_server() -> None:
-    """The runner must not outlive the server. Its stdin closing (the server exiting, even by
-    SIGKILL) ends the command loop below; on Linux the kernel also sends SIGTERM."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if str(os.getppid()) != os.environ.get("JUPYTER_MLX_MANAGER_PARENT_PID", str(os.getppid())):
-            os._exit(1)  # the server died before the signal was armed
-
-
-def _protocol_streams() -> tuple[BinaryIO, BinaryIO]:
-    """The protocol's own file descriptors: private duplicates of stdin and stdout. Then fd 1
-    points at stderr and fd 0 at /dev/null, so whatever a library prints (Python `print`, C
-    code writing to fd 1) lands in the log instead of corrupting the event stream, and nothing
-    can read our commands. The duplicates are not inherited by child processes."""
-    sys.stdout.flush()
-    commands, events = os.dup(0), os.dup(1)
-    os.dup2(2, 1)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    return os.fdopen(commands, "rb"), os.fdopen(events, "wb")
-
-
 def main() -> None:
-    _exit_with_server()
+    exit_with_server()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("model_path", type=Path, nargs="?", help="the model folder; none: a spare runner")
     parser.add_argument(
@@ -71,7 +45,7 @@ def main() -> None:
         help="scheduling when a second request arrives during a direct one (for benchmarks)",
     )  # fmt: skip
     args = parser.parse_args()
-    commands, out = _protocol_streams()
+    commands, out = protocol_streams()
     write_lock = threading.Lock()
 
     def emit_many(messages):  # one write for all the events of a decode step

@@ -313,10 +313,15 @@ class Engine:
             from mlx_lm import load
             from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache
 
-            from ..models.catalog import context_length, read_json
+            from ..models.catalog import adapter_base, context_length, read_json
 
             self.mx = mx
-            self.model, self.tokenizer = load(str(self.model_path), trust_remote_code=False)
+            base = adapter_base(self.model_path)  # an adapter/<name>: its base model plus the adapter
+            self.model, self.tokenizer = load(
+                base["base_path"] if base else str(self.model_path),
+                adapter_path=str(self.model_path) if base else None,
+                trust_remote_code=False,
+            )
             self.make_cache = lambda: make_prompt_cache(self.model)
             if self.prompt_cache_bytes:
                 self.prompt_cache = LRUPromptCache(max_size=PROMPT_CACHE_MAX_ENTRIES, max_bytes=self.prompt_cache_limit)

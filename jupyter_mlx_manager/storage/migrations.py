@@ -158,4 +158,23 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE audit_log ADD COLUMN audio_seconds REAL;
     """,
+    # 9: workbench jobs (jobs/): fine-tune, evaluate, convert; each its user's, its spec, its last
+    # progress and its result as JSON.
+    """
+    CREATE TABLE jobs (
+        id           TEXT PRIMARY KEY,
+        user         TEXT NOT NULL,
+        type         TEXT NOT NULL,
+        status       TEXT NOT NULL,
+        spec         TEXT NOT NULL,
+        progress     TEXT,
+        result       TEXT,
+        error        TEXT,
+        created_at   TEXT NOT NULL,
+        started_at   TEXT,
+        finished_at  TEXT
+    );
+    CREATE INDEX jobs_user ON jobs(user, created_at);
+    CREATE INDEX jobs_status ON jobs(status);
+    """,
 ]
