@@ -12,7 +12,7 @@ from servers import free_port, jupyter_server
 
 from jupyter_mlx_manager import connect
 from jupyter_mlx_manager.client import Download, MLXManagerError
-from jupyter_mlx_manager.widgets import ChatWidget, DownloadWidget, ModelPicker, PoolMonitor
+from jupyter_mlx_manager.widgets import ChatWidget, DownloadWidget, JobWidget, ModelPicker, PoolMonitor
 
 MODEL = "local/tiny-demo"
 
@@ -246,3 +246,33 @@ def test_download_widget_shows_why_a_download_failed_and_offers_retry_and_remove
         download.download_button.click()  # Retry: a new attempt, failing the same way
         _until(lambda: download.state not in ("idle", "downloading"))
         assert download.state == "failed" and "cannot be reached" in download.error
+
+
+def test_kernel_jobs_finetune_with_a_live_widget_then_evaluate(client, server):
+    """`finetune()` returns a handle at once; its widget follows the job to its end (a loss
+    chart with axes and a legend), `wait()` returns the adapter; `evaluate()` a table."""
+    import json
+
+    (server.root / "fox.jsonl").write_text(
+        "".join(json.dumps({"text": "the quick brown fox jumps over the lazy dog"}) + "\n" for _ in range(16))
+    )
+    job = client.finetune(MODEL, "fox.jsonl", "kernel-fox", iters=30, batch_size=4, learning_rate=0.01, num_layers=2)
+    widget = JobWidget(job)
+    result = job.wait(timeout=240, progress=False)
+    assert result["model"] == "adapter/kernel-fox" and result["train_loss"] > 0
+    widget.thread.join(timeout=30)
+    assert widget.state == "succeeded" and widget.cancel_button.disabled
+    assert widget.bar.value == widget.bar.max == 30
+    assert "<svg" in widget.chart.value and "iterations" in widget.chart.value and "train" in widget.chart.value
+    assert "adapter/kernel-fox" in widget.label.value
+
+    table = client.evaluate([MODEL, "adapter/kernel-fox"], "fox.jsonl", metrics=["perplexity"]).wait(
+        timeout=240, progress=False
+    )
+    assert [row["model"] for row in table] == [MODEL, "adapter/kernel-fox"]
+    assert table[1]["perplexity"] < table[0]["perplexity"]
+    assert "<table" in table._repr_html_()
+
+    with pytest.raises(MLXManagerError) as refused:
+        client.finetune(MODEL, "missing.jsonl", "nothing")
+    assert refused.value.status == 400

@@ -14,6 +14,7 @@ from .client import (
     connect,
 )
 from .discovery import ServerNotFound, find_server
+from .jobs import EvaluationTable, Job
 from .results import (
     AuditRecords,
     ChatResult,
@@ -29,7 +30,7 @@ from .results import (
 )
 
 __all__ = [
-    "AuthenticationError", "BatchJob", "Conflict", "Download", "MLXClient", "MLXManagerError", "NotFound",
+    "AuthenticationError", "BatchJob", "Conflict", "EvaluationTable", "Job", "Download", "MLXClient", "MLXManagerError", "NotFound",
     "PermissionDenied", "ServerBusy", "ServerNotFound", "StructuredOutputError", "connect", "find_server",
     "AuditRecords", "ChatResult", "CompletionResult", "LocalModels", "PoolModels", "PoolStatus",
     "SearchResults", "ServerStatus", "Table", "TextResult", "UsageRows",

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from .discovery import ServerInfo, find_server
+from .jobs import Job
 from .results import (
     AuditRecords,
     ChatResult,
@@ -425,6 +426,35 @@ class MLXClient:
                 bar.close()
         executor.shutdown(wait=True)
         return results
+
+    # -- workbench jobs ---------------------------------------------------------------------
+    def finetune(self, model: str, data: str, name: str, **params: Any) -> Job:
+        """Fine-tune `model` on `data` (a JSONL file under your Jupyter root, or a file id from
+        `mlx/v1/files`; mlx-lm's `messages`, `prompt`/`completion` or `text` rows) into the model
+        `adapter/<name>`. `params`: method (lora, dora, full), iters, batch_size, learning_rate,
+        lora_rank, num_layers, max_seq_length, val_fraction, seed, save_every."""
+        return self._job({"type": "finetune", "model": model, "data": data, "name": name, **params})
+
+    def evaluate(self, models: str | list[str], data: str, **params: Any) -> Job:
+        """Perplexity of `text` rows and multiple-choice accuracy of `question`/`choices`/`answer`
+        rows, for one model or several compared. `params`: metrics, limit, max_seq_length."""
+        models = [models] if isinstance(models, str) else list(models)
+        return self._job({"type": "evaluate", "models": models, "data": data, **params})
+
+    def convert(self, source: str, name: str, *, bits: int | None = None, group_size: int = 64, **params: Any) -> Job:
+        """Convert a local Hugging Face model into `local/<name>` (quantized with `bits`)."""
+        quantize = {"bits": bits, "group_size": group_size} if bits else None
+        return self._job({"type": "convert", "source": source, "name": name, "quantize": quantize, **params})
+
+    def job(self, job_id: str) -> Job:
+        """A job of yours by id (e.g. after the kernel restarted)."""
+        return Job(self, self._get(f"mlx/api/jobs/{job_id}"))
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return self._get("mlx/api/jobs")["jobs"]
+
+    def _job(self, body: dict[str, Any]) -> Job:
+        return Job(self, self._request("POST", "mlx/api/jobs", json=body))
 
     def batch(self, batch_id: str) -> BatchJob:
         """A background `map()` (or any batch of yours) by id, e.g. after the kernel restarted."""

@@ -437,3 +437,89 @@ class ChatWidget(w.VBox):
         if self.error:
             lines.append(f"<div style='color: var(--jp-error-color1)'>error: {html.escape(self.error)}</div>")
         self.transcript.value = "".join(lines)
+
+
+class JobWidget(w.VBox):
+    """A workbench job as it runs on the server: its state, a progress bar, a fine-tune's loss
+    chart (train and validation, drawn as SVG), the result at the end; Cancel stops it."""
+
+    state = Unicode("")  # the job's status
+
+    def __init__(self, job: Any, **kwargs: Any):
+        self.job = job
+        self.label = w.HTML()
+        self.bar = w.IntProgress(value=0, min=0, max=1)
+        self.chart = w.HTML()
+        self.cancel_button = w.Button(description="Cancel", icon="times")
+        self.cancel_button.on_click(lambda _: self.cancel())
+        super().__init__([w.HBox([self.label, self.cancel_button]), self.bar, self.chart], **kwargs)
+        self._show(job.record)
+        self.thread = _in_background(self._follow)
+
+    def cancel(self) -> None:
+        try:
+            self._show(self.job.cancel())
+        except Exception as exc:  # the job may still run: Cancel stays usable
+            self.label.value = _error_html(describe(exc, self.job.client))
+
+    def _follow(self) -> None:
+        try:
+            for record in self.job.follow():
+                self._show(record)
+        except Exception as exc:
+            self.label.value = _error_html(describe(exc, self.job.client))
+
+    def _show(self, record: dict[str, Any]) -> None:
+        self.state = record["status"]
+        progress = record.get("progress") or {}
+        total = progress.get("iters") or progress.get("models") or 1
+        self.bar.max, self.bar.value = total, progress.get("iteration") or progress.get("models_done") or 0
+        self.bar.bar_style = {"succeeded": "success", "failed": "danger", "cancelled": "warning"}.get(self.state, "")
+        text = f"<b>{html.escape(record['type'])}</b> {html.escape(record['id'])}: {html.escape(self.state)}"
+        if "train_loss" in progress:
+            text += f" · loss {progress['train_loss']:.3f}"
+        if progress.get("eta_s") and self.state == "running":
+            text += f" · about {progress['eta_s']:.0f} s left"
+        if record.get("error"):
+            text += " — " + html.escape(record["error"])
+        if self.state == "succeeded" and (record.get("result") or {}).get("model"):
+            text += f" → <code>{html.escape(record['result']['model'])}</code>"
+        self.label.value = text
+        self.cancel_button.disabled = self.state in ("succeeded", "failed", "cancelled", "interrupted")
+        self.chart.value = loss_chart(progress.get("curve") or [])
+
+
+def loss_chart(curve: list[dict[str, Any]], width: int = 420, height: int = 160) -> str:
+    """An SVG line chart of a fine-tune's train and validation loss against the iteration,
+    with axes, their labels and a legend ("" before there are two points)."""
+    series = {name: [(p["iteration"], p[name]) for p in curve if name in p] for name in ("train_loss", "val_loss")}
+    points = [pt for values in series.values() for pt in values]
+    if len(points) < 2:
+        return ""
+    left, bottom, top, right = 48, height - 28, 10, width - 10
+    x_max = max(x for x, _ in points) or 1
+    y_min, y_max = min(y for _, y in points), max(y for _, y in points)
+    y_span = (y_max - y_min) or 1.0
+
+    def at(x: float, y: float) -> str:
+        return f"{left + (right - left) * x / x_max:.1f},{bottom - (bottom - top) * (y - y_min) / y_span:.1f}"
+
+    lines = []
+    for name, color in (("train_loss", "#1976d2"), ("val_loss", "#e65100")):
+        if len(series[name]) >= 2:
+            path = " ".join(at(x, y) for x, y in series[name])
+            lines.append(f"<polyline fill='none' stroke='{color}' stroke-width='2' points='{path}'/>")
+    return (
+        f"<svg width='{width}' height='{height}' role='img' aria-label='loss by iteration'>"
+        f"<line x1='{left}' y1='{bottom}' x2='{right}' y2='{bottom}' stroke='currentColor'/>"
+        f"<line x1='{left}' y1='{top}' x2='{left}' y2='{bottom}' stroke='currentColor'/>"
+        f"<text x='{left}' y='{height - 8}' font-size='11'>0</text>"
+        f"<text x='{right}' y='{height - 8}' font-size='11' text-anchor='end'>{x_max} iterations</text>"
+        f"<text x='{left - 4}' y='{top + 10}' font-size='11' text-anchor='end'>{y_max:.2f}</text>"
+        f"<text x='{left - 4}' y='{bottom}' font-size='11' text-anchor='end'>{y_min:.2f}</text>"
+        f"<text x='4' y='{(top + bottom) // 2}' font-size='11'>loss</text>"
+        + "".join(lines)
+        + f"<text x='{right}' y='{top + 10}' font-size='11' text-anchor='end' fill='#1976d2'>train</text>"
+        f"<text x='{right}' y='{top + 24}' font-size='11' text-anchor='end' fill='#e65100'>validation</text>"
+        "</svg>"
+    )
