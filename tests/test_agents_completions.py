@@ -7,6 +7,7 @@ computes it with mlx-lm on the same model (the test process never imports MLX).
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import openai
 import pytest
 from conftest import JWT_SECRET, OWNER
 from models import build_models, eos_id
+from test_engine import Runner
 from tokenizers import Tokenizer
 
 MODEL = "local/tiny-demo"
@@ -141,3 +143,52 @@ async def test_echo_scores_the_prompt_with_the_models_log_softmax(sdk, tokenizer
     assert "".join(c.choices[0].text for c in chunks if c.choices) == choice.text
     with pytest.raises(openai.BadRequestError):  # nothing to score without echo
         await client.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=0)
+
+
+class _Recorded(queue.Queue):
+    """A request's event queue that also notes each event in one arrival order."""
+
+    def __init__(self, order: list, rid: str):
+        super().__init__()
+        self.order, self.rid = order, rid
+
+    def put(self, item, *args, **kwargs):
+        self.order.append((self.rid, item["ev"]))
+        super().put(item, *args, **kwargs)
+
+
+class OrderedRunner(Runner):
+    """A runner (tests/test_engine.py) that records the order its events arrive in, across requests."""
+
+    def __init__(self, *args, **kwargs):
+        self.order: list[tuple[str, str]] = []
+        super().__init__(*args, **kwargs)
+
+    def _queue(self, rid: str) -> queue.Queue:
+        with self.lock:
+            if rid not in self.events:
+                self.events[rid] = _Recorded(self.order, rid)
+            return self.events[rid]
+
+
+def test_scoring_a_long_prompt_does_not_stop_a_decoding_stream(models_dir):
+    """Echo scoring goes one `prefill_step_size` chunk per scheduler step, like a prefill: a
+    stream that is decoding keeps getting tokens while a long prompt is scored."""
+    runner = OrderedRunner(models_dir / "tiny-demo", "--prefill-step-size", "8")
+    try:
+        runner.submit("decoding", "Hello", max_tokens=300)
+        assert runner.next_event("decoding")["ev"] == "started"
+        assert runner.next_event("decoding")["ev"] == "text"
+        runner.submit(
+            "scored", "The quick brown fox jumps over the lazy dog. " * 30, echo=True, logprobs=1, max_tokens=0
+        )
+        _, events = runner.collect("scored")
+        assert [e["ev"] for e in events] == ["started", "prompt", "done"]
+        assert events[1]["logprobs"][0]["logprob"] is None and len(events[1]["logprobs"]) > 200
+        start, end = runner.order.index(("scored", "started")), runner.order.index(("scored", "prompt"))
+        between = [ev for rid, ev in runner.order[start:end] if rid == "decoding"]
+        assert between.count("text") >= 5, runner.order[start:end]
+        runner.send({"op": "cancel", "id": "decoding"})
+        assert runner.collect("decoding")[1][-1]["ev"] == "done"
+    finally:
+        runner.close()

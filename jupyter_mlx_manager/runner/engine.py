@@ -56,6 +56,10 @@ on mlx-lm's `TextStateMachine`) is per request and the same on both paths.
   / `tool_call_end` around `{"name": …, "arguments": …}`, mlx-lm's `json_tools` parser): a
   forced request must emit one call whose arguments match the tool's schema, and ends when it
   closes. A model whose tool-call format is another one refuses such requests (400).
+* **Echo scoring** (completions `echo` with `logprobs`, lm-eval's loglikelihood): the prompt's
+  own log-probabilities are computed one `prefill_step_size` chunk per scheduler step, like a
+  prefill (`_step_scoring`), so decoding streams keep going; then the request generates from
+  that KV cache, or ends (`max_tokens: 0`).
 * **Logprobs**: a request with `logprobs: k` (0 to 20) gets, on each `text` event, the
   log-probability of every token behind that text and its `k` most likely alternatives
   (`_logprob_entry`), read from the row the path already computed; others pay nothing.
@@ -230,6 +234,8 @@ class Request:
     logprobs: int | None = None  # alternatives per token to report (None: no logprobs at all)
     token_logprobs: list[dict[str, Any]] = field(default_factory=list)  # entries not yet sent
     completion: bool = False  # a completions request (its logprobs include an end-of-text token)
+    echo: str | None = None  # an echo request's prompt text
+    scores: list[dict[str, Any]] | None = None  # an echo request's prompt logprob entries while it is scored
 
 
 class Engine:
@@ -257,6 +263,7 @@ class Engine:
             "mlx_active_bytes": 0, "mlx_peak_bytes": 0, "kv_bytes": 0, "prompt_cache_bytes": 0,
         }  # fmt: skip
         self.direct: Request | None = None
+        self.scoring: deque[Request] = deque()  # echo requests whose prompt is being scored, in order
         self.batched: dict[int, Request] = {}
         self.batch: Any = None
         self.prompt_cache: Any = None
@@ -280,12 +287,12 @@ class Engine:
 
     @property
     def active(self) -> list[Request]:
-        return ([self.direct] if self.direct is not None else []) + list(self.batched.values())
+        return ([self.direct] if self.direct is not None else []) + list(self.batched.values()) + list(self.scoring)
 
     @property
     def busy(self) -> bool:
         """Whether the generation thread has work (requests running or a command being admitted)."""
-        return self.admitting or self.direct is not None or bool(self.batched)
+        return self.admitting or self.direct is not None or bool(self.batched) or bool(self.scoring)
 
     def emit(self, message: dict[str, Any]) -> None:
         """Queue an event; `_flush` writes the step's events in one go."""
@@ -351,7 +358,7 @@ class Engine:
         )
         try:
             while True:
-                busy = self.direct is not None or bool(self.batched)
+                busy = self.direct is not None or bool(self.batched) or bool(self.scoring)
                 if not busy or not self.inbox.empty():
                     if not self._admit(block=not busy):
                         return
@@ -363,6 +370,8 @@ class Engine:
                     if self.batched:
                         self._step_batch()
                         self._maybe_demote()
+                    if self.scoring:
+                        self._step_scoring()
                 except Exception as exc:  # a bug or an MLX failure: fail what runs, keep serving
                     self._fail_all(exc)
                 self.progress += 1
@@ -444,6 +453,7 @@ class Engine:
             total += sum(int(c.nbytes) for c in direct.cache)
         if self.batch is not None and self.batched:
             total += int(self.batch.prompt_cache_nbytes)
+        total += sum(int(c.nbytes) for r in self.scoring if r.cache for c in r.cache)
         return total
 
     def _vocab_size_from_logits(self) -> int:
@@ -600,10 +610,9 @@ class Engine:
             think_end=self.tokenizer.think_end if thinking else None,
             initial_state=initial,
         )
-        scores = None
-        if echo and logprobs is not None:  # the whole prompt is computed to score it
-            scores, cache = self._score(prompt, logprobs)
-            rest, cached = prompt[-1:], 0
+        scoring = echo and logprobs is not None
+        if scoring:  # the whole prompt is computed to score it (`_step_scoring`), then the last token fed
+            cache, rest, cached = self.make_cache(), prompt[-1:], 0
         else:
             cache, rest = self._cached_prefix(prompt)
             cached = len(prompt) - len(rest)
@@ -614,52 +623,71 @@ class Engine:
         )  # fmt: skip
         self.emit({"ev": "started", "id": rid, "prompt_tokens": len(prompt), "cached_tokens": cached})
         if echo:
-            text = command["prompt"] if isinstance(command["prompt"], str) else self.tokenizer.decode(prompt)
-            self.emit({"ev": "prompt", "id": rid, "text": text, **({"logprobs": scores} if scores else {})})
-        if max_tokens == 0:  # scored, nothing to generate
-            self._finish(request, "length", (cache, prompt[: len(prompt) - len(rest)]))
-            return None
+            request.echo = command["prompt"] if isinstance(command["prompt"], str) else self.tokenizer.decode(prompt)
+        if scoring:
+            request.scores = [{**self._token_info(prompt[0]), "logprob": None, "top_logprobs": []}]
+            return request  # `_place` queues it for scoring
+        if echo:
+            self._echo(request)
+            if max_tokens == 0:
+                self._finish(request, "length", (cache, prompt[:cached]))
+                return None
         return request
 
-    def _score(self, prompt: list[int], top: int) -> tuple[list[dict[str, Any]], Any]:
-        """Each prompt token's log-probability given the tokens before it, with its `top` most
-        likely alternatives (the first token has none: `logprob` null), as `logprobs` entries;
-        and the KV cache of all but the last token, from which generation goes on.
+    def _echo(self, request: Request) -> None:
+        """An echo request's `prompt` event (with the prompt's scores when it asked for logprobs)."""
+        scores, request.scores = request.scores, None
+        self.emit({"ev": "prompt", "id": request.id, "text": request.echo, **({"logprobs": scores} if scores else {})})
 
-        The model's own log-softmax (no logit_bias, penalties or mask: those shape sampling),
-        in float32, computed `prefill_step_size` tokens at a time (fewer for a wide vocabulary,
-        to bound the logits held at once)."""
+    def _step_scoring(self) -> None:
+        """One chunk of the first scoring request's prompt: each token's log-probability given
+        the tokens before it, with `logprobs` alternatives, as `logprobs` entries (the model's own
+        log-softmax in float32, without logit_bias, penalties or mask: those shape sampling),
+        fed `prefill_step_size` tokens at a time (fewer for a wide vocabulary, to bound the
+        logits held at once), so other streams keep going between chunks. When all but the last
+        token are in its KV cache it sends its `prompt` event and generates (or ends: max_tokens 0)."""
+        request = self.scoring[0]
+        prompt, fed = request.prompt, len(request.scores) - 1
+        step = max(1, min(self.prefill_step_size, SCORE_LOGITS // max(1, self.vocab_size or 1)))
+        chunk = prompt[fed : min(fed + step, len(prompt) - 1)]
+        try:
+            if chunk:
+                self._score_chunk(request, chunk, prompt[fed + 1 : fed + 1 + len(chunk)])
+        except Exception as exc:
+            self.scoring.popleft()
+            self._error(request.id, f"{type(exc).__name__}: {exc}")
+            return
+        if len(request.scores) < len(prompt):
+            return
+        self.scoring.popleft()
+        self._echo(request)
+        if request.max_tokens == 0:
+            self._finish(request, "length", (request.cache, prompt[:-1]))
+        else:
+            self._place(request)
+
+    def _score_chunk(self, request: Request, chunk: list[int], targets: list[int]) -> None:
         from mlx_lm.generate import generation_stream
 
-        mx = self.mx
-        cache = self.make_cache()
-        entries = [{**self._token_info(prompt[0]), "logprob": None, "top_logprobs": []}]
-        step = max(1, min(self.prefill_step_size, SCORE_LOGITS // max(1, self.vocab_size or 1)))
-        fed = prompt[:-1]
-        for start in range(0, len(fed), step):
-            chunk = fed[start : start + step]
-            targets = mx.array(prompt[start + 1 : start + 1 + len(chunk)])
-            with mx.stream(generation_stream):
-                logits = self.model(mx.array(chunk)[None], cache=cache)[0].astype(mx.float32)
-                rows = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-                chosen = mx.take_along_axis(rows, targets[:, None], axis=-1)[:, 0]
-                rows = rows[:, : self.vocab_size or rows.shape[-1]]  # alternatives are real tokens only
-                width = min(top, rows.shape[-1])
-                best = mx.argpartition(-rows, width - 1, axis=-1)[:, :width] if width else rows[:, :0].astype(mx.int32)
-                picked = mx.take_along_axis(rows, best, axis=-1)
-                mx.eval(chosen, best, picked, [c.state for c in cache])
-            for token, value, ids, values in zip(targets.tolist(), chosen.tolist(), best.tolist(), picked.tolist()):
-                ranked = sorted(zip(values, ids), key=lambda pair: -pair[0])
-                entries.append(
-                    {
-                        **self._token_info(token),
-                        "logprob": max(value, LOGPROB_FLOOR),
-                        "top_logprobs": [{**self._token_info(i), "logprob": max(v, LOGPROB_FLOOR)} for v, i in ranked],
-                    }
-                )
-            self.progress += 1  # the watchdog sees a long scoring pass move
+        mx, top = self.mx, request.logprobs
+        wanted = mx.array(targets)
+        with mx.stream(generation_stream):
+            logits = self.model(mx.array(chunk)[None], cache=request.cache)[0].astype(mx.float32)
+            rows = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            chosen = mx.take_along_axis(rows, wanted[:, None], axis=-1)[:, 0]
+            rows = rows[:, : self.vocab_size or rows.shape[-1]]  # alternatives are real tokens only
+            width = min(top, rows.shape[-1])
+            best = mx.argpartition(-rows, width - 1, axis=-1)[:, :width] if width else rows[:, :0].astype(mx.int32)
+            picked = mx.take_along_axis(rows, best, axis=-1)
+            mx.eval(chosen, best, picked, [c.state for c in request.cache])
         mx.clear_cache()
-        return entries, cache
+        self.stats["prefill_chunks"] += 1
+        for token, value, ids, values in zip(targets, chosen.tolist(), best.tolist(), picked.tolist()):
+            ranked = sorted(zip(values, ids), key=lambda pair: -pair[0])
+            alternatives = [{**self._token_info(i), "logprob": max(v, LOGPROB_FLOOR)} for v, i in ranked]
+            request.scores.append(
+                {**self._token_info(token), "logprob": max(value, LOGPROB_FLOOR), "top_logprobs": alternatives}
+            )
 
     def _tool_grammar(
         self, tools: list[Any], forced: bool, strict: set[str], schema: dict[str, Any] | None, mode: str | None
@@ -802,7 +830,11 @@ class Engine:
         return self._mid_system
 
     def _place(self, request: Request) -> None:
-        """Direct path if nothing else runs; otherwise the batch (migrating the direct one)."""
+        """Direct path if nothing else runs; otherwise the batch (migrating the direct one); a
+        prompt still to be scored waits in `scoring` first."""
+        if request.scores is not None:
+            self.scoring.append(request)
+            return
         if self.direct is None and not self.batched and self.switch != "batch":
             self._run_direct(
                 request, request.rest, request.cache, request.prompt[: len(request.prompt) - len(request.rest)]
@@ -984,6 +1016,7 @@ class Engine:
     def _fail_all(self, exc: Exception) -> None:
         failed = self.active
         self.direct, self.batched, self.batch = None, {}, None
+        self.scoring.clear()
         for request in failed:
             self._error(request.id, f"{type(exc).__name__}: {exc}")
 
@@ -1099,6 +1132,9 @@ class Engine:
         doomed = [r for r in self.batched.values() if r.id in ids]
         if doomed:
             self._remove_from_batch([(r, "cancelled") for r in doomed])
+        for request in [r for r in self.scoring if r.id in ids]:
+            self.scoring.remove(request)
+            self._finish(request, "cancelled")
         # What is left is not running: keep only the ids whose generate command is still
         # queued (it is then answered "cancelled" at admission); drop the rest (finished,
         # failed, or never sent).

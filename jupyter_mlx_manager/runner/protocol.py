@@ -9,8 +9,9 @@ Server → runner (the runner's stdin):
    "reasoning"?: true|false|null, "logprobs"?: int (0-20), "tool_choice"?: "auto"|"required",
    "strict_tools"?: [tool name], "echo"?: bool}
       `echo` (completions only): a `prompt` event follows `started`; with `logprobs: k` the
-      whole prompt is computed to give each prompt token's log-probability (the model's own
-      log-softmax) and k alternatives; `max_tokens` may then be 0 (score, generate nothing).
+      whole prompt is computed (a chunk per scheduler step) to give each prompt token's
+      log-probability (the model's own log-softmax) and k alternatives; `max_tokens` may then be
+      0 (score, generate nothing).
       `logprobs: k` adds each answer token's log-probability and its k most likely alternatives
       to the `text` events. `tool_choice: "required"` (the tools narrowed to one for a named
       choice) and `strict_tools` are a grammar in the model's tool-call format (json_tools
