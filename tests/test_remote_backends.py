@@ -298,6 +298,13 @@ def test_embeddings_of_a_remote_model(server, sdk, recorder):
     assert (record["backend"], record["status"], record["prompt_tokens"]) == ("rec", "ok", 7)
 
 
+def test_echo_is_refused_for_a_remote_model_not_dropped(server, sdk, recorder):
+    """lm-eval scores with `echo`: without the prompt's logprobs its scores would be silently wrong."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.completions.create(model=ECHO, prompt="one two", max_tokens=0, echo=True, logprobs=1)
+    assert refused.value.body["param"] == "echo" and refused.value.code == "not_supported_for_remote"
+
+
 def test_mlx_lm_server_streams_and_answers_with_usage_in_the_audit(server, sdk, mlx_model, no_eos):
     stream = sdk.chat.completions.create(
         model=mlx_model, messages=[{"role": "user", "content": "hi"}], max_tokens=12, stream=True,

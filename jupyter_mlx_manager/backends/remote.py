@@ -119,7 +119,10 @@ def upstream_of(model_id: str) -> str:
 def upstream_body(request: InferenceRequest, upstream_id: str) -> dict[str, Any]:
     """The internal request as an OpenAI chat completion (or completion) for the upstream,
     always streamed with usage, so tokens reach the audit and text reaches the client as it
-    comes."""
+    comes. `echo` (the prompt's logprobs, as lm-eval scores with) is refused rather than
+    dropped: scores without it would be silently wrong."""
+    if request.echo:
+        raise InvalidParam("echo is not available for remote models", "echo", "not_supported_for_remote")
     body: dict[str, Any] = {
         "model": upstream_id,
         "stream": True,
