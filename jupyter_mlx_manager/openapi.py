@@ -57,6 +57,93 @@ SCHEMAS: dict[str, Any] = {
         ["id", "username", "status", "is_admin", "created_at"],
     ),
     "Credentials": _obj({"username": STR, "password": STR}, ["username", "password"]),
+    "UsageRow": _obj(
+        {
+            "key": _nullable("string"),
+            "requests": INT,
+            "prompt_tokens": INT,
+            "completion_tokens": INT,
+            "cached_tokens": INT,
+            "audio_seconds": NUM,
+        },
+        ["key", "requests", "prompt_tokens", "completion_tokens", "cached_tokens"],
+    ),  # fmt: skip
+    "BudgetLimits": {
+        "type": ["object", "null"],
+        "properties": {
+            w: {"type": "integer", "minimum": 0} for w in ("tokens_per_minute", "tokens_per_day", "tokens_per_month")
+        },
+        "additionalProperties": False,
+    },
+    "Budgets": {
+        "type": "object",
+        "properties": {
+            "default": _ref("BudgetLimits"),
+            "users": {"type": "object", "additionalProperties": _ref("BudgetLimits")},
+            "groups": {"type": "object", "additionalProperties": _ref("BudgetLimits")},
+        },
+        "additionalProperties": False,
+    },
+    "BudgetStatus": _obj(
+        {"user": STR, "groups": {"type": "array"}, "windows": {"type": "object"}}, ["user", "windows"]
+    ),
+    "Job": _obj(
+        {
+            "id": STR,
+            "type": {"enum": ["finetune", "evaluate", "convert"]},
+            "status": STR,
+            "user": STR,
+            "created_at": STR,
+            "progress": {"type": "object"},
+            "result": {"type": ["object", "null"]},
+            "error": _nullable("string"),
+            "params": {"type": "object"},
+        },
+        ["id", "type", "status", "user", "created_at"],
+    ),  # fmt: skip
+    "JobRequest": _obj(
+        {
+            "type": {"enum": ["finetune", "evaluate", "convert"]},
+            "model": STR,
+            "models": {"type": "array", "items": STR},
+            "data": STR,
+            "name": STR,
+            "method": {"enum": ["lora", "dora", "full"]},
+            "iters": INT,
+            "batch_size": INT,
+            "learning_rate": NUM,
+            "lora_rank": INT,
+            "num_layers": INT,
+            "max_seq_length": INT,
+            "val_fraction": NUM,
+            "seed": INT,
+            "save_every": INT,
+            "metrics": {"type": "array", "items": {"enum": ["perplexity", "accuracy"]}},
+            "limit": INT,
+            "source": STR,
+            "quantize": _obj({"bits": {"enum": [2, 3, 4, 6, 8]}, "group_size": {"enum": [32, 64, 128]}}, ["bits"]),
+            "dtype": {"enum": ["float16", "bfloat16", "float32"]},
+        },
+        ["type"],
+    ),  # fmt: skip
+    "File": _obj(
+        {"id": STR, "object": STR, "bytes": INT, "created_at": INT, "filename": STR, "purpose": STR, "status": STR},
+        ["id", "object", "bytes", "created_at", "filename", "purpose"],
+    ),
+    "Batch": _obj(
+        {
+            "id": STR,
+            "object": STR,
+            "endpoint": STR,
+            "status": STR,
+            "input_file_id": STR,
+            "output_file_id": _nullable("string"),
+            "error_file_id": _nullable("string"),
+            "created_at": INT,
+            "request_counts": _obj({"total": INT, "completed": INT, "failed": INT}),
+        },
+        ["id", "object", "endpoint", "status", "input_file_id", "request_counts"],
+    ),  # fmt: skip
     "Login": _obj(
         {"access_token": STR, "token_type": {"const": "bearer"}, "expires_in": INT, "user": _ref("User")},
         ["access_token", "token_type", "expires_in"],
@@ -394,6 +481,146 @@ def _paths() -> dict[str, Any]:
                 "Server-sent progress events (?token=<ticket> for EventSource)",
                 _responses(None, stream="text/event-stream"),
                 params=[_path("download_id")],
+            )
+        },
+        "/mlx/api/usage": {
+            "get": _op(
+                "Requests and tokens per day, user, model or notebook (yours; everyone's for admins)",
+                _responses(_obj({"group_by": STR, "rows": {"type": "array", "items": _ref("UsageRow")}}, ["rows"])),
+                params=[*AUDIT_FILTERS, *_query("notebook", "group_by"), *_query("limit", kind="integer")],
+            )
+        },
+        "/mlx/api/budgets": {
+            "get": _op(
+                "Your token budgets and what is left (admins: everyone's, and the table)",
+                _responses(_ref("BudgetStatus")),
+            ),
+            "put": _op(
+                "Set budgets (admins); null removes an entry",
+                _responses(_obj({"budgets": _ref("Budgets")}, ["budgets"])),
+                _ref("Budgets"),
+            ),
+        },
+        "/mlx/api/jobs": {
+            "get": _op(
+                "Your jobs (everyone's for admins)",
+                _responses(_list_of("jobs", "Job")),
+                params=_query("limit", kind="integer"),
+            ),
+            "post": _op(
+                "Start a fine-tune, evaluation or conversion", _responses(_ref("Job"), "202"), _ref("JobRequest")
+            ),
+        },
+        "/mlx/api/jobs/{job_id}": {
+            "get": _op("One job", _responses(_ref("Job")), params=[_path("job_id", "string")]),
+            "delete": _op("Cancel a job", _responses(_ref("Job")), params=[_path("job_id", "string")]),
+        },
+        "/mlx/api/jobs/{job_id}/events": {
+            "get": _op(
+                "Server-sent job events (?token=<ticket> for EventSource); the last has final: true",
+                _responses(None, stream="text/event-stream"),
+                params=[_path("job_id", "string")],
+            )
+        },
+        "/mlx/v1/files": {
+            "get": _op(
+                "OpenAI: your files",
+                _responses(
+                    _obj({"object": STR, "data": {"type": "array", "items": _ref("File")}}, ["data"]),
+                    error="OpenAIError",
+                ),
+                params=_query("purpose"),
+            ),
+            "post": {
+                "summary": "OpenAI: upload a file (purpose batch: JSONL requests, checked whole; or fine-tune)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": _obj(
+                                {
+                                    "file": {"type": "string", "format": "binary"},
+                                    "purpose": {"enum": ["batch", "fine-tune"]},
+                                },
+                                ["file", "purpose"],
+                            )
+                        }
+                    },
+                },
+                "responses": _responses(_ref("File"), error="OpenAIError"),
+            },
+        },
+        "/mlx/v1/files/{file_id}": {
+            "get": _op(
+                "OpenAI: one of your files",
+                _responses(_ref("File"), error="OpenAIError"),
+                params=[_path("file_id", "string")],
+            ),
+            "delete": _op(
+                "OpenAI: delete one of your files",
+                _responses(_obj({"id": STR, "object": STR, "deleted": BOOL}, ["id", "deleted"]), error="OpenAIError"),
+                params=[_path("file_id", "string")],
+            ),
+        },
+        "/mlx/v1/files/{file_id}/content": {
+            "get": _op(
+                "OpenAI: a file's bytes",
+                _responses(None, error="OpenAIError", stream="application/jsonl"),
+                params=[_path("file_id", "string")],
+            )
+        },
+        "/mlx/v1/batches": {
+            "get": _op(
+                "OpenAI: your batches, newest first",
+                _responses(
+                    _obj(
+                        {"object": STR, "data": {"type": "array", "items": _ref("Batch")}, "has_more": BOOL}, ["data"]
+                    ),
+                    error="OpenAIError",
+                ),
+                params=[*_query("after"), *_query("limit", kind="integer")],
+            ),
+            "post": _op(
+                "OpenAI: run a batch in the background at low priority",
+                _responses(_ref("Batch"), error="OpenAIError"),
+                _obj(
+                    {
+                        "input_file_id": STR,
+                        "endpoint": {
+                            "enum": ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]
+                        },
+                        "completion_window": {"const": "24h"},
+                        "metadata": {"type": "object", "additionalProperties": STR},
+                    },
+                    ["input_file_id", "endpoint", "completion_window"],
+                ),
+            ),
+        },
+        "/mlx/v1/batches/{batch_id}": {
+            "get": _op(
+                "OpenAI: one of your batches",
+                _responses(_ref("Batch"), error="OpenAIError"),
+                params=[_path("batch_id", "string")],
+            )
+        },
+        "/mlx/v1/batches/{batch_id}/cancel": {
+            "post": _op(
+                "OpenAI: cancel a batch (what finished is kept)",
+                _responses(_ref("Batch"), error="OpenAIError"),
+                params=[_path("batch_id", "string")],
+            )
+        },
+        "/mlx": {
+            "head": _op(
+                "The base URL answers 200 (clients probe it before use)", {"200": {"description": "here"}}, public=True
+            )
+        },
+        "/mlx/v1": {"head": _op("The API's base URL answers 200", {"200": {"description": "here"}}, public=True)},
+        "/mlx/v1/responses/input_tokens": {
+            "post": _op(
+                "OpenAI Responses: the prompt tokens a body would use, without generating",
+                _responses(_obj({"object": STR, "input_tokens": INT}, ["input_tokens"]), error="OpenAIError"),
+                _ref("ResponsesRequest"),
             )
         },
         "/mlx/v1/models": {

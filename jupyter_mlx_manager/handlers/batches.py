@@ -59,7 +59,7 @@ class FileContentHandler(OpenAIErrors, MLXAPIHandler):
             while chunk := source.read(1024 * 1024):
                 self.write(chunk)
                 await self.flush()
-        self.finish()
+        self.finish(set_content_type="application/jsonl")
 
 
 class BatchesHandler(OpenAIErrors, MLXAPIHandler):
