@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 CHP       := $(VENV)/chp/node_modules/.bin/configurable-http-proxy
 CHP_STAMP := $(VENV)/chp/.installed
 
-.PHONY: install run lint test test-python test-frontend test-ui chromium demo-model clean
+.PHONY: install run lint test test-python test-frontend test-ui chromium agent-clis demo-model clean
 
 install: $(STAMP) $(CHP_STAMP)
 
@@ -24,7 +24,7 @@ $(CHP_STAMP):
 	$(CHP) --version
 	touch $@
 
-run: install
+run: $(STAMP)
 	$(VENV)/bin/jupyter mlx-manager demo-model --all-kinds --if-missing
 	@echo "Starting JupyterLab with jupyter-mlx-manager on http://127.0.0.1:$(PORT)/lab"
 	$(VENV)/bin/jupyter lab --no-browser --ServerApp.allow_root=True --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT)
@@ -35,7 +35,17 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	cd labextension && export PATH="$(CURDIR)/$(VENV)/bin:$$PATH" && jlpm install --immutable && jlpm lint:check
 
-test: install chromium lint test-python test-frontend test-ui
+test: install chromium agent-clis lint test-python test-frontend test-ui
+
+# The agents' own CLIs (Claude Code, Codex, opencode) from npm, project-local, for tests/test_agents_cli.py.
+# npm 11 leaves packages' install scripts to be approved: run the two that place the native binaries.
+AGENT_CLIS := build/agents
+agent-clis: $(AGENT_CLIS)/node_modules/.bin/opencode
+
+$(AGENT_CLIS)/node_modules/.bin/opencode:
+	npm install --prefix $(AGENT_CLIS) --no-audit --no-fund --loglevel=error @anthropic-ai/claude-code @openai/codex opencode-ai
+	cd $(AGENT_CLIS)/node_modules/@anthropic-ai/claude-code && node install.cjs
+	cd $(AGENT_CLIS)/node_modules/opencode-ai && node postinstall.mjs
 
 test-python: install
 	$(PY) -m pytest -q -m "not ui" -n 2 --dist loadfile tests
