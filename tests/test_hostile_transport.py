@@ -398,3 +398,20 @@ def test_the_audit_client_follows_the_credential_not_the_headers(tmp_path):
         records = requests.get(server.url + "mlx/api/audit", params={"action": "token.create"}, headers=server.headers,
                                timeout=30).json()["records"]  # fmt: skip
         assert [r["client"] for r in records if r["action"] == "token.create"] == ["kernel"], records
+
+
+async def test_probing_account_names_through_registration_is_bounded_per_address(api, mlx_app):
+    """Registration still says "already exists" (a person picking a name must learn it at once,
+    and a real registration's reply carries the account's id), but every attempt, taken name or
+    free, counts against the address's registration allowance: a prober learns a handful of
+    names per window."""
+    limit = mlx_app.users.registrations.limit
+    from conftest import OWNER
+
+    for _ in range(limit):
+        taken = await api("POST", "mlx/api/auth/register", auth=None, body={"username": OWNER, "password": PASSWORD})
+        assert taken.code == 409 and taken.body["reason"] == "user_exists", taken.body
+    for name in (OWNER, "free-name"):
+        refused = await api("POST", "mlx/api/auth/register", auth=None, body={"username": name, "password": PASSWORD})
+        assert refused.code == 429 and refused.body["reason"] == "registration_throttled", refused.body
+        assert int(refused.headers["Retry-After"]) > 0
