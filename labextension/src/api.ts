@@ -611,6 +611,8 @@ export interface IAuditGroup {
   prompt_tokens: number;
   completion_tokens: number;
   duration_ms: number;
+  /** Seconds of audio in and out (newer servers). */
+  audio_seconds?: number;
 }
 
 export function auditGroupsPath(

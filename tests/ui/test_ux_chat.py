@@ -222,6 +222,7 @@ def test_reasoning_tool_calls_and_send_to_notebook(lab_server, scripted, page: P
     expect(cell).to_contain_text("from jupyter_mlx_manager import connect")
     expect(cell).to_contain_text(f'client.chat("{REASONING}", messages, max_tokens=64, temperature=0)')
     # It runs in the kernel and asks the same model again: the same scripted answer.
+    expect(page.locator(".jp-StatusBar-Item", has_text=re.compile(r"Python 3.*\| Idle"))).to_be_visible(timeout=120_000)
     cell.locator(".cm-content").click()
     page.keyboard.press("Shift+Enter")
     expect(cell.locator(".jp-OutputArea-output")).to_contain_text("The answer is 42.", timeout=120_000)

@@ -201,7 +201,7 @@ def test_activity_chart_axes_and_audio_seconds(lab_server, kinds, page: Page, ar
     # Audio is counted in seconds, in its own chart; the token total has no audio samples in it.
     audio = activity.locator('[data-field="audio-chart"]')
     expect(audio).to_be_visible()
-    expect(audio.locator('[data-field="unit"]')).to_contain_text("seconds of audio per")
+    expect(audio.locator('[data-field="unit"]')).to_contain_text("seconds per")
     shown = activity.locator(f'[data-record-id="{transcription["id"]}"]')
     expect(shown).to_contain_text(re.compile(r"1(\.0)? s audio → \d+ tok"))
     expect(shown).not_to_contain_text(re.compile(r"16(\.0)?k"))

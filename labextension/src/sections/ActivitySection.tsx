@@ -346,7 +346,7 @@ export function TokenChart({ bins }: { bins: ITokenBin[] }): JSX.Element {
       <BarChart
         bins={bins}
         series={AUDIO_SERIES}
-        unit="seconds of audio"
+        unit="seconds"
         title="Audio over time"
         format={formatSeconds}
         field="audio-chart"
@@ -367,6 +367,7 @@ function NotebookUsage({
   if (!rows.length) {
     return <Empty>No requests from notebooks yet.</Empty>;
   }
+  const audio = rows.some(g => (g.audio_seconds ?? 0) > 0);
   return (
     <table className="jp-MLXPanel-table" aria-label="Usage per notebook">
       <thead>
@@ -374,6 +375,7 @@ function NotebookUsage({
           <th>Notebook</th>
           <th>Requests</th>
           <th>Tokens</th>
+          {audio && <th>Audio</th>}
           <th>Time</th>
         </tr>
       </thead>
@@ -391,6 +393,11 @@ function NotebookUsage({
             >
               {formatCount(g.prompt_tokens + g.completion_tokens)}
             </td>
+            {audio && (
+              <td data-field="audio">
+                {g.audio_seconds ? `${formatSeconds(g.audio_seconds)} s` : ''}
+              </td>
+            )}
             <td>{formatMs(g.duration_ms)}</td>
           </tr>
         ))}
