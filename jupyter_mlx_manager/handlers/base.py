@@ -237,6 +237,7 @@ class MLXAPIHandler(MLXAuthMixin, APIHandler):
     _body_received = 0
     _body_limit = 0
     _image_bytes: ImageBytesHeld | None = None
+    _json_body: dict[str, Any] | None = None
 
     @property
     def max_json_body_bytes(self) -> int:
@@ -343,10 +344,15 @@ class MLXAPIHandler(MLXAuthMixin, APIHandler):
             held.release()
 
     def json_body(self) -> dict[str, Any]:
-        """The body as a JSON object; never logs it (it may hold a password)."""
-        if self._content_type() != "application/json":
-            raise UnsupportedMediaType("send the body as application/json")
-        return parse_json_object(self.request.body or b"{}")
+        """The body as a JSON object; never logs it (it may hold a password). Parsed once: the
+        raw bytes are let go then (a body with images weighs hundreds of MB, for as long as the
+        request lasts)."""
+        if self._json_body is None:
+            if self._content_type() != "application/json":
+                raise UnsupportedMediaType("send the body as application/json")
+            self._json_body = parse_json_object(self.request.body or b"{}")
+            self.request.body = b""
+        return self._json_body
 
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
