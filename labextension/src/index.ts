@@ -19,6 +19,7 @@ import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 
+import { isChatKind } from './chat';
 import { ChatPanel } from './chatpanel';
 import { parseKeepAlive } from './format';
 import { mlxIcon } from './icon';
@@ -203,7 +204,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
           autoClose: false
         });
         try {
-          await service.load(
+          const loaded = await service.load(
             model,
             typeof args.pin === 'boolean' ? { pin: args.pin } : {}
           );
@@ -212,7 +213,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
             message: `${model} is loaded.`,
             type: 'success',
             autoClose: 4000,
-            actions: [{ label: 'Chat', callback: () => void openChat(model) }]
+            // Only a chat model (text, vision) offers Chat.
+            actions: isChatKind(loaded?.kind)
+              ? [{ label: 'Chat', callback: () => void openChat(model) }]
+              : []
           });
         } catch (err) {
           Notification.update({
