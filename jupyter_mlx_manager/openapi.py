@@ -490,6 +490,42 @@ def _paths() -> dict[str, Any]:
                 params=[*AUDIT_FILTERS, *_query("notebook", "group_by"), *_query("limit", kind="integer")],
             )
         },
+        "/mlx/api/profiles": {
+            "get": _op(
+                "Model profiles and aliases",
+                _responses(
+                    _obj(
+                        {"profiles": {"type": "array", "items": {"type": "object"}}, "aliases": {"type": "object"}},
+                        ["profiles"],
+                    )
+                ),
+            )
+        },
+        "/mlx/api/profiles/{name}": {
+            "get": _op("One profile", _responses({"type": "object"}), params=[_path("name", "string")]),
+            "put": _op(
+                "Create or replace a profile (admins)",
+                _responses({"type": "object"}),
+                _obj(
+                    {
+                        "model": STR,
+                        "models": {"type": "array", "items": STR},
+                        "system": STR,
+                        "temperature": NUM,
+                        "top_p": NUM,
+                        "top_k": INT,
+                        "min_p": NUM,
+                        "max_tokens": INT,
+                        "keep_alive": NUM,
+                        "chat_template_kwargs": {"type": "object"},
+                    }
+                ),
+                params=[_path("name", "string")],
+            ),
+            "delete": _op(
+                "Delete a stored profile (admins)", _responses({"type": "object"}), params=[_path("name", "string")]
+            ),
+        },
         "/mlx/api/budgets": {
             "get": _op(
                 "Your token budgets and what is left (admins: everyone's, and the table)",

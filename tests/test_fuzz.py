@@ -48,6 +48,7 @@ def test_openapi_describes_every_route(server):
         template = (
             pattern.replace(r"(\d{1,18})", "{id}")
             .replace("([A-Za-z0-9_-]{1,64})", "{id}")
+            .replace("([A-Za-z0-9._:-]{1,64})", "{id}")
             .replace("(.+)", "{id}")
             .removesuffix("/?")
         )

@@ -21,7 +21,7 @@ EVENT_SCHEMA_ID = "https://events.jupyter.org/jupyter_mlx_manager/audit/v1"
 FIELDS = (
     "id", "request_id", "time", "user", "client", "action", "endpoint", "model", "status",
     "prompt_tokens", "cached_tokens", "completion_tokens", "ttft_ms", "duration_ms", "error_type",
-    "backend", "notebook", "kernel_id", "cell_id", "audio_seconds",
+    "backend", "notebook", "kernel_id", "cell_id", "audio_seconds", "requested_model",
 )  # fmt: skip
 STATUSES = ("ok", "error", "cancelled", "timeout")
 # Text fields come from clients (a model id, a user name that failed to log in, an error
@@ -35,6 +35,7 @@ TEXT_BOUNDS = {
     "model": 256,
     "error_type": 100,
     "backend": 64,  # `local`, or the remote backend that served an inference request
+    "requested_model": 256,  # the profile or alias asked for, when one chose the model
     # Where a kernel's request came from (audit/attribution.py validates these already).
     "notebook": 1024,
     "kernel_id": 64,

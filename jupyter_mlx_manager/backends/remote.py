@@ -304,6 +304,10 @@ class RemoteBackend(Backend):
     async def unload(self, model_id: str, *, user: dict[str, Any], force: bool) -> dict[str, Any]:
         return self._nothing_to_do(model_id, "unload")
 
+    async def available(self, model_id: str) -> bool:
+        upstream_id = upstream_of(model_id)
+        return self._may_try() and (self.configured is None or upstream_id in self.configured)
+
     async def count_tokens(self, request: InferenceRequest) -> int:
         raise BadRequest("token counting is not available for remote models", reason="not_supported_for_remote")
 

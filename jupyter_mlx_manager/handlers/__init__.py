@@ -15,6 +15,7 @@ from .jobs import JobEventsHandler, JobHandler, JobsHandler
 from .models import LocalModelHandler, LocalModelsHandler, ModelSearchHandler
 from .openai import ChatCompletionsHandler, CompletionsHandler, ModelsHandler, ProbeHandler
 from .pool import PoolHandler, PoolLoadHandler, PoolUnloadHandler
+from .profiles import ProfileHandler, ProfilesHandler
 from .responses import InputTokensHandler, ResponseHandler, ResponsesHandler
 from .status import OpenAPIHandler, StatusHandler
 from .users import UserHandler, UsersHandler
@@ -38,6 +39,8 @@ ROUTES = [
     ("mlx/api/audit/export", AuditExportHandler),
     ("mlx/api/audit/ws", AuditWebSocketHandler),
     ("mlx/api/usage", UsageHandler),
+    ("mlx/api/profiles", ProfilesHandler),
+    (r"mlx/api/profiles/([A-Za-z0-9._:-]{1,64})", ProfileHandler),
     ("mlx/api/budgets", BudgetsHandler),
     ("mlx/api/pool", PoolHandler),
     ("mlx/api/pool/load", PoolLoadHandler),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,6 +25,7 @@ from ..errors import MLXError
 from ..inference import images
 from ..inference.request import InferenceRequest
 from ..inference.service import Usage
+from ..profiles import protocol_of
 from .base import MLXAPIHandler, authorized, web
 
 KEEPALIVE_SECONDS = 2.0
@@ -84,9 +86,17 @@ class InferenceHandler(MLXAPIHandler):
     async def post(self, *args: str):
         self.mlx.track_request(self)
         try:
+            await self.apply_profile()
             await self.serve(*args)
         finally:
             self.mlx.untrack_request(self)
+
+    async def apply_profile(self) -> None:
+        """A body whose `model` names a profile or an alias gets the profile's model and
+        defaults (profiles.py) before the protocol reads it; the audit keeps the name asked for."""
+        asked = await self.mlx.profile_service.apply(self.json_body(), protocol_of(self.request.path))
+        if asked is not None:
+            self.actor = dataclasses.replace(self.actor, context={**self.actor.context, "requested_model": asked})
 
     @web.authenticated
     @authorized

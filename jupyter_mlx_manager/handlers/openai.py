@@ -86,7 +86,8 @@ class ModelsHandler(OpenAIHandler):
         loaded = {m.model_id for m in self.mlx.pool.loaded_models()}
         for entry in entries:
             entry["loaded"] = entry["id"] in loaded
-        self.write_json({"object": "list", "data": entries + await self.mlx.remote.model_entries()})
+        remote = await self.mlx.remote.model_entries()
+        self.write_json({"object": "list", "data": entries + remote + self.mlx.profile_service.entries()})
 
 
 class ChatCompletionsHandler(OpenAIErrors, InferenceHandler):

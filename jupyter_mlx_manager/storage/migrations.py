@@ -177,4 +177,14 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_user ON jobs(user, created_at);
     CREATE INDEX jobs_status ON jobs(status);
     """,
+    # 10: model profiles set by admins (profiles.py; config holds the rest), and the name a
+    # request asked for when a profile or an alias chose the model that answered.
+    """
+    CREATE TABLE profiles (
+        name        TEXT PRIMARY KEY COLLATE NOCASE,
+        body        TEXT NOT NULL,
+        updated_at  TEXT NOT NULL
+    );
+    ALTER TABLE audit_log ADD COLUMN requested_model TEXT;
+    """,
 ]
