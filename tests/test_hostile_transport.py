@@ -373,6 +373,23 @@ async def test_image_bytes_in_flight_are_bounded_per_user(
     )  # fmt: skip
     assert too_big is not None and too_big[0] == 413, too_big
 
+    # Without a Content-Length (chunked), the bytes are counted as they arrive.
+    reader, writer = await asyncio.open_connection("127.0.0.1", jp_http_port)
+    writer.write(_head("POST", f"{jp_base_url}mlx/v1/chat/completions", None,
+                       {"Authorization": f"Bearer {ann_token}", "Transfer-Encoding": "chunked"}))  # fmt: skip
+    data = b""
+    try:
+        for _ in range(2 * IMAGE_ALLOWANCE_MB * 16):  # twice the allowance, in 64 KiB chunks
+            writer.write(b"%x\r\n%s\r\n" % (64 * 1024, b" " * 64 * 1024))
+            await writer.drain()
+    except ConnectionError:
+        pass
+    while (reply := _parse(data)) is None and (chunk := await reader.read(65536)):
+        data += chunk
+    writer.close()
+    assert reply is not None and reply[0] == 413, data[:300]  # the request alone outgrew the allowance
+    await _until(lambda: images().held(ann["id"]) == 0, "the chunked request's bytes are released")
+
 
 def test_the_audit_client_follows_the_credential_not_the_headers(tmp_path):
     """A kernel (the Jupyter token) that adds an X-XSRFToken header of its choosing is still a

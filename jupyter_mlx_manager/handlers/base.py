@@ -279,8 +279,8 @@ class MLXAPIHandler(MLXAuthMixin, APIHandler):
         from ..audit.attribution import attribute  # the kernel's notebook and cell, for the audit
 
         await attribute(self)
-        if self.counts_image_bytes and length:
-            self._image_bytes = self.mlx_images_in_flight.hold(self.mlx_user["id"], length)
+        if self.counts_image_bytes:  # a chunked body (no Content-Length) is counted as it arrives
+            self._image_bytes = self.mlx_images_in_flight.hold(self.mlx_user["id"], length or 0)
         self._receive_body(limit)
 
     @property
@@ -306,9 +306,13 @@ class MLXAPIHandler(MLXAuthMixin, APIHandler):
         if self._body_chunks is None:
             return
         self._body_received += len(chunk)
-        if self._body_received > self._body_limit:  # a chunked body that outgrew the limit
+        try:
+            if self._body_received > self._body_limit:  # a chunked body that outgrew the limit
+                raise PayloadTooLarge(f"request body larger than {self._body_limit} bytes")
+            if self._image_bytes is not None and self._body_received > self._image_bytes.size:
+                self._image_bytes.grow(self._body_received - self._image_bytes.size)
+        except MLXError as exc:
             self._body_chunks = None
-            exc = PayloadTooLarge(f"request body larger than {self._body_limit} bytes")
             self.send_error(exc.status_code, exc_info=(type(exc), exc, None))
             web.RequestHandler.on_connection_close(self)  # the method never runs
             return

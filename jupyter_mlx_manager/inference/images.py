@@ -96,7 +96,11 @@ class ImagesInFlight:
     def hold(self, user: Any, size: int) -> ImageBytesHeld:
         """`size` bytes more for `user`, or 413 (more than the whole allowance: never admitted)
         or 429 with Retry-After (the user's requests in flight hold the rest)."""
-        if size > self.limit:
+        self._take(user, size, size)
+        return ImageBytesHeld(self, user, size)
+
+    def _take(self, user: Any, size: int, request_size: int) -> None:
+        if request_size > self.limit:
             raise PayloadTooLarge(
                 f"a request carrying images may be at most {self.limit // (1024 * 1024)} MB on this server",
                 reason="images_too_large",
@@ -110,7 +114,6 @@ class ImagesInFlight:
                 headers={"Retry-After": str(self.retry_after_seconds)},
             )
         self._held[user] = held + size
-        return ImageBytesHeld(self, user, size)
 
     def _release(self, user: Any, size: int) -> None:
         left = self._held.get(user, 0) - size
@@ -127,6 +130,11 @@ class ImageBytesHeld:
     account: ImagesInFlight
     user: Any
     size: int
+
+    def grow(self, more: int) -> None:
+        """`more` bytes of a body whose length was not declared (chunked); 413 or 429 as `hold`."""
+        self.account._take(self.user, more, self.size + more)
+        self.size += more
 
     def release(self) -> None:
         self.account._release(self.user, self.size)
