@@ -170,9 +170,11 @@ class DevHub:
         last_modified: str | None = None,
         pipeline_tag: str | None = "text-generation",
         library_name: str | None = "mlx",
+        mlx: bool = True,
     ) -> HubRepo:
         """Serve the files of `folder` (recursively) plus `files` (name → bytes) as `repo_id`
-        (`pipeline_tag` and `library_name` as the Hub reports them; the pipeline tag is a tag too)."""
+        (`pipeline_tag` and `library_name` as the Hub reports them; the pipeline tag is a tag too;
+        `mlx=False`: a plain Hugging Face repo, without the `mlx` tag)."""
         entries: dict[str, HubFile] = {}
         if folder is not None:
             root = Path(folder)
@@ -191,8 +193,8 @@ class DevHub:
             except ValueError:
                 config = None
         model_type = (config or {}).get("model_type")
-        all_tags = ["mlx", "safetensors", *([pipeline_tag] if pipeline_tag else []), *([model_type] if model_type else []),
-                    *tags]  # fmt: skip
+        all_tags = [*(["mlx"] if mlx else []), "safetensors", *([pipeline_tag] if pipeline_tag else []),
+                    *([model_type] if model_type else []), *tags]  # fmt: skip
         repo = HubRepo(
             repo_id,
             entries,

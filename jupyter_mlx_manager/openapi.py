@@ -452,7 +452,7 @@ def _paths() -> dict[str, Any]:
             "get": _op(
                 "Search the Hub for MLX models",
                 _responses(_list_of("models", "Model")),
-                params=_query("q", "author", "arch", "quant", "max_size_gb", "sort", "limit", "kind"),
+                params=_query("q", "author", "arch", "quant", "max_size_gb", "sort", "limit", "kind", "format"),
             )
         },
         "/mlx/api/models/local": {"get": _op("Models on this machine", _responses(_list_of("models", "Model")))},

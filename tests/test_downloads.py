@@ -106,6 +106,7 @@ def devhub(demo_models):
     for name in ("a", "b", "c", "slow", "drops"):
         hub.add_repo(f"mlx-test/copy-{name}", tiny, downloads=1)
     hub.add_repo("other-org/tiny-llama", tiny, downloads=7, likes=1)
+    hub.add_repo("plain-org/hf-only", tiny, library_name="transformers", mlx=False)  # to convert
     hub.add_repo(
         "mlx-test/qwen-mini-4bit", files=quantized_files("qwen2", 4, 256, 32768, QWEN_TEMPLATE), downloads=100, likes=50
     )
@@ -558,6 +559,18 @@ async def test_search_filters_sorts_and_validates(api, hub):
     # Only the MLX library is searched, on the Hub's side.
     listing = [e for e in hub.log if e["path"] == "/api/models"]
     assert listing
+
+
+async def test_search_lists_models_to_convert_with_format_any(api, hub):
+    async def ids(**params):
+        reply = await api("GET", "mlx/api/models/search", params={"q": "hf-only", **params})
+        assert reply.code == 200, reply.body
+        return [m["id"] for m in reply.body["models"]]
+
+    assert await ids() == []  # MLX models only, by default
+    assert await ids(format="any") == ["plain-org/hf-only"]  # safetensors repos, to convert to MLX
+    reply = await api("GET", "mlx/api/models/search", params={"format": "gguf"})
+    assert reply.code == 400 and reply.body["reason"] == "invalid_format"
 
 
 async def test_search_kinds_and_the_kind_filter(api, hub):

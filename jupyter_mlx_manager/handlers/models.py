@@ -33,7 +33,7 @@ class ModelSearchHandler(MLXAPIHandler):
     @web.authenticated
     @authorized
     async def get(self):
-        names = ("q", "author", "arch", "quant", "max_size_gb", "sort", "limit", "kind")
+        names = ("q", "author", "arch", "quant", "max_size_gb", "sort", "limit", "kind", "format")
         query = SearchQuery.parse({name: self.get_query_argument(name, None) for name in names})
         local = set(await _off_loop(self.mlx.catalog.local_ids))
         self.write_json({"models": await self.mlx.hub_search.search(query, local, user=self.mlx_user)})

@@ -74,6 +74,7 @@ class SearchQuery:
     sort: str = "downloads"
     limit: int = 20
     kind: str | None = None
+    any_format: bool = False  # `format=any`: every safetensors repo, not only MLX ones (to convert)
 
     @classmethod
     def parse(cls, args: dict[str, str | None]) -> SearchQuery:
@@ -123,6 +124,11 @@ class SearchQuery:
             if kind not in KINDS:
                 raise KindError(f"kind must be one of {', '.join(KINDS)}")
             query.kind = kind
+        fmt = args.get("format")
+        if fmt:
+            if fmt not in ("mlx", "any"):
+                raise BadRequest("format must be mlx (the default) or any (models to convert)", reason="invalid_format")
+            query.any_format = fmt == "any"
         limit = args.get("limit")
         if limit:
             if not (limit.isascii() and limit.isdigit() and len(limit) <= 3) or not 1 <= int(limit) <= 100:
@@ -275,7 +281,7 @@ class HubSearch:
             listed = api.list_models(
                 search=query.q,
                 author=query.author,
-                filter="mlx",
+                filter="safetensors" if query.any_format else "mlx",
                 pipeline_tag=pipeline,
                 sort=sort,
                 limit=fetch,
