@@ -3,6 +3,11 @@
 What the runner must never see is checked here, against the loaded model's own figures (its
 `ready` event): token ids outside the vocabulary (MLX does no bounds checks), token lists
 beyond the context, `dimensions` the model cannot give.
+
+Each generation carries its prompt-cache scope (`cache_scope`): with `prompt_cache_scope`
+"user" (the default) the user's id, so a cached prefix is reused only by the user who sent it
+(nobody learns from timing what another user sent); with "shared", one scope for everyone.
+Nothing in a request (`prompt_cache_key`, `metadata.user_id`) widens or narrows it.
 """
 
 from __future__ import annotations
@@ -24,16 +29,25 @@ if TYPE_CHECKING:
     from ..pool.pool import LoadedModel
 
 
+PROMPT_CACHE_SCOPES = ("user", "shared")
+
+
+def cache_scope(scope: str, user: dict[str, Any]) -> str:
+    """The runner's prompt-cache scope for a request of `user` under `prompt_cache_scope`."""
+    return f"user:{user['id']}" if scope == "user" else ""
+
+
 class LocalModel(HeldModel):
-    def __init__(self, model: LoadedModel):
+    def __init__(self, model: LoadedModel, scope: str):
         self.model_id = model.model_id
         self.info = model.runner.info
         self.runner = model.runner
+        self.scope = scope
 
     def generate(self, request: InferenceRequest, request_id: str) -> AsyncIterator[Event]:
         command = request.command()
         check_token_ids(command, self.info.get("vocab_size"))
-        return self.runner.generate(request_id, command)
+        return self.runner.generate(request_id, {**command, "cache_scope": self.scope})
 
     def embed(self, request: EmbeddingRequest, request_id: str) -> AsyncIterator[Event]:
         _check_embedding(request, self.info)
@@ -49,8 +63,11 @@ class LocalModel(HeldModel):
 class LocalBackend(Backend):
     name = "local"
 
-    def __init__(self, pool: ModelPool):
+    def __init__(self, pool: ModelPool, prompt_cache_scope: str = "user"):
+        if prompt_cache_scope not in PROMPT_CACHE_SCOPES:
+            raise ValueError(f"prompt_cache_scope must be one of {', '.join(PROMPT_CACHE_SCOPES)}")
         self.pool = pool
+        self.prompt_cache_scope = prompt_cache_scope
         self.tokens = TokenCounter()
 
     @contextlib.asynccontextmanager
@@ -58,7 +75,7 @@ class LocalBackend(Backend):
         self, model_id: str, *, user: dict[str, Any], kinds: tuple[str, ...], keep_alive: float | None = None
     ) -> AsyncIterator[HeldModel]:
         async with self.pool.use(model_id, keep_alive, user=user, kinds=kinds) as model:
-            yield LocalModel(model)
+            yield LocalModel(model, cache_scope(self.prompt_cache_scope, user))
 
     async def load(
         self, model_id: str, *, user: dict[str, Any], pin: bool | None, keep_alive: float | None
@@ -69,6 +86,9 @@ class LocalBackend(Backend):
         loaded = self.pool.get_loaded_model(model_id)
         await self.pool.unload(model_id, user=user, force=force)
         return {"model": loaded.model_id if loaded else model_id, "status": "unloaded"}
+
+    async def available(self, model_id: str) -> bool:
+        return await asyncio.get_running_loop().run_in_executor(None, self.pool.catalog.locate, model_id) is not None
 
     async def count_tokens(self, request: InferenceRequest) -> int:
         """With the model's own tokenizer and chat template, in this process (`tokenizers`, no

@@ -86,6 +86,11 @@ from .text import TextFilter
 
 Emit = Callable[[dict[str, Any]], None]
 MODEL_KEY = "model"  # the prompt cache is per runner, hence per model
+MAX_SCOPE_LENGTH = 512  # a `cache_scope` is a user id (or "" for shared), never more
+# Prefill scheduling: of every PREFILL_AGING_PERIOD chunks, one goes to the request that has
+# waited longest (the others to the one with the fewest tokens left), so short prompts pass a
+# long one while it still advances.
+PREFILL_AGING_PERIOD = 4
 MEMORY_UPDATE_SECONDS = 0.2
 # Entries kept besides the byte budget: mlx-lm's nearest-prefix lookup visits every entry that
 # shares the chat template's prefix, on the generation thread at each admission (measured: 16 ms
@@ -236,6 +241,7 @@ class Request:
     completion: bool = False  # a completions request (its logprobs include an end-of-text token)
     echo: str | None = None  # an echo request's prompt text
     scores: list[dict[str, Any]] | None = None  # an echo request's prompt logprob entries while it is scored
+    cache_key: Any = MODEL_KEY  # its prompt-cache scope: prefixes are reused only under the same key
 
 
 class Engine:
@@ -264,6 +270,8 @@ class Engine:
         }  # fmt: skip
         self.direct: Request | None = None
         self.scoring: deque[Request] = deque()  # echo requests whose prompt is being scored, in order
+        self.prefilling: list[Request] = []  # prompts being prefilled by `_step_prefill`, in arrival order
+        self._prefill_turn = 0
         self.batched: dict[int, Request] = {}
         self.batch: Any = None
         self.prompt_cache: Any = None
@@ -287,12 +295,17 @@ class Engine:
 
     @property
     def active(self) -> list[Request]:
-        return ([self.direct] if self.direct is not None else []) + list(self.batched.values()) + list(self.scoring)
+        direct = [self.direct] if self.direct is not None else []
+        return direct + list(self.batched.values()) + list(self.scoring) + self.prefilling
+
+    @property
+    def _has_work(self) -> bool:
+        return self.direct is not None or bool(self.batched) or bool(self.scoring) or bool(self.prefilling)
 
     @property
     def busy(self) -> bool:
         """Whether the generation thread has work (requests running or a command being admitted)."""
-        return self.admitting or self.direct is not None or bool(self.batched) or bool(self.scoring)
+        return self.admitting or self._has_work
 
     def emit(self, message: dict[str, Any]) -> None:
         """Queue an event; `_flush` writes the step's events in one go."""
@@ -358,13 +371,15 @@ class Engine:
         )
         try:
             while True:
-                busy = self.direct is not None or bool(self.batched) or bool(self.scoring)
+                busy = self._has_work
                 if not busy or not self.inbox.empty():
                     if not self._admit(block=not busy):
                         return
                 try:
                     if self.cancelled:
                         self._cancel_requested()
+                    if self.prefilling:
+                        self._step_prefill()
                     if self.direct is not None:
                         self._step_direct()
                     if self.batched:
@@ -453,7 +468,7 @@ class Engine:
             total += sum(int(c.nbytes) for c in direct.cache)
         if self.batch is not None and self.batched:
             total += int(self.batch.prompt_cache_nbytes)
-        total += sum(int(c.nbytes) for r in self.scoring if r.cache for c in r.cache)
+        total += sum(int(c.nbytes) for r in [*self.scoring, *self.prefilling] if r.cache for c in r.cache)
         return total
 
     def _vocab_size_from_logits(self) -> int:
@@ -610,16 +625,20 @@ class Engine:
             think_end=self.tokenizer.think_end if thinking else None,
             initial_state=initial,
         )
+        scope = command.get("cache_scope", "")
+        if not isinstance(scope, str) or len(scope) > MAX_SCOPE_LENGTH:
+            raise _InvalidRequest("cache_scope must be a short string", "invalid_field", "cache_scope")
+        cache_key = (MODEL_KEY, scope)
         scoring = echo and logprobs is not None
         if scoring:  # the whole prompt is computed to score it (`_step_scoring`), then the last token fed
             cache, rest, cached = self.make_cache(), prompt[-1:], 0
         else:
-            cache, rest = self._cached_prefix(prompt)
+            cache, rest = self._cached_prefix(cache_key, prompt)
             cached = len(prompt) - len(rest)
         request = Request(
             rid, prompt, max_tokens, cached, rest, cache, sampler, processors,
             self.tokenizer.detokenizer, text_filter, self.eos, grammar=grammar, thinking=thinking,
-            logprobs=logprobs, completion=command.get("kind") == "completion",
+            logprobs=logprobs, completion=command.get("kind") == "completion", cache_key=cache_key,
         )  # fmt: skip
         self.emit({"ev": "started", "id": rid, "prompt_tokens": len(prompt), "cached_tokens": cached})
         if echo:
@@ -779,10 +798,11 @@ class Engine:
             bias[token] = float(value)
         return bias
 
-    def _cached_prefix(self, prompt: list[int]) -> tuple[Any, list[int]]:
-        """(KV cache, tokens still to prefill): the longest cached prefix, else a fresh cache."""
+    def _cached_prefix(self, cache_key: Any, prompt: list[int]) -> tuple[Any, list[int]]:
+        """(KV cache, tokens still to prefill): the longest prefix cached under this request's
+        scope (`cache_key`), else a fresh cache."""
         if self.prompt_cache is not None:
-            cache, rest = self.prompt_cache.fetch_nearest_cache(MODEL_KEY, prompt)
+            cache, rest = self.prompt_cache.fetch_nearest_cache(cache_key, prompt)
             if cache is not None:
                 if not rest:  # all of it is cached: recompute the last token for its logits
                     if self._trim_last(cache):
@@ -830,15 +850,50 @@ class Engine:
         return self._mid_system
 
     def _place(self, request: Request) -> None:
-        """Direct path if nothing else runs; otherwise the batch (migrating the direct one); a
-        prompt still to be scored waits in `scoring` first."""
+        """A prompt still to be scored waits in `scoring`; one still to be prefilled in
+        `prefilling` (`_step_prefill`); one whose last token only is left starts decoding."""
         if request.scores is not None:
             self.scoring.append(request)
             return
+        request.pending, request.fed = list(request.rest), request.prompt[: len(request.prompt) - len(request.rest)]
+        if len(request.pending) > 1:
+            self.prefilling.append(request)
+            return
+        self._join(request)
+
+    def _step_prefill(self) -> None:
+        """One `prefill_step_size` chunk of one prefilling request, into its own KV cache.
+
+        The scheduler's fairness: each request is prefilled on its own (never padded into one
+        batch with a longer prompt), and the chunk goes to the request with the fewest tokens
+        left, but every PREFILL_AGING_PERIOD-th chunk to the one waiting longest. A request that
+        arrives during a long prefill thus starts decoding after its own prefill plus about one
+        chunk, whatever the long prompt's length, and the long prompt still advances. Decode
+        steps of the running requests come between chunks (`run`)."""
+        self._prefill_turn += 1
+        if self._prefill_turn % PREFILL_AGING_PERIOD == 0:
+            request = self.prefilling[0]
+        else:
+            request = min(self.prefilling, key=lambda r: len(r.pending))
+        try:
+            self._prefill_chunk(request)
+            if len(request.pending) > 1:
+                return
+            self.prefilling.remove(request)
+            self._join(request)
+        except Exception as exc:
+            if request in self.prefilling:
+                self.prefilling.remove(request)
+            if request.uid is None and self.direct is not request:  # it never started decoding: end it here
+                self._error(request.id, f"{type(exc).__name__}: {exc}")
+            else:
+                raise
+
+    def _join(self, request: Request) -> None:
+        """A prefilled request (its last prompt token still to feed) starts decoding: on the
+        direct path if nothing else decodes; otherwise in the batch (migrating the direct one)."""
         if self.direct is None and not self.batched and self.switch != "batch":
-            self._run_direct(
-                request, request.rest, request.cache, request.prompt[: len(request.prompt) - len(request.rest)]
-            )
+            self._run_direct(request, request.pending, request.cache, request.fed)
             return
         if self.direct is not None and self.switch == "migrate":
             direct = self.direct
@@ -848,13 +903,13 @@ class Engine:
                 if self.direct is not direct and self.batched.get(direct.uid) is not direct:
                     self._error(direct.id, f"{type(exc).__name__}: {exc}")
                 raise
-        self._insert(request, request.rest, request.cache, request.prompt[: len(request.prompt) - len(request.rest)])
+        self._insert(request, request.pending, request.cache, request.fed)
 
     # -- the direct path -----------------------------------------------------------------------
     def _run_direct(self, request: Request, tokens: list[int], cache: Any, cache_tokens: list[int]) -> None:
-        """Put a request on the direct path: `tokens` still to feed to `cache` (which holds
-        `cache_tokens`). They are prefilled one chunk per step (`_prefill_chunk`); the last one
-        starts `generate_step`."""
+        """Put a request on the direct path: `tokens` (its last token: the prompt's, or the
+        last one sampled) still to feed to `cache` (which holds `cache_tokens`); they start
+        `generate_step`."""
         request.cache, request.uid, request.steps = cache, None, None
         request.pending, request.fed = list(tokens), list(cache_tokens)
         self.direct = request
@@ -882,9 +937,6 @@ class Engine:
         self.stats["direct_steps"] += 1
         try:
             if request.steps is None:
-                if len(request.pending) > 1:
-                    self._prefill_chunk(request)
-                    return
                 request.steps = generate_step(
                     self.mx.array(request.pending),
                     self.model,
@@ -917,7 +969,7 @@ class Engine:
     def _migrate(self, request: Request) -> None:
         """Move the direct request into the batch with its KV cache (if the cache can be
         trimmed; otherwise it finishes on its own path, interleaved with the batch)."""
-        if request.steps is None:  # still prefilling: the batch prefills the rest
+        if request.steps is None:  # not stepped yet: it joins the batch with its last token
             self.direct = None
             self.stats["migrations"] += 1
             self._insert(request, request.pending, request.cache, request.fed)
@@ -999,7 +1051,9 @@ class Engine:
 
     def _maybe_demote(self) -> None:
         """A lone decoding request leaves the batch for the faster direct path."""
-        if self.direct is not None or len(self.batched) != 1 or self.switch == "batch" or not self.inbox.empty():
+        if self.direct is not None or len(self.batched) != 1 or self.switch == "batch":
+            return
+        if self.prefilling or not self.inbox.empty():  # another request is about to join
             return
         ((uid, request),) = self.batched.items()
         if not request.generated:  # still prefilling
@@ -1017,6 +1071,7 @@ class Engine:
         failed = self.active
         self.direct, self.batched, self.batch = None, {}, None
         self.scoring.clear()
+        self.prefilling.clear()
         for request in failed:
             self._error(request.id, f"{type(exc).__name__}: {exc}")
 
@@ -1135,6 +1190,9 @@ class Engine:
         for request in [r for r in self.scoring if r.id in ids]:
             self.scoring.remove(request)
             self._finish(request, "cancelled")
+        for request in [r for r in self.prefilling if r.id in ids]:  # what it has prefilled is kept
+            self.prefilling.remove(request)
+            self._finish(request, "cancelled", (request.cache, list(request.fed)))
         # What is left is not running: keep only the ids whose generate command is still
         # queued (it is then answered "cancelled" at admission); drop the rest (finished,
         # failed, or never sent).
@@ -1204,10 +1262,10 @@ class Engine:
             }
         )
         if self.prompt_cache is not None and cache_entry is not None and cache_entry[0] is not None:
-            self._store(*cache_entry)
+            self._store(request.cache_key, *cache_entry)
         request.cache = None
 
-    def _store(self, cache: Any, tokens: list[int]) -> None:
+    def _store(self, cache_key: Any, cache: Any, tokens: list[int]) -> None:
         """Keep a finished request's KV cache for requests that share its prefix."""
         try:
             offsets = [getattr(c, "offset", len(tokens)) for c in cache]
@@ -1215,7 +1273,7 @@ class Engine:
                 return
             if min(offsets) != len(tokens) or not tokens:  # never store a cache under the wrong tokens
                 return
-            self.prompt_cache.insert_cache(MODEL_KEY, list(tokens), cache)
+            self.prompt_cache.insert_cache(cache_key, list(tokens), cache)
         except Exception:  # a cache that cannot be measured or stored is simply not kept
             pass
 

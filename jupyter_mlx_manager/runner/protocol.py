@@ -7,7 +7,10 @@ Server → runner (the runner's stdin):
    "response_format"?: null | {"type": "text"} | {"type": "json_object"}
                        | {"type": "json_schema", "schema": {...}},
    "reasoning"?: true|false|null, "logprobs"?: int (0-20), "tool_choice"?: "auto"|"required",
-   "strict_tools"?: [tool name], "echo"?: bool}
+   "strict_tools"?: [tool name], "echo"?: bool, "cache_scope"?: str}
+      `cache_scope` (default ""): the prompt-cache scope; a cached prefix is reused only by
+      requests of the same scope (the local backend sends "user:<id>" or, with
+      `prompt_cache_scope` "shared", "").
       `echo` (completions only): a `prompt` event follows `started`; with `logprobs: k` the
       whole prompt is computed (a chunk per scheduler step) to give each prompt token's
       log-probability (the model's own log-softmax) and k alternatives; `max_tokens` may then be
