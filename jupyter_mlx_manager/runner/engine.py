@@ -22,12 +22,18 @@ All MLX work happens on this one thread (MLX streams are thread-local). Scheduli
   Each finished request stores its cache under its tokens; a new request starts from the
   longest cached prefix (a deep copy, trimmed to the common prefix), so a shared system
   prompt or a continuing conversation is not prefilled again. `cached_tokens` says how much.
+  Entries are kept per scope (the command's `cache_scope`, the cache's model key): a prefix
+  is reused only by requests of the same scope (one user, or everyone with "shared").
 
-* **Chunked prefill**: a prompt is fed to the model `prefill_step_size` tokens per scheduler
-  step on both paths (the direct path prefills in chunks itself, then starts `generate_step`
-  on the last token; `BatchGenerator` prefills one chunk per `next()`), so admission,
-  cancellation and the other streams' decode steps come between chunks. Greedy output does
-  not depend on the chunk size (tested).
+* **Chunked, fair prefill**: every prompt is prefilled here, in its own KV cache, one
+  `prefill_step_size` chunk per scheduler step (`_step_prefill`), never padded into one batch
+  with another prompt; the chunk goes to the prompt with the fewest tokens left (every 4th to
+  the one waiting longest, so a long prompt still advances). A request arriving during a long
+  prefill starts decoding after its own prefill plus about one chunk, whatever the long
+  prompt's length. A prefilled request joins the direct path (nothing else decoding) or the
+  batch (`BatchGenerator` then feeds only its last token); admission, cancellation and the
+  decode steps of the running requests come between chunks. Greedy output does not depend
+  on the chunk size (tested).
 * **Untrusted input**: every command is checked field by field before anything reaches MLX;
   every prompt token id (given or produced by the tokenizer) and every `logit_bias` id must
   be below the model's `vocab_size` (MLX does no bounds checks: an out-of-range id is
