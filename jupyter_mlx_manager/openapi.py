@@ -1,15 +1,20 @@
 """The OpenAPI 3.1 description of every `mlx/api` and `mlx/v1` route (`GET mlx/api/openapi.json`).
 
-Written by hand next to the handlers, kept honest by a schemathesis run against a live server
-in the tests (every response must conform to the schema given here). Schemas name the fields
-clients rely on and allow more (objects grow).
+The request bodies of the inference routes are the models the protocols parse with
+(protocols/models.py, their JSON schemas with nested definitions hoisted into the components);
+the rest is written by hand next to the handlers. Kept honest by a schemathesis run against a
+live server in the tests (every response must conform to the schema given here). Schemas name
+the fields clients rely on and allow more (objects grow).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from ._version import __version__
+from .protocols import models
 
 JSON = "application/json"
 
@@ -207,31 +212,6 @@ SCHEMAS: dict[str, Any] = {
         },
         ["id", "repo_id", "status"],
     ),
-    "ChatMessage": _obj(
-        {
-            "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
-            "content": {"type": ["string", "array", "null"]},
-            "tool_calls": {"type": "array"},
-            "tool_call_id": STR,
-        },
-        ["role"],
-    ),
-    "Sampling": _obj(
-        {
-            "model": STR,
-            "stream": BOOL,
-            "max_tokens": {"type": "integer", "minimum": 1},
-            "max_completion_tokens": {"type": "integer", "minimum": 1},
-            "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-            "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-            "seed": INT,
-            "stop": {"type": ["string", "array"]},
-            "logit_bias": {"type": "object", "additionalProperties": NUM},
-            "keep_alive": NUM,
-            "stream_options": _obj({"include_usage": BOOL}),
-        },
-        ["model"],
-    ),
     "Usage": _obj(
         {"prompt_tokens": INT, "completion_tokens": INT, "total_tokens": INT},
         ["prompt_tokens", "completion_tokens", "total_tokens"],
@@ -253,24 +233,6 @@ SCHEMAS: dict[str, Any] = {
         },
         ["id", "type", "role", "model", "content", "stop_reason", "usage"],
     ),
-    "MessagesRequest": _obj(
-        {
-            "model": STR,
-            "max_tokens": {"type": "integer", "minimum": 1},
-            "messages": {"type": "array", "items": _obj({"role": {"enum": ["user", "assistant"]}, "content": {}})},
-            "system": {"type": ["string", "array"]},
-            "stop_sequences": {"type": "array", "items": STR},
-            "temperature": {"type": "number", "minimum": 0, "maximum": 1},
-            "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-            "top_k": {"type": "integer", "minimum": 0},
-            "tools": {"type": "array"},
-            "tool_choice": {"type": "object"},
-            "thinking": {"type": "object"},
-            "output_config": {"type": "object"},
-            "stream": BOOL,
-        },
-        ["model", "max_tokens", "messages"],
-    ),
     "Response": _obj(
         {
             "id": STR,
@@ -285,28 +247,37 @@ SCHEMAS: dict[str, Any] = {
         },
         ["id", "object", "status", "model", "output"],
     ),
-    "ResponsesRequest": _obj(
-        {
-            "model": STR,
-            "input": {"type": ["string", "array"]},
-            "instructions": STR,
-            "tools": {"type": "array"},
-            "tool_choice": {"type": ["string", "object"]},
-            "text": _obj({"format": {"type": "object"}}),
-            "max_output_tokens": {"type": "integer", "minimum": 1},
-            "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-            "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-            "previous_response_id": STR,
-            "store": BOOL,
-            "stream": BOOL,
-        },
-        ["model", "input"],
-    ),
     "ChatCompletion": _obj(
         {"id": STR, "object": STR, "created": INT, "model": STR, "choices": {"type": "array"}, "usage": _ref("Usage")},
         ["id", "object", "model", "choices"],
     ),
 }
+
+
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (
+    models.ChatCompletionRequest,
+    models.CompletionRequest,
+    models.MessagesRequest,
+    models.CountTokensRequest,
+    models.ResponsesRequest,
+    models.EmbeddingsRequest,
+    models.SpeechBody,
+)
+
+
+def _request_schemas() -> dict[str, Any]:
+    """Each request model's JSON schema under its class name, its nested models beside it."""
+    out: dict[str, Any] = {}
+    for model in REQUEST_MODELS:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, nested in {**schema.pop("$defs", {}), model.__name__: schema}.items():
+            if name in SCHEMAS or out.get(name, nested) != nested:
+                raise ValueError(f"two schemas named {name}")  # a clash: rename one model
+            out[name] = nested
+    return out
+
+
+SCHEMAS.update(_request_schemas())
 
 
 def _responses(ok: dict[str, Any] | None, code: str = "200", error: str = "Error", stream: str | None = None):
@@ -344,20 +315,6 @@ AUDIT_FILTERS = _query("user", "model", "status", "since", "until")
 
 
 def _paths() -> dict[str, Any]:
-    chat_body = {
-        "allOf": [
-            _ref("Sampling"),
-            _obj(
-                {"messages": {"type": "array", "items": _ref("ChatMessage")}, "tools": {"type": "array"}}, ["messages"]
-            ),
-        ]
-    }
-    completion_body = {
-        "allOf": [
-            _ref("Sampling"),
-            _obj({"prompt": {"type": ["string", "array"]}}, ["prompt"]),
-        ]
-    }
     return {
         "/mlx/api/status": {"get": _op("Version, device, memory and pool summary", _responses(_ref("Status")))},
         "/mlx/api/openapi.json": {"get": _op("This description", _responses({"type": "object"}))},
@@ -672,7 +629,7 @@ def _paths() -> dict[str, Any]:
             "post": _op(
                 "OpenAI: chat completions (stream: server-sent events)",
                 _responses(_ref("ChatCompletion"), error="OpenAIError", stream="text/event-stream"),
-                chat_body,
+                _ref("ChatCompletionRequest"),
             )
         },
         "/mlx/v1/embeddings": {
@@ -700,23 +657,7 @@ def _paths() -> dict[str, Any]:
                     ),
                     error="OpenAIError",
                 ),
-                _obj(
-                    {
-                        "model": STR,
-                        "input": {
-                            "oneOf": [
-                                STR,
-                                {"type": "array", "items": STR},
-                                {"type": "array", "items": INT},
-                                {"type": "array", "items": {"type": "array", "items": INT}},
-                            ]
-                        },
-                        "encoding_format": {"enum": ["float", "base64"]},
-                        "dimensions": INT,
-                        "user": STR,
-                    },
-                    ["model", "input"],
-                ),
+                _ref("EmbeddingsRequest"),
             )
         },
         "/mlx/v1/audio/transcriptions": {
@@ -761,10 +702,7 @@ def _paths() -> dict[str, Any]:
             "post": _op(
                 "OpenAI: text to speech (speech models) → a 16-bit PCM WAV",
                 _responses(None, error="OpenAIError", stream="audio/wav"),
-                _obj(
-                    {"model": STR, "input": STR, "voice": STR, "response_format": {"enum": ["wav"]}, "speed": NUM},
-                    ["model", "input"],
-                ),
+                _ref("SpeechBody"),
             )
         },
         "/mlx/v1/messages": {
@@ -778,7 +716,7 @@ def _paths() -> dict[str, Any]:
             "post": _op(
                 "Anthropic Messages: prompt tokens of a request",
                 _responses(_obj({"input_tokens": INT}, ["input_tokens"]), error="AnthropicError"),
-                _ref("MessagesRequest"),
+                _ref("CountTokensRequest"),
             )
         },
         "/mlx/v1/responses": {
@@ -804,7 +742,7 @@ def _paths() -> dict[str, Any]:
             "post": _op(
                 "OpenAI: completions (stream: server-sent events)",
                 _responses(_ref("ChatCompletion"), error="OpenAIError", stream="text/event-stream"),
-                completion_body,
+                _ref("CompletionRequest"),
             )
         },
     }

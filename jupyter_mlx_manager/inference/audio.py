@@ -35,6 +35,7 @@ import numpy as np
 
 from ..auth import Actor
 from ..models.catalog import is_valid_model_id
+from ..protocols.models import SpeechBody, read
 from .pipeline import ServingFailed, ServingPipeline
 from .request import InvalidParam
 
@@ -128,15 +129,7 @@ def parse_speech(body: dict[str, Any]) -> SpeechRequest:
         raise InvalidParam("input must be a non-empty string", "input", "empty_input")
     if len(text) > MAX_INPUT_CHARS:
         raise InvalidParam(f"input has {len(text)} characters; at most {MAX_INPUT_CHARS}", "input", "input_too_long")
-    voice = body.get("voice")
-    if voice is not None and (not isinstance(voice, str) or len(voice) > 100):
-        raise InvalidParam("voice must be a voice name", "voice", "invalid_value")
-    if body.get("response_format") not in (None, "wav"):
-        raise InvalidParam("response_format must be 'wav' on this server", "response_format", "invalid_value")
-    speed = body.get("speed")
-    if speed is not None and speed != 1:
-        raise InvalidParam("speed other than 1 is not supported here", "speed", "unsupported")
-    return SpeechRequest(model, text, voice)
+    return SpeechRequest(model, text, read(SpeechBody, body).voice)  # voice, format, speed: protocols/models.py
 
 
 def wav_bytes(samples: np.ndarray, sample_rate: int) -> bytes:

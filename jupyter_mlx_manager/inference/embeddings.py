@@ -23,6 +23,7 @@ from typing import Any
 
 from ..auth import Actor
 from ..models.catalog import is_valid_model_id
+from ..protocols.models import EMBEDDINGS_INPUT_MESSAGE, MODEL_ID_MESSAGE, EmbeddingsRequest, read
 from .pipeline import ServingFailed, ServingPipeline
 from .request import InvalidParam
 
@@ -50,21 +51,17 @@ def _token_list(value: Any) -> bool:
 
 
 def parse_embeddings(body: dict[str, Any]) -> EmbeddingRequest:
-    """The request from a body, or InvalidParam naming the field at fault."""
-    model = body.get("model")
-    if not is_valid_model_id(model):
-        raise InvalidParam("model must be a model id such as 'org/name' or 'local/<folder>'", "model", "invalid_model")
-    raw = body.get("input")
+    """The request from a body (protocols/models.py), or InvalidParam naming the field at fault."""
+    fields = read(EmbeddingsRequest, body)
+    if not is_valid_model_id(fields.model):
+        raise InvalidParam(MODEL_ID_MESSAGE, "model", "invalid_model")
+    raw = fields.input
     if isinstance(raw, str) or (_token_list(raw) and raw):
         inputs = [raw]
     elif isinstance(raw, list) and raw and all(isinstance(i, str) or _token_list(i) for i in raw):
         inputs = list(raw)
     else:
-        raise InvalidParam(
-            "input must be a string, a list of strings, a list of token ids or a list of token id lists",
-            "input",
-            "invalid_input",
-        )
+        raise InvalidParam(EMBEDDINGS_INPUT_MESSAGE, "input", "invalid_input")
     if len(inputs) > MAX_INPUTS:
         raise InvalidParam(f"at most {MAX_INPUTS} inputs per request, not {len(inputs)}", "input", "too_many_inputs")
     empty = next((i for i, item in enumerate(inputs) if not item), None)
@@ -73,13 +70,7 @@ def parse_embeddings(body: dict[str, Any]) -> EmbeddingRequest:
     bad = next((t for item in inputs if not isinstance(item, str) for t in item if t < 0), None)
     if bad is not None:
         raise InvalidParam(f"token id {bad} is negative", "input", "invalid_token_id")
-    encoding = body.get("encoding_format")
-    if encoding not in (None, "float", "base64"):
-        raise InvalidParam("encoding_format must be 'float' or 'base64'", "encoding_format", "invalid_value")
-    dimensions = body.get("dimensions")
-    if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1):
-        raise InvalidParam("dimensions must be a positive integer", "dimensions", "invalid_value")
-    return EmbeddingRequest(model, inputs, encoding or "float", dimensions)
+    return EmbeddingRequest(fields.model, inputs, fields.encoding_format or "float", fields.dimensions)
 
 
 def _floats(data: str) -> list[float]:

@@ -8,7 +8,6 @@ them (model id, keep-alive, token budget, ranges, tools, output format, unsuppor
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -281,80 +280,7 @@ class InferenceRequest:
         return command
 
 
-# -- field readers the protocols share (each names the field in its own spelling) -----------------
-def number(body: dict[str, Any], name: str, low: float, high: float, default: float | None) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return default
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or not low <= value <= high
-    ):
-        raise InvalidParam(f"{name} must be a number from {low} to {high}", name)
-    return float(value)
-
-
-def integer(body: dict[str, Any], name: str, low: int = 0, high: int = MAX_TOKEN_ID) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidParam(f"{name} must be an integer from {low} to {high}", name)
-    return value
-
-
-def positive_int(body: dict[str, Any], name: str, low: int = 1) -> int | None:
-    """A token count (`low`: 0 where zero means "score only"); above 2**31 - 1 is no count."""
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_TOKEN_ID:
-        raise InvalidParam(f"{name} must be an integer from {low} to {MAX_TOKEN_ID}", name)
-    return value
-
-
-def boolean(body: dict[str, Any], name: str, default: bool = False) -> bool:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise InvalidParam(f"{name} must be true or false", name)
-    return value
-
-
-def string_list(body: dict[str, Any], name: str, limit: int = MAX_STOP) -> list[str]:
-    value = body.get(name)
-    if value is None:
-        return []
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or len(value) > limit or not all(isinstance(s, str) and s for s in value):
-        raise InvalidParam(f"{name} must be a non-empty string or a list of at most {limit} of them", name)
-    return value
-
-
-def logit_bias(body: dict[str, Any], name: str = "logit_bias") -> dict[str, float]:
-    bias = body.get(name)
-    if bias is None:
-        return {}
-    message = f"{name} must map token ids to numbers from -100 to 100"
-    if not isinstance(bias, dict):
-        raise InvalidParam(message, name)
-    out = {}
-    for key, value in bias.items():
-        if (
-            not (str(key).isascii() and str(key).isdigit() and len(str(key)) <= 9)
-            or isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not -100 <= value <= 100
-        ):
-            raise InvalidParam(message, name)
-        out[str(int(key))] = float(value)
-    return out
-
-
+# -- structured fields the protocols share (each names the field in its own spelling) -------------
 def json_schema_format(schema: Any, name: Any, strict: Any, param: str) -> OutputFormat:
     if not isinstance(schema, dict):
         raise InvalidParam(f"{param}: schema must be a JSON schema object", param)
@@ -386,10 +312,9 @@ def check_token_ids(command: dict[str, Any], vocab_size: int | None) -> None:
         )
 
 
-def read_tools(body: dict[str, Any], schema_key: str, types: tuple[Any, ...], shape: str) -> list[Tool]:
-    """`body["tools"]` as Tools, for protocols whose tools are flat objects: a `type` in `types`,
+def read_tools(raw: Any, schema_key: str, types: tuple[Any, ...], shape: str) -> list[Tool]:
+    """A `tools` list as Tools, for protocols whose tools are flat objects: a `type` in `types`,
     a `name`, an optional `description` and a JSON schema under `schema_key`."""
-    raw = body.get("tools")
     if raw is None:
         return []
     if not isinstance(raw, list):

@@ -17,15 +17,10 @@ from ..inference.request import (
     TextPart,
     ToolCallPart,
     ToolResultPart,
-    boolean,
-    integer,
     json_schema_format,
-    logit_bias,
-    number,
-    positive_int,
     read_tools,
-    string_list,
 )
+from .models import CountTokensRequest, MessagesRequest, bias, read, stop_list
 
 ERROR_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
@@ -33,7 +28,6 @@ ERROR_TYPES = {
     422: "invalid_request_error", 429: "rate_limit_error", 500: "api_error", 502: "api_error",
     503: "overloaded_error", 529: "overloaded_error",
 }  # fmt: skip
-MAX_STOP_SEQUENCES = 16
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "cancelled": "end_turn"}
 
 
@@ -109,8 +103,7 @@ def _blocks(role: str, content: Any, where: str) -> list[Any]:
     return parts
 
 
-def _tool_choice(body: dict[str, Any]) -> Any:
-    choice = body.get("tool_choice")
+def _tool_choice(choice: Any) -> Any:
     if choice is None:
         return "auto"
     kind = choice.get("type") if isinstance(choice, dict) else None
@@ -125,8 +118,7 @@ def _tool_choice(body: dict[str, Any]) -> Any:
     raise InvalidParam("tool_choice must be {type: 'auto' | 'any' | 'none'} or {type: 'tool', name}", "tool_choice")
 
 
-def _thinking(body: dict[str, Any]) -> bool | None:
-    thinking = body.get("thinking")
+def _thinking(thinking: Any) -> bool | None:
     if thinking is None:
         return None  # the chat template's default (a thinking model's reasoning still comes apart)
     kind = thinking.get("type") if isinstance(thinking, dict) else None
@@ -139,14 +131,11 @@ def _thinking(body: dict[str, Any]) -> bool | None:
     )
 
 
-def _output_format(body: dict[str, Any]) -> tuple[OutputFormat | None, str]:
+def _output_format(body: MessagesRequest) -> tuple[OutputFormat | None, str]:
     """Structured output: `output_config.format` (or the older `output_format`), a json_schema."""
-    config = body.get("output_config")
-    if config is not None and not isinstance(config, dict):
-        raise InvalidParam("output_config must be an object", "output_config")
-    name, fmt = "output_config.format", (config or {}).get("format")
-    if fmt is None and body.get("output_format") is not None:
-        name, fmt = "output_format", body["output_format"]
+    name, fmt = "output_config.format", body.output_config.format if body.output_config else None
+    if fmt is None and body.output_format is not None:
+        name, fmt = "output_format", body.output_format
     if fmt is None:
         return None, name
     if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
@@ -156,18 +145,15 @@ def _output_format(body: dict[str, Any]) -> tuple[OutputFormat | None, str]:
 
 def parse(body: dict[str, Any], max_tokens_limit: int, count_only: bool = False) -> InferenceRequest:
     """A Messages body (`count_only`: a count_tokens body, without max_tokens)."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidParam("model: Field required", "model")
-    max_tokens = positive_int(body, "max_tokens")
-    if max_tokens is None and not count_only:
+    fields = read(CountTokensRequest if count_only else MessagesRequest, body)
+    if fields.max_tokens is None and not count_only:
         raise InvalidParam("max_tokens: Field required", "max_tokens")
-    raw = body.get("messages")
+    raw = fields.messages
     if not isinstance(raw, list) or not raw:
         raise InvalidParam("messages: a non-empty list is required", "messages")
     messages: list[Message] = []
-    if body.get("system") is not None:
-        messages.append(Message("system", [TextPart(_text_blocks(body["system"], "system"))]))
+    if fields.system is not None:
+        messages.append(Message("system", [TextPart(_text_blocks(fields.system, "system"))]))
     for i, message in enumerate(raw):
         where = f"messages[{i}]"
         role = message.get("role") if isinstance(message, dict) else None
@@ -179,26 +165,29 @@ def parse(body: dict[str, Any], max_tokens_limit: int, count_only: bool = False)
             messages.append(Message("system", [TextPart(_text_blocks(message["content"], f"{where}.content"))]))
             continue
         messages.append(Message(role, _blocks(role, message["content"], where)))
-    output_format, format_name = _output_format(body)
+    output_format, format_name = _output_format(fields)
     request = InferenceRequest(
-        model=model,
+        model=fields.model,
         kind="chat",
         messages=messages,
         output_format=output_format,
-        max_tokens=max_tokens,
-        temperature=number(body, "temperature", 0, 1, 1.0),
-        top_p=number(body, "top_p", 0, 1, 1.0),
-        top_k=integer(body, "top_k", 0, 1_000_000),
-        seed=integer(body, "seed", -(2**63), 2**63 - 1),  # an extension (extra_body)
-        stop=string_list(body, "stop_sequences", MAX_STOP_SEQUENCES),
-        logit_bias=logit_bias(body),  # not Anthropic's: an extension (extra_body)
+        max_tokens=fields.max_tokens,
+        temperature=1.0 if fields.temperature is None else fields.temperature,
+        top_p=1.0 if fields.top_p is None else fields.top_p,
+        top_k=fields.top_k,
+        seed=fields.seed,  # an extension (extra_body)
+        stop=stop_list(fields.stop_sequences),
+        logit_bias=bias(fields.logit_bias),  # not Anthropic's: an extension (extra_body)
         tools=read_tools(
-            body, "input_schema", (None, "custom"), "custom tools {name, description, input_schema} (no server tools)"
+            fields.tools,
+            "input_schema",
+            (None, "custom"),
+            "custom tools {name, description, input_schema} (no server tools)",
         ),
-        tool_choice=_tool_choice(body),
-        reasoning=_thinking(body),
-        keep_alive=body.get("keep_alive"),
-        stream=boolean(body, "stream"),
+        tool_choice=_tool_choice(fields.tool_choice),
+        reasoning=_thinking(fields.thinking),
+        keep_alive=fields.keep_alive,
+        stream=bool(fields.stream),
         names={"stop": "stop_sequences", "response_format": format_name},
     )
     return request.validate(max_tokens_limit)

@@ -9,28 +9,29 @@ import uuid
 from typing import Any
 
 from ..inference.request import (
-    MAX_TOP_LOGPROBS,
+    MAX_TOKEN_ID,
     ImagePart,
     InferenceRequest,
     InvalidParam,
     Message,
-    OutputFormat,
     TextPart,
     Tool,
     ToolCallPart,
     ToolResultPart,
-    boolean,
-    integer,
-    logit_bias,
-    number,
     openai_output_format,
-    positive_int,
-    string_list,
+)
+from .models import (
+    MAX_PROMPTS,
+    PROMPT_MESSAGE,
+    ChatCompletionRequest,
+    CompletionRequest,
+    OpenAISampling,
+    bias,
+    read,
+    stop_list,
 )
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
-MAX_STOP = 4
-MAX_PROMPTS = 128  # prompts of one completions request (run one after another)
 NAMES = {"max_tokens": "max_tokens", "response_format": "response_format"}
 CHAT_NAMES = {**NAMES, "logprobs": "top_logprobs"}
 
@@ -69,8 +70,7 @@ def _tool_call_parts(tool_calls: Any, where: str) -> list[ToolCallPart]:
     return out
 
 
-def messages(body: dict[str, Any]) -> list[Message]:
-    raw = body.get("messages")
+def messages(raw: Any) -> list[Message]:
     if not isinstance(raw, list) or not raw:
         raise InvalidParam("messages must be a non-empty list", "messages")
     out = []
@@ -99,8 +99,7 @@ def messages(body: dict[str, Any]) -> list[Message]:
     return out
 
 
-def tools(body: dict[str, Any]) -> list[Tool]:
-    raw = body.get("tools")
+def tools(raw: Any) -> list[Tool]:
     if raw is None:
         return []
     if not isinstance(raw, list) or not all(
@@ -121,8 +120,7 @@ def tools(body: dict[str, Any]) -> list[Tool]:
     ]
 
 
-def tool_choice(body: dict[str, Any]) -> Any:
-    choice = body.get("tool_choice")
+def tool_choice(choice: Any) -> Any:
     if choice is None:
         return "auto"
     if choice in ("auto", "none", "required"):
@@ -139,21 +137,14 @@ def tool_choice(body: dict[str, Any]) -> Any:
     )
 
 
-def response_format(body: dict[str, Any]) -> OutputFormat | None:
-    return openai_output_format(body.get("response_format"), "response_format", nested="json_schema")
-
-
-def logprobs(body: dict[str, Any], kind: str) -> int | None:
-    """How many alternatives per token to report (None: no logprobs): chat's `logprobs: true`
-    with `top_logprobs` (which needs it), completions' `logprobs: n`."""
-    if kind != "chat":
-        return integer(body, "logprobs", 0, MAX_TOP_LOGPROBS)
-    top = integer(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
-    if not boolean(body, "logprobs"):
-        if top is not None:
+def chat_logprobs(body: ChatCompletionRequest) -> int | None:
+    """How many alternatives per token to report (None: no logprobs): `logprobs: true` with
+    `top_logprobs` (which needs it)."""
+    if not body.logprobs:
+        if body.top_logprobs is not None:
             raise InvalidParam("top_logprobs needs logprobs: true", "top_logprobs")
         return None
-    return top or 0
+    return body.top_logprobs or 0
 
 
 def _token_ids(value: Any) -> bool:
@@ -164,77 +155,73 @@ def _token_ids(value: Any) -> bool:
     )
 
 
-def prompts(body: dict[str, Any]) -> list[str | list[int]]:
+def prompts(prompt: Any) -> list[str | list[int]]:
     """Completions' `prompt`: a string, a list of token ids, or a list of either (lm-eval's
     `local-completions` sends `[[ids]]`): one prompt each, in order."""
-    prompt = body.get("prompt")
     if (isinstance(prompt, str) and prompt) or _token_ids(prompt):
         return [prompt]
     if isinstance(prompt, list) and prompt and len(prompt) <= MAX_PROMPTS:
         if all((isinstance(p, str) and p) or _token_ids(p) for p in prompt):
             return list(prompt)
-    raise InvalidParam(
-        f"prompt must be a non-empty string, a list of token ids, or a list of at most {MAX_PROMPTS} of either",
-        "prompt",
-    )
+    raise InvalidParam(PROMPT_MESSAGE, "prompt")
 
 
 def parse_completions(body: dict[str, Any], max_tokens_limit: int) -> list[InferenceRequest]:
     """A completions body: one request per prompt (the same parameters each)."""
-    many = prompts(body)
-    echo = boolean(body, "echo")
-    request = parse(body, "completion", max_tokens_limit, zero_tokens=echo)
-    request.echo = echo
+    fields = read(CompletionRequest, body)
+    many = prompts(fields.prompt)
+    request = _request(fields, "completion", max_tokens_limit)
+    request.echo = bool(fields.echo)
+    request.logprobs = fields.logprobs
+    request.prompt = many[0]
+    request.validate(max_tokens_limit, 16)
     return [dataclasses.replace(request, prompt=p) for p in many]
 
 
-def parse(body: dict[str, Any], kind: str, max_tokens_limit: int, zero_tokens: bool = False) -> InferenceRequest:
-    """`kind` is "chat" (chat/completions) or "completion" (completions; `zero_tokens`: with
-    `echo`, `max_tokens: 0` scores the prompt without generating)."""
-    if body.get("n", 1) != 1:
-        raise InvalidParam("only n = 1 is supported", "n")
-    stream_options = body.get("stream_options") or {}
-    if not isinstance(stream_options, dict):
-        raise InvalidParam("stream_options must be an object", "stream_options")
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise InvalidParam("seed must be an integer", "seed")
-    max_tokens, max_name = None, "max_tokens"
-    for name in ("max_completion_tokens", "max_tokens"):
-        if body.get(name) is not None:
-            max_tokens, max_name = positive_int(body, name, 0 if zero_tokens else 1), name
-            break
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidParam("model is required", "model")
-    request = InferenceRequest(
-        model=model,
+def parse(body: dict[str, Any], kind: str, max_tokens_limit: int) -> InferenceRequest:
+    """`kind` is "chat" (chat/completions) or "completion" (completions, its first prompt)."""
+    if kind != "chat":
+        return parse_completions(body, max_tokens_limit)[0]
+    fields = read(ChatCompletionRequest, body)
+    request = _request(fields, "chat", max_tokens_limit)
+    request.logprobs = chat_logprobs(fields)
+    request.messages = messages(fields.messages)
+    request.tools = tools(fields.tools)
+    request.tool_choice = tool_choice(fields.tool_choice)
+    request.output_format = openai_output_format(fields.response_format, "response_format", nested="json_schema")
+    return request.validate(max_tokens_limit)
+
+
+def _request(fields: OpenAISampling, kind: str, max_tokens_limit: int) -> InferenceRequest:
+    """The fields chat and completions share (`max_tokens: 0` scores a prompt only with `echo`)."""
+    max_tokens, max_name = fields.max_completion_tokens, "max_completion_tokens"
+    if max_tokens is None:
+        max_tokens, max_name = fields.max_tokens, "max_tokens"
+    if max_tokens == 0 and not getattr(fields, "echo", False):
+        raise InvalidParam(f"{max_name} must be an integer from 1 to {MAX_TOKEN_ID}", max_name)
+    return InferenceRequest(
+        model=fields.model,
         kind="chat" if kind == "chat" else "completion",
         max_tokens=max_tokens,
-        temperature=number(body, "temperature", 0, 2, 1.0),
-        top_p=number(body, "top_p", 0, 1, 1.0),
-        top_k=integer(body, "top_k", 0, 1_000_000),
-        min_p=number(body, "min_p", 0, 1, None),
-        presence_penalty=number(body, "presence_penalty", -2, 2, None),
-        frequency_penalty=number(body, "frequency_penalty", -2, 2, None),
-        repetition_penalty=number(body, "repetition_penalty", 0.01, 10, None),
-        seed=seed,
-        stop=string_list(body, "stop", MAX_STOP),
-        logit_bias=logit_bias(body),
-        logprobs=logprobs(body, kind),
-        keep_alive=body.get("keep_alive"),
-        stream=boolean(body, "stream"),
-        include_usage=bool(stream_options.get("include_usage")),
+        temperature=_or(fields.temperature, 1.0),
+        top_p=_or(fields.top_p, 1.0),
+        top_k=fields.top_k,
+        min_p=fields.min_p,
+        presence_penalty=fields.presence_penalty,
+        frequency_penalty=fields.frequency_penalty,
+        repetition_penalty=fields.repetition_penalty,
+        seed=fields.seed,
+        stop=stop_list(fields.stop),
+        logit_bias=bias(fields.logit_bias),
+        keep_alive=fields.keep_alive,
+        stream=bool(fields.stream),
+        include_usage=bool(fields.stream_options and fields.stream_options.include_usage),
         names={**(CHAT_NAMES if kind == "chat" else NAMES), "max_tokens": max_name},
     )
-    if kind == "chat":
-        request.messages = messages(body)
-        request.tools = tools(body)
-        request.tool_choice = tool_choice(body)
-        request.output_format = response_format(body)
-    else:
-        request.prompt = prompts(body)[0]  # parse_completions makes one request per prompt
-    return request.validate(max_tokens_limit, 16 if kind == "completion" else None)
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def tool_call(call: dict[str, Any]) -> dict[str, Any]:

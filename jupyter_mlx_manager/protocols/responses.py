@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..inference.request import (
-    MAX_TOP_LOGPROBS,
     ImagePart,
     InferenceRequest,
     InvalidParam,
@@ -22,17 +21,12 @@ from ..inference.request import (
     Tool,
     ToolCallPart,
     ToolResultPart,
-    boolean,
-    integer,
-    logit_bias,
-    number,
     openai_output_format,
-    positive_int,
 )
+from .models import MAX_ID, ResponsesRequest, bias, read
 
 NAMES = {"max_tokens": "max_output_tokens", "response_format": "text.format", "messages": "input"}
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
-MAX_ID = 128
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
 
@@ -42,7 +36,10 @@ def _hex() -> str:
 
 def input_items(body: dict[str, Any]) -> list[dict[str, Any]]:
     """`input` as a list of items (a string is one user message)."""
-    raw = body.get("input")
+    return items_of(body.get("input"))
+
+
+def items_of(raw: Any) -> list[dict[str, Any]]:
     if isinstance(raw, str):
         return [{"type": "message", "role": "user", "content": raw}]
     if not isinstance(raw, list) or not all(isinstance(i, dict) for i in raw):
@@ -184,6 +181,7 @@ def _custom(tool: dict[str, Any], where: str) -> Tool:
 
 
 def tool_set(body: dict[str, Any]) -> ToolSet:
+    """The tools of a body (`tools`)."""
     raw = body.get("tools")
     out = ToolSet()
     if raw is None:
@@ -224,8 +222,7 @@ def tool_set(body: dict[str, Any]) -> ToolSet:
     return out
 
 
-def _tool_choice(body: dict[str, Any], tools: ToolSet) -> Any:
-    choice = body.get("tool_choice")
+def _tool_choice(choice: Any, tools: ToolSet) -> Any:
     if choice is None:
         return "auto"
     if choice in ("auto", "none", "required"):
@@ -244,8 +241,7 @@ def _tool_choice(body: dict[str, Any], tools: ToolSet) -> Any:
     )
 
 
-def _format(body: dict[str, Any]) -> OutputFormat | None:
-    text = body.get("text")
+def _format(text: Any) -> OutputFormat | None:
     if text is None:
         return None
     if not isinstance(text, dict):
@@ -262,49 +258,37 @@ def previous_id(body: dict[str, Any]) -> str | None:
     return value
 
 
-def _logprobs(body: dict[str, Any]) -> int | None:
+def _logprobs(body: ResponsesRequest) -> int | None:
     """Alternatives per token when `include` asks for "message.output_text.logprobs" (with
     `top_logprobs` of them, 0 to 20); None: no logprobs, as OpenAI does without the include."""
-    top = integer(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
-    include = body.get("include")
-    if include is not None and not (isinstance(include, list) and all(isinstance(i, str) for i in include)):
-        raise InvalidParam("include must be a list of strings", "include")
-    return (top or 0) if LOGPROBS_INCLUDE in (include or []) else None
+    return (body.top_logprobs or 0) if LOGPROBS_INCLUDE in (body.include or []) else None
 
 
 def parse(body: dict[str, Any], max_tokens_limit: int, history: list[dict[str, Any]] | None = None) -> InferenceRequest:
     """A Responses body; `history`: the items of the previous response's conversation."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidParam("model is required", "model")
-    if body.get("instructions") is not None and not isinstance(body["instructions"], str):
-        raise InvalidParam("instructions must be a string", "instructions")
-    items = input_items(body)
+    fields = read(ResponsesRequest, body)
+    items = items_of(fields.input)
     tools = tool_set(body)
     messages = messages_of(history or [], "previous_response_id", tools) + messages_of(items, "input", tools)
-    if body.get("instructions"):
-        messages.insert(0, Message("system", [TextPart(body["instructions"])]))
-    boolean(body, "store", True)
-    reasoning = body.get("reasoning")
-    if reasoning is not None and not isinstance(reasoning, dict):
-        raise InvalidParam("reasoning must be an object {effort}", "reasoning")
+    if fields.instructions:
+        messages.insert(0, Message("system", [TextPart(fields.instructions)]))
     request = InferenceRequest(
-        model=model,
+        model=fields.model,
         kind="chat",
         messages=messages,
-        max_tokens=positive_int(body, "max_output_tokens"),
-        temperature=number(body, "temperature", 0, 2, 1.0),
-        top_p=number(body, "top_p", 0, 1, 1.0),
-        top_k=integer(body, "top_k", 0, 1_000_000),
-        seed=integer(body, "seed", -(2**63), 2**63 - 1),  # an extension (extra_body)
-        logit_bias=logit_bias(body),  # an extension (extra_body)
-        logprobs=_logprobs(body),
+        max_tokens=fields.max_output_tokens,
+        temperature=1.0 if fields.temperature is None else fields.temperature,
+        top_p=1.0 if fields.top_p is None else fields.top_p,
+        top_k=fields.top_k,
+        seed=fields.seed,  # an extension (extra_body)
+        logit_bias=bias(fields.logit_bias),  # an extension (extra_body)
+        logprobs=_logprobs(fields),
         tools=tools.tools,
-        tool_choice=_tool_choice(body, tools),
-        output_format=_format(body),
-        reasoning=None if reasoning is None else (reasoning.get("effort") != "none"),
-        keep_alive=body.get("keep_alive"),
-        stream=boolean(body, "stream"),
+        tool_choice=_tool_choice(fields.tool_choice, tools),
+        output_format=_format(fields.text),
+        reasoning=None if fields.reasoning is None else (fields.reasoning.effort != "none"),
+        keep_alive=fields.keep_alive,
+        stream=bool(fields.stream),
         names={**NAMES, "logprobs": "top_logprobs"},
     )
     return request.validate(max_tokens_limit)

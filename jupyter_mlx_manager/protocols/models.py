@@ -1,0 +1,515 @@
+"""The request bodies of every inference route, declared once (pydantic v2).
+
+Each body is a model: its scalar fields (sampling, token counts, flags, ids) are checked here,
+and a refused value becomes the same 400 the protocol always gave (`InvalidParam` naming the
+field, with the wording in the field's `Says`). Structured fields (messages, content parts,
+tools, tool choices, output formats) are declared with their full shape for the OpenAPI
+document but marked `SkipValidation`: each protocol module reads them into the one
+`InferenceRequest`, where their errors name the exact item (`messages[1].content[0]`).
+Unknown fields are kept (`extra="allow"`), as the SDKs send fields this server ignores.
+
+`mlx/api/openapi.json` takes these models' JSON schemas (openapi.py), so a field accepted here
+is a field documented there (tests/test_request_schemas.py).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, SkipValidation, ValidationError
+
+from ..inference.request import MAX_TOKEN_ID, MAX_TOP_LOGPROBS, InvalidParam
+
+MAX_ID = 128  # a stored response's id
+MAX_PROMPTS = 128  # prompts of one completions request (run one after another)
+PROMPT_MESSAGE = f"prompt must be a non-empty string, a list of token ids, or a list of at most {MAX_PROMPTS} of either"
+MODEL_ID_MESSAGE = "model must be a model id such as 'org/name' or 'local/<folder>'"
+EMBEDDINGS_INPUT_MESSAGE = "input must be a string, a list of strings, a list of token ids or a list of token id lists"
+
+
+class Says:
+    """How a refused field is answered: `message` (with `{name}`: the field's name), `missing`
+    where an absent required field reads otherwise, and the error's `code`."""
+
+    def __init__(self, message: str, missing: str | None = None, code: str | None = None):
+        self.message, self.missing, self.code = message, missing, code
+
+
+def _number(low: float, high: float) -> Any:
+    return Annotated[
+        float | None,
+        Field(ge=low, le=high, allow_inf_nan=False),
+        Says(f"{{name}} must be a number from {low} to {high}"),
+    ]
+
+
+def _integer(low: int, high: int) -> Any:
+    return Annotated[int | None, Field(ge=low, le=high), Says(f"{{name}} must be an integer from {low} to {high}")]
+
+
+Flag = Annotated[bool | None, Says("{name} must be true or false")]
+Seed = _integer(-(2**63), 2**63 - 1)
+TopK = _integer(0, 1_000_000)
+TopLogprobs = _integer(0, MAX_TOP_LOGPROBS)
+LogitBias = Annotated[
+    dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[float, Field(ge=-100, le=100)]] | None,
+    Says("{name} must map token ids to numbers from -100 to 100"),
+]
+# Seconds, a duration string ("5m") or -1; checked by the pool's rules (InferenceRequest.validate).
+KeepAlive = SkipValidation[float | str | None]
+
+
+def _tokens(low: int) -> Any:
+    """A token count (`low`: 0 where zero means "score only")."""
+    return _integer(low, MAX_TOKEN_ID)
+
+
+def _stops(limit: int) -> Any:
+    return Annotated[
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=limit)]
+        | None,
+        Says(f"{{name}} must be a non-empty string or a list of at most {limit} of them"),
+    ]
+
+
+def stop_list(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else value
+
+
+def bias(value: dict[str, float] | None) -> dict[str, float]:
+    return {str(int(k)): float(v) for k, v in (value or {}).items()}
+
+
+class Shape(BaseModel):
+    """A declared object that may carry more fields than named."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Body(Shape):
+    """A request body: scalar fields strictly typed (no numbers as strings, no booleans as numbers)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+B = TypeVar("B", bound=Body)
+
+
+def read(model: type[B], body: Any) -> B:
+    """`body` as `model`, or the 400 of the first field at fault (in the model's field order)."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+    name = str(error["loc"][0]) if error["loc"] else None
+    field = model.model_fields.get(name) if name else None
+    says = next((m for m in field.metadata if isinstance(m, Says)), None) if field else None
+    if name is None or says is None:
+        raise InvalidParam(f"{name or 'the body'}: {error['msg']}", name) from None
+    message = says.missing if error["type"] == "missing" and says.missing else says.message
+    raise InvalidParam(message.replace("{name}", name), name, says.code) from None
+
+
+def fields(model: type[BaseModel]) -> set[str]:
+    """The names a body of `model` is read by (for the OpenAPI check)."""
+    return {f.alias or name for name, f in model.model_fields.items()}
+
+
+# -- OpenAI chat completions and completions ----------------------------------------------------
+class ImageURL(Shape):
+    url: str
+
+
+class ChatTextPart(Shape):
+    type: Literal["text"]
+    text: str
+
+
+class ChatImagePart(Shape):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class FunctionCall(Shape):
+    name: str
+    arguments: str | dict[str, Any] = "{}"
+
+
+class ChatToolCall(Shape):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(Shape):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ChatTextPart | ChatImagePart] | None = None
+    tool_calls: list[ChatToolCall] | None = Field(None, description="assistant messages only")
+    tool_call_id: str | None = Field(None, description="tool messages: the call this answers")
+
+
+class FunctionSpec(Shape):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="a JSON schema")
+    strict: bool | None = None
+
+
+class ChatTool(Shape):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(Shape):
+    name: str
+
+
+class ChatToolChoiceFunction(Shape):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JSONSchemaSpec(Shape):
+    name: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema", description="a JSON schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(Shape):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaSpec | None = Field(None, description="with type json_schema")
+
+
+class StreamOptions(Shape):
+    include_usage: SkipValidation[bool | None] = None
+
+
+class OpenAISampling(Body):
+    """What chat completions and completions share (in the order the old parser checked it)."""
+
+    n: Annotated[Literal[1], Says("only n = 1 is supported")] = 1
+    stream_options: Annotated[StreamOptions | None, Says("{name} must be an object")] = None
+    seed: Annotated[int | None, Says("{name} must be an integer")] = None
+    max_completion_tokens: _tokens(1) = None
+    max_tokens: _tokens(1) = None
+    model: Annotated[str, Field(min_length=1), Says("model is required")]
+    temperature: _number(0, 2) = None
+    top_p: _number(0, 1) = None
+    top_k: TopK = None
+    min_p: _number(0, 1) = None
+    presence_penalty: _number(-2, 2) = None
+    frequency_penalty: _number(-2, 2) = None
+    repetition_penalty: _number(0.01, 10) = None
+    stop: _stops(4) = None
+    logit_bias: LogitBias = None
+    keep_alive: KeepAlive = None
+    stream: Flag = None
+    user: SkipValidation[str | None] = None
+
+
+class ChatCompletionRequest(OpenAISampling):
+    """`POST mlx/v1/chat/completions`."""
+
+    messages: Annotated[
+        SkipValidation[Annotated[list[ChatMessage], Field(min_length=1)]], Says("messages must be a non-empty list")
+    ]
+    logprobs: Flag = None
+    top_logprobs: TopLogprobs = None
+    tools: SkipValidation[list[ChatTool] | None] = None
+    tool_choice: SkipValidation[Literal["auto", "none", "required"] | ChatToolChoiceFunction | None] = None
+    response_format: SkipValidation[ResponseFormat | None] = None
+
+
+class CompletionRequest(OpenAISampling):
+    """`POST mlx/v1/completions`: `max_tokens: 0` with `echo` scores the prompt only."""
+
+    max_completion_tokens: _tokens(0) = None
+    max_tokens: _tokens(0) = None
+    prompt: Annotated[
+        SkipValidation[str | list[int] | list[str | list[int]]],
+        Field(description="a string, token ids, or a list of either (one completion each)"),
+        Says(PROMPT_MESSAGE),
+    ]
+    echo: Flag = None
+    logprobs: TopLogprobs = None
+
+
+# -- Anthropic Messages --------------------------------------------------------------------------
+class TextBlock(Shape):
+    type: Literal["text"]
+    text: str
+
+
+class ImageSource(Shape):
+    type: Literal["base64", "url"]
+    media_type: str | None = None
+    data: str | None = None
+    url: str | None = None
+
+
+class ImageBlock(Shape):
+    type: Literal["image"]
+    source: ImageSource
+
+
+class ToolUseBlock(Shape):
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolResultBlock(Shape):
+    type: Literal["tool_result"]
+    tool_use_id: str
+    content: str | list[dict[str, Any]] = ""
+    is_error: bool | None = None
+
+
+class ThinkingBlock(Shape):
+    type: Literal["thinking", "redacted_thinking"]
+
+
+class AnthropicInputMessage(Shape):
+    role: Literal["user", "assistant", "system"]
+    content: str | list[TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock]
+
+
+class AnthropicTool(Shape):
+    type: Literal["custom"] | None = None
+    name: str = Field(min_length=1)
+    description: str | None = None
+    input_schema: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class AnthropicToolChoice(Shape):
+    type: Literal["auto", "any", "none", "tool"]
+    name: str | None = Field(None, description="with type tool")
+
+
+class Thinking(Shape):
+    type: Literal["enabled", "adaptive", "disabled"]
+    budget_tokens: int | None = None
+
+
+class JSONSchemaFormat(Shape):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(Shape):
+    format: SkipValidation[JSONSchemaFormat | None] = None
+
+
+class MessagesRequest(Body):
+    """`POST mlx/v1/messages` (`temperature`, `seed`, `logit_bias`, `keep_alive` in extra_body)."""
+
+    model: Annotated[str, Field(min_length=1), Says("model: Field required")]
+    max_tokens: Annotated[
+        int | None,
+        Field(ge=1, le=MAX_TOKEN_ID),
+        Says(f"{{name}} must be an integer from 1 to {MAX_TOKEN_ID}", missing="max_tokens: Field required"),
+    ]
+    messages: Annotated[
+        SkipValidation[Annotated[list[AnthropicInputMessage], Field(min_length=1)]],
+        Says("messages: a non-empty list is required"),
+    ]
+    system: SkipValidation[str | list[TextBlock] | None] = None
+    output_config: Annotated[OutputConfig | None, Says("output_config must be an object")] = None
+    output_format: SkipValidation[JSONSchemaFormat | None] = Field(None, description="the older output_config.format")
+    temperature: _number(0, 1) = None
+    top_p: _number(0, 1) = None
+    top_k: TopK = None
+    seed: Seed = None
+    stop_sequences: _stops(16) = None
+    logit_bias: LogitBias = None
+    tools: SkipValidation[list[AnthropicTool] | None] = None
+    tool_choice: SkipValidation[AnthropicToolChoice | None] = None
+    thinking: SkipValidation[Thinking | None] = None
+    keep_alive: KeepAlive = None
+    stream: Flag = None
+    metadata: SkipValidation[dict[str, Any] | None] = None
+
+
+class CountTokensRequest(MessagesRequest):
+    """`POST mlx/v1/messages/count_tokens`: a Messages body without `max_tokens`."""
+
+    max_tokens: _tokens(1) = None
+
+
+# -- OpenAI Responses ----------------------------------------------------------------------------
+class InputText(Shape):
+    type: Literal["input_text", "output_text", "text"]
+    text: str
+
+
+class Refusal(Shape):
+    type: Literal["refusal"]
+    refusal: str
+
+
+class InputImage(Shape):
+    type: Literal["input_image"]
+    image_url: str | None = None
+
+
+class InputMessage(Shape):
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[InputText | Refusal | InputImage]
+
+
+class FunctionCallItem(Shape):
+    type: Literal["function_call"]
+    call_id: str
+    name: str
+    namespace: str | None = None
+    arguments: str | dict[str, Any] = "{}"
+
+
+class CustomToolCallItem(Shape):
+    type: Literal["custom_tool_call"]
+    call_id: str
+    name: str
+    namespace: str | None = None
+    input: str
+
+
+class CallOutputItem(Shape):
+    type: Literal["function_call_output", "custom_tool_call_output"]
+    call_id: str
+    output: str | list[InputText]
+
+
+class SkippedItem(Shape):
+    """Earlier reasoning and hosted calls: accepted, not fed back to the model."""
+
+    type: Literal["reasoning", "web_search_call"]
+
+
+InputItem = InputMessage | FunctionCallItem | CustomToolCallItem | CallOutputItem | SkippedItem
+
+
+class FunctionTool(Shape):
+    type: Literal["function"]
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class CustomFormat(Shape):
+    type: Literal["text", "grammar"]
+    syntax: Literal["lark", "regex"] | None = Field(None, description="with type grammar")
+    definition: str | None = Field(None, description="with type grammar")
+
+
+class CustomTool(Shape):
+    type: Literal["custom"]
+    name: str = Field(min_length=1)
+    description: str | None = None
+    format: CustomFormat | None = None
+
+
+class NamespaceTool(Shape):
+    type: Literal["namespace"]
+    name: str
+    tools: list[FunctionTool | CustomTool]
+
+
+class HostedTool(Shape):
+    """OpenAI's hosted tools: left out of what the model sees, listed back."""
+
+    type: Literal[
+        "web_search", "web_search_preview", "web_search_2025_08_26", "web_search_preview_2025_03_11", "file_search",
+        "code_interpreter", "image_generation", "computer_use_preview", "computer_use", "mcp", "local_shell",
+    ]  # fmt: skip
+
+
+class NamedTool(Shape):
+    type: Literal["function", "custom"]
+    name: str
+    namespace: str | None = None
+
+
+class TextFormat(Shape):
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description="with type json_schema")
+    strict: bool | None = None
+
+
+class TextOptions(Shape):
+    format: TextFormat | None = None
+
+
+class Reasoning(Shape):
+    effort: SkipValidation[str | None] = Field(None, description="'none' turns a thinking model's reasoning off")
+
+
+class ResponsesRequest(Body):
+    """`POST mlx/v1/responses` and `…/input_tokens` (`seed`, `logit_bias`, `top_k`, `keep_alive`
+    as extensions)."""
+
+    model: Annotated[str, Field(min_length=1), Says("model is required")]
+    instructions: Annotated[str | None, Says("instructions must be a string")] = None
+    input: Annotated[SkipValidation[str | list[InputItem]], Says("input must be a string or a list of items")]
+    tools: SkipValidation[list[FunctionTool | CustomTool | NamespaceTool | HostedTool] | None] = None
+    store: Flag = None
+    reasoning: Annotated[Reasoning | None, Says("reasoning must be an object {effort}")] = None
+    max_output_tokens: _tokens(1) = None
+    temperature: _number(0, 2) = None
+    top_p: _number(0, 1) = None
+    top_k: TopK = None
+    seed: Seed = None
+    logit_bias: LogitBias = None
+    top_logprobs: TopLogprobs = None
+    include: Annotated[list[str] | None, Says("include must be a list of strings")] = None
+    tool_choice: SkipValidation[Literal["auto", "none", "required"] | NamedTool | HostedTool | None] = None
+    text: SkipValidation[TextOptions | None] = None
+    previous_response_id: Annotated[
+        str | None, Field(min_length=1, max_length=MAX_ID), Says("previous_response_id must be a response id")
+    ] = None
+    parallel_tool_calls: SkipValidation[bool | None] = None
+    metadata: SkipValidation[dict[str, Any] | None] = None
+    user: SkipValidation[str | None] = None
+    keep_alive: KeepAlive = None
+    stream: Flag = None
+
+
+# -- embeddings and speech -----------------------------------------------------------------------
+class EmbeddingsRequest(Body):
+    """`POST mlx/v1/embeddings`."""
+
+    model: Annotated[
+        str,
+        Says(MODEL_ID_MESSAGE, code="invalid_model"),
+    ]
+    input: Annotated[
+        SkipValidation[str | list[str] | list[int] | list[list[int]]],
+        Field(description="a string, strings, token ids, or lists of token ids (at most 2048, none empty)"),
+        Says(EMBEDDINGS_INPUT_MESSAGE, code="invalid_input"),
+    ]
+    encoding_format: Annotated[
+        Literal["float", "base64"] | None, Says("encoding_format must be 'float' or 'base64'", code="invalid_value")
+    ] = None
+    dimensions: Annotated[
+        int | None, Field(ge=1), Says("dimensions must be a positive integer", code="invalid_value")
+    ] = None
+    user: SkipValidation[str | None] = None
+
+
+class SpeechBody(Body):
+    """`POST mlx/v1/audio/speech` (a WAV comes back)."""
+
+    model: SkipValidation[str]
+    input: SkipValidation[str]
+    voice: Annotated[str | None, Field(max_length=100), Says("voice must be a voice name", code="invalid_value")] = None
+    response_format: Annotated[
+        Literal["wav"] | None, Says("response_format must be 'wav' on this server", code="invalid_value")
+    ] = None
+    speed: Annotated[Literal[1] | None, Says("speed other than 1 is not supported here", code="unsupported")] = None
