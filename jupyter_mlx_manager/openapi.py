@@ -769,3 +769,17 @@ def document(base_url: str = "/") -> dict[str, Any]:
         "security": [{"bearer": []}, {"jupyter": []}],
         "paths": _paths(),
     }
+
+
+if __name__ == "__main__":  # `python -m jupyter_mlx_manager.openapi [PATH]`: the document (labextension's types)
+    import json
+    import sys
+
+    text = json.dumps(document(), indent=2, sort_keys=True) + "\n"
+    if len(sys.argv) > 1:
+        from pathlib import Path
+
+        Path(sys.argv[1]).parent.mkdir(parents=True, exist_ok=True)
+        Path(sys.argv[1]).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
