@@ -85,19 +85,6 @@ const plugin: JupyterFrontEndPlugin<void> = {
       follow();
     }
 
-    const openChat = (model?: string) =>
-      commands.execute(CommandIDs.openChat, model ? { model } : {});
-    const panel = new MLXPanel(service, model => void openChat(model));
-    shell.add(panel, 'left', { rank: 850 });
-    restorer?.add(panel, panel.id);
-
-    const openSection = (section?: SectionId) => {
-      if (section && SECTIONS.some(s => s.id === section)) {
-        service.openSection(section);
-      }
-      shell.activateById(panel.id);
-    };
-
     /**
      * "Send to notebook": a code cell below the active cell of the notebook in focus, or in a
      * new notebook when none is open.
@@ -119,6 +106,23 @@ const plugin: JupyterFrontEndPlugin<void> = {
       notebook.activeCell?.model.sharedModel.setSource(code);
       shell.activateById(panel.id);
       notebook.activeCell?.node.scrollIntoView({ block: 'nearest' });
+    };
+
+    const openChat = (model?: string) =>
+      commands.execute(CommandIDs.openChat, model ? { model } : {});
+    const panel = new MLXPanel(
+      service,
+      model => void openChat(model),
+      sendToNotebook
+    );
+    shell.add(panel, 'left', { rank: 850 });
+    restorer?.add(panel, panel.id);
+
+    const openSection = (section?: SectionId) => {
+      if (section && SECTIONS.some(s => s.id === section)) {
+        service.openSection(section);
+      }
+      shell.activateById(panel.id);
     };
 
     // -- chat panel (one, restored with the layout) ----------------------------------------

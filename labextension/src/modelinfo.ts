@@ -40,9 +40,14 @@ export function contextFigure(
   return typeof runner === 'number' && runner > 0 ? runner : null;
 }
 
-/** The actions a model's kind offers in the sidebar (load/unload are for every kind). */
+/**
+ * The actions a model's kind offers in the sidebar (load and unload are for every kind): Chat
+ * for chat models, "Use in notebook" (a first code cell) for the others.
+ */
 export function kindActions(kind: string | null | undefined): {
   chat: boolean;
+  notebook: boolean;
 } {
-  return { chat: isChatKind(kind) };
+  const chat = isChatKind(kind);
+  return { chat, notebook: !chat };
 }

@@ -28,6 +28,8 @@ interface IPanelProps {
   /** Poll only while the panel is visible. */
   active: boolean;
   onChat?: (model: string) => void;
+  /** Insert a code cell into the notebook in focus (or a new one). */
+  onSendToNotebook?: (code: string) => Promise<void>;
   onPendingUsers?: (count: number) => void;
 }
 
@@ -165,6 +167,7 @@ function PanelView({
   interval,
   active,
   onChat,
+  onSendToNotebook,
   onPendingUsers
 }: IPanelProps): JSX.Element {
   const { status, error, loading, updated } = useStore(service.store);
@@ -210,7 +213,7 @@ function PanelView({
           : undefined
   }));
   const current = tabs.some(t => t.id === section) ? section : 'models';
-  const props = { service, interval, onChat };
+  const props = { service, interval, onChat, onSendToNotebook };
 
   return (
     <div className="jp-MLXPanel-body" aria-busy={loading}>
@@ -278,7 +281,8 @@ function PanelView({
 export class MLXPanel extends ReactWidget {
   constructor(
     private readonly _service: MLXService,
-    private readonly _onChat?: (model: string) => void
+    private readonly _onChat?: (model: string) => void,
+    private readonly _onSendToNotebook?: (code: string) => Promise<void>
   ) {
     super();
     this.id = PANEL_ID;
@@ -317,6 +321,7 @@ export class MLXPanel extends ReactWidget {
         interval={this._interval}
         active={this.isVisible}
         onChat={this._onChat}
+        onSendToNotebook={this._onSendToNotebook}
         onPendingUsers={this._onPending}
       />
     );

@@ -84,3 +84,33 @@ export function exchangeCode(exchange: IExchange): string {
   }
   return lines.join('\n');
 }
+
+/** A first code cell for a model that is not for chatting: what its kind does, via `connect()`. */
+export function kindCode(model: string, kind: string): string | null {
+  const use: Record<string, string[]> = {
+    embedding: [
+      `vectors = client.embed(${pyString(model)}, ["first text", "second text"])`,
+      'vectors.shape  # one row per text'
+    ],
+    transcription: [
+      '# a WAV, FLAC, MP3 or Ogg Vorbis file (a path, or its bytes)',
+      `text = client.transcribe(${pyString(model)}, "recording.wav")`,
+      'text'
+    ],
+    speech: [
+      `audio = client.speak(${pyString(model)}, "Hello from MLX")`,
+      'audio  # plays in the notebook'
+    ]
+  };
+  if (!use[kind]) {
+    return null;
+  }
+  const article = /^[aeiou]/.test(kind) ? 'an' : 'a';
+  return [
+    `# ${model} (${article} ${kind} model) from this notebook.`,
+    'from jupyter_mlx_manager import connect',
+    '',
+    'client = connect()',
+    ...use[kind]
+  ].join('\n');
+}

@@ -141,6 +141,19 @@ def test_actions_by_kind_estimate_and_pins(lab_server, kinds, page: Page, artifa
     expect(load_form.locator('[data-field="estimate"]')).to_contain_text("needs ≈")
     page.screenshot(path=str(artifacts_dir / "ux-pool-pinned.png"))
     assert lab_server.post("mlx/api/pool/load", json={"model": DEMO, "pin": False}).status_code == 200
+
+    # An embedding model's action instead of Chat: a code cell that uses it, which runs.
+    models = open_section(page, "models")
+    models.get_by_role("button", name=f"Use {EMBEDDING} in a notebook").click()
+    notebook = page.locator(".jp-NotebookPanel:visible")
+    expect(notebook).to_be_visible(timeout=30_000)
+    cell = notebook.locator(".jp-CodeCell").first
+    expect(cell).to_contain_text(f'vectors = client.embed("{EMBEDDING}", ["first text", "second text"])')
+    expect(page.locator(".jp-StatusBar-Item", has_text=re.compile(r"Python 3.*\| Idle"))).to_be_visible(timeout=120_000)
+    cell.locator(".cm-content").click()
+    page.keyboard.press("Shift+Enter")
+    expect(cell.locator(".jp-OutputArea-output")).to_have_text(re.compile(r"^\(2, \d+\)$"), timeout=120_000)
+    page.screenshot(path=str(artifacts_dir / "ux-use-in-notebook.png"))
     assert not own_errors(console_log), own_errors(console_log)
 
 

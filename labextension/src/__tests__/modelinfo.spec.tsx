@@ -48,6 +48,7 @@ describe('actions by kind', () => {
     expect(kindActions('text').chat).toBe(true);
     expect(kindActions('vision').chat).toBe(true);
     expect(kindActions(null).chat).toBe(true);
+    expect(kindActions('text').notebook).toBe(false);
     for (const kind of ['embedding', 'transcription', 'speech'] as const) {
       expect(kindActions(kind).chat).toBe(false);
       const local = renderToStaticMarkup(
@@ -60,6 +61,18 @@ describe('actions by kind', () => {
         />
       );
       expect(local).not.toContain('Chat with');
+      // Without a way to insert cells (no notebooks), no "Use in notebook" either.
+      expect(local).not.toContain('in a notebook');
+      const usable = renderToStaticMarkup(
+        <LocalModel
+          model={{ id: `local/tiny-${kind}`, kind, loaded: true }}
+          detailed
+          loading={false}
+          onLoad={noop}
+          onUse={noop}
+        />
+      );
+      expect(usable).toContain(`Use local/tiny-${kind} in a notebook`);
       const pooled: IPoolModel = {
         model: `local/tiny-${kind}`,
         kind,
@@ -82,6 +95,7 @@ describe('actions by kind', () => {
         />
       );
       expect(pool).not.toContain('Chat with');
+      expect(kindActions(kind).notebook).toBe(true);
       expect(pool).not.toContain('context');
     }
   });

@@ -1,4 +1,4 @@
-import { exchangeCode, pyString } from '../snippets';
+import { exchangeCode, kindCode, pyString } from '../snippets';
 
 describe('exchangeCode', () => {
   it('asks the same model again through connect(), with the reply as a comment', () => {
@@ -59,5 +59,28 @@ describe('pyString', () => {
     expect(pyString('a "b" \\ c\n\u00e9\t')).toBe(
       '"a \\"b\\" \\\\ c\\n\u00e9\\t"'
     );
+  });
+});
+
+describe('kindCode', () => {
+  it("is a first cell for what a model's kind does", () => {
+    expect(kindCode('local/tiny-embedding', 'embedding')).toBe(
+      [
+        '# local/tiny-embedding (an embedding model) from this notebook.',
+        'from jupyter_mlx_manager import connect',
+        '',
+        'client = connect()',
+        'vectors = client.embed("local/tiny-embedding", ["first text", "second text"])',
+        'vectors.shape  # one row per text'
+      ].join('\n')
+    );
+    expect(kindCode('m', 'speech')).toContain('(a speech model)');
+    expect(kindCode('m', 'transcription')).toContain(
+      'text = client.transcribe("m", "recording.wav")'
+    );
+    expect(kindCode('m', 'speech')).toContain(
+      'audio = client.speak("m", "Hello from MLX")'
+    );
+    expect(kindCode('m', 'text')).toBeNull();
   });
 });

@@ -19,6 +19,7 @@ import {
   isDemoModel,
   kindActions
 } from '../modelinfo';
+import { kindCode } from '../snippets';
 import { useAction, usePoll, useStore } from '../hooks';
 import { MLXService } from '../service';
 import { throwIfFailed } from '../store';
@@ -39,6 +40,42 @@ export interface ISectionProps {
   interval: number;
   /** Open the chat panel on a model. */
   onChat?: (model: string) => void;
+  /** Insert a code cell into the notebook in focus (or a new one). */
+  onSendToNotebook?: (code: string) => Promise<void>;
+}
+
+/** "Use in notebook" of a model that is not for chatting: a first code cell for its kind. */
+export function useInNotebook(
+  model: { id: string; kind?: string | null },
+  send?: (code: string) => Promise<void>
+): (() => void) | undefined {
+  const code = model.kind ? kindCode(model.id, model.kind) : null;
+  if (!send || !code || !kindActions(model.kind).notebook) {
+    return undefined;
+  }
+  return () =>
+    void send(code).catch(err =>
+      console.warn('jupyter-mlx-manager: could not insert the cell', err)
+    );
+}
+
+/** The "Use in notebook" button. */
+export function UseInNotebook({
+  model,
+  onClick
+}: {
+  model: string;
+  onClick: () => void;
+}): JSX.Element {
+  return (
+    <Button
+      onClick={onClick}
+      label={`Use ${model} in a notebook`}
+      title="Insert a code cell that uses this model (connect()) into the notebook in focus"
+    >
+      Use in notebook
+    </Button>
+  );
 }
 
 const QUANTS: [string, string][] = [
@@ -117,7 +154,8 @@ export function LocalModel({
   loading,
   pool,
   onLoad,
-  onChat
+  onChat,
+  onUse
 }: {
   model: ILocalModel;
   detailed: boolean;
@@ -126,6 +164,8 @@ export function LocalModel({
   pool?: IPool | null;
   onLoad: () => void;
   onChat?: () => void;
+  /** "Use in notebook" (models that are not for chatting). */
+  onUse?: () => void;
 }): JSX.Element {
   const context = contextFigure(model.kind, model.context_length);
   const chat = kindActions(model.kind).chat && onChat;
@@ -167,13 +207,15 @@ export function LocalModel({
         <MemoryFit model={model} pool={pool} />
       )}
       <div className="jp-MLXPanel-itemActions">
-        {model.loaded ? (
-          chat && (
-            <Button onClick={chat} label={`Chat with ${model.id}`}>
-              Chat
-            </Button>
-          )
-        ) : (
+        {model.loaded && chat && (
+          <Button onClick={chat} label={`Chat with ${model.id}`}>
+            Chat
+          </Button>
+        )}
+        {model.loaded && !chat && onUse && (
+          <UseInNotebook model={model.id} onClick={onUse} />
+        )}
+        {!model.loaded && (
           <Button
             kind="accept"
             onClick={onLoad}
@@ -444,7 +486,8 @@ function HubSearch({ service }: { service: MLXService }): JSX.Element {
 export function ModelsSection({
   service,
   interval,
-  onChat
+  onChat,
+  onSendToNotebook
 }: ISectionProps): JSX.Element {
   const { models, detailed, error, loaded } = useStore(service.models);
   const pool = useStore(service.store).pool;
@@ -497,6 +540,7 @@ export function ModelsSection({
                   pool={pool}
                   onLoad={() => void action.run(m.id, () => service.load(m.id))}
                   onChat={onChat ? () => onChat(m.id) : undefined}
+                  onUse={useInNotebook(m, onSendToNotebook)}
                 />
               );
             })}

@@ -24,7 +24,13 @@ import {
   memoryText,
   SectionHeader
 } from './common';
-import { DemoLabel, ISectionProps, MemoryFit } from './ModelsSection';
+import {
+  DemoLabel,
+  ISectionProps,
+  MemoryFit,
+  UseInNotebook,
+  useInNotebook
+} from './ModelsSection';
 
 /** Keep-alive choices (seconds; negative = forever, 0 = unload when idle). */
 export const KEEP_ALIVE_CHOICES = [0, 60, 300, 1800, 3600, 4 * 3600, 86400, -1];
@@ -75,7 +81,8 @@ export function LoadedModel({
   onPin,
   onKeepAlive,
   onUnload,
-  onChat
+  onChat,
+  onUse
 }: {
   model: IPoolModel;
   /** The model as `models/local` describes it (context, demo flag), when known. */
@@ -86,6 +93,8 @@ export function LoadedModel({
   onKeepAlive: (seconds: number) => void;
   onUnload: () => void;
   onChat?: () => void;
+  /** "Use in notebook" (models that are not for chatting). */
+  onUse?: () => void;
 }): JSX.Element {
   const expires = model.pinned
     ? 'never unloads (pinned)'
@@ -160,6 +169,9 @@ export function LoadedModel({
           <Button onClick={chat} label={`Chat with ${model.model}`}>
             Chat
           </Button>
+        )}
+        {!chat && onUse && (
+          <UseInNotebook model={model.model} onClick={onUse} />
         )}
         <Button
           kind="warn"
@@ -266,7 +278,7 @@ function LoadForm({ props }: { props: ISectionProps }): JSX.Element {
 }
 
 export function PoolSection(props: ISectionProps): JSX.Element {
-  const { service, onChat } = props;
+  const { service, onChat, onSendToNotebook } = props;
   const { pool } = useStore(service.store);
   // The shared service polls the pool every `interval` seconds already (for the status bar);
   // opening this section asks at once, and for the list of models to load.
@@ -368,6 +380,10 @@ export function PoolSection(props: ISectionProps): JSX.Element {
                 void act(m.model, 'unload', () => service.unload(m.model))
               }
               onChat={onChat ? () => onChat(m.model) : undefined}
+              onUse={useInNotebook(
+                { id: m.model, kind: m.kind },
+                onSendToNotebook
+              )}
             />
           ))}
         </ul>
