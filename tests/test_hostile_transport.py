@@ -321,6 +321,12 @@ async def test_json_within_the_nesting_bound_and_other_bad_json(api):
         assert reply.code == 400 and reply.body["reason"] == "invalid_json", (raw, reply.body)
 
 
+async def test_a_malformed_form_is_400(api):
+    reply = await api("POST", "mlx/v1/audio/transcriptions", raw_body="garbage",
+                      headers={"Content-Type": "multipart/form-data; boundary=xx"})  # fmt: skip
+    assert reply.code == 400 and reply.body["error"]["type"] == "invalid_request_error", reply.body  # not a 500
+
+
 async def _open_chat_upload(port: int, base_url: str, token: str, length: int):
     """A chat request whose headers and first bytes are sent, the rest held back: in flight."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

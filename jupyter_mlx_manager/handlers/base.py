@@ -29,7 +29,7 @@ from jupyter_server.base.websocket import WebSocketMixin
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from jupyter_server.log import _scrub_uri  # the scrubbing Jupyter's access log uses
 from tornado import web
-from tornado.httputil import parse_body_arguments
+from tornado.httputil import HTTPInputError, parse_body_arguments
 from tornado.websocket import WebSocketHandler
 
 from ..auth import Actor, InvalidToken, looks_like_jwt
@@ -323,13 +323,16 @@ class MLXAPIHandler(MLXAuthMixin, APIHandler):
             return
         self.request.body, self._body_chunks = b"".join(self._body_chunks), None
         if self._content_type() in ("application/x-www-form-urlencoded", "multipart/form-data"):
-            parse_body_arguments(
-                self.request.headers.get("Content-Type", ""),
-                self.request.body,
-                self.request.body_arguments,
-                self.request.files,
-                self.request.headers,
-            )
+            try:
+                parse_body_arguments(
+                    self.request.headers.get("Content-Type", ""),
+                    self.request.body,
+                    self.request.body_arguments,
+                    self.request.files,
+                    self.request.headers,
+                )
+            except HTTPInputError:
+                return  # a malformed form has no fields: the handler answers 400 for the one it misses
             for name, values in self.request.body_arguments.items():
                 self.request.arguments.setdefault(name, []).extend(values)
 
