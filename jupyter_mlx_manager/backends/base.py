@@ -63,5 +63,10 @@ class Backend(ABC):
         """`mlx/api/pool/unload`: what became of the model."""
 
     @abstractmethod
+    async def available(self, model_id: str) -> bool:
+        """Whether the model can serve now (on disk; an upstream that is up): a profile's
+        ordered models fall through to the next one otherwise."""
+
+    @abstractmethod
     async def count_tokens(self, request: InferenceRequest) -> int:
         """The prompt tokens of a request, as `usage` would count them, without generating."""
