@@ -130,6 +130,128 @@ class MLXManager(ExtensionApp):
         "computed once). Nothing in a request widens it.",
     ).tag(config=True)
 
+    max_tokens_limit = Int(
+        4096,
+        help="Largest max_tokens an OpenAI request may ask for (also the default for chat); "
+        "the model's context length bounds it further. Default: 4096.",
+    ).tag(config=True)
+
+    default_keep_alive = Float(
+        300.0,
+        help="Seconds an idle model stays loaded (Ollama semantics): negative = forever, "
+        "0 = unload as soon as idle. Default: 300.",
+    ).tag(config=True)
+
+    audit_retention_days = Int(90, help="Audit records older than this are pruned; 0 = keep forever. Default: 90.").tag(
+        config=True
+    )
+
+    audit_record_content = Bool(
+        False, help="Store prompt and completion text in the audit log. Default: False (only counts and timings)."
+    ).tag(config=True)
+
+    max_requests_per_user = Int(
+        8,
+        help="Concurrent inference requests one user may have in flight (all models together); "
+        "beyond it a request is refused with 429 and Retry-After. 0 = unlimited. Default: 8.",
+    ).tag(config=True)
+
+    max_batch_size = Int(
+        16,
+        help="Requests of one model decoding together in its runner; more wait in that model's "
+        "queue (in arrival order). Default: 16.",
+    ).tag(config=True)
+
+    max_queued_requests = Int(
+        64,
+        help="Requests that may wait for a decoding slot of one model; beyond it a request is "
+        "refused with 503 server_busy and Retry-After. Default: 64.",
+    ).tag(config=True)
+
+    batch_slots = Int(
+        -1,
+        help="Decoding slots of one model that background batch lines may hold at once (they wait while "
+        "any interactive request is waiting). Default: -1 = half of max_batch_size.",
+    ).tag(config=True)
+
+    max_concurrent_jobs = Int(
+        1,
+        help="Workbench jobs (fine-tune, evaluate, convert) that run at once, each in its own process with "
+        "its memory counted in the pool's budget; the others wait in order. Default: 1.",
+    ).tag(config=True)
+
+    prefill_step_size = Int(
+        512,
+        help="Prompt tokens prefilled per scheduler step on every path: no single step holds up "
+        "other streams, admission or cancellation for longer than one chunk. Default: 512.",
+    ).tag(config=True)
+
+    runner_stall_seconds = Float(
+        30.0,
+        help="A runner that has work and sends no heartbeat for this many seconds is killed; its "
+        "requests fail with runner_stalled and the next request loads the model again (one that keeps "
+        "heartbeating but makes no progress is given ten times as long: a step of a big model can be slow). "
+        "Default: 30.",
+    ).tag(config=True)
+
+    responses_ttl_hours = Float(
+        24.0,
+        help="How long stored OpenAI Responses (POST mlx/v1/responses without store: false) are kept, "
+        "per user, for previous_response_id and GET mlx/v1/responses/{id}; expired ones are pruned. "
+        "0 = store none. Default: 24.",
+    ).tag(config=True)
+
+    allow_image_urls = Bool(
+        False,
+        help="Accept http(s) image URLs in chat (the server would fetch them: off, against SSRF). "
+        "Default: False: images travel as data URLs or base64.",
+    ).tag(config=True)
+
+    max_images_per_request = Int(8, help="Images one chat request may carry (each at most 20 MB).").tag(config=True)
+
+    max_body_mb = Float(
+        16.0,
+        help="The largest JSON request body, in MB, refused with 413 from its Content-Length before it "
+        "is read. Routes that carry images or audio allow what those need on top. Default: 16.",
+    ).tag(config=True)
+
+    max_image_mb_in_flight = Float(
+        256.0,
+        help="Bytes of image-carrying requests (chat, Messages, Responses) one user may have in flight "
+        "at once, in MB, counted from Content-Length before the body is read; beyond it 429 with "
+        "Retry-After. Default: 256.",
+    ).tag(config=True)
+
+    max_connections_per_ip = Int(
+        256,
+        help="`jupyter mlx-manager serve`: open connections one client address may hold; more are "
+        "closed at once. 0 = no bound. Not applied as a JupyterHub service, whose clients all come "
+        "through the Hub's proxy. Default: 256.",
+    ).tag(config=True)
+
+    warm_runner = Bool(
+        True,
+        help="Keep one spare runner process with MLX and mlx-lm already imported, waiting for a "
+        "model: a load hands it the model and skips seconds of imports (a new spare starts in the "
+        "background). The spare is not a loaded model and is not counted in the memory budget. "
+        "Default: True.",
+    ).tag(config=True)
+
+    hf_token_for_users = Bool(
+        False,
+        help="Let non-admin users' Hub searches and downloads use the server's Hugging Face token "
+        "(and so see its private and gated repos). Default: False: only admins' requests use it.",
+    ).tag(config=True)
+
+    budgets = Dict(
+        help=(
+            "Token budgets (prompt + completion tokens) per UTC minute, day and month: "
+            '{"default": {"tokens_per_day": 200000}, "users": {"alice": {...}}, "groups": {"students": {...}}}, '
+            "each with tokens_per_minute / tokens_per_day / tokens_per_month (0 or absent = unlimited). A user's own "
+            "budget wins, else their JupyterHub groups' most generous, else the default. Admins change them at "
+            "run time with PUT mlx/api/budgets. Default: none."
+        )
+    ).tag(config=True)
     profiles = Dict(
         help=(
             'Model profiles by name: {"coder": {"model": "local/x" (or "models": [...] in order: the first that is '
