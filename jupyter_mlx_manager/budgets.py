@@ -7,8 +7,8 @@ of their groups' (a JupyterHub user's groups), else the default. They come from
 `c.MLXManager.budgets` (`{"default": {…}, "users": {name: {…}}, "groups": {name: {…}}}`),
 overlaid by what admins set through `PUT mlx/api/budgets` (kept in SQLite).
 
-What a user has spent is counted from the audit log itself (the same numbers as `mlx/api/usage`
-and the audit): summed once per window from the database, then kept current from each record
+What a user has spent is counted from the audit log itself (the same numbers as `mlx/api/usage`;
+audio counts in seconds, not as tokens): summed once per window from the database, then kept current from each record
 the audit commits. A request is refused (429 `budget_exceeded`, `Retry-After` the seconds to
 the window's end) once a window's limit is spent; one that is admitted finishes, even if it
 crosses the limit (a stream is never cut by its budget).
@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .audit.log import COMPLETION_TOKENS_SQL, PROMPT_TOKENS_SQL, tokens_of
 from .errors import BadRequest, TooManyRequests
 from .storage import Database, utcnow
 
@@ -196,7 +197,7 @@ class Budgets:
         def run(conn):
             last_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM audit_log").fetchone()[0]
             tokens = conn.execute(
-                "SELECT COALESCE(SUM(COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)), 0) "
+                f"SELECT COALESCE(SUM({PROMPT_TOKENS_SQL} + {COMPLETION_TOKENS_SQL}), 0) "
                 "FROM audit_log WHERE user = ? AND time >= ? AND time < ? AND endpoint IS NOT NULL AND id <= ?",
                 (username, _iso(start), _iso(end), last_id),
             ).fetchone()[0]
@@ -212,7 +213,7 @@ class Budgets:
         """An audit listener: a committed inference record counts in its user's current windows."""
         if not record.get("endpoint") or not record.get("user"):
             return
-        tokens = (record.get("prompt_tokens") or 0) + (record.get("completion_tokens") or 0)
+        tokens = tokens_of(record)
         if not tokens:
             return
         now = self.clock()

@@ -41,6 +41,22 @@ TEXT_BOUNDS = {
     "kernel_id": 64,
     "cell_id": 64,
 }
+# Token sums leave audio out: a speech request's prompt "tokens" are characters and its output
+# samples, a transcription's prompt is samples (its output is text tokens); audio counts in seconds.
+PROMPT_TOKENS_SQL = "CASE WHEN audio_seconds IS NULL THEN COALESCE(prompt_tokens, 0) ELSE 0 END"
+COMPLETION_TOKENS_SQL = (
+    "CASE WHEN audio_seconds IS NULL OR action = 'transcriptions' THEN COALESCE(completion_tokens, 0) ELSE 0 END"
+)
+
+
+def tokens_of(record: dict[str, Any]) -> int:
+    """Prompt + completion tokens of a record, as the SQL sums above count them."""
+    audio = record.get("audio_seconds") is not None
+    prompt = 0 if audio else record.get("prompt_tokens") or 0
+    completion = record.get("completion_tokens") or 0 if not audio or record.get("action") == "transcriptions" else 0
+    return prompt + completion
+
+
 # `stats(group_by=…)`: the columns a summary can be grouped by.
 GROUP_BY = ("notebook", "user", "model")
 MAX_DETAIL = 1000
@@ -191,7 +207,7 @@ class AuditLog:
 
         def run(conn):
             rows = conn.execute(
-                f"SELECT {column}, COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), "
+                f"SELECT {column}, COUNT(*), SUM({PROMPT_TOKENS_SQL}), SUM({COMPLETION_TOKENS_SQL}), "
                 f"COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(duration_ms), 0), COALESCE(SUM(audio_seconds), 0) "
                 f"FROM audit_log {cond} "
                 f"GROUP BY {column} ORDER BY {order} LIMIT ?",
