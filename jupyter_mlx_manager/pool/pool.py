@@ -81,6 +81,7 @@ from ..models.catalog import (
     validate_model_id,
     weights_bytes,
 )
+from ..runner.disk_cache import folder_bytes
 from .runner_process import LoadFailed, RunnerProcess
 
 # Beyond the weights: activations and the interpreter (a rough, safe margin; the pool learns
@@ -91,15 +92,22 @@ DEFAULT_PROMPT_CACHE_BYTES = 1 << 30  # the runner's own default
 CACHE_RAISE_STEP_BYTES = 1 << 20  # give a trimmed prompt cache room back only in steps at least this big
 
 
-def _prompt_cache_option(runner_args: list[str]) -> int:
-    """`--prompt-cache-bytes N` from the runner options (the last one wins, as in argparse)."""
-    value = DEFAULT_PROMPT_CACHE_BYTES
+def _runner_option(runner_args: list[str], name: str) -> str | None:
+    """`name VALUE` or `name=VALUE` from the runner options (the last one wins, as in argparse)."""
+    value = None
     for i, arg in enumerate(runner_args):
-        with contextlib.suppress(ValueError, IndexError):
-            if arg == "--prompt-cache-bytes":
-                value = int(runner_args[i + 1])
-            elif arg.startswith("--prompt-cache-bytes="):
-                value = int(arg.split("=", 1)[1])
+        if arg == name and i + 1 < len(runner_args):
+            value = runner_args[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _prompt_cache_option(runner_args: list[str]) -> int:
+    """`--prompt-cache-bytes N` from the runner options."""
+    value = DEFAULT_PROMPT_CACHE_BYTES
+    with contextlib.suppress(ValueError, TypeError):
+        value = int(_runner_option(runner_args, "--prompt-cache-bytes") or value)
     return max(0, value)
 
 
@@ -255,6 +263,9 @@ class ModelPool:
         self.prompt_cache_bytes = (
             _prompt_cache_option(self.runner_args) if prompt_cache_bytes is None else max(0, int(prompt_cache_bytes))
         )
+        # The runners' prompt cache on disk (`--prompt-cache-dir`): its size is in the status.
+        disk_dir = _runner_option(self.runner_args, "--prompt-cache-dir")
+        self.prompt_cache_dir = Path(disk_dir) if disk_dir else None
         self.max_memory_bytes = max_memory_bytes
         self.max_loaded_models = max_loaded_models
         self.default_keep_alive = default_keep_alive
@@ -325,6 +336,7 @@ class ModelPool:
                 "runner_overhead_bytes": self._runner_overhead(),
             },
             "memory_used_bytes": self.memory_used_bytes(),
+            "prompt_cache_disk_bytes": folder_bytes(self.prompt_cache_dir) if self.prompt_cache_dir else 0,
             "jobs": [{"job": name, "memory_bytes": n} for name, n in self._reserved.items()],
         }
 

@@ -34,6 +34,15 @@ def main() -> None:
         "--prefill-step-size", type=int, default=512,
         help="prompt tokens prefilled per scheduler step on every path (default: 512)",
     )  # fmt: skip
+    parser.add_argument("--prompt-cache-dir", type=Path, help="folder of the prompt cache on disk (none: off)")
+    parser.add_argument(
+        "--prompt-cache-disk-bytes", type=int, default=0,
+        help="byte bound of the prompt cache on disk; 0 turns it off (default: 0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--prompt-cache-min-tokens", type=int, default=1024,
+        help="the shortest prefix written to disk, in tokens (default: 1024)",
+    )  # fmt: skip
     parser.add_argument(
         "--kind",
         choices=["text", "embedding", "vision", "transcription", "speech"],
@@ -73,6 +82,8 @@ def main() -> None:
         engine = Engine(
             args.model_path, emit, prompt_cache_bytes=args.prompt_cache_bytes, switch=args.switch,
             emit_many=emit_many, prefill_step_size=max(1, args.prefill_step_size),
+            disk_cache={"directory": args.prompt_cache_dir, "max_bytes": max(0, args.prompt_cache_disk_bytes),
+                        "min_tokens": args.prompt_cache_min_tokens} if args.prompt_cache_dir else None,
         )  # fmt: skip
     generation = threading.Thread(target=engine.run, name="mlx-generation", daemon=True)
     generation.start()

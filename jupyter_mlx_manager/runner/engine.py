@@ -259,8 +259,12 @@ class Engine:
         switch: str = "migrate",
         emit_many: Callable[[list[dict[str, Any]]], None] | None = None,
         prefill_step_size: int = 512,
+        disk_cache: dict[str, Any] | None = None,
     ):
         self.model_path = model_path
+        # The prompt cache on disk (`disk_cache.py`): {"directory", "max_bytes", "min_tokens"}, or None.
+        self.disk_cache_options = disk_cache if disk_cache and disk_cache.get("max_bytes") else None
+        self.disk_cache: Any = None
         self.emit_one = emit
         self.emit_many = emit_many or (lambda messages: [emit(m) for m in messages])
         self.prompt_cache_bytes = max(0, int(prompt_cache_bytes))
@@ -351,6 +355,11 @@ class Engine:
             self.make_cache = lambda: make_prompt_cache(self.model)
             if self.prompt_cache_bytes:
                 self.prompt_cache = LRUPromptCache(max_size=PROMPT_CACHE_MAX_ENTRIES, max_bytes=self.prompt_cache_limit)
+            if self.disk_cache_options is not None:
+                from .disk_cache import DiskPromptCache, weights_identity
+
+                folders = [Path(base["base_path"]), self.model_path] if base else [self.model_path]
+                self.disk_cache = DiskPromptCache(mx, identity=weights_identity(folders), **self.disk_cache_options)
             self.vocab_size = vocab_size_of(self.model) or self._vocab_size_from_logits()
             # The catalog's rule (no MLX there): the server reports what the runner enforces.
             self.context_length = context_length(config, read_json(self.model_path / "tokenizer_config.json"))
@@ -807,14 +816,19 @@ class Engine:
     def _cached_prefix(self, cache_key: Any, prompt: list[int]) -> tuple[Any, list[int]]:
         """(KV cache, tokens still to prefill): the longest prefix cached under this request's
         scope (`cache_key`), else a fresh cache."""
+        cache, rest = None, prompt
         if self.prompt_cache is not None:
             cache, rest = self.prompt_cache.fetch_nearest_cache(cache_key, prompt)
-            if cache is not None:
-                if not rest:  # all of it is cached: recompute the last token for its logits
-                    if self._trim_last(cache):
-                        return cache, prompt[-1:]
-                else:
-                    return cache, rest
+        if self.disk_cache is not None:  # a longer prefix on disk (after an unload, a crash, a restart)?
+            found = self.disk_cache.fetch(cache_key[1], prompt, better_than=len(prompt) - len(rest))
+            if found is not None:
+                cache, rest = found[0], prompt[found[1] :]
+        if cache is not None:
+            if not rest:  # all of it is cached: recompute the last token for its logits
+                if self._trim_last(cache):
+                    return cache, prompt[-1:]
+            else:
+                return cache, rest
         return self.make_cache(), prompt
 
     def _prompt_tokens(self, command: dict[str, Any], enable_thinking: bool | None = None) -> list[int]:
@@ -1050,7 +1064,10 @@ class Engine:
             self._remove_from_batch(remove)
 
     def _remove_from_batch(self, finished: list[tuple[Request, str]]) -> None:
-        caches = self.batch.remove([r.uid for r, _ in finished], return_prompt_caches=self.prompt_cache is not None)
+        caches = self.batch.remove(
+            [r.uid for r, _ in finished],
+            return_prompt_caches=self.prompt_cache is not None or self.disk_cache is not None,
+        )
         for request, reason in finished:
             del self.batched[request.uid]
             self._finish(request, reason, caches.get(request.uid))
@@ -1267,7 +1284,8 @@ class Engine:
                 **({"stop_sequence": request.filter.matched_stop} if request.filter.matched_stop else {}),
             }
         )
-        if self.prompt_cache is not None and cache_entry is not None and cache_entry[0] is not None:
+        keeps = self.prompt_cache is not None or self.disk_cache is not None
+        if keeps and cache_entry is not None and cache_entry[0] is not None:
             self._store(request.cache_key, *cache_entry)
         request.cache = None
 
@@ -1279,7 +1297,10 @@ class Engine:
                 return
             if min(offsets) != len(tokens) or not tokens:  # never store a cache under the wrong tokens
                 return
-            self.prompt_cache.insert_cache(cache_key, list(tokens), cache)
+            if self.prompt_cache is not None:
+                self.prompt_cache.insert_cache(cache_key, list(tokens), cache)
+            if self.disk_cache is not None:
+                self.disk_cache.save(cache_key[1], list(tokens), cache)
         except Exception:  # a cache that cannot be measured or stored is simply not kept
             pass
 

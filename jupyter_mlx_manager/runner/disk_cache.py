@@ -1,0 +1,215 @@
+"""The prompt cache on disk: long KV prefixes that outlive an unload, an eviction, a killed
+runner and a server restart.
+
+One safetensors file per prefix (mlx-lm's `save_prompt_cache` / `load_prompt_cache`), named by
+a hash of the model's weights identity, the scope and the tokens; the file's metadata repeats
+all three, and a file is used only when they match this model, this scope and a prefix of the
+prompt, so a foreign file (another model's, another user's) is never loaded into the wrong
+place, and one that cannot be read is deleted. Files are written by a writer thread (the
+generation thread only hands over the finished request's cache, whose arrays are already
+evaluated and never change afterwards) to a temporary name, then renamed: a killed runner
+leaves no half file under a real name. The folder is kept under its byte bound by deleting the
+least recently used files (a hit touches its file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import struct
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SUFFIX = ".safetensors"
+HEADER_LIMIT = 64 << 20  # a safetensors header larger than this is not one of ours
+MAX_PENDING_WRITES = 4  # prefixes waiting for the writer; more are dropped (the memory cache still has them)
+
+
+def weights_identity(folders: list[Path]) -> str:
+    """What makes this model's KV what it is: its config and its weight files (name, size,
+    modification time) in each folder (a base model and its adapter)."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        for path in sorted([folder / "config.json", *folder.glob("*.safetensors")]):
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+            if path.name == "config.json":
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def folder_bytes(directory: Path) -> int:
+    """Bytes of the prompt-cache files in `directory` (0 if there is none)."""
+    try:
+        return sum(e.stat().st_size for e in os.scandir(directory) if _is_entry(e))
+    except OSError:
+        return 0
+
+
+@dataclass
+class Entry:
+    path: Path
+    scope: str
+    tokens: tuple[int, ...]
+
+
+class DiskPromptCache:
+    def __init__(self, mx: Any, directory: Path, max_bytes: int, min_tokens: int, identity: str):
+        self.mx = mx
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.min_tokens = max(1, min_tokens)
+        self.identity = identity
+        self.lock = threading.Lock()  # guards `entries` (the writer thread adds to it)
+        self.entries: dict[Path, Entry] = {}
+        self.writes: queue.Queue[tuple[Path, str, tuple[int, ...], list[Any]]] = queue.Queue(MAX_PENDING_WRITES)
+        directory.mkdir(parents=True, exist_ok=True)
+        for path in directory.glob(f"{identity[:32]}-*{SUFFIX}"):
+            entry = self._read_entry(path)
+            if entry is not None:
+                self.entries[path] = entry
+        threading.Thread(target=self._write_forever, name="prompt-cache-writer", daemon=True).start()
+
+    def _path(self, scope: str, tokens: tuple[int, ...]) -> Path:
+        key = hashlib.sha256(f"{self.identity}\0{scope}\0{','.join(map(str, tokens))}".encode()).hexdigest()
+        return self.directory / f"{self.identity[:32]}-{key[:32]}{SUFFIX}"
+
+    def _read_entry(self, path: Path) -> Entry | None:
+        """The entry a file holds, from its safetensors header alone; None (and the file
+        deleted) when it is unreadable, or not this model's."""
+        try:
+            with open(path, "rb") as file:
+                (length,) = struct.unpack("<Q", file.read(8))
+                if length > HEADER_LIMIT:
+                    raise ValueError("header too large")
+                metadata = json.loads(file.read(length))["__metadata__"]
+            identity, scope, tokens = metadata["0.identity"], metadata["0.scope"], metadata["0.tokens"]
+            entry = Entry(path, scope, tuple(int(t) for t in tokens.split(",")))
+        except Exception:
+            _discard(path)
+            return None
+        if identity != self.identity:  # a name collision with another model's file: not ours to use
+            return None
+        return entry
+
+    # -- the generation thread -------------------------------------------------------------------
+    def fetch(self, scope: str, prompt: list[int], better_than: int) -> tuple[list[Any], int] | None:
+        """(KV cache, tokens it holds: a prefix of `prompt`) from the file sharing the longest
+        prefix with `prompt` in this scope, if longer than `better_than` tokens; else None."""
+        from mlx_lm.models.cache import can_trim_prompt_cache, load_prompt_cache, trim_prompt_cache
+
+        best, common = None, max(better_than, self.min_tokens - 1)
+        with self.lock:
+            candidates = [e for e in self.entries.values() if e.scope == scope]
+        for entry in candidates:
+            shared = _common_prefix(entry.tokens, prompt)
+            if shared > common:
+                best, common = entry, shared
+        if best is None:
+            return None
+        try:
+            cache, metadata = load_prompt_cache(str(best.path), return_metadata=True)
+            if (metadata.get("identity"), metadata.get("scope")) != (self.identity, scope):
+                raise ValueError("a file of another model or scope")
+            if metadata.get("tokens") != ",".join(map(str, best.tokens)):
+                raise ValueError("the file's tokens changed")
+            if common < len(best.tokens):
+                if not can_trim_prompt_cache(cache):
+                    return None
+                trim_prompt_cache(cache, len(best.tokens) - common)
+            os.utime(best.path)  # recently used
+        except Exception as exc:
+            _log(f"ignored prompt-cache file {best.path.name}: {type(exc).__name__}: {exc}")
+            with self.lock:
+                self.entries.pop(best.path, None)
+            _discard(best.path)
+            return None
+        return cache, common
+
+    def save(self, scope: str, tokens: list[int], cache: list[Any]) -> None:
+        """Queue a finished request's KV cache (which holds `tokens`) for writing, unless it is
+        short or the folder already has it (or a longer prefix of the same tokens)."""
+        if len(tokens) < self.min_tokens:
+            return
+        key = tuple(tokens)
+        with self.lock:
+            if any(e.scope == scope and e.tokens[: len(key)] == key for e in self.entries.values()):
+                return
+        self.mx.eval([c.state for c in cache])
+        try:
+            self.writes.put_nowait((self._path(scope, key), scope, key, cache))
+        except queue.Full:
+            pass
+
+    # -- the writer thread -----------------------------------------------------------------------
+    def _write_forever(self) -> None:
+        from mlx_lm.models.cache import save_prompt_cache
+
+        stream = self.mx.new_stream(self.mx.default_device())  # MLX streams are per thread
+        while True:
+            path, scope, tokens, cache = self.writes.get()
+            temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{SUFFIX}")  # MLX adds the suffix otherwise
+            try:
+                metadata = {"identity": self.identity, "scope": scope, "tokens": ",".join(map(str, tokens))}
+                with self.mx.stream(stream):
+                    save_prompt_cache(str(temporary), cache, metadata)
+                if temporary.stat().st_size > self.max_bytes:
+                    raise ValueError("larger than the whole disk budget")
+                os.replace(temporary, path)
+            except Exception as exc:
+                _log(f"not writing prompt-cache file {path.name}: {type(exc).__name__}: {exc}")
+                _discard(temporary)
+                continue
+            finally:
+                del cache
+            with self.lock:
+                self.entries[path] = Entry(path, scope, tokens)
+            self._trim()
+
+    def _trim(self) -> None:
+        """Delete the least recently used files (of any model) until the folder fits its bound."""
+        try:
+            files = [(e.stat().st_mtime_ns, e.stat().st_size, Path(e.path)) for e in os.scandir(self.directory)
+                     if _is_entry(e)]  # fmt: skip
+        except OSError:
+            return
+        total = sum(size for _, size, _ in files)
+        for _, size, path in sorted(files):
+            if total <= self.max_bytes:
+                break
+            _discard(path)
+            total -= size
+            with self.lock:
+                self.entries.pop(path, None)
+
+
+def _is_entry(entry: os.DirEntry) -> bool:
+    """A prompt-cache file (not a temporary one being written: those start with a dot)."""
+    return entry.name.endswith(SUFFIX) and not entry.name.startswith(".") and entry.is_file()
+
+
+def _common_prefix(a: tuple[int, ...], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _discard(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def _log(message: str) -> None:
+    print(f"jupyter_mlx_manager.runner: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,137 @@
+"""The prompt cache on disk (`prompt_cache_disk_gb`, `prompt_cache_dir`, `prompt_cache_min_tokens`).
+
+Through real servers and runners: a long prompt's KV prefix is written to disk in the
+background and reused (reported as cached tokens, with the same greedy output) after the model
+is unloaded, after its runner is killed and after the server restarts; a corrupted or truncated
+file is ignored (the prompt is computed again, correctly); the folder stays within its bound.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from models import build_models, eos_id
+from servers import jupyter_server
+
+NAME = "tiny-demo"
+MODEL = f"local/{NAME}"
+MIN_TOKENS = 256
+
+
+def prompt(seed: int, length: int = 1200) -> list[int]:
+    return [5 + (i * 7919 + seed * 104729) % 500 for i in range(length)]
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    return build_models(tmp_path_factory.mktemp("disk-cache-models"), [NAME])
+
+
+def server_args(models_dir: Path, disk_gb: float = 0.5) -> tuple[str, ...]:
+    return (f"--MLXManager.model_dirs={models_dir}", "--MLXManager.default_keep_alive=-1",
+            f"--MLXManager.prompt_cache_disk_gb={disk_gb}", f"--MLXManager.prompt_cache_min_tokens={MIN_TOKENS}")  # fmt: skip
+
+
+class Client:
+    def __init__(self, server, eos: int):
+        self.http = httpx.Client(base_url=server.url, headers=server.headers, timeout=120)
+        self.folder = server.data_dir / "prompt-cache"
+        self.no_eos = {str(eos): -100}
+
+    def complete(self, tokens: list[int]) -> tuple[str, int]:
+        """(greedy text, cached prompt tokens) of a completion of `tokens`."""
+        body = {"model": MODEL, "prompt": tokens, "max_tokens": 8, "temperature": 0, "logit_bias": self.no_eos}
+        reply = self.http.post("mlx/v1/completions", json=body)
+        assert reply.status_code == 200, reply.text
+        usage = reply.json()["usage"]
+        assert usage["prompt_tokens"] == len(tokens), usage
+        return reply.json()["choices"][0]["text"], (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+
+    def files(self) -> set[Path]:
+        return set(self.folder.glob("*.safetensors")) if self.folder.is_dir() else set()
+
+    def new_file(self, before: set[Path]) -> Path:
+        """Wait for the writer thread's next file (it writes off the request's path)."""
+        deadline = time.monotonic() + 60
+        while not (self.files() - before):
+            assert time.monotonic() < deadline, "no prompt-cache file was written"
+            time.sleep(0.1)
+        (path,) = self.files() - before
+        return path
+
+    def pool(self) -> dict:
+        return self.http.get("mlx/api/pool").json()
+
+    def unload(self) -> None:
+        assert self.http.post("mlx/api/pool/unload", json={"model": MODEL}).status_code == 200
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def test_a_long_prefix_survives_unload_a_killed_runner_a_restart_and_corruption(tmp_path, models_dir):
+    eos = eos_id(models_dir / NAME)
+    first, second = prompt(1), prompt(2)
+    with jupyter_server(tmp_path, *server_args(models_dir)) as server:
+        client = Client(server, eos)
+        reference, cached = client.complete(first)
+        assert cached == 0
+        first_file = client.new_file(set())
+        assert client.complete(prompt(3, MIN_TOKENS - 40))[1] == 0  # shorter than the minimum: not written
+        client.unload()
+        text, cached = client.complete(first)  # a new runner: the prefix comes from disk
+        assert text == reference and cached >= len(first) - 1, cached
+        assert client.pool()["prompt_cache_disk_bytes"] == first_file.stat().st_size
+
+        second_reference, _ = client.complete(second)
+        second_file = client.new_file({first_file})
+        os.kill(client.pool()["models"][0]["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while client.pool()["models"]:  # the pool notices the crash
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        text, cached = client.complete(second[:1000] + prompt(4, 100))  # a longer conversation turn
+        assert cached >= 999 and cached < 1100, cached
+        assert client.files() >= {first_file, second_file}
+        client.close()
+
+    with jupyter_server(tmp_path, *server_args(models_dir)) as server:  # the same data dir
+        client = Client(server, eos)
+        assert client.pool()["prompt_cache_disk_bytes"] >= first_file.stat().st_size
+        text, cached = client.complete(first)
+        assert text == reference and cached >= len(first) - 1, cached
+
+        for path in client.files() - {first_file}:  # the second prompt's files (and the longer turn's): garbage
+            path.write_bytes(os.urandom(path.stat().st_size))
+        with open(first_file, "r+b") as file:  # cut in half
+            file.truncate(first_file.stat().st_size // 2)
+        client.unload()
+        assert client.complete(second) == (second_reference, 0)
+        assert client.complete(first) == (reference, 0)
+        client.close()
+
+
+def test_the_disk_cache_stays_within_its_bound(tmp_path, models_dir):
+    eos = eos_id(models_dir / NAME)
+    disk_gb = 4 / 1024  # 4 MiB: room for a few of these prefixes
+    with jupyter_server(tmp_path, *server_args(models_dir, disk_gb)) as server:
+        client = Client(server, eos)
+        sizes = []
+        for seed in range(10, 18):
+            before = client.files()
+            client.complete(prompt(seed, 1600))
+            deadline = time.monotonic() + 60
+            while not (client.files() - before) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            sizes.append(sum(p.stat().st_size for p in client.files()))
+        reported = client.pool()["prompt_cache_disk_bytes"]
+        client.close()
+    bound = int(disk_gb * 1024**3)
+    assert client.files(), "nothing was written"
+    assert max(sizes) <= bound and reported <= bound, (sizes, reported, bound)
+    assert len(client.files()) < 8, "nothing was deleted: the test's prefixes do not reach the bound"
