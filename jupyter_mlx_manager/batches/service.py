@@ -304,11 +304,8 @@ class BatchService:
             raise NotFound(f"no batch {batch_id!r}", reason="not_found")
         return dict(row)
 
-    async def _set(self, batch_id: str, **values: Any) -> None:
-        assignments = ", ".join(f"{name} = ?" for name in values)
-        await self.db.write(
-            lambda conn: conn.execute(f"UPDATE batches SET {assignments} WHERE id = ?", [*values.values(), batch_id])
-        )
+    async def _set(self, row_id: str, **values: Any) -> None:
+        await self.db.update("batches", row_id, **values)
 
 
 class _Answers:

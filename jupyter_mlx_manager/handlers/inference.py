@@ -27,13 +27,9 @@ from ..inference.request import InferenceRequest
 from ..inference.service import Usage
 from ..profiles import protocol_of
 from .base import MLXAPIHandler, authorized, web
+from .tasks import RequestTask, ServerShuttingDown
 
 KEEPALIVE_SECONDS = 2.0
-
-
-class ServerShuttingDown(MLXError):
-    status_code = 503
-    reason = "server_shutting_down"
 
 
 async def _pump(events, queue: asyncio.Queue) -> None:
@@ -51,7 +47,10 @@ async def _pump(events, queue: asyncio.Queue) -> None:
         queue.put_nowait(("error", exc))
 
 
-class InferenceHandler(MLXAPIHandler):
+class InferenceHandler(RequestTask, MLXAPIHandler):
+    """Its task (`RequestTask`) is the pump: a client that leaves cancels it at once (queued,
+    prefilling or decoding); server shutdown ends it with a final error event."""
+
     keepalive_seconds = KEEPALIVE_SECONDS
 
     counts_image_bytes = True  # its Content-Length counts against the user's image bytes in flight (base.py)
@@ -62,24 +61,6 @@ class InferenceHandler(MLXAPIHandler):
         each), decided before the body is read; each image is checked later."""
         images_room = self.mlx.completions.image_limits.max_images * (images.MAX_IMAGE_BYTES * 4 // 3 + 64)
         return self.max_json_body_bytes + images_room
-
-    def initialize(self, *args: Any, **kwargs: Any) -> None:
-        super().initialize(*args, **kwargs)
-        self._pump: asyncio.Task | None = None
-        self._client_gone = False  # before prepare(): a client may leave at any time
-        self._shutting_down = False
-
-    def on_connection_close(self) -> None:
-        """A client that leaves cancels its request at once (queued, prefilling or decoding)."""
-        self._client_gone = True
-        if self._pump is not None:
-            self._pump.cancel()
-
-    def end_for_shutdown(self) -> None:
-        """The server is stopping: end this request now with a final error event."""
-        self._shutting_down = True
-        if self._pump is not None:
-            self._pump.cancel()
 
     @web.authenticated
     @authorized
@@ -119,9 +100,9 @@ class InferenceHandler(MLXAPIHandler):
         events = self._events(requests, usages)
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         # One task per request runs the service; the reply waits on its queue (no task per token).
-        self._pump = asyncio.ensure_future(_pump(events, queue))
+        self._task = asyncio.ensure_future(_pump(events, queue))
         if self._client_gone or self._shutting_down:  # before the pump existed
-            self._pump.cancel()
+            self._task.cancel()
         try:
             if requests[0].stream:
                 await self._stream(queue, usage, renderer)
@@ -130,9 +111,9 @@ class InferenceHandler(MLXAPIHandler):
         except StreamClosedError:
             pass  # the client left: its request was cancelled and recorded as such
         finally:
-            self._pump.cancel()
+            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._pump  # the service has written its audit record
+                await self._task  # the service has written its audit record
 
     async def _events(self, requests: list[InferenceRequest], usages: list[Usage]) -> AsyncIterator[dict[str, Any]]:
         for index, (request, usage) in enumerate(zip(requests, usages)):

@@ -8,7 +8,12 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
-from .inference import ServerShuttingDown
+from ..errors import MLXError
+
+
+class ServerShuttingDown(MLXError):
+    status_code = 503
+    reason = "server_shutting_down"
 
 
 class RequestTask:

@@ -315,11 +315,8 @@ class JobService:
             raise NotFound(f"no job {job_id!r}", reason="not_found")
         return dict(row)
 
-    async def _set(self, job_id: str, **values: Any) -> None:
-        assignments = ", ".join(f"{name} = ?" for name in values)
-        await self.db.write(
-            lambda conn: conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*values.values(), job_id])
-        )
+    async def _set(self, row_id: str, **values: Any) -> None:
+        await self.db.update("jobs", row_id, **values)
 
 
 def _checkpoints(spec: dict[str, Any]) -> list[str]:

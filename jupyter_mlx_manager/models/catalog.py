@@ -529,6 +529,25 @@ def chat_template_text(path: Path, tokenizer_config: dict[str, Any]) -> str | No
     return "\n".join(parts) if parts else None
 
 
+# mlx-lm's tool parsers by what a chat template says (every marker of an entry present), in order.
+_TEMPLATE_TOOL_PARSERS = (
+    (("<minimax:tool_call>",), "minimax_m2"),
+    (("<|tool_call>", "<tool_call|>"), "gemma4"),
+    (("<start_function_call>",), "function_gemma"),
+    (("<longcat_tool_call>",), "longcat"),
+    (("<arg_key>",), "glm47"),
+    (("<|tool_list_start|>",), "pythonic"),
+    (("<|tool_call_start|>",), "pythonic"),
+    (("<tool_call>\\n<function=",), "qwen3_coder"),
+    (("<tool_call>\n<function=",), "qwen3_coder"),
+    (("<|tool_calls_section_begin|>",), "kimi_k2"),
+    (('<function name="', '<param name="'), "minicpm5"),
+    (("[TOOL_CALLS]",), "mistral"),
+    (("<atem:function_calls>",), "muse_spark"),
+    (("<tool_call>", "tool_call.name"), "json_tools"),
+)
+
+
 def infer_tool_parser(chat_template: str | None, tokenizer_config: dict[str, Any]) -> str | None:
     """mlx-lm's tool parser choice (`tokenizer_utils._infer_tool_parser`, 0.32), from the
     template's markers only — no tokenizer is loaded, so the vocabulary check is limited to
@@ -536,32 +555,10 @@ def infer_tool_parser(chat_template: str | None, tokenizer_config: dict[str, Any
     explicit = tokenizer_config.get("tool_parser_type")
     if isinstance(explicit, str) and explicit:
         return explicit
-    t = chat_template
-    if isinstance(t, str):
-        if "<minimax:tool_call>" in t:
-            return "minimax_m2"
-        if "<|tool_call>" in t and "<tool_call|>" in t:
-            return "gemma4"
-        if "<start_function_call>" in t:
-            return "function_gemma"
-        if "<longcat_tool_call>" in t:
-            return "longcat"
-        if "<arg_key>" in t:
-            return "glm47"
-        if "<|tool_list_start|>" in t or "<|tool_call_start|>" in t:
-            return "pythonic"
-        if "<tool_call>\\n<function=" in t or "<tool_call>\n<function=" in t:
-            return "qwen3_coder"
-        if "<|tool_calls_section_begin|>" in t:
-            return "kimi_k2"
-        if '<function name="' in t and '<param name="' in t:
-            return "minicpm5"
-        if "[TOOL_CALLS]" in t:
-            return "mistral"
-        if "<atem:function_calls>" in t:
-            return "muse_spark"
-        if "<tool_call>" in t and "tool_call.name" in t:
-            return "json_tools"
+    if isinstance(chat_template, str):
+        for markers, parser in _TEMPLATE_TOOL_PARSERS:
+            if all(marker in chat_template for marker in markers):
+                return parser
     added = tokenizer_config.get("added_tokens_decoder")
     if isinstance(added, dict):
         contents = {v.get("content") for v in added.values() if isinstance(v, dict)}

@@ -62,6 +62,13 @@ class Database:
         """Run `fn(conn, *args)` in one write transaction on the writer thread."""
         return await asyncio.wrap_future(self._writer.submit(self._in_transaction, fn, *args))
 
+    async def update(self, table: str, row_id: Any, **values: Any) -> None:
+        """Set `values` (column → value; the names are ours, never a client's) on one row by `id`."""
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        await self.write(
+            lambda conn: conn.execute(f"UPDATE {table} SET {assignments} WHERE id = ?", [*values.values(), row_id])
+        )
+
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(conn, *args)` on a reader thread."""
         return await asyncio.wrap_future(self._readers.submit(self._run, fn, *args))
