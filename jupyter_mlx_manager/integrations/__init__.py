@@ -1,0 +1,1 @@
+"""Other Jupyter extensions that use this server's models, configured for them (`jupyter_ai`)."""
