@@ -74,12 +74,14 @@ def _stops(limit: int) -> Any:
 
 
 def stop_list(value: str | list[str] | None) -> list[str]:
+    """A stop field as the request's list (one string is one sequence)."""
     if value is None:
         return []
     return [value] if isinstance(value, str) else value
 
 
 def bias(value: dict[str, float] | None) -> dict[str, float]:
+    """A logit bias with canonical token-id keys ("007" and "7" are one token)."""
     return {str(int(k)): float(v) for k, v in (value or {}).items()}
 
 
