@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 
 from ..inference.audio import MAX_UPLOAD_BYTES, parse_speech, parse_transcription
-from ..inference.request import InvalidParam
 from .base import MLXAPIHandler, authorized, web
 from .openai import OpenAIErrors
 from .tasks import RequestTask
@@ -22,13 +21,10 @@ class TranscriptionsHandler(RequestTask, OpenAIErrors, MLXAPIHandler):
     @web.authenticated
     @authorized
     async def post(self):
-        if self._content_type() != "multipart/form-data":
-            raise InvalidParam("send the audio as multipart/form-data with a 'file' field", "file", "invalid_body")
-        fields = {k: v[0].decode("utf-8", "replace") for k, v in self.request.body_arguments.items() if v}
-        files = self.request.files.get("file") or []
+        fields, upload = self.form_upload("the audio in a 'file' field")
         # Decoding and resampling up to 30 minutes of audio is seconds of CPU: never on the event loop.
         request = await asyncio.get_running_loop().run_in_executor(
-            None, parse_transcription, fields, files[0]["body"] if files else None
+            None, parse_transcription, fields, upload["body"] if upload else None
         )
         reply = await self.run_task(self.mlx.audio.transcribe(self.actor, self.request.path, request, self.request_id))
         if reply is None:

@@ -190,6 +190,17 @@ class MLXAuthMixin(ExtensionHandlerMixin):
     def _content_type(self) -> str:
         return self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
 
+    def form_upload(self, expected: str) -> tuple[dict[str, str], dict[str, Any] | None]:
+        """A multipart form's text fields and its `file` (Tornado's `{filename, body, …}`, or None);
+        a 400 on `file` naming what was `expected` when the body is not such a form."""
+        if self._content_type() != "multipart/form-data":
+            from ..inference.request import InvalidParam
+
+            raise InvalidParam(f"send {expected} as multipart/form-data", "file", "invalid_body")
+        fields = {k: v[0].decode("utf-8", "replace") for k, v in self.request.body_arguments.items() if v}
+        files = self.request.files.get("file") or []
+        return fields, files[0] if files else None
+
     def require_admin(self) -> Actor:
         if not self.mlx_user or not self.mlx_user["is_admin"]:
             raise web.HTTPError(403, "administrators only", reason="admin_required")

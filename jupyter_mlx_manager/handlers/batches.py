@@ -17,14 +17,11 @@ class FilesHandler(OpenAIErrors, MLXAPIHandler):
     @web.authenticated
     @authorized
     async def post(self):
-        if self._content_type() != "multipart/form-data":
-            raise InvalidParam("send the file as multipart/form-data with 'file' and 'purpose'", "file", "invalid_body")
-        uploads = self.request.files.get("file") or []
-        if not uploads:
+        fields, upload = self.form_upload("the file with 'file' and 'purpose' fields")
+        if upload is None:
             raise InvalidParam("file is required", "file", "missing_file")
-        purpose = (self.request.body_arguments.get("purpose") or [b""])[0].decode("utf-8", "replace")
         row = await self.mlx.files.create(
-            self.mlx_user["username"], uploads[0].get("filename") or "", purpose, uploads[0]["body"]
+            self.mlx_user["username"], upload.get("filename") or "", fields.get("purpose", ""), upload["body"]
         )
         self.write_json(file_object(row))
 
