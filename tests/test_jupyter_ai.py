@@ -148,13 +148,14 @@ def test_jupyternaut_lists_pool_models_and_answers_from_one(tmp_path, models):
             "type": "client", "action": "send", "id": str(uuid.uuid4()), "body": "Hello, Jupyternaut!",
             "metadata": {"to_persona": JUPYTERNAUT, "model": {"id": entry["id"]}},
         }))  # fmt: skip
-        reply, writing = "", True
-        while writing or not reply:
+        reply, typing, done = "", False, False
+        while not done:  # until Jupyternaut has been typing and stops
             frame = json.loads(chat.recv())
             if frame["action"] == "message" and frame["message"]["sender"] == JUPYTERNAUT:
                 reply = frame["message"]["body"]
             elif frame["action"] == "writing" and frame["user"]["username"] == JUPYTERNAUT:
-                writing = frame["state"]
+                typing |= frame["state"]
+                done = typing and not frame["state"]
         chat.close()
         assert reply and not reply.startswith("Error"), reply
 
@@ -164,6 +165,7 @@ def test_jupyternaut_lists_pool_models_and_answers_from_one(tmp_path, models):
         ).json()
         served = [r for r in audit["records"] if r["client"] == "api_token" and r["status"] == "ok"]
         assert served and all(r["user"] == "owner" for r in served), audit
+        assert [r["completion_tokens"] for r in served] == [8]  # the reply's 8 tokens, as the user's max_tokens says
 
     assert token not in server.log.read_text()
 
