@@ -58,7 +58,7 @@ import psutil
 import requests
 
 PROMPT = "Write a short story about a robot who learns to paint."
-MODELS = {"tiny": (64, 2), "small": (512, 8)}
+MODELS = {"tiny": (64, 2), "small": (512, 8), "bench": (384, 6)}  # bench: `demo-model --size bench`
 OURS, THEIRS = "jupyter-mlx-manager", "mlx_lm.server"
 RULE = "Rule {i}: answer briefly, cite the notebook cell, and keep numbers exact."
 
@@ -309,6 +309,40 @@ def gaps_between(times: list[list[float]], start: float, end: float) -> list[flo
     return [b - a for ts in times for a, b in zip(ts, ts[1:], strict=False) if a >= start and b <= end]
 
 
+def demo_options(name: str) -> dict:
+    """`make_demo_model` options for a size: `demo-model --size`'s, with room for a ~6,000-token prompt."""
+    from jupyter_mlx_manager.models.demo import SIZES
+
+    hidden, layers = MODELS[name]
+    return {**SIZES.get(name, {"hidden_size": hidden, "num_layers": layers}), "context_length": 8192}
+
+
+def disk_cache_probe(server: Server, logit_bias: dict, rules: int, repeats: int) -> dict:
+    """TTFT of a long prompt: cold, warm from the prompt cache in memory, and warm from the
+    prompt cache on disk after an unload (ours only; medians of `repeats` fresh prompts)."""
+    pool_url, model = f"{server.base}/mlx/api/pool", server.model
+    cold, memory, disk = [], [], []
+    for _ in range(repeats):
+        messages = [{"role": "system", "content": f"[{secrets.token_hex(4)}] " + long_messages(rules)[0]["content"]},
+                    *user("What is rule 3?")]  # fmt: skip
+        on_disk = requests.get(pool_url, headers=server.headers, timeout=10).json()["prompt_cache_disk_bytes"]
+        cold.append(server.stream(messages, 8, logit_bias)["ttft"])
+        memory.append(server.stream(messages, 8, logit_bias)["ttft"])
+        deadline = time.monotonic() + 120
+        while requests.get(pool_url, headers=server.headers, timeout=10).json()["prompt_cache_disk_bytes"] <= on_disk:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the prompt cache was not written to disk")
+            time.sleep(0.05)
+        requests.post(
+            f"{pool_url}/unload", json={"model": model}, headers=server.headers, timeout=60
+        ).raise_for_status()
+        requests.post(f"{pool_url}/load", json={"model": model}, headers=server.headers, timeout=300).raise_for_status()
+        disk.append(server.stream(messages, 8, logit_bias)["ttft"])
+    med = lambda values: 1000 * statistics.median(values)  # noqa: E731
+    return {"cold_ttft_ms": med(cold), "memory_ttft_ms": med(memory), "disk_ttft_ms": med(disk), "repeats": repeats,
+            "disk_vs_cold": statistics.median(disk) / statistics.median(cold)}  # fmt: skip
+
+
 def prefill_probe(server: Server, logit_bias: dict, samples: int, rules: int, running_tokens: int) -> dict:
     """While 7 streams decode, a request with a long prompt arrives; a moment later a short one.
 
@@ -415,7 +449,7 @@ def probe_model(name: str, args: argparse.Namespace, work: Path) -> dict:
     from jupyter_mlx_manager.models.demo import make_demo_model
 
     hidden, layers = MODELS[name]
-    model_path = make_demo_model(work / f"probe-models-{name}" / name, hidden_size=hidden, num_layers=layers)
+    model_path = make_demo_model(work / f"probe-models-{name}" / name, **demo_options(name))
     eos = json.loads((model_path / "config.json").read_text())["eos_token_id"]
     logit_bias = {str(eos): -100}
     result: dict = {"hidden": hidden, "layers": layers, "ours_args": args.ours_arg, "theirs_args": args.theirs_arg}
@@ -435,6 +469,9 @@ def probe_model(name: str, args: argparse.Namespace, work: Path) -> dict:
                         prefill_probe(server, logit_bias, args.prefill_samples, args.prefill_rules, 1200)
                     )
             result["prefill"] = rounds
+        if "disk" in args.probes:
+            print(f"[{name}] prompt cache on disk probe", file=sys.stderr)
+            result["disk_cache"] = disk_cache_probe(ours, logit_bias, args.prefill_rules, repeats=3)
         if "batch" in args.probes:
             print(f"[{name}] concurrency-8 vs batch_generate probe", file=sys.stderr)
             result["batch"] = batch_probe(servers, model_path, logit_bias, args.max_tokens, args.rounds)
@@ -719,7 +756,7 @@ def load_probe(name: str, work: Path, repeats: int) -> dict:
     from jupyter_mlx_manager.models.demo import make_demo_model
 
     hidden, layers = MODELS[name]
-    model_path = make_demo_model(work / f"load-models-{name}" / name, hidden_size=hidden, num_layers=layers)
+    model_path = make_demo_model(work / f"load-models-{name}" / name, **demo_options(name))
     weights = sum(f.stat().st_size for f in model_path.glob("*.safetensors"))
     print(f"[{name}] load-latency probe", file=sys.stderr)
     return {
@@ -762,7 +799,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
     from jupyter_mlx_manager.models.demo import make_demo_model
 
     hidden, layers = MODELS[name]
-    model_path = make_demo_model(work / f"models-{name}" / name, hidden_size=hidden, num_layers=layers)
+    model_path = make_demo_model(work / f"models-{name}" / name, **demo_options(name))
     eos = json.loads((model_path / "config.json").read_text())["eos_token_id"]
     logit_bias = {str(eos): -100}
     result: dict = {"hidden": hidden, "layers": layers, "in_process": {}, "servers": {}}
@@ -948,7 +985,8 @@ def main() -> None:
     parser.add_argument("--contents-samples", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument(
-        "--probes", nargs="+", choices=["serve", "load", "prefill", "batch"], default=["serve", "load", "prefill", "batch"],
+        "--probes", nargs="+", choices=["serve", "load", "prefill", "batch", "disk"],
+        default=["serve", "load", "prefill", "batch", "disk"],
         help="serve: throughput, admission, prompt cache, responsiveness, memory; load: load latency; "
         "prefill: a short request and 7 running streams while a long prompt prefills; batch: c=8 vs batch_generate",
     )  # fmt: skip
@@ -994,7 +1032,7 @@ def main() -> None:
     if "serve" in args.probes:
         for name in args.models:
             results["models"][name] = bench_model(name, args, work)
-    if {"prefill", "batch"} & set(args.probes):
+    if {"prefill", "batch", "disk"} & set(args.probes):
         results["probes"] = {name: probe_model(name, args, work) for name in args.models}
     results["machine"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
 

@@ -52,7 +52,7 @@ class _Gauges:
         if app is None:
             yield from families
             return
-        loaded_gauge, memory, queue, downloaded = families
+        loaded_gauge, memory, queue, downloaded, speculative = families
         try:
             loaded = list(app.pool.loaded_models())
         except Exception:  # never fail a scrape
@@ -63,6 +63,11 @@ class _Gauges:
             models.append(model.model_id)
             with contextlib.suppress(Exception):
                 memory.add_metric([model.model_id], model.memory_bytes)
+            with contextlib.suppress(Exception):
+                drafts = model.speculative_status()
+                if drafts is not None:  # counted by the runner: starts again with a new runner
+                    speculative.add_metric([model.model_id, "accepted"], drafts["accepted_tokens"])
+                    speculative.add_metric([model.model_id, "rejected"], drafts["rejected_tokens"])
         limits = getattr(app, "limits", None)
         if limits is not None:
             # Models with requests admitted or waiting (one being loaded has a queue too).
@@ -87,6 +92,11 @@ class _Gauges:
             ),
             CounterMetricFamily(
                 "mlx_manager_download_bytes", "Bytes transferred by model downloads since the server started"
+            ),
+            CounterMetricFamily(
+                "mlx_manager_speculative_tokens",
+                "Draft tokens of speculative decoding, accepted or rejected, per loaded model (since its runner started)",
+                labels=["model", "result"],
             ),
         ]
 

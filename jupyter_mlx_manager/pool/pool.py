@@ -238,7 +238,21 @@ class LoadedModel:
             "in_flight": self.in_flight,
             "context_length": self.context_length,
             "tool_calling": bool(self.runner.info.get("tool_calling")),
+            "speculative": self.speculative_status(),
         }
+
+    def speculative_status(self) -> dict[str, Any] | None:
+        """Draft tokens accepted and rejected by this runner, and the acceptance rate; None when
+        it does not speculate."""
+        engine = self.runner.heartbeat.get("engine") or {}
+        if "speculative" not in engine:
+            return None
+        accepted, rejected = engine.get("speculative_accepted", 0), engine.get("speculative_rejected", 0)
+        total = accepted + rejected
+        return {
+            "mode": engine["speculative"], "accepted_tokens": accepted, "rejected_tokens": rejected,
+            "acceptance_rate": accepted / total if total else None,
+        }  # fmt: skip
 
 
 class ModelPool:
@@ -254,6 +268,7 @@ class ModelPool:
         runner_stall_seconds: float = 30,
         warm_runner: bool = False,
         prompt_cache_bytes: int | None = None,
+        speculative: dict[str, str] | None = None,
     ):
         self.catalog = catalog
         self.runner_args = list(runner_args or [])  # options for every runner spawned
@@ -266,6 +281,8 @@ class ModelPool:
         # The runners' prompt cache on disk (`--prompt-cache-dir`): its size is in the status.
         disk_dir = _runner_option(self.runner_args, "--prompt-cache-dir")
         self.prompt_cache_dir = Path(disk_dir) if disk_dir else None
+        # Speculative decoding per model id (`draft_models`): "prompt_lookup" (lower-case ids).
+        self.speculative = {k.lower(): v for k, v in (speculative or {}).items()}
         self.max_memory_bytes = max_memory_bytes
         self.max_loaded_models = max_loaded_models
         self.default_keep_alive = default_keep_alive
@@ -635,12 +652,14 @@ class ModelPool:
                 model_id, path, self.log, args=[*self.runner_args, "--kind", kind],
                 stall_seconds=self.runner_stall_seconds,
             )  # fmt: skip
-        spare = self._take_spare()
+        speculative = self.speculative.get(model_id.lower()) or self.speculative.get(f"local/{model_id}".lower())
+        extra = ["--speculative", speculative] if speculative else []
+        spare = self._take_spare() if not extra else None  # a spare knows no per-model options
         try:
             if spare is not None:
                 return await spare.load(model_id, path)
             return await RunnerProcess.start(
-                model_id, path, self.log, args=self.runner_args, stall_seconds=self.runner_stall_seconds
+                model_id, path, self.log, args=[*self.runner_args, *extra], stall_seconds=self.runner_stall_seconds
             )
         finally:
             self._ensure_spare()

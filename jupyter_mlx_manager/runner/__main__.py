@@ -44,6 +44,10 @@ def main() -> None:
         help="the shortest prefix written to disk, in tokens (default: 1024)",
     )  # fmt: skip
     parser.add_argument(
+        "--speculative", choices=["prompt_lookup"],
+        help="speculative decoding for lone greedy requests: prompt_lookup (n-gram drafts from the prompt)",
+    )  # fmt: skip
+    parser.add_argument(
         "--kind",
         choices=["text", "embedding", "vision", "transcription", "speech"],
         default="text",
@@ -84,6 +88,7 @@ def main() -> None:
             emit_many=emit_many, prefill_step_size=max(1, args.prefill_step_size),
             disk_cache={"directory": args.prompt_cache_dir, "max_bytes": max(0, args.prompt_cache_disk_bytes),
                         "min_tokens": args.prompt_cache_min_tokens} if args.prompt_cache_dir else None,
+            speculative=args.speculative,
         )  # fmt: skip
     generation = threading.Thread(target=engine.run, name="mlx-generation", daemon=True)
     generation.start()

@@ -97,6 +97,11 @@ MAX_SCOPE_LENGTH = 512  # a `cache_scope` is a user id (or "" for shared), never
 # waited longest (the others to the one with the fewest tokens left), so short prompts pass a
 # long one while it still advances.
 PREFILL_AGING_PERIOD = 4
+# Prompt-lookup speculation: up to this many draft tokens per step, continuing the latest earlier
+# occurrence of the last LOOKUP_NGRAM (down to 1) tokens in the prompt and the answer so far.
+SPECULATIVE_TOKENS = 4
+LOOKUP_NGRAM = 3
+SPECULATIVE_MODES = ("prompt_lookup",)
 MEMORY_UPDATE_SECONDS = 0.2
 # Entries kept besides the byte budget: mlx-lm's nearest-prefix lookup visits every entry that
 # shares the chat template's prefix, on the generation thread at each admission (measured: 16 ms
@@ -260,11 +265,13 @@ class Engine:
         emit_many: Callable[[list[dict[str, Any]]], None] | None = None,
         prefill_step_size: int = 512,
         disk_cache: dict[str, Any] | None = None,
+        speculative: str | None = None,
     ):
         self.model_path = model_path
         # The prompt cache on disk (`disk_cache.py`): {"directory", "max_bytes", "min_tokens"}, or None.
         self.disk_cache_options = disk_cache if disk_cache and disk_cache.get("max_bytes") else None
         self.disk_cache: Any = None
+        self.speculative = speculative if speculative in SPECULATIVE_MODES else None
         self.emit_one = emit
         self.emit_many = emit_many or (lambda messages: [emit(m) for m in messages])
         self.prompt_cache_bytes = max(0, int(prompt_cache_bytes))
@@ -289,7 +296,7 @@ class Engine:
         self.hidden_ids: set[int] = set()  # special tokens that are never text (`_hidden_special_ids`)
         self.stats = {
             "migrations": 0, "demotions": 0, "batch_steps": 0, "direct_steps": 0, "prefill_chunks": 0,
-            "pending_cancels": 0,
+            "pending_cancels": 0, "speculative_accepted": 0, "speculative_rejected": 0,
         }  # fmt: skip
         # Liveness for the server's watchdog (read by the heartbeat thread): `progress` moves on
         # every scheduler step, prefill chunk and admitted command; `admitting` is set while a
@@ -956,7 +963,9 @@ class Engine:
         request = self.direct
         self.stats["direct_steps"] += 1
         try:
-            if request.steps is None:
+            if request.steps is None and self._speculates(request):
+                request.steps = self._lookup_steps(request)
+            elif request.steps is None:
                 request.steps = generate_step(
                     self.mx.array(request.pending),
                     self.model,
@@ -976,15 +985,73 @@ class Engine:
             return
         reason = self._on_token(request, int(token), logprobs)
         if reason is not None:
-            # The cache holds the prompt and every token sampled (generate_step has fed the last one).
             self._finish(request, reason, self._direct_cache_entry(request))
 
+    def _speculates(self, request: Request) -> bool:
+        """Prompt-lookup speculation: greedy requests without a grammar, on the direct path only
+        (a batch already fills the machine; drafts would only add rejected work to it)."""
+        from mlx_lm.sample_utils import greedy_sampler
+
+        return self.speculative is not None and request.sampler is greedy_sampler and request.grammar is None
+
+    def _lookup_steps(self, request: Request) -> Any:
+        """Like `generate_step`, yields (token, logprobs), but verifies up to SPECULATIVE_TOKENS
+        drafted tokens per forward pass: the drafts continue an earlier occurrence of the
+        latest n-gram of the prompt and answer (edits repeat their input), each position's
+        logits go through the request's processors as plain decoding would, and the greedy
+        tokens are kept up to the first that differs from the draft (then the KV cache is
+        trimmed back). The output is plain greedy decoding's. Between yields, the cache holds a
+        prefix of prompt + generated (`_held_tokens`)."""
+        from mlx_lm.generate import generation_stream
+        from mlx_lm.models.cache import trim_prompt_cache
+
+        mx = self.mx
+        history = NgramIndex(list(request.prompt) + list(request.generated))  # where drafts are looked up
+        seen = list(request.pending)  # what generate_step's processors would see: its input and output
+        fed = list(request.pending)
+        while True:
+            room = request.max_tokens - request.completion_tokens - 1
+            draft = history.draft(min(SPECULATIVE_TOKENS, room)) if room > 0 else []
+            with mx.stream(generation_stream):
+                logits = self.model(mx.array(fed + draft)[None], cache=request.cache)[0, len(fed) - 1 :]
+                rows = []
+                for i in range(len(draft) + 1):
+                    row = logits[i : i + 1]
+                    for processor in request.processors:
+                        row = processor(mx.array(seen + draft[:i]), row)
+                    rows.append(row)
+                rows = mx.concatenate(rows, axis=0)
+                logprobs = rows - mx.logsumexp(rows, axis=-1, keepdims=True)
+                chosen = mx.argmax(logprobs, axis=-1)
+                mx.eval(chosen, logprobs)
+            tokens = chosen.tolist()
+            accepted = 0
+            while accepted < len(draft) and tokens[accepted] == draft[accepted]:
+                accepted += 1
+            if len(draft) > accepted:
+                trim_prompt_cache(request.cache, len(draft) - accepted)
+            self.stats["speculative_accepted"] += accepted
+            self.stats["speculative_rejected"] += len(draft) - accepted
+            fed = tokens[accepted : accepted + 1]
+            for i, token in enumerate(tokens[: accepted + 1]):
+                history.append(token)
+                seen.append(token)
+                yield token, logprobs[i]
+
     @staticmethod
-    def _direct_cache_entry(request: Request) -> tuple[Any, list[int]]:
+    def _held_tokens(request: Request) -> int:
+        """How many tokens a decoding direct request's KV cache holds: a prefix of prompt +
+        generated (all of it after `generate_step`, which feeds each token it yields; less
+        while speculation yields the tokens of one verified draft)."""
+        offsets = {getattr(c, "offset", None) for c in request.cache}
+        (offset,) = offsets if len(offsets) == 1 else (len(request.prompt) + len(request.generated),)
+        return offset if isinstance(offset, int) else len(request.prompt) + len(request.generated)
+
+    def _direct_cache_entry(self, request: Request) -> tuple[Any, list[int]]:
         """(cache, the tokens it holds) of a direct request, for the prompt cache."""
         if request.steps is None:  # still prefilling
             return request.cache, list(request.fed)
-        return request.cache, request.prompt + request.generated
+        return request.cache, (request.prompt + request.generated)[: self._held_tokens(request)]
 
     def _migrate(self, request: Request) -> None:
         """Move the direct request into the batch with its KV cache (if the cache can be
@@ -994,8 +1061,16 @@ class Engine:
             self.stats["migrations"] += 1
             self._insert(request, request.pending, request.cache, request.fed)
             return
-        if request.generated and not self._trim_last(request.cache):
-            return
+        if request.generated:
+            from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
+
+            extra = self._held_tokens(request) - (len(request.prompt) + len(request.generated) - 1)
+            if (
+                extra < 0
+                or not can_trim_prompt_cache(request.cache)
+                or trim_prompt_cache(request.cache, extra) != extra
+            ):
+                return
         self.direct = None
         request.steps.close()
         request.steps = None
@@ -1314,6 +1389,8 @@ class Engine:
             except Exception:  # a cache type without nbytes: the last figure stands
                 kv = int(self.memory.get("kv_bytes") or 0)
             engine = {**self.stats, "prompt_cache_bytes": prompt_cache}
+            if self.speculative is not None:
+                engine["speculative"] = self.speculative
             self.memory = {
                 "mlx_active_bytes": int(mx.get_active_memory()),
                 "mlx_peak_bytes": int(mx.get_peak_memory()),
@@ -1389,6 +1466,32 @@ def _tool_choice(command: dict[str, Any], tools: list[Any] | None) -> tuple[bool
             raise _InvalidRequest("tool_choice 'required' needs tools", "invalid_field", "tool_choice")
         return False, set()
     return choice == "required", set(strict)
+
+
+class NgramIndex:
+    """Where each n-gram (n = 1 to LOOKUP_NGRAM) of a token sequence last occurred with a
+    token after it: a draft continues the latest earlier occurrence of the sequence's tail.
+    Built once per request, then kept up to date token by token (no rescans of a long prompt)."""
+
+    def __init__(self, tokens: list[int]):
+        self.tokens: list[int] = []
+        self.latest: dict[tuple[int, ...], int] = {}  # n-gram → the position just after it
+        for token in tokens:
+            self.append(token)
+
+    def append(self, token: int) -> None:
+        tokens = self.tokens
+        for n in range(1, min(LOOKUP_NGRAM, len(tokens)) + 1):  # the n-grams now followed by `token`
+            self.latest[tuple(tokens[-n:])] = len(tokens)
+        tokens.append(token)
+
+    def draft(self, limit: int) -> list[int]:
+        """Up to `limit` tokens that followed the latest earlier occurrence of the longest tail."""
+        for n in range(min(LOOKUP_NGRAM, len(self.tokens)), 0, -1):
+            after = self.latest.get(tuple(self.tokens[-n:]))
+            if after is not None:
+                return self.tokens[after : after + limit]
+        return []
 
 
 def _token_list(tokens: Any) -> list[int]:
