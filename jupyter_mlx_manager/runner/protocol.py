@@ -88,7 +88,8 @@ stderr, so library output cannot corrupt the stream):
    "mlx_active_bytes": int, "mlx_peak_bytes": int, "kv_bytes": int, "prompt_cache_bytes": int,
    "prompt_cache_limit_bytes": int,
    "engine": {"direct_steps", "batch_steps", "prefill_chunks", "migrations", "demotions",
-              "pending_cancels", "prompt_cache_bytes"}}
+              "pending_cancels", "prompt_cache_bytes", "speculative_accepted", "speculative_rejected",
+              "speculative"?: "prompt_lookup" (a runner started with --speculative)}}
       Sent every HEARTBEAT_SECONDS from its own thread. `progress` counts the generation
       thread's scheduler steps (each prefill chunk, decode step and admitted command);
       `busy` says whether it has work. Heartbeats that stop, or a `progress` that does not
