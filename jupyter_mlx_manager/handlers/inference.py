@@ -21,8 +21,9 @@ from typing import Any
 
 from tornado.iostream import StreamClosedError
 
-from ..errors import MLXError
+from ..errors import MLXError, TooManyRequests
 from ..inference import images
+from ..inference.pipeline import action_of
 from ..inference.request import InferenceRequest
 from ..inference.service import Usage
 from ..profiles import protocol_of
@@ -67,10 +68,32 @@ class InferenceHandler(RequestTask, MLXAPIHandler):
     async def post(self, *args: str):
         self.mlx.track_request(self)
         try:
-            await self.apply_profile()
-            await self.serve(*args)
+            # From its parse to its end a request holds one of its user's places, and its body is
+            # parsed off the event loop: a flood of big or bad bodies costs its sender, not others.
+            place = await self._take_place()
+            try:
+                await self.json_body_off_loop()
+                await self.apply_profile()
+                await self.serve(*args)
+            finally:
+                place.__exit__(None, None, None)
         finally:
             self.mlx.untrack_request(self)
+
+    async def _take_place(self) -> contextlib.AbstractContextManager:
+        """One of the user's places, held from the parse to the end (the caller exits it); a
+        refusal comes before the body is read, and is audited as any refused request is."""
+        place = self.mlx.limits.user_place(self.mlx_user["username"])
+        try:
+            place.__enter__()
+        except TooManyRequests as exc:
+            await self.mlx.audit.record(
+                action_of(self.request.path), status="error", request_id=self.request_id,
+                user=self.mlx_user["username"], client=self.actor.client, endpoint=self.request.path,
+                error_type=exc.reason, **self.actor.context,
+            )  # fmt: skip
+            raise
+        return place
 
     async def apply_profile(self) -> None:
         """A body whose `model` names a profile or an alias gets the profile's model and

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
@@ -29,6 +30,8 @@ from ..errors import MLXError, TooManyRequests
 from ..models.catalog import model_key
 
 RETRY_AFTER_SECONDS = 1
+# The user whose place the running request holds (tasks it starts inherit it).
+_place_of: contextvars.ContextVar[str | None] = contextvars.ContextVar("mlx_user_place", default=None)
 
 
 class ServerBusy(MLXError):
@@ -93,7 +96,11 @@ class RequestLimits:
     @contextlib.contextmanager
     def user_place(self, username: str) -> Iterator[None]:
         """One of the user's `max_requests_per_user` places (for work that needs no runner
-        slot too, such as counting tokens)."""
+        slot too, such as counting tokens). A request holds one place from its parse to its
+        end: work it starts (in this context) takes no second one."""
+        if _place_of.get() == username:
+            yield
+            return
         if self.max_requests_per_user and self._per_user[username] >= self.max_requests_per_user:
             raise TooManyRequests(
                 f"you have {self._per_user[username]} requests in flight, the most this server allows per user "
@@ -101,9 +108,11 @@ class RequestLimits:
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
         self._per_user[username] += 1
+        held = _place_of.set(username)
         try:
             yield
         finally:
+            _place_of.reset(held)
             self._per_user[username] -= 1
             if not self._per_user[username]:
                 del self._per_user[username]

@@ -31,6 +31,11 @@ if TYPE_CHECKING:
     from ..budgets import Budgets
 
 
+def action_of(endpoint: str) -> str:
+    """The audit's action of a route: what follows `/v1/`, dotted (`chat.completions`)."""
+    return endpoint.rsplit("/v1/", 1)[-1].replace("/", ".")
+
+
 class ServingFailed(MLXError):
     """The model's side failed (a runner error or crash): not the client's fault."""
 
@@ -164,7 +169,7 @@ class ServingPipeline:
         finally:
             await asyncio.shield(
                 self.audit.record(
-                    action or endpoint.rsplit("/v1/", 1)[-1].replace("/", "."),
+                    action or action_of(endpoint),
                     status=status,
                     request_id=request_id,
                     user=actor.user["username"],
