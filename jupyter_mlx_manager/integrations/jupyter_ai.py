@@ -66,7 +66,9 @@ class JupyternautModels:
 
     @property
     def config_manager(self) -> Any:
-        return self.app.serverapp.web_app.settings.get(CONFIG_MANAGER_SETTING)
+        """Jupyternaut's ConfigManager; None without Jupyternaut (or a Jupyter server: `mlx-manager serve`)."""
+        web_app = getattr(self.app.serverapp, "web_app", None)
+        return web_app.settings.get(CONFIG_MANAGER_SETTING) if web_app is not None else None
 
     async def start(self) -> None:
         if self.config_manager is None:
