@@ -94,6 +94,11 @@ CHAT = {"model": M, "messages": [{"role": "user", "content": "Hi"}]}
         ({"top_logprobs": 2}, "top_logprobs", "top_logprobs needs logprobs: true"),
         ({"model": ""}, "model", "model is required"),
         ({"messages": []}, "messages", "messages must be a non-empty list"),
+        (
+            {"tool_choice": {"type": "function", "function": {}}},
+            "tool_choice",
+            "tool_choice must be 'none', 'auto', 'required' or {type: 'function', function: {name}}",
+        ),
         ({"messages": [{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}]}, "messages[1].role", None),
     ],
 )
@@ -111,7 +116,16 @@ def test_unknown_fields_stay_accepted_and_defaults_hold():
     request = openai_chat.parse({**CHAT, "stop": "END", "logit_bias": {"007": -5}, "temperature": 0}, "chat", LIMIT)
     assert request.stop == ["END"] and request.logit_bias == {"7": -5.0} and request.temperature == 0.0
     messages = anthropic.parse({"model": M, "max_tokens": 5, "messages": CHAT["messages"], "foo": 1}, LIMIT)
-    assert messages.max_tokens == 5
+    assert messages.max_tokens == 5 and messages.tool_choice == "auto" and messages.reasoning is None
+    tools = [{"name": "w", "input_schema": {"type": "object"}}]
+    for choice, expected in (({"type": "any"}, "required"), ({"type": "tool", "name": "w"}, {"name": "w"})):
+        body = {"model": M, "max_tokens": 5, "messages": CHAT["messages"], "tools": tools, "tool_choice": choice}
+        assert anthropic.parse({**body, "thinking": {"type": "adaptive"}}, LIMIT).tool_choice == expected
+    chat_tools = [{"type": "function", "function": {"name": "w"}}]
+    choice = {"type": "function", "function": {"name": "w"}}
+    assert openai_chat.parse({**CHAT, "tools": chat_tools, "tool_choice": choice}, "chat", LIMIT).tool_choice == {
+        "name": "w"
+    }
 
 
 @pytest.mark.parametrize(
@@ -122,6 +136,9 @@ def test_unknown_fields_stay_accepted_and_defaults_hold():
         ({"stop_sequences": ["x"] * 17}, "stop_sequences"),
         ({"output_config": []}, "output_config"),
         ({"output_config": {"format": {"type": "text"}}}, "output_config.format"),
+        ({"tool_choice": {"type": "tool"}}, "tool_choice"),
+        ({"tool_choice": {"type": "anything"}}, "tool_choice"),
+        ({"thinking": {"type": "on"}}, "thinking"),
         ({"model": None}, "model"),
     ],
 )
@@ -141,6 +158,8 @@ def test_messages_refusals_name_the_field(extra, param):
         ({"store": "no"}, "store"),
         ({"previous_response_id": "x" * 129}, "previous_response_id"),
         ({"input": 3}, "input"),
+        ({"text": "json"}, "text"),
+        ({"text": {"format": {"type": "yaml"}}}, "text.format"),
         ({"max_output_tokens": 0}, "max_output_tokens"),
     ],
 )

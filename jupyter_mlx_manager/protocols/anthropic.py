@@ -20,7 +20,16 @@ from ..inference.request import (
     json_schema_format,
     read_tools,
 )
-from .models import CountTokensRequest, MessagesRequest, bias, read, stop_list
+from .models import (
+    AnthropicNamedTool,
+    AnthropicToolChoice,
+    CountTokensRequest,
+    MessagesRequest,
+    Thinking,
+    bias,
+    read,
+    stop_list,
+)
 
 ERROR_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
@@ -103,32 +112,18 @@ def _blocks(role: str, content: Any, where: str) -> list[Any]:
     return parts
 
 
-def _tool_choice(choice: Any) -> Any:
+CHOICES = {"auto": "auto", "any": "required", "none": "none"}
+
+
+def _tool_choice(choice: AnthropicToolChoice | AnthropicNamedTool | None) -> Any:
     if choice is None:
         return "auto"
-    kind = choice.get("type") if isinstance(choice, dict) else None
-    if kind == "auto":
-        return "auto"
-    if kind == "any":
-        return "required"
-    if kind == "none":
-        return "none"
-    if kind == "tool" and isinstance(choice.get("name"), str):
-        return {"name": choice["name"]}
-    raise InvalidParam("tool_choice must be {type: 'auto' | 'any' | 'none'} or {type: 'tool', name}", "tool_choice")
+    return {"name": choice.name} if isinstance(choice, AnthropicNamedTool) else CHOICES[choice.type]
 
 
-def _thinking(thinking: Any) -> bool | None:
-    if thinking is None:
-        return None  # the chat template's default (a thinking model's reasoning still comes apart)
-    kind = thinking.get("type") if isinstance(thinking, dict) else None
-    if kind in ("enabled", "adaptive"):
-        return True
-    if kind == "disabled":
-        return False
-    raise InvalidParam(
-        "thinking must be {type: 'enabled', budget_tokens}, {type: 'adaptive'} or {type: 'disabled'}", "thinking"
-    )
+def _thinking(thinking: Thinking | None) -> bool | None:
+    """None: the chat template's default (a thinking model's reasoning still comes apart)."""
+    return None if thinking is None else thinking.type != "disabled"
 
 
 def _output_format(body: MessagesRequest) -> tuple[OutputFormat | None, str]:

@@ -28,7 +28,7 @@ EMBEDDINGS_INPUT_MESSAGE = "input must be a string, a list of strings, a list of
 
 
 class Says:
-    """How a refused field is answered: `message` (with `{name}`: the field's name), `missing`
+    """How a refused field is answered: `message` (`{field}` in it: the field's name), `missing`
     where an absent required field reads otherwise, and the error's `code`."""
 
     def __init__(self, message: str, missing: str | None = None, code: str | None = None):
@@ -39,21 +39,21 @@ def _number(low: float, high: float) -> Any:
     return Annotated[
         float | None,
         Field(ge=low, le=high, allow_inf_nan=False),
-        Says(f"{{name}} must be a number from {low} to {high}"),
+        Says(f"{{field}} must be a number from {low} to {high}"),
     ]
 
 
 def _integer(low: int, high: int) -> Any:
-    return Annotated[int | None, Field(ge=low, le=high), Says(f"{{name}} must be an integer from {low} to {high}")]
+    return Annotated[int | None, Field(ge=low, le=high), Says(f"{{field}} must be an integer from {low} to {high}")]
 
 
-Flag = Annotated[bool | None, Says("{name} must be true or false")]
+Flag = Annotated[bool | None, Says("{field} must be true or false")]
 Seed = _integer(-(2**63), 2**63 - 1)
 TopK = _integer(0, 1_000_000)
 TopLogprobs = _integer(0, MAX_TOP_LOGPROBS)
 LogitBias = Annotated[
     dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[float, Field(ge=-100, le=100)]] | None,
-    Says("{name} must map token ids to numbers from -100 to 100"),
+    Says("{field} must map token ids to numbers from -100 to 100"),
 ]
 # Seconds, a duration string ("5m") or -1; checked by the pool's rules (InferenceRequest.validate).
 KeepAlive = SkipValidation[float | str | None]
@@ -69,7 +69,7 @@ def _stops(limit: int) -> Any:
         Annotated[str, Field(min_length=1)]
         | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=limit)]
         | None,
-        Says(f"{{name}} must be a non-empty string or a list of at most {limit} of them"),
+        Says(f"{{field}} must be a non-empty string or a list of at most {limit} of them"),
     ]
 
 
@@ -112,7 +112,7 @@ def read(model: type[B], body: Any) -> B:
     if name is None or says is None:
         raise InvalidParam(f"{name or 'the body'}: {error['msg']}", name) from None
     message = says.missing if error["type"] == "missing" and says.missing else says.message
-    raise InvalidParam(message.replace("{name}", name), name, says.code) from None
+    raise InvalidParam(message.replace("{field}", name), name, says.code) from None
 
 
 def fields(model: type[BaseModel]) -> set[str]:
@@ -193,8 +193,8 @@ class OpenAISampling(Body):
     """What chat completions and completions share (in the order the old parser checked it)."""
 
     n: Annotated[Literal[1], Says("only n = 1 is supported")] = 1
-    stream_options: Annotated[StreamOptions | None, Says("{name} must be an object")] = None
-    seed: Annotated[int | None, Says("{name} must be an integer")] = None
+    stream_options: Annotated[StreamOptions | None, Says("{field} must be an object")] = None
+    seed: Annotated[int | None, Says("{field} must be an integer")] = None
     max_completion_tokens: _tokens(1) = None
     max_tokens: _tokens(1) = None
     model: Annotated[str, Field(min_length=1), Says("model is required")]
@@ -221,7 +221,10 @@ class ChatCompletionRequest(OpenAISampling):
     logprobs: Flag = None
     top_logprobs: TopLogprobs = None
     tools: SkipValidation[list[ChatTool] | None] = None
-    tool_choice: SkipValidation[Literal["auto", "none", "required"] | ChatToolChoiceFunction | None] = None
+    tool_choice: Annotated[
+        Literal["auto", "none", "required"] | ChatToolChoiceFunction | None,
+        Says("tool_choice must be 'none', 'auto', 'required' or {type: 'function', function: {name}}"),
+    ] = None
     response_format: SkipValidation[ResponseFormat | None] = None
 
 
@@ -289,13 +292,17 @@ class AnthropicTool(Shape):
 
 
 class AnthropicToolChoice(Shape):
-    type: Literal["auto", "any", "none", "tool"]
-    name: str | None = Field(None, description="with type tool")
+    type: Literal["auto", "any", "none"]
+
+
+class AnthropicNamedTool(Shape):
+    type: Literal["tool"]
+    name: str
 
 
 class Thinking(Shape):
     type: Literal["enabled", "adaptive", "disabled"]
-    budget_tokens: int | None = None
+    budget_tokens: SkipValidation[int | None] = None
 
 
 class JSONSchemaFormat(Shape):
@@ -314,7 +321,7 @@ class MessagesRequest(Body):
     max_tokens: Annotated[
         int | None,
         Field(ge=1, le=MAX_TOKEN_ID),
-        Says(f"{{name}} must be an integer from 1 to {MAX_TOKEN_ID}", missing="max_tokens: Field required"),
+        Says(f"{{field}} must be an integer from 1 to {MAX_TOKEN_ID}", missing="max_tokens: Field required"),
     ]
     messages: Annotated[
         SkipValidation[Annotated[list[AnthropicInputMessage], Field(min_length=1)]],
@@ -330,8 +337,14 @@ class MessagesRequest(Body):
     stop_sequences: _stops(16) = None
     logit_bias: LogitBias = None
     tools: SkipValidation[list[AnthropicTool] | None] = None
-    tool_choice: SkipValidation[AnthropicToolChoice | None] = None
-    thinking: SkipValidation[Thinking | None] = None
+    tool_choice: Annotated[
+        AnthropicToolChoice | AnthropicNamedTool | None,
+        Says("tool_choice must be {type: 'auto' | 'any' | 'none'} or {type: 'tool', name}"),
+    ] = None
+    thinking: Annotated[
+        Thinking | None,
+        Says("thinking must be {type: 'enabled', budget_tokens}, {type: 'adaptive'} or {type: 'disabled'}"),
+    ] = None
     keep_alive: KeepAlive = None
     stream: Flag = None
     metadata: SkipValidation[dict[str, Any] | None] = None
@@ -446,7 +459,7 @@ class TextFormat(Shape):
 
 
 class TextOptions(Shape):
-    format: TextFormat | None = None
+    format: SkipValidation[TextFormat | None] = None
 
 
 class Reasoning(Shape):
@@ -472,7 +485,7 @@ class ResponsesRequest(Body):
     top_logprobs: TopLogprobs = None
     include: Annotated[list[str] | None, Says("include must be a list of strings")] = None
     tool_choice: SkipValidation[Literal["auto", "none", "required"] | NamedTool | HostedTool | None] = None
-    text: SkipValidation[TextOptions | None] = None
+    text: Annotated[TextOptions | None, Says("text must be an object {format}")] = None
     previous_response_id: Annotated[
         str | None, Field(min_length=1, max_length=MAX_ID), Says("previous_response_id must be a response id")
     ] = None

@@ -24,6 +24,7 @@ from .models import (
     MAX_PROMPTS,
     PROMPT_MESSAGE,
     ChatCompletionRequest,
+    ChatToolChoiceFunction,
     CompletionRequest,
     OpenAISampling,
     bias,
@@ -120,21 +121,10 @@ def tools(raw: Any) -> list[Tool]:
     ]
 
 
-def tool_choice(choice: Any) -> Any:
+def tool_choice(choice: str | ChatToolChoiceFunction | None) -> Any:
     if choice is None:
         return "auto"
-    if choice in ("auto", "none", "required"):
-        return choice
-    if (
-        isinstance(choice, dict)
-        and choice.get("type") == "function"
-        and isinstance(choice.get("function"), dict)
-        and isinstance(choice["function"].get("name"), str)
-    ):
-        return {"name": choice["function"]["name"]}
-    raise InvalidParam(
-        "tool_choice must be 'none', 'auto', 'required' or {type: 'function', function: {name}}", "tool_choice"
-    )
+    return choice if isinstance(choice, str) else {"name": choice.function.name}
 
 
 def chat_logprobs(body: ChatCompletionRequest) -> int | None:

@@ -16,7 +16,6 @@ from ..inference.request import (
     InferenceRequest,
     InvalidParam,
     Message,
-    OutputFormat,
     TextPart,
     Tool,
     ToolCallPart,
@@ -241,14 +240,6 @@ def _tool_choice(choice: Any, tools: ToolSet) -> Any:
     )
 
 
-def _format(text: Any) -> OutputFormat | None:
-    if text is None:
-        return None
-    if not isinstance(text, dict):
-        raise InvalidParam("text must be an object {format}", "text")
-    return openai_output_format(text.get("format"), "text.format")
-
-
 def previous_id(body: dict[str, Any]) -> str | None:
     value = body.get("previous_response_id")
     if value is None:
@@ -285,7 +276,7 @@ def parse(body: dict[str, Any], max_tokens_limit: int, history: list[dict[str, A
         logprobs=_logprobs(fields),
         tools=tools.tools,
         tool_choice=_tool_choice(fields.tool_choice, tools),
-        output_format=_format(fields.text),
+        output_format=openai_output_format(fields.text.format if fields.text else None, "text.format"),
         reasoning=None if fields.reasoning is None else (fields.reasoning.effort != "none"),
         keep_alive=fields.keep_alive,
         stream=bool(fields.stream),

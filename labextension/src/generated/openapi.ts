@@ -2905,6 +2905,18 @@ export interface components {
         output_tokens: number;
       };
     };
+    /** AnthropicNamedTool */
+    AnthropicNamedTool: {
+      /** Name */
+      name: string;
+      /**
+       * Type
+       * @constant
+       */
+      type: 'tool';
+    } & {
+      [key: string]: unknown;
+    };
     /** AnthropicTool */
     AnthropicTool: {
       /**
@@ -2937,16 +2949,10 @@ export interface components {
     /** AnthropicToolChoice */
     AnthropicToolChoice: {
       /**
-       * Name
-       * @description with type tool
-       * @default null
-       */
-      name: string | null;
-      /**
        * Type
        * @enum {string}
        */
-      type: 'auto' | 'any' | 'none' | 'tool';
+      type: 'auto' | 'any' | 'none';
     } & {
       [key: string]: unknown;
     };
@@ -3427,16 +3433,16 @@ export interface components {
        * @default null
        */
       temperature: number | null;
-      /**
-       * Thinking
-       * @default null
-       */
+      /** @default null */
       thinking: components['schemas']['Thinking'] | null;
       /**
        * Tool Choice
        * @default null
        */
-      tool_choice: components['schemas']['AnthropicToolChoice'] | null;
+      tool_choice:
+        | components['schemas']['AnthropicToolChoice']
+        | components['schemas']['AnthropicNamedTool']
+        | null;
       /**
        * Tools
        * @default null
@@ -3940,16 +3946,16 @@ export interface components {
        * @default null
        */
       temperature: number | null;
-      /**
-       * Thinking
-       * @default null
-       */
+      /** @default null */
       thinking: components['schemas']['Thinking'] | null;
       /**
        * Tool Choice
        * @default null
        */
-      tool_choice: components['schemas']['AnthropicToolChoice'] | null;
+      tool_choice:
+        | components['schemas']['AnthropicToolChoice']
+        | components['schemas']['AnthropicNamedTool']
+        | null;
       /**
        * Tools
        * @default null
@@ -4179,10 +4185,7 @@ export interface components {
        * @default null
        */
       temperature: number | null;
-      /**
-       * Text
-       * @default null
-       */
+      /** @default null */
       text: components['schemas']['TextOptions'] | null;
       /**
        * Tool Choice
@@ -4326,7 +4329,10 @@ export interface components {
     };
     /** TextOptions */
     TextOptions: {
-      /** @default null */
+      /**
+       * Format
+       * @default null
+       */
       format: components['schemas']['TextFormat'] | null;
     } & {
       [key: string]: unknown;
