@@ -11,7 +11,8 @@ from typing import Any
 
 from ..errors import NotFound
 from ..inference.request import InvalidParam
-from ..protocols.responses import MAX_ID, ResponsesRenderer, input_items, parse, previous_id
+from ..protocols.models import MAX_ID
+from ..protocols.responses import ResponsesRenderer, input_items, parse, previous_id
 from .base import MLXAPIHandler, authorized, web
 from .inference import InferenceHandler
 from .openai import OpenAIErrors

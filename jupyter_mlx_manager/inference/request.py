@@ -1,7 +1,7 @@
 """The one inference request every wire format translates into, validated once.
 
-A protocol module (`protocols/…`) reads its own body shape into an `InferenceRequest` (raising
-`InvalidParam` with its own field names), then `validate()` checks what is common to all of
+A protocol module (`protocols/…`) reads its own body shape (declared in protocols/models.py)
+into an `InferenceRequest` (raising `InvalidParam` with its own field names), then `validate()` checks what is common to all of
 them (model id, keep-alive, token budget, ranges, tools, output format, unsupported parts) and
 `command()` turns it into the runner's `generate` command (runner/protocol.py).
 """

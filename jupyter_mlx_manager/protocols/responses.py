@@ -22,7 +22,7 @@ from ..inference.request import (
     ToolResultPart,
     openai_output_format,
 )
-from .models import MAX_ID, ResponsesRequest, bias, read
+from .models import ResponsesRequest, bias, read
 
 NAMES = {"max_tokens": "max_output_tokens", "response_format": "text.format", "messages": "input"}
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
@@ -241,12 +241,8 @@ def _tool_choice(choice: Any, tools: ToolSet) -> Any:
 
 
 def previous_id(body: dict[str, Any]) -> str | None:
-    value = body.get("previous_response_id")
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value or len(value) > MAX_ID:
-        raise InvalidParam("previous_response_id must be a response id", "previous_response_id")
-    return value
+    """The stored response a body continues (read before its history is fetched)."""
+    return read(ResponsesRequest, body).previous_response_id
 
 
 def _logprobs(body: ResponsesRequest) -> int | None:
