@@ -5,6 +5,7 @@ through jupyterlab-chat's WebSocket, Jupyternaut's own LiteLLM call to `mlx/v1`.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -18,9 +19,10 @@ import requests
 from models import eos_id
 from servers import free_port, jupyter_server
 
-pytest.importorskip(
-    "jupyter_ai_jupyternaut", reason="jupyter-ai's Jupyternaut is not installed (pip install 'jupyter-ai[jupyternaut]')"
-)
+if importlib.util.find_spec("jupyter_ai_jupyternaut") is None:  # not imported here: only the server needs it
+    pytest.skip(
+        "jupyter-ai's Jupyternaut is not installed (pip install 'jupyter-ai[jupyternaut]')", allow_module_level=True
+    )
 websocket = pytest.importorskip("websocket")
 
 JUPYTERNAUT = "jupyter-ai-personas::jupyter_ai_jupyternaut::JupyternautPersona"
@@ -143,6 +145,7 @@ def test_jupyternaut_lists_pool_models_and_answers_from_one(tmp_path, models):
             timeout=10,
         )
         assert saved.status_code == 204, saved.text
+        assert config_file.stat().st_mode & 0o777 == 0o600  # Jupyternaut's own writes keep it private
 
         chat.send(json.dumps({
             "type": "client", "action": "send", "id": str(uuid.uuid4()), "body": "Hello, Jupyternaut!",
