@@ -73,12 +73,15 @@ function StatsLine({ turn }: { turn: ITurn }): JSX.Element | null {
 /** The model picker: the loaded chat models only (the caller filters, `chatModels`). */
 export function ModelPicker({
   models,
+  profiles = [],
   value,
   disabled,
   demos,
   onChange
 }: {
   models: readonly IPoolModel[];
+  /** Profile names (`mlx/api/profiles`): model ids too, served by their first model that is up. */
+  profiles?: readonly string[];
   value: string;
   disabled?: boolean;
   /** The server's `demo` flags of local models, by id (where it sends them). */
@@ -92,10 +95,12 @@ export function ModelPicker({
         className="jp-MLXPanel-select"
         aria-label="Chat model"
         value={value}
-        disabled={!models.length || disabled}
+        disabled={!(models.length || profiles.length) || disabled}
         onChange={e => onChange(e.target.value)}
       >
-        {!models.length && <option value="">no chat model loaded</option>}
+        {!models.length && !profiles.length && (
+          <option value="">no chat model loaded</option>
+        )}
         {models.map(m => (
           <option key={m.model} value={m.model}>
             {m.model}
@@ -105,6 +110,15 @@ export function ModelPicker({
               : ''}
           </option>
         ))}
+        {profiles.length > 0 && (
+          <optgroup label="Profiles">
+            {profiles.map(name => (
+              <option key={`profile:${name}`} value={name}>
+                {name} (profile)
+              </option>
+            ))}
+          </optgroup>
+        )}
       </select>
     </label>
   );
@@ -555,11 +569,13 @@ function ChatView({
   const system = conversation.system;
   // Embedding, transcription and speech models are in the pool too: not chat models.
   const loaded = chatModels(pool?.models ?? []);
-  const model = loaded.some(m => m.model === wanted)
-    ? wanted
-    : loaded.some(m => m.model === conversation.model)
-      ? conversation.model
-      : (loaded[0]?.model ?? '');
+  const profiles = useStore(service.profiles).profiles.map(p => p.name);
+  const model =
+    loaded.some(m => m.model === wanted) || profiles.includes(wanted)
+      ? wanted
+      : loaded.some(m => m.model === conversation.model)
+        ? conversation.model
+        : (loaded[0]?.model ?? '');
   const vision = loaded.find(m => m.model === model)?.kind === 'vision';
   const demos: Record<string, boolean | undefined> = {};
   for (const m of localModels) {
@@ -811,6 +827,7 @@ function ChatView({
       <div className="jp-MLXChat-toolbar">
         <ModelPicker
           models={loaded}
+          profiles={profiles}
           value={model}
           disabled={streaming}
           demos={demos}

@@ -1,6 +1,6 @@
 /**
  * The left-sidebar panel: server status on top, then the sections as tabs
- * (Models · Downloads · Pool · Activity · Users).
+ * (Models · Downloads · Pool · Jobs · Activity · Users).
  */
 import { ReactWidget, refreshIcon } from '@jupyterlab/ui-components';
 import { Message } from '@lumino/messaging';
@@ -14,6 +14,7 @@ import { mlxIcon } from './icon';
 import { ActivitySection } from './sections/ActivitySection';
 import { ErrorNotice, Loading } from './sections/common';
 import { DownloadsSection } from './sections/DownloadsSection';
+import { JobsSection } from './sections/JobsSection';
 import { ModelsSection } from './sections/ModelsSection';
 import { PoolSection } from './sections/PoolSection';
 import { UsersSection } from './sections/UsersSection';
@@ -261,6 +262,7 @@ function PanelView({
               <DownloadsSection {...props} />
             )}
             {active && current === 'pool' && <PoolSection {...props} />}
+            {active && current === 'jobs' && <JobsSection {...props} />}
             {active && current === 'activity' && <ActivitySection {...props} />}
             {active && current === 'users' && (
               <UsersSection

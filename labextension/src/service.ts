@@ -23,14 +23,18 @@ import {
   unloadModel
 } from './api';
 import { DownloadsModel } from './downloads';
+import { JobsModel } from './jobs';
+import { IProfile, listProfiles } from './profiles';
 import { PolledTask, Store } from './store';
 
-export type SectionId = 'models' | 'downloads' | 'pool' | 'activity' | 'users';
+export type SectionId =
+  'models' | 'downloads' | 'pool' | 'jobs' | 'activity' | 'users';
 
 export const SECTIONS: { id: SectionId; label: string }[] = [
   { id: 'models', label: 'Models' },
   { id: 'downloads', label: 'Downloads' },
   { id: 'pool', label: 'Pool' },
+  { id: 'jobs', label: 'Jobs' },
   { id: 'activity', label: 'Activity' },
   { id: 'users', label: 'Users' }
 ];
@@ -66,6 +70,14 @@ export interface ISearchState {
   notice: string;
 }
 
+/** Model profiles and the aliases pointing at them (`mlx/api/profiles`). */
+export interface IProfilesState {
+  profiles: IProfile[];
+  aliases: Record<string, string>;
+  error: ApiError | null;
+  loaded: boolean;
+}
+
 /** The notebook in focus (JupyterLab's notebook tracker), for "This notebook" in Activity. */
 export interface IFocusState {
   /** Its path on the server (what audit records name), or null when none is open. */
@@ -95,7 +107,15 @@ export class MLXService {
     notice: ''
   });
   readonly focus = new Store<IFocusState>({ notebook: null });
+  readonly profiles = new Store<IProfilesState>({
+    profiles: [],
+    aliases: {},
+    error: null,
+    loaded: false
+  });
   readonly downloads: DownloadsModel;
+  /** Workbench jobs; kept here so that a running job is followed while the panel is closed. */
+  readonly jobs: JobsModel;
 
   constructor(
     readonly serverSettings: ServerConnection.ISettings = ServerConnection.makeSettings()
@@ -106,6 +126,8 @@ export class MLXService {
     });
     this.downloads = new DownloadsModel(serverSettings);
     this.downloads.onFinished = () => void this.refreshModels();
+    this.jobs = new JobsModel(serverSettings);
+    this.jobs.onFinished = () => void this.refreshModels();
   }
 
   /** Seconds between status/pool refreshes (0: only on demand). */
@@ -157,6 +179,15 @@ export class MLXService {
     }
   }
 
+  async refreshProfiles(): Promise<void> {
+    try {
+      const { profiles, aliases } = await listProfiles(this.serverSettings);
+      this.profiles.set({ profiles, aliases, error: null, loaded: true });
+    } catch (err) {
+      this.profiles.set({ error: toApiError(err), loaded: true });
+    }
+  }
+
   async refreshModels(): Promise<void> {
     try {
       const { models, detailed } = await listLocalModels(this.serverSettings);
@@ -200,6 +231,7 @@ export class MLXService {
   dispose(): void {
     this._poller.dispose();
     this.downloads.dispose();
+    this.jobs.dispose();
   }
 
   /** Show a model as loading at once (the server lists it too, once asked). */
@@ -252,6 +284,7 @@ export class MLXService {
     if (wasDown) {
       // first contact, or back after an outage/approval: fetch the rest once
       void this.refreshModels();
+      void this.refreshProfiles();
       void this.downloads.refresh();
     }
   }

@@ -1,7 +1,8 @@
 /**
  * Activity: the audit trail, live over the WebSocket, with filters and an export; "This
  * notebook" narrows it to the notebook in focus; a chart of tokens over time for the shown
- * records, and the usage per notebook (`mlx/api/audit/stats?group_by=notebook`).
+ * records, and the usage per notebook (`mlx/api/audit/stats?group_by=notebook`); above them,
+ * usage per day and the budgets left (UsageBudgets.tsx).
  */
 import { ServerConnection } from '@jupyterlab/services';
 import * as React from 'react';
@@ -32,6 +33,7 @@ import {
 import { useAction, useStore } from '../hooks';
 import { Badge, Button, Empty, ErrorNotice, Loading } from './common';
 import { ISectionProps } from './ModelsSection';
+import { UsageBudgets } from './UsageBudgets';
 
 const STATUSES = ['', 'ok', 'error', 'cancelled', 'timeout'];
 
@@ -426,7 +428,10 @@ async function exportAudit(
   link.remove();
 }
 
-export function ActivitySection({ service }: ISectionProps): JSX.Element {
+export function ActivitySection({
+  service,
+  interval
+}: ISectionProps): JSX.Element {
   const isAdmin = service.isAdmin;
   const feed = React.useMemo(
     () => new AuditFeed(service.serverSettings),
@@ -486,6 +491,7 @@ export function ActivitySection({ service }: ISectionProps): JSX.Element {
 
   return (
     <div className="jp-MLXPanel-section">
+      <UsageBudgets service={service} interval={interval} refreshKey={newest} />
       <div className="jp-MLXPanel-row">
         <label
           className="jp-MLXPanel-toggle"

@@ -1,6 +1,6 @@
 /**
- * Models: the models on this machine (with their characteristics; load, chat) and a Hub
- * search with the server-side filters (download).
+ * Models: the models on this machine (with their characteristics; load, chat), a Hub
+ * search with the server-side filters (download), and the profiles (ProfilesList.tsx).
  */
 import * as React from 'react';
 
@@ -33,6 +33,7 @@ import {
   Loading,
   SectionHeader
 } from './common';
+import { ProfilesList } from './ProfilesList';
 
 export interface ISectionProps {
   service: MLXService;
@@ -493,7 +494,7 @@ export function ModelsSection({
   const pool = useStore(service.store).pool;
   usePoll(
     async () => {
-      await service.refreshModels();
+      await Promise.all([service.refreshModels(), service.refreshProfiles()]);
       throwIfFailed(service.models.state.error); // back off while the server fails
     },
     Math.max(interval, 0) * 2
@@ -547,6 +548,7 @@ export function ModelsSection({
           </ul>
         )}
       </section>
+      <ProfilesList service={service} onChat={onChat} />
     </div>
   );
 }
