@@ -28,6 +28,7 @@ websocket = pytest.importorskip("websocket")
 JUPYTERNAUT = "jupyter-ai-personas::jupyter_ai_jupyternaut::JupyternautPersona"
 MODEL = "local/jupyternaut-demo"
 PROFILE = "helper"
+MINE = {"name": "mine", "model_id": "openai/gpt-4o-mini", "params": {}}  # a user's own custom model
 # Jupyternaut's default prompt (its system prompt and tools) is ~20k tokens of the demo tokenizer.
 CONTEXT = 32768
 
@@ -45,11 +46,10 @@ def models(tmp_path_factory) -> Path:
 
 
 @contextlib.contextmanager
-def server_with_jupyternaut(root: Path, models: Path):
+def server_with_jupyternaut(root: Path, models: Path, profiles: dict):
     """A server with jupyter-ai's extensions (their defaults), its Jupyter data under `root`,
-    one profile, and our extension's defaults (configure_jupyter_ai on)."""
+    these profiles, and our extension's defaults (configure_jupyter_ai on)."""
     (root / "config").mkdir(exist_ok=True)
-    profiles = {PROFILE: {"model": MODEL, "temperature": 0}}
     (root / "config" / "jupyter_server_config.json").write_text(json.dumps({"MLXManager": {"profiles": profiles}}))
     env = {"JUPYTER_DATA_DIR": str(root / "jupyter-data"), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     with jupyter_server(
@@ -104,7 +104,7 @@ class Events:
 
 @pytest.mark.timeout(900)  # Jupyternaut's ~20k-token prompt is prefilled on CPU
 def test_jupyternaut_lists_pool_models_and_answers_from_one(tmp_path, models):
-    with server_with_jupyternaut(tmp_path, models) as server:
+    with server_with_jupyternaut(tmp_path, models, {PROFILE: {"model": MODEL, "temperature": 0}}) as server:
         custom = our_models(server)
         by_name = {entry["name"]: entry for entry in custom}
         assert set(by_name) == {MODEL, PROFILE}, custom
@@ -135,13 +135,14 @@ def test_jupyternaut_lists_pool_models_and_answers_from_one(tmp_path, models):
         assert ours <= events.model_options(JUPYTERNAUT, ours)
 
         # A random-weight demo model would stop at once or ramble: the user's own parameters,
-        # saved through Jupyternaut's settings API, make its reply short and never empty.
+        # saved through Jupyternaut's settings API, make its reply short and never empty. The user
+        # also adds a custom model of their own.
         edited = {**entry, "params": {**entry["params"], "temperature": 0, "max_tokens": 8,
                                       "model_kwargs": {"logit_bias": {str(eos_id(models / "jupyternaut-demo")): -100}}}}  # fmt: skip
         saved = requests.post(
             server.url + "api/jupyternaut/config",
             headers=server.headers,
-            json={"custom_models": [edited if e["id"] == entry["id"] else e for e in custom]},
+            json={"custom_models": [edited if e["id"] == entry["id"] else e for e in custom] + [MINE]},
             timeout=10,
         )
         assert saved.status_code == 204, saved.text
@@ -173,9 +174,11 @@ def test_jupyternaut_lists_pool_models_and_answers_from_one(tmp_path, models):
     assert token not in server.log.read_text()
 
     # A restart keeps the token and the ids (a chat's choice stays valid) and follows the new port;
-    # the user's parameters stay.
-    with server_with_jupyternaut(tmp_path, models) as server:
+    # the user's parameters and own model stay; the profile, gone from the configuration, goes.
+    with server_with_jupyternaut(tmp_path, models, {}) as server:
         again = {entry["name"]: entry for entry in our_models(server)}
+        assert set(again) == {MODEL, MINE["name"]}
+        assert again[MINE["name"]]["model_id"] == MINE["model_id"]
         assert again[MODEL]["id"] == entry["id"]
         assert again[MODEL]["params"]["api_key"] == token
         assert again[MODEL]["params"]["api_base"] == server.url + "mlx/v1"
