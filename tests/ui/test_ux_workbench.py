@@ -62,6 +62,7 @@ def test_finetune_live_loss_chart_adapter_load_chat_and_evaluate(lab_server, pag
     assert events and all("token=" in url for url in events), events
     if item.get_attribute("data-status") == "running":
         expect(item.get_by_role("button", name=re.compile("^Cancel"))).to_be_visible()
+        chart.scroll_into_view_if_needed()
         page.screenshot(path=str(artifacts_dir / "mlx-jobs-running.png"))
 
     # Done: the adapter, with Load; once loaded, Chat (the same commands as in Models).
@@ -81,6 +82,7 @@ def test_finetune_live_loss_chart_adapter_load_chat_and_evaluate(lab_server, pag
     item.get_by_role("button", name=f"Load {adapter}").click()
     expect(item.get_by_role("button", name=f"Chat with {adapter}")).to_be_visible(timeout=120_000)
     assert adapter in {m["model"] for m in lab_server.get("mlx/api/pool").json()["models"]}
+    item.get_by_role("button", name=f"Chat with {adapter}").scroll_into_view_if_needed()
     page.screenshot(path=str(artifacts_dir / "mlx-jobs-finetune.png"))
     item.get_by_role("button", name=f"Chat with {adapter}").click()
     chat = page.locator(CHAT)
