@@ -62,6 +62,7 @@ class JupyternautModels:
         self.app = app
         self.log = app.log
         self._timer: PeriodicCallback | None = None
+        self._made: str | None = None  # the token this process made: not one more per failed write
         self._lock = asyncio.Lock()
 
     @property
@@ -111,7 +112,9 @@ class JupyternautModels:
         chat_models = await asyncio.get_running_loop().run_in_executor(None, self._chat_models)
         current = manager.custom_models
         ours = {entry.id: entry for entry in current if is_ours(entry.id)}
-        token = await self._token([entry.params.get("api_key") for entry in ours.values()])
+        if not chat_models and not ours:
+            return  # nothing to write, and no token to make
+        token = await self._token([entry.params.get("api_key") for entry in ours.values()]) if chat_models else ""
         params = {"api_base": self.api_base(), "api_key": token}
         wanted = {}
         for model_id, description in chat_models:
@@ -154,7 +157,7 @@ class JupyternautModels:
         owner = await users.get_by_name(self.app.owner_username)
         if owner is None:
             raise RuntimeError(f"no owner account {self.app.owner_username!r}")
-        for token in candidates:
+        for token in [self._made, *candidates]:
             if not isinstance(token, str):
                 continue
             try:
@@ -163,8 +166,8 @@ class JupyternautModels:
                 continue
             if user is not None and user["id"] == owner["id"] and claims.kind == "api":
                 return token
-        created = await users.create_api_token(Actor(user=owner, client="server"), TOKEN_NAME)
-        return created["token"]
+        self._made = (await users.create_api_token(Actor(user=owner, client="server"), TOKEN_NAME))["token"]
+        return self._made
 
     def _refresh_pickers(self) -> None:
         """Live Jupyternaut personas re-publish their model options (as its config API does after a save)."""
