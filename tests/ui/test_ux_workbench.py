@@ -13,7 +13,7 @@ import secrets
 import pytest
 import requests
 from playwright.sync_api import Page, expect
-from test_panel import CHAT, DEMO, open_panel, open_section, own_errors
+from test_panel import CHAT, DEMO, PANEL, open_panel, open_section, own_errors
 
 pytestmark = pytest.mark.ui
 
@@ -257,3 +257,29 @@ def test_profiles_beside_models_create_edit_chat_delete(lab_server, page: Page, 
     assert lab_server.get(f"mlx/api/profiles/{name}").status_code == 404
     assert not own_errors(console_log), own_errors(console_log)
     unload(lab_server, DEMO)
+
+
+def test_cancel_a_running_finetune(lab_server, page: Page, console_log):
+    (jupyter_root(lab_server) / "wb-train.jsonl").write_text(
+        "".join(json.dumps({"text": SENTENCE}) + "\n" for _ in range(16))
+    )
+    name = f"wb-long-{secrets.token_hex(3)}"
+    open_panel(page, lab_server)
+    form = open_section(page, "jobs").get_by_role("form", name="Fine-tune a model")
+    form.get_by_label("Data (JSONL)").fill("wb-train.jsonl")
+    form.get_by_label("Name").fill(name)
+    form.get_by_label("Iterations").fill("5000")  # a loss point every 100 iterations
+    form.get_by_label("Layers").fill("1")
+    form.get_by_role("button", name="Start fine-tune").click()
+    item = page.locator(PANEL).locator(".jp-MLXPanel-item", has_text=f"→ {name}")
+    # Running, with losses coming in; then Cancel stops it.
+    expect(item.locator('polyline[data-series="train"]')).to_be_visible(timeout=240_000)
+    expect(item).to_have_attribute("data-status", "running")
+    item.get_by_role("button", name=re.compile("^Cancel")).click()
+    expect(item).to_have_attribute("data-status", "cancelled")
+    expect(item.locator('[data-field="job-error"]')).to_contain_text("cancelled by")
+    expect(item.get_by_role("button", name=re.compile("^Cancel"))).to_have_count(0)
+    expect(item.locator('[data-field="adapter"]')).to_have_count(0)
+    job = next(j for j in lab_server.get("mlx/api/jobs").json()["jobs"] if j["params"].get("name") == name)
+    assert job["status"] == "cancelled" and job["progress"]["iteration"] < 5000, job
+    assert not own_errors(console_log), own_errors(console_log)
