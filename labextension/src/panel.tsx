@@ -8,6 +8,7 @@ import * as React from 'react';
 
 import { IStatus, IUser, listUsers } from './api';
 import { isActive } from './downloads';
+import { isJobActive } from './jobs';
 import { formatBytes, plural } from './format';
 import { usePoll, useStore } from './hooks';
 import { mlxIcon } from './icon';
@@ -202,16 +203,27 @@ function PanelView({
   );
 
   const activeDownloads = downloads.filter(d => isActive(d.status)).length;
+  const activeJobs = useStore(service.jobs.store).jobs.filter(
+    isJobActive
+  ).length;
   const tabs = SECTIONS.filter(s => s.id !== 'users' || isAdmin).map(s => ({
     ...s,
     badge:
-      s.id === 'users' ? pending : s.id === 'downloads' ? activeDownloads : 0,
+      s.id === 'users'
+        ? pending
+        : s.id === 'downloads'
+          ? activeDownloads
+          : s.id === 'jobs'
+            ? activeJobs
+            : 0,
     badgeLabel:
       s.id === 'users'
         ? `${plural(pending, 'user')} waiting for approval`
         : s.id === 'downloads'
           ? `${plural(activeDownloads, 'download')} running`
-          : undefined
+          : s.id === 'jobs'
+            ? `${plural(activeJobs, 'job')} queued or running`
+            : undefined
   }));
   const current = tabs.some(t => t.id === section) ? section : 'models';
   const props = { service, interval, onChat, onSendToNotebook };

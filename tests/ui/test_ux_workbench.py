@@ -275,8 +275,11 @@ def test_cancel_a_running_finetune(lab_server, page: Page, console_log):
     # Running, with losses coming in; then Cancel stops it.
     expect(item.locator('polyline[data-series="train"]')).to_be_visible(timeout=240_000)
     expect(item).to_have_attribute("data-status", "running")
+    jobs_tab = page.locator(PANEL).get_by_role("tab", name=re.compile("^Jobs"))
+    expect(jobs_tab.locator(".jp-MLXPanel-tabBadge")).to_have_attribute("title", "1 job queued or running")
     item.get_by_role("button", name=re.compile("^Cancel")).click()
     expect(item).to_have_attribute("data-status", "cancelled")
+    expect(jobs_tab.locator(".jp-MLXPanel-tabBadge")).to_have_count(0)
     expect(item.locator('[data-field="job-error"]')).to_contain_text("cancelled by")
     expect(item.get_by_role("button", name=re.compile("^Cancel"))).to_have_count(0)
     expect(item.locator('[data-field="adapter"]')).to_have_count(0)
