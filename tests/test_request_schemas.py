@@ -188,3 +188,28 @@ def test_embeddings_and_speech_refusals_keep_their_codes():
             parse_speech({"model": M, "input": "Hello", **extra})
         assert (caught.value.param, caught.value.code) == (param, code), extra
     assert parse_speech({"model": M, "input": "Hello", "speed": 1.0, "voice": "af"}).voice == "af"
+
+
+async def test_a_live_server_answers_in_each_protocols_envelope(api):
+    """Through the real handlers: a field the models refuse is a 400 in the protocol's own
+    envelope, naming the field; the served description lists the fields the models accept."""
+    document = (await api("GET", "mlx/api/openapi.json")).body
+    assert set(document["components"]["schemas"]["ChatCompletionRequest"]["properties"]) == models.fields(
+        models.ChatCompletionRequest
+    )
+    for path, body, param in (
+        ("mlx/v1/chat/completions", {**CHAT, "top_p": 2}, "top_p"),
+        ("mlx/v1/completions", {"model": M, "prompt": "a", "echo": "yes"}, "echo"),
+        ("mlx/v1/responses", {"model": M, "input": "a", "include": [1]}, "include"),
+        ("mlx/v1/embeddings", {"model": M, "input": "a", "dimensions": -1}, "dimensions"),
+        ("mlx/v1/audio/speech", {"model": M, "input": "a", "speed": 2}, "speed"),
+    ):
+        reply = await api("POST", path, body=body)
+        assert reply.code == 400, (path, reply.body)
+        assert set(reply.body["error"]) >= {"message", "type", "param"} and reply.body["error"]["param"] == param
+    reply = await api("POST", "mlx/v1/messages", body={"model": M, "max_tokens": 5, "messages": [], "top_k": -1})
+    assert reply.code == 400 and reply.body["type"] == "error"
+    assert reply.body["error"] == {
+        "type": "invalid_request_error",
+        "message": "top_k must be an integer from 0 to 1000000",
+    }
