@@ -26,6 +26,11 @@ ROUTES = {
 }
 
 
+def _fields(model: type[BaseModel]) -> set[str]:
+    """The names a body of `model` is read by (aliases: `schema` for `schema_`)."""
+    return {f.alias or name for name, f in model.model_fields.items()}
+
+
 def _component(document: dict, schema: dict) -> dict:
     return document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
 
@@ -55,9 +60,9 @@ def test_openapi_request_schemas_list_every_accepted_field(path):
     document = openapi.document()
     body = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
     model = ROUTES[path]
-    assert set(_component(document, body)["properties"]) == models.fields(model)
+    assert set(_component(document, body)["properties"]) == _fields(model)
     for nested in _nested(model):  # every nested shape is a component naming all its fields
-        assert set(document["components"]["schemas"][nested.__name__]["properties"]) == models.fields(nested)
+        assert set(document["components"]["schemas"][nested.__name__]["properties"]) == _fields(nested)
 
 
 def test_the_chat_body_documents_what_it_accepts():
@@ -194,7 +199,7 @@ async def test_a_live_server_answers_in_each_protocols_envelope(api):
     """Through the real handlers: a field the models refuse is a 400 in the protocol's own
     envelope, naming the field; the served description lists the fields the models accept."""
     document = (await api("GET", "mlx/api/openapi.json")).body
-    assert set(document["components"]["schemas"]["ChatCompletionRequest"]["properties"]) == models.fields(
+    assert set(document["components"]["schemas"]["ChatCompletionRequest"]["properties"]) == _fields(
         models.ChatCompletionRequest
     )
     for path, body, param in (

@@ -115,11 +115,6 @@ def read(model: type[B], body: Any) -> B:
     raise InvalidParam(message.replace("{field}", name), name, says.code) from None
 
 
-def fields(model: type[BaseModel]) -> set[str]:
-    """The names a body of `model` is read by (for the OpenAPI check)."""
-    return {f.alias or name for name, f in model.model_fields.items()}
-
-
 # -- OpenAI chat completions and completions ----------------------------------------------------
 class ImageURL(Shape):
     url: str
