@@ -185,7 +185,7 @@ class StreamOptions(Shape):
 
 
 class OpenAISampling(Body):
-    """What chat completions and completions share (in the order the old parser checked it)."""
+    """What chat completions and completions share, in the order they are checked (the first bad one answers)."""
 
     n: Annotated[Literal[1], Says("only n = 1 is supported")] = 1
     stream_options: Annotated[StreamOptions | None, Says("{field} must be an object")] = None
