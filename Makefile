@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 CHP       := $(VENV)/chp/node_modules/.bin/configurable-http-proxy
 CHP_STAMP := $(VENV)/chp/.installed
 
-.PHONY: install run lint test test-python test-frontend test-ui chromium agent-clis demo-model clean
+.PHONY: install run lint test test-python test-jupyter-ai test-frontend test-ui chromium agent-clis demo-model clean
 
 install: $(STAMP) $(CHP_STAMP)
 
@@ -33,9 +33,9 @@ run: $(STAMP)
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	cd labextension && export PATH="$(CURDIR)/$(VENV)/bin:$$PATH" && jlpm install --immutable && jlpm lint:check
+	cd labextension && export PATH="$(CURDIR)/$(VENV)/bin:$$PATH" && jlpm install --immutable && jlpm lint:check && jlpm check:openapi
 
-test: install chromium agent-clis lint test-python test-frontend test-ui
+test: install chromium agent-clis lint test-python test-jupyter-ai test-frontend test-ui
 
 # The agents' own CLIs (Claude Code, Codex, opencode) from npm, project-local, for tests/test_agents_cli.py.
 # npm 11 leaves packages' install scripts to be approved: run the two that place the native binaries.
@@ -50,6 +50,20 @@ $(AGENT_CLIS)/node_modules/.bin/opencode:
 test-python: install
 	$(PY) -m pytest -q -m "not ui" -n 2 --dist loadfile tests
 
+# jupyter-ai (Jupyternaut) in an overlay venv over .venv: its 11 server extensions would slow every
+# other test server's start, and it pins httpx below what the main venv has.
+JAI_VENV := .venv-jupyter-ai
+JAI_STAMP := $(JAI_VENV)/.installed
+$(JAI_STAMP): $(STAMP)
+	test -x $(JAI_VENV)/bin/python || python3 -m venv $(JAI_VENV)
+	echo "import site; site.addsitedir('$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
+		> "$$($(JAI_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz_main_venv.pth"
+	$(JAI_VENV)/bin/python -m pip install --quiet "jupyter-ai[jupyternaut]>=3.2,<4"
+	touch $@
+
+test-jupyter-ai: $(JAI_STAMP)
+	LITELLM_LOCAL_MODEL_COST_MAP=True $(JAI_VENV)/bin/python -m pytest -q tests/test_jupyter_ai.py
+
 test-frontend: install
 	cd labextension && ../$(JLPM) install --immutable && ../$(JLPM) test
 
@@ -61,4 +75,4 @@ chromium:
 	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 clean:
-	rm -rf $(VENV) jupyter_mlx_manager/labextension labextension/node_modules labextension/lib labextension/tsconfig.tsbuildinfo
+	rm -rf $(VENV) $(JAI_VENV) jupyter_mlx_manager/labextension labextension/node_modules labextension/lib labextension/tsconfig.tsbuildinfo
