@@ -30,6 +30,7 @@ from .inference.audio import AudioService
 from .inference.embeddings import EmbeddingService
 from .inference.images import ImageLimits
 from .inference.stored import ResponseStore
+from .integrations.jupyter_ai import configure_jupyternaut
 from .jobs import JobService, JobSpecs
 from .models.catalog import ModelCatalog
 from .models.hub import HubSearch
@@ -128,6 +129,32 @@ class MLXManager(ExtensionApp):
         help="Who may reuse a cached prompt prefix: 'user' (default) only the user who sent it (no one "
         "learns from timing what another user sent), 'shared' every user (a common system prompt is "
         "computed once). Nothing in a request widens it.",
+    ).tag(config=True)
+
+    prompt_cache_disk_gb = Float(
+        8.0,
+        help="Byte bound (GiB) of the prompt cache on disk: KV prefixes of long prompts kept across "
+        "unloads, evictions, crashes and restarts, least recently used deleted first; 0 turns it off. "
+        "Default: 8.",
+    ).tag(config=True)
+
+    prompt_cache_dir = Unicode(
+        "",
+        help="Folder of the prompt cache on disk. Default: <data_dir>/prompt-cache.",
+    ).tag(config=True)
+
+    draft_models = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        help="Speculative decoding per model id, e.g. {'local/my-model': 'prompt_lookup'}: 'prompt_lookup' drafts "
+        "tokens from n-grams of the prompt (edit-heavy agent work repeats its input), verified in one forward pass; "
+        "greedy requests decoding alone only (a batch runs without). Draft-model ids are not supported yet. "
+        "Default: {}.",
+    ).tag(config=True)
+
+    prompt_cache_min_tokens = Int(
+        1024,
+        help="The shortest prompt prefix (in tokens) written to the prompt cache on disk. Default: 1024.",
     ).tag(config=True)
 
     max_tokens_limit = Int(
@@ -272,6 +299,14 @@ class MLXManager(ExtensionApp):
         "(optional: else discovered from the upstream's GET /models)}}. Default: {}.",
     ).tag(config=True)
 
+    configure_jupyter_ai = Bool(
+        True,
+        help="With jupyter-ai's Jupyternaut in this server, list this server's chat models (local text and "
+        "vision models, profiles) in Jupyternaut's model picker: its config file gets one custom model per "
+        "chat model at mlx/v1, with an API token of the owner's (the file made 0600; the token never logged). "
+        "Not with pool_url or without an owner account. Default: True.",
+    ).tag(config=True)
+
     pool_url = Unicode(
         "",
         help="URL of a shared model service (`jupyter mlx-manager serve`, e.g. run as a JupyterHub "
@@ -331,9 +366,16 @@ class MLXManager(ExtensionApp):
                 str(int(max(0.0, self.prompt_cache_gb) * 1024**3)),
                 "--prefill-step-size",
                 str(max(1, self.prefill_step_size)),
+                "--prompt-cache-dir",
+                str(Path(self.prompt_cache_dir).expanduser() if self.prompt_cache_dir else data_dir / "prompt-cache"),
+                "--prompt-cache-disk-bytes",
+                str(int(max(0.0, self.prompt_cache_disk_gb) * 1024**3)),
+                "--prompt-cache-min-tokens",
+                str(max(1, self.prompt_cache_min_tokens)),
             ],  # fmt: skip
             runner_stall_seconds=self.runner_stall_seconds,
             warm_runner=self.warm_runner,
+            speculative={k: v for k, v in self.draft_models.items() if v == "prompt_lookup"},
         )
         IOLoop.current().add_callback(self.pool.start)  # the keep-alive reaper and the warm spare
         hf_endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
@@ -374,6 +416,7 @@ class MLXManager(ExtensionApp):
         specs = JobSpecs(self.catalog, data_dir, Path(root_dir) if root_dir else None, self._own_file)
         self.jobs = JobService(self.db, self.audit, self.pool, specs, self.max_concurrent_jobs, self.log)
         IOLoop.current().add_callback(self.jobs.start)  # interrupted jobs marked, the queue served
+        self.jupyternaut = configure_jupyternaut(self)  # our chat models in jupyter-ai's Jupyternaut
         metrics.install(self)
         self._sockets: set[Any] = set()
         self._requests: set[Any] = set()  # inference handlers answering now
@@ -451,6 +494,8 @@ class MLXManager(ExtensionApp):
             return
         metrics.uninstall(self)
         self._pruner.stop()
+        if self.jupyternaut is not None:
+            self.jupyternaut.stop()
         # Inference requests end with a final event (an error in their stream) before runners stop.
         for handler in list(self._requests):
             handler.end_for_shutdown()
