@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NotFound
-from ..inference.request import InvalidParam, check_token_ids
+from ..inference.request import InvalidParam, check_token_ids, prompt_text_chars
 from ..inference.tokens import TokenCounter
 from .base import Backend, Event, HeldModel
 
@@ -45,6 +45,7 @@ class LocalModel(HeldModel):
         self.scope = scope
 
     def generate(self, request: InferenceRequest, request_id: str) -> AsyncIterator[Event]:
+        _refuse_obviously_too_long(request, self.info.get("context_length"))
         command = request.command()
         check_token_ids(command, self.info.get("vocab_size"))
         return self.runner.generate(request_id, {**command, "cache_scope": self.scope})
@@ -98,6 +99,24 @@ class LocalBackend(Backend):
         if folder is None:
             raise NotFound(f"model {request.model} is not on this machine", reason="model_not_found")
         return await loop.run_in_executor(None, self.tokens.count, folder, request.command())
+
+
+# No tokenizer makes a token of more characters than this (long whitespace runs come closest).
+MAX_CHARS_PER_TOKEN = 64
+
+
+def _refuse_obviously_too_long(request: InferenceRequest, context: int | None) -> None:
+    """A prompt whose text alone is beyond the context is refused before anything templates or
+    tokenizes it, in the wording clients compact on."""
+    chars = prompt_text_chars(request)
+    if context and chars > context * MAX_CHARS_PER_TOKEN:
+        least = chars // MAX_CHARS_PER_TOKEN
+        raise InvalidParam(
+            f"prompt is too long: {least} tokens > {context - 1} maximum (at least {least}: counted from its "
+            f"{chars} characters; this model's maximum context length is {context} tokens)",
+            request.param("messages" if request.kind == "chat" else "prompt"),
+            "context_length_exceeded",
+        )
 
 
 def _check_embedding(request: EmbeddingRequest, info: dict[str, Any]) -> None:

@@ -384,7 +384,11 @@ class MLXAPIHandler(MLXAuthMixin, APIHandler):
             if len(body) <= INLINE_JSON_BYTES:  # cheaper than a hop to the executor and back
                 self._json_body = parse_json_object(body)
             else:
-                self._json_body = await asyncio.get_running_loop().run_in_executor(None, parse_json_object, body)
+                # json.loads holds the GIL for the whole parse (~12 ms per MB): one big parse at a
+                # time, so the event loop gets its turn between them whatever a flood sends.
+                parsing = self.settings.setdefault("mlx_big_json_parse", asyncio.Semaphore(1))
+                async with parsing:
+                    self._json_body = await asyncio.get_running_loop().run_in_executor(None, parse_json_object, body)
         return self._json_body
 
     def write_json(self, data: Any, status: int = 200) -> None:

@@ -24,7 +24,7 @@ from tornado.iostream import StreamClosedError
 from ..errors import MLXError, TooManyRequests
 from ..inference import images
 from ..inference.pipeline import action_of
-from ..inference.request import InferenceRequest
+from ..inference.request import InferenceRequest, check_body_sizes, check_raw_message_count
 from ..inference.service import Usage
 from ..profiles import protocol_of
 from .base import MLXAPIHandler, authorized, web
@@ -72,7 +72,8 @@ class InferenceHandler(RequestTask, MLXAPIHandler):
             # parsed off the event loop: a flood of big or bad bodies costs its sender, not others.
             place = await self._take_place()
             try:
-                await self.json_body_off_loop()
+                check_raw_message_count(self.request.body or b"")
+                check_body_sizes(await self.json_body_off_loop())
                 await self.apply_profile()
                 await self.serve(*args)
             finally:

@@ -8,6 +8,8 @@ them (model id, keep-alive, token budget, ranges, tools, output format, unsuppor
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,7 +19,11 @@ from ..pool.pool import validate_keep_alive
 from . import images
 
 MAX_STOP = 16  # protocols may allow fewer (OpenAI: 4)
+MAX_STOP_CHARS = 256  # a stop string is matched at every step: a long one costs every stream of the runner
 MAX_TOOLS = 128
+MAX_MESSAGES = 10_000
+MAX_SCHEMA_BYTES = 256 * 1024  # a tool's parameters or a response format's schema, as JSON
+TOOL_NAME_RE = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 MAX_TOKEN_ID = 2**31 - 1
 MAX_TOP_LOGPROBS = 20
 
@@ -172,8 +178,21 @@ class InferenceRequest:
             )
         if len(self.stop) > MAX_STOP:
             raise InvalidParam(f"at most {MAX_STOP} stop sequences", self.param("stop"))
+        if any(len(stop) > MAX_STOP_CHARS for stop in self.stop):
+            raise InvalidParam(f"a stop sequence may have at most {MAX_STOP_CHARS} characters", self.param("stop"))
         if len(self.tools) > MAX_TOOLS:
             raise InvalidParam(f"at most {MAX_TOOLS} tools", self.param("tools"))
+        if len(self.messages) > MAX_MESSAGES:
+            raise InvalidParam(f"at most {MAX_MESSAGES} messages", self.param("messages"), "too_many_messages")
+        for tool in self.tools:
+            if not TOOL_NAME_RE.fullmatch(tool.name):
+                raise InvalidParam(
+                    f"tool name {tool.name[:80]!r} must be 1-64 letters, digits, '_' or '-'", self.param("tools")
+                )
+            if len(json.dumps(tool.parameters or {})) > MAX_SCHEMA_BYTES:
+                raise InvalidParam(
+                    f"tool {tool.name}'s schema is larger than {MAX_SCHEMA_BYTES // 1024} KiB", self.param("tools")
+                )
         names = [t.name for t in self.tools]
         if len(set(names)) != len(names):
             raise InvalidParam("tool names must be unique", self.param("tools"))
@@ -188,6 +207,10 @@ class InferenceRequest:
         if self.output_format is not None and self.output_format.type == "json_schema":
             if not isinstance(self.output_format.schema, dict):
                 raise InvalidParam("the JSON schema must be an object", self.param("response_format"))
+            if len(json.dumps(self.output_format.schema)) > MAX_SCHEMA_BYTES:
+                raise InvalidParam(
+                    f"the JSON schema is larger than {MAX_SCHEMA_BYTES // 1024} KiB", self.param("response_format")
+                )
         if self.kind == "chat":
             if not self.messages:
                 raise InvalidParam("at least one message is required", self.param("messages"))
@@ -287,6 +310,32 @@ def json_schema_format(schema: Any, name: Any, strict: Any, param: str) -> Outpu
     if name is not None and not isinstance(name, str):
         raise InvalidParam(f"{param}: name must be a string", param)
     return OutputFormat("json_schema", schema, name, bool(strict))
+
+
+def check_raw_message_count(raw: bytes) -> None:
+    """A body whose bytes name more roles than MAX_MESSAGES is refused before it is parsed
+    (counting takes ~1 ms per MB; a parse 12 and the GIL with it)."""
+    if len(raw) > MAX_MESSAGES * 8 and raw.count(b'"role"') > MAX_MESSAGES:
+        raise InvalidParam(f"at most {MAX_MESSAGES} messages", "messages", "too_many_messages")
+
+
+def check_body_sizes(body: dict[str, Any]) -> None:
+    """The lists of a body bounded before any protocol reads them item by item: a flood of
+    bodies with huge lists costs their sender a 400, never the server a long parse."""
+    for key in ("messages", "input"):
+        items = body.get(key)
+        if isinstance(items, list) and len(items) > MAX_MESSAGES:
+            raise InvalidParam(f"at most {MAX_MESSAGES} messages", key, "too_many_messages")
+    tools = body.get("tools")
+    if isinstance(tools, list) and len(tools) > MAX_TOOLS:
+        raise InvalidParam(f"at most {MAX_TOOLS} tools", "tools")
+
+
+def prompt_text_chars(request: InferenceRequest) -> int:
+    """Characters of a request's text (its messages or its prompt string)."""
+    if isinstance(request.prompt, str):
+        return len(request.prompt)
+    return sum(len(p.text) for m in request.messages for p in m.parts if isinstance(p, TextPart))
 
 
 def check_token_ids(command: dict[str, Any], vocab_size: int | None) -> None:
