@@ -120,3 +120,12 @@ async def test_a_flood_of_bad_bodies_holds_only_its_senders_places(api, make_use
     assert seen == [200] * 20
     refused = (await api("GET", "mlx/api/audit", params={"user": "bob", "limit": "100"})).body["records"]
     assert sum(r["error_type"] == "too_many_requests" for r in refused) == flooded.count(429)
+
+
+async def test_a_client_error_is_logged_once(api, caplog):
+    """One warning line per refused request (the access log's), not a second one with its message."""
+    caplog.clear()
+    reply = await api("POST", "mlx/v1/chat/completions", body={"model": MODEL, "messages": [], "max_tokens": 1})
+    assert reply.code == 400
+    lines = [r for r in caplog.records if r.levelname == "WARNING" and "chat/completions" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]

@@ -178,3 +178,24 @@ def test_a_running_job_survives_a_restart_as_interrupted(tmp_path, models_dir):
         found = requests.get(server.url + f"mlx/api/jobs/{created['id']}", headers=server.headers, timeout=10).json()
         assert found["status"] == "interrupted" and "stopped" in found["error"]
         assert found["result"]["checkpoints"]  # the checkpoints it had saved are kept
+
+
+async def test_a_finetune_reads_a_file_uploaded_for_it(api, make_user, jp_http_port, jp_base_url):
+    """`data` may be a file uploaded to mlx/v1/files with purpose fine-tune — the uploader's own."""
+    import io
+
+    import openai
+
+    _, bob = await make_user("bob")
+    _, carol = await make_user("carol")
+    sdk = openai.AsyncOpenAI(base_url=f"http://localhost:{jp_http_port}{jp_base_url}mlx/v1", api_key=bob, max_retries=0)
+    rows = "".join(json.dumps({"prompt": "the quick brown", "completion": " fox"}) + "\n" for _ in range(8))
+    upload = await sdk.files.create(file=("train.jsonl", io.BytesIO(rows.encode())), purpose="fine-tune")
+    job = {"type": "finetune", "model": BASE, "data": upload.id, "name": "uploaded", "iters": 5, "batch_size": 4,
+           "num_layers": 2, "val_fraction": 0}  # fmt: skip
+    refused = await api("POST", "mlx/api/jobs", auth=carol, body=job)
+    assert refused.code == 400 and refused.body["reason"] == "invalid_data"  # not carol's file
+    created = await api("POST", "mlx/api/jobs", auth=bob, body=job)
+    assert created.code == 202, created.body
+    done = await _wait(api, created.body["id"], auth=bob)
+    assert done["status"] == "succeeded" and done["result"]["model"] == "adapter/uploaded", done

@@ -61,6 +61,14 @@ class MLXAuthMixin(ExtensionHandlerMixin):
     _xsrf_refusal: web.HTTPError | None = None  # set when the XSRF check refused this request
     credential = None  # (token, claims) when a JWT of ours authenticated the request
 
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        """A client error is in the access log already (one line per request): its message goes to
+        the debug log, not a second warning. Server errors are logged as Tornado does."""
+        if isinstance(value, web.HTTPError) and value.status_code < 500:
+            self.log.debug("%d %s: %s", value.status_code, self._request_summary(), value.log_message or value)
+            return
+        super().log_exception(typ, value, tb)
+
     @property
     def mlx(self):
         """The running `MLXManager` extension app: the services live there."""
