@@ -25,13 +25,16 @@ All MLX work happens on this one thread (MLX streams are thread-local). Scheduli
   Entries are kept per scope (the command's `cache_scope`, the cache's model key): a prefix
   is reused only by requests of the same scope (one user, or everyone with "shared").
 
-* **Chunked, fair prefill**: every prompt is prefilled here, in its own KV cache, one
-  `prefill_step_size` chunk per scheduler step (`_step_prefill`), never padded into one batch
-  with another prompt; the chunk goes to the prompt with the fewest tokens left (every 4th to
+* **Chunked, fair prefill**: a prompt longer than one chunk (or a lone one) is prefilled here,
+  in its own KV cache, one `prefill_step_size` chunk per scheduler step (`_step_prefill`),
+  never padded into one batch with another prompt; the chunk goes to the prompt with the fewest tokens left (every 4th to
   the one waiting longest, so a long prompt still advances). A request arriving during a long
   prefill starts decoding after its own prefill plus about one chunk, whatever the long
   prompt's length. A prefilled request joins the direct path (nothing else decoding) or the
-  batch (`BatchGenerator` then feeds only its last token); admission, cancellation and the
+  batch (`BatchGenerator` then feeds only its last token). A prompt of at most one chunk that
+  arrives while others run goes straight to where it decodes (the batch prefills such short
+  prompts together, in one padded chunk: a burst of chats costs one forward pass, as before,
+  and never shares it with a long prompt). Admission, cancellation and the
   decode steps of the running requests come between chunks. Greedy output does not depend
   on the chunk size (tested).
 * **Untrusted input**: every command is checked field by field before anything reaches MLX;
@@ -883,9 +886,12 @@ class Engine:
             self.scoring.append(request)
             return
         request.pending, request.fed = list(request.rest), request.prompt[: len(request.prompt) - len(request.rest)]
-        if len(request.pending) > 1:
+        alone = not self._has_work
+        if len(request.pending) > 1 and (alone or len(request.pending) > self.prefill_step_size + 1):
             self.prefilling.append(request)
             return
+        # One chunk or less while others run: prefilled where it decodes (the batch prefills the
+        # short prompts that arrive together in one padded chunk, never with a long one).
         self._join(request)
 
     def _step_prefill(self) -> None:
@@ -917,7 +923,8 @@ class Engine:
                 raise
 
     def _join(self, request: Request) -> None:
-        """A prefilled request (its last prompt token still to feed) starts decoding: on the
+        """A prefilled request (its last prompt token, or a prompt of at most one chunk, still to
+        feed) starts decoding: on the
         direct path if nothing else decodes; otherwise in the batch (migrating the direct one)."""
         if self.direct is None and not self.batched and self.switch != "batch":
             self._run_direct(request, request.pending, request.cache, request.fed)
