@@ -1,6 +1,7 @@
 """Serving benchmark: our `mlx/v1` endpoint vs `mlx_lm.server` vs in-process mlx-lm, one run.
 
-For each generated model (tiny: hidden 64, 2 layers; small: hidden 512, 8 layers) both
+For each generated model (tiny: hidden 64, 2 layers; small: hidden 512, 8 layers; bench:
+`demo-model --size bench`, hidden 384, 6 layers, context 8192) both
 servers serve the same weights, started fresh, and every measurement alternates between
 them so that machine noise hits both alike. EOS is suppressed with `logit_bias`, so every
 request generates exactly its `max_tokens`.
@@ -19,6 +20,8 @@ request generates exactly its `max_tokens`.
   to its first token; ours vs `mlx_lm.server`, each with its default prefill step;
 * concurrency 8 vs `batch_generate` (`--probes batch`): aggregate tok/s of each server and of
   in-process `mlx_lm.batch_generate` (a child process) on the same 8 prompts, as ratios;
+* prompt cache on disk (`--probes disk`, ours only): TTFT of a long prompt (`--prefill-rules`)
+  cold, warm from memory, and warm from disk after an unload and a load;
 * load latency (`--probes load` runs only this one): `POST mlx/api/pool/load` request → ready,
   ours with the warm spare runner (`warm_runner`, the default) and without it, against
   `mlx_lm.server` start → first successful `GET /v1/models` (its model loads in a thread while
