@@ -136,6 +136,7 @@ async def test_notebook_filter_and_grouped_stats(api, mlx_app, make_user):
     groups = (await api("GET", "mlx/api/audit/stats", params={"group_by": "notebook"})).body["groups"]
     assert groups[0] == {
         "key": "a.ipynb", "requests": 2, "prompt_tokens": 30, "completion_tokens": 12, "duration_ms": 150.0,
+        "cached_tokens": 0, "audio_seconds": 0,
     }  # fmt: skip
     assert {g["key"]: g["requests"] for g in groups} == {"a.ipynb": 2, "b.ipynb": 1, None: 1}
     by_user = (await api("GET", "mlx/api/audit/stats", params={"group_by": "user"})).body["groups"]

@@ -37,9 +37,14 @@ async def test_cookie_post_needs_xsrf_but_bearer_jwt_does_not(api, make_user):
     headers = {"Cookie": f"{cookie_header}; _xsrf={xsrf}", "X-XSRFToken": xsrf}
     reply = await api("POST", "mlx/api/auth/tokens", auth=None, body=body, headers=headers)
     assert reply.code == 201
-    # JupyterLab also sends the Jupyter token; its XSRF header still marks it as a browser.
-    reply = await api("GET", "mlx/api/auth/me", headers={"X-XSRFToken": xsrf, "Cookie": f"_xsrf={xsrf}"})
+    # JupyterLab also sends the Jupyter token: its login cookie marks it as a browser...
+    reply = await api(
+        "GET", "mlx/api/auth/me", headers={"X-XSRFToken": xsrf, "Cookie": f"{cookie_header}; _xsrf={xsrf}"}
+    )
     assert reply.body["client"] == "browser"
+    # ...an XSRF header is the caller's choice: with the token and no login cookie it is a kernel.
+    reply = await api("GET", "mlx/api/auth/me", headers={"X-XSRFToken": xsrf, "Cookie": f"_xsrf={xsrf}"})
+    assert reply.body["client"] == "kernel"
 
     _, access = await make_user("frank")
     reply = await api("POST", "mlx/api/auth/tokens", auth=access, body=body)

@@ -21,7 +21,7 @@ EVENT_SCHEMA_ID = "https://events.jupyter.org/jupyter_mlx_manager/audit/v1"
 FIELDS = (
     "id", "request_id", "time", "user", "client", "action", "endpoint", "model", "status",
     "prompt_tokens", "cached_tokens", "completion_tokens", "ttft_ms", "duration_ms", "error_type",
-    "backend", "notebook", "kernel_id", "cell_id", "audio_seconds", "requested_model",
+    "backend", "audio_seconds", "requested_model", "notebook", "kernel_id", "cell_id",
 )  # fmt: skip
 STATUSES = ("ok", "error", "cancelled", "timeout")
 # Text fields come from clients (a model id, a user name that failed to log in, an error
