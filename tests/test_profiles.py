@@ -68,6 +68,10 @@ async def test_a_profile_is_a_model_clients_ask_for_with_its_defaults(api, urls,
         model="claude-sonnet-4-5", max_tokens=4, messages=[{"role": "user", "content": "hi"}]
     )
     assert message.model == "local/tiny-demo"
+    counted = await claude.messages.count_tokens(
+        model="claude-sonnet-4-5", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert counted.input_tokens > 0  # counted for the profile's model, with its system prompt
     direct = await client.chat.completions.create(
         model="gpt-5", messages=[{"role": "user", "content": "hi"}], max_tokens=2
     )

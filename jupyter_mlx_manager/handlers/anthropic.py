@@ -33,5 +33,7 @@ class CountTokensHandler(AnthropicErrors, MLXAPIHandler):
     @web.authenticated
     @authorized
     async def post(self):
-        request = parse(self.json_body(), self.mlx.max_tokens_limit, count_only=True)
+        body = await self.json_body_off_loop()
+        await self.mlx.profile_service.apply(body, "messages")  # counted for the model that would answer
+        request = parse(body, self.mlx.max_tokens_limit, count_only=True)
         self.write_json({"input_tokens": await self.mlx.completions.count_tokens(self.actor, request)})

@@ -62,7 +62,8 @@ class InputTokensHandler(OpenAIErrors, MLXAPIHandler):
     @web.authenticated
     @authorized
     async def post(self):
-        body = self.json_body()
+        body = await self.json_body_off_loop()
+        await self.mlx.profile_service.apply(body, "responses")  # counted for the model that would answer
         request = parse(body, self.mlx.max_tokens_limit, await _history(self, body))
         count = await self.mlx.completions.count_tokens(self.actor, request)
         self.write_json({"object": "response.input_tokens", "input_tokens": count})
