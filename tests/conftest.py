@@ -14,10 +14,19 @@ OWNER = "owner"
 JWT_SECRET = "test-secret-" + "x" * 40
 
 
+def server_config(models_dir: Any = None, **overrides: Any) -> dict[str, Any]:
+    """`c.MLXManager` of a test server: the owner account, the tests' JWT secret, the models folder
+    (if any), then the test's own settings."""
+    config: dict[str, Any] = {"owner_username": OWNER, "jwt_secret": JWT_SECRET}
+    if models_dir is not None:
+        config["model_dirs"] = [str(models_dir)]
+    return {**config, **overrides}
+
+
 @pytest.fixture
 def mlx_config() -> dict[str, Any]:
     """Per-test overrides of c.MLXManager (a test module can override this fixture)."""
-    return {"owner_username": OWNER, "jwt_secret": JWT_SECRET}
+    return server_config()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import sys
 
 import openai
 import pytest
-from conftest import JWT_SECRET, OWNER
+from conftest import server_config
 from models import build_models, eos_id
 from test_engine import Runner
 from tokenizers import Tokenizer
@@ -52,12 +52,7 @@ def models_dir(tmp_path_factory):
 
 @pytest.fixture
 def mlx_config(models_dir):
-    return {
-        "owner_username": OWNER,
-        "jwt_secret": JWT_SECRET,
-        "model_dirs": [str(models_dir)],
-        "default_keep_alive": -1,
-    }
+    return server_config(models_dir, default_keep_alive=-1)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import re
 
 import openai
 import pytest
-from conftest import JWT_SECRET, OWNER
+from conftest import server_config
 from models import build_models
 
 TOOL_MODEL = "local/tool-demo"
@@ -47,12 +47,7 @@ def models_dir(tmp_path_factory):
 
 @pytest.fixture
 def mlx_config(models_dir):
-    return {
-        "owner_username": OWNER,
-        "jwt_secret": JWT_SECRET,
-        "model_dirs": [str(models_dir)],
-        "default_keep_alive": -1,
-    }
+    return server_config(models_dir, default_keep_alive=-1)
 
 
 @pytest.fixture

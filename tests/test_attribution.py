@@ -9,7 +9,7 @@ import uuid
 import nbformat
 import pytest
 import requests
-from conftest import JWT_SECRET, OWNER
+from conftest import OWNER, server_config
 from models import build_models, eos_id
 from servers import jupyter_server
 
@@ -24,12 +24,7 @@ def attribution_models(tmp_path_factory):
 
 @pytest.fixture
 def mlx_config(attribution_models):
-    return {
-        "owner_username": OWNER,
-        "jwt_secret": JWT_SECRET,
-        "model_dirs": [str(attribution_models)],
-        "default_keep_alive": -1,
-    }
+    return server_config(attribution_models, default_keep_alive=-1)
 
 
 def _chat(models, tokens=2):

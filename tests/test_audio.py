@@ -14,7 +14,7 @@ import wave
 
 import openai
 import pytest
-from conftest import JWT_SECRET, OWNER
+from conftest import server_config
 from models import build_models
 
 from jupyter_mlx_manager.models.catalog import model_kind
@@ -39,12 +39,7 @@ def models_dir(tmp_path_factory):
 
 @pytest.fixture
 def mlx_config(models_dir):
-    return {
-        "owner_username": OWNER,
-        "jwt_secret": JWT_SECRET,
-        "model_dirs": [str(models_dir)],
-        "default_keep_alive": -1,
-    }
+    return server_config(models_dir, default_keep_alive=-1)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import socket
 import time
 
 import pytest
-from conftest import JWT_SECRET, OWNER
+from conftest import OWNER, server_config
 from models import build_models, eos_id
 
 MODEL = "local/tiny-demo"
@@ -23,12 +23,7 @@ def audit_models(tmp_path_factory):
 
 @pytest.fixture
 def mlx_config(audit_models):
-    return {
-        "owner_username": OWNER,
-        "jwt_secret": JWT_SECRET,
-        "model_dirs": [str(audit_models)],
-        "default_keep_alive": -1,
-    }
+    return server_config(audit_models, default_keep_alive=-1)
 
 
 def _chat(audit_models, tokens=3):

@@ -16,7 +16,7 @@ import time
 import openai
 import pytest
 import requests
-from conftest import JWT_SECRET, OWNER
+from conftest import server_config
 from models import build_models, eos_id
 from servers import jupyter_server
 
@@ -48,13 +48,7 @@ def budgets():
 
 @pytest.fixture
 def mlx_config(models_dir, budgets):
-    return {
-        "owner_username": OWNER,
-        "jwt_secret": JWT_SECRET,
-        "model_dirs": [str(models_dir)],
-        "default_keep_alive": -1,
-        "budgets": budgets,
-    }
+    return server_config(models_dir, default_keep_alive=-1, budgets=budgets)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import datetime as dt
 import anthropic
 import openai
 import pytest
-from conftest import JWT_SECRET, OWNER
+from conftest import OWNER, server_config
 from models import build_models, eos_id
 
 MODEL = "local/tiny-demo"
@@ -23,13 +23,11 @@ def models_dir(tmp_path_factory):
 
 @pytest.fixture
 def mlx_config(models_dir):
-    return {
-        "owner_username": OWNER,
-        "jwt_secret": JWT_SECRET,
-        "model_dirs": [str(models_dir)],
-        "default_keep_alive": -1,
-        "budgets": {"default": {"tokens_per_day": 1_000_000}, "users": {"bob": {"tokens_per_day": 60}}},
-    }
+    return server_config(
+        models_dir,
+        default_keep_alive=-1,
+        budgets={"default": {"tokens_per_day": 1_000_000}, "users": {"bob": {"tokens_per_day": 60}}},
+    )
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, quote
 import psutil
 import pytest
 import requests
-from conftest import JWT_SECRET, OWNER
+from conftest import JWT_SECRET, server_config
 from models import build_models
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
@@ -161,14 +161,7 @@ def model_dir(tmp_path, demo_models):
 
 @pytest.fixture
 def mlx_config(hf_cache, model_dir):
-    return {
-        "owner_username": OWNER,
-        "jwt_secret": JWT_SECRET,
-        "model_dirs": [str(model_dir)],
-        "default_keep_alive": -1,
-        "max_concurrent_downloads": 2,
-        "hf_token": GATED_TOKEN,
-    }
+    return server_config(model_dir, default_keep_alive=-1, max_concurrent_downloads=2, hf_token=GATED_TOKEN)
 
 
 async def wait_download(api, download_id: int, until=FINAL, timeout: float = 30.0, check=None) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import JWT_SECRET, OWNER
+from conftest import server_config
 from models import build_models, eos_id
 
 SYSTEM = " ".join(f"Rule {i}: answer briefly, cite the notebook cell, and keep numbers exact." for i in range(20))
@@ -23,10 +23,7 @@ def prompt_cache_gb():
 
 @pytest.fixture
 def mlx_config(cache_models, prompt_cache_gb):
-    return {
-        "owner_username": OWNER, "jwt_secret": JWT_SECRET, "model_dirs": [str(cache_models)], "default_keep_alive": -1,
-        "prompt_cache_gb": prompt_cache_gb,
-    }  # fmt: skip
+    return server_config(cache_models, default_keep_alive=-1, prompt_cache_gb=prompt_cache_gb)
 
 
 async def _chat(api, model, question, eos, **options):

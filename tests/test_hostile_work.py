@@ -12,7 +12,7 @@ import json
 import anthropic
 import openai
 import pytest
-from conftest import JWT_SECRET, OWNER
+from conftest import server_config
 from models import build_models
 
 MODEL = "local/tiny-demo"
@@ -25,13 +25,7 @@ def models_dir(tmp_path_factory):
 
 @pytest.fixture
 def mlx_config(models_dir):
-    return {
-        "owner_username": OWNER,
-        "jwt_secret": JWT_SECRET,
-        "model_dirs": [str(models_dir)],
-        "default_keep_alive": -1,
-        "max_requests_per_user": 2,
-    }
+    return server_config(models_dir, default_keep_alive=-1, max_requests_per_user=2)
 
 
 @pytest.fixture

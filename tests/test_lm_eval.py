@@ -12,7 +12,7 @@ import os
 import sys
 
 import pytest
-from conftest import JWT_SECRET, OWNER
+from conftest import server_config
 from models import build_models
 from test_agents_completions import reference_logprobs
 from tokenizers import Tokenizer
@@ -49,12 +49,7 @@ def models_dir(tmp_path_factory):
 
 @pytest.fixture
 def mlx_config(models_dir):
-    return {
-        "owner_username": OWNER,
-        "jwt_secret": JWT_SECRET,
-        "model_dirs": [str(models_dir)],
-        "default_keep_alive": -1,
-    }
+    return server_config(models_dir, default_keep_alive=-1)
 
 
 @pytest.mark.timeout(600)

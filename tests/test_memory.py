@@ -10,7 +10,7 @@ import secrets
 import time
 
 import pytest
-from conftest import JWT_SECRET, OWNER
+from conftest import server_config
 from models import build_models
 
 
@@ -21,8 +21,7 @@ def memory_models(tmp_path_factory):
 
 @pytest.fixture
 def mlx_config(memory_models):
-    return {"owner_username": OWNER, "jwt_secret": JWT_SECRET, "model_dirs": [str(memory_models)],
-            "max_loaded_models": 2, "default_keep_alive": -1}  # fmt: skip
+    return server_config(memory_models, max_loaded_models=2, default_keep_alive=-1)
 
 
 def _long_prompt(words: int = 500) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import anthropic
 import pytest
-from conftest import JWT_SECRET, OWNER
+from conftest import server_config
 from models import build_models, eos_id
 
 MODEL = "local/tiny-demo"
@@ -22,12 +22,7 @@ def models_dir(tmp_path_factory):
 
 @pytest.fixture
 def mlx_config(models_dir):
-    return {
-        "owner_username": OWNER,
-        "jwt_secret": JWT_SECRET,
-        "model_dirs": [str(models_dir)],
-        "default_keep_alive": -1,
-    }
+    return server_config(models_dir, default_keep_alive=-1)
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import JWT_SECRET, OWNER
+from conftest import server_config
 from models import build_models, eos_id
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,12 +21,7 @@ def models_dir(tmp_path_factory):
 
 @pytest.fixture
 def mlx_config(models_dir):
-    return {
-        "owner_username": OWNER,
-        "jwt_secret": JWT_SECRET,
-        "model_dirs": [str(models_dir)],
-        "default_keep_alive": -1,
-    }
+    return server_config(models_dir, default_keep_alive=-1)
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:

@@ -10,7 +10,7 @@ import time
 
 import openai
 import pytest
-from conftest import JWT_SECRET, OWNER
+from conftest import server_config
 from models import build_models, eos_id
 
 MODEL = "local/tiny-demo"
@@ -23,16 +23,7 @@ def models_dir(tmp_path_factory):
 
 @pytest.fixture
 def mlx_config(models_dir):
-    return {
-        "owner_username": OWNER,
-        "jwt_secret": JWT_SECRET,
-        "model_dirs": [str(models_dir)],
-        "default_keep_alive": -1,
-        # A chat body may weigh the JSON limit plus room for its images: with no images and a
-        # 4 MB limit, the 5 MB body below is over it.
-        "max_body_mb": 4,
-        "max_images_per_request": 0,
-    }
+    return server_config(models_dir, default_keep_alive=-1, max_body_mb=4, max_images_per_request=0)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import time
 
 import psutil
 import pytest
-from conftest import JWT_SECRET, OWNER
+from conftest import server_config
 from models import build_models
 
 
@@ -37,13 +37,7 @@ def pool_models(tmp_path_factory):
 
 @pytest.fixture
 def mlx_config(pool_models):
-    return {
-        "owner_username": OWNER,
-        "jwt_secret": JWT_SECRET,
-        "model_dirs": [str(pool_models)],
-        "max_loaded_models": 2,
-        "default_keep_alive": -1,
-    }
+    return server_config(pool_models, max_loaded_models=2, default_keep_alive=-1)
 
 
 async def _loaded(api) -> list[str]:
@@ -180,12 +174,7 @@ async def test_a_busy_model_is_unloaded_only_with_force(api, pool_models):
 class TestOneModelAtATime:
     @pytest.fixture
     def mlx_config(self, pool_models):
-        return {
-            "owner_username": OWNER,
-            "jwt_secret": JWT_SECRET,
-            "model_dirs": [str(pool_models)],
-            "max_loaded_models": 1,
-        }
+        return server_config(pool_models, max_loaded_models=1)
 
     async def test_a_model_waited_for_is_not_evicted_before_its_request_runs(self, api):
         """Two requests for two models at once: the second load must not evict the first model

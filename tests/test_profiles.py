@@ -5,7 +5,7 @@ from __future__ import annotations
 import anthropic
 import openai
 import pytest
-from conftest import JWT_SECRET, OWNER
+from conftest import server_config
 from models import build_models, eos_id
 
 SYSTEM = "You are a terse coding assistant."
@@ -18,21 +18,19 @@ def models_dir(tmp_path_factory):
 
 @pytest.fixture
 def mlx_config(models_dir):
-    return {
-        "owner_username": OWNER,
-        "jwt_secret": JWT_SECRET,
-        "model_dirs": [str(models_dir)],
-        "default_keep_alive": -1,
-        "profiles": {
+    return server_config(
+        models_dir,
+        default_keep_alive=-1,
+        profiles={
             "coder": {
                 "models": ["local/not-here", "local/tiny-demo"],
                 "system": SYSTEM,
                 "max_tokens": 6,
                 "temperature": 0,
             },
-        },  # fmt: skip
-        "aliases": {"claude-*": "coder", "gpt-5": "local/tiny-other"},
-    }
+        },
+        aliases={"claude-*": "coder", "gpt-5": "local/tiny-other"},
+    )
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import JWT_SECRET, OWNER
+from conftest import server_config
 from models import build_models, eos_id
 
 SYSTEM = " ".join(f"Rule {i}: answer briefly, cite the notebook cell, and keep numbers exact." for i in range(20))
@@ -23,10 +23,9 @@ def prompt_cache_scope():
 
 @pytest.fixture
 def mlx_config(scope_models, prompt_cache_scope):
-    return {
-        "owner_username": OWNER, "jwt_secret": JWT_SECRET, "model_dirs": [str(scope_models)], "default_keep_alive": -1,
-        "prompt_cache_gb": 0.25, "prompt_cache_scope": prompt_cache_scope,
-    }  # fmt: skip
+    return server_config(
+        scope_models, default_keep_alive=-1, prompt_cache_gb=0.25, prompt_cache_scope=prompt_cache_scope
+    )
 
 
 async def _cached(api, token, eos, question, **options) -> int:

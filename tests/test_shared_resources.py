@@ -10,7 +10,7 @@ import shutil
 import time
 
 import pytest
-from conftest import JWT_SECRET, OWNER
+from conftest import OWNER, server_config
 from models import build_models, eos_id
 
 from jupyter_mlx_manager.devhub import DevHub
@@ -71,14 +71,7 @@ def hf_cache(hub, tmp_path, monkeypatch):
 
 @pytest.fixture
 def mlx_config(hf_cache, model_dir):
-    return {
-        "owner_username": OWNER,
-        "jwt_secret": JWT_SECRET,
-        "model_dirs": [str(model_dir)],
-        "default_keep_alive": 300,
-        "max_loaded_models": 3,
-        "hf_token": GATED_TOKEN,
-    }
+    return server_config(model_dir, default_keep_alive=300, max_loaded_models=3, hf_token=GATED_TOKEN)
 
 
 @pytest.fixture
@@ -347,12 +340,7 @@ async def test_download_errors_quote_server_paths_only_to_admins(api, make_user,
 class TestTokenForUsers:
     @pytest.fixture
     def mlx_config(self, hf_cache, model_dir):
-        return {
-            "owner_username": OWNER,
-            "jwt_secret": JWT_SECRET,
-            "model_dirs": [str(model_dir)],
-            "hf_token": GATED_TOKEN,
-        }
+        return server_config(model_dir, hf_token=GATED_TOKEN)
 
     async def test_hf_token_for_users_lets_users_download_gated_repos(self, api, make_user, mlx_app):
         _, bob = await make_user("bob")

@@ -15,7 +15,7 @@ import sys
 
 import openai
 import pytest
-from conftest import JWT_SECRET, OWNER
+from conftest import server_config
 from models import build_models
 
 from jupyter_mlx_manager.models.catalog import ModelCatalog, model_kind
@@ -67,7 +67,7 @@ def test_the_demo_vision_model_runs_in_mlx_vlm(models_dir):
 
 @pytest.fixture
 def mlx_config(models_dir):
-    return {"owner_username": OWNER, "jwt_secret": JWT_SECRET, "model_dirs": [str(models_dir)]}
+    return server_config(models_dir)
 
 
 async def test_a_vision_model_chats_in_the_pool_and_is_refused_elsewhere(api, jp_http_port, jp_base_url, models_dir):

@@ -10,7 +10,7 @@ import time
 
 import psutil
 import pytest
-from conftest import JWT_SECRET, OWNER
+from conftest import server_config
 from models import build_models
 
 
@@ -21,8 +21,7 @@ def warm_models(tmp_path_factory):
 
 @pytest.fixture
 def mlx_config(warm_models):
-    return {"owner_username": OWNER, "jwt_secret": JWT_SECRET, "model_dirs": [str(warm_models)],
-            "max_loaded_models": 2, "default_keep_alive": -1, "warm_runner": True}  # fmt: skip
+    return server_config(warm_models, max_loaded_models=2, default_keep_alive=-1, warm_runner=True)
 
 
 def _gone(pid: int) -> bool:
@@ -98,8 +97,7 @@ async def test_a_failed_load_on_the_spare_says_why_and_a_new_spare_follows(api, 
 class TestNoWarmRunner:
     @pytest.fixture
     def mlx_config(self, warm_models):
-        return {"owner_username": OWNER, "jwt_secret": JWT_SECRET, "model_dirs": [str(warm_models)],
-                "warm_runner": False, "default_keep_alive": -1}  # fmt: skip
+        return server_config(warm_models, warm_runner=False, default_keep_alive=-1)
 
     async def test_no_spare_and_loads_spawn_as_before(self, api, mlx_app):
         before = {p.pid for p in psutil.Process().children(recursive=True)}
