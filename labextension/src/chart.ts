@@ -1,6 +1,6 @@
 /**
- * Scales for the Activity chart: "nice" value ticks (1, 2, 5 × 10ⁿ) and time ticks on round
- * clock steps. No DOM (unit-tested in node).
+ * Scales for the panel's charts: "nice" value ticks (1, 2, 5 × 10ⁿ), time ticks on round
+ * clock steps, and the plot's value scale. No DOM (unit-tested in node).
  */
 
 /** Ticks from 0 to a round maximum at or above `max`, about `count` of them. */
@@ -69,4 +69,37 @@ export function formatTick(t: number, withSeconds: boolean): string {
   const pad = (n: number) => String(n).padStart(2, '0');
   const text = `${pad(d.getHours())}:${pad(d.getMinutes())}`;
   return withSeconds ? `${text}:${pad(d.getSeconds())}` : text;
+}
+
+/** A chart's size and margins (SVG user units); the plot lies inside the margins. */
+export interface IChartBox {
+  width: number;
+  height: number;
+  left: number;
+  right: number;
+  top: number;
+  bottom: number;
+}
+
+/** The plot inside a box, with its value axis running from 0 up to the last of `ticks`. */
+export interface IValueScale {
+  box: IChartBox;
+  ticks: number[];
+  plotWidth: number;
+  plotHeight: number;
+  /** The height (SVG y) of a value. */
+  y: (value: number) => number;
+}
+
+export function valueScale(box: IChartBox, ticks: number[]): IValueScale {
+  const top = ticks[ticks.length - 1];
+  const plotWidth = box.width - box.left - box.right;
+  const plotHeight = box.height - box.top - box.bottom;
+  return {
+    box,
+    ticks,
+    plotWidth,
+    plotHeight,
+    y: value => box.top + plotHeight - (value / top) * plotHeight
+  };
 }

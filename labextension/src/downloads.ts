@@ -10,12 +10,12 @@ import {
   ApiError,
   cancelDownload,
   downloadProgressUrl,
-  getTicket,
   IDownload,
   listDownloads,
   startDownload,
   toApiError
 } from './api';
+import { EventSourceFactory, TicketStreams } from './eventstreams';
 import { formatBytes, percent } from './format';
 import { Store } from './store';
 
@@ -139,21 +139,7 @@ export interface IDownloadsState {
   error: ApiError | null;
 }
 
-/** Something EventSource-like, so tests can pass a fake. */
-export interface IEventSourceLike {
-  onmessage: ((ev: { data: string }) => void) | null;
-  onerror: ((ev: unknown) => void) | null;
-  addEventListener(
-    type: string,
-    listener: (ev: { data: string }) => void
-  ): void;
-  close(): void;
-}
-
-export type EventSourceFactory = (url: string) => IEventSourceLike;
-
-/** Events a progress stream may use; the default `message` and common names. */
-const MAX_RECONNECTS = 5;
+/** Events a progress stream may use besides the default `message`. */
 const EVENT_NAMES = [
   'progress',
   'status',
@@ -178,9 +164,11 @@ export class DownloadsModel {
     private readonly _settings?: ServerConnection.ISettings,
     factory?: EventSourceFactory
   ) {
-    this._factory =
-      factory ??
-      ((url: string) => new EventSource(url) as unknown as IEventSourceLike);
+    this._streams = new TicketStreams(
+      _settings,
+      factory,
+      () => void this.refresh()
+    );
   }
 
   /** Called when a download finishes (to refresh the local model list). */
@@ -218,7 +206,7 @@ export class DownloadsModel {
 
   async cancel(id: IDownload['id']): Promise<void> {
     await cancelDownload(id, this._settings);
-    this._close(String(id));
+    this._streams.close(String(id));
     this.store.set(s => ({
       ...s,
       downloads: mergeDownload(s.downloads, { id, status: 'cancelled' })
@@ -253,7 +241,7 @@ export class DownloadsModel {
       d => String(d.id) === String(update.id)
     );
     if (after && !isActive(after.status)) {
-      this._close(String(update.id));
+      this._streams.close(String(update.id));
       if (before && isActive(before.status)) {
         this.onFinished?.(after);
       }
@@ -261,86 +249,28 @@ export class DownloadsModel {
   }
 
   dispose(): void {
-    for (const id of [...this._sources.keys()]) {
-      this._close(id);
-    }
-    this._disposed = true;
+    this._streams.dispose();
   }
 
-  /** Open a progress stream for every active download that has none. */
+  /** Follow the progress of every active download. */
   private _follow(): void {
-    for (const d of this.store.state.downloads) {
-      const key = String(d.id);
-      if (
-        isActive(d.status) &&
-        !this._sources.has(key) &&
-        !this._opening.has(key) &&
-        (this._failures.get(key) ?? 0) <= MAX_RECONNECTS
-      ) {
-        void this._open(d.id);
-      }
+    for (const { id } of this.store.state.downloads.filter(d =>
+      isActive(d.status)
+    )) {
+      this._streams.follow(String(id), {
+        url: ticket => downloadProgressUrl(id, ticket, this._settings),
+        events: EVENT_NAMES,
+        receive: (data: any) => {
+          const isUpdate =
+            !!data && typeof data === 'object' && !Array.isArray(data);
+          if (isUpdate) {
+            this.apply({ ...data, id: data.id ?? id });
+          }
+          return isUpdate;
+        }
+      });
     }
   }
 
-  private async _open(id: IDownload['id']): Promise<void> {
-    const key = String(id);
-    this._opening.add(key);
-    let ticket: string;
-    try {
-      ticket = await getTicket(this._settings);
-    } catch {
-      return; // the next refresh tries again
-    } finally {
-      this._opening.delete(key);
-    }
-    if (this._disposed || this._sources.has(key)) {
-      return;
-    }
-    const source = this._factory(
-      downloadProgressUrl(id, ticket, this._settings)
-    );
-    this._sources.set(key, source);
-    const handle = (ev: { data: string }) => {
-      let data: any;
-      try {
-        data = JSON.parse(ev.data);
-      } catch {
-        return;
-      }
-      if (data && typeof data === 'object' && !Array.isArray(data)) {
-        this._failures.delete(key);
-        this.apply({ ...data, id: data.id ?? id });
-      }
-    };
-    source.onmessage = handle;
-    for (const name of EVENT_NAMES) {
-      source.addEventListener(name, handle);
-    }
-    source.onerror = () => {
-      // A ticket is short-lived: never let EventSource retry with the same URL. Ask for the
-      // list again (the download may have ended) and reconnect with a new ticket, backing off.
-      this._close(key);
-      const failures = (this._failures.get(key) ?? 0) + 1;
-      this._failures.set(key, failures);
-      if (!this._disposed && failures <= MAX_RECONNECTS) {
-        setTimeout(() => void this.refresh(), 500 * 2 ** failures);
-      }
-    };
-  }
-
-  private _close(key: string): void {
-    const source = this._sources.get(key);
-    if (source) {
-      source.onmessage = null;
-      source.onerror = null;
-      source.close();
-      this._sources.delete(key);
-    }
-  }
-
-  private _factory: EventSourceFactory;
-  private _sources = new Map<string, IEventSourceLike>();
-  private _opening = new Set<string>();
-  private _failures = new Map<string, number>();
-  private _disposed = false;
+  private _streams: TicketStreams;
 }

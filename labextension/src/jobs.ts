@@ -9,12 +9,11 @@ import { ServerConnection } from '@jupyterlab/services';
 import {
   ApiError,
   eventSourceUrl,
-  getTicket,
   jsonInit,
   requestAPI,
   toApiError
 } from './api';
-import type { IEventSourceLike, EventSourceFactory } from './downloads';
+import { EventSourceFactory, TicketStreams } from './eventstreams';
 import type { components } from './generated/openapi';
 import { Store } from './store';
 
@@ -258,8 +257,6 @@ export interface IJobsState {
   loaded: boolean;
 }
 
-const MAX_RECONNECTS = 5;
-
 /** The jobs list, with an event stream open on each running job. */
 export class JobsModel {
   readonly store = new Store<IJobsState>({
@@ -272,9 +269,11 @@ export class JobsModel {
     private readonly _settings?: ServerConnection.ISettings,
     factory?: EventSourceFactory
   ) {
-    this._factory =
-      factory ??
-      ((url: string) => new EventSource(url) as unknown as IEventSourceLike);
+    this._streams = new TicketStreams(
+      _settings,
+      factory,
+      () => void this.refresh().catch(() => undefined)
+    );
   }
 
   /** Called once when a job followed here ends (e.g. to list a new adapter). */
@@ -307,7 +306,7 @@ export class JobsModel {
     const before = this.store.state.jobs.find(j => j.id === job.id);
     this.store.set(s => ({ ...s, jobs: mergeJob(s.jobs, job) }));
     if (!isJobActive(job)) {
-      this._close(job.id);
+      this._streams.close(job.id);
       if (before && isJobActive(before)) {
         this.onFinished?.(job);
       }
@@ -315,85 +314,28 @@ export class JobsModel {
   }
 
   dispose(): void {
-    this._disposed = true;
-    for (const id of [...this._sources.keys()]) {
-      this._close(id);
-    }
+    this._streams.dispose();
   }
 
   private _follow(): void {
-    for (const job of this.store.state.jobs) {
-      if (
-        isJobActive(job) &&
-        !this._sources.has(job.id) &&
-        !this._opening.has(job.id) &&
-        (this._failures.get(job.id) ?? 0) <= MAX_RECONNECTS
-      ) {
-        void this._open(job.id);
-      }
+    for (const { id } of this.store.state.jobs.filter(isJobActive)) {
+      this._streams.follow(id, {
+        url: ticket =>
+          eventSourceUrl(
+            `jobs/${encodeURIComponent(id)}/events`,
+            ticket,
+            this._settings
+          ),
+        receive: data => {
+          const job = jobOfEvent(data);
+          if (job) {
+            this.apply(job);
+          }
+          return job !== null;
+        }
+      });
     }
   }
 
-  private async _open(id: string): Promise<void> {
-    this._opening.add(id);
-    let ticket: string;
-    try {
-      ticket = await getTicket(this._settings);
-    } catch {
-      return; // the next refresh tries again
-    } finally {
-      this._opening.delete(id);
-    }
-    if (this._disposed || this._sources.has(id)) {
-      return;
-    }
-    const source = this._factory(
-      eventSourceUrl(
-        `jobs/${encodeURIComponent(id)}/events`,
-        ticket,
-        this._settings
-      )
-    );
-    this._sources.set(id, source);
-    source.onmessage = ev => {
-      let job: Job | null = null;
-      try {
-        job = jobOfEvent(JSON.parse(ev.data));
-      } catch {
-        return;
-      }
-      if (job) {
-        this._failures.delete(id);
-        this.apply(job);
-      }
-    };
-    source.onerror = () => {
-      // Never let EventSource retry with a spent ticket: list again, reconnect with a new one.
-      this._close(id);
-      const failures = (this._failures.get(id) ?? 0) + 1;
-      this._failures.set(id, failures);
-      if (!this._disposed && failures <= MAX_RECONNECTS) {
-        setTimeout(
-          () => void this.refresh().catch(() => undefined),
-          500 * 2 ** failures
-        );
-      }
-    };
-  }
-
-  private _close(id: string): void {
-    const source = this._sources.get(id);
-    if (source) {
-      source.onmessage = null;
-      source.onerror = null;
-      source.close();
-      this._sources.delete(id);
-    }
-  }
-
-  private _factory: EventSourceFactory;
-  private _sources = new Map<string, IEventSourceLike>();
-  private _opening = new Set<string>();
-  private _failures = new Map<string, number>();
-  private _disposed = false;
+  private _streams: TicketStreams;
 }

@@ -1,4 +1,4 @@
-import { formatTick, niceTicks, timeTicks } from '../chart';
+import { formatTick, niceTicks, timeTicks, valueScale } from '../chart';
 
 describe('niceTicks', () => {
   it('runs from 0 to a round top at or above the maximum', () => {
@@ -47,5 +47,18 @@ describe('timeTicks', () => {
       timeTicks(start, start + 26 * 3600_000, 3).length
     ).toBeLessThanOrEqual(3);
     expect(timeTicks(start, start)).toEqual([start]);
+  });
+});
+
+describe('valueScale', () => {
+  it("puts 0 on the plot's bottom edge and the last tick on its top edge", () => {
+    const [width, height, left, right, top, bottom] = [300, 132, 40, 8, 10, 22];
+    const box = { width, height, left, right, top, bottom };
+    const scale = valueScale(box, [0, 20, 40, 60]);
+    expect(scale.plotWidth).toBe(252);
+    expect(scale.plotHeight).toBe(100);
+    expect(scale.y(0)).toBe(110);
+    expect(scale.y(60)).toBe(10);
+    expect(scale.y(30)).toBe(60);
   });
 });

@@ -13,13 +13,13 @@ import * as React from 'react';
 import { IDownload } from '../api';
 import {
   DownloadsModel,
-  IEventSourceLike,
   isActive,
   mergeDownload,
   progressText,
   replaceDownloads
 } from '../downloads';
 import { DownloadItem } from '../sections/DownloadsSection';
+import { FakeEventSource, flush } from './eventsources';
 
 const json = (status: number, body: unknown) =>
   new Response(JSON.stringify(body), { status });
@@ -37,40 +37,6 @@ const record = (over: Partial<IDownload> = {}): IDownload => ({
   created_at: '2026-01-01T00:00:00Z',
   ...over
 });
-
-class FakeEventSource implements IEventSourceLike {
-  static all: FakeEventSource[] = [];
-  onmessage: ((ev: { data: string }) => void) | null = null;
-  onerror: ((ev: unknown) => void) | null = null;
-  closed = false;
-  listeners: Record<string, ((ev: { data: string }) => void)[]> = {};
-  constructor(readonly url: string) {
-    FakeEventSource.all.push(this);
-  }
-  addEventListener(
-    type: string,
-    listener: (ev: { data: string }) => void
-  ): void {
-    (this.listeners[type] ??= []).push(listener);
-  }
-  close(): void {
-    this.closed = true;
-  }
-  emit(data: unknown, type = 'message'): void {
-    const ev = { data: JSON.stringify(data) };
-    if (type === 'message') {
-      this.onmessage?.(ev);
-    } else {
-      (this.listeners[type] ?? []).forEach(l => l(ev));
-    }
-  }
-}
-
-const flush = async () => {
-  for (let i = 0; i < 10; i++) {
-    await Promise.resolve();
-  }
-};
 
 describe('download state', () => {
   it('knows which statuses are still active', () => {

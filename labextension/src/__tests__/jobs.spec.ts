@@ -10,7 +10,6 @@ jest.mock('@jupyterlab/services', () => ({
 
 import * as React from 'react';
 
-import { IEventSourceLike } from '../downloads';
 import {
   adapterOf,
   evaluationRows,
@@ -28,6 +27,7 @@ import {
   LossChart,
   progressLine
 } from '../sections/JobsSection';
+import { FakeEventSource, flush } from './eventsources';
 
 const { renderToStaticMarkup } = jest.requireActual<{
   renderToStaticMarkup: (element: React.ReactElement) => string;
@@ -48,31 +48,6 @@ const job = (over: Partial<Job> = {}): Job => ({
   error: null,
   ...over
 });
-
-class FakeEventSource implements IEventSourceLike {
-  static all: FakeEventSource[] = [];
-  onmessage: ((ev: { data: string }) => void) | null = null;
-  onerror: ((ev: unknown) => void) | null = null;
-  closed = false;
-  constructor(readonly url: string) {
-    FakeEventSource.all.push(this);
-  }
-  addEventListener(): void {
-    // the job stream sends plain `data:` events only
-  }
-  close(): void {
-    this.closed = true;
-  }
-  emit(data: unknown): void {
-    this.onmessage?.({ data: JSON.stringify(data) });
-  }
-}
-
-const flush = async () => {
-  for (let i = 0; i < 10; i++) {
-    await Promise.resolve();
-  }
-};
 
 const form = {
   ...FINETUNE_DEFAULTS,

@@ -22,7 +22,13 @@ import {
   tokenSeries,
   usageUnits
 } from '../audit';
-import { formatTick, niceTicks, timeTicks } from '../chart';
+import {
+  formatTick,
+  IChartBox,
+  niceTicks,
+  timeTicks,
+  valueScale
+} from '../chart';
 import {
   formatClock,
   formatCount,
@@ -31,6 +37,7 @@ import {
   plural
 } from '../format';
 import { useAction, useStore } from '../hooks';
+import { BarSwatch, Chart } from './Chart';
 import { Badge, Button, Empty, ErrorNotice, Loading } from './common';
 import { ISectionProps } from './ModelsSection';
 import { UsageBudgets } from './UsageBudgets';
@@ -136,7 +143,7 @@ function basename(path: string): string {
   return path.split('/').pop() || path;
 }
 
-const CHART = {
+const CHART: IChartBox = {
   width: 300,
   height: 132,
   left: 40,
@@ -178,127 +185,85 @@ export function BarChart({
   if (!bins.length || max === 0) {
     return null;
   }
-  const ticks = niceTicks(max, 4);
-  const top = ticks[ticks.length - 1];
-  const plotW = CHART.width - CHART.left - CHART.right;
-  const plotH = CHART.height - CHART.top - CHART.bottom;
+  const scale = valueScale(CHART, niceTicks(max, 4));
+  const { plotWidth, plotHeight, y } = scale;
   const start = bins[0].start;
   const end = bins[bins.length - 1].end;
-  const x = (t: number) => CHART.left + ((t - start) / (end - start)) * plotW;
-  const y = (v: number) => CHART.top + plotH - (v / top) * plotH;
+  const x = (t: number) =>
+    CHART.left + ((t - start) / (end - start)) * plotWidth;
   const binWidth = bins[0].end - bins[0].start;
   const times = timeTicks(start, end, 3);
   const withSeconds = times.length > 1 && times[1] - times[0] < 60_000;
   const total = totals.reduce((a, b) => a + b, 0);
   const per = formatDuration(binWidth / 1000);
   return (
-    <figure className="jp-MLXPanel-chart" data-field={field}>
-      <figcaption className="jp-MLXPanel-chartTitle">
-        <span>{title}</span>
-        <span data-field="chart-total">
-          {format(total)} {unit} in all
-        </span>
-      </figcaption>
-      <svg
-        viewBox={`0 0 ${CHART.width} ${CHART.height}`}
-        width="100%"
-        role="img"
-        aria-label={`${title}: ${format(total)} ${unit} from ${formatClock(new Date(start).toISOString())} to ${formatClock(new Date(end).toISOString())}, one bar per ${per}`}
-      >
-        <g className="jp-MLXPanel-chartAxis" data-axis="y">
-          {ticks.map(v => (
-            <g key={v}>
-              <line
-                className="jp-MLXPanel-chartGrid"
-                x1={CHART.left}
-                x2={CHART.width - CHART.right}
-                y1={y(v)}
-                y2={y(v)}
-              />
-              <text
-                x={CHART.left - 4}
-                y={y(v)}
-                textAnchor="end"
-                dominantBaseline="middle"
-              >
-                {format(v)}
-              </text>
-            </g>
-          ))}
-        </g>
-        <g className="jp-MLXPanel-chartAxis" data-axis="x">
+    <Chart
+      field={field}
+      title={title}
+      summary={{
+        field: 'chart-total',
+        text: `${format(total)} ${unit} in all`
+      }}
+      label={`${title}: ${format(total)} ${unit} from ${formatClock(new Date(start).toISOString())} to ${formatClock(new Date(end).toISOString())}, one bar per ${per}`}
+      scale={scale}
+      formatValue={format}
+      xLabels={times.map(t => (
+        <g key={t}>
           <line
             className="jp-MLXPanel-chartBase"
-            x1={CHART.left}
-            x2={CHART.width - CHART.right}
-            y1={CHART.top + plotH}
-            y2={CHART.top + plotH}
+            x1={x(t)}
+            x2={x(t)}
+            y1={CHART.top + plotHeight}
+            y2={CHART.top + plotHeight + 3}
           />
-          {times.map(t => (
-            <g key={t}>
-              <line
-                className="jp-MLXPanel-chartBase"
-                x1={x(t)}
-                x2={x(t)}
-                y1={CHART.top + plotH}
-                y2={CHART.top + plotH + 3}
-              />
-              <text
-                x={x(t)}
-                y={CHART.height - 6}
-                textAnchor={
-                  x(t) < CHART.left + 16
-                    ? 'start'
-                    : x(t) > CHART.width - CHART.right - 16
-                      ? 'end'
-                      : 'middle'
-                }
-              >
-                {formatTick(t, withSeconds)}
-              </text>
-            </g>
-          ))}
+          <text
+            x={x(t)}
+            y={CHART.height - 6}
+            textAnchor={
+              x(t) < CHART.left + 16
+                ? 'start'
+                : x(t) > CHART.width - CHART.right - 16
+                  ? 'end'
+                  : 'middle'
+            }
+          >
+            {formatTick(t, withSeconds)}
+          </text>
         </g>
-        {bins.map((b, i) => {
-          const w = Math.max(x(b.end) - x(b.start) - 1, 0.5);
-          let base = 0;
-          const tip = `${formatClock(new Date(b.start).toISOString())}–${formatClock(new Date(b.end).toISOString())}: ${series.map(s => `${format(s.value(b))} ${s.label}`).join(', ')} (${plural(b.requests, 'request')})`;
-          return (
-            <g key={i} data-bin={i}>
-              <title>{tip}</title>
-              {series.map(s => {
-                const v = s.value(b);
-                const rect = (
-                  <rect
-                    key={s.key}
-                    className={s.className}
-                    x={x(b.start) + 0.5}
-                    y={y(base + v)}
-                    width={w}
-                    height={Math.max(0, y(base) - y(base + v))}
-                  />
-                );
-                base += v;
-                return rect;
-              })}
-            </g>
-          );
-        })}
-      </svg>
-      <div className="jp-MLXPanel-chartLegend" data-field="legend">
-        {series.map(s => (
-          <span key={s.key} className="jp-MLXPanel-chartKey">
-            <svg width="10" height="10" aria-hidden="true">
-              <rect className={s.className} width="10" height="10" />
-            </svg>
-            {s.label}
-          </span>
-        ))}
-        <span className="jp-MLXPanel-chartUnit" data-field="unit">
-          {unit} per {per}
-        </span>
-      </div>
-    </figure>
+      ))}
+      legend={series.map(s => ({
+        key: s.key,
+        label: s.label,
+        swatch: <BarSwatch className={s.className} />
+      }))}
+      unit={`${unit} per ${per}`}
+    >
+      {bins.map((b, i) => {
+        const w = Math.max(x(b.end) - x(b.start) - 1, 0.5);
+        let base = 0;
+        const tip = `${formatClock(new Date(b.start).toISOString())}–${formatClock(new Date(b.end).toISOString())}: ${series.map(s => `${format(s.value(b))} ${s.label}`).join(', ')} (${plural(b.requests, 'request')})`;
+        return (
+          <g key={i} data-bin={i}>
+            <title>{tip}</title>
+            {series.map(s => {
+              const v = s.value(b);
+              const rect = (
+                <rect
+                  key={s.key}
+                  className={s.className}
+                  x={x(b.start) + 0.5}
+                  y={y(base + v)}
+                  width={w}
+                  height={Math.max(0, y(base) - y(base + v))}
+                />
+              );
+              base += v;
+              return rect;
+            })}
+          </g>
+        );
+      })}
+    </Chart>
   );
 }
 

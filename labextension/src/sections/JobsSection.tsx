@@ -5,7 +5,7 @@
  */
 import * as React from 'react';
 
-import { niceTicks } from '../chart';
+import { IChartBox, niceTicks, valueScale } from '../chart';
 import { formatClock, formatCount, formatEta } from '../format';
 import { useAction, usePoll, useStore } from '../hooks';
 import {
@@ -21,18 +21,21 @@ import {
   lossSeries
 } from '../jobs';
 import { MLXService } from '../service';
+import { Chart } from './Chart';
 import {
   Badge,
   Button,
   Empty,
   ErrorNotice,
   Facts,
+  FormEnd,
   Loading,
-  SectionHeader
+  SectionHeader,
+  TextField
 } from './common';
 import { ISectionProps } from './ModelsSection';
 
-const PLOT = {
+const PLOT: IChartBox = {
   width: 260,
   height: 130,
   left: 34,
@@ -59,114 +62,84 @@ export function LossChart({
     return null;
   }
   const xTicks = niceTicks(Math.max(maxIteration, iters ?? 0), 4);
-  const yTicks = niceTicks(maxLoss, 4);
   const xTop = xTicks[xTicks.length - 1];
-  const yTop = yTicks[yTicks.length - 1];
-  const plotW = PLOT.width - PLOT.left - PLOT.right;
-  const plotH = PLOT.height - PLOT.top - PLOT.bottom;
-  const x = (i: number) => PLOT.left + (i / xTop) * plotW;
-  const y = (l: number) => PLOT.top + plotH - (l / yTop) * plotH;
+  const scale = valueScale(PLOT, niceTicks(maxLoss, 4));
+  const { plotWidth, plotHeight, y } = scale;
+  const x = (i: number) => PLOT.left + (i / xTop) * plotWidth;
   const path = (points: [number, number][]) =>
     points.map(([i, l]) => `${x(i).toFixed(1)},${y(l).toFixed(1)}`).join(' ');
   const last = (points: [number, number][]) =>
     points.length ? formatLoss(points[points.length - 1][1]) : '—';
   return (
-    <figure className="jp-MLXPanel-chart" data-field="loss-chart">
-      <figcaption className="jp-MLXPanel-chartTitle">
-        <span>Loss</span>
-        <span data-field="last-loss">
-          train {last(train)} · validation {last(val)}
-        </span>
-      </figcaption>
-      <svg
-        viewBox={`0 0 ${PLOT.width} ${PLOT.height}`}
-        width="100%"
-        role="img"
-        aria-label={`Loss by iteration: train ${last(train)}, validation ${last(val)} after ${maxIteration} iterations`}
-      >
-        <g className="jp-MLXPanel-chartAxis" data-axis="y">
-          {yTicks.map(v => (
-            <g key={v}>
-              <line
-                className="jp-MLXPanel-chartGrid"
-                x1={PLOT.left}
-                x2={PLOT.width - PLOT.right}
-                y1={y(v)}
-                y2={y(v)}
-              />
-              <text
-                x={PLOT.left - 4}
-                y={y(v)}
-                textAnchor="end"
-                dominantBaseline="middle"
-              >
-                {formatLoss(v)}
-              </text>
-            </g>
-          ))}
-        </g>
-        <g className="jp-MLXPanel-chartAxis" data-axis="x">
-          <line
-            className="jp-MLXPanel-chartBase"
-            x1={PLOT.left}
-            x2={PLOT.width - PLOT.right}
-            y1={PLOT.top + plotH}
-            y2={PLOT.top + plotH}
-          />
+    <Chart
+      field="loss-chart"
+      title="Loss"
+      summary={{
+        field: 'last-loss',
+        text: `train ${last(train)} · validation ${last(val)}`
+      }}
+      label={`Loss by iteration: train ${last(train)}, validation ${last(val)} after ${maxIteration} iterations`}
+      scale={scale}
+      formatValue={formatLoss}
+      xLabels={
+        <>
           {xTicks.map(t => (
             <text
               key={t}
               x={x(t)}
-              y={PLOT.top + plotH + 11}
+              y={PLOT.top + plotHeight + 11}
               textAnchor={t === 0 ? 'start' : t === xTop ? 'end' : 'middle'}
             >
               {formatCount(t)}
             </text>
           ))}
           <text
-            x={PLOT.left + plotW / 2}
+            x={PLOT.left + plotWidth / 2}
             y={PLOT.height - 3}
             textAnchor="middle"
           >
             iteration
           </text>
-        </g>
-        {train.length > 0 && (
-          <polyline
-            className="jp-MLXPanel-lossTrain"
-            data-series="train"
-            points={path(train)}
-          />
-        )}
-        {val.length > 0 && (
-          <polyline
-            className="jp-MLXPanel-lossVal"
-            data-series="val"
-            points={path(val)}
-          />
-        )}
-        {val.map(([i, l]) => (
-          <circle
-            key={i}
-            className="jp-MLXPanel-lossValPoint"
-            cx={x(i)}
-            cy={y(l)}
-            r={2}
-          />
-        ))}
-      </svg>
-      <div className="jp-MLXPanel-chartLegend" data-field="legend">
-        <span className="jp-MLXPanel-chartKey">
-          <span className="jp-MLXPanel-lossKey jp-mod-train" />
-          train loss
-        </span>
-        <span className="jp-MLXPanel-chartKey">
-          <span className="jp-MLXPanel-lossKey jp-mod-val" />
-          validation loss
-        </span>
-        <span className="jp-MLXPanel-chartUnit">cross-entropy per token</span>
-      </div>
-    </figure>
+        </>
+      }
+      legend={[
+        {
+          key: 'train',
+          label: 'train loss',
+          swatch: <span className="jp-MLXPanel-lossKey jp-mod-train" />
+        },
+        {
+          key: 'val',
+          label: 'validation loss',
+          swatch: <span className="jp-MLXPanel-lossKey jp-mod-val" />
+        }
+      ]}
+      unit="cross-entropy per token"
+    >
+      {train.length > 0 && (
+        <polyline
+          className="jp-MLXPanel-lossTrain"
+          data-series="train"
+          points={path(train)}
+        />
+      )}
+      {val.length > 0 && (
+        <polyline
+          className="jp-MLXPanel-lossVal"
+          data-series="val"
+          points={path(val)}
+        />
+      )}
+      {val.map(([i, l]) => (
+        <circle
+          key={i}
+          className="jp-MLXPanel-lossValPoint"
+          cx={x(i)}
+          cy={y(l)}
+          r={2}
+        />
+      ))}
+    </Chart>
   );
 }
 
@@ -396,15 +369,7 @@ function FinetuneForm({ service }: { service: MLXService }): JSX.Element {
     label: string,
     props: React.InputHTMLAttributes<HTMLInputElement> = {}
   ) => (
-    <label>
-      {label}
-      <input
-        className="jp-MLXPanel-input"
-        value={form[key]}
-        onChange={set(key)}
-        {...props}
-      />
-    </label>
+    <TextField label={label} value={form[key]} onChange={set(key)} {...props} />
   );
   return (
     <form
@@ -469,19 +434,11 @@ function FinetuneForm({ service }: { service: MLXService }): JSX.Element {
           title: 'The share of the data held out for the validation loss'
         })}
       </div>
-      {problem && (
-        <div className="jp-MLXPanel-hint jp-mod-warn" role="alert">
-          {problem}
-        </div>
-      )}
-      {action.error && (
-        <ErrorNotice
-          error={action.error}
-          title="Cannot start the fine-tune"
-          onDismiss={action.clear}
-        />
-      )}
-      <div className="jp-MLXPanel-itemActions">
+      <FormEnd
+        problem={problem}
+        action={action}
+        errorTitle="Cannot start the fine-tune"
+      >
         <Button
           type="submit"
           kind="accept"
@@ -490,7 +447,7 @@ function FinetuneForm({ service }: { service: MLXService }): JSX.Element {
         >
           Start fine-tune
         </Button>
-      </div>
+      </FormEnd>
     </form>
   );
 }

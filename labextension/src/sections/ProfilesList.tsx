@@ -16,7 +16,15 @@ import {
   putProfile
 } from '../profiles';
 import { MLXService } from '../service';
-import { Badge, Button, ErrorNotice, Facts, SectionHeader } from './common';
+import {
+  Badge,
+  Button,
+  ErrorNotice,
+  Facts,
+  FormEnd,
+  SectionHeader,
+  TextField
+} from './common';
 
 function ProfileEditor({
   profile,
@@ -56,36 +64,27 @@ function ProfileEditor({
       aria-label={profile ? `Edit profile ${profile.name}` : 'New profile'}
     >
       <div className="jp-MLXPanel-grid">
-        <label>
-          Name
-          <input
-            className="jp-MLXPanel-input"
-            value={form.name}
-            onChange={set('name')}
-            disabled={!!profile}
-            placeholder="coder"
-          />
-        </label>
-        <label>
-          Temperature
-          <input
-            className="jp-MLXPanel-input"
-            value={form.temperature}
-            onChange={set('temperature')}
-            inputMode="decimal"
-            placeholder="model's"
-          />
-        </label>
-        <label>
-          Max tokens
-          <input
-            className="jp-MLXPanel-input"
-            value={form.max_tokens}
-            onChange={set('max_tokens')}
-            inputMode="numeric"
-            placeholder="server's"
-          />
-        </label>
+        <TextField
+          label="Name"
+          value={form.name}
+          onChange={set('name')}
+          disabled={!!profile}
+          placeholder="coder"
+        />
+        <TextField
+          label="Temperature"
+          value={form.temperature}
+          onChange={set('temperature')}
+          inputMode="decimal"
+          placeholder="model's"
+        />
+        <TextField
+          label="Max tokens"
+          value={form.max_tokens}
+          onChange={set('max_tokens')}
+          inputMode="numeric"
+          placeholder="server's"
+        />
       </div>
       <label className="jp-MLXPanel-label">
         Models, in order (the first that is up serves)
@@ -106,26 +105,18 @@ function ProfileEditor({
           onChange={set('system')}
         />
       </label>
-      {problem && (
-        <div className="jp-MLXPanel-hint jp-mod-warn" role="alert">
-          {problem}
-        </div>
-      )}
-      {action.error && (
-        <ErrorNotice
-          error={action.error}
-          title="Cannot save the profile"
-          onDismiss={action.clear}
-        />
-      )}
-      <div className="jp-MLXPanel-itemActions">
+      <FormEnd
+        problem={problem}
+        action={action}
+        errorTitle="Cannot save the profile"
+      >
         <Button type="submit" kind="accept" busy={action.busy === 'save'}>
           Save profile
         </Button>
         <Button kind="minimal" onClick={onDone}>
           Cancel
         </Button>
-      </div>
+      </FormEnd>
     </form>
   );
 }

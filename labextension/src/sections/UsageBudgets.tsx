@@ -5,7 +5,7 @@
 import * as React from 'react';
 
 import { ApiError, toApiError } from '../api';
-import { niceTicks } from '../chart';
+import { IChartBox, niceTicks, valueScale } from '../chart';
 import { formatClock, formatCount, plural } from '../format';
 import { usePoll } from '../hooks';
 import { MLXService } from '../service';
@@ -20,10 +20,11 @@ import {
   IUsageDay,
   usageDays
 } from '../usage';
+import { BarSwatch, Chart } from './Chart';
 import { Bar, ErrorNotice, SectionHeader } from './common';
 
 const DAYS = 14;
-const PLOT = {
+const PLOT: IChartBox = {
   width: 260,
   height: 110,
   left: 40,
@@ -44,119 +45,74 @@ function dayLabel(day: string): string {
 /** Prompt and completion tokens per UTC day, stacked, with a value axis and day labels. */
 export function UsageChart({ days }: { days: IUsageDay[] }): JSX.Element {
   const totals = days.map(d => d.prompt + d.completion);
-  const ticks = niceTicks(Math.max(0, ...totals), 3);
-  const top = ticks[ticks.length - 1];
-  const plotW = PLOT.width - PLOT.left - PLOT.right;
-  const plotH = PLOT.height - PLOT.top - PLOT.bottom;
-  const step = plotW / Math.max(1, days.length);
-  const y = (v: number) => PLOT.top + plotH - (v / top) * plotH;
+  const scale = valueScale(PLOT, niceTicks(Math.max(0, ...totals), 3));
+  const { plotWidth, y } = scale;
+  const step = plotWidth / Math.max(1, days.length);
   const total = totals.reduce((a, b) => a + b, 0);
   const requests = days.reduce((n, d) => n + d.requests, 0);
   // Day labels: the first, the last and every week between.
   const labelled = new Set([0, days.length - 1, days.length - 8]);
   return (
-    <figure className="jp-MLXPanel-chart" data-field="usage-chart">
-      <figcaption className="jp-MLXPanel-chartTitle">
-        <span>Tokens per day</span>
-        <span data-field="usage-total">
-          {formatCount(total)} tokens, {plural(requests, 'request')} in {DAYS}{' '}
-          days
-        </span>
-      </figcaption>
-      <svg
-        viewBox={`0 0 ${PLOT.width} ${PLOT.height}`}
-        width="100%"
-        role="img"
-        aria-label={`Tokens per day: ${formatCount(total)} tokens from ${days[0]?.day} to ${days[days.length - 1]?.day}`}
-      >
-        <g className="jp-MLXPanel-chartAxis" data-axis="y">
-          {ticks.map(v => (
-            <g key={v}>
-              <line
-                className="jp-MLXPanel-chartGrid"
-                x1={PLOT.left}
-                x2={PLOT.width - PLOT.right}
-                y1={y(v)}
-                y2={y(v)}
-              />
-              <text
-                x={PLOT.left - 4}
-                y={y(v)}
-                textAnchor="end"
-                dominantBaseline="middle"
-              >
-                {formatCount(v)}
-              </text>
-            </g>
-          ))}
-        </g>
-        <g className="jp-MLXPanel-chartAxis" data-axis="x">
-          <line
-            className="jp-MLXPanel-chartBase"
-            x1={PLOT.left}
-            x2={PLOT.width - PLOT.right}
-            y1={PLOT.top + plotH}
-            y2={PLOT.top + plotH}
+    <Chart
+      field="usage-chart"
+      title="Tokens per day"
+      summary={{
+        field: 'usage-total',
+        text: `${formatCount(total)} tokens, ${plural(requests, 'request')} in ${DAYS} days`
+      }}
+      label={`Tokens per day: ${formatCount(total)} tokens from ${days[0]?.day} to ${days[days.length - 1]?.day}`}
+      scale={scale}
+      formatValue={formatCount}
+      xLabels={days.map((d, i) =>
+        labelled.has(i) ? (
+          <text
+            key={d.day}
+            x={PLOT.left + (i + 0.5) * step}
+            y={PLOT.height - 6}
+            textAnchor={
+              i === 0 ? 'start' : i === days.length - 1 ? 'end' : 'middle'
+            }
+          >
+            {dayLabel(d.day)}
+          </text>
+        ) : null
+      )}
+      legend={[
+        {
+          key: 'prompt',
+          label: 'prompt',
+          swatch: <BarSwatch className="jp-MLXPanel-chartPrompt" />
+        },
+        {
+          key: 'completion',
+          label: 'completion',
+          swatch: <BarSwatch className="jp-MLXPanel-chartCompletion" />
+        }
+      ]}
+      unit="tokens per day (UTC)"
+    >
+      {days.map((d, i) => (
+        <g key={d.day} data-day={d.day}>
+          <title>
+            {`${dayLabel(d.day)}: ${exactCount(d.prompt)} prompt, ${exactCount(d.completion)} completion tokens (${plural(d.requests, 'request')})`}
+          </title>
+          <rect
+            className="jp-MLXPanel-chartPrompt"
+            x={PLOT.left + i * step + 1}
+            y={y(d.prompt)}
+            width={Math.max(step - 2, 0.5)}
+            height={Math.max(0, y(0) - y(d.prompt))}
           />
-          {days.map((d, i) =>
-            labelled.has(i) ? (
-              <text
-                key={d.day}
-                x={PLOT.left + (i + 0.5) * step}
-                y={PLOT.height - 6}
-                textAnchor={
-                  i === 0 ? 'start' : i === days.length - 1 ? 'end' : 'middle'
-                }
-              >
-                {dayLabel(d.day)}
-              </text>
-            ) : null
-          )}
+          <rect
+            className="jp-MLXPanel-chartCompletion"
+            x={PLOT.left + i * step + 1}
+            y={y(d.prompt + d.completion)}
+            width={Math.max(step - 2, 0.5)}
+            height={Math.max(0, y(d.prompt) - y(d.prompt + d.completion))}
+          />
         </g>
-        {days.map((d, i) => (
-          <g key={d.day} data-day={d.day}>
-            <title>
-              {`${dayLabel(d.day)}: ${exactCount(d.prompt)} prompt, ${exactCount(d.completion)} completion tokens (${plural(d.requests, 'request')})`}
-            </title>
-            <rect
-              className="jp-MLXPanel-chartPrompt"
-              x={PLOT.left + i * step + 1}
-              y={y(d.prompt)}
-              width={Math.max(step - 2, 0.5)}
-              height={Math.max(0, y(0) - y(d.prompt))}
-            />
-            <rect
-              className="jp-MLXPanel-chartCompletion"
-              x={PLOT.left + i * step + 1}
-              y={y(d.prompt + d.completion)}
-              width={Math.max(step - 2, 0.5)}
-              height={Math.max(0, y(d.prompt) - y(d.prompt + d.completion))}
-            />
-          </g>
-        ))}
-      </svg>
-      <div className="jp-MLXPanel-chartLegend" data-field="legend">
-        <span className="jp-MLXPanel-chartKey">
-          <svg width="10" height="10" aria-hidden="true">
-            <rect className="jp-MLXPanel-chartPrompt" width="10" height="10" />
-          </svg>
-          prompt
-        </span>
-        <span className="jp-MLXPanel-chartKey">
-          <svg width="10" height="10" aria-hidden="true">
-            <rect
-              className="jp-MLXPanel-chartCompletion"
-              width="10"
-              height="10"
-            />
-          </svg>
-          completion
-        </span>
-        <span className="jp-MLXPanel-chartUnit" data-field="unit">
-          tokens per day (UTC)
-        </span>
-      </div>
-    </figure>
+      ))}
+    </Chart>
   );
 }
 

@@ -288,3 +288,52 @@ export function Facts({
     </dl>
   );
 }
+
+/** A labelled text input of a form's grid. */
+export function TextField({
+  label,
+  ...input
+}: {
+  label: string;
+} & React.InputHTMLAttributes<HTMLInputElement>): JSX.Element {
+  return (
+    <label>
+      {label}
+      <input className="jp-MLXPanel-input" {...input} />
+    </label>
+  );
+}
+
+/**
+ * A form's end: why it cannot be sent yet (`problem`), the server's refusal (`action.error`,
+ * titled `errorTitle`) and its buttons.
+ */
+export function FormEnd({
+  problem,
+  action,
+  errorTitle,
+  children
+}: {
+  problem: string;
+  action: { error: Error | null; clear: () => void };
+  errorTitle: string;
+  children: React.ReactNode;
+}): JSX.Element {
+  return (
+    <>
+      {problem && (
+        <div className="jp-MLXPanel-hint jp-mod-warn" role="alert">
+          {problem}
+        </div>
+      )}
+      {action.error && (
+        <ErrorNotice
+          error={action.error}
+          title={errorTitle}
+          onDismiss={action.clear}
+        />
+      )}
+      <div className="jp-MLXPanel-itemActions">{children}</div>
+    </>
+  );
+}
