@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import OWNER, server_config
 from servers import free_port, jupyter_server
 
 PASSWORD = "correct horse battery staple"
@@ -278,9 +279,7 @@ IMAGE_ALLOWANCE_MB = 1
 
 @pytest.fixture
 def mlx_config():
-    from conftest import JWT_SECRET, OWNER
-
-    return {"owner_username": OWNER, "jwt_secret": JWT_SECRET, "max_image_mb_in_flight": IMAGE_ALLOWANCE_MB}
+    return server_config(max_image_mb_in_flight=IMAGE_ALLOWANCE_MB)
 
 
 def _nested(depth: int) -> str:
@@ -429,8 +428,6 @@ async def test_probing_account_names_through_registration_is_bounded_per_address
     free, counts against the address's registration allowance: a prober learns a handful of
     names per window."""
     limit = mlx_app.users.registrations.limit
-    from conftest import OWNER
-
     for _ in range(limit):
         taken = await api("POST", "mlx/api/auth/register", auth=None, body={"username": OWNER, "password": PASSWORD})
         assert taken.code == 409 and taken.body["reason"] == "user_exists", taken.body
