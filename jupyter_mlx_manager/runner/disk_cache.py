@@ -30,6 +30,7 @@ from typing import Any
 SUFFIX = ".safetensors"
 HEADER_LIMIT = 64 << 20  # a safetensors header larger than this is not one of ours
 MAX_PENDING_WRITES = 4  # prefixes waiting for the writer; more are dropped (the memory cache still has them)
+HEADER_SLACK = 64 << 10  # a file's header and metadata beyond its arrays
 
 
 def weights_identity(folders: list[Path]) -> str:
@@ -162,10 +163,13 @@ class DiskPromptCache:
             temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{SUFFIX}")  # MLX adds the suffix otherwise
             try:
                 metadata = {"identity": self.identity, "scope": scope, "tokens": ",".join(map(str, tokens))}
+                self._trim(incoming=_state_bytes(cache) + HEADER_SLACK)  # the file being written counts too
                 with self.mx.stream(stream):
                     save_prompt_cache(str(temporary), cache, metadata)
-                if temporary.stat().st_size > self.max_bytes:
+                size = temporary.stat().st_size
+                if size > self.max_bytes:
                     raise ValueError("larger than the whole disk budget")
+                self._trim(incoming=size)  # room first: the folder never exceeds its bound
                 os.replace(temporary, path)
                 trimmable = can_trim_prompt_cache(cache)
             except Exception as exc:
@@ -186,14 +190,15 @@ class DiskPromptCache:
                 _discard(old)
             self._trim()
 
-    def _trim(self) -> None:
-        """Delete the least recently used files (of any model) until the folder fits its bound."""
+    def _trim(self, incoming: int = 0) -> None:
+        """Delete the least recently used files (of any model) until the folder fits its bound
+        with `incoming` more bytes."""
         try:
             files = [(e.stat().st_mtime_ns, e.stat().st_size, Path(e.path)) for e in os.scandir(self.directory)
                      if _is_entry(e)]  # fmt: skip
         except OSError:
             return
-        total = sum(size for _, size, _ in files)
+        total = sum(size for _, size, _ in files) + incoming
         for _, size, path in sorted(files):
             if total <= self.max_bytes:
                 break
@@ -201,6 +206,15 @@ class DiskPromptCache:
             total -= size
             with self.lock:
                 self.entries.pop(path, None)
+
+
+def _state_bytes(cache: list[Any]) -> int:
+    """Bytes of a KV cache's arrays: about the size of its file."""
+    total = 0
+    for layer in cache:
+        state = layer.state if isinstance(layer.state, (list, tuple)) else [layer.state]
+        total += sum(getattr(array, "nbytes", 0) for array in state)
+    return total
 
 
 def _is_entry(entry: os.DirEntry) -> bool:
