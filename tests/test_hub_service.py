@@ -36,7 +36,8 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     models_root, root = tmp_path_factory.mktemp("hubsvc-models"), tmp_path_factory.mktemp("hubsvc")
-    building = concurrent.futures.ThreadPoolExecutor(1).submit(build_models, models_root, ["tiny"])
+    # A long context and token limit: a stream that is cancelled is still far from its end.
+    building = concurrent.futures.ThreadPoolExecutor(1).submit(build_models, models_root, ["tiny"], None, 131072)
     models = models_root / "models"
     port, service_port = free_port(), free_port()
     service = {
@@ -50,6 +51,7 @@ def hub(tmp_path_factory):
             f"--MLXManager.data_dir={root / 'service-data'}",
             f"--MLXManager.model_dirs={models}",
             "--MLXManager.default_keep_alive=-1",
+            "--MLXManager.max_tokens_limit=100000",
         ],  # fmt: skip
         "environment": {"JUPYTER_CONFIG_DIR": str(root / "service-config")},  # and no HOME: the Hub gives none
         "oauth_no_confirm": True,
@@ -242,10 +244,10 @@ def test_client_that_leaves_cancels_the_upstream_generation(hub):
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Go on"}],
-        "max_tokens": 4000,
+        "max_tokens": 100000,
         "stream": True,
         "logit_bias": {str(hub.eos): -100},
-    }  # no early EOS: the generation is still running when the client leaves
+    }  # no early EOS, and minutes of tokens: the generation is still running when the client leaves
     with requests.post(
         hub.user_url("alice") + "mlx/v1/chat/completions", json=body, headers=_headers(hub, "alice"), stream=True
     ) as reply:

@@ -258,6 +258,7 @@ class MLXAPIHandler(MLXAuthMixin, APIHandler):
     _body_received = 0
     _body_limit = 0
     _image_bytes: ImageBytesHeld | None = None
+    _refused_unread = False
     _json_body: dict[str, Any] | None = None
 
     @property
@@ -283,6 +284,22 @@ class MLXAPIHandler(MLXAuthMixin, APIHandler):
             await super().prepare()
             self._receive_body(limit)
             return
+        try:
+            await self._admit(limit, length)
+        except web.HTTPError:
+            self._refused_unread = True
+            raise
+
+    def set_default_headers(self) -> None:
+        """A request refused before its body is read: Tornado closes its connection after the
+        answer, so the answer says so (a proxy that kept the connection alive, like the Hub's,
+        would answer the next request on it with a 503). Set here, as the error page clears headers."""
+        super().set_default_headers()
+        if self._refused_unread:
+            self.set_header("Connection", "close")
+
+    async def _admit(self, limit: int, length: int | None) -> None:
+        """The credential, the host's checks (XSRF), the account, the image bytes: then the body."""
         await self._authenticate()
         try:
             await super().prepare()
