@@ -162,7 +162,10 @@ class Budgets:
     # -- admission -------------------------------------------------------------------------
     async def check(self, username: str, groups: tuple[str, ...] | None = None) -> None:
         """Raise BudgetExceeded when a window's budget of this user is spent."""
-        limits = self.limits_for(username, await self.groups_of(username, groups))
+        groups = await self.groups_of(username, groups)  # remembered even while no budget is set
+        if not (self.configured or self._stored):
+            return
+        limits = self.limits_for(username, groups)
         if not limits:
             return
         now = self.clock()

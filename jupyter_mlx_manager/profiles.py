@@ -119,6 +119,8 @@ class Profiles:
         """Fill in `body` from the profile its `model` names (the model that serves, then every
         default the body leaves out); the name asked for, or None when it named no profile."""
         asked = body.get("model")
+        if not (self.configured or self._stored or self.aliases):  # the common case: nothing to look up
+            return None
         found = self.resolve(asked) if isinstance(asked, str) else None
         if found is None:
             return None

@@ -59,11 +59,10 @@ class LineRunner:
             renderer = responses.ResponsesRenderer("resp_" + request_id, body, requests[0])
         renderer.usages = [Usage() for _ in requests]
         renderer.usage = renderer.usages[0]
-        for index, (request, usage) in enumerate(zip(requests, renderer.usages, strict=True)):
-            events = self.mlx.completions.generate(
-                actor, endpoint, request, f"{request_id}.{index}" if index else request_id, usage, priority="batch"
-            )
-            async with contextlib.aclosing(events):
-                async for event in events:
-                    renderer.feed({**event, "index": index} if len(requests) > 1 else event)
+        events = self.mlx.completions.generate_all(
+            actor, endpoint, requests, request_id, renderer.usages, priority="batch"
+        )
+        async with contextlib.aclosing(events):
+            async for event in events:
+                renderer.feed(event)
         return renderer.body()

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 from tornado.iostream import StreamClosedError
@@ -121,7 +120,7 @@ class InferenceHandler(RequestTask, MLXAPIHandler):
         requests = request if isinstance(request, list) else [request]
         usages = renderer.usages = [Usage() for _ in requests]
         usage = renderer.usage = usages[0]
-        events = self._events(requests, usages)
+        events = self.mlx.completions.generate_all(self.actor, self.request.path, requests, self.request_id, usages)
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         # One task per request runs the service; the reply waits on its queue (no task per token).
         self._task = asyncio.ensure_future(_pump(events, queue))
@@ -138,15 +137,6 @@ class InferenceHandler(RequestTask, MLXAPIHandler):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task  # the service has written its audit record
-
-    async def _events(self, requests: list[InferenceRequest], usages: list[Usage]) -> AsyncIterator[dict[str, Any]]:
-        for index, (request, usage) in enumerate(zip(requests, usages)):
-            request_id = self.request_id if index == 0 else f"{self.request_id}.{index}"
-            async with contextlib.aclosing(
-                self.mlx.completions.generate(self.actor, self.request.path, request, request_id, usage)
-            ) as events:
-                async for event in events:
-                    yield {**event, "index": index} if len(requests) > 1 else event
 
     async def _next_event(self, queue: asyncio.Queue, keepalive: str | None) -> dict[str, Any] | None:
         """The next event, or None at the end; writes keep-alives while waiting; raises the

@@ -11,6 +11,7 @@ reply are recorded when `audit_record_content` is on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -83,6 +84,25 @@ class InferenceService:
                 if self.record_content and event["ev"] == "text":
                     usage.text.append(event["text"])
                 yield event
+
+    async def generate_all(
+        self,
+        actor: Actor,
+        endpoint: str,
+        requests: list[InferenceRequest],
+        request_id: str,
+        usages: list[Usage],
+        priority: str = "interactive",
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Several requests one after another (a completions request's prompts): each its own
+        runner request and audit record (`<request_id>.<n>`), their events tagged with `index`."""
+        for index, (request, usage) in enumerate(zip(requests, usages, strict=True)):
+            events = self.generate(
+                actor, endpoint, request, f"{request_id}.{index}" if index else request_id, usage, priority
+            )
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    yield {**event, "index": index} if len(requests) > 1 else event
 
 
 def _content(request: InferenceRequest, usage: Usage) -> str:
