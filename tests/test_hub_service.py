@@ -248,24 +248,28 @@ def test_client_that_leaves_cancels_the_upstream_generation(hub):
         "stream": True,
         "logit_bias": {str(hub.eos): -100},
     }  # no early EOS, and minutes of tokens: the generation is still running when the client leaves
-    with requests.post(
-        hub.user_url("alice") + "mlx/v1/chat/completions", json=body, headers=_headers(hub, "alice"), stream=True
-    ) as reply:
-        assert reply.status_code == 200, reply.text
-        lines = reply.iter_lines()
-        assert next(line for line in lines if line.startswith(b"data: ")).startswith(b"data: {")
-    deadline = time.monotonic() + 30  # the service sees the upstream connection close and cancels
-    while True:
-        records = _service(
-            hub, "GET", "mlx/api/audit", params={"user": "alice", "limit": 5}, headers=_headers(hub, "alice")
-        )
-        latest = [r for r in records.json()["records"] if r.get("endpoint")][:1]
-        if latest and latest[0]["status"] == "cancelled":
-            break
-        assert time.monotonic() < deadline, [
-            {k: r.get(k) for k in ("id", "status", "error_type", "completion_tokens", "duration_ms")} for r in latest
-        ]
-        time.sleep(0.5)
+    # Leaving at several points of the stream: before the first token, and while tokens flow (when a
+    # relay's write finds the client gone as its departure is noticed, both must close upstream).
+    for leave_after in (1, 2, 3, 5, 8, 2, 3):
+        with requests.post(
+            hub.user_url("alice") + "mlx/v1/chat/completions", json=body, headers=_headers(hub, "alice"), stream=True
+        ) as reply:
+            assert reply.status_code == 200, reply.text
+            events = (line for line in reply.iter_lines() if line.startswith(b"data: {"))
+            request_id = reply.headers["X-Request-ID"]
+            for _ in range(leave_after):
+                next(events)
+        deadline = time.monotonic() + 30  # the service sees the upstream connection close and cancels
+        while True:
+            records = _service(
+                hub, "GET", "mlx/api/audit", params={"user": "alice", "limit": 5}, headers=_headers(hub, "alice")
+            )
+            mine = [r for r in records.json()["records"] if r.get("request_id") == request_id]
+            if mine:
+                assert mine[0]["status"] == "cancelled", (leave_after, mine[0])
+                break
+            assert time.monotonic() < deadline, (leave_after, "still generating after the client left")
+            time.sleep(0.2)
 
 
 def test_admin_force_unloads_through_her_server(hub):

@@ -393,7 +393,7 @@ class RemoteBackend(Backend):
                 raise await self._refusal(reply)
             yield reply
         finally:
-            await reply.aclose()
+            await asyncio.shield(reply.aclose())  # a second cancel must not leave the upstream running
 
     async def _refusal(self, reply: httpx.Response) -> MLXError:
         raw = b""

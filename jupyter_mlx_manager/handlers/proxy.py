@@ -234,7 +234,9 @@ class SharedServiceHandler(MLXAPIHandler):
         except StreamClosedError:
             pass  # the client left
         finally:
-            await response.aclose()
+            # Shielded: the client's departure cancels this task, maybe while a write that found it
+            # gone is closing the response; a close cut short leaves the upstream generation running.
+            await asyncio.shield(response.aclose())
 
     @web.authenticated
     @authorized
