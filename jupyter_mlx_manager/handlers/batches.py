@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from ..batches.files import MAX_FILE_BYTES, file_object
 from ..inference.request import InvalidParam
 from .audit import int_argument
@@ -50,10 +52,10 @@ class FileContentHandler(OpenAIErrors, MLXAPIHandler):
     @web.authenticated
     @authorized
     async def get(self, file_id: str):
-        await self.mlx.files.get(self.mlx_user["username"], file_id)  # own files only
-        self.set_header("Content-Type", "application/jsonl")
-        with open(self.mlx.files.path(file_id), "rb") as source:
-            while chunk := source.read(1024 * 1024):
+        content = self.mlx.files.content(self.mlx_user["username"], file_id)  # own files only
+        self.set_header("Content-Type", "application/jsonl")  # an error clears it
+        async with contextlib.aclosing(content):
+            async for chunk in content:
                 self.write(chunk)
                 await self.flush()
         self.finish(set_content_type="application/jsonl")
