@@ -36,9 +36,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .catalog import DEMO_MARKER
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 # What the scripted tool-calling model always answers (a single added token).
 SCRIPTED_CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
@@ -132,6 +135,24 @@ def _save(work: Path, model: Any, config: dict[str, Any], dtype: Any = None) -> 
     )
 
 
+def _byte_level_bpe(vocab_size: int, special_tokens: list[str] | None = None) -> Tokenizer:
+    """A byte-level BPE tokenizer (every byte a token: no text is unknown to it) trained on the
+    demo corpus; `special_tokens` take its first ids (tokens added later come after the vocabulary)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special_tokens or [],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_CORPUS.splitlines() * 4, trainer)
+    return tokenizer
+
+
 # `demo-model --size`: tiny for tests, small for demos, bench for `benchmarks/serve_bench.py` (a
 # decode step of roughly 5–20 ms on one CPU core here, so server overhead shows at a realistic ratio;
 # on Apple Silicon every size decodes faster, memory-bandwidth-bound).
@@ -169,20 +190,11 @@ def make_demo_model(
     """
     import mlx.core as mx
     from mlx_lm.models import llama
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken
 
     path = Path(path)
     with _building(path) as work:
-        tokenizer = Tokenizer(models.BPE())
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tokenizer.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            special_tokens=SPECIAL_TOKENS + (THINK_TOKENS if scripted_reasoning else []),
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        )
-        tokenizer.train_from_iterator(_CORPUS.splitlines() * 4, trainer)
+        tokenizer = _byte_level_bpe(vocab_size, SPECIAL_TOKENS + (THINK_TOKENS if scripted_reasoning else []))
         if scripted_tool_call:
             tokenizer.add_tokens([AddedToken(SCRIPTED_CALL, normalized=False)])
         if scripted_reasoning:
@@ -420,18 +432,12 @@ def make_demo_transcription_model(
     gibberish decoded per window."""
     import mlx.core as mx
     from mlx_audio.stt.models.whisper import whisper
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor
 
     path = Path(path)
     with _building(path) as work:
-        tokenizer = Tokenizer(models.BPE())
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tokenizer.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-        )
-        tokenizer.train_from_iterator(_CORPUS.splitlines() * 4, trainer)
+        tokenizer = _byte_level_bpe(vocab_size)
         timestamps = [f"<|{i * 0.02:.2f}|>" for i in range(1501)]
         tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in WHISPER_SPECIAL_TOKENS])
         tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in timestamps])
@@ -468,18 +474,12 @@ def make_demo_speech_model(
     its ~30 MB (float16 on disk; mlx-audio runs the decoder in float32)."""
     import mlx.core as mx
     from mlx_audio.tts.models.soprano import soprano
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
     path = Path(path)
     with _building(path) as work:
-        tokenizer = Tokenizer(models.BPE())
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tokenizer.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-        )
-        tokenizer.train_from_iterator(_CORPUS.splitlines() * 4, trainer)
+        tokenizer = _byte_level_bpe(vocab_size)
         tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SOPRANO_SPECIAL_TOKENS])
         fast = PreTrainedTokenizerFast(
             tokenizer_object=tokenizer, pad_token="[STOP]", eos_token="[STOP]", model_max_length=2048
