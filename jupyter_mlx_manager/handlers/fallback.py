@@ -11,34 +11,24 @@ from .base import MLXAPIHandler, authorized, web
 from .openai import OpenAIHandler
 
 
-class _UnknownRoute:
-    def _refuse(self, *args):
+def _refusal():
+    """A handler method that answers the JSON 404. Each HTTP method needs its own: `authorized`
+    settles the action it checks (read, write) on its first call and keeps it."""
+
+    @web.authenticated
+    @authorized
+    async def refuse(self, *args):
         raise NotFound(f"no such endpoint: {self.request.method} {self.request.path}", reason="unknown_route")
 
-    @web.authenticated
-    @authorized
-    async def get(self, *args):
-        self._refuse()
+    return refuse
 
-    @web.authenticated
-    @authorized
-    async def post(self, *args):
-        self._refuse()
 
-    @web.authenticated
-    @authorized
-    async def put(self, *args):
-        self._refuse()
-
-    @web.authenticated
-    @authorized
-    async def patch(self, *args):
-        self._refuse()
-
-    @web.authenticated
-    @authorized
-    async def delete(self, *args):
-        self._refuse()
+class _UnknownRoute:
+    get = _refusal()
+    post = _refusal()
+    put = _refusal()
+    patch = _refusal()
+    delete = _refusal()
 
 
 class UnknownAPIRoute(_UnknownRoute, MLXAPIHandler):
