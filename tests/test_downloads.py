@@ -23,6 +23,7 @@ import requests
 from conftest import JWT_SECRET, server_config
 from models import build_models
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from waiting import wait_until, wait_until_async
 
 from jupyter_mlx_manager.devhub import DevHub
 from jupyter_mlx_manager.models.hub import PIPELINE_KINDS
@@ -165,15 +166,17 @@ def mlx_config(hf_cache, model_dir):
 
 
 async def wait_download(api, download_id: int, until=FINAL, timeout: float = 30.0, check=None) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
+    """The download's record once its status is in `until` (or `until(record)` holds); `check`
+    is asserted of every record seen on the way."""
+
+    async def poll() -> dict:
         record = (await api("GET", f"mlx/api/downloads/{download_id}")).body
         if check is not None:
             check(record)
-        if record["status"] in until if isinstance(until, tuple) else until(record):
-            return record
-        assert time.monotonic() < deadline, record
-        await asyncio.sleep(0.05)
+        return record
+
+    done = (lambda record: record["status"] in until) if isinstance(until, tuple) else until
+    return await wait_until_async(poll, f"download {download_id}", timeout, interval=0.05, done=done)
 
 
 async def start_download(api, repo_id: str, **body) -> dict:
@@ -381,13 +384,12 @@ async def test_cancel_stops_the_transfer_and_removes_partial_files(api, hub, hf_
     assert list(hf_cache.rglob("*.incomplete")), "a partial file while downloading"
     delete = await api("DELETE", "mlx/api/models/local/mlx-test/copy-b")
     assert delete.code in (404, 409)  # not local yet; never deletes under a running download
-    started = time.monotonic()
     reply = await api("DELETE", f"mlx/api/downloads/{record['id']}")
     assert reply.code == 200 and reply.body["status"] == "cancelled", reply.body
     # The Hub stops sending within 2 s (it notices the closed connection at its next write).
-    while any(e["finished"] is None for e in hub.log):
-        assert time.monotonic() - started <= 2.0, "the transfer goes on"
-        await asyncio.sleep(0.02)
+    await wait_until_async(
+        lambda: all(e["finished"] is not None for e in hub.log), "the transfer to stop", timeout=2.0, interval=0.02
+    )
     sent = sum(hub.bytes_sent.values())
     assert sent < 429_308
     await asyncio.sleep(0.3)
@@ -431,16 +433,22 @@ async def test_two_at_once_a_third_waits_and_duplicates_share_a_record(api, hub,
     try:
         follow = asyncio.ensure_future(sse(f"mlx/api/downloads/{records[2]['id']}/progress", token=await ticket(api)))
         seen = set()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+
+        async def listed_statuses() -> list[str]:
             # One listing is one snapshot (three GETs in a row could straddle a hand-over).
             listed = {d["id"]: d["status"] for d in (await api("GET", "mlx/api/downloads")).body["downloads"]}
             statuses = [listed[r["id"]] for r in records]
             seen.add(tuple(statuses))
             assert statuses.count("downloading") <= 2
-            if all(s in FINAL for s in statuses):
-                break
-            await asyncio.sleep(0.05)
+            return statuses
+
+        statuses = await wait_until_async(
+            listed_statuses,
+            "the three downloads to end",
+            timeout=20,
+            interval=0.05,
+            done=lambda s: set(s) <= set(FINAL),
+        )
         assert ("downloading", "downloading", "queued") in seen, seen
         assert all(s == "completed" for s in statuses), statuses
         code, _, blocks = await follow
@@ -664,18 +672,20 @@ def _start_server(tmp_path: Path, env: dict, port: int, token: str, log_name: st
             ],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
         try:
             if requests.get(
                 f"http://127.0.0.1:{port}/api/status", headers={"Authorization": f"token {token}"}, timeout=2
             ).ok:
-                return process
+                return True
         except requests.ConnectionError:
             pass
         assert process.poll() is None, (tmp_path / log_name).read_text()
-        time.sleep(0.2)
-    raise AssertionError("the server did not start")
+        return False
+
+    wait_until(ready, "the server to start", timeout=60, interval=0.2)
+    return process
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
@@ -694,10 +704,13 @@ def test_server_restart_resumes_the_download(hub, tmp_path, demo_models, how):
     server = _start_server(tmp_path, env, port, token, "first.log")
     try:
         record = requests.post(url, json={"repo_id": "mlx-test/copy-slow"}, headers=headers, timeout=10).json()
-        deadline = time.monotonic() + 20
-        while requests.get(f"{url}/{record['id']}", headers=headers, timeout=10).json()["downloaded_bytes"] < 150_000:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(
+            lambda: requests.get(f"{url}/{record['id']}", headers=headers, timeout=10).json(),
+            "150 kB downloaded",
+            timeout=20,
+            interval=0.05,
+            done=lambda r: r["downloaded_bytes"] >= 150_000,
+        )
         workers = [
             p
             for p in psutil.Process(server.pid).children(recursive=True)
@@ -720,12 +733,13 @@ def test_server_restart_resumes_the_download(hub, tmp_path, demo_models, how):
     hub.throttle_bps = None
     server = _start_server(tmp_path, env, port, token, "second.log")
     try:
-        deadline = time.monotonic() + 30
-        while (done := requests.get(f"{url}/{record['id']}", headers=headers, timeout=10).json())[
-            "status"
-        ] not in FINAL:
-            assert time.monotonic() < deadline, done
-            time.sleep(0.05)
+        done = wait_until(
+            lambda: requests.get(f"{url}/{record['id']}", headers=headers, timeout=10).json(),
+            "the resumed download to end",
+            timeout=30,
+            interval=0.05,
+            done=lambda r: r["status"] in FINAL,
+        )
         assert done["status"] == "completed", done
     finally:
         server.send_signal(signal.SIGTERM)

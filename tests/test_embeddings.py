@@ -17,6 +17,7 @@ import openai
 import pytest
 from conftest import server_config
 from models import build_models
+from waiting import wait_until_async
 
 from jupyter_mlx_manager.models import catalog
 from jupyter_mlx_manager.models.catalog import WrongKind, check_kind, model_kind
@@ -167,10 +168,13 @@ async def test_a_crashed_embedding_runner_takes_nothing_else_down(sdk, api):
     await client.chat.completions.create(model=TEXT, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     pids = {m["model"]: m["pid"] for m in (await api("GET", "mlx/api/pool")).body["models"]}
     os.kill(pids[EMBED], signal.SIGKILL)
-    for _ in range(100):  # the pool notices at once (the runner's pipe closes)
-        if EMBED not in {m["model"] for m in (await api("GET", "mlx/api/pool")).body["models"]}:
-            break
-        await asyncio.sleep(0.05)
+    await wait_until_async(  # the pool notices at once (the runner's pipe closes)
+        lambda: api("GET", "mlx/api/pool"),
+        "the pool to drop the killed embedding runner",
+        timeout=10,
+        interval=0.05,
+        done=lambda pool: EMBED not in {m["model"] for m in pool.body["models"]},
+    )
     chat = await client.chat.completions.create(model=TEXT, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     assert chat.usage.completion_tokens >= 1  # the text model's runner never noticed
     again = await client.embeddings.create(model=EMBED, input="hello")  # loaded anew

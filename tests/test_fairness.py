@@ -20,6 +20,7 @@ import pytest
 from models import build_models, eos_id
 from servers import jupyter_server
 from test_long_prefill import ShortStream
+from waiting import wait_until_async
 
 MODEL = "local/tiny-demo"
 STEP = 4
@@ -62,10 +63,12 @@ async def test_a_short_request_is_served_while_a_long_prompt_prefills(tmp_path, 
             decoding = ShortStream(http, {"model": MODEL, "messages": [{"role": "user", "content": "go on"}],
                                           "max_tokens": 1800, "temperature": 0, "logit_bias": no_eos, "stream": True})  # fmt: skip
             try:
-                deadline = time.monotonic() + 60
-                while len(decoding.times) < 3:
-                    assert time.monotonic() < deadline and not decoding.ending, decoding.ending
-                    await asyncio.sleep(0.05)
+
+                def decoding_three_tokens() -> bool:
+                    assert len(decoding.times) >= 3 or not decoding.ending, decoding.ending
+                    return len(decoding.times) >= 3
+
+                await wait_until_async(decoding_three_tokens, "three tokens streamed", timeout=60, interval=0.05)
                 long, short, admitted = {}, {}, asyncio.Event()
                 long_body = {
                     "model": MODEL,

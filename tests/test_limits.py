@@ -12,6 +12,7 @@ import openai
 import pytest
 from conftest import JWT_SECRET, OWNER
 from models import build_models, eos_id
+from waiting import wait_until_async
 
 MODEL = "local/tiny-demo"
 LONG = 3000  # tokens: a stream that stays busy for the length of a test step
@@ -166,11 +167,7 @@ async def test_queue_overflow_gets_503_and_an_abandoned_request_leaves_the_queue
     queued = asyncio.ensure_future(
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "queued"}], max_tokens=2)
     )
-    for _ in range(100):
-        if mlx_app.limits.queue_depth(MODEL) == 1:
-            break
-        await asyncio.sleep(0.05)
-    assert mlx_app.limits.queue_depth(MODEL) == 1
+    await wait_until_async(lambda: mlx_app.limits.queue_depth(MODEL) == 1, "the request to queue", interval=0.05)
     with pytest.raises(openai.InternalServerError) as refused:
         await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=2)
     assert refused.value.status_code == 503 and refused.value.body["code"] == "server_busy"
@@ -179,11 +176,9 @@ async def test_queue_overflow_gets_503_and_an_abandoned_request_leaves_the_queue
     queued.cancel()  # the client gives up: its request must leave the queue
     with pytest.raises(asyncio.CancelledError):
         await queued
-    for _ in range(100):
-        if mlx_app.limits.queue_depth(MODEL) == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert mlx_app.limits.queue_depth(MODEL) == 0
+    await wait_until_async(
+        lambda: mlx_app.limits.queue_depth(MODEL) == 0, "the abandoned request to leave the queue", interval=0.05
+    )
     # The freed queue place is usable, and it is served once the running stream ends.
     waiting = asyncio.ensure_future(
         client.chat.completions.create(

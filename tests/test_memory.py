@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import time
 
 import pytest
 from conftest import server_config
 from models import build_models
+from waiting import wait_until_async
 
 
 @pytest.fixture(scope="session")
@@ -41,13 +41,9 @@ async def _model(api, name: str = "local/a") -> dict:
     raise AssertionError(f"{name} is not loaded")
 
 
-async def _until(api, check, timeout: float = 30, name: str = "local/a") -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        model = await _model(api, name)
-        if check(model) or time.monotonic() > deadline:
-            return model
-        await asyncio.sleep(0.05)
+async def _until(api, check, message: str, name: str = "local/a") -> dict:
+    """`name`'s entry in mlx/api/pool once `check` holds."""
+    return await wait_until_async(lambda: _model(api, name), f"{name}: {message}", interval=0.05, done=check)
 
 
 def _accounted(model: dict) -> bool:
@@ -56,13 +52,13 @@ def _accounted(model: dict) -> bool:
 
 async def test_live_kv_and_the_prompt_cache_are_counted(api, memory_models):
     assert (await api("POST", "mlx/api/pool/load", body={"model": "local/a"})).code == 200
-    idle = await _until(api, lambda m: m["rss_bytes"] is not None)
+    idle = await _until(api, lambda m: m["rss_bytes"] is not None, "its resident memory")
     assert idle["kv_bytes"] == 0 and idle["prompt_cache_bytes"] == 0 and _accounted(idle)
 
     chat = asyncio.ensure_future(
         api("POST", "mlx/v1/chat/completions", body=_chat(memory_models, "local/a", _long_prompt(), 1200))
     )
-    decoding = await _until(api, lambda m: m["kv_bytes"] > 0 or chat.done())
+    decoding = await _until(api, lambda m: m["kv_bytes"] > 0 or chat.done(), "live KV (or the chat to end)")
     assert decoding["kv_bytes"] > 0, "the live KV cache of a decoding request shows in mlx/api/pool"
     assert decoding["memory_bytes"] >= decoding["base_bytes"] + decoding["kv_bytes"]
     status = (await api("GET", "mlx/api/pool")).body
@@ -72,7 +68,7 @@ async def test_live_kv_and_the_prompt_cache_are_counted(api, memory_models):
     prompt_tokens = reply.body["usage"]["prompt_tokens"]
     assert prompt_tokens > 400
 
-    done = await _until(api, lambda m: m["kv_bytes"] == 0 and m["prompt_cache_bytes"] > 0)
+    done = await _until(api, lambda m: m["kv_bytes"] == 0 and m["prompt_cache_bytes"] > 0, "no live KV, a prompt cache")
     assert done["kv_bytes"] == 0, "no KV is live once the request is done"
     assert done["prompt_cache_bytes"] > 0, "the finished request's cache is kept in the prompt cache"
     assert _accounted(done)
@@ -83,7 +79,7 @@ async def _fill_prompt_cache(api, memory_models, requests: int = 4) -> dict:
     for _ in range(requests):  # distinct long prompts: one prompt-cache entry each
         reply = await api("POST", "mlx/v1/chat/completions", body=_chat(memory_models, "local/a", _long_prompt(), 4))
         assert reply.code == 200, reply.body
-    return await _until(api, lambda m: m["prompt_cache_bytes"] > 0 and m["kv_bytes"] == 0)
+    return await _until(api, lambda m: m["prompt_cache_bytes"] > 0 and m["kv_bytes"] == 0, "a prompt cache, no live KV")
 
 
 async def test_a_small_budget_trims_the_prompt_cache(api, mlx_app, memory_models):
@@ -94,13 +90,15 @@ async def test_a_small_budget_trims_the_prompt_cache(api, mlx_app, memory_models
 
     # The budget shrinks below what is used: the pool trims the cache (it does not unload).
     mlx_app.pool.max_memory_bytes = full["memory_bytes"] - cache // 2
-    trimmed = await _until(api, lambda m: m["memory_bytes"] <= mlx_app.pool.max_memory_bytes)
+    trimmed = await _until(
+        api, lambda m: m["memory_bytes"] <= mlx_app.pool.max_memory_bytes, "memory within the budget"
+    )
     assert trimmed["memory_bytes"] <= mlx_app.pool.max_memory_bytes
     assert trimmed["prompt_cache_bytes"] <= cache // 2 and trimmed["pid"] == full["pid"]
     assert trimmed["prompt_cache_limit_bytes"] <= cache // 2
     reply = await api("POST", "mlx/v1/chat/completions", body=_chat(memory_models, "local/a", "still there?", 4))
     assert reply.code == 200, reply.body
-    model = await _until(api, lambda m: m["kv_bytes"] == 0)
+    model = await _until(api, lambda m: m["kv_bytes"] == 0, "no live KV")
     assert model["prompt_cache_bytes"] <= model["prompt_cache_limit_bytes"] <= cache // 2
 
 

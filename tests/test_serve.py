@@ -9,7 +9,6 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import openai
@@ -19,6 +18,7 @@ import requests
 import websocket
 from models import build_models
 from servers import free_port
+from waiting import wait_until
 
 MODEL = "local/tiny-demo"
 PASSWORD = "correct horse battery staple"
@@ -39,17 +39,19 @@ def serve(tmp_path_factory):
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 60
-    while True:
+
+    def answers() -> bool:
         try:
-            if requests.get(url, timeout=2).ok:
-                break
+            return requests.get(url, timeout=2).ok
         except requests.ConnectionError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("serve did not start:\n" + (root / "serve.log").read_text()[-3000:])
-        time.sleep(0.3)
+            assert process.poll() is None, "serve exited"
+            return False
+
+    try:
+        wait_until(answers, "serve to answer", timeout=60, interval=0.3)
+    except AssertionError as error:
+        process.kill()
+        raise RuntimeError("serve did not start:\n" + (root / "serve.log").read_text()[-3000:]) from error
     process.url, process.root = url, root
     try:
         yield process

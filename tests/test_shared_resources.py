@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import time
 
 import pytest
 from conftest import OWNER, server_config
 from models import build_models, eos_id
+from waiting import wait_until_async
 
 from jupyter_mlx_manager.devhub import DevHub
 
@@ -92,13 +92,14 @@ async def pool_models(api) -> dict[str, dict]:
 
 
 async def wait_download(api, download_id: int, auth="jupyter", timeout: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        record = (await api("GET", f"mlx/api/downloads/{download_id}", auth=auth)).body
-        if record["status"] in FINAL:
-            return record
-        assert time.monotonic() < deadline, record
-        await asyncio.sleep(0.05)
+    reply = await wait_until_async(
+        lambda: api("GET", f"mlx/api/downloads/{download_id}", auth=auth),
+        f"download {download_id} to end",
+        timeout,
+        interval=0.05,
+        done=lambda reply: reply.body["status"] in FINAL,
+    )
+    return reply.body
 
 
 async def start_download(api, repo_id: str, auth="jupyter", **body) -> dict:
@@ -111,10 +112,13 @@ async def busy_chat(api, no_eos, model=MODEL):
     """A long request of the owner's, in the background, once the pool counts it in flight."""
     body = {"model": model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 4000, "logit_bias": no_eos}
     chat = asyncio.ensure_future(api("POST", "mlx/v1/chat/completions", body=body))
-    deadline = time.monotonic() + 20
-    while not (await pool_models(api)).get(model, {}).get("in_flight"):
-        assert time.monotonic() < deadline and not chat.done(), chat.done() and chat.result().body
-        await asyncio.sleep(0.05)
+
+    async def in_flight() -> bool:
+        counted = (await pool_models(api)).get(model, {}).get("in_flight")
+        assert counted or not chat.done(), chat.result().body
+        return counted
+
+    await wait_until_async(in_flight, f"{model} to count the chat in flight", timeout=20, interval=0.05)
     return chat
 
 
