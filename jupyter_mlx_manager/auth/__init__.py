@@ -3,7 +3,7 @@
 from .jwt_tokens import InvalidToken, TokenIssuer, looks_like_jwt, resolve_secret
 from .passwords import HashBudget
 from .throttle import LoginThrottle, RateLimiter
-from .users import Actor, UserService
+from .users import Actor, UserService, is_admin, username_of
 
 __all__ = [
     "Actor",
@@ -13,6 +13,8 @@ __all__ = [
     "RateLimiter",
     "TokenIssuer",
     "UserService",
+    "is_admin",
     "looks_like_jwt",
     "resolve_secret",
+    "username_of",
 ]

@@ -41,6 +41,16 @@ class Actor:
     groups: tuple[str, ...] | None = None
 
 
+# Services take `user`: our user dict (keys "username", "is_admin", …) or None, the server
+# itself (expiry, eviction, resumed work), which may do what an admin may.
+def is_admin(user: dict[str, Any] | None) -> bool:
+    return user is None or bool(user.get("is_admin"))
+
+
+def username_of(user: dict[str, Any] | None) -> str | None:
+    return None if user is None else user.get("username")
+
+
 def validate_username(username: Any) -> str:
     if not isinstance(username, str) or not USERNAME_RE.fullmatch(username):
         raise BadRequest(

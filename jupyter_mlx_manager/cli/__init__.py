@@ -14,7 +14,7 @@ import asyncio
 import sys
 
 from .._version import __version__
-from ..models.catalog import KINDS
+from ..models.kinds import KINDS
 from . import service
 from .admin import demo_model, users_and_tokens
 from .verbs import add_parsers, add_server_options, run_verb

@@ -14,11 +14,6 @@ from ..server_config import server_config
 
 log = logging.getLogger("jupyter_mlx_manager.cli")
 
-DEMO_NAMES = {
-    "text": "tiny-demo", "embedding": "tiny-embedding", "vision": "tiny-vision",
-    "transcription": "tiny-transcription", "speech": "tiny-speech",
-}  # fmt: skip
-
 
 def _services(data_dir: str | None):
     from ..app import MLXManager
@@ -36,7 +31,8 @@ def _services(data_dir: str | None):
 
 def demo_model(args: argparse.Namespace) -> int:
     from ..app import MLXManager
-    from ..models.catalog import KINDS, ModelCatalog, missing_extra, with_article
+    from ..models.catalog import ModelCatalog
+    from ..models.kinds import KIND_REGISTRY, KINDS, missing_extra, with_article
 
     settings = MLXManager(config=server_config())
     data_dir = Path(args.data_dir or settings.data_dir).expanduser()
@@ -70,7 +66,7 @@ def demo_model(args: argparse.Namespace) -> int:
             print(f"{with_article(kind)} model is already present; not creating its demo model".capitalize())
         kinds = [k for k in kinds if k not in present]
     for kind in kinds:
-        name = args.name or DEMO_NAMES[kind]
+        name = args.name or KIND_REGISTRY[kind].demo_name
         path = _make_demo(kind, folder / name, args)
         print(f"created local/{name} ({kind}, random weights: a stand-in that produces noise) in {path}")
     if kinds and args.dir and folder != data_dir / "models" and str(folder) not in settings.model_dirs:

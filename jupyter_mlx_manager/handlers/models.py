@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 
 from ..errors import BadRequest, NotFound
-from ..models.catalog import validate_model_id, weights_bytes
 from ..models.hub import SearchQuery
+from ..models.ids import validate_model_id
+from ..models.inspection import weights_bytes
 from .base import MLXAPIHandler, authorized, web
 
 _TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")

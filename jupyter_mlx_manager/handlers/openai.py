@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from ..models.catalog import context_length, read_json
+from ..models.inspection import context_length, read_json
 from ..protocols.openai_chat import (
     ERROR_TYPES,
     ChatRenderer,

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..auth import Actor
-from ..models.catalog import is_valid_model_id
+from ..models.ids import is_valid_model_id
 from ..protocols.models import SpeechBody, read
 from .pipeline import ServingFailed, ServingPipeline
 from .request import InvalidParam

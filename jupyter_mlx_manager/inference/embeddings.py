@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..auth import Actor
-from ..models.catalog import is_valid_model_id
+from ..models.ids import is_valid_model_id
 from ..protocols.models import EMBEDDINGS_INPUT_MESSAGE, MODEL_ID_MESSAGE, EmbeddingsRequest, read
 from .pipeline import ServingFailed, ServingPipeline
 from .request import InvalidParam

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 from ..errors import MLXError, TooManyRequests
-from ..models.catalog import model_key
+from ..models.ids import model_key
 
 RETRY_AFTER_SECONDS = 1
 # The user whose place the running request holds (tasks it starts inherit it).

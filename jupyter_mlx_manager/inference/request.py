@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import BadRequest
-from ..models.catalog import is_valid_model_id
+from ..models.ids import is_valid_model_id
 from ..pool.pool import validate_keep_alive
 from . import images
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from ..auth import Actor
-from ..models.catalog import GENERATIVE_KINDS
+from ..models.kinds import GENERATIVE_KINDS
 from .images import ImageLimits
 from .pipeline import ServingPipeline, Usage
 from .request import InferenceRequest

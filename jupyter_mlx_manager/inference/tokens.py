@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadRequest
-from ..models.catalog import chat_template_text
+from ..models.inspection import chat_template_text
 from ..runner.templates import place_system_messages, renders_system_mid_conversation
 
 CACHE_SIZE = 4

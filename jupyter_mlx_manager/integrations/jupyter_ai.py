@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from tornado.ioloop import IOLoop, PeriodicCallback
 
 from ..auth import Actor, InvalidToken
+from ..models.kinds import GENERATIVE_KINDS
 
 if TYPE_CHECKING:
     from ..app import MLXManager
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 CONFIG_MANAGER_SETTING = "jupyternaut.config_manager"  # where Jupyternaut's extension puts its ConfigManager
 TOKEN_NAME = "jupyter-ai"
 REFRESH_SECONDS = 60
-CHAT_KINDS = ("text", "vision")
 # Our entries' ids are `custom-<uuid5 of the LiteLLM id>/<LiteLLM id>` (Jupyternaut's id format):
 # stable across restarts (a chat's model choice survives them) and recognisable as ours.
 _ID_NAMESPACE = uuid.UUID("5b0c6a55-2f57-4c8e-9d0e-6a1d3c1b7f42")
@@ -143,7 +143,7 @@ class JupyternautModels:
         local = [
             (info["id"], f"{info['kind'].capitalize()} model on this Jupyter server (jupyter-mlx-manager)")
             for info in self.app.catalog.list_local()
-            if info.get("kind") in CHAT_KINDS
+            if info.get("kind") in GENERATIVE_KINDS
         ]
         profiles = [
             (name, "Profile on this Jupyter server (jupyter-mlx-manager)")

@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from ..audit import AuditLog
+from ..auth.users import is_admin
 from ..errors import MLXError, NotFound
-from ..models.catalog import ADAPTER_MARKER, ADAPTER_PREFIX, is_admin
+from ..models.ids import ADAPTER_PREFIX
+from ..models.inspection import ADAPTER_MARKER
 from ..pool import ModelPool
 from ..pool.pool import PoolBusy
 from ..storage import Database, utcnow

@@ -9,16 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadRequest
-from ..models.catalog import (
-    ADAPTER_PREFIX,
-    LOCAL_PREFIX,
-    ModelCatalog,
-    adapter_base,
-    is_valid_model_id,
-    model_kind,
-    read_json,
-    weights_bytes,
-)
+from ..models.catalog import ModelCatalog
+from ..models.ids import ADAPTER_PREFIX, LOCAL_PREFIX, is_valid_model_id
+from ..models.inspection import adapter_base, read_json, weights_bytes
+from ..models.kinds import model_kind
 
 TYPES = ("finetune", "evaluate", "convert")
 NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9_])?")

@@ -18,27 +18,20 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..auth.users import is_admin
 from ..errors import BadRequest, MLXError
-from .catalog import _ENCODER_TYPES, _SPEECH_TYPES, _TRANSCRIPTION_TYPES, KINDS, is_admin
+from .kinds import ENCODER_TYPES, KIND_REGISTRY, KINDS, SPEECH_TYPES, TRANSCRIPTION_TYPES
 
 SORTS = {"downloads": "downloads", "likes": "likes", "trending": "trending_score", "updated": "last_modified",
          "created": "created_at", "size": None}  # fmt: skip
 QUANT_BITS = (2, 3, 4, 5, 6, 8, 16)
 EXPAND = ["author", "downloads", "likes", "tags", "safetensors", "config", "lastModified", "createdAt", "gated",
           "library_name", "pipeline_tag", "usedStorage", "trendingScore"]  # fmt: skip
-# The Hub's pipeline tags → our model kinds; KIND_PIPELINES: what a `kind=` filter asks the Hub for.
-PIPELINE_KINDS = {
-    "text-generation": "text", "text2text-generation": "text",
-    "image-text-to-text": "vision", "image-to-text": "vision", "visual-question-answering": "vision",
-    "feature-extraction": "embedding", "sentence-similarity": "embedding",
-    "automatic-speech-recognition": "transcription",
-    "text-to-speech": "speech", "text-to-audio": "speech",
-}  # fmt: skip
-KIND_PIPELINES = {kind: [tag for tag, k in PIPELINE_KINDS.items() if k == kind] for kind in KINDS}
-# Libraries (the Hub's `library_name`, also found among the tags) that serve one kind only.
-_LIBRARY_KINDS = {"mlx-lm": "text", "mlx_lm": "text", "mlx-vlm": "vision", "mlx_vlm": "vision",
-                  "mlx-embeddings": "embedding", "mlx_embeddings": "embedding",
-                  "sentence-transformers": "embedding", "mlx-whisper": "transcription"}  # fmt: skip
+# The Hub's pipeline tags and libraries → our model kinds (models/kinds.py); KIND_PIPELINES: what a
+# `kind=` filter asks the Hub for.
+PIPELINE_KINDS = {tag: kind.name for kind in KIND_REGISTRY.values() for tag in kind.hub_pipelines}
+KIND_PIPELINES = {name: list(kind.hub_pipelines) for name, kind in KIND_REGISTRY.items()}
+_LIBRARY_KINDS = {library: kind.name for kind in KIND_REGISTRY.values() for library in kind.hub_libraries}
 _GENERATIVE_HEADS = ("ForCausalLM", "LMHeadModel")
 _DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
                 "I8": 1, "U8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "BOOL": 1}  # fmt: skip
@@ -175,11 +168,11 @@ def hub_kind(model: Any) -> str | None:
             return PIPELINE_KINDS[tag]
     config = model.config if isinstance(model.config, dict) else {}
     model_type = str(config.get("model_type") or "").lower().replace("-", "_")
-    if model_type in _TRANSCRIPTION_TYPES:
+    if model_type in TRANSCRIPTION_TYPES:
         return "transcription"
-    if model_type in _SPEECH_TYPES:
+    if model_type in SPEECH_TYPES:
         return "speech"
-    if model_type in _ENCODER_TYPES:
+    if model_type in ENCODER_TYPES:
         return "embedding"
     if isinstance(config.get("vision_config"), dict):
         return "vision"
