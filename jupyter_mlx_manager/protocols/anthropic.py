@@ -20,13 +20,13 @@ from ..inference.request import (
     json_schema_format,
     read_tools,
 )
+from .common import common_fields
 from .models import (
     AnthropicNamedTool,
     AnthropicToolChoice,
     CountTokensRequest,
     MessagesRequest,
     Thinking,
-    bias,
     read,
     stop_list,
 )
@@ -162,17 +162,12 @@ def parse(body: dict[str, Any], max_tokens_limit: int, count_only: bool = False)
         messages.append(Message(role, _blocks(role, message["content"], where)))
     output_format, format_name = _output_format(fields)
     request = InferenceRequest(
-        model=fields.model,
+        **common_fields(fields),  # seed, logit_bias, keep_alive: extensions (extra_body)
         kind="chat",
         messages=messages,
         output_format=output_format,
         max_tokens=fields.max_tokens,
-        temperature=1.0 if fields.temperature is None else fields.temperature,
-        top_p=1.0 if fields.top_p is None else fields.top_p,
-        top_k=fields.top_k,
-        seed=fields.seed,  # an extension (extra_body)
         stop=stop_list(fields.stop_sequences),
-        logit_bias=bias(fields.logit_bias),  # not Anthropic's: an extension (extra_body)
         tools=read_tools(
             fields.tools,
             "input_schema",
@@ -181,8 +176,6 @@ def parse(body: dict[str, Any], max_tokens_limit: int, count_only: bool = False)
         ),
         tool_choice=_tool_choice(fields.tool_choice),
         reasoning=_thinking(fields.thinking),
-        keep_alive=fields.keep_alive,
-        stream=bool(fields.stream),
         names={"stop": "stop_sequences", "response_format": format_name},
     )
     return request.validate(max_tokens_limit)

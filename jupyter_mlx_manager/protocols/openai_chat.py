@@ -20,6 +20,7 @@ from ..inference.request import (
     ToolResultPart,
     openai_output_format,
 )
+from .common import common_fields
 from .models import (
     MAX_PROMPTS,
     PROMPT_MESSAGE,
@@ -27,7 +28,6 @@ from .models import (
     ChatToolChoiceFunction,
     CompletionRequest,
     OpenAISampling,
-    bias,
     read,
     stop_list,
 )
@@ -190,28 +190,17 @@ def _request(fields: OpenAISampling, kind: str, max_tokens_limit: int) -> Infere
     if max_tokens == 0 and not getattr(fields, "echo", False):
         raise InvalidParam(f"{max_name} must be an integer from 1 to {MAX_TOKEN_ID}", max_name)
     return InferenceRequest(
-        model=fields.model,
+        **common_fields(fields),
         kind="chat" if kind == "chat" else "completion",
         max_tokens=max_tokens,
-        temperature=_or(fields.temperature, 1.0),
-        top_p=_or(fields.top_p, 1.0),
-        top_k=fields.top_k,
         min_p=fields.min_p,
         presence_penalty=fields.presence_penalty,
         frequency_penalty=fields.frequency_penalty,
         repetition_penalty=fields.repetition_penalty,
-        seed=fields.seed,
         stop=stop_list(fields.stop),
-        logit_bias=bias(fields.logit_bias),
-        keep_alive=fields.keep_alive,
-        stream=bool(fields.stream),
         include_usage=bool(fields.stream_options and fields.stream_options.include_usage),
         names={**(CHAT_NAMES if kind == "chat" else NAMES), "max_tokens": max_name},
     )
-
-
-def _or(value: float | None, default: float) -> float:
-    return default if value is None else value
 
 
 def tool_call(call: dict[str, Any]) -> dict[str, Any]:

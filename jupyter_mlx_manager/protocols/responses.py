@@ -22,7 +22,8 @@ from ..inference.request import (
     ToolResultPart,
     openai_output_format,
 )
-from .models import ResponsesRequest, bias, read
+from .common import common_fields
+from .models import ResponsesRequest, read
 
 NAMES = {"max_tokens": "max_output_tokens", "response_format": "text.format", "messages": "input"}
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
@@ -260,22 +261,15 @@ def parse(body: dict[str, Any], max_tokens_limit: int, history: list[dict[str, A
     if fields.instructions:
         messages.insert(0, Message("system", [TextPart(fields.instructions)]))
     request = InferenceRequest(
-        model=fields.model,
+        **common_fields(fields),  # seed, logit_bias, top_k, keep_alive: extensions (extra_body)
         kind="chat",
         messages=messages,
         max_tokens=fields.max_output_tokens,
-        temperature=1.0 if fields.temperature is None else fields.temperature,
-        top_p=1.0 if fields.top_p is None else fields.top_p,
-        top_k=fields.top_k,
-        seed=fields.seed,  # an extension (extra_body)
-        logit_bias=bias(fields.logit_bias),  # an extension (extra_body)
         logprobs=_logprobs(fields),
         tools=tools.tools,
         tool_choice=_tool_choice(fields.tool_choice, tools),
         output_format=openai_output_format(fields.text.format if fields.text else None, "text.format"),
         reasoning=None if fields.reasoning is None else (fields.reasoning.effort != "none"),
-        keep_alive=fields.keep_alive,
-        stream=bool(fields.stream),
         names={**NAMES, "logprobs": "top_logprobs"},
     )
     return request.validate(max_tokens_limit)
@@ -436,19 +430,8 @@ class ResponsesRenderer:
         """A `function_call` item, named as the client named the tool (with its `namespace`)."""
         item = {"id": "fc_" + _hex(), "type": "function_call", "status": "in_progress",
                 "call_id": "call_" + _hex()[:24], "name": name, "arguments": ""}  # fmt: skip
-        if namespace is not None:
-            item["namespace"] = namespace
-        self.output.append(item)
-        index = len(self.output) - 1
-        events = [self._event("response.output_item.added", output_index=index, item=dict(item))]
-        item["arguments"] = call["arguments"]
-        events.append(self._event("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
-                                  delta=call["arguments"]))  # fmt: skip
-        events.append(self._event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
-                                  name=item["name"], arguments=call["arguments"]))  # fmt: skip
-        item["status"] = "completed"
-        events.append(self._event("response.output_item.done", output_index=index, item=dict(item)))
-        return events
+        return self._whole_call(item, namespace, "arguments", call["arguments"], "response.function_call_arguments",
+                                name=name)  # fmt: skip
 
     def _custom_call(self, name: str, namespace: str | None, call: dict[str, Any]) -> list:
         """A `custom_tool_call` item: the model's one string argument is the tool's input."""
@@ -460,16 +443,21 @@ class ResponsesRenderer:
         text = text if isinstance(text, str) else call["arguments"]
         item = {"id": "ctc_" + _hex(), "type": "custom_tool_call", "status": "in_progress",
                 "call_id": "call_" + _hex()[:24], "name": name, "input": ""}  # fmt: skip
+        return self._whole_call(item, namespace, "input", text, "response.custom_tool_call_input")
+
+    def _whole_call(
+        self, item: dict[str, Any], namespace: str | None, field: str, value: str, stream: str, **done: Any
+    ) -> list:
+        """A tool call item and its events: the runner gives a call whole, so its `field` (empty
+        when added) comes as one `<stream>.delta`, then `<stream>.done` (with `done` and the value)."""
         if namespace is not None:
             item["namespace"] = namespace
         self.output.append(item)
         index = len(self.output) - 1
         events = [self._event("response.output_item.added", output_index=index, item=dict(item))]
-        item["input"] = text
-        events.append(self._event("response.custom_tool_call_input.delta", item_id=item["id"], output_index=index,
-                                  delta=text))  # fmt: skip
-        events.append(self._event("response.custom_tool_call_input.done", item_id=item["id"], output_index=index,
-                                  input=text))  # fmt: skip
+        item[field] = value
+        events.append(self._event(f"{stream}.delta", item_id=item["id"], output_index=index, delta=value))
+        events.append(self._event(f"{stream}.done", item_id=item["id"], output_index=index, **done, **{field: value}))
         item["status"] = "completed"
         events.append(self._event("response.output_item.done", output_index=index, item=dict(item)))
         return events
