@@ -6,6 +6,8 @@ JSON error reply (`{"message", "reason"}`) without per-handler translation code.
 
 from __future__ import annotations
 
+import re
+
 from tornado.web import HTTPError
 
 
@@ -60,3 +62,15 @@ class UnsupportedMediaType(MLXError):
 class TooManyRequests(MLXError):
     status_code = 429
     reason = "too_many_requests"
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])~?/[\w.@+-]+(?:/[\w.@+-]+)*/?")
+
+
+def scrub_paths(text: str, replacements: dict[str, str] | None = None) -> str:
+    """A server-side message as users may read it (admins see it whole): each key of
+    `replacements` (a path) becomes its value (say, the model id), any other absolute path `<path>`."""
+    for path, label in sorted((replacements or {}).items(), key=lambda kv: -len(kv[0])):
+        if path:
+            text = text.replace(path, label)
+    return _ABSOLUTE_PATH.sub("<path>", text)

@@ -39,8 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..auth.users import is_admin, username_of
-from ..errors import BadRequest, Conflict, Forbidden, NotFound
-from ..models.catalog import scrub_paths
+from ..errors import BadRequest, Conflict, Forbidden, NotFound, scrub_paths
 from ..models.ids import is_local_id, model_key, validate_model_id
 from ..storage import utcnow
 from .files import clean_repo_folder, existing_repo_id, repo_folder, valid_revision

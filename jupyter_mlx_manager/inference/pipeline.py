@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..audit import AuditLog
 from ..auth import Actor
 from ..auth.users import is_admin
-from ..errors import MLXError
-from ..models.catalog import scrub_paths
+from ..errors import MLXError, scrub_paths
 from ..pool import RunnerCrashed
 from .limits import RequestLimits
 from .request import InvalidParam

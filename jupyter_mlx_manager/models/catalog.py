@@ -26,7 +26,7 @@ from ..auth.users import (
     is_admin,
     username_of,  # noqa: F401, E402, I001
 )
-from ..errors import Forbidden, MLXError, NotFound
+from ..errors import Forbidden, MLXError, NotFound, scrub_paths  # noqa: F401 (TEMPORARY re-export)
 from .hub_cache import cached_model_folders, hub_cache_dir, hub_repo_folder
 from .ids import (
     ADAPTER_PREFIX,
@@ -54,17 +54,6 @@ from .inspection import (  # noqa: F401, E402
     weights_bytes,
 )
 from .kinds import GENERATIVE_KINDS, KINDS, WrongKind, check_kind, missing_extra, model_kind  # noqa: F401, E402
-
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])~?/[\w.@+-]+(?:/[\w.@+-]+)*/?")
-
-
-def scrub_paths(text: str, replacements: dict[str, str] | None = None) -> str:
-    """`text` without the server's absolute paths: each key of `replacements` (a path) becomes
-    its value (say, the model id), any other absolute path `<path>`."""
-    for path, label in sorted((replacements or {}).items(), key=lambda kv: -len(kv[0])):
-        if path:
-            text = text.replace(path, label)
-    return _ABSOLUTE_PATH.sub("<path>", text)
 
 
 def for_user(info: dict[str, Any], user: dict[str, Any] | None) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .catalog import DEMO_MARKER
+from .inspection import DEMO_MARKER
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
