@@ -9,12 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+from waiting import wait_until
 
 
 def free_port() -> int:
@@ -68,17 +68,19 @@ def jupyter_server(root: Path, *args: str, env: dict[str, str] | None = None) ->
             stdout=log, stderr=subprocess.STDOUT, env=server_env,
         )  # fmt: skip
     server = RunningServer(f"http://127.0.0.1:{port}/", token, process, root, server_env)
-    deadline = time.monotonic() + 60
-    while True:
+
+    def answers() -> bool:
         try:
-            if requests.get(server.url + "api/status", headers=server.headers, timeout=2).ok:
-                break
+            return requests.get(server.url + "api/status", headers=server.headers, timeout=2).ok
         except requests.ConnectionError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("the server did not start:\n" + server.log.read_text()[-3000:])
-        time.sleep(0.3)
+            assert process.poll() is None, "the server exited"
+            return False
+
+    try:
+        wait_until(answers, "the server to answer", timeout=60, interval=0.3)
+    except AssertionError as error:
+        process.kill()
+        raise RuntimeError("the server did not start:\n" + server.log.read_text()[-3000:]) from error
     try:
         yield server
     finally:

@@ -11,7 +11,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import openai
 import pytest
@@ -19,6 +18,7 @@ import requests
 from conftest import server_config
 from models import build_models, eos_id
 from servers import jupyter_server
+from waiting import wait_until, wait_until_async
 
 from jupyter_mlx_manager.client import BatchJob, connect
 from jupyter_mlx_manager.inference.limits import RequestLimits
@@ -87,13 +87,13 @@ def _jsonl(lines) -> bytes:
 
 
 async def _wait(client, batch_id, done=("completed", "failed", "cancelled", "expired"), timeout=120):
-    deadline = time.monotonic() + timeout
-    while True:
-        batch = await client.batches.retrieve(batch_id)
-        if batch.status in done:
-            return batch
-        assert time.monotonic() < deadline, batch
-        await asyncio.sleep(0.2)
+    return await wait_until_async(
+        lambda: client.batches.retrieve(batch_id),
+        f"batch {batch_id} to be {' or '.join(done)}",
+        timeout,
+        interval=0.2,
+        done=lambda batch: batch.status in done,
+    )
 
 
 async def _answers(client, file_id):
@@ -185,8 +185,12 @@ async def test_cancel_keeps_what_finished(sdk, no_eos):
     )
     batch = await bob.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
     await _wait(bob, batch.id, done=("in_progress",))
-    while (await bob.batches.retrieve(batch.id)).request_counts.completed < 1:
-        await asyncio.sleep(0.1)
+    await wait_until_async(
+        lambda: bob.batches.retrieve(batch.id),
+        "a first line to complete",
+        timeout=120,
+        done=lambda batch: batch.request_counts.completed >= 1,
+    )
     cancelled = await bob.batches.cancel(batch.id)
     assert cancelled.status in ("cancelling", "cancelled")
     batch = await _wait(bob, batch.id)
@@ -209,10 +213,12 @@ async def test_a_batch_waits_while_its_owners_budget_is_spent(sdk, no_eos, mlx_a
     bob = await sdk("bob")
     upload = await bob.files.create(file=("r.jsonl", io.BytesIO(_jsonl(_lines(no_eos, 20)))), purpose="batch")
     batch = await bob.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
-    deadline = time.monotonic() + 60
-    while (await bob.batches.retrieve(batch.id)).request_counts.completed < 1:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
+    await wait_until_async(
+        lambda: bob.batches.retrieve(batch.id),
+        "a first line to complete",
+        timeout=60,
+        done=lambda batch: batch.request_counts.completed >= 1,
+    )
     await asyncio.sleep(3)  # longer than the batch's budget re-check: it still waits
     paused = await bob.batches.retrieve(batch.id)
     assert paused.status == "in_progress" and paused.request_counts.completed < 20
@@ -284,25 +290,24 @@ def test_a_batch_survives_a_server_restart(tmp_path, models_dir, no_eos):
             json={"input_file_id": upload["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"},
             timeout=30,
         ).json()
-        deadline = time.monotonic() + 120
-        while (
-            requests.get(api + f"batches/{batch['id']}", headers=server.headers, timeout=10).json()["request_counts"][
-                "completed"
-            ]
-            < 2
-        ):
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_until(
+            lambda: requests.get(api + f"batches/{batch['id']}", headers=server.headers, timeout=10).json(),
+            "two lines to complete",
+            timeout=120,
+            interval=0.2,
+            done=lambda batch: batch["request_counts"]["completed"] >= 2,
+        )
         server.process.send_signal(signal.SIGKILL)  # no goodbye: the files are the record
         server.process.wait(timeout=30)
     with jupyter_server(tmp_path, *args) as server:
         api = server.url + "mlx/v1/"
-        deadline = time.monotonic() + 180
-        while (found := requests.get(api + f"batches/{batch['id']}", headers=server.headers, timeout=10).json())[
-            "status"
-        ] != "completed":
-            assert time.monotonic() < deadline, found
-            time.sleep(0.3)
+        found = wait_until(
+            lambda: requests.get(api + f"batches/{batch['id']}", headers=server.headers, timeout=10).json(),
+            "the batch to complete after the restart",
+            timeout=180,
+            interval=0.3,
+            done=lambda batch: batch["status"] == "completed",
+        )
         output = requests.get(api + f"files/{found['output_file_id']}/content", headers=server.headers, timeout=30)
         ids = [json.loads(line)["custom_id"] for line in output.text.splitlines()]
         assert sorted(ids) == sorted(line["custom_id"] for line in lines)  # each exactly once

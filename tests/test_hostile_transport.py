@@ -21,6 +21,7 @@ import pytest
 import requests
 from conftest import OWNER, server_config
 from servers import free_port, jupyter_server
+from waiting import wait_until, wait_until_async
 
 PASSWORD = "correct horse battery staple"
 MB = 1024 * 1024
@@ -134,17 +135,19 @@ def serve(tmp_path_factory):
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 60
-    while True:
+
+    def answers() -> bool:
         try:
-            if requests.get(url, timeout=2).ok:
-                break
+            return requests.get(url, timeout=2).ok
         except requests.ConnectionError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("serve did not start:\n" + (root / "serve.log").read_text()[-3000:])
-        time.sleep(0.3)
+            assert process.poll() is None, "serve exited"
+            return False
+
+    try:
+        wait_until(answers, "serve to answer", timeout=60, interval=0.3)
+    except AssertionError as error:
+        process.kill()
+        raise RuntimeError("serve did not start:\n" + (root / "serve.log").read_text()[-3000:]) from error
     user = {"username": "ann", "password": PASSWORD}
     assert requests.post(url + "mlx/api/auth/register", json=user, timeout=30).status_code == 201
     access = requests.post(url + "mlx/api/auth/login", json=user, timeout=30).json()["access_token"]
@@ -260,16 +263,16 @@ def test_connections_per_client_address_are_bounded(serve):
     finally:
         for sock in held:
             sock.close()
-    # Closed connections free their places (once the server has seen them close).
-    deadline = time.monotonic() + 20
-    while True:
+
+    def status() -> requests.Response | None:
         try:
-            status = requests.get(serve.url + "mlx/api/status", headers=_bearer(serve), timeout=30)
-            break
+            return requests.get(serve.url + "mlx/api/status", headers=_bearer(serve), timeout=30)
         except requests.ConnectionError:
-            assert time.monotonic() < deadline, "the closed connections kept their places"
-            time.sleep(0.2)
-    assert status.status_code == 200, status.text
+            return None
+
+    # Closed connections free their places (once the server has seen them close).
+    reply = wait_until(status, "the closed connections to free their places", timeout=20, interval=0.2)
+    assert reply.status_code == 200, reply.text
 
 
 # -- a real Jupyter server ----------------------------------------------------------------------
@@ -335,14 +338,6 @@ async def _open_chat_upload(port: int, base_url: str, token: str, length: int):
     return reader, writer
 
 
-async def _until(condition, what: str) -> None:
-    for _ in range(200):
-        if condition():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never: {what}")
-
-
 async def test_image_bytes_in_flight_are_bounded_per_user(
     api, make_user, mlx_app, jp_serverapp, jp_http_port, jp_base_url
 ):
@@ -353,8 +348,10 @@ async def test_image_bytes_in_flight_are_bounded_per_user(
 
     # ann has 700 KB of a chat body in flight: 600 KB more would pass her 1 MB allowance.
     _, writer = await _open_chat_upload(jp_http_port, jp_base_url, ann_token, 700 * 1024)
-    await _until(lambda: "mlx_images_in_flight" in jp_serverapp.web_app.settings and images().held(ann["id"]),
-                 "ann's upload is in flight")  # fmt: skip
+    await wait_until_async(
+        lambda: "mlx_images_in_flight" in jp_serverapp.web_app.settings and images().held(ann["id"]),
+        "ann's upload to be in flight",
+    )
     refused = await api("POST", "mlx/v1/chat/completions", auth=ann_token, body=body)
     assert refused.code == 429 and refused.body["error"]["code"] == "images_in_flight", refused.body
     assert int(refused.headers["Retry-After"]) >= 1
@@ -366,7 +363,7 @@ async def test_image_bytes_in_flight_are_bounded_per_user(
 
     # A client that leaves mid-body gives its bytes back.
     writer.close()
-    await _until(lambda: images().held(ann["id"]) == 0, "ann's bytes are released")
+    await wait_until_async(lambda: images().held(ann["id"]) == 0, "ann's bytes to be released")
     again = await api("POST", "mlx/v1/chat/completions", auth=ann_token, body=body)
     assert again.code != 429, again.body
     assert images().held(ann["id"]) == 0  # and a finished request too
@@ -393,7 +390,7 @@ async def test_image_bytes_in_flight_are_bounded_per_user(
         data += chunk
     writer.close()
     assert reply is not None and reply[0] == 413, data[:300]  # the request alone outgrew the allowance
-    await _until(lambda: images().held(ann["id"]) == 0, "the chunked request's bytes are released")
+    await wait_until_async(lambda: images().held(ann["id"]) == 0, "the chunked request's bytes to be released")
 
 
 def test_the_audit_client_follows_the_credential_not_the_headers(tmp_path):

@@ -3,11 +3,9 @@ processes, on tiny demo models and data the tests write."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import signal
-import time
 
 import psutil
 import pytest
@@ -15,6 +13,7 @@ import requests
 from conftest import server_config
 from models import build_models, eos_id
 from servers import jupyter_server
+from waiting import wait_until, wait_until_async
 
 BASE = "local/tiny-demo"
 SENTENCE = "the quick brown fox jumps over the lazy dog"
@@ -43,13 +42,14 @@ def data(jp_root_dir):
 
 
 async def _wait(api, job_id, auth="jupyter", timeout=240):
-    deadline = time.monotonic() + timeout
-    while True:
-        job = (await api("GET", f"mlx/api/jobs/{job_id}", auth=auth)).body
-        if job["status"] in ("succeeded", "failed", "cancelled", "interrupted"):
-            return job
-        assert time.monotonic() < deadline, job
-        await asyncio.sleep(0.3)
+    reply = await wait_until_async(
+        lambda: api("GET", f"mlx/api/jobs/{job_id}", auth=auth),
+        f"job {job_id} to end",
+        timeout,
+        interval=0.3,
+        done=lambda reply: reply.body["status"] in ("succeeded", "failed", "cancelled", "interrupted"),
+    )
+    return reply.body
 
 
 async def _chat(api, model, eos):
@@ -124,10 +124,13 @@ async def test_jobs_are_own_only_cancellable_and_checked(api, make_user, data):
     assert (await api("GET", "mlx/api/jobs", auth=carol)).body["jobs"] == []
     assert [j["id"] for j in (await api("GET", "mlx/api/jobs")).body["jobs"]] == [job_id]  # the admin sees all
 
-    deadline = time.monotonic() + 120
-    while (await api("GET", f"mlx/api/jobs/{job_id}", auth=bob)).body["progress"].get("iteration") is None:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.3)
+    await wait_until_async(
+        lambda: api("GET", f"mlx/api/jobs/{job_id}", auth=bob),
+        "a first training iteration",
+        timeout=120,
+        interval=0.3,
+        done=lambda reply: reply.body["progress"].get("iteration") is not None,
+    )
     pool = (await api("GET", "mlx/api/pool")).body
     assert [j["job"] for j in pool["jobs"]] == [job_id] and pool["jobs"][0]["memory_bytes"] > 0
     workers = [p for p in psutil.Process().children(recursive=True) if "jobs.worker" in " ".join(p.cmdline())]
@@ -158,15 +161,15 @@ def test_a_running_job_survives_a_restart_as_interrupted(tmp_path, models_dir):
            "batch_size": 4, "num_layers": 2, "save_every": 5}  # fmt: skip
     with jupyter_server(tmp_path, *args) as server:
         created = requests.post(server.url + "mlx/api/jobs", json=job, headers=server.headers, timeout=30).json()
-        deadline = time.monotonic() + 120
-        while (
-            requests.get(server.url + f"mlx/api/jobs/{created['id']}", headers=server.headers, timeout=10)
-            .json()["progress"]
-            .get("iteration", 0)
-            < 10
-        ):
-            assert time.monotonic() < deadline
-            time.sleep(0.3)
+        wait_until(
+            lambda: requests.get(
+                server.url + f"mlx/api/jobs/{created['id']}", headers=server.headers, timeout=10
+            ).json(),
+            "ten training iterations",
+            timeout=120,
+            interval=0.3,
+            done=lambda job: job["progress"].get("iteration", 0) >= 10,
+        )
         server.process.send_signal(signal.SIGKILL)
         server.process.wait(timeout=30)
     with jupyter_server(tmp_path, *args) as server:

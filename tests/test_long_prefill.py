@@ -24,6 +24,7 @@ import httpx
 import pytest
 from models import build_models, eos_id
 from servers import jupyter_server
+from waiting import wait_until_async
 
 MODEL = "local/tiny-demo"
 STEP = 64
@@ -134,12 +135,19 @@ async def test_a_long_prefill_does_not_freeze_seven_decoding_streams(tmp_path, m
                 for i in range(SHORT)
             ]  # fmt: skip
             try:
-                deadline = time.monotonic() + 60
-                while not all(len(s.times) >= 3 for s in streams):  # all 7 decoding in the batch
-                    assert time.monotonic() < deadline and not any(s.ending for s in streams), [
-                        (len(s.times), s.ending) for s in streams
-                    ]
-                    await asyncio.sleep(0.05)
+
+                def progress() -> list[tuple[int, str | None]]:
+                    seen = [(len(s.times), s.ending) for s in streams]
+                    assert all(n >= 3 for n, _ in seen) or not any(ending for _, ending in seen), seen
+                    return seen
+
+                await wait_until_async(
+                    progress,
+                    f"all {SHORT} streams decoding in the batch",
+                    timeout=60,
+                    interval=0.05,
+                    done=lambda seen: all(n >= 3 for n, _ in seen),
+                )
                 sent = time.monotonic()
                 long = await asyncio.wait_for(_long_request(http, eos), 120)
                 endings = [s.ending for s in streams]

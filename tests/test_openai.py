@@ -6,12 +6,12 @@ import asyncio
 import json
 import os
 import signal
-import time
 
 import openai
 import pytest
 from conftest import server_config
 from models import build_models, eos_id
+from waiting import wait_until_async
 
 MODEL = "local/tiny-demo"
 
@@ -151,10 +151,12 @@ async def test_disconnect_mid_stream_frees_the_runner(sdk, no_eos, api):
         if count == 3:
             break
     await stream.close()
-    deadline = time.monotonic() + 3
-    while (await api("GET", "mlx/api/pool")).body["models"][0]["in_flight"] and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    assert (await api("GET", "mlx/api/pool")).body["models"][0]["in_flight"] == 0
+    await wait_until_async(
+        lambda: api("GET", "mlx/api/pool"),
+        "the closed stream to leave the pool's in-flight count",
+        timeout=3,
+        done=lambda pool: pool.body["models"][0]["in_flight"] == 0,
+    )
     reply = await client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "next"}], max_tokens=5, logit_bias=no_eos
     )
@@ -180,10 +182,13 @@ async def test_killed_runner_ends_the_stream_and_the_server_recovers(sdk, no_eos
             if pid is None:
                 pid = (await api("GET", "mlx/api/pool")).body["models"][0]["pid"]
                 os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 2
-    while (await api("GET", "mlx/api/pool")).body["models"] and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert (await api("GET", "mlx/api/pool")).body["models"] == [], "the dead runner is still listed"
+    await wait_until_async(
+        lambda: api("GET", "mlx/api/pool"),
+        "the dead runner to leave the pool",
+        timeout=2,
+        interval=0.05,
+        done=lambda pool: pool.body["models"] == [],
+    )
     reply = await client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "again"}], max_tokens=4, logit_bias=no_eos
     )
