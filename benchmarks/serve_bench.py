@@ -22,6 +22,12 @@ request generates exactly its `max_tokens`.
   in-process `mlx_lm.batch_generate` (a child process) on the same 8 prompts, as ratios;
 * prompt cache on disk (`--probes disk`, ours only): TTFT of a long prompt (`--prefill-rules`)
   cold, warm from memory, and warm from disk after an unload and a load;
+* speculative decoding (`--probes speculative`, ours only): one greedy stream's tok/s on
+  an edit-like prompt (code that repeats) and on a story prompt, the model loaded plain, with
+  prompt lookup, and with a draft model (`demo-model --size tiny`: the same tokenizer), as
+  speed-ups over plain with each one's acceptance rate. The demo models have random weights:
+  a draft agrees with the model only by chance here, so the draft figure is its overhead at a
+  low acceptance rate, not the speed-up of a trained draft;
 * load latency (`--probes load` runs only this one): `POST mlx/api/pool/load` request → ready,
   ours with the warm spare runner (`warm_runner`, the default) and without it, against
   `mlx_lm.server` start → first successful `GET /v1/models` (its model loads in a thread while
@@ -33,7 +39,8 @@ One command writes JSON, a markdown table and a PNG plot into `--out`:
     .venv/bin/pip install matplotlib     # only for the PNG; without it the plot is skipped
     .venv/bin/python benchmarks/serve_bench.py --out benchmarks/results
 
-`--models tiny` and `--rounds 1` make a quicker run; `--probes load` measures only load
+`--models tiny` and `--rounds 1` make a quicker run; `--probes speculative --models bench` only the
+speculative comparison; `--probes load` measures only load
 latency (`--load-repeats` times each, medians); `--probes prefill batch --models tiny` only the
 long-prefill and batch_generate comparisons (a few minutes). Run it on a quiet machine.
 """
@@ -524,6 +531,65 @@ def probes_markdown(probes: dict) -> str:
     return "\n".join(lines)
 
 
+EDIT_PROMPT = "Rename add to plus in this code:\n" + "def add(a, b):\n    return a + b\n\n" * 8
+
+
+def speculative_probe(name: str, args: argparse.Namespace, work: Path) -> dict:
+    """One greedy stream's tok/s, end to end (median of `--rounds`), on two prompts with the model
+    loaded plain, with prompt lookup and with a tiny draft model; each mode's acceptance rate."""
+    from jupyter_mlx_manager.models.demo import SIZES, make_demo_model
+
+    folder = work / f"speculative-models-{name}"
+    model_path = make_demo_model(folder / name, **demo_options(name))
+    make_demo_model(folder / "draft", **{**SIZES["tiny"], "context_length": 8192})
+    logit_bias = {str(json.loads((model_path / "config.json").read_text())["eos_token_id"]): -100}
+    process, base, headers = our_server(work, folder, "--MLXManager.warm_runner=False")
+    server = Server(OURS, f"{base}/mlx/v1/chat/completions", headers, f"local/{name}", process, base)
+    modes = {
+        "plain": {},
+        "prompt_lookup": {"speculative": "prompt_lookup"},
+        "draft_model": {"draft_model": "local/draft"},
+    }
+    result: dict = {"max_tokens": args.max_tokens, "rounds": args.rounds, "modes": {}}
+    try:
+        for mode, load in modes.items():
+            print(f"[{name}] speculative probe: {mode}", file=sys.stderr)
+            pool = f"{base}/mlx/api/pool"
+            requests.post(
+                f"{pool}/load", json={"model": server.model, **load}, headers=headers, timeout=300
+            ).raise_for_status()
+            server.stream(user("warm up"), 8, logit_bias)
+            tps = {}
+            for label, prompt in (("edit", EDIT_PROMPT), ("story", PROMPT)):
+                runs = [server.stream(user(prompt), args.max_tokens, logit_bias) for _ in range(args.rounds)]
+                tps[label] = statistics.median(r["usage"]["completion_tokens"] / (r["end"] - r["start"]) for r in runs)
+            status = requests.get(pool, headers=headers, timeout=10).json()["models"][0]["speculative"]
+            result["modes"][mode] = {"decode_tps": tps, "acceptance_rate": status and status["acceptance_rate"]}
+            requests.post(
+                f"{pool}/unload", json={"model": server.model}, headers=headers, timeout=60
+            ).raise_for_status()
+    finally:
+        stop_server(server)
+    plain = result["modes"]["plain"]["decode_tps"]
+    for entry in result["modes"].values():
+        entry["speedup"] = {label: entry["decode_tps"][label] / plain[label] for label in plain}
+    return result
+
+
+def speculative_markdown(probes: dict) -> str:
+    lines = []
+    for name, r in probes.items():
+        lines += [f"### {name} model: speculative decoding, one greedy stream of {r['max_tokens']} tokens "
+                  f"(median of {r['rounds']}; draft: `demo-model --size tiny`, random weights)", "",
+                  "| mode | edit prompt tok/s | speed-up | story prompt tok/s | speed-up | acceptance rate (all) |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for mode, m in r["modes"].items():
+            rate = "–" if m["acceptance_rate"] is None else f"{m['acceptance_rate']:.2f}"
+            lines.append(f"| {mode} | {m['decode_tps']['edit']:.0f} | {m['speedup']['edit']:.2f}× | "
+                         f"{m['decode_tps']['story']:.0f} | {m['speedup']['story']:.2f}× | {rate} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 # -- in-process ceiling (child process) -----------------------------------------------------------
 def in_process_child(model_path: Path, max_tokens: int) -> None:
     """Child process: mlx-lm without any server. Reads a concurrency per line on stdin, answers
@@ -988,7 +1054,7 @@ def main() -> None:
     parser.add_argument("--contents-samples", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument(
-        "--probes", nargs="+", choices=["serve", "load", "prefill", "batch", "disk"],
+        "--probes", nargs="+", choices=["serve", "load", "prefill", "batch", "disk", "speculative"],
         default=["serve", "load", "prefill", "batch", "disk"],
         help="serve: throughput, admission, prompt cache, responsiveness, memory; load: load latency; "
         "prefill: a short request and 7 running streams while a long prompt prefills; batch: c=8 vs batch_generate",
@@ -1037,6 +1103,8 @@ def main() -> None:
             results["models"][name] = bench_model(name, args, work)
     if {"prefill", "batch", "disk"} & set(args.probes):
         results["probes"] = {name: probe_model(name, args, work) for name in args.models}
+    if "speculative" in args.probes:
+        results["speculative"] = {name: speculative_probe(name, args, work) for name in args.models}
     results["machine"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -1046,6 +1114,8 @@ def main() -> None:
         table += "\n\n" + load_markdown(results["load"])
     if "probes" in results:
         table += "\n\n" + probes_markdown(results["probes"])
+    if "speculative" in results:
+        table += "\n\n" + speculative_markdown(results["speculative"])
     (args.out / "serve_bench.md").write_text(table + "\n")
     plotted = plot(results, args.out / "serve_bench.png") if results["models"] else False
     print(table)

@@ -146,10 +146,12 @@ class MLXManager(ExtensionApp):
     draft_models = Dict(
         key_trait=Unicode(),
         value_trait=Unicode(),
-        help="Speculative decoding per model id, e.g. {'local/my-model': 'prompt_lookup'}: 'prompt_lookup' drafts "
-        "tokens from n-grams of the prompt (edit-heavy agent work repeats its input), verified in one forward pass; "
-        "greedy requests decoding alone only (a batch runs without). Draft-model ids are not supported yet. "
-        "Default: {}.",
+        help="Speculative decoding per model id, e.g. {'local/my-model': 'local/my-small-model'} or "
+        "{'local/my-model': 'prompt_lookup'}: a draft model (a local text model sharing the model's tokenizer, loaded "
+        "in the same runner and counted in its memory) proposes tokens, or 'prompt_lookup' drafts them from n-grams of "
+        "the prompt (edit-heavy agent work repeats its input); the model verifies them in one forward pass. Greedy "
+        "requests decoding alone only (a batch runs without); the output is the model's own. A draft that cannot be "
+        "used is logged and the model loads without it. POST mlx/api/pool/load may ask for another. Default: {}.",
     ).tag(config=True)
 
     prompt_cache_min_tokens = Int(
@@ -375,7 +377,8 @@ class MLXManager(ExtensionApp):
             ],  # fmt: skip
             runner_stall_seconds=self.runner_stall_seconds,
             warm_runner=self.warm_runner,
-            speculative={k: v for k, v in self.draft_models.items() if v == "prompt_lookup"},
+            draft_models=self.draft_models,
+            draft_for=lambda model_id: self.profile_service.draft_for(model_id),
         )
         IOLoop.current().add_callback(self.pool.start)  # the keep-alive reaper and the warm spare
         hf_endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")

@@ -193,6 +193,7 @@ SCHEMAS: dict[str, Any] = {
             "loaded_at": STR,
             "last_used": STR,
             "requests": INT,
+            "draft_model": _nullable("string"),
         },
         ["model", "status", "pinned", "keep_alive", "memory_bytes", "pid"],
     ),
@@ -393,9 +394,19 @@ def _paths() -> dict[str, Any]:
         },
         "/mlx/api/pool/load": {
             "post": _op(
-                "Load a local model (pin and long keep-alive: admins)",
+                "Load a local model (pin and long keep-alive: admins), optionally with a draft model "
+                "(a local model sharing its tokenizer) or prompt-lookup speculative decoding",
                 _responses(_ref("PoolModel")),
-                _obj({"model": STR, "pin": BOOL, "keep_alive": NUM}, ["model"]),
+                _obj(
+                    {
+                        "model": STR,
+                        "pin": BOOL,
+                        "keep_alive": NUM,
+                        "draft_model": STR,
+                        "speculative": {"type": "string", "enum": ["prompt_lookup"]},
+                    },
+                    ["model"],
+                ),
             )
         },
         "/mlx/api/pool/unload": {

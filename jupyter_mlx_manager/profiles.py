@@ -2,7 +2,10 @@
 
 A profile names a model (or several, in order: the first that is up and has room in its queue
 serves) and its defaults: a system prompt, sampling values, `max_tokens`, `keep_alive`,
-`chat_template_kwargs` (`enable_thinking`). Its name is a model id clients may ask for, and
+`chat_template_kwargs` (`enable_thinking`), and a `draft_model` (a local model id sharing the
+model's tokenizer, or "prompt_lookup") that its models load with (`draft_for`: a runner has one
+draft for everyone, so it applies however the model is asked for; `c.MLXManager.draft_models`
+and a load that names a draft come first). Its name is a model id clients may ask for, and
 aliases map the names clients insist on (`claude-sonnet-4-5`, `gpt-*`) to profiles or models.
 Profiles come from `c.MLXManager.profiles`, overlaid by what admins set through
 `mlx/api/profiles` (kept in SQLite); aliases from `c.MLXManager.aliases`.
@@ -55,6 +58,11 @@ def check_profile(name: Any, value: Any) -> dict[str, Any]:
     if not isinstance(value.get("system", ""), str) or len(value.get("system", "")) > 100_000:
         raise BadRequest(
             f"profile {name}: system must be a text of at most 100,000 characters", reason="invalid_profile"
+        )
+    draft = value.get("draft_model")
+    if draft is not None and draft != "prompt_lookup" and not is_valid_model_id(draft):
+        raise BadRequest(
+            f'profile {name}: draft_model must be a local model id or "prompt_lookup"', reason="invalid_profile"
         )
     kwargs = value.get("chat_template_kwargs", {})
     if not isinstance(kwargs, dict) or not all(isinstance(v, (bool, int, float, str)) for v in kwargs.values()):
@@ -113,6 +121,13 @@ class Profiles:
             return table[target.lower()]
         if target != asked and is_valid_model_id(target):
             return target, {"models": [target]}  # an alias straight to a model
+        return None
+
+    def draft_for(self, model_id: str) -> str | None:
+        """The `draft_model` of the first profile (by name) that serves `model_id` and names one."""
+        for _, profile in sorted(self.table().items()):
+            if profile.get("draft_model") and any(m.lower() == model_id.lower() for m in profile["models"]):
+                return profile["draft_model"]
         return None
 
     async def apply(self, body: dict[str, Any], protocol: str) -> str | None:

@@ -54,9 +54,17 @@ class Backend(ABC):
 
     @abstractmethod
     async def load(
-        self, model_id: str, *, user: dict[str, Any], pin: bool | None, keep_alive: float | None
+        self,
+        model_id: str,
+        *,
+        user: dict[str, Any],
+        pin: bool | None,
+        keep_alive: float | None,
+        draft_model: str | None = None,
+        speculative: str | None = None,
     ) -> dict[str, Any]:
-        """`mlx/api/pool/load`: the model's status afterwards."""
+        """`mlx/api/pool/load`: the model's status afterwards. `draft_model` (a local model id)
+        or `speculative` ("prompt_lookup") ask for speculative decoding."""
 
     @abstractmethod
     async def unload(self, model_id: str, *, user: dict[str, Any], force: bool) -> dict[str, Any]:

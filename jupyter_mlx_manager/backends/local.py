@@ -79,9 +79,19 @@ class LocalBackend(Backend):
             yield LocalModel(model, cache_scope(self.prompt_cache_scope, user))
 
     async def load(
-        self, model_id: str, *, user: dict[str, Any], pin: bool | None, keep_alive: float | None
+        self,
+        model_id: str,
+        *,
+        user: dict[str, Any],
+        pin: bool | None,
+        keep_alive: float | None,
+        draft_model: str | None = None,
+        speculative: str | None = None,
     ) -> dict[str, Any]:
-        return (await self.pool.load(model_id, pin=pin, keep_alive=keep_alive, user=user)).status()
+        loaded = await self.pool.load(
+            model_id, pin=pin, keep_alive=keep_alive, user=user, draft_model=draft_model, speculative=speculative
+        )
+        return loaded.status()
 
     async def unload(self, model_id: str, *, user: dict[str, Any], force: bool) -> dict[str, Any]:
         loaded = self.pool.get_loaded_model(model_id)

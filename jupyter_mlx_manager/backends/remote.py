@@ -297,8 +297,21 @@ class RemoteBackend(Backend):
         yield RemoteModel(self, model_id, upstream_id)
 
     async def load(
-        self, model_id: str, *, user: dict[str, Any], pin: bool | None, keep_alive: float | None
+        self,
+        model_id: str,
+        *,
+        user: dict[str, Any],
+        pin: bool | None,
+        keep_alive: float | None,
+        draft_model: str | None = None,
+        speculative: str | None = None,
     ) -> dict[str, Any]:
+        if draft_model is not None or speculative is not None:
+            raise InvalidParam(
+                f"{model_id} is served by remote backend {self.name}: its speculative decoding is the upstream's",
+                "draft_model" if draft_model is not None else "speculative",
+                "not_supported_for_remote",
+            )
         return self._nothing_to_do(model_id, "load")
 
     async def unload(self, model_id: str, *, user: dict[str, Any], force: bool) -> dict[str, Any]:

@@ -4,6 +4,8 @@ means is the model's backend's (a remote model has nothing to load)."""
 
 from __future__ import annotations
 
+import json
+
 from ..errors import BadRequest
 from .base import MLXAPIHandler, authorized, web
 
@@ -30,7 +32,16 @@ class PoolLoadHandler(MLXAPIHandler):
             raise BadRequest("pin must be true or false", reason="invalid_pin")
         model_id = body.get("model")
         backend = self.mlx.backends.resolve(model_id)
-        self.write_json(await backend.load(model_id, user=self.mlx_user, pin=pin, keep_alive=body.get("keep_alive")))
+        loaded = await backend.load(
+            model_id, user=self.mlx_user, pin=pin, keep_alive=body.get("keep_alive"),
+            draft_model=body.get("draft_model"), speculative=body.get("speculative"),
+        )  # fmt: skip
+        self.write_json(loaded)
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        """As every mlx/api error, with the field at fault (`param`: `draft_model`, `speculative`)."""
+        message, reason, param = self.error_details(kwargs.get("exc_info", (None, None))[1])
+        self.finish(json.dumps({"message": message, "reason": reason, **({"param": param} if param else {})}))
 
 
 class PoolUnloadHandler(MLXAPIHandler):

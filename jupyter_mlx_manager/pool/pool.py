@@ -52,6 +52,15 @@ mlx-lm and waits for a model; `load()` hands it the model (a load then costs abo
 weights) and starts the next spare in the background. The spare is not a loaded model: it is
 not in `models`, not in the budget or `max_loaded_models`; `status()["spare"]` shows it. It is
 stopped at shutdown and, like every runner, exits with the server (stdin EOF, PR_SET_PDEATHSIG).
+
+Speculative decoding (SPEC "Speculative decoding"): a model loads with a draft model (a local
+text model sharing its tokenizer, loaded in the same runner: its weights count in the model's
+estimate and base), with prompt lookup, or without — as `load(draft_model=…)` or
+`load(speculative="prompt_lookup")` asks, else as `c.MLXManager.draft_models` (or a profile's
+`draft_model`, through `draft_for`) says. A draft is checked before anything is spawned: a
+`load()` that names a bad one is a 400 on `draft_model`; a configured one that is bad is logged
+and the model loads without it. A runner has one draft for everyone: a load that asks for
+another one than the loaded model's is 409 `model_loaded` (unload it first).
 """
 
 from __future__ import annotations
@@ -71,10 +80,14 @@ from ..errors import BadRequest, Conflict, Forbidden, MLXError, NotFound
 from ..models.catalog import (
     GENERATIVE_KINDS,
     ModelCatalog,
+    adapter_base,
     check_kind,
     is_admin,
+    is_valid_model_id,
     load_problem,
     model_key,
+    model_kind,
+    read_json,
     scrub_paths,
     ships_code,
     username_of,
@@ -116,6 +129,18 @@ class PoolBusy(MLXError):
 
     status_code = 503
     reason = "pool_busy"
+
+
+class InvalidSpeculation(BadRequest):
+    """A load's speculative decoding that cannot be: a 400 naming the field at fault
+    (`draft_model` or `speculative`), as `inference.request.InvalidParam` does (which the pool
+    cannot import: the inference package imports the pool)."""
+
+    reason = "invalid_request_error"
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
 
 
 class ModelLoadError(MLXError):
@@ -167,6 +192,70 @@ def validate_keep_alive(keep_alive: object) -> None:
         )
 
 
+def tokenizer_mapping(folder: Path) -> Any:
+    """What a model's tokenizer maps between tokens and ids: tokenizer.json's vocabulary and
+    added tokens, or a SentencePiece tokenizer.model's bytes; None when there is neither (an
+    adapter's is its base model's)."""
+    base = adapter_base(folder)
+    folder = Path(base["base_path"]) if base else folder
+    data = read_json(folder / "tokenizer.json")
+    if data:
+        added = [(t.get("id"), t.get("content")) for t in data.get("added_tokens") or [] if isinstance(t, dict)]
+        return (data.get("model") or {}).get("vocab"), sorted(added, key=str)
+    sentencepiece = folder / "tokenizer.model"
+    return sentencepiece.read_bytes() if sentencepiece.is_file() else None
+
+
+def token_rows(folder: Path) -> int | None:
+    """The embedding rows a model's config declares (`vocab_size`), if it does."""
+    config = read_json(folder / "config.json")
+    rows = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+    return rows if isinstance(rows, int) else None
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """How a model's runner speculates: with a draft model (`draft_id`, its folder and weight
+    bytes) or with prompt lookup (`draft_id` None)."""
+
+    mode: str  # "draft_model" or "prompt_lookup"
+    draft_id: str | None = None
+    draft_path: Path | None = None
+    draft_weights: int = 0
+
+    def runner_args(self) -> list[str]:
+        return ["--draft-model", str(self.draft_path)] if self.draft_path else ["--speculative", self.mode]
+
+    def load_options(self) -> dict[str, str]:
+        """What a spare runner's `load` command carries instead of `runner_args`."""
+        return {"draft_path": str(self.draft_path)} if self.draft_path else {"speculative": self.mode}
+
+    def same_as(self, asked: tuple[str, str | None]) -> bool:
+        mode, draft_id = asked
+        return (
+            mode == self.mode
+            and (draft_id is None) == (self.draft_id is None)
+            and (draft_id is None or model_key(draft_id) == model_key(self.draft_id))
+        )
+
+    def describe(self) -> str:
+        return f"with draft model {self.draft_id}" if self.draft_id else f"with {self.mode} speculation"
+
+
+def asked_speculation(draft_model: Any, speculative: Any) -> tuple[str, str | None] | None:
+    """What a load asks for (`draft_model`: a model id, or `speculative: "prompt_lookup"`), as
+    (mode, draft id); None when it asks for nothing (the configured speculation applies)."""
+    if draft_model is not None and speculative is not None:
+        raise InvalidSpeculation("give draft_model or speculative, not both", "speculative")
+    if speculative is not None and speculative != "prompt_lookup":
+        raise InvalidSpeculation('speculative must be "prompt_lookup" (or give draft_model)', "speculative")
+    if draft_model is not None and not is_valid_model_id(draft_model):
+        raise InvalidSpeculation("draft_model must be the id of a local text model", "draft_model")
+    if draft_model is not None:
+        return "draft_model", draft_model
+    return ("prompt_lookup", None) if speculative else None
+
+
 def _iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
@@ -187,6 +276,7 @@ class LoadedModel:
     in_flight: int = 0
     cache_limit: int = 0  # the prompt-cache cap last given to the runner
     kind: str = "text"  # models.catalog.model_kind: which runner program serves it
+    speculation: Speculation | None = None
 
     @property
     def key(self) -> str:
@@ -238,20 +328,21 @@ class LoadedModel:
             "in_flight": self.in_flight,
             "context_length": self.context_length,
             "tool_calling": bool(self.runner.info.get("tool_calling")),
+            "draft_model": self.speculation.draft_id if self.speculation else None,
             "speculative": self.speculative_status(),
         }
 
     def speculative_status(self) -> dict[str, Any] | None:
-        """Draft tokens accepted and rejected by this runner, and the acceptance rate; None when
-        it does not speculate."""
-        engine = self.runner.heartbeat.get("engine") or {}
-        if "speculative" not in engine:
+        """Draft tokens accepted and rejected by this runner (draft model or prompt lookup), and
+        the acceptance rate; None when it does not speculate."""
+        if self.speculation is None:
             return None
+        engine = self.runner.heartbeat.get("engine") or {}
         accepted, rejected = engine.get("speculative_accepted", 0), engine.get("speculative_rejected", 0)
         total = accepted + rejected
         return {
-            "mode": engine["speculative"], "accepted_tokens": accepted, "rejected_tokens": rejected,
-            "acceptance_rate": accepted / total if total else None,
+            "mode": self.speculation.mode, "draft_model": self.speculation.draft_id, "accepted_tokens": accepted,
+            "rejected_tokens": rejected, "acceptance_rate": accepted / total if total else None,
         }  # fmt: skip
 
 
@@ -268,7 +359,8 @@ class ModelPool:
         runner_stall_seconds: float = 30,
         warm_runner: bool = False,
         prompt_cache_bytes: int | None = None,
-        speculative: dict[str, str] | None = None,
+        draft_models: dict[str, str] | None = None,
+        draft_for=None,
     ):
         self.catalog = catalog
         self.runner_args = list(runner_args or [])  # options for every runner spawned
@@ -281,8 +373,10 @@ class ModelPool:
         # The runners' prompt cache on disk (`--prompt-cache-dir`): its size is in the status.
         disk_dir = _runner_option(self.runner_args, "--prompt-cache-dir")
         self.prompt_cache_dir = Path(disk_dir) if disk_dir else None
-        # Speculative decoding per model id (`draft_models`): "prompt_lookup" (lower-case ids).
-        self.speculative = {k.lower(): v for k, v in (speculative or {}).items()}
+        # Speculative decoding per model id (`c.MLXManager.draft_models`, lower-case ids): a draft
+        # model's id or "prompt_lookup"; then `draft_for(model_id)` (the profiles') if given.
+        self.draft_models = {k.lower(): v for k, v in (draft_models or {}).items()}
+        self.draft_for = draft_for or (lambda model_id: None)
         self.max_memory_bytes = max_memory_bytes
         self.max_loaded_models = max_loaded_models
         self.default_keep_alive = default_keep_alive
@@ -324,12 +418,7 @@ class ModelPool:
         """Count `nbytes` of other work (a job's child process: fine-tune, evaluate, convert) in
         the memory budget, making room for it as for a load (prompt caches trimmed, idle models
         evicted); PoolBusy when it cannot fit now, a 400 when it never could."""
-        if nbytes > self.max_memory_bytes:
-            raise ModelLoadError(
-                f"{name} needs about {nbytes / 1024**3:.1f} GiB, more than the whole memory budget "
-                f"({self.max_memory_bytes / 1024**3:.1f} GiB, c.MLXManager.max_memory_gb)",
-                reason="insufficient_memory",
-            )
+        self._check_budget(name, nbytes)
         async with self._lock:
             await self._make_room(nbytes, slot=False)
             self._reserved[name] = nbytes
@@ -380,10 +469,14 @@ class ModelPool:
         pin: bool | None = None,
         keep_alive: float | None = None,
         user: dict[str, Any] | None = None,
+        draft_model: str | None = None,
+        speculative: str | None = None,
     ) -> LoadedModel:
         """Load a local model (or return it if loaded); `pin`/`keep_alive` update its settings
-        within what `user` may set (see `check_settings`)."""
+        within what `user` may set (see `check_settings`). `draft_model` or `speculative` ask
+        for its speculative decoding (see the module docstring)."""
         validate_model_id(model_id)
+        asked = asked_speculation(draft_model, speculative)
         self.check_settings(pin, keep_alive, user)
         if self._closed:
             raise PoolBusy("the server is shutting down", headers={"Retry-After": "5"})
@@ -404,7 +497,7 @@ class ModelPool:
             if future is None:
                 if key in self._deleting:
                     raise Conflict(f"{model_id} is being deleted from disk", reason="model_deleting")
-                future = self._loading[key] = asyncio.ensure_future(self._load(model_id, keep_alive, user))
+                future = self._loading[key] = asyncio.ensure_future(self._load(model_id, keep_alive, user, asked))
                 self._loading_ids[key] = model_id
 
                 def forget(done: asyncio.Future, key: str = key) -> None:
@@ -417,6 +510,12 @@ class ModelPool:
                 model = await asyncio.shield(future)
             except ModelLoadError as exc:  # shared by every waiter: each is told what it may see
                 raise exc.for_user(user) from None
+        if asked is not None and (model.speculation is None or not model.speculation.same_as(asked)):
+            now = model.speculation.describe() if model.speculation else "without speculative decoding"
+            wanted = Speculation(*asked).describe()
+            raise Conflict(
+                f"{model.model_id} is loaded {now}; unload it first to load it {wanted}", reason="model_loaded"
+            )
         if pin is not None and not pin and model.pinned and not is_admin(user):
             raise _admin_required("unpinning a model")
         if pin is not None:
@@ -583,11 +682,16 @@ class ModelPool:
             task.cancel()
 
     # -- internals -----------------------------------------------------------------------------
-    async def _load(self, model_id: str, keep_alive: float | None, user: dict[str, Any] | None) -> LoadedModel:
+    async def _load(
+        self,
+        model_id: str,
+        keep_alive: float | None,
+        user: dict[str, Any] | None,
+        asked: tuple[str, str | None] | None = None,
+    ) -> LoadedModel:
         by = username_of(user)
-        model_id, path, weights, asks_for_code, problem = await asyncio.get_running_loop().run_in_executor(
-            None, self._locate, model_id
-        )
+        loop = asyncio.get_running_loop()
+        model_id, path, weights, asks_for_code, problem = await loop.run_in_executor(None, self._locate, model_id)
         if path is None:
             raise NotFound(f"model {model_id} is not on this machine; download it first", reason="model_not_found")
         if asks_for_code:
@@ -596,26 +700,25 @@ class ModelPool:
                 "running code from a model is not allowed (trust_remote_code stays off)",
                 reason="remote_code",
             )
-        kind = await asyncio.get_running_loop().run_in_executor(None, self.catalog.kind, model_id)
+        kind = await loop.run_in_executor(None, self.catalog.kind, model_id)
         check_kind(model_id, kind or "text")  # its package may be missing (a wheel extra)
+        speculation = await loop.run_in_executor(None, self._speculation, model_id, path, kind or "text", asked)
         if problem:  # what the runner would refuse: no process is spawned (or spare spent) for it
             self.on_event("model.load", model_id, user=by, status="error", error_type="load_failed", detail=problem)
             raise ModelLoadError(
                 f"{model_id} could not be loaded: {problem}",
                 public_message=f"{model_id} could not be loaded: {public_load_error(problem, model_id, path)}",
             )
+        weights += speculation.draft_weights if speculation else 0  # the draft's weights are in the runner
         estimate = self.estimate_bytes(weights)
-        if estimate > self.max_memory_bytes:
-            raise ModelLoadError(
-                f"{model_id} needs about {estimate / 1024**3:.1f} GiB, more than the whole memory budget "
-                f"({self.max_memory_bytes / 1024**3:.1f} GiB, c.MLXManager.max_memory_gb)",
-                reason="insufficient_memory",
-            )
+        self._check_budget(
+            model_id + (f" with draft {speculation.draft_id}" if speculation and speculation.draft_id else ""), estimate
+        )
         async with self._lock:
             await self._make_room(estimate)
             started = time.monotonic()
             try:
-                runner = await self._start_runner(model_id, path, kind or "text")
+                runner = await self._start_runner(model_id, path, kind or "text", speculation)
             except LoadFailed as exc:
                 self.on_event(
                     "model.load", model_id, user=by, status="error", error_type="load_failed", detail=str(exc)
@@ -626,7 +729,7 @@ class ModelPool:
                 ) from None
             model = LoadedModel(
                 model_id, path, runner, estimate, self.default_keep_alive if keep_alive is None else float(keep_alive),
-                kind=kind or "text",
+                kind=kind or "text", speculation=speculation,
             )  # fmt: skip
             model.cache_limit = self.prompt_cache_bytes
             self._learn_overhead(runner.base_bytes - int(weights * ESTIMATE_FACTOR))
@@ -643,21 +746,81 @@ class ModelPool:
         self.on_event("model.load", model_id, user=by, duration_ms=(time.monotonic() - started) * 1000)
         return model
 
-    async def _start_runner(self, model_id: str, path: Path, kind: str = "text") -> RunnerProcess:
-        """The spare, handed this model, if there is one (a spare has imported mlx-lm: text
-        models only); else a new runner for the model's kind. The next spare is started
-        afterwards, in the background."""
+    def _speculation(
+        self, model_id: str, path: Path, kind: str, asked: tuple[str, str | None] | None
+    ) -> Speculation | None:
+        """How the model will speculate: as the load asks (a bad draft: 400 on `draft_model`),
+        else as configured (a bad draft: logged, none). File-system work: runs in an executor."""
+        configured = asked is None
+        if configured:
+            draft = (
+                self.draft_models.get(model_id.lower())
+                or self.draft_models.get(f"local/{model_id}".lower())
+                or self.draft_for(model_id)
+            )
+            if not draft:
+                return None
+            asked = ("prompt_lookup", None) if draft == "prompt_lookup" else ("draft_model", draft)
+        mode, draft_id = asked
+        try:
+            if kind != "text":
+                raise InvalidSpeculation(
+                    f"{model_id} is not a text model ({kind}): speculative decoding is for text models",
+                    "draft_model" if draft_id else "speculative",
+                )
+            return self._check_draft(model_id, path, draft_id) if draft_id else Speculation(mode)
+        except InvalidSpeculation as exc:
+            if not configured:
+                raise
+            self.log.warning("%s loads without speculative decoding: the configured %s", model_id, exc)
+            return None
+
+    def _check_draft(self, model_id: str, path: Path, draft_id: str) -> Speculation:
+        """A draft model for `model_id` (folder `path`): a local text model folder that shares
+        its tokenizer (the same tokens for the same ids) and has no more token rows than it;
+        a 400 on `draft_model` saying what is wrong otherwise."""
+
+        def refused(why: str) -> InvalidSpeculation:
+            return InvalidSpeculation(f"draft_model {draft_id} {why}", "draft_model")
+
+        found = self.catalog.locate(draft_id) if is_valid_model_id(draft_id) else None
+        if found is None:
+            raise refused("is not a model on this machine (a draft model must be local)")
+        draft_id, draft_path = found
+        kind = model_kind(draft_path)
+        if adapter_base(draft_path) is not None or kind != "text":
+            raise refused(
+                "is an adapter: a draft must be a model folder" if kind == "text" else f"is not a text model ({kind})"
+            )
+        if ships_code(draft_path):
+            raise refused("ships its own Python code; running code from a model is not allowed")
+        problem = load_problem(draft_path)
+        if problem:
+            raise refused(f"cannot be loaded: {public_load_error(problem, draft_id, draft_path)}")
+        vocabulary = tokenizer_mapping(draft_path)
+        if vocabulary is None or vocabulary != tokenizer_mapping(path):
+            raise refused(f"does not share {model_id}'s tokenizer (its vocabulary differs)")
+        rows, model_rows = token_rows(draft_path), token_rows(path)
+        if rows and model_rows and rows > model_rows:
+            raise refused(f"has {rows} token rows, more than {model_id}'s {model_rows}")
+        return Speculation("draft_model", draft_id, draft_path, weights_bytes(draft_path))
+
+    async def _start_runner(
+        self, model_id: str, path: Path, kind: str = "text", speculation: Speculation | None = None
+    ) -> RunnerProcess:
+        """The spare, handed this model (and its speculation), if there is one (a spare has
+        imported mlx-lm: text models only); else a new runner for the model's kind. The next
+        spare is started afterwards, in the background."""
         if kind != "text":
             return await RunnerProcess.start(
                 model_id, path, self.log, args=[*self.runner_args, "--kind", kind],
                 stall_seconds=self.runner_stall_seconds,
             )  # fmt: skip
-        speculative = self.speculative.get(model_id.lower()) or self.speculative.get(f"local/{model_id}".lower())
-        extra = ["--speculative", speculative] if speculative else []
-        spare = self._take_spare() if not extra else None  # a spare knows no per-model options
+        spare = self._take_spare()
         try:
             if spare is not None:
-                return await spare.load(model_id, path)
+                return await spare.load(model_id, path, options=speculation.load_options() if speculation else None)
+            extra = speculation.runner_args() if speculation else []
             return await RunnerProcess.start(
                 model_id, path, self.log, args=[*self.runner_args, *extra], stall_seconds=self.runner_stall_seconds
             )
@@ -668,12 +831,7 @@ class ModelPool:
         """A model just ready: its base may exceed its estimate. Make room for it (prompt caches,
         then idle models), else refuse it (PoolBusy); then cap its prompt cache at what the
         budget leaves."""
-        if model.base_bytes > self.max_memory_bytes:
-            raise ModelLoadError(
-                f"{model.model_id} takes {model.base_bytes / 1024**3:.2f} GiB once loaded, more than the whole memory "
-                f"budget ({self.max_memory_bytes / 1024**3:.2f} GiB, c.MLXManager.max_memory_gb)",
-                reason="insufficient_memory",
-            )
+        self._check_budget(model.model_id, model.base_bytes, "takes {:.2f} GiB once loaded")
         if self.memory_used_bytes() > self.max_memory_bytes:
             await self._make_room(0, exclude=model)
         free = self.max_memory_bytes - self.memory_used_bytes()
@@ -681,6 +839,15 @@ class ModelPool:
         if share < self.prompt_cache_bytes and self.prompt_cache_bytes:
             model.cache_limit = share
             await model.runner.trim_cache(share)
+
+    def _check_budget(self, what: str, nbytes: int, needs: str = "needs about {:.1f} GiB") -> None:
+        """A load (or a job) that could never fit the whole memory budget: 422 insufficient_memory."""
+        if nbytes > self.max_memory_bytes:
+            raise ModelLoadError(
+                f"{what} {needs.format(nbytes / 1024**3)}, more than the whole memory budget "
+                f"({self.max_memory_bytes / 1024**3:.1f} GiB, c.MLXManager.max_memory_gb)",
+                reason="insufficient_memory",
+            )
 
     def _take_spare(self) -> RunnerProcess | None:
         spare = self.spare if self.warm_runner else None

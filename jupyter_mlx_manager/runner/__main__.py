@@ -1,6 +1,6 @@
 """`python -m jupyter_mlx_manager.runner [MODEL_PATH] [--kind text|embedding|vision|transcription|speech]
-[--prompt-cache-bytes N]
-[--prefill-step-size N]`: serve one model over stdin/stdout.
+[--prompt-cache-bytes N] [--prefill-step-size N] [--speculative prompt_lookup | --draft-model DRAFT_PATH] …`:
+serve one model over stdin/stdout.
 
 `--kind` picks the engine (models.catalog.model_kind decides, in the server): mlx-lm's
 generation engine for text (engine.py), mlx-embeddings' for embedding models (embedding.py),
@@ -26,26 +26,23 @@ def main() -> None:
     exit_with_server()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("model_path", type=Path, nargs="?", help="the model folder; none: a spare runner")
-    parser.add_argument(
-        "--prompt-cache-bytes", type=int, default=1 << 30,
-        help="byte budget of the prompt (KV prefix) cache; 0 disables it (default: 1 GiB)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--prefill-step-size", type=int, default=512,
-        help="prompt tokens prefilled per scheduler step on every path (default: 512)",
-    )  # fmt: skip
+
+    def count(name: str, default: int, what: str) -> None:
+        parser.add_argument(name, type=int, default=default, help=f"{what} (default: {default})")
+
+    count("--prompt-cache-bytes", 1 << 30, "byte budget of the prompt (KV prefix) cache; 0 disables it")
+    count("--prefill-step-size", 512, "prompt tokens prefilled per scheduler step on every path")
     parser.add_argument("--prompt-cache-dir", type=Path, help="folder of the prompt cache on disk (none: off)")
-    parser.add_argument(
-        "--prompt-cache-disk-bytes", type=int, default=0,
-        help="byte bound of the prompt cache on disk; 0 turns it off (default: 0)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--prompt-cache-min-tokens", type=int, default=1024,
-        help="the shortest prefix written to disk, in tokens (default: 1024)",
-    )  # fmt: skip
+    count("--prompt-cache-disk-bytes", 0, "byte bound of the prompt cache on disk; 0 turns it off")
+    count("--prompt-cache-min-tokens", 1024, "the shortest prefix written to disk, in tokens")
     parser.add_argument(
         "--speculative", choices=["prompt_lookup"],
         help="speculative decoding for lone greedy requests: prompt_lookup (n-gram drafts from the prompt)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--draft-model", type=Path,
+        help="speculative decoding for lone greedy requests with this draft model's folder (it shares the "
+        "model's tokenizer; loaded in this process)",
     )  # fmt: skip
     parser.add_argument(
         "--kind",
@@ -88,7 +85,7 @@ def main() -> None:
             emit_many=emit_many, prefill_step_size=max(1, args.prefill_step_size),
             disk_cache={"directory": args.prompt_cache_dir, "max_bytes": max(0, args.prompt_cache_disk_bytes),
                         "min_tokens": args.prompt_cache_min_tokens} if args.prompt_cache_dir else None,
-            speculative=args.speculative,
+            speculative=args.speculative, draft_path=args.draft_model,
         )  # fmt: skip
     generation = threading.Thread(target=engine.run, name="mlx-generation", daemon=True)
     generation.start()

@@ -104,7 +104,9 @@ PREFILL_AGING_PERIOD = 4
 # occurrence of the last LOOKUP_NGRAM (down to 1) tokens in the prompt and the answer so far.
 SPECULATIVE_TOKENS = 4
 LOOKUP_NGRAM = 3
-SPECULATIVE_MODES = ("prompt_lookup",)
+# Draft-model speculation: tokens the draft model proposes per step (mlx-lm's `num_draft_tokens`).
+DRAFT_TOKENS = 3
+SPECULATIVE_MODES = ("prompt_lookup", "draft_model")
 MEMORY_UPDATE_SECONDS = 0.2
 # Entries kept besides the byte budget: mlx-lm's nearest-prefix lookup visits every entry that
 # shares the chat template's prefix, on the generation thread at each admission (measured: 16 ms
@@ -240,6 +242,7 @@ class Request:
     eos: set[int]
     generated: list[int] = field(default_factory=list)  # every token sampled, EOS included
     steps: Any = None  # the generate_step generator on the direct path
+    draft_cache: Any = None  # draft-model speculation: the draft model's KV cache (a prefix of prompt + generated)
     pending: list[int] = field(default_factory=list)  # direct path: tokens still to feed before generate_step
     fed: list[int] = field(default_factory=list)  # direct path: the tokens in `cache` while prefilling
     uid: int | None = None  # BatchGenerator uid while batched
@@ -269,12 +272,19 @@ class Engine:
         prefill_step_size: int = 512,
         disk_cache: dict[str, Any] | None = None,
         speculative: str | None = None,
+        draft_path: Path | None = None,
     ):
         self.model_path = model_path
+        # Speculative decoding (greedy requests on the direct path): "prompt_lookup", or
+        # "draft_model" with the draft model's folder (a model sharing this one's tokenizer).
+        self.draft_path = draft_path
+        self.draft_model: Any = None
         # The prompt cache on disk (`disk_cache.py`): {"directory", "max_bytes", "min_tokens"}, or None.
         self.disk_cache_options = disk_cache if disk_cache and disk_cache.get("max_bytes") else None
         self.disk_cache: Any = None
-        self.speculative = speculative if speculative in SPECULATIVE_MODES else None
+        self.speculative = "draft_model" if draft_path is not None else speculative
+        if self.speculative not in SPECULATIVE_MODES:
+            self.speculative = None
         self.emit_one = emit
         self.emit_many = emit_many or (lambda messages: [emit(m) for m in messages])
         self.prompt_cache_bytes = max(0, int(prompt_cache_bytes))
@@ -352,6 +362,7 @@ class Engine:
             import mlx.core as mx
             from mlx_lm import load
             from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache
+            from mlx_lm.utils import load_model
 
             from ..models.catalog import adapter_base, context_length, read_json
 
@@ -363,6 +374,9 @@ class Engine:
                 trust_remote_code=False,
             )
             self.make_cache = lambda: make_prompt_cache(self.model)
+            if self.draft_path is not None:  # refused like the model if it ships code; no tokenizer:
+                check_model_dir(self.draft_path)  # the server checked that it shares the model's
+                self.draft_model = load_model(self.draft_path, trust_remote_code=False)[0]
             if self.prompt_cache_bytes:
                 self.prompt_cache = LRUPromptCache(max_size=PROMPT_CACHE_MAX_ENTRIES, max_bytes=self.prompt_cache_limit)
             if self.disk_cache_options is not None:
@@ -426,7 +440,7 @@ class Engine:
     def _wait_for_model(self) -> bool:
         """A spare runner: import MLX and mlx-lm now (on this thread, which owns the MLX streams),
         say `spare`, then wait for `{"op": "load", "path": …, "prompt_cache_bytes"?,
-        "prefill_step_size"?}`. False when told to shut down first."""
+        "prefill_step_size"?, "speculative"?, "draft_path"?}`. False when told to shut down first."""
         import mlx.core  # noqa: F401
         import mlx_lm  # noqa: F401
         import mlx_lm.generate  # noqa: F401
@@ -459,6 +473,11 @@ class Engine:
                 if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
                     setattr(self, name, max(value, 1) if name == "prefill_step_size" else value)
             self.prompt_cache_limit = self.prompt_cache_bytes
+            draft_path = command.get("draft_path")
+            if isinstance(draft_path, str) and draft_path:
+                self.draft_path, self.speculative = Path(draft_path), "draft_model"
+            elif command.get("speculative") in SPECULATIVE_MODES:
+                self.speculative = command["speculative"]
             self.model_path = Path(path)
             return True
 
@@ -491,6 +510,8 @@ class Engine:
         direct = self.direct
         if direct is not None and direct.cache:
             total += sum(int(c.nbytes) for c in direct.cache)
+        if direct is not None and direct.draft_cache:
+            total += sum(int(c.nbytes) for c in direct.draft_cache)
         if self.batch is not None and self.batched:
             total += int(self.batch.prompt_cache_nbytes)
         total += sum(int(c.nbytes) for r in [*self.scoring, *self.prefilling] if r.cache for c in r.cache)
@@ -971,7 +992,11 @@ class Engine:
         self.stats["direct_steps"] += 1
         try:
             if request.steps is None and self._speculates(request):
-                request.steps = self._lookup_steps(request)
+                if self.draft_model is not None and not self._draft_caught_up(request):
+                    return  # one prefill chunk of the draft model this step
+                request.steps = (
+                    self._draft_steps(request) if self.draft_model is not None else self._lookup_steps(request)
+                )
             elif request.steps is None:
                 request.steps = generate_step(
                     self.mx.array(request.pending),
@@ -995,11 +1020,67 @@ class Engine:
             self._finish(request, reason, self._direct_cache_entry(request))
 
     def _speculates(self, request: Request) -> bool:
-        """Prompt-lookup speculation: greedy requests without a grammar, on the direct path only
-        (a batch already fills the machine; drafts would only add rejected work to it)."""
+        """Speculation (prompt lookup or a draft model): greedy requests without a grammar, on
+        the direct path only (a batch already fills the machine; drafts would only add rejected
+        work to it). A draft model also needs a KV cache it can trim, one entry per layer."""
+        from mlx_lm.models.cache import can_trim_prompt_cache
         from mlx_lm.sample_utils import greedy_sampler
 
-        return self.speculative is not None and request.sampler is greedy_sampler and request.grammar is None
+        if self.speculative is None or request.sampler is not greedy_sampler or request.grammar is not None:
+            return False
+        return self.draft_model is None or (
+            len(request.cache) == len(getattr(self.model, "layers", ())) and can_trim_prompt_cache(request.cache)
+        )
+
+    def _draft_caught_up(self, request: Request) -> bool:
+        """Whether the draft model's KV cache holds what the model's holds (`request.fed`); if
+        not, feed it one `prefill_step_size` chunk (the prompt after a prompt-cache hit, the
+        tokens decoded in the batch: a request leaves its draft cache behind when it migrates),
+        so no step is long."""
+        from mlx_lm.generate import generation_stream
+        from mlx_lm.models.cache import make_prompt_cache
+
+        mx = self.mx
+        if request.draft_cache is None:
+            request.draft_cache = make_prompt_cache(self.draft_model)
+        held = request.draft_cache[0].offset
+        if held == len(request.fed):
+            return True
+        chunk = request.fed[held : held + self.prefill_step_size]
+        with mx.stream(generation_stream):
+            self.draft_model(mx.array(chunk)[None], cache=request.draft_cache)
+            mx.eval([c.state for c in request.draft_cache])
+        self.stats["prefill_chunks"] += 1
+        return False
+
+    def _draft_steps(self, request: Request) -> Any:
+        """mlx-lm's `speculative_generate_step` with the draft model: yields (token, logprobs)
+        like `generate_step`, DRAFT_TOKENS drafted per step and verified in one forward pass of
+        the model; the output is the model's own (greedy) decoding. Counts the drafts accepted
+        and rejected. Between yields the model's cache holds unverified drafts: closing this
+        generator trims them (mlx-lm's `finally`), so it is closed before the cache is read."""
+        from mlx_lm.generate import speculative_generate_step
+
+        max_tokens = request.max_tokens - request.completion_tokens
+        steps = speculative_generate_step(
+            self.mx.array(request.pending), self.model, self.draft_model,
+            num_draft_tokens=DRAFT_TOKENS, max_tokens=max_tokens, sampler=request.sampler,
+            logits_processors=request.processors, prompt_cache=request.cache + request.draft_cache,
+            prefill_step_size=self.prefill_step_size,
+        )  # fmt: skip
+        produced = round_start = accepted = 0
+        try:
+            for token, logprobs, drafted in steps:
+                produced += 1
+                if drafted:
+                    accepted += 1
+                    self.stats["speculative_accepted"] += 1
+                else:  # the model's own token ends a round of min(DRAFT_TOKENS, tokens left) drafts
+                    self.stats["speculative_rejected"] += min(DRAFT_TOKENS, max_tokens - round_start) - accepted
+                    round_start, accepted = produced, 0
+                yield token, logprobs
+        finally:
+            steps.close()
 
     def _lookup_steps(self, request: Request) -> Any:
         """Like `generate_step`, yields (token, logprobs), but verifies up to SPECULATIVE_TOKENS
@@ -1058,6 +1139,7 @@ class Engine:
         """(cache, the tokens it holds) of a direct request, for the prompt cache."""
         if request.steps is None:  # still prefilling
             return request.cache, list(request.fed)
+        request.steps.close()  # draft-model speculation trims its unverified drafts as it closes
         return request.cache, (request.prompt + request.generated)[: self._held_tokens(request)]
 
     def _migrate(self, request: Request) -> None:
@@ -1068,18 +1150,19 @@ class Engine:
             self.stats["migrations"] += 1
             self._insert(request, request.pending, request.cache, request.fed)
             return
-        if request.generated:
-            from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
+        from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
 
-            extra = self._held_tokens(request) - (len(request.prompt) + len(request.generated) - 1)
-            if (
-                extra < 0
-                or not can_trim_prompt_cache(request.cache)
-                or trim_prompt_cache(request.cache, extra) != extra
-            ):
-                return
-        self.direct = None
+        if request.generated and not can_trim_prompt_cache(request.cache):
+            return
+        # Closed first: draft-model speculation trims its unverified drafts as it closes. The
+        # cache then holds at least prompt + generated but the last token (every path feeds what
+        # it yields, or all but the last verified token), which is trimmed here.
         request.steps.close()
+        if request.generated:
+            trim_prompt_cache(
+                request.cache, self._held_tokens(request) - (len(request.prompt) + len(request.generated) - 1)
+            )
+        self.direct = None
         request.steps = None
         self.stats["migrations"] += 1
         # The cache held the last sampled token (now trimmed): the batch feeds it again and
@@ -1118,6 +1201,7 @@ class Engine:
             logits_processors=[request.processors],
         )
         request.uid, request.cache = uid, None
+        request.draft_cache = None  # the batch does not speculate (a demoted request catches up)
         request.pending, request.fed = [], []
         self.batched[uid] = request
 
@@ -1369,7 +1453,7 @@ class Engine:
         keeps = self.prompt_cache is not None or self.disk_cache is not None
         if keeps and cache_entry is not None and cache_entry[0] is not None:
             self._store(request.cache_key, *cache_entry)
-        request.cache = None
+        request.cache = request.draft_cache = None
 
     def _store(self, cache_key: Any, cache: Any, tokens: list[int]) -> None:
         """Keep a finished request's KV cache for requests that share its prefix."""

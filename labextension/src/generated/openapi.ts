@@ -1301,7 +1301,7 @@ export interface paths {
     };
     get?: never;
     put?: never;
-    /** Load a local model (pin and long keep-alive: admins) */
+    /** Load a local model (pin and long keep-alive: admins), optionally with a draft model (a local model sharing its tokenizer) or prompt-lookup speculative decoding */
     post: {
       parameters: {
         query?: never;
@@ -1312,9 +1312,12 @@ export interface paths {
       requestBody: {
         content: {
           'application/json': {
+            draft_model?: string;
             keep_alive?: number;
             model: string;
             pin?: boolean;
+            /** @enum {string} */
+            speculative?: 'prompt_lookup';
           };
         };
       };
@@ -4037,6 +4040,7 @@ export interface components {
       [key: string]: unknown;
     };
     PoolModel: {
+      draft_model?: string | null;
       expires_at?: string | null;
       keep_alive: number;
       last_used?: string;
