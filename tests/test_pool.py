@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import time
 
 import psutil
 import pytest
 from conftest import server_config
 from models import build_models
+from waiting import wait_until_async
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +42,10 @@ def mlx_config(pool_models):
 
 async def _loaded(api) -> list[str]:
     return [m["model"] for m in (await api("GET", "mlx/api/pool")).body["models"]]
+
+
+def _empty(collection) -> bool:
+    return not collection
 
 
 async def test_two_loads_share_one_runner_start(api, mlx_app):
@@ -96,10 +100,7 @@ async def test_lru_eviction_spares_pinned_models(api):
 async def test_keep_alive_expiry_unloads(api):
     reply = await api("POST", "mlx/api/pool/load", body={"model": "local/a", "keep_alive": 1})
     assert reply.body["keep_alive"] == 1 and reply.body["expires_at"] is not None
-    deadline = time.monotonic() + 5
-    while await _loaded(api) and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-    assert await _loaded(api) == []
+    await wait_until_async(lambda: _loaded(api), "keep_alive to unload it", timeout=5, interval=0.2, done=_empty)
     assert (
         not psutil.pid_exists(reply.body["pid"]) or psutil.Process(reply.body["pid"]).status() == psutil.STATUS_ZOMBIE
     )
@@ -107,10 +108,7 @@ async def test_keep_alive_expiry_unloads(api):
     # keep_alive 0 on a request: unloaded as soon as that request is done.
     body = {"model": "local/a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "keep_alive": 0}
     assert (await api("POST", "mlx/v1/chat/completions", body=body)).code == 200
-    deadline = time.monotonic() + 3
-    while await _loaded(api) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    assert await _loaded(api) == []
+    await wait_until_async(lambda: _loaded(api), "keep_alive 0 to unload it", timeout=3, done=_empty)
 
 
 @pytest.mark.parametrize(
@@ -128,9 +126,13 @@ async def test_failed_loads_say_why_and_leave_no_runner(api, name, words):
     assert reply.code == 422, reply.body
     assert words in reply.body["message"]
     assert await _loaded(api) == []
-    await asyncio.sleep(0.2)
-    leftover = {p.pid for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE} - before
-    assert not leftover, f"runner processes left behind: {leftover}"
+    await wait_until_async(
+        lambda: (
+            {p.pid for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE} - before
+        ),
+        "no runner process left behind",
+        done=_empty,
+    )
 
 
 async def test_bad_load_requests(api):
@@ -161,9 +163,13 @@ async def test_a_busy_model_is_unloaded_only_with_force(api, pool_models):
         "logit_bias": {str(eos): -100},
     }
     chat = asyncio.ensure_future(api("POST", "mlx/v1/chat/completions", body=body))
-    deadline = time.monotonic() + 10
-    while not (await api("GET", "mlx/api/pool")).body["models"][0]["in_flight"] and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await wait_until_async(
+        lambda: api("GET", "mlx/api/pool"),
+        "the chat in flight",
+        timeout=10,
+        interval=0.05,
+        done=lambda pool: pool.body["models"][0]["in_flight"],
+    )
     busy = await api("POST", "mlx/api/pool/unload", body={"model": "local/a"})
     assert busy.code == 409 and busy.body["reason"] == "model_busy"
     assert (await api("POST", "mlx/api/pool/unload", body={"model": "local/a", "force": True})).code == 200
