@@ -36,6 +36,7 @@ from .models.catalog import ModelCatalog
 from .models.hub import HubSearch
 from .pool import ModelPool
 from .profiles import Profiles, check_aliases, check_profile
+from .services import Services
 from .storage import Database
 
 
@@ -412,7 +413,12 @@ class MLXManager(ExtensionApp):
         self.responses = ResponseStore(self.db, self.responses_ttl_hours)
         self.files = FileStore(self.db, data_dir / "files")
         self.batches = BatchService(
-            self.db, self.files, self.users.get_by_name, LineRunner(self), self.limits.batch_slots, self.log
+            self.db,
+            self.files,
+            self.users.get_by_name,
+            LineRunner(self.completions, self.embeddings, self.max_tokens_limit),
+            self.limits.batch_slots,
+            self.log,
         )
         IOLoop.current().add_callback(self.batches.start)  # resumes the batches a stop interrupted
         root_dir = getattr(getattr(self, "serverapp", None), "root_dir", None)
@@ -421,11 +427,15 @@ class MLXManager(ExtensionApp):
         IOLoop.current().add_callback(self.jobs.start)  # interrupted jobs marked, the queue served
         self.jupyternaut = configure_jupyternaut(self)  # our chat models in jupyter-ai's Jupyternaut
         metrics.install(self)
-        self._sockets: set[Any] = set()
-        self._requests: set[Any] = set()  # inference handlers answering now
         self._background: set[asyncio.Task] = set()
         self.users.change_listeners.append(self._recheck_sockets)
         self._device: asyncio.Task | None = None
+        self.services = self._services(
+            catalog=self.catalog, pool=self.pool, downloads=self.downloads, hub_search=self.hub_search,
+            limits=self.limits, remote=self.remote, backends=self.backends, profiles=self.profile_service,
+            budgets=self.budget_service, completions=self.completions, embeddings=self.embeddings, audio=self.audio,
+            responses=self.responses, files=self.files, batches=self.batches, jobs=self.jobs,
+        )  # fmt: skip
         self.log.info("jupyter-mlx-manager %s: data in %s", __version__, data_dir)
 
     def _profile_config(self) -> tuple[dict, dict]:
@@ -479,17 +489,28 @@ class MLXManager(ExtensionApp):
 
     def _initialize_forwarding(self, data_dir: Path) -> None:
         """pool_url: only accounts, tokens and the audit of this server's own auth live here."""
-        self.pool = self.downloads = self.completions = None
-        self._sockets: set[Any] = set()
-        self._requests: set[Any] = set()
         self._background: set[asyncio.Task] = set()
         self.users.change_listeners.append(self._recheck_sockets)
         self._device: asyncio.Task | None = None
         self.shared_service = SharedService(self.pool_url, log=self.log)
+        self.services = self._services(shared_service=self.shared_service)
         self.log.info("jupyter-mlx-manager %s: models served by %s (data in %s)", __version__, self.pool_url, data_dir)
 
+    def _services(self, **services: Any) -> Services:
+        return Services(
+            users=self.users,
+            audit=self.audit,
+            system_status=self.system_status,
+            max_tokens_limit=self.max_tokens_limit,
+            max_body_mb=self.max_body_mb,
+            max_image_mb_in_flight=self.max_image_mb_in_flight,
+            owner_username=self.owner_username,
+            **services,
+        )
+
     def initialize_handlers(self) -> None:
-        self.handlers.extend(shared_service_routes(ROUTES) if self.pool_url else ROUTES)
+        routes = shared_service_routes(ROUTES) if self.pool_url else ROUTES
+        self.handlers.extend((pattern, handler, {"services": self.services}) for pattern, handler in routes)
 
     async def stop_extension(self) -> None:
         if self.pool_url:
@@ -500,10 +521,10 @@ class MLXManager(ExtensionApp):
         if self.jupyternaut is not None:
             self.jupyternaut.stop()
         # Inference requests end with a final event (an error in their stream) before runners stop.
-        for handler in list(self._requests):
+        for handler in list(self.services.in_flight.requests):
             handler.end_for_shutdown()
         for _ in range(100):
-            if not self._requests:
+            if not self.services.in_flight.requests:
                 break
             await asyncio.sleep(0.05)
         await self.downloads.stop()
@@ -511,9 +532,9 @@ class MLXManager(ExtensionApp):
         await self.jobs.stop()
         await self.remote.close()
         await self.pool.shutdown()
-        for socket in list(self._sockets):
+        for socket in list(self.services.in_flight.sockets):
             socket.close(1001, "server shutting down")
-        self._sockets.clear()
+        self.services.in_flight.sockets.clear()
         if self._device is not None:
             self._device.cancel()
         if self._background:  # audit records of the last pool events, socket re-checks
@@ -522,11 +543,11 @@ class MLXManager(ExtensionApp):
 
     async def _stop_forwarding(self) -> None:
         self._pruner.stop()
-        for handler in list(self._requests):
+        for handler in list(self.services.in_flight.requests):
             handler.end_for_shutdown()
-        for socket in list(self._sockets):
+        for socket in list(self.services.in_flight.sockets):
             socket.close(1001, "server shutting down")
-        self._sockets.clear()
+        self.services.in_flight.sockets.clear()
         await self.shared_service.close()
         if self._background:
             await asyncio.wait(self._background, timeout=5)
@@ -563,19 +584,7 @@ class MLXManager(ExtensionApp):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def track_request(self, handler: Any) -> None:
-        self._requests.add(handler)
-
-    def untrack_request(self, handler: Any) -> None:
-        self._requests.discard(handler)
-
-    def track_socket(self, socket: Any) -> None:
-        self._sockets.add(socket)
-
-    def untrack_socket(self, socket: Any) -> None:
-        self._sockets.discard(socket)
-
     def _recheck_sockets(self, user_id: int) -> None:
-        for socket in list(self._sockets):
+        for socket in list(self.services.in_flight.sockets):
             if socket.mlx_user["id"] == user_id:
                 self._spawn(socket.still_allowed())

@@ -50,7 +50,7 @@ def server_username(mlx: Any) -> str | None:
 
 async def _may_read_sessions(handler: Any) -> bool:
     if getattr(handler, "_jwt_authenticated", False):
-        own = server_username(handler.mlx)
+        own = server_username(handler.services)
         user = handler.mlx_user or {}
         return bool(own) and str(user.get("username", "")).lower() == own.lower()
     authorizer = getattr(handler, "authorizer", None)

@@ -17,14 +17,15 @@ from ..protocols import openai_chat, responses
 from ..protocols.openai_chat import openai_error
 
 if TYPE_CHECKING:
-    from ..app import MLXManager
+    from ..inference import InferenceService
+    from ..inference.embeddings import EmbeddingService
 
 ENDPOINT_PREFIX = "/mlx"  # batch lines are recorded under the route they stand for
 
 
 class LineRunner:
-    def __init__(self, mlx: MLXManager):
-        self.mlx = mlx
+    def __init__(self, completions: InferenceService, embeddings: EmbeddingService, max_tokens_limit: int):
+        self.completions, self.embeddings, self.max_tokens_limit = completions, embeddings, max_tokens_limit
 
     async def __call__(self, actor: Actor, url: str, body: dict[str, Any], request_id: str) -> tuple[int, dict]:
         """(status, body) of one line; a spent budget is raised (the batch waits for it)."""
@@ -40,8 +41,8 @@ class LineRunner:
         endpoint = ENDPOINT_PREFIX + url
         if url == "/v1/embeddings":
             request = parse_embeddings(body)
-            return await self.mlx.embeddings.embed(actor, endpoint, request, request_id, priority="batch")
-        limit = self.mlx.max_tokens_limit
+            return await self.embeddings.embed(actor, endpoint, request, request_id, priority="batch")
+        limit = self.max_tokens_limit
         if url == "/v1/chat/completions":
             requests = [openai_chat.parse(body, "chat", limit)]
             renderer: Any = openai_chat.ChatRenderer(
@@ -59,9 +60,7 @@ class LineRunner:
             renderer = responses.ResponsesRenderer("resp_" + request_id, body, requests[0])
         renderer.usages = [Usage() for _ in requests]
         renderer.usage = renderer.usages[0]
-        events = self.mlx.completions.generate_all(
-            actor, endpoint, requests, request_id, renderer.usages, priority="batch"
-        )
+        events = self.completions.generate_all(actor, endpoint, requests, request_id, renderer.usages, priority="batch")
         async with contextlib.aclosing(events):
             async for event in events:
                 renderer.feed(event)

@@ -26,7 +26,9 @@ class TranscriptionsHandler(RequestTask, OpenAIErrors, MLXAPIHandler):
         request = await asyncio.get_running_loop().run_in_executor(
             None, parse_transcription, fields, upload["body"] if upload else None
         )
-        reply = await self.run_task(self.mlx.audio.transcribe(self.actor, self.request.path, request, self.request_id))
+        reply = await self.run_task(
+            self.services.audio.transcribe(self.actor, self.request.path, request, self.request_id)
+        )
         if reply is None:
             return
         if request.response_format == "text":
@@ -44,7 +46,7 @@ class SpeechHandler(RequestTask, OpenAIErrors, MLXAPIHandler):
     @authorized
     async def post(self):
         request = parse_speech(self.json_body())
-        wav = await self.run_task(self.mlx.audio.speak(self.actor, self.request.path, request, self.request_id))
+        wav = await self.run_task(self.services.audio.speak(self.actor, self.request.path, request, self.request_id))
         if wav is None:
             return
         self.finish(wav, set_content_type="audio/wav")

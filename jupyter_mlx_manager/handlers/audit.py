@@ -62,7 +62,7 @@ class AuditHandler(_AuditQueryHandler):
     @web.authenticated
     @authorized
     async def get(self):
-        records, total = await self.mlx.audit.query(
+        records, total = await self.services.audit.query(
             limit=int_argument(self, "limit", 100, 1, 1000),
             offset=int_argument(self, "offset", 0, 0, 10**9),
             **self.filters(),
@@ -79,12 +79,12 @@ class AuditStatsHandler(_AuditQueryHandler):
     async def get(self):
         group_by = self.get_query_argument("group_by", None)
         if group_by is None:
-            self.write_json(await self.mlx.audit.stats(**self.filters()))
+            self.write_json(await self.services.audit.stats(**self.filters()))
             return
         if group_by not in GROUP_BY:
             raise BadRequest(f"group_by must be one of {', '.join(GROUP_BY)}", reason="invalid_group_by")
         limit = int_argument(self, "limit", 100, 1, 1000)
-        self.write_json({"groups": await self.mlx.audit.grouped_stats(group_by, limit=limit, **self.filters())})
+        self.write_json({"groups": await self.services.audit.grouped_stats(group_by, limit=limit, **self.filters())})
 
 
 USAGE_GROUP_BY = ("day", "user", "model", "notebook")
@@ -101,7 +101,7 @@ class UsageHandler(_AuditQueryHandler):
         if group_by not in USAGE_GROUP_BY:
             raise BadRequest(f"group_by must be one of {', '.join(USAGE_GROUP_BY)}", reason="invalid_group_by")
         limit = int_argument(self, "limit", 1000, 1, 10000)
-        rows = await self.mlx.audit.grouped_stats(group_by, limit=limit, **self.filters())
+        rows = await self.services.audit.grouped_stats(group_by, limit=limit, **self.filters())
         self.write_json({"group_by": group_by, "rows": rows})
 
 
@@ -123,7 +123,7 @@ class AuditExportHandler(_AuditQueryHandler):
             self.write(",".join(FIELDS) + "\r\n")
         try:
             await self.flush()  # the headers go now (APIHandler.finish would make an empty export JSON)
-            async for batch in self.mlx.audit.export_batches(**filters):
+            async for batch in self.services.audit.export_batches(**filters):
                 if export_format == "jsonl":
                     self.write("".join(json.dumps(record) + "\n" for record in batch))
                 else:
@@ -154,16 +154,16 @@ class AuditWebSocketHandler(MLXWebSocketHandler):
         if self.reject_if_refused():
             return
         user = self.mlx_user
-        self.subscription = self.mlx.audit.subscribe(
+        self.subscription = self.services.audit.subscribe(
             lambda record: user["is_admin"] or record["user"] == user["username"]
         )
-        self.mlx.track_socket(self)
+        self.services.in_flight.track_socket(self)
         self._pump = asyncio.ensure_future(self._send_records())
 
     async def _send_records(self):
         try:
             if self._replay:
-                records, _ = await self.mlx.audit.query(
+                records, _ = await self.services.audit.query(
                     user=None if self.mlx_user["is_admin"] else self.mlx_user["username"], limit=self._replay
                 )
                 for record in reversed(records):
@@ -183,11 +183,11 @@ class AuditWebSocketHandler(MLXWebSocketHandler):
         set pending, deleted or lost admin rights (the feed was chosen for them), or if the
         API token that opened the socket was revoked."""
         try:
-            user = self.mlx.users.require_active(await self.mlx.users.get(self.mlx_user["id"]))
+            user = self.services.users.require_active(await self.services.users.get(self.mlx_user["id"]))
             if user["is_admin"] != self.mlx_user["is_admin"]:
                 raise Forbidden("your rights changed: reconnect", reason="rights_changed")
             if self.credential is not None and self.credential[1].kind == "api":
-                await self.mlx.users.user_for_token(self.credential[0])
+                await self.services.users.user_for_token(self.credential[0])
         except (web.HTTPError, InvalidToken) as exc:
             self.close(1008, (getattr(exc, "message", None) or "token revoked")[:120])
             return False
@@ -199,6 +199,6 @@ class AuditWebSocketHandler(MLXWebSocketHandler):
     def on_close(self):
         subscription = getattr(self, "subscription", None)
         if subscription is not None:
-            self.mlx.audit.unsubscribe(subscription)
-            self.mlx.untrack_socket(self)
+            self.services.audit.unsubscribe(subscription)
+            self.services.in_flight.untrack_socket(self)
             self._pump.cancel()

@@ -21,7 +21,7 @@ import functools
 import json
 import re
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jupyter_server.auth import IdentityProvider, PasswordIdentityProvider, User
 from jupyter_server.auth.decorator import allow_unauthenticated, authorized
@@ -37,6 +37,9 @@ from ..auth import Actor, InvalidToken, looks_like_jwt
 from ..auth.hub import TokenHubUser, account_for_hub_user, hub_auth_of, hub_model
 from ..errors import BadRequest, Forbidden, MLXError, PayloadTooLarge, Unauthorized, UnsupportedMediaType
 from ..inference.images import ImageBytesHeld, ImagesInFlight
+
+if TYPE_CHECKING:
+    from ..services import Services
 
 __all__ = ["MLXAPIHandler", "MLXWebSocketHandler", "allow_unauthenticated", "authorized", "web", "ws_authenticated"]
 
@@ -69,10 +72,10 @@ class MLXAuthMixin(ExtensionHandlerMixin):
             return
         super().log_exception(typ, value, tb)
 
-    @property
-    def mlx(self):
-        """The running `MLXManager` extension app: the services live there."""
-        return self.extensionapp
+    def initialize(self, name: str, services: Services, *args: Any, **kwargs: Any) -> None:
+        """Every route is handed the services it may use (services.py), with the extension's name."""
+        self.services = services
+        super().initialize(name, *args, **kwargs)
 
     def _presented_jwt(self) -> tuple[str, bool] | None:
         """(token, came in the URL) for a JWT of ours, or None (then Jupyter authenticates)."""
@@ -102,7 +105,7 @@ class MLXAuthMixin(ExtensionHandlerMixin):
             return
         token, in_url = presented
         try:
-            user, claims = await self.mlx.users.user_for_token(token)
+            user, claims = await self.services.users.user_for_token(token)
         except InvalidToken:
             raise Unauthorized("invalid or expired token", reason="invalid_token") from None
         if in_url and claims.kind != "ticket":
@@ -140,16 +143,18 @@ class MLXAuthMixin(ExtensionHandlerMixin):
             # A Hub service is not a person: its name may equal a user's, so it gets no account.
             raise Forbidden("Hub services have no account here; use a user's token", reason="hub_service")
         if hub_user is not None:  # JupyterHub: the Hub's roles carry over
-            user = await account_for_hub_user(self.mlx.users, self.current_user.username, bool(hub_user.get("admin")))
+            user = await account_for_hub_user(
+                self.services.users, self.current_user.username, bool(hub_user.get("admin"))
+            )
         elif type(self.identity_provider) in _NAMELESS_PROVIDERS:
-            owner = self.mlx.owner_username
+            owner = self.services.owner_username
             if not owner:
                 raise Unauthorized(
                     "this server has no owner account: sign in with mlx/api/auth/login", reason="login_required"
                 )
-            user = await self.mlx.users.get_by_name(owner)
+            user = await self.services.users.get_by_name(owner)
         else:
-            user = await self.mlx.users.user_for_jupyter_name(self.current_user.username)
+            user = await self.services.users.user_for_jupyter_name(self.current_user.username)
         # The Hub's groups, for group budgets (no groups where there is no Hub).
         groups = tuple(g for g in (hub_user or {}).get("groups") or () if isinstance(g, str))
         self._resolve_actor(user, client, groups)
@@ -167,7 +172,7 @@ class MLXAuthMixin(ExtensionHandlerMixin):
         return self.get_secure_cookie(cookie_name(self), **kwargs) is not None
 
     def _resolve_actor(self, user: dict[str, Any] | None, client: str, groups: tuple[str, ...] | None = None) -> None:
-        self.mlx_user = self.mlx.users.require_active(user)
+        self.mlx_user = self.services.users.require_active(user)
         self.actor = Actor(user=self.mlx_user, client=client, groups=groups)
 
     def _is_public(self) -> bool:
@@ -264,7 +269,7 @@ class MLXAPIHandler(MLXAuthMixin, APIHandler):
     @property
     def max_json_body_bytes(self) -> int:
         """`c.MLXManager.max_body_mb`: the most a JSON body of text may weigh."""
-        return int(self.mlx.max_body_mb * 1024 * 1024)
+        return int(self.services.max_body_mb * 1024 * 1024)
 
     def body_limit(self) -> int:
         """The most this request's body may weigh: the route's limit, and no more than
@@ -325,7 +330,7 @@ class MLXAPIHandler(MLXAuthMixin, APIHandler):
     def mlx_images_in_flight(self) -> ImagesInFlight:
         """The server's one account of image bytes in flight per user (`max_image_mb_in_flight`)."""
         return self.settings.setdefault(
-            "mlx_images_in_flight", ImagesInFlight(int(self.mlx.max_image_mb_in_flight * 1024 * 1024))
+            "mlx_images_in_flight", ImagesInFlight(int(self.services.max_image_mb_in_flight * 1024 * 1024))
         )
 
     def _receive_body(self, limit: int) -> None:

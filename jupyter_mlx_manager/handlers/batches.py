@@ -22,7 +22,7 @@ class FilesHandler(OpenAIErrors, MLXAPIHandler):
         fields, upload = self.form_upload("the file with 'file' and 'purpose' fields")
         if upload is None:
             raise InvalidParam("file is required", "file", "missing_file")
-        row = await self.mlx.files.create(
+        row = await self.services.files.create(
             self.mlx_user["username"], upload.get("filename") or "", fields.get("purpose", ""), upload["body"]
         )
         self.write_json(file_object(row))
@@ -31,7 +31,7 @@ class FilesHandler(OpenAIErrors, MLXAPIHandler):
     @authorized
     async def get(self):
         purpose = self.get_query_argument("purpose", None)
-        rows = await self.mlx.files.list(self.mlx_user["username"], purpose)
+        rows = await self.services.files.list(self.mlx_user["username"], purpose)
         self.write_json({"object": "list", "data": [file_object(r) for r in rows], "has_more": False})
 
 
@@ -39,12 +39,12 @@ class FileHandler(OpenAIErrors, MLXAPIHandler):
     @web.authenticated
     @authorized
     async def get(self, file_id: str):
-        self.write_json(file_object(await self.mlx.files.get(self.mlx_user["username"], file_id)))
+        self.write_json(file_object(await self.services.files.get(self.mlx_user["username"], file_id)))
 
     @web.authenticated
     @authorized
     async def delete(self, file_id: str):
-        await self.mlx.files.delete(self.mlx_user["username"], file_id)
+        await self.services.files.delete(self.mlx_user["username"], file_id)
         self.write_json({"id": file_id, "object": "file", "deleted": True})
 
 
@@ -52,7 +52,7 @@ class FileContentHandler(OpenAIErrors, MLXAPIHandler):
     @web.authenticated
     @authorized
     async def get(self, file_id: str):
-        content = self.mlx.files.content(self.mlx_user["username"], file_id)  # own files only
+        content = self.services.files.content(self.mlx_user["username"], file_id)  # own files only
         self.set_header("Content-Type", "application/jsonl")  # an error clears it
         async with contextlib.aclosing(content):
             async for chunk in content:
@@ -67,25 +67,25 @@ class BatchesHandler(OpenAIErrors, MLXAPIHandler):
     @web.authenticated
     @authorized
     async def post(self):
-        self.write_json(await self.mlx.batches.create(self.mlx_user["username"], self.json_body()))
+        self.write_json(await self.services.batches.create(self.mlx_user["username"], self.json_body()))
 
     @web.authenticated
     @authorized
     async def get(self):
         limit = int_argument(self, "limit", 20, 1, 100)
         after = self.get_query_argument("after", None)
-        self.write_json(await self.mlx.batches.list(self.mlx_user["username"], limit, after))
+        self.write_json(await self.services.batches.list(self.mlx_user["username"], limit, after))
 
 
 class BatchHandler(OpenAIErrors, MLXAPIHandler):
     @web.authenticated
     @authorized
     async def get(self, batch_id: str):
-        self.write_json(await self.mlx.batches.get(self.mlx_user["username"], batch_id))
+        self.write_json(await self.services.batches.get(self.mlx_user["username"], batch_id))
 
 
 class BatchCancelHandler(OpenAIErrors, MLXAPIHandler):
     @web.authenticated
     @authorized
     async def post(self, batch_id: str):
-        self.write_json(await self.mlx.batches.cancel(self.mlx_user["username"], batch_id))
+        self.write_json(await self.services.batches.cancel(self.mlx_user["username"], batch_id))

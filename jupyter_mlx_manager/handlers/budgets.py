@@ -12,12 +12,12 @@ class BudgetsHandler(MLXAPIHandler):
     @web.authenticated
     @authorized
     async def get(self):
-        budgets, user = self.mlx.budget_service, self.mlx_user
+        budgets, user = self.services.budgets, self.mlx_user
         own = await budgets.status(user["username"], self.actor.groups)
         if not user["is_admin"]:
             self.write_json(own)
             return
-        accounts = await self.mlx.users.list_users()
+        accounts = await self.services.users.list_users()
         everyone = [await budgets.status(a["username"]) for a in accounts if a["status"] == "approved"]
         self.write_json({**own, "budgets": budgets.table(), "users": everyone})
 
@@ -26,8 +26,8 @@ class BudgetsHandler(MLXAPIHandler):
     async def put(self):
         if not self.mlx_user["is_admin"]:
             raise Forbidden("only administrators can set budgets", reason="admin_required")
-        table = await self.mlx.budget_service.update(check_budgets(self.json_body()))
-        await self.mlx.audit.record(
+        table = await self.services.budgets.update(check_budgets(self.json_body()))
+        await self.services.audit.record(
             "budgets.update", user=self.mlx_user["username"], client=self.actor.client, detail="budgets changed"
         )
         self.write_json({"budgets": table})

@@ -12,7 +12,7 @@ class DownloadsHandler(MLXAPIHandler):
     @web.authenticated
     @authorized
     async def get(self):
-        self.write_json({"downloads": await self.mlx.downloads.list(user=self.mlx_user)})
+        self.write_json({"downloads": await self.services.downloads.list(user=self.mlx_user)})
 
     @web.authenticated
     @authorized
@@ -21,7 +21,7 @@ class DownloadsHandler(MLXAPIHandler):
         revision = body.get("revision")
         if revision is not None and not isinstance(revision, str):
             raise BadRequest("revision must be a string", reason="invalid_revision")
-        record, _ = await self.mlx.downloads.create(
+        record, _ = await self.services.downloads.create(
             body.get("repo_id"), revision, user=self.mlx_user, client=self.actor.client
         )
         self.write_json(record, status=202)
@@ -31,12 +31,12 @@ class DownloadHandler(MLXAPIHandler):
     @web.authenticated
     @authorized
     async def get(self, download_id: str):
-        self.write_json(await self.mlx.downloads.get(int(download_id), user=self.mlx_user))
+        self.write_json(await self.services.downloads.get(int(download_id), user=self.mlx_user))
 
     @web.authenticated
     @authorized
     async def delete(self, download_id: str):
-        record = await self.mlx.downloads.cancel(int(download_id), self.mlx_user, client=self.actor.client)
+        record = await self.services.downloads.cancel(int(download_id), self.mlx_user, client=self.actor.client)
         self.write_json(record)
 
 
@@ -49,6 +49,6 @@ class DownloadProgressHandler(EventStreamHandler):
     min_interval = 0.25
 
     def events(self, download_id: str):
-        return self.mlx.downloads.follow(
+        return self.services.downloads.follow(
             int(download_id), self.min_interval, self.keepalive_seconds, user=self.mlx_user
         )

@@ -19,6 +19,8 @@ class EmbeddingsHandler(RequestTask, OpenAIErrors, MLXAPIHandler):
     @authorized
     async def post(self):
         request = parse_embeddings(self.json_body())
-        reply = await self.run_task(self.mlx.embeddings.embed(self.actor, self.request.path, request, self.request_id))
+        reply = await self.run_task(
+            self.services.embeddings.embed(self.actor, self.request.path, request, self.request_id)
+        )
         if reply is not None:
             self.write_json(reply)

@@ -59,13 +59,13 @@ class InferenceHandler(RequestTask, MLXAPIHandler):
     def max_body_bytes(self) -> int:
         """The server's JSON limit, plus room for the images a body may carry (base64: 4/3 of 20 MB
         each), decided before the body is read; each image is checked later."""
-        images_room = self.mlx.completions.image_limits.max_images * (images.MAX_IMAGE_BYTES * 4 // 3 + 64)
+        images_room = self.services.completions.image_limits.max_images * (images.MAX_IMAGE_BYTES * 4 // 3 + 64)
         return self.max_json_body_bytes + images_room
 
     @web.authenticated
     @authorized
     async def post(self, *args: str):
-        self.mlx.track_request(self)
+        self.services.in_flight.track_request(self)
         try:
             # From its parse to its end a request holds one of its user's places, and its body is
             # parsed off the event loop: a flood of big or bad bodies costs its sender, not others.
@@ -78,16 +78,16 @@ class InferenceHandler(RequestTask, MLXAPIHandler):
             finally:
                 place.__exit__(None, None, None)
         finally:
-            self.mlx.untrack_request(self)
+            self.services.in_flight.untrack_request(self)
 
     async def _take_place(self) -> contextlib.AbstractContextManager:
         """One of the user's places, held from the parse to the end (the caller exits it); a
         refusal comes before the body is read, and is audited as any refused request is."""
-        place = self.mlx.limits.user_place(self.mlx_user["username"])
+        place = self.services.limits.user_place(self.mlx_user["username"])
         try:
             place.__enter__()
         except TooManyRequests as exc:
-            await self.mlx.audit.record(
+            await self.services.audit.record(
                 action_of(self.request.path), status="error", request_id=self.request_id,
                 user=self.mlx_user["username"], client=self.actor.client, endpoint=self.request.path,
                 error_type=exc.reason, **self.actor.context,
@@ -98,7 +98,7 @@ class InferenceHandler(RequestTask, MLXAPIHandler):
     async def apply_profile(self) -> None:
         """A body whose `model` names a profile or an alias gets the profile's model and
         defaults (profiles.py) before the protocol reads it; the audit keeps the name asked for."""
-        asked = await self.mlx.profile_service.apply(self.json_body(), protocol_of(self.request.path))
+        asked = await self.services.profiles.apply(self.json_body(), protocol_of(self.request.path))
         if asked is not None:
             self.actor = dataclasses.replace(self.actor, context={**self.actor.context, "requested_model": asked})
 
@@ -120,7 +120,9 @@ class InferenceHandler(RequestTask, MLXAPIHandler):
         requests = request if isinstance(request, list) else [request]
         usages = renderer.usages = [Usage() for _ in requests]
         usage = renderer.usage = usages[0]
-        events = self.mlx.completions.generate_all(self.actor, self.request.path, requests, self.request_id, usages)
+        events = self.services.completions.generate_all(
+            self.actor, self.request.path, requests, self.request_id, usages
+        )
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         # One task per request runs the service; the reply waits on its queue (no task per token).
         self._task = asyncio.ensure_future(_pump(events, queue))

@@ -13,24 +13,24 @@ class JobsHandler(MLXAPIHandler):
     @authorized
     async def get(self):
         limit = int_argument(self, "limit", 100, 1, 1000)
-        self.write_json({"jobs": await self.mlx.jobs.list(self.mlx_user, limit)})
+        self.write_json({"jobs": await self.services.jobs.list(self.mlx_user, limit)})
 
     @web.authenticated
     @authorized
     async def post(self):
-        self.write_json(await self.mlx.jobs.create(self.mlx_user, self.actor.client, self.json_body()), status=202)
+        self.write_json(await self.services.jobs.create(self.mlx_user, self.actor.client, self.json_body()), status=202)
 
 
 class JobHandler(MLXAPIHandler):
     @web.authenticated
     @authorized
     async def get(self, job_id: str):
-        self.write_json(await self.mlx.jobs.get(self.mlx_user, job_id))
+        self.write_json(await self.services.jobs.get(self.mlx_user, job_id))
 
     @web.authenticated
     @authorized
     async def delete(self, job_id: str):
-        self.write_json(await self.mlx.jobs.cancel(self.mlx_user, job_id))
+        self.write_json(await self.services.jobs.cancel(self.mlx_user, job_id))
 
 
 class JobEventsHandler(EventStreamHandler):
@@ -38,4 +38,4 @@ class JobEventsHandler(EventStreamHandler):
     then a last one with `"final": true`."""
 
     def events(self, job_id: str):
-        return self.mlx.jobs.follow(self.mlx_user, job_id)
+        return self.services.jobs.follow(self.mlx_user, job_id)

@@ -15,9 +15,9 @@ _TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
 
 
 def _local_fields(handler: MLXAPIHandler, info: dict, weights: int) -> dict:
-    info["loaded"] = handler.mlx.pool.get_loaded_model(info["id"]) is not None
-    info["downloading"] = handler.mlx.downloads.active_for(info["id"]) is not None
-    info["memory_estimate_bytes"] = handler.mlx.pool.estimate_bytes(weights)  # what a load must make room for
+    info["loaded"] = handler.services.pool.get_loaded_model(info["id"]) is not None
+    info["downloading"] = handler.services.downloads.active_for(info["id"]) is not None
+    info["memory_estimate_bytes"] = handler.services.pool.estimate_bytes(weights)  # what a load must make room for
     return info
 
 
@@ -36,15 +36,15 @@ class ModelSearchHandler(MLXAPIHandler):
     async def get(self):
         names = ("q", "author", "arch", "quant", "max_size_gb", "sort", "limit", "kind", "format")
         query = SearchQuery.parse({name: self.get_query_argument(name, None) for name in names})
-        local = set(await _off_loop(self.mlx.catalog.local_ids))
-        self.write_json({"models": await self.mlx.hub_search.search(query, local, user=self.mlx_user)})
+        local = set(await _off_loop(self.services.catalog.local_ids))
+        self.write_json({"models": await self.services.hub_search.search(query, local, user=self.mlx_user)})
 
 
 class LocalModelsHandler(MLXAPIHandler):
     @web.authenticated
     @authorized
     async def get(self):
-        catalog = self.mlx.catalog
+        catalog = self.services.catalog
 
         def listed():
             return [(m, _weights(catalog, m["id"])) for m in catalog.list_local(self.mlx_user)]
@@ -57,10 +57,10 @@ class LocalModelHandler(MLXAPIHandler):
     @authorized
     async def get(self, model_id: str):
         validate_model_id(model_id)
-        info = await _off_loop(self.mlx.catalog.describe, model_id, self.mlx_user)
+        info = await _off_loop(self.services.catalog.describe, model_id, self.mlx_user)
         if info is None:
             raise NotFound(f"model {model_id} is not on this machine", reason="model_not_found")
-        self.write_json(_local_fields(self, info, await _off_loop(_weights, self.mlx.catalog, info["id"])))
+        self.write_json(_local_fields(self, info, await _off_loop(_weights, self.services.catalog, info["id"])))
 
     @web.authenticated
     @authorized
@@ -69,10 +69,10 @@ class LocalModelHandler(MLXAPIHandler):
         force = self.get_query_argument("force", "").lower()
         if force not in _TRUE + _FALSE:
             raise BadRequest("force must be 1 or 0", reason="invalid_force")
-        result = await self.mlx.pool.delete_model(
-            model_id, user=self.mlx_user, force=force in _TRUE, downloads=self.mlx.downloads
+        result = await self.services.pool.delete_model(
+            model_id, user=self.mlx_user, force=force in _TRUE, downloads=self.services.downloads
         )
-        await self.mlx.audit.record(
+        await self.services.audit.record(
             "model.delete", user=self.mlx_user["username"], client=self.actor.client, model=result["id"],
             detail=f"freed={result['freed_bytes']}",
         )  # fmt: skip

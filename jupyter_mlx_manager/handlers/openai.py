@@ -81,18 +81,18 @@ class ModelsHandler(OpenAIHandler):
     @authorized
     async def get(self):
         entries = await asyncio.get_running_loop().run_in_executor(
-            None, _local_entries, self.mlx.catalog, self.mlx.max_tokens_limit
+            None, _local_entries, self.services.catalog, self.services.max_tokens_limit
         )
-        loaded = {m.model_id for m in self.mlx.pool.loaded_models()}
+        loaded = {m.model_id for m in self.services.pool.loaded_models()}
         for entry in entries:
             entry["loaded"] = entry["id"] in loaded
-        remote = await self.mlx.remote.model_entries()
-        self.write_json({"object": "list", "data": entries + remote + self.mlx.profile_service.entries()})
+        remote = await self.services.remote.model_entries()
+        self.write_json({"object": "list", "data": entries + remote + self.services.profiles.entries()})
 
 
 class ChatCompletionsHandler(OpenAIErrors, InferenceHandler):
     async def serve(self) -> None:
-        request = parse(self.json_body(), "chat", self.mlx.max_tokens_limit)
+        request = parse(self.json_body(), "chat", self.services.max_tokens_limit)
         renderer = ChatRenderer(
             "chatcmpl-" + self.request_id, int(time.time()), request.model, request.include_usage,
             logprobs=request.logprobs is not None,
@@ -102,7 +102,7 @@ class ChatCompletionsHandler(OpenAIErrors, InferenceHandler):
 
 class CompletionsHandler(OpenAIErrors, InferenceHandler):
     async def serve(self) -> None:
-        requests = parse_completions(self.json_body(), self.mlx.max_tokens_limit)
+        requests = parse_completions(self.json_body(), self.services.max_tokens_limit)
         first = requests[0]
         renderer = CompletionRenderer(
             "cmpl-" + self.request_id, int(time.time()), first.model, len(requests), first.include_usage,

@@ -14,11 +14,11 @@ class PoolHandler(MLXAPIHandler):
     @web.authenticated
     @authorized
     async def get(self):
-        status = self.mlx.pool.status()
-        status["limits"].update(self.mlx.limits.status())  # the request limits live above the pool
-        status["models"] += await self.mlx.remote.pool_entries()  # with their backend and health
+        status = self.services.pool.status()
+        status["limits"].update(self.services.limits.status())  # the request limits live above the pool
+        status["models"] += await self.services.remote.pool_entries()  # with their backend and health
         for model in status["models"]:
-            model["queued"] = self.mlx.limits.queue_depth(model["model"])
+            model["queued"] = self.services.limits.queue_depth(model["model"])
         self.write_json(status)
 
 
@@ -31,7 +31,7 @@ class PoolLoadHandler(MLXAPIHandler):
         if pin is not None and not isinstance(pin, bool):
             raise BadRequest("pin must be true or false", reason="invalid_pin")
         model_id = body.get("model")
-        backend = self.mlx.backends.resolve(model_id)
+        backend = self.services.backends.resolve(model_id)
         loaded = await backend.load(
             model_id, user=self.mlx_user, pin=pin, keep_alive=body.get("keep_alive"),
             draft_model=body.get("draft_model"), speculative=body.get("speculative"),
@@ -54,5 +54,5 @@ class PoolUnloadHandler(MLXAPIHandler):
             raise BadRequest("model is required", reason="invalid_model_id")
         if not isinstance(force, bool):
             raise BadRequest("force must be true or false", reason="invalid_force")
-        backend = self.mlx.backends.resolve(model_id)
+        backend = self.services.backends.resolve(model_id)
         self.write_json(await backend.unload(model_id, user=self.mlx_user, force=force))

@@ -11,7 +11,7 @@ class ProfilesHandler(MLXAPIHandler):
     @web.authenticated
     @authorized
     async def get(self):
-        profiles = self.mlx.profile_service
+        profiles = self.services.profiles
         self.write_json(
             {"profiles": [{"name": n, **p} for n, p in sorted(profiles.table().items())], "aliases": profiles.aliases}
         )
@@ -25,7 +25,7 @@ class ProfileHandler(MLXAPIHandler):
     @web.authenticated
     @authorized
     async def get(self, name: str):
-        profile = {k.lower(): (k, v) for k, v in self.mlx.profile_service.table().items()}.get(name.lower())
+        profile = {k.lower(): (k, v) for k, v in self.services.profiles.table().items()}.get(name.lower())
         if profile is None:
             raise NotFound(f"no profile {name!r}", reason="not_found")
         self.write_json({"name": profile[0], **profile[1]})
@@ -34,8 +34,8 @@ class ProfileHandler(MLXAPIHandler):
     @authorized
     async def put(self, name: str):
         self._admin()
-        profile = await self.mlx.profile_service.put(name, self.json_body())
-        await self.mlx.audit.record(
+        profile = await self.services.profiles.put(name, self.json_body())
+        await self.services.audit.record(
             "profile.update", user=self.mlx_user["username"], client=self.actor.client, detail=name
         )
         self.write_json(profile)
@@ -44,8 +44,8 @@ class ProfileHandler(MLXAPIHandler):
     @authorized
     async def delete(self, name: str):
         self._admin()
-        await self.mlx.profile_service.delete(name)
-        await self.mlx.audit.record(
+        await self.services.profiles.delete(name)
+        await self.services.audit.record(
             "profile.delete", user=self.mlx_user["username"], client=self.actor.client, detail=name
         )
         self.write_json({"name": name, "deleted": True})

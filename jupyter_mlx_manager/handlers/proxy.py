@@ -107,7 +107,7 @@ def upstream_credential(handler) -> str:
     own (its owner's) token, or the Hub token another Hub user presented here."""
     user = handler.mlx_user["username"]
     server_token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
-    if server_token and user == (hub_owner() or handler.mlx.owner_username):
+    if server_token and user == (hub_owner() or handler.services.owner_username):
         return server_token
     if not handler._jwt_authenticated and hub_model(handler.current_user) is not None:
         match = _HUB_TOKEN.match(handler.request.headers.get("Authorization", ""))
@@ -161,13 +161,13 @@ class SharedServiceHandler(MLXAPIHandler):
         self.finish(json.dumps(openai_error(status_code, message, reason, param)))
 
     async def _forward(self, path: str) -> None:
-        service: SharedService = self.mlx.shared_service
+        service: SharedService = self.services.shared_service
         headers = {name: self.request.headers[name] for name in REQUEST_HEADERS if name in self.request.headers}
         headers["Authorization"] = f"token {upstream_credential(self)}"
         headers["Accept-Encoding"] = "identity"  # bytes pass through as they are
         headers["X-Request-ID"] = self.request_id
         body = self.request.body if self.request.method not in ("GET", "HEAD", "DELETE") or self.request.body else None
-        self.mlx.track_request(self)
+        self.services.in_flight.track_request(self)
         try:
             self._upstream = asyncio.ensure_future(
                 self._relay(service, self.request.method, service.target(path, _query(self)), headers, body)
@@ -186,7 +186,7 @@ class SharedServiceHandler(MLXAPIHandler):
                 if not self._finished:
                     self.finish()
         finally:
-            self.mlx.untrack_request(self)
+            self.services.in_flight.untrack_request(self)
 
     async def _relay(self, service: SharedService, method: str, url: str, headers: dict, body: bytes | None):
         import httpx
@@ -278,7 +278,7 @@ class SharedServiceWebSocket(MLXWebSocketHandler):
     async def open(self, path: str, *args, **kwargs):
         if self.reject_if_refused():
             return
-        service: SharedService = self.mlx.shared_service
+        service: SharedService = self.services.shared_service
         try:
             credential = upstream_credential(self)
         except MLXError as exc:
@@ -290,7 +290,7 @@ class SharedServiceWebSocket(MLXWebSocketHandler):
             self.close(1008, exc.message[:120])
             return
         url = "ws" + url[len("http") :]
-        self.mlx.track_socket(self)
+        self.services.in_flight.track_socket(self)
         request = HTTPRequest(url, headers={"Authorization": f"token {credential}"}, connect_timeout=10)
         try:
             self._upstream = await websocket_connect(request, on_message_callback=self._from_upstream)
@@ -319,7 +319,7 @@ class SharedServiceWebSocket(MLXWebSocketHandler):
 
     async def still_allowed(self) -> bool:
         try:
-            self.mlx.users.require_active(await self.mlx.users.get(self.mlx_user["id"]))
+            self.services.users.require_active(await self.services.users.get(self.mlx_user["id"]))
         except web.HTTPError as exc:
             self.close(1008, (getattr(exc, "message", None) or "forbidden")[:120])
             return False
@@ -327,6 +327,6 @@ class SharedServiceWebSocket(MLXWebSocketHandler):
 
     def on_close(self) -> None:
         self._closed = True
-        self.mlx.untrack_socket(self)
+        self.services.in_flight.untrack_socket(self)
         if self._upstream is not None:
             self._upstream.close()

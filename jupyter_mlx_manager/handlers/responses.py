@@ -31,7 +31,7 @@ async def _history(handler: MLXAPIHandler, body: dict[str, Any]) -> list[dict[st
     previous = previous_id(body)
     if previous is None:
         return []
-    found = await handler.mlx.responses.get(handler.mlx_user["username"], previous)
+    found = await handler.services.responses.get(handler.mlx_user["username"], previous)
     if found is None:
         raise ResponseNotFound(previous, "previous_response_id")
     return found[1]
@@ -41,7 +41,7 @@ class ResponsesHandler(OpenAIErrors, InferenceHandler):
     async def serve(self) -> None:
         body = self.json_body()
         history = await _history(self, body)
-        request = parse(body, self.mlx.max_tokens_limit, history)
+        request = parse(body, self.services.max_tokens_limit, history)
         self._history = history + [dict(i) for i in input_items(body)]
         self._store = body.get("store", True) is not False
         await self.generate(request, ResponsesRenderer("resp_" + self.request_id, body, request))
@@ -49,7 +49,7 @@ class ResponsesHandler(OpenAIErrors, InferenceHandler):
     async def finished(self, renderer: ResponsesRenderer, usage) -> None:
         final = renderer.final()
         if self._store:
-            await self.mlx.responses.save(self.mlx_user["username"], final, self._history + final["output"])
+            await self.services.responses.save(self.mlx_user["username"], final, self._history + final["output"])
 
 
 class InputTokensHandler(OpenAIErrors, MLXAPIHandler):
@@ -63,9 +63,9 @@ class InputTokensHandler(OpenAIErrors, MLXAPIHandler):
     @authorized
     async def post(self):
         body = await self.json_body_off_loop()
-        await self.mlx.profile_service.apply(body, "responses")  # counted for the model that would answer
-        request = parse(body, self.mlx.max_tokens_limit, await _history(self, body))
-        count = await self.mlx.completions.count_tokens(self.actor, request)
+        await self.services.profiles.apply(body, "responses")  # counted for the model that would answer
+        request = parse(body, self.services.max_tokens_limit, await _history(self, body))
+        count = await self.services.completions.count_tokens(self.actor, request)
         self.write_json({"object": "response.input_tokens", "input_tokens": count})
 
 
@@ -73,7 +73,7 @@ class ResponseHandler(OpenAIErrors, MLXAPIHandler):
     async def _find(self, response_id: str) -> dict[str, Any]:
         if len(response_id) > MAX_ID:
             raise InvalidParam("not a response id", "response_id")
-        found = await self.mlx.responses.get(self.mlx_user["username"], response_id)
+        found = await self.services.responses.get(self.mlx_user["username"], response_id)
         if found is None:
             raise ResponseNotFound(response_id)
         return found[0]
@@ -86,6 +86,8 @@ class ResponseHandler(OpenAIErrors, MLXAPIHandler):
     @web.authenticated
     @authorized
     async def delete(self, response_id: str):
-        if len(response_id) > MAX_ID or not await self.mlx.responses.delete(self.mlx_user["username"], response_id):
+        if len(response_id) > MAX_ID or not await self.services.responses.delete(
+            self.mlx_user["username"], response_id
+        ):
             raise ResponseNotFound(response_id)
         self.write_json({"id": response_id, "object": "response", "deleted": True})

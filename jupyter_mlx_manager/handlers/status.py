@@ -10,7 +10,7 @@ class StatusHandler(MLXAPIHandler):
     @web.authenticated
     @authorized
     async def get(self):
-        self.write_json({**await self.mlx.system_status(), "user": self.mlx_user})
+        self.write_json({**await self.services.system_status(), "user": self.mlx_user})
 
 
 class OpenAPIHandler(MLXAPIHandler):

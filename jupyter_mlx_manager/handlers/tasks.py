@@ -38,7 +38,7 @@ class RequestTask:
     async def run_task(self, work: Coroutine[Any, Any, Any]) -> Any:
         """The result of `work`, or None when the client left (its request was cancelled and
         recorded as such); ServerShuttingDown when the server is stopping."""
-        self.mlx.track_request(self)
+        self.services.in_flight.track_request(self)
         try:
             self._task = asyncio.ensure_future(work)
             if self._client_gone or self._shutting_down:
@@ -50,4 +50,4 @@ class RequestTask:
                     raise ServerShuttingDown("the server is shutting down; try again when it is back") from None
                 return None
         finally:
-            self.mlx.untrack_request(self)
+            self.services.in_flight.untrack_request(self)

@@ -10,7 +10,7 @@ class UsersHandler(MLXAPIHandler):
     @authorized
     async def get(self):
         self.require_admin()
-        self.write_json({"users": await self.mlx.users.list_users()})
+        self.write_json({"users": await self.services.users.list_users()})
 
 
 class UserHandler(MLXAPIHandler):
@@ -22,12 +22,12 @@ class UserHandler(MLXAPIHandler):
         unknown = set(body) - {"status", "is_admin"}
         if unknown:
             raise web.HTTPError(400, f"unknown fields: {', '.join(sorted(unknown))}", reason="unknown_fields")
-        user = await self.mlx.users.update_user(actor, int(user_id), body.get("status"), body.get("is_admin"))
+        user = await self.services.users.update_user(actor, int(user_id), body.get("status"), body.get("is_admin"))
         self.write_json(user)
 
     @web.authenticated
     @authorized
     async def delete(self, user_id: str):
-        await self.mlx.users.delete_user(self.require_admin(), int(user_id))
+        await self.services.users.delete_user(self.require_admin(), int(user_id))
         self.set_status(204)
         self.finish()

@@ -97,7 +97,7 @@ def make_web_app(manager: Any, identity: Identity, cookie_secret: bytes | None =
     base_url = identity.base_url
     prefix = re.escape(base_url.rstrip("/")) + "/"
     handler_kwargs = {"name": manager.name}
-    routes: list[Any] = [(prefix + "?", ServiceHomeHandler, handler_kwargs)]
+    routes: list[Any] = [(prefix + "?", ServiceHomeHandler, {**handler_kwargs, "services": manager.services})]
     for path, handler_class, kwargs in identity.routes:
         routes.append((prefix + path, handler_class, kwargs))
     for route in manager.handlers:
@@ -105,7 +105,7 @@ def make_web_app(manager: Any, identity: Identity, cookie_secret: bytes | None =
         routes.append((prefix + pattern.lstrip("/"), handler_class, {**handler_kwargs, **(rest[0] if rest else {})}))
     settings = {
         "base_url": base_url,
-        manager.name: manager,  # what handlers reach as self.extensionapp
+        manager.name: manager,  # ExtensionHandlerMixin's extensionapp (our handlers use their services)
         f"{manager.name}_config": manager.config,
         "config": manager.config,
         "serverapp": manager.serverapp,
