@@ -24,7 +24,7 @@ from typing import Any
 
 from .errors import BadRequest, NotFound
 from .inference.limits import ServerBusy
-from .models.catalog import is_valid_model_id
+from .models.ids import is_valid_model_id
 from .storage import Database, utcnow
 
 NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._:-]{0,62}[A-Za-z0-9])?")

@@ -17,7 +17,7 @@ import pytest
 from conftest import server_config
 from models import build_models
 
-from jupyter_mlx_manager.models.catalog import model_kind
+from jupyter_mlx_manager.models.kinds import model_kind
 
 STT = "local/tiny-transcription"
 TTS = "local/tiny-speech"

@@ -234,7 +234,8 @@ def test_install_service_writes_a_launchd_agent_on_macos(tmp_path, capsys):
 
 
 def test_demo_model_all_kinds_makes_one_of_each_installed_kind_labelled(tmp_path):
-    from jupyter_mlx_manager.models.catalog import KINDS, ModelCatalog, missing_extra
+    from jupyter_mlx_manager.models.catalog import ModelCatalog
+    from jupyter_mlx_manager.models.kinds import KINDS, missing_extra
 
     command = [sys.executable, "-m", "jupyter_mlx_manager.cli", "--data-dir", str(tmp_path / "data"), "demo-model"]
     folder = tmp_path / "models"

@@ -19,8 +19,8 @@ from conftest import server_config
 from models import build_models
 from waiting import wait_until_async
 
-from jupyter_mlx_manager.models import catalog
-from jupyter_mlx_manager.models.catalog import WrongKind, check_kind, model_kind
+from jupyter_mlx_manager.models import kinds
+from jupyter_mlx_manager.models.kinds import WrongKind, check_kind, model_kind
 
 EMBED = "local/tiny-embedding"
 TEXT = "local/tiny-demo"
@@ -210,9 +210,9 @@ def test_model_kind_from_files(tmp_path, config, files, kind):
 
 
 def test_a_kind_without_its_extra_is_refused_naming_it(monkeypatch):
-    real = catalog.importlib.util.find_spec
+    real = kinds.importlib.util.find_spec
     monkeypatch.setattr(
-        catalog.importlib.util, "find_spec", lambda name, *a: None if name == "mlx_embeddings" else real(name, *a)
+        kinds.importlib.util, "find_spec", lambda name, *a: None if name == "mlx_embeddings" else real(name, *a)
     )
     with pytest.raises(WrongKind) as refused:
         check_kind("org/e5", "embedding", ("embedding",))

@@ -31,7 +31,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from models import build_models
 
 from jupyter_mlx_manager.errors import MLXError
-from jupyter_mlx_manager.models.catalog import ModelCatalog, weights_bytes
+from jupyter_mlx_manager.models.catalog import ModelCatalog
+from jupyter_mlx_manager.models.inspection import weights_bytes
 from jupyter_mlx_manager.pool import ModelPool
 from jupyter_mlx_manager.pool.pool import ESTIMATE_FACTOR, RUNNER_OVERHEAD_BYTES, PoolBusy
 

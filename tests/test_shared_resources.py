@@ -360,7 +360,8 @@ class TestTokenForUsers:
 
 
 def test_folders_differing_only_in_case_are_one_model(tmp_path, shared_models):
-    from jupyter_mlx_manager.models.catalog import ModelCatalog, model_key
+    from jupyter_mlx_manager.models.catalog import ModelCatalog
+    from jupyter_mlx_manager.models.ids import model_key
 
     folder = tmp_path / "models"
     shutil.copytree(shared_models / "tiny-demo", folder / "tiny-demo")
@@ -382,7 +383,7 @@ def test_folders_differing_only_in_case_are_one_model(tmp_path, shared_models):
 
 def test_what_users_are_told_of_failures():
     from jupyter_mlx_manager.downloads.manager import public
-    from jupyter_mlx_manager.models.catalog import scrub_paths
+    from jupyter_mlx_manager.errors import scrub_paths
     from jupyter_mlx_manager.pool.pool import public_load_error
 
     bob, admin = {"username": "bob", "is_admin": False}, {"username": "ann", "is_admin": True}

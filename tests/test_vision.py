@@ -18,7 +18,8 @@ import pytest
 from conftest import server_config
 from models import build_models
 
-from jupyter_mlx_manager.models.catalog import ModelCatalog, model_kind
+from jupyter_mlx_manager.models.catalog import ModelCatalog
+from jupyter_mlx_manager.models.kinds import model_kind
 
 VISION = "local/tiny-vision"
 TEXT = "local/tiny-demo"

@@ -33,7 +33,7 @@ import httpx
 
 from ..errors import BadRequest, MLXError, NotFound
 from ..inference.request import InferenceRequest, InvalidParam
-from ..models.catalog import is_remote_id
+from ..models.ids import is_remote_id
 from .base import Backend, Event, HeldModel
 
 if TYPE_CHECKING:

@@ -21,39 +21,30 @@ import time
 from pathlib import Path
 from typing import Any
 
-# TEMPORARY: names importers take from here until the split of this module is finished.
-from ..auth.users import (
-    is_admin,
-    username_of,  # noqa: F401, E402, I001
-)
-from ..errors import Forbidden, MLXError, NotFound, scrub_paths  # noqa: F401 (TEMPORARY re-export)
+from ..auth.users import is_admin
+from ..errors import Forbidden, MLXError, NotFound
 from .hub_cache import cached_model_folders, hub_cache_dir, hub_repo_folder
 from .ids import (
     ADAPTER_PREFIX,
     LOCAL_PREFIX,
-    is_remote_id,  # noqa: F401, E402
     is_valid_model_id,
     model_key,
     parse_model_id,
     validate_model_id,
 )
-from .inspection import (  # noqa: F401, E402
-    ADAPTER_MARKER,
+from .inspection import (
     DEMO_MARKER,
     adapter_base,
     chat_template_text,
     context_length,
     count_parameters,
     infer_tool_parser,
-    load_problem,
     names_code,
     quantization,
     read_json,
     safetensors_header,
-    ships_code,
-    weights_bytes,
 )
-from .kinds import GENERATIVE_KINDS, KINDS, WrongKind, check_kind, missing_extra, model_kind  # noqa: F401, E402
+from .kinds import missing_extra, model_kind
 
 
 def for_user(info: dict[str, Any], user: dict[str, Any] | None) -> dict[str, Any]:

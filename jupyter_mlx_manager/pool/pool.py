@@ -76,24 +76,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadRequest, Conflict, Forbidden, MLXError, NotFound
-from ..models.catalog import (
-    GENERATIVE_KINDS,
-    ModelCatalog,
-    adapter_base,
-    check_kind,
-    is_admin,
-    is_valid_model_id,
-    load_problem,
-    model_key,
-    model_kind,
-    read_json,
-    scrub_paths,
-    ships_code,
-    username_of,
-    validate_model_id,
-    weights_bytes,
-)
+from ..auth.users import is_admin, username_of
+from ..errors import BadRequest, Conflict, Forbidden, MLXError, NotFound, scrub_paths
+from ..models.catalog import ModelCatalog
+from ..models.ids import is_valid_model_id, model_key, validate_model_id
+from ..models.inspection import adapter_base, load_problem, read_json, ships_code, weights_bytes
+from ..models.kinds import GENERATIVE_KINDS, check_kind, model_kind
 from ..runner.disk_cache import folder_bytes
 from .runner_process import LoadFailed, RunnerProcess
 

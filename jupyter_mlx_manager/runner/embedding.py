@@ -51,7 +51,7 @@ class EmbeddingEngine(SerialEngine):
     def load(self, config: dict[str, Any]) -> dict[str, Any]:
         from mlx_embeddings import load
 
-        from ..models.catalog import context_length, read_json
+        from ..models.inspection import context_length, read_json
 
         self.model, tokenizer = load(str(self.model_path))
         self.tokenizer = getattr(tokenizer, "_tokenizer", tokenizer)
@@ -164,7 +164,7 @@ class EmbeddingEngine(SerialEngine):
 def matryoshka_dimensions(path: Path) -> list[int]:
     """The shorter sizes a model says its embeddings keep their meaning at (Matryoshka
     training): `matryoshka_dimensions` in config.json or config_sentence_transformers.json."""
-    from ..models.catalog import read_json
+    from ..models.inspection import read_json
 
     for name in ("config.json", "config_sentence_transformers.json"):
         value = read_json(path / name).get("matryoshka_dimensions")

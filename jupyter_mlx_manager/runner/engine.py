@@ -364,7 +364,7 @@ class Engine:
             from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache
             from mlx_lm.utils import load_model
 
-            from ..models.catalog import adapter_base, context_length, read_json
+            from ..models.inspection import adapter_base, context_length, read_json
 
             self.mx = mx
             base = adapter_base(self.model_path)  # an adapter/<name>: its base model plus the adapter

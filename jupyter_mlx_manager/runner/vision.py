@@ -35,7 +35,7 @@ class VisionEngine(SerialEngine):
     def load(self, config: dict[str, Any]) -> dict[str, Any]:
         from mlx_vlm import load, stream_generate
 
-        from ..models.catalog import context_length, read_json
+        from ..models.inspection import context_length, read_json
 
         self.stream_generate = stream_generate
         self.model, self.processor = load(str(self.model_path))
