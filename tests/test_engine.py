@@ -12,11 +12,11 @@ import queue
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from models import build_models, eos_id
+from waiting import wait_until
 
 PROMPTS = [f"Request number {i}: " + "tell me more " * i for i in range(8)]
 
@@ -84,15 +84,16 @@ class Runner:
         return self.collect(rid)
 
     def engine_stats(self, until=lambda stats: True) -> dict:
-        """The scheduler counters of the first heartbeat after this call that satisfies `until`
-        (or the last one within 10 s)."""
+        """The scheduler counters of the first heartbeat after this call that satisfies `until`."""
         self.heartbeat = None
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.heartbeat is not None and until(self.heartbeat["engine"]):
-                break
-            time.sleep(0.05)
-        return self.heartbeat["engine"]
+        heartbeat = wait_until(
+            lambda: self.heartbeat,
+            "a heartbeat whose counters satisfy the test",
+            timeout=10,
+            interval=0.05,
+            done=lambda heartbeat: heartbeat is not None and until(heartbeat["engine"]),
+        )
+        return heartbeat["engine"]
 
     def close(self) -> None:
         try:

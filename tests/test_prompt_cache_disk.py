@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from models import build_models, eos_id
 from servers import jupyter_server
+from waiting import wait_until
 
 NAME = "tiny-demo"
 MODEL = f"local/{NAME}"
@@ -57,11 +57,7 @@ class Client:
 
     def new_file(self, before: set[Path]) -> Path:
         """Wait for the writer thread's next file (it writes off the request's path)."""
-        deadline = time.monotonic() + 60
-        while not (self.files() - before):
-            assert time.monotonic() < deadline, "no prompt-cache file was written"
-            time.sleep(0.1)
-        (path,) = self.files() - before
+        (path,) = wait_until(lambda: self.files() - before, "a new prompt-cache file", timeout=60)
         return path
 
     def pool(self) -> dict:
@@ -91,10 +87,7 @@ def test_a_long_prefix_survives_unload_a_killed_runner_a_restart_and_corruption(
         second_reference, _ = client.complete(second)
         second_file = client.new_file({first_file})
         os.kill(client.pool()["models"][0]["pid"], signal.SIGKILL)
-        deadline = time.monotonic() + 60
-        while client.pool()["models"]:  # the pool notices the crash
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until(client.pool, "the pool to notice the crash", timeout=60, done=lambda pool: not pool["models"])
         text, cached = client.complete(second[:1000] + prompt(4, 100))  # a longer conversation turn
         assert cached >= 999 and cached < 1100, cached
         assert client.files() >= {first_file, second_file}
@@ -125,9 +118,7 @@ def test_the_disk_cache_stays_within_its_bound(tmp_path, models_dir):
         for seed in range(10, 18):
             before = client.files()
             client.complete(prompt(seed, 1600))
-            deadline = time.monotonic() + 60
-            while not (client.files() - before) and time.monotonic() < deadline:
-                time.sleep(0.1)
+            wait_until(lambda: client.files() - before, f"prompt {seed}'s prompt-cache file", timeout=60)
             sizes.append(sum(p.stat().st_size for p in client.files()))
         reported = client.pool()["prompt_cache_disk_bytes"]
         client.close()

@@ -24,6 +24,7 @@ import pytest
 import requests
 from models import build_models, eos_id
 from servers import free_port, jupyter_server
+from waiting import wait_until
 
 from jupyter_mlx_manager.audit import AuditLog
 from jupyter_mlx_manager.backends import parse_backends
@@ -55,15 +56,18 @@ class MlxUpstream:
                 [sys.executable, "-m", "mlx_lm.server", "--model", str(self.model), "--port", str(self.port)],
                 stdout=log, stderr=subprocess.STDOUT, env=env,
             )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+
+        def lists_its_model() -> bool:
             try:
-                if requests.get(self.url + "/models", timeout=2).json()["data"]:
-                    return
+                return bool(requests.get(self.url + "/models", timeout=2).json()["data"])
             except (requests.ConnectionError, ValueError):
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("mlx_lm.server did not start:\n" + (self.root / "upstream.log").read_text()[-2000:])
+                return False
+
+        try:
+            wait_until(lists_its_model, "mlx_lm.server to list its model", timeout=60, interval=0.2)
+        except AssertionError as error:
+            log = (self.root / "upstream.log").read_text()[-2000:]
+            raise RuntimeError("mlx_lm.server did not start:\n" + log) from error
 
     def stop(self) -> None:
         self.process.terminate()
@@ -208,13 +212,13 @@ def no_eos(upstream) -> dict:
 def _audit(server, request_id: str) -> dict:
     """The audit record of one request, once written (a cancelled one is written as the
     server notices the client left)."""
-    deadline = time.monotonic() + 10
-    while True:
+
+    def record() -> dict | None:
         records = requests.get(server.url + "mlx/api/audit", headers=server.headers, params={"limit": 50}).json()
         found = [r for r in records["records"] if r["request_id"] == request_id]
-        if found or time.monotonic() > deadline:
-            return found[0]
-        time.sleep(0.1)
+        return found[0] if found else None
+
+    return wait_until(record, f"the audit record of request {request_id}", timeout=10)
 
 
 def _pool(server) -> dict[str, dict]:
@@ -362,21 +366,13 @@ def test_a_disconnect_ends_the_upstream_request(server, sdk, recorder, upstream,
         if i == 3:
             break
     stream.close()
-    assert _upstream_logged(upstream, "BrokenPipeError")  # its next write failed: it stopped generating
+    log = upstream.root / "upstream.log"  # its next write failed: it stopped generating
+    wait_until(lambda: "BrokenPipeError" in log.read_text(), "a BrokenPipeError in mlx_lm.server's log", timeout=10)
     reply = sdk.chat.completions.create(
         model=mlx_model, messages=[{"role": "user", "content": "hi"}], max_tokens=4, extra_body=no_eos
     )
     assert reply.usage.completion_tokens == 4
     assert _audit(server, stream.response.headers["X-Request-ID"])["status"] == "cancelled"
-
-
-def _upstream_logged(upstream: MlxUpstream, text: str) -> bool:
-    deadline = time.monotonic() + 10
-    while text not in (upstream.root / "upstream.log").read_text():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def test_a_users_limit_applies_to_remote_models(server, recorder):
@@ -406,14 +402,16 @@ def test_upstream_down_is_a_quick_502_and_up_again_after_the_back_off(server, sd
         assert failed.value.status_code == 502 and failed.value.body["code"] == "upstream_unavailable"
     assert _pool(server)[mlx_model]["health"] == "down"
     upstream.start()
-    deadline = time.monotonic() + 45
-    while True:
+
+    def answer():
         try:
-            assert sdk.chat.completions.create(**body).model == mlx_model
-            break
+            return sdk.chat.completions.create(**body)
         except openai.APIStatusError as exc:
-            assert exc.status_code == 502 and time.monotonic() < deadline
-            time.sleep(0.5)
+            assert exc.status_code == 502, exc
+            return None
+
+    reply = wait_until(answer, "the upstream to answer after the back-off", timeout=45, interval=0.5)
+    assert reply.model == mlx_model
     assert _pool(server)[mlx_model]["health"] == "up"
 
 

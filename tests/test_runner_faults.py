@@ -22,6 +22,7 @@ import time
 import pytest
 from models import eos_id
 from test_engine import Runner, engine_models  # noqa: F401  (the session fixture)
+from waiting import wait_until_async
 
 from jupyter_mlx_manager.pool import runner_process
 from jupyter_mlx_manager.pool.runner_process import LoadFailed, RunnerProcess
@@ -392,8 +393,7 @@ def test_a_start_that_does_not_finish_kills_the_child(engine_models, monkeypatch
                 await RunnerProcess.start("demo", engine_models / "demo", log, timeout=0.05)
         else:
             task = asyncio.ensure_future(RunnerProcess.start("demo", engine_models / "demo", log))
-            while not spawned:
-                await asyncio.sleep(0.01)
+            await wait_until_async(lambda: spawned, "the runner process to spawn", interval=0.01)
             await asyncio.sleep(0.2)  # loading
             task.cancel()
             with pytest.raises(asyncio.CancelledError):

@@ -8,7 +8,6 @@ decoded greedily, can loop forever inside a string or a number).
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import jsonschema
@@ -16,6 +15,7 @@ import pytest
 from models import build_models
 from test_engine import Runner
 from tokenizers import Tokenizer
+from waiting import wait_until
 
 PERSON = {
     "type": "object",
@@ -144,10 +144,9 @@ def test_a_constrained_request_keeps_its_output_when_others_join_and_leave(runne
     assert events[-1]["finish_reason"] == "stop", events[-1]
     text = "".join(e["text"] for e in events if e["ev"] == "text")
     assert json.loads(text) == reference
-    deadline = time.monotonic() + 10
-    while runner.heartbeat["engine"]["migrations"] <= migrations and time.monotonic() < deadline:
-        time.sleep(0.1)  # the heartbeat (every 0.5 s) carries the scheduler's counters
-    assert runner.heartbeat["engine"]["migrations"] > migrations
+    wait_until(  # the heartbeat (every 0.5 s) carries the scheduler's counters
+        lambda: runner.heartbeat["engine"]["migrations"] > migrations, "a migration in the heartbeat", timeout=10
+    )
 
 
 def test_an_unsupported_schema_is_an_error_and_the_runner_keeps_serving(runner):

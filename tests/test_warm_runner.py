@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import psutil
 import pytest
 from conftest import server_config
 from models import build_models
+from waiting import wait_until_async
 
 
 @pytest.fixture(scope="session")
@@ -32,13 +32,15 @@ def _gone(pid: int) -> bool:
 
 
 async def _spare(api, ready: bool = True, not_pid: int | None = None, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        spare = (await api("GET", "mlx/api/pool")).body["spare"]
-        if spare is not None and spare["pid"] != not_pid and (spare["ready"] or not ready):
-            return spare
-        await asyncio.sleep(0.1)
-    raise AssertionError("no spare runner appeared")
+    pool = await wait_until_async(
+        lambda: api("GET", "mlx/api/pool"),
+        "a spare runner" + (" ready" if ready else "") + (f" other than {not_pid}" if not_pid else ""),
+        timeout,
+        done=lambda pool: (
+            (spare := pool.body["spare"]) is not None and spare["pid"] != not_pid and (spare["ready"] or not ready)
+        ),
+    )
+    return pool.body["spare"]
 
 
 async def test_a_load_takes_the_spare_and_a_new_spare_follows(api, mlx_app):
@@ -62,10 +64,7 @@ async def test_a_load_takes_the_spare_and_a_new_spare_follows(api, mlx_app):
 
     pids = [loaded.body["pid"], other.body["pid"], third["pid"]]
     await mlx_app.stop_extension()
-    deadline = time.monotonic() + 10
-    while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    assert all(_gone(pid) for pid in pids), "a runner or the spare outlived the extension"
+    await wait_until_async(lambda: all(_gone(pid) for pid in pids), "the runners and the spare to exit", timeout=10)
 
 
 async def test_a_failed_load_on_the_spare_says_why_and_a_new_spare_follows(api, warm_models):
@@ -86,10 +85,7 @@ async def test_a_failed_load_on_the_spare_says_why_and_a_new_spare_follows(api, 
     finally:
         config_path.write_text(config)
     assert reply.code == 422 and "could not be loaded" in reply.body["message"], reply.body
-    deadline = time.monotonic() + 10
-    while not _gone(spare["pid"]) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    assert _gone(spare["pid"])
+    await wait_until_async(lambda: _gone(spare["pid"]), "the spare that failed the load to exit", timeout=10)
     await _spare(api, not_pid=spare["pid"])
     assert (await api("POST", "mlx/api/pool/load", body={"model": "local/b"})).code == 200
 

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from models import build_models, eos_id
 from servers import free_port, jupyter_server
+from waiting import wait_until
 
 from jupyter_mlx_manager import connect
 from jupyter_mlx_manager.client import Download, MLXManagerError
@@ -31,20 +32,13 @@ def client(server):
     return connect(server.url, server.token)
 
 
-def _until(predicate, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_model_picker_loads_unloads_and_reports_errors(client):
     picker = ModelPicker(client)
     assert MODEL in picker.dropdown.options and picker.state == "idle"
     picker.model = MODEL
     picker.load_button.click()
     assert picker.state == "loading" and picker.load_button.disabled  # the cell is free while it loads
-    _until(lambda: picker.state != "loading")
+    wait_until(lambda: picker.state != "loading", "the picker to load", timeout=60)
     assert picker.state == "loaded" and "loaded" in picker.status.value
     assert MODEL in [m["model"] for m in client.pool()["models"]]
 
@@ -61,10 +55,10 @@ def test_pool_monitor_shows_loaded_models_and_memory(client):
     client.load(MODEL)
     monitor = PoolMonitor(client, interval=0.2)
     try:
-        _until(lambda: MODEL in monitor.table.value)
+        wait_until(lambda: MODEL in monitor.table.value, "the model in the pool table", timeout=60)
         assert monitor.memory.value > 0 and monitor.memory.max >= monitor.memory.value
         client.unload(MODEL)
-        _until(lambda: "no model loaded" in monitor.table.value, timeout=10)
+        wait_until(lambda: "no model loaded" in monitor.table.value, "an empty pool table", timeout=10)
     finally:
         monitor.stop()
 
@@ -75,17 +69,17 @@ def test_chat_widget_streams_and_stops(client, server):
     chat = ChatWidget(client, model=MODEL, max_tokens=12, logit_bias=no_eos)
     chat.prompt.value = "Hello there"
     chat.send_button.click()
-    _until(lambda: chat.state != "generating")
+    wait_until(lambda: chat.state != "generating", "the chat to finish", timeout=60)
     assert chat.state == "idle" and "Hello there" in chat.transcript.value
     assert chat.messages[-1]["role"] == "assistant" and chat.messages[-1]["content"]
 
     long_chat = ChatWidget(client, model=MODEL, max_tokens=4000, logit_bias=no_eos)
     thread = long_chat.send("Go on forever")
-    _until(lambda: len(long_chat.messages[-1]["content"]) > 0)
+    wait_until(lambda: long_chat.messages[-1]["content"], "the long chat's first text", timeout=60)
     long_chat.stop_button.click()
     thread.join(10)
     assert long_chat.state == "idle" and long_chat.stop_button.disabled
-    _until(lambda: all(m["in_flight"] == 0 for m in client.pool()["models"]), timeout=5)
+    wait_until(lambda: all(m["in_flight"] == 0 for m in client.pool()["models"]), "nothing in flight", timeout=5)
 
 
 def _usable(*buttons):
@@ -99,7 +93,7 @@ def test_widgets_against_an_unreachable_server_show_the_error_and_stay_usable():
     assert picker.state == "error" and "cannot reach the server" in picker.error
     picker.model = MODEL
     picker.load_button.click()
-    _until(lambda: picker.state != "loading", timeout=10)
+    wait_until(lambda: picker.state != "loading", "the picker to load", timeout=10)
     assert picker.state == "error" and "cannot reach the server" in picker.error and "error" in picker.status.value
     assert _usable(picker.load_button, picker.unload_button)
 
@@ -139,7 +133,9 @@ def test_widgets_recover_from_the_server_going_away(tmp_path):
             assert picker.state == "error" and picker.error and _usable(picker.load_button, picker.unload_button)
             chat.send("Still there?").join(30)
             assert chat.state == "error" and chat.error and _usable(chat.send_button) and chat.stop_button.disabled
-            _until(lambda: "cannot reach the server" in monitor.error, timeout=10)
+            wait_until(
+                lambda: "cannot reach the server" in monitor.error, "the monitor to report the server gone", timeout=10
+            )
             assert monitor.running
         finally:
             started = time.monotonic()
@@ -149,7 +145,7 @@ def test_widgets_recover_from_the_server_going_away(tmp_path):
 
 def test_pool_monitor_close_stops_its_thread(client):
     monitor = PoolMonitor(client, interval=0.2)
-    _until(lambda: "<table>" in monitor.table.value, timeout=10)
+    wait_until(lambda: "<table>" in monitor.table.value, "the pool table", timeout=10)
     assert monitor.running and monitor.thread.daemon
     started = time.monotonic()
     monitor.close()
@@ -232,7 +228,7 @@ def test_download_widget_shows_why_a_download_failed_and_offers_retry_and_remove
     with jupyter_server(tmp_path, env=env) as running:
         download = DownloadWidget(connect(running.url, running.token), repo_id="mlx-community/tiny")
         download.start()
-        _until(lambda: download.state not in ("idle", "downloading"))
+        wait_until(lambda: download.state not in ("idle", "downloading"), "the download to end", timeout=60)
         assert download.state == "failed" and "nonexistent.invalid cannot be reached" in download.error
         assert "cannot be reached" in download.label.value and "0/None" not in download.label.value
         assert "of 0 B" not in download.label.value and "GiB" not in download.label.value
@@ -244,7 +240,7 @@ def test_download_widget_shows_why_a_download_failed_and_offers_retry_and_remove
         assert download.download_button.description == "Download"
 
         download.download_button.click()  # Retry: a new attempt, failing the same way
-        _until(lambda: download.state not in ("idle", "downloading"))
+        wait_until(lambda: download.state not in ("idle", "downloading"), "the download to end", timeout=60)
         assert download.state == "failed" and "cannot be reached" in download.error
 
 
