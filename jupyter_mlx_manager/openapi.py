@@ -41,7 +41,7 @@ def _ref(name: str) -> dict[str, Any]:
 STR, INT, NUM, BOOL = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
 
 SCHEMAS: dict[str, Any] = {
-    "Error": _obj({"message": STR, "reason": _nullable("string")}, ["message"]),
+    "Error": _obj({"message": STR, "reason": _nullable("string"), "param": STR}, ["message"]),
     "OpenAIError": _obj(
         {
             "error": _obj(

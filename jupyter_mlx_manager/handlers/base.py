@@ -222,9 +222,10 @@ class MLXAuthMixin(ExtensionHandlerMixin):
         return self.actor
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """Errors are JSON `{"message", "reason"}`, whatever raised them."""
-        message, reason, _ = self.error_details(kwargs.get("exc_info", (None, None))[1])
-        self.finish(json.dumps({"message": message, "reason": reason}))
+        """Errors are JSON `{"message", "reason"}`, whatever raised them, and `param` where the
+        error names the field at fault."""
+        message, reason, param = self.error_details(kwargs.get("exc_info", (None, None))[1])
+        self.finish(json.dumps({"message": message, "reason": reason, **({"param": param} if param else {})}))
 
     def error_details(self, exc: BaseException | None) -> tuple[str, str | None, str | None]:
         """(message, reason, param) of an error reply; sets its headers. Internal errors

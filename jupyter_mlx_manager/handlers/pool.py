@@ -4,8 +4,6 @@ means is the model's backend's (a remote model has nothing to load)."""
 
 from __future__ import annotations
 
-import json
-
 from ..errors import BadRequest
 from .base import MLXAPIHandler, authorized, web
 
@@ -37,12 +35,6 @@ class PoolLoadHandler(MLXAPIHandler):
             draft_model=body.get("draft_model"), speculative=body.get("speculative"),
         )  # fmt: skip
         self.write_json(loaded)
-
-    def write_error(self, status_code: int, **kwargs) -> None:
-        """As every mlx/api error, with the field at fault (`param`: `draft_model`, `speculative`)."""
-        message, reason, param = self.error_details(kwargs.get("exc_info", (None, None))[1])
-        self.finish(json.dumps({"message": message, "reason": reason, **({"param": param} if param else {})}))
-
 
 class PoolUnloadHandler(MLXAPIHandler):
     @web.authenticated
