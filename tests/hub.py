@@ -9,13 +9,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 from servers import free_port
+from waiting import wait_until
 
 VENV_BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
@@ -101,17 +101,18 @@ class RunningHub:
 
     def wait_for_service(self, name: str, token: str, timeout: float = 90) -> None:
         """Until a managed service answers through the proxy (the Hub starts it in the background)."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def answers() -> bool:
             try:
                 reply = requests.get(self.service_url(name), headers={"Authorization": f"token {token}"}, timeout=5)
-                if reply.status_code == 200:
-                    return
             except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"service {name} did not start:\n" + self.log_text()[-4000:])
-            time.sleep(0.5)
+                return False
+            return reply.status_code == 200
+
+        try:
+            wait_until(answers, f"service {name} to answer", timeout, interval=0.5)
+        except AssertionError as error:
+            raise RuntimeError(f"service {name} did not start:\n" + self.log_text()[-4000:]) from error
 
     def token_for(self, name: str) -> str:
         """A Hub API token of `name` (the user's own permissions), as a kernel or a script has."""
@@ -123,16 +124,19 @@ class RunningHub:
         for name in names:
             reply = self.api("POST", f"users/{name}/server")
             assert reply.status_code in (201, 202, 400), reply.text  # 400: already running
-        deadline = time.monotonic() + timeout
         waiting = set(names)
-        while waiting:
+
+        def all_ready() -> bool:
             for name in list(waiting):
                 server = self.api("GET", f"users/{name}").json().get("servers", {}).get("")
                 if server and server.get("ready"):
                     waiting.discard(name)
-            if waiting and time.monotonic() > deadline:
-                raise RuntimeError(f"servers of {sorted(waiting)} did not start:\n" + self.log_text()[-4000:])
-            time.sleep(0.5)
+            return not waiting
+
+        try:
+            wait_until(all_ready, "the users' servers to be ready", timeout, interval=0.5)
+        except AssertionError as error:
+            raise RuntimeError(f"servers of {sorted(waiting)} did not start:\n" + self.log_text()[-4000:]) from error
 
     def login_session(self, name: str) -> requests.Session:
         """A browser-like session signed in through the Hub's login form (Hub cookie + OAuth
@@ -199,17 +203,19 @@ def jupyterhub(
             cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )  # fmt: skip
     hub = RunningHub(f"http://127.0.0.1:{port}/", root, process)
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def answers() -> bool:
         try:
-            if hub.api("GET", "", timeout=2).ok:
-                break
+            return hub.api("GET", "", timeout=2).ok
         except requests.ConnectionError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            _stop(process)
-            raise RuntimeError("JupyterHub did not start:\n" + hub.log_text()[-4000:])
-        time.sleep(0.3)
+            assert process.poll() is None, "JupyterHub exited"
+            return False
+
+    try:
+        wait_until(answers, "JupyterHub to answer", timeout, interval=0.3)
+    except AssertionError as error:
+        _stop(process)
+        raise RuntimeError("JupyterHub did not start:\n" + hub.log_text()[-4000:]) from error
     try:
         yield hub
     finally:

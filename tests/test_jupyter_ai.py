@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 import requests
 from models import eos_id
 from servers import free_port, jupyter_server
+from waiting import wait_until
 
 if importlib.util.find_spec("jupyter_ai_jupyternaut") is None:  # not imported here: only the server needs it
     pytest.skip(
@@ -65,14 +65,19 @@ def server_with_jupyternaut(root: Path, models: Path, profiles: dict):
 
 def our_models(server) -> list[dict]:
     """Jupyternaut's custom models (its settings API), once this server has written its own URL there."""
-    deadline = time.monotonic() + 60
-    while True:
+
+    def custom_models() -> list[dict]:
         reply = requests.get(server.url + "api/jupyternaut/config", headers=server.headers, timeout=10)
         assert reply.status_code == 200, reply.text
-        custom = reply.json()["custom_models"]
-        if any(e["params"].get("api_base") == server.url + "mlx/v1" for e in custom) or time.monotonic() > deadline:
-            return custom
-        time.sleep(0.5)
+        return reply.json()["custom_models"]
+
+    return wait_until(
+        custom_models,
+        "this server's URL in Jupyternaut's custom models",
+        timeout=60,
+        interval=0.5,
+        done=lambda custom: any(e["params"].get("api_base") == server.url + "mlx/v1" for e in custom),
+    )
 
 
 class Events:
@@ -91,15 +96,22 @@ class Events:
                 self.received.append(json.loads(self.socket.recv()))
 
     def model_options(self, persona: str, wanted: set[str]) -> set[str]:
-        """The option ids of the persona's latest model list once it holds `wanted` (or after a minute)."""
-        deadline = time.monotonic() + 60
-        options: set[str] = set()
-        while not wanted <= options and time.monotonic() < deadline:
+        """The option ids of the persona's latest model list once it holds `wanted`."""
+
+        def latest() -> set[str]:
+            options: set[str] = set()
             for event in list(self.received):
                 if event.get("persona_id") == persona and isinstance(event.get("model"), dict):
                     options = {option["id"] for option in event["model"]["options"]}
-            time.sleep(0.2)
-        return options
+            return options
+
+        return wait_until(
+            latest,
+            f"{persona}'s model list to hold {sorted(wanted)}",
+            60,
+            interval=0.2,
+            done=lambda options: wanted <= options,
+        )
 
 
 @pytest.mark.timeout(900)  # Jupyternaut's ~20k-token prompt is prefilled on CPU

@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import struct
-import time
 from pathlib import Path
 
 import openai
@@ -19,6 +18,7 @@ import requests
 import websocket
 from hub import find_proxy, jupyterhub
 from models import build_models
+from waiting import wait_until
 
 MODEL = "local/tiny"
 PROXY = find_proxy()
@@ -228,9 +228,7 @@ def test_kernel_client_finds_its_server_with_no_configuration(hub):
     kernel_id = kernel.json()["id"]
     try:
         connection = hub.root / "home" / "bob" / ".local" / "share" / "jupyter" / "runtime" / f"kernel-{kernel_id}.json"
-        deadline = time.monotonic() + 30
-        while not connection.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(connection.exists, "the kernel's connection file", timeout=30, interval=0.2)
         client = BlockingKernelClient(connection_file=str(connection))
         client.load_connection_file()
         client.start_channels(hb=False)  # no heartbeat: it reads "dead" before its first beat

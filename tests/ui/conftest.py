@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from waiting import wait_until
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -179,19 +180,17 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path):
         process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=root)
     url = f"http://127.0.0.1:{port}/"
     server = LabServer(url, token, process, log, dirs["data"], jwt_secret, hub)
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"jupyter lab exited with {process.returncode}; see {log}:\n{log.read_text()[-3000:]}")
+        try:
+            return server.get("api/status").status_code == 200
+        except requests.RequestException:
+            return False
+
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"jupyter lab exited with {process.returncode}; see {log}:\n{log.read_text()[-3000:]}")
-            try:
-                if server.get("api/status").status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"jupyter lab did not answer within {STARTUP_TIMEOUT:.0f}s; see {log}")
-            time.sleep(0.5)
+        wait_until(answers, f"jupyter lab to answer (see {log})", timeout=STARTUP_TIMEOUT, interval=0.5)
         yield server
     finally:
         _stop(process)

@@ -5,13 +5,13 @@ that notebook's requests (the browser's completions carry the notebook's kernel 
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import nbformat
 import pytest
 from playwright.sync_api import Page, expect
 from test_panel import DEMO, PANEL, TAB, open_section
+from waiting import wait_until
 
 pytestmark = pytest.mark.ui
 
@@ -46,10 +46,12 @@ def _ghost_text_and_this_notebook(lab_server, page: Page, artifacts_dir):
     editor = page.locator(".jp-Notebook .jp-Cell .cm-content").first
     expect(editor).to_be_visible(timeout=60_000)
     # Wait for the notebook's kernel: the completions then carry its id.
-    deadline = time.monotonic() + 60
-    while not any(s["path"] == name and s.get("kernel") for s in lab_server.get("api/sessions").json()):
-        assert time.monotonic() < deadline, "the notebook's kernel did not start"
-        time.sleep(0.5)
+    wait_until(
+        lambda: any(s["path"] == name and s.get("kernel") for s in lab_server.get("api/sessions").json()),
+        "the notebook's kernel to start",
+        timeout=60,
+        interval=0.5,
+    )
     editor.click()
     page.keyboard.type("def fib(", delay=30)
     ghost = page.locator('.jp-GhostText[data-provided-by="jupyter-mlx-manager"]')
