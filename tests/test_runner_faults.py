@@ -26,6 +26,7 @@ from waiting import wait_until_async
 
 from jupyter_mlx_manager.pool import runner_process
 from jupyter_mlx_manager.pool.runner_process import LoadFailed, RunnerProcess
+from jupyter_mlx_manager.runner.protocol import GenerateCommand
 
 LONG_PROMPT = [3 + (i * 7919) % 500 for i in range(1500)]  # token ids of the demo model (vocab 512)
 
@@ -335,7 +336,7 @@ def test_the_event_reader_skips_what_is_not_an_event():
         events = []
 
         async def consume():
-            async for event in runner.generate("r1", {}):
+            async for event in runner.generate("r1", GenerateCommand(kind="completion", prompt="x", max_tokens=1)):
                 events.append(event)
 
         task = asyncio.ensure_future(consume())
@@ -408,7 +409,9 @@ def test_a_start_that_does_not_finish_kills_the_child(engine_models, monkeypatch
 def test_a_stopped_runner_is_killed_and_its_requests_fail_with_runner_stalled(engine_models):  # noqa: F811
     stall = 2.0
     no_eos = {str(eos_id(engine_models / "demo")): -100}
-    command = {"kind": "completion", "temperature": 0.0, "top_p": 1.0, "seed": None, "logit_bias": no_eos, "stop": []}
+    command = GenerateCommand(  # each request sets its prompt (and length)
+        kind="completion", prompt="", max_tokens=1, temperature=0.0, top_p=1.0, seed=None, logit_bias=no_eos, stop=[]
+    )
 
     async def scenario():
         log = logging.getLogger("test")
@@ -422,7 +425,10 @@ def test_a_stopped_runner_is_killed_and_its_requests_fail_with_runner_stalled(en
             # A request that runs for longer than stall_seconds is not a stall: it makes progress.
             started = time.monotonic()
             events = [
-                e async for e in runner.generate("healthy", {**command, "prompt": LONG_PROMPT, "max_tokens": 500})
+                e
+                async for e in runner.generate(
+                    "healthy", command.model_copy(update={"prompt": LONG_PROMPT, "max_tokens": 500})
+                )
             ]
             assert events[-1]["ev"] == "done" and events[-1]["completion_tokens"] == 500, events[-1]
             healthy_seconds = time.monotonic() - started
@@ -430,7 +436,9 @@ def test_a_stopped_runner_is_killed_and_its_requests_fail_with_runner_stalled(en
 
             events = []
             stopped_at = None
-            async for event in runner.generate("stalled", {**command, "prompt": "Once upon", "max_tokens": 1500}):
+            async for event in runner.generate(
+                "stalled", command.model_copy(update={"prompt": "Once upon", "max_tokens": 1500})
+            ):
                 events.append(event)
                 if event["ev"] == "text" and stopped_at is None:
                     os.kill(pid, signal.SIGSTOP)
@@ -444,7 +452,7 @@ def test_a_stopped_runner_is_killed_and_its_requests_fail_with_runner_stalled(en
             assert code == -signal.SIGKILL
             assert not runner.alive
             with pytest.raises(runner_process.RunnerCrashed):
-                async for _ in runner.generate("after", {**command, "prompt": "x", "max_tokens": 1}):
+                async for _ in runner.generate("after", command.model_copy(update={"prompt": "x"})):
                     pass
             return healthy_seconds, detected
         finally:
@@ -483,7 +491,9 @@ def test_a_runner_that_stops_making_progress_is_killed(engine_models, monkeypatc
         runner.stuck_seconds = 1.5  # the default (STUCK_FACTOR × stall_seconds) would make this test slow
         try:
             started = time.monotonic()
-            events = [e async for e in runner.generate("stuck", {"kind": "completion", "prompt": "x", "max_tokens": 3})]
+            events = [
+                e async for e in runner.generate("stuck", GenerateCommand(kind="completion", prompt="x", max_tokens=3))
+            ]
             assert events[-1]["ev"] == "error" and events[-1]["code"] == "runner_stalled", events
             assert "no progress" in events[-1]["message"]
             assert time.monotonic() - started < 1.5 + 5

@@ -16,11 +16,13 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
+from ..runner.protocol import RequestEvent
+
 if TYPE_CHECKING:
     from ..inference.embeddings import EmbeddingRequest
     from ..inference.request import InferenceRequest
 
-Event = dict[str, Any]
+Event = RequestEvent  # the runner's request events (runner/protocol.py), whatever the backend
 
 
 class HeldModel(ABC):

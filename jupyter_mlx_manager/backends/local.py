@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import NotFound
 from ..inference.request import InvalidParam, check_token_ids, prompt_text_chars
 from ..inference.tokens import TokenCounter
+from ..runner.protocol import EmbedCommand, SpeakCommand, TranscribeCommand
 from .base import Backend, Event, HeldModel
 
 if TYPE_CHECKING:
@@ -46,19 +47,19 @@ class LocalModel(HeldModel):
 
     def generate(self, request: InferenceRequest, request_id: str) -> AsyncIterator[Event]:
         _refuse_obviously_too_long(request, self.info.get("context_length"))
-        command = request.command()
-        check_token_ids(command, self.info.get("vocab_size"))
-        return self.runner.generate(request_id, {**command, "cache_scope": self.scope})
+        command = request.runner_command(cache_scope=self.scope)
+        check_token_ids({"prompt": command.prompt, "logit_bias": command.logit_bias}, self.info.get("vocab_size"))
+        return self.runner.generate(request_id, command)
 
     def embed(self, request: EmbeddingRequest, request_id: str) -> AsyncIterator[Event]:
         _check_embedding(request, self.info)
-        return self.runner.embed(request_id, {"inputs": request.inputs, "dimensions": request.dimensions})
+        return self.runner.embed(request_id, EmbedCommand(inputs=request.inputs, dimensions=request.dimensions))
 
     def transcribe(self, command: dict[str, Any], request_id: str) -> AsyncIterator[Event]:
-        return self.runner.transcribe(request_id, command)
+        return self.runner.transcribe(request_id, TranscribeCommand(**command))
 
     def speak(self, command: dict[str, Any], request_id: str) -> AsyncIterator[Event]:
-        return self.runner.speak(request_id, command)
+        return self.runner.speak(request_id, SpeakCommand(**command))
 
 
 class LocalBackend(Backend):

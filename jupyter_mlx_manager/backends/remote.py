@@ -34,6 +34,7 @@ import httpx
 from ..errors import BadRequest, MLXError, NotFound
 from ..inference.request import InferenceRequest, InvalidParam
 from ..models.ids import is_remote_id
+from ..models.kinds import GENERATIVE_KINDS
 from .base import Backend, Event, HeldModel
 
 if TYPE_CHECKING:
@@ -51,7 +52,9 @@ MAX_EMBEDDINGS_BYTES = 256 * 1024 * 1024  # 2,048 inputs × 4,096 dimensions as 
 GATEWAY_DOWN = (502, 503, 504)  # what a proxy in front of the engine answers when it is gone
 NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?")
 ENTRY_KEYS = {"url", "api_key_env", "models"}
-SERVED_KINDS = ("text", "vision", "embedding")  # what an OpenAI-compatible upstream is asked for here
+# What an OpenAI-compatible upstream is asked for here: the kinds its chat, completions and
+# embeddings routes serve (the generative kinds and embedding models), never audio.
+SERVED_KINDS = (*GENERATIVE_KINDS, "embedding")
 
 
 class UpstreamUnavailable(MLXError):

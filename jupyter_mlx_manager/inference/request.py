@@ -16,6 +16,7 @@ from typing import Any, Literal
 from ..errors import BadRequest
 from ..models.ids import is_valid_model_id
 from ..pool.pool import validate_keep_alive
+from ..runner.protocol import MAX_TOP_LOGPROBS, GenerateCommand, InvalidCommand
 from . import images
 
 MAX_STOP = 16  # protocols may allow fewer (OpenAI: 4)
@@ -25,7 +26,6 @@ MAX_MESSAGES = 10_000
 MAX_SCHEMA_BYTES = 256 * 1024  # a tool's parameters or a response format's schema, as JSON
 TOOL_NAME_RE = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 MAX_TOKEN_ID = 2**31 - 1
-MAX_TOP_LOGPROBS = 20
 
 
 class InvalidParam(BadRequest):
@@ -269,7 +269,10 @@ class InferenceRequest:
                 out.append({"role": message.role, "content": text})
         return out
 
-    def command(self) -> dict[str, Any]:
+    def runner_command(self, cache_scope: str | None = None) -> GenerateCommand:
+        """The runner's `generate` command for this request (runner/protocol.py; the pool sets its
+        `id`). What the runner would refuse of a request validated here is refused here, naming
+        the client's field; a field the command does not declare is a bug, and fails loudly."""
         command: dict[str, Any] = {
             "kind": self.kind,
             "max_tokens": self.max_tokens,
@@ -300,7 +303,16 @@ class InferenceRequest:
             command["prompt"] = self.prompt
             if self.echo:
                 command["echo"] = True
-        return command
+        if cache_scope is not None:
+            command["cache_scope"] = cache_scope
+        try:
+            return GenerateCommand(**command)
+        except InvalidCommand as exc:
+            raise InvalidParam(str(exc), self.param(exc.param)) from None
+
+    def command(self) -> dict[str, Any]:
+        """`runner_command()` as the runner receives it, less the `id` the pool gives it."""
+        return self.runner_command().wire()
 
 
 # -- structured fields the protocols share (each names the field in its own spelling) -------------

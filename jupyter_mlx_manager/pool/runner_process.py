@@ -13,7 +13,7 @@ command buffer), is killed (SIGKILL); its requests end with an `error` event, co
 under load can still take tens of seconds, hence the longer bound for a runner that is alive.
 
 A *spare* (`RunnerProcess.spawn()` without a path) is a runner that has imported MLX and
-mlx-lm and waits for a model: `load()` hands it one (`{"op": "load", "path": …}`), which
+mlx-lm and waits for a model: `load()` hands it one (a `load` command), which
 skips the seconds of imports a fresh process pays. Memory figures: `base_bytes` (the RSS the
 runner reported when its model was ready), and from the heartbeats `kv_bytes` (live KV caches)
 and `prompt_cache_bytes`; `trim_cache()` caps the runner's prompt cache (`trim_cache` command)
@@ -21,7 +21,8 @@ and waits for its answer.
 
 Runners of other kinds (`--kind embedding`: runner/embedding.py; `transcription`, `speech`:
 runner/audio.py) speak the same protocol; `embed()`, `transcribe()` and `speak()` send their
-one command and yield its events like `generate()`.
+one command and yield its events like `generate()`. Every command sent is one of
+runner/protocol.py's models, every event read one of its TypedDicts.
 """
 
 from __future__ import annotations
@@ -36,6 +37,23 @@ from pathlib import Path
 from typing import Any
 
 from ..runner import protocol
+from ..runner.protocol import (
+    CancelCommand,
+    Command,
+    EmbedCommand,
+    ErrorEvent,
+    GenerateCommand,
+    HeartbeatEvent,
+    LoadCommand,
+    ReadyEvent,
+    RequestEvent,
+    ShutdownCommand,
+    SpareEvent,
+    SpeakCommand,
+    TranscribeCommand,
+    TrimCacheCommand,
+    TrimmedEvent,
+)
 
 STUCK_FACTOR = 10  # alive but no progress: killed after this many times stall_seconds
 
@@ -56,17 +74,17 @@ class RunnerProcess:
         self.process = process
         self.log = log
         loop = asyncio.get_running_loop()
-        self.ready: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.ready: asyncio.Future[ReadyEvent] = loop.create_future()
         self.exited: asyncio.Future[int] = loop.create_future()
-        self.heartbeat: dict[str, Any] = {}
-        self.info: dict[str, Any] = {}  # the `ready` event
-        self.spare: asyncio.Future[dict[str, Any]] = loop.create_future()  # a spare's imports are done
-        self._trims: list[asyncio.Future[dict[str, Any] | None]] = []
+        self.heartbeat: dict[str, Any] = {}  # the latest `heartbeat` event's figures
+        self.info: ReadyEvent | dict[str, Any] = {}  # the `ready` event
+        self.spare: asyncio.Future[SpareEvent] = loop.create_future()  # a spare's imports are done
+        self._trims: list[asyncio.Future[TrimmedEvent | None]] = []
         self.stderr_tail: deque[str] = deque(maxlen=20)
         self.stall_seconds = float(stall_seconds)
         self.stuck_seconds = STUCK_FACTOR * self.stall_seconds
         self.stalled = False
-        self._requests: dict[str, asyncio.Queue[dict[str, Any] | None]] = {}
+        self._requests: dict[str, asyncio.Queue[RequestEvent | None]] = {}
         self._alive_at = loop.time()  # the last line from the runner
         self._progress_at = loop.time()  # the last sign of generation progress (or of having no work)
         self._progress: Any = None
@@ -124,7 +142,7 @@ class RunnerProcess:
         try:
             if not self.alive:
                 raise LoadFailed(f"the spare runner had exited (code {self.process.returncode})")
-            self._send({**(options or {}), "op": "load", "path": str(path)})
+            self._send(LoadCommand(path=str(path), **(options or {})))
         except BaseException:
             await self._abort()
             raise
@@ -155,14 +173,14 @@ class RunnerProcess:
     def prompt_cache_bytes(self) -> int:
         return int(self.heartbeat.get("prompt_cache_bytes") or 0)
 
-    async def trim_cache(self, limit: int, timeout: float = 5) -> dict[str, Any] | None:
+    async def trim_cache(self, limit: int, timeout: float = 5) -> TrimmedEvent | None:
         """Cap the runner's prompt cache at `limit` bytes (trimmed now, least recently used
         first); the runner's answer (`prompt_cache_bytes`, `limit_bytes`), None if none came."""
         if not self.serving:
             return None
         waiter = asyncio.get_running_loop().create_future()
         self._trims.append(waiter)
-        self._send({"op": "trim_cache", "bytes": max(0, int(limit))})
+        self._send(TrimCacheCommand(bytes=max(0, int(limit))))
         try:
             return await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
@@ -185,31 +203,31 @@ class RunnerProcess:
         return self.alive and not self.stalled
 
     # -- requests ------------------------------------------------------------------------------
-    def generate(self, request_id: str, command: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    def generate(self, request_id: str, command: GenerateCommand) -> AsyncIterator[RequestEvent]:
         """Send one generation request and yield its events up to `done` or `error`."""
-        return self._request(request_id, {**command, "op": "generate", "id": request_id})
+        return self._request(request_id, command)
 
-    def embed(self, request_id: str, command: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    def embed(self, request_id: str, command: EmbedCommand) -> AsyncIterator[RequestEvent]:
         """Send one embedding request (an embedding runner's) and yield its `embeddings`
         events up to `done` or `error`."""
-        return self._request(request_id, {**command, "op": "embed", "id": request_id})
+        return self._request(request_id, command)
 
-    def transcribe(self, request_id: str, command: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    def transcribe(self, request_id: str, command: TranscribeCommand) -> AsyncIterator[RequestEvent]:
         """Send one transcription (a transcription runner's); yields `transcription`, `done`."""
-        return self._request(request_id, {**command, "op": "transcribe", "id": request_id})
+        return self._request(request_id, command)
 
-    def speak(self, request_id: str, command: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    def speak(self, request_id: str, command: SpeakCommand) -> AsyncIterator[RequestEvent]:
         """Send one speech request (a speech runner's); yields `audio` events up to `done`."""
-        return self._request(request_id, {**command, "op": "speak", "id": request_id})
+        return self._request(request_id, command)
 
-    async def _request(self, request_id: str, message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def _request(self, request_id: str, command: Command) -> AsyncIterator[RequestEvent]:
         if not self.alive or self.stalled:
             raise RunnerCrashed(f"the runner for {self.model_id} is not running")
-        events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        events: asyncio.Queue[RequestEvent | None] = asyncio.Queue()
         self._requests[request_id] = events
         finished = False
         try:
-            self._send(message)
+            self._send(command.model_copy(update={"id": request_id}))
             while True:
                 event = await events.get()
                 if event is None:
@@ -221,9 +239,9 @@ class RunnerProcess:
         finally:
             self._requests.pop(request_id, None)
             if not finished and self.alive:
-                self._send({"op": "cancel", "id": request_id})
+                self._send(CancelCommand(id=request_id))
 
-    def _send(self, message: dict[str, Any]) -> None:
+    def _send(self, message: Command) -> None:
         if self.process.stdin is not None and not self.process.stdin.is_closing():
             self.process.stdin.write(protocol.encode(message))
 
@@ -231,7 +249,7 @@ class RunnerProcess:
     async def stop(self, timeout: float = 5) -> None:
         """Ask the runner to exit; kill it if it does not within `timeout` seconds."""
         if self.alive:
-            self._send({"op": "shutdown"})
+            self._send(ShutdownCommand())
             if self.process.stdin is not None:
                 self.process.stdin.close()
             try:
@@ -303,7 +321,8 @@ class RunnerProcess:
             return
         kind = event["ev"]
         if kind == "heartbeat":
-            self.heartbeat = {k: v for k, v in event.items() if k != "ev"}
+            heartbeat: HeartbeatEvent = event
+            self.heartbeat = {k: v for k, v in heartbeat.items() if k != "ev"}
             progress = event.get("progress")
             if progress is None or not event.get("busy", True) or progress != self._progress:
                 self._progress, self._progress_at = progress, self._alive_at
@@ -360,9 +379,10 @@ class RunnerProcess:
         message = f"the runner for {self.model_id} {why} and was stopped; the model is loaded again on the next request"
         requests, self._requests = self._requests, {}
         for rid, queue in requests.items():
-            queue.put_nowait(
-                {"ev": "error", "id": rid, "message": message, "type": "server_error", "code": "runner_stalled"}
-            )
+            error: ErrorEvent = {
+                "ev": "error", "id": rid, "message": message, "type": "server_error", "code": "runner_stalled"
+            }  # fmt: skip
+            queue.put_nowait(error)
         _kill(self.process)
 
     async def _read_stderr(self) -> None:

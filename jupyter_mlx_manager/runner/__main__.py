@@ -2,9 +2,13 @@
 [--prompt-cache-bytes N] [--prefill-step-size N] [--speculative prompt_lookup | --draft-model DRAFT_PATH] …`:
 serve one model over stdin/stdout.
 
-`--kind` picks the engine (models.catalog.model_kind decides, in the server): mlx-lm's
-generation engine for text (engine.py), mlx-embeddings' for embedding models (embedding.py),
-mlx-vlm's for vision models (vision.py), mlx-audio's for transcription and speech models (audio.py).
+`--kind` picks the engine (one of models.kinds.KINDS; models.kinds.model_kind decides, in the
+server): mlx-lm's generation engine for text (engine.py), mlx-embeddings' for embedding models
+(embedding.py), mlx-vlm's for vision models (vision.py), mlx-audio's for transcription and speech
+models (audio.py).
+
+Commands are validated here, on the reader thread, as they arrive (protocol.parse_command): the
+engines get typed commands; a refused request is answered with its `error` at once.
 
 Without MODEL_PATH it is a spare: it imports MLX and mlx-lm, says `{"ev": "spare"}` and waits
 for `{"op": "load", "path": …}` (the pool's warm runner: a load then skips the imports)."""
@@ -12,14 +16,23 @@ for `{"op": "load", "path": …}` (the pool's warm runner: a load then skips the
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import threading
 from pathlib import Path
 
 from ..children import exit_with_server, protocol_streams
+from ..models.kinds import KIND_REGISTRY, KINDS
 from . import protocol
 from .engine import Engine
+
+# The engine built on each package the kind registry names (`Kind.package`); mlx-lm's is Engine.
+SERIAL_ENGINES = {
+    "mlx_embeddings": (".embedding", "EmbeddingEngine"),
+    "mlx_vlm": (".vision", "VisionEngine"),
+    "mlx_audio": (".audio", "AudioEngine"),
+}
 
 
 def main() -> None:
@@ -46,7 +59,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--kind",
-        choices=["text", "embedding", "vision", "transcription", "speech"],
+        choices=KINDS,
         default="text",
         help="the model's kind (default: text)",
     )
@@ -64,21 +77,13 @@ def main() -> None:
             out.write(data)
             out.flush()
 
-    def emit(message):
+    def emit(message: protocol.Event) -> None:
         emit_many([message])
 
-    if args.kind == "embedding" and args.model_path is not None:
-        from .embedding import EmbeddingEngine
-
-        engine = EmbeddingEngine(args.model_path, emit)
-    elif args.kind == "vision" and args.model_path is not None:
-        from .vision import VisionEngine
-
-        engine = VisionEngine(args.model_path, emit)
-    elif args.kind in ("transcription", "speech") and args.model_path is not None:
-        from .audio import AudioEngine
-
-        engine = AudioEngine(args.model_path, emit, args.kind)
+    serial = SERIAL_ENGINES.get(KIND_REGISTRY[args.kind].package)
+    if serial is not None and args.model_path is not None:  # a spare is a text runner until told otherwise
+        module, name = serial  # imported only for its kind: their packages are optional extras
+        engine = getattr(importlib.import_module(module, __package__), name)(args.model_path, emit, args.kind)
     else:
         engine = Engine(
             args.model_path, emit, prompt_cache_bytes=args.prompt_cache_bytes, switch=args.switch,
@@ -94,23 +99,29 @@ def main() -> None:
 
     for line in commands:  # the server closing our stdin means: exit
         try:
-            command = protocol.decode(line)
+            raw = protocol.decode(line)
         except Exception:  # not JSON (or nested too deep): not a command
             _log(f"skipped an unreadable command line {line[:200]!r}")
             continue
-        if not isinstance(command, dict):
-            _log(f"skipped a command that is not a JSON object: {line[:200]!r}")
+        try:
+            command = protocol.parse_command(raw)
+        except protocol.Skipped as exc:
+            _log(f"skipped {exc}: {line[:200]!r}")
             continue
-        if command.get("op") == "cancel":
-            if isinstance(command.get("id"), str):
-                engine.cancelled.add(command["id"])
-            else:
-                _log(f"skipped a cancel without a valid id: {line[:200]!r}")
+        except protocol.InvalidCommand as exc:
+            error: protocol.ErrorEvent = {"ev": "error", "id": raw["id"], "message": str(exc)[:1000],
+                                          "type": "invalid_request_error", "code": exc.code}  # fmt: skip
+            if exc.param is not None:
+                error["param"] = exc.param
+            emit(error)
+            continue
+        if isinstance(command, protocol.CancelCommand):
+            engine.cancelled.add(command.id)
         else:
-            engine.inbox.put(command)  # the engine checks it (and logs what it skips)
-            if command.get("op") == "shutdown":
+            engine.inbox.put(command)
+            if isinstance(command, protocol.ShutdownCommand):
                 break
-    engine.inbox.put({"op": "shutdown"})
+    engine.inbox.put(protocol.ShutdownCommand())
     stop.set()
     if hasattr(engine, "model"):  # serving: let the generation thread end its step and flush
         generation.join(timeout=10)
@@ -132,15 +143,14 @@ def _heartbeats(engine: Engine, emit, stop: threading.Event, generation: threadi
     while not stop.wait(protocol.HEARTBEAT_SECONDS):
         if not generation.is_alive():  # load failed or shut down: nothing more to serve
             os._exit(0 if hasattr(engine, "model") or engine.model_path is None else 1)
-        emit(
-            {
-                "ev": "heartbeat",
-                "rss_bytes": process.memory_info().rss,
-                "progress": engine.progress,
-                "busy": engine.busy,
-                **engine.memory,
-            }
-        )
+        heartbeat: protocol.HeartbeatEvent = {
+            "ev": "heartbeat",
+            "rss_bytes": process.memory_info().rss,
+            "progress": engine.progress,
+            "busy": engine.busy,
+            **engine.memory,
+        }
+        emit(heartbeat)
 
 
 if __name__ == "__main__":

@@ -4,14 +4,9 @@ transcription|speech`).
 It loads the model with mlx-audio (`mlx_audio.stt.utils.load_model` or
 `mlx_audio.tts.utils.load_model`: its own model classes, the tokenizer or processor read from
 the folder with `trust_remote_code` off; a model that ships code is refused first, as for text
-models) and answers, one request at a time in arrival order:
-
-  {"op": "transcribe", "id", "audio": <base64 of little-endian int16 mono PCM at 16 kHz>,
-   "language"?: str, "temperature"?: float}
-      → one `transcription` event {"text", "language", "segments", "duration"}, then `done`
-  {"op": "speak", "id", "input": str, "voice"?: str}
-      → `audio` events {"data": <base64 of little-endian float32 samples>, "sample_rate"}, then
-        `done`
+models) and answers, one request at a time in arrival order, `transcribe` commands
+(protocol.TranscribeCommand: one `transcription` event, then `done`) and `speak` commands
+(protocol.SpeakCommand: `audio` events, then `done`).
 
 The server decodes and resamples uploads (any container) before they get here, so the runner
 only checks the PCM it is given (non-empty, at most MAX_AUDIO_SECONDS) and the text (non-empty,
@@ -46,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from .protocol import SpeakCommand, TranscribeCommand
 from .serial import Emit, Invalid, SerialEngine
 
 SAMPLE_RATE = 16000  # what every mlx-audio speech-to-text model takes
@@ -58,8 +54,7 @@ CHUNK_SAMPLES = 1 << 20  # float32 samples per `audio` event (4 MiB, well inside
 class AudioEngine(SerialEngine):
     def __init__(self, model_path: Path, emit: Emit, kind: str):
         assert kind in ("transcription", "speech"), kind
-        super().__init__(model_path, emit)
-        self.kind = kind
+        super().__init__(model_path, emit, kind)
 
     def load(self, config: dict[str, Any]) -> dict[str, Any]:
         if self.kind == "transcription":
@@ -72,15 +67,15 @@ class AudioEngine(SerialEngine):
         self._warm_up()
         return {"context_length": None, "vocab_size": None, "sample_rate": self._sample_rate(), "voices": self.voices}
 
-    def handlers(self) -> dict[str, Callable[[dict[str, Any]], None]]:
+    def handlers(self) -> dict[str, Callable[[Any], None]]:
         return {"transcribe": self._transcribe} if self.kind == "transcription" else {"speak": self._speak}
 
     # -- speech to text ---------------------------------------------------------------------------
-    def _transcribe(self, command: dict[str, Any]) -> None:
-        rid = command["id"]
+    def _transcribe(self, command: TranscribeCommand) -> None:
+        rid = command.id
         try:
-            audio = _pcm(command.get("audio"))
-            options = self._transcribe_options(command)
+            audio = _pcm(command.audio)
+            options = self._transcribe_options(command.language, command.temperature)
         except Invalid as exc:
             self.error(rid, str(exc), "invalid_request_error", exc.code, exc.param)
             return
@@ -106,20 +101,14 @@ class AudioEngine(SerialEngine):
             }
         )  # fmt: skip
 
-    def _transcribe_options(self, command: dict[str, Any]) -> dict[str, Any]:
-        """The keyword arguments of this model's `generate` for the command: only those its
-        signature takes (mlx-audio's models differ), quiet, the language and temperature given."""
+    def _transcribe_options(self, language: str | None, temperature: float | None) -> dict[str, Any]:
+        """The keyword arguments of this model's `generate`: only those its signature takes
+        (mlx-audio's models differ), quiet, the language and temperature given."""
         accepted = inspect.signature(self.model.generate).parameters
         options: dict[str, Any] = {}
-        language = command.get("language")
         if language is not None:
-            if not isinstance(language, str) or not 1 <= len(language) <= 32:
-                raise Invalid("language must be a language code such as 'en'", "invalid_field", "language")
             options["language"] = language
-        temperature = command.get("temperature")
         if temperature is not None:
-            if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 1:
-                raise Invalid("temperature must be between 0 and 1", "invalid_field", "temperature")
             options["temperature"] = float(temperature)
         if "verbose" in accepted:
             options["verbose"] = None  # no progress bar or text on stderr
@@ -138,18 +127,14 @@ class AudioEngine(SerialEngine):
         self.model.decode = counted
 
     # -- text to speech ---------------------------------------------------------------------------
-    def _speak(self, command: dict[str, Any]) -> None:
-        rid = command["id"]
-        text, voice = command.get("input"), command.get("voice")
-        if not isinstance(text, str) or not text.strip():
+    def _speak(self, command: SpeakCommand) -> None:
+        rid, text, voice = command.id, command.input, command.voice
+        if not text.strip():
             self.error(rid, "input must be a non-empty string", "invalid_request_error", "empty_input", "input")
             return
         if len(text) > MAX_INPUT_CHARS:
             message = f"input has {len(text)} characters; at most {MAX_INPUT_CHARS}"
             self.error(rid, message, "invalid_request_error", "input_too_long", "input")
-            return
-        if voice is not None and not isinstance(voice, str):
-            self.error(rid, "voice must be a string", "invalid_request_error", "invalid_field", "voice")
             return
         accepted = inspect.signature(self.model.generate).parameters
         options: dict[str, Any] = {"voice": voice if voice in self.voices else None}
@@ -187,7 +172,7 @@ class AudioEngine(SerialEngine):
         MLX compiling the model's kernels (seconds for a speech decoder's ISTFT)."""
         if self.kind == "transcription":
             audio = np.zeros(SAMPLE_RATE // 10, dtype=np.float32)
-            self.model.generate(audio, **self._transcribe_options({"temperature": 0.0}))
+            self.model.generate(audio, **self._transcribe_options(None, 0.0))
         else:
             accepted = inspect.signature(self.model.generate).parameters
             options = {k: v for k, v in {"max_tokens": 4, "verbose": False}.items() if k in accepted}
@@ -200,10 +185,8 @@ class AudioEngine(SerialEngine):
         return int(getattr(self.model, "sample_rate", None) or 24000)
 
 
-def _pcm(data: Any) -> np.ndarray:
+def _pcm(data: str) -> np.ndarray:
     """float32 samples of base64 little-endian int16 PCM, checked."""
-    if not isinstance(data, str) or not data:
-        raise Invalid("audio must be base64 PCM", "invalid_field", "file")
     try:
         raw = base64.b64decode(data, validate=True)
     except ValueError:

@@ -1,12 +1,9 @@
 """The embedding runner's one MLX thread (`python -m jupyter_mlx_manager.runner PATH --kind embedding`).
 
 It loads the model with mlx-embeddings (its own model classes and tokenizer loading; a model
-that ships code is refused first, as for text models) and answers
-
-  {"op": "embed", "id": str, "inputs": [str | [int, ...], ...], "dimensions"?: int}
-
-with `embeddings` events, then `done` (or one `error`). Inputs are checked before anything
-reaches MLX: strings are tokenized here (with the tokenizer's special tokens, as the model was
+that ships code is refused first, as for text models) and answers `embed` commands
+(protocol.EmbedCommand) with `embeddings` events, then `done` (or one `error`). Inputs are
+checked before anything reaches MLX: strings are tokenized here (with the tokenizer's special tokens, as the model was
 trained), token lists are used as given; every id must be below the vocabulary size (MLX does
 no bounds checks) and no input may be longer than the model's context.
 
@@ -34,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .engine import vocab_size_of
+from .protocol import EmbedCommand
 from .serial import Emit, Invalid, SerialEngine
 
 MAX_INPUTS = 2048
@@ -42,10 +40,8 @@ BATCH_TOKENS = 16384  # padded tokens per forward pass at most: bounds activatio
 
 
 class EmbeddingEngine(SerialEngine):
-    kind = "embedding"
-
-    def __init__(self, model_path: Path, emit: Emit, batch_size: int = BATCH_SIZE):
-        super().__init__(model_path, emit)
+    def __init__(self, model_path: Path, emit: Emit, kind: str = "embedding", batch_size: int = BATCH_SIZE):
+        super().__init__(model_path, emit, kind)
         self.batch_size = max(1, batch_size)
 
     def load(self, config: dict[str, Any]) -> dict[str, Any]:
@@ -66,14 +62,14 @@ class EmbeddingEngine(SerialEngine):
             "matryoshka": self.matryoshka,
         }  # fmt: skip
 
-    def handlers(self) -> dict[str, Callable[[dict[str, Any]], None]]:
+    def handlers(self) -> dict[str, Callable[[EmbedCommand], None]]:
         return {"embed": self._embed}
 
-    def _embed(self, command: dict[str, Any]) -> None:
-        rid = command["id"]
+    def _embed(self, command: EmbedCommand) -> None:
+        rid = command.id
         try:
-            tokens = self._tokens(command.get("inputs"))
-            dimensions = self._dimensions(command.get("dimensions"))
+            tokens = self._tokens(command.inputs)
+            dimensions = self._dimensions(command.dimensions)
         except Invalid as exc:
             self.error(rid, str(exc), "invalid_request_error", exc.code, exc.param)
             return
@@ -103,10 +99,8 @@ class EmbeddingEngine(SerialEngine):
             }
         )  # fmt: skip
 
-    def _tokens(self, inputs: Any) -> list[list[int]]:
-        """Token ids of every input, checked (see the module docstring)."""
-        if not isinstance(inputs, list) or not inputs:
-            raise Invalid("inputs must be a non-empty list", "invalid_field", "input")
+    def _tokens(self, inputs: list[str | list[int]]) -> list[list[int]]:
+        """Token ids of every input, checked (see the module docstring); their types are the command's."""
         if len(inputs) > MAX_INPUTS:
             raise Invalid(f"at most {MAX_INPUTS} inputs per request", "too_many_inputs", "input")
         texts = [i for i, item in enumerate(inputs) if isinstance(item, str)]
@@ -115,10 +109,8 @@ class EmbeddingEngine(SerialEngine):
         by_index = dict(zip(texts, encoded))
         for i, item in enumerate(inputs):
             ids = [int(t) for t in by_index[i]] if i in by_index else item
-            if not isinstance(ids, list) or not ids:
+            if not ids:
                 raise Invalid(f"input {i} is empty", "empty_input", "input")
-            if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
-                raise Invalid(f"input {i} must be a string or a list of token ids", "invalid_field", "input")
             bad = next((t for t in ids if not 0 <= t < (self.vocab_size or 0)), None)
             if bad is not None:
                 top = (self.vocab_size or 1) - 1
@@ -134,10 +126,10 @@ class EmbeddingEngine(SerialEngine):
             out.append(ids)
         return out
 
-    def _dimensions(self, value: Any) -> int | None:
+    def _dimensions(self, value: int | None) -> int | None:
         if value is None or value == self.dimensions:
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < self.dimensions:
+        if value > self.dimensions:
             raise Invalid(f"dimensions must be between 1 and {self.dimensions}", "invalid_field", "dimensions")
         if not self.matryoshka:
             raise Invalid("this model's embeddings cannot be shortened", "invalid_field", "dimensions")

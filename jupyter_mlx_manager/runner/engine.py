@@ -37,18 +37,18 @@ All MLX work happens on this one thread (MLX streams are thread-local). Scheduli
   and never shares it with a long prompt). Admission, cancellation and the
   decode steps of the running requests come between chunks. Greedy output does not depend
   on the chunk size (tested).
-* **Untrusted input**: every command is checked field by field before anything reaches MLX;
+* **Untrusted input**: every command is validated (protocol.py) before it gets here;
   every prompt token id (given or produced by the tokenizer) and every `logit_bias` id must
   be below the model's `vocab_size` (MLX does no bounds checks: an out-of-range id is
   undefined behaviour, measured as a SIGSEGV). Any failure while admitting a request ends
   that request with an `error` event; the generation thread never dies of one.
 * **Memory**: `memory` (read by the heartbeat thread) carries `kv_bytes` (the live KV caches
   of the running requests: the direct request's cache plus the batch's caches, from the
-  arrays' `nbytes`) and `prompt_cache_bytes`. `{"op": "trim_cache", "bytes": N}` sets the
+  arrays' `nbytes`) and `prompt_cache_bytes`. `trim_cache` (`bytes`: N) sets the
   prompt cache's byte limit to N (at most the configured size) and trims it at once
   (`LRUPromptCache.trim_to`); the server sends it to keep the pool inside its memory budget.
 * **Spare runner**: made without a model path, the thread imports MLX and mlx-lm, says
-  `spare`, and waits for `{"op": "load", "path": …}`; then it loads as usual.
+  `spare`, and waits for a `load` command; then it loads as usual.
 * **Terminal events**: `done` and `error` go out through `_end` only, which records the id as
   finished first, so a cancel that arrives too late (or for an id never admitted) is dropped.
 
@@ -78,7 +78,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import queue
 import secrets
 import sys
@@ -89,13 +88,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import protocol
 from .grammar import GrammarProcessor, Grammars, UnsupportedSchema, schema_of
+from .protocol import GenerateCommand, LoadCommand, TrimCacheCommand, brief
 from .templates import place_system_messages, renders_system_mid_conversation
 from .text import TextFilter
 
-Emit = Callable[[dict[str, Any]], None]
+Emit = Callable[[protocol.Event], None]
 MODEL_KEY = "model"  # the prompt cache is per runner, hence per model
-MAX_SCOPE_LENGTH = 512  # a `cache_scope` is a user id (or "" for shared), never more
 # Prefill scheduling: of every PREFILL_AGING_PERIOD chunks, one goes to the request that has
 # waited longest (the others to the one with the fewest tokens left), so short prompts pass a
 # long one while it still advances.
@@ -112,7 +112,6 @@ MEMORY_UPDATE_SECONDS = 0.2
 # shares the chat template's prefix, on the generation thread at each admission (measured: 16 ms
 # at 100 entries, 167 ms at 1,000), so every stream would stall longer as the cache fills.
 PROMPT_CACHE_MAX_ENTRIES = 128
-MAX_TOP_LOGPROBS = 20
 # Logits held at once while scoring a prompt (echo): rows × vocabulary, 128 MiB of float32.
 SCORE_LOGITS = 1 << 25
 LOGPROB_FLOOR = -9999.0  # what OpenAI reports for a token that cannot be sampled (-inf is not JSON)
@@ -268,7 +267,7 @@ class Engine:
         emit: Emit,
         prompt_cache_bytes: int = 1 << 30,
         switch: str = "migrate",
-        emit_many: Callable[[list[dict[str, Any]]], None] | None = None,
+        emit_many: Callable[[list[protocol.Event]], None] | None = None,
         prefill_step_size: int = 512,
         disk_cache: dict[str, Any] | None = None,
         speculative: str | None = None,
@@ -293,7 +292,7 @@ class Engine:
         # others batch) or "batch" (no direct path at all): the latter two for benchmarks.
         self.switch = switch
         self.prefill_step_size = max(1, int(prefill_step_size))
-        self.inbox: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.inbox: queue.Queue[protocol.Command] = queue.Queue()
         self.cancelled: set[str] = set()  # added to by the command reader; only ids still to come or running
         self.memory: dict[str, Any] = {
             "mlx_active_bytes": 0, "mlx_peak_bytes": 0, "kv_bytes": 0, "prompt_cache_bytes": 0,
@@ -316,7 +315,7 @@ class Engine:
         # command is being admitted.
         self.progress = 0
         self.admitting = False
-        self._events: list[dict[str, Any]] = []
+        self._events: list[protocol.Event] = []
         self._finished_ids: set[str] = set()
         self._finished_order: deque[str] = deque()
         self._memory_at = 0.0
@@ -337,7 +336,7 @@ class Engine:
         """Whether the generation thread has work (requests running or a command being admitted)."""
         return self.admitting or self._has_work
 
-    def emit(self, message: dict[str, Any]) -> None:
+    def emit(self, message: protocol.Event) -> None:
         """Queue an event; `_flush` writes the step's events in one go."""
         self._events.append(message)
 
@@ -439,8 +438,7 @@ class Engine:
 
     def _wait_for_model(self) -> bool:
         """A spare runner: import MLX and mlx-lm now (on this thread, which owns the MLX streams),
-        say `spare`, then wait for `{"op": "load", "path": …, "prompt_cache_bytes"?,
-        "prefill_step_size"?, "speculative"?, "draft_path"?}`. False when told to shut down first."""
+        say `spare`, then wait for a `load` command. False when told to shut down first."""
         import mlx.core  # noqa: F401
         import mlx_lm  # noqa: F401
         import mlx_lm.generate  # noqa: F401
@@ -457,36 +455,30 @@ class Engine:
         self.emit_one({"ev": "spare", "rss_bytes": _rss_bytes()})
         while True:
             command = self.inbox.get()
-            op = command.get("op") if isinstance(command, dict) else None
-            if op == "shutdown":
+            if command.op == "shutdown":
                 return False
-            if op == "trim_cache":
-                self._trim_prompt_cache(command.get("bytes"))
+            if isinstance(command, TrimCacheCommand):
+                self._trim_prompt_cache(command.bytes)
                 self._flush()
                 continue
-            path = command.get("path") if op == "load" else None
-            if not isinstance(path, str) or not path:
-                self._log(f"spare runner: skipped {_brief(command)} (waiting for a load command with a path)")
+            if not isinstance(command, LoadCommand):
+                self._log(f"spare runner: skipped a {command.op} command (waiting for a load command)")
                 continue
-            for name in ("prompt_cache_bytes", "prefill_step_size"):
-                value = command.get(name)
-                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                    setattr(self, name, max(value, 1) if name == "prefill_step_size" else value)
+            if command.prompt_cache_bytes is not None:
+                self.prompt_cache_bytes = command.prompt_cache_bytes
+            if command.prefill_step_size is not None:
+                self.prefill_step_size = command.prefill_step_size
             self.prompt_cache_limit = self.prompt_cache_bytes
-            draft_path = command.get("draft_path")
-            if isinstance(draft_path, str) and draft_path:
-                self.draft_path, self.speculative = Path(draft_path), "draft_model"
-            elif command.get("speculative") in SPECULATIVE_MODES:
-                self.speculative = command["speculative"]
-            self.model_path = Path(path)
+            if command.draft_path is not None:
+                self.draft_path, self.speculative = Path(command.draft_path), "draft_model"
+            elif command.speculative is not None:
+                self.speculative = command.speculative
+            self.model_path = Path(command.path)
             return True
 
-    def _trim_prompt_cache(self, limit: Any) -> None:
+    def _trim_prompt_cache(self, limit: int) -> None:
         """`trim_cache`: the prompt cache may hold at most `limit` bytes from now on (never more
         than the configured size); trimmed at once, least recently used entries first."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            self._log(f"skipped a trim_cache with bytes {_brief(limit)}")
-            return
         self.prompt_cache_limit = min(limit, self.prompt_cache_bytes)
         try:
             if self.prompt_cache is not None:
@@ -536,10 +528,10 @@ class Engine:
                     self._update_memory()
                     continue
                 return True
-            if isinstance(command, dict) and command.get("op") == "shutdown":
+            if command.op == "shutdown":
                 return False
-            if isinstance(command, dict) and command.get("op") == "trim_cache":
-                self._trim_prompt_cache(command.get("bytes"))
+            if isinstance(command, TrimCacheCommand):
+                self._trim_prompt_cache(command.bytes)
                 self._flush()
                 continue
             self.admitting = True
@@ -551,18 +543,14 @@ class Engine:
             self._flush()
             block = False
 
-    def _admit_one(self, command: Any) -> None:
+    def _admit_one(self, command: protocol.Command) -> None:
         """Admit one command; whatever goes wrong fails that request only (never this thread)."""
-        rid = command.get("id") if isinstance(command, dict) else None
-        if not isinstance(rid, str) or not rid:
-            self._log(f"skipped a command without a valid id: {_brief(command)}")
+        if not isinstance(command, GenerateCommand):  # a `load` to a runner that has its model
+            self._log(f"skipped a {command.op} command")
             return
-        op = command.get("op")
-        if op != "generate":
-            self._log(f"skipped a command with an unknown op {_brief(op)} (id {_brief(rid)})")
-            return
+        rid = command.id
         if any(r.id == rid for r in self.active):
-            self._log(f"skipped a second generate command for running request {_brief(rid)}")
+            self._log(f"skipped a second generate command for running request {brief(rid)}")
             return
         try:
             request = self._start(command)
@@ -574,12 +562,12 @@ class Engine:
             self._error(rid, f"{type(exc).__name__}: {exc}")
 
     # -- admission -----------------------------------------------------------------------------
-    def _start(self, command: dict[str, Any]) -> Request | None:
-        """A Request for a valid command (raises _InvalidRequest otherwise), or None if it was
-        cancelled before it could start."""
+    def _start(self, command: GenerateCommand) -> Request | None:
+        """A Request for a command (raises _InvalidRequest where the model refuses it), or None
+        if it was cancelled before it could start."""
         from mlx_lm.sample_utils import greedy_sampler, make_logits_processors
 
-        rid = command["id"]
+        rid = command.id
         if rid in self.cancelled:
             self._end(
                 {
@@ -593,38 +581,17 @@ class Engine:
                 }
             )
             return None
-        echo = command.get("echo", False)
-        if not isinstance(echo, bool) or (echo and command.get("kind") != "completion"):
-            raise _InvalidRequest("echo must be true or false (completions only)", "invalid_field", "echo")
-        max_tokens = _integer(command, "max_tokens", required=True, minimum=0 if echo else 1)
-        temperature = _number(command, "temperature", default=0.0)
-        top_p = _number(command, "top_p", default=1.0)
-        seed = _integer(command, "seed")
-        top_k = _integer(command, "top_k", minimum=0)
-        min_p = _number(command, "min_p", default=0.0)
-        stop = command.get("stop")
-        if isinstance(stop, str):
-            stop = [stop]
-        if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-            raise _InvalidRequest("stop must be a string or a list of strings", "invalid_field", "stop")
-        tools = command.get("tools")
-        if tools is not None and not isinstance(tools, list):
-            raise _InvalidRequest("tools must be a list", "invalid_field", "tools")
-        bias = self._logit_bias(command.get("logit_bias"))
-        logprobs = _integer(command, "logprobs", minimum=0)
-        if logprobs is not None and logprobs > MAX_TOP_LOGPROBS:
-            raise _InvalidRequest(f"logprobs must be at most {MAX_TOP_LOGPROBS}", "invalid_field", "logprobs")
-        forced, strict = _tool_choice(command, tools)
-        reasoning = command.get("reasoning")
-        if reasoning is not None and not isinstance(reasoning, bool):
-            raise _InvalidRequest("reasoning must be true, false or null", "invalid_field", "reasoning")
+        echo, logprobs, reasoning, tools = command.echo, command.logprobs, command.reasoning, command.tools
+        bias = self._logit_bias(command.logit_bias)
+        forced = command.tool_choice == "required"  # only with tools (the command's own check)
+        strict = set(command.strict_tools or ()) if tools else set()
         try:
-            schema = schema_of(command.get("response_format"))
+            schema = schema_of(command.response_format)
         except ValueError as exc:
             raise _InvalidRequest(str(exc), "invalid_field", "response_format") from None
         except UnsupportedSchema as exc:
             raise _InvalidRequest(str(exc), "unsupported_schema", "response_format") from None
-        thinking = command.get("kind") == "chat" and bool(getattr(self.tokenizer, "has_thinking", False))
+        thinking = command.kind == "chat" and bool(getattr(self.tokenizer, "has_thinking", False))
         prompt = self._prompt_tokens(command, enable_thinking=reasoning if thinking else None)
         if not prompt:
             raise _InvalidRequest("the prompt is empty", "empty_prompt", "prompt")
@@ -632,18 +599,19 @@ class Engine:
         budget = self.context_length - len(prompt)
         if budget <= 0:
             raise _InvalidRequest(too_long(len(prompt), self.context_length), "context_length_exceeded", "prompt")
-        max_tokens = min(max_tokens, budget)
-        if temperature <= 0:
+        max_tokens = min(command.max_tokens, budget)
+        if command.temperature <= 0:
             sampler = greedy_sampler  # one shared object: the batch samples greedy rows in one call
         else:
+            seed = secrets.randbits(32) if command.seed is None else command.seed
             sampler = KeyedSampler(
-                self.mx, temperature, top_p, secrets.randbits(32) if seed is None else seed, top_k or 0, min_p
+                self.mx, command.temperature, command.top_p, seed, command.top_k or 0, command.min_p or 0.0
             )
         processors = make_logits_processors(
             logit_bias=bias or None,
-            repetition_penalty=_number(command, "repetition_penalty", default=None),
-            presence_penalty=_number(command, "presence_penalty", default=None),
-            frequency_penalty=_number(command, "frequency_penalty", default=None),
+            repetition_penalty=command.repetition_penalty,
+            presence_penalty=command.presence_penalty,
+            frequency_penalty=command.frequency_penalty,
         )
         initial = "normal"
         if thinking:  # the template opened a think block the model is to close (as mlx_lm.server decides)
@@ -663,7 +631,7 @@ class Engine:
             processors = [*processors, grammar]
         parser = self.tokenizer.tool_parser if tools else None
         text_filter = TextFilter(
-            stop=stop,
+            stop=command.stops,
             tool_call_start=self.tokenizer.tool_call_start,
             tool_call_end=self.tokenizer.tool_call_end,
             parse_tool_call=(lambda text: parser(text, tools)) if parser else None,
@@ -671,10 +639,7 @@ class Engine:
             think_end=self.tokenizer.think_end if thinking else None,
             initial_state=initial,
         )
-        scope = command.get("cache_scope", "")
-        if not isinstance(scope, str) or len(scope) > MAX_SCOPE_LENGTH:
-            raise _InvalidRequest("cache_scope must be a short string", "invalid_field", "cache_scope")
-        cache_key = (MODEL_KEY, scope)
+        cache_key = (MODEL_KEY, command.cache_scope)
         scoring = echo and logprobs is not None
         if scoring:  # the whole prompt is computed to score it (`_step_scoring`), then the last token fed
             cache, rest, cached = self.make_cache(), prompt[-1:], 0
@@ -684,11 +649,11 @@ class Engine:
         request = Request(
             rid, prompt, max_tokens, cached, rest, cache, sampler, processors,
             self.tokenizer.detokenizer, text_filter, self.eos, grammar=grammar, thinking=thinking,
-            logprobs=logprobs, completion=command.get("kind") == "completion", cache_key=cache_key,
+            logprobs=logprobs, completion=command.kind == "completion", cache_key=cache_key,
         )  # fmt: skip
         self.emit({"ev": "started", "id": rid, "prompt_tokens": len(prompt), "cached_tokens": cached})
         if echo:
-            request.echo = command["prompt"] if isinstance(command["prompt"], str) else self.tokenizer.decode(prompt)
+            request.echo = command.prompt if isinstance(command.prompt, str) else self.tokenizer.decode(prompt)
         if scoring:
             request.scores = [{**self._token_info(prompt[0]), "logprob": None, "top_logprobs": []}]
             return request  # `_place` queues it for scoring
@@ -817,11 +782,10 @@ class Engine:
                     "prompt",
                 )
 
-    def _logit_bias(self, raw: Any) -> dict[int, float]:
+    def _logit_bias(self, raw: dict[str, float] | None) -> dict[int, float]:
+        """{token id: bias}, every id inside the vocabulary (the values' types are the command's)."""
         if raw is None:
             return {}
-        if not isinstance(raw, dict):
-            raise _InvalidRequest("logit_bias must be an object of token id: bias", "invalid_logit_bias", "logit_bias")
         limit = self.vocab_size
         bias = {}
         for key, value in raw.items():
@@ -829,17 +793,13 @@ class Engine:
                 token = int(key)
             except (TypeError, ValueError):
                 raise _InvalidRequest(
-                    f"logit_bias key {_brief(key)} is not a token id", "invalid_logit_bias", "logit_bias"
+                    f"logit_bias key {brief(key)} is not a token id", "invalid_logit_bias", "logit_bias"
                 ) from None
             if limit is not None and not 0 <= token < limit:
                 raise _InvalidRequest(
                     f"logit_bias token id {token} is out of range: token ids must be in [0, {limit})",
                     "invalid_logit_bias",
                     "logit_bias",
-                )
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise _InvalidRequest(
-                    f"logit_bias for token {token} must be a finite number", "invalid_logit_bias", "logit_bias"
                 )
             bias[token] = float(value)
         return bias
@@ -862,35 +822,24 @@ class Engine:
                 return cache, rest
         return self.make_cache(), prompt
 
-    def _prompt_tokens(self, command: dict[str, Any], enable_thinking: bool | None = None) -> list[int]:
-        kind = command.get("kind")
-        if kind == "chat":
+    def _prompt_tokens(self, command: GenerateCommand, enable_thinking: bool | None = None) -> list[int]:
+        if command.kind == "chat":
             if not self.tokenizer.has_chat_template:
                 raise _InvalidRequest(
                     "this model has no chat template: use the completions endpoint", "no_chat_template"
                 )
-            messages = command.get("messages")
-            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-                raise _InvalidRequest("messages must be a list of objects", "invalid_field", "messages")
             try:
                 extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
-                messages = place_system_messages(messages, self._renders_system_mid_conversation)
+                messages = place_system_messages(command.messages or [], self._renders_system_mid_conversation)
                 tokens = self.tokenizer.apply_chat_template(
-                    messages, tools=command.get("tools"), add_generation_prompt=True, **extra
+                    messages, tools=command.tools, add_generation_prompt=True, **extra
                 )
             except Exception as exc:  # the model's Jinja template rejected the messages
                 raise _InvalidRequest(f"the chat template rejected these messages: {exc}", "invalid_messages") from None
             return _token_list(tokens)
-        if kind != "completion":
-            raise _InvalidRequest(f"kind must be 'chat' or 'completion', not {_brief(kind)}", "invalid_field", "kind")
-        prompt = command.get("prompt")
-        if isinstance(prompt, list):
-            if not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-                raise _InvalidRequest("a token id prompt must be a list of integers", "invalid_token_id", "prompt")
-            return list(prompt)
-        if not isinstance(prompt, str):
-            raise _InvalidRequest("prompt must be a string or a list of token ids", "invalid_field", "prompt")
-        return _token_list(self.tokenizer.encode(prompt))
+        if isinstance(command.prompt, list):
+            return list(command.prompt)
+        return _token_list(self.tokenizer.encode(command.prompt or ""))
 
     def _renders_system_mid_conversation(self) -> bool:
         """Asked of the chat template once (runner/templates.py)."""
@@ -1314,7 +1263,9 @@ class Engine:
             count = request.completion_tokens
             self.emit({"ev": "reasoning", "id": request.id, "text": out.reasoning, "completion_tokens": count})
         if out.text:
-            event = {"ev": "text", "id": request.id, "text": out.text, "completion_tokens": request.completion_tokens}
+            event: protocol.TextEvent = {
+                "ev": "text", "id": request.id, "text": out.text, "completion_tokens": request.completion_tokens
+            }  # fmt: skip
             if request.token_logprobs:  # the tokens behind this text (and any held back before it)
                 event["logprobs"], request.token_logprobs = request.token_logprobs, []
             self.emit(event)
@@ -1388,12 +1339,12 @@ class Engine:
         stale = ids & set(self.cancelled)
         if stale:
             with self.inbox.mutex:
-                queued = {c.get("id") for c in self.inbox.queue if isinstance(c, dict)}
+                queued = {getattr(c, "id", None) for c in self.inbox.queue}
             self.cancelled.difference_update(stale - queued)
         self.stats["pending_cancels"] = len(self.cancelled)
 
     # -- terminal events: every request ends here, once ------------------------------------------
-    def _end(self, event: dict[str, Any]) -> None:
+    def _end(self, event: protocol.DoneEvent | protocol.ErrorEvent) -> None:
         """Emit a request's terminal event (`done` or `error`), recording it as finished first
         so that no cancel for it is kept."""
         rid = event["id"]
@@ -1412,7 +1363,7 @@ class Engine:
         code: str | None = None,
         param: str | None = None,
     ) -> None:
-        event = {"ev": "error", "id": rid, "message": message[:1000], "type": type_, "code": code}
+        event: protocol.ErrorEvent = {"ev": "error", "id": rid, "message": message[:1000], "type": type_, "code": code}
         if param is not None:
             event["param"] = param
         self._end(event)
@@ -1515,48 +1466,6 @@ class _InvalidRequest(Exception):
         super().__init__(message)
         self.code = code
         self.param = param
-
-
-def _brief(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _integer(command: dict[str, Any], name: str, required: bool = False, minimum: int | None = None) -> int | None:
-    value = command.get(name)
-    if value is None:
-        if required:
-            raise _InvalidRequest(f"{name} is required", "invalid_field", name)
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _InvalidRequest(f"{name} must be an integer, not {_brief(value)}", "invalid_field", name)
-    if minimum is not None and value < minimum:
-        raise _InvalidRequest(f"{name} must be at least {minimum}", "invalid_field", name)
-    return value
-
-
-def _number(command: dict[str, Any], name: str, default: float | None) -> float | None:
-    value = command.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _InvalidRequest(f"{name} must be a finite number, not {_brief(value)}", "invalid_field", name)
-    return float(value)
-
-
-def _tool_choice(command: dict[str, Any], tools: list[Any] | None) -> tuple[bool, set[str]]:
-    """(whether a tool call is forced, the names of the tools whose arguments are strict)."""
-    choice = command.get("tool_choice")
-    if choice not in (None, "auto", "required"):
-        raise _InvalidRequest("tool_choice must be 'auto' or 'required'", "invalid_field", "tool_choice")
-    strict = command.get("strict_tools") or []
-    if not isinstance(strict, list) or not all(isinstance(name, str) for name in strict):
-        raise _InvalidRequest("strict_tools must be a list of tool names", "invalid_field", "strict_tools")
-    if not tools:
-        if choice == "required":
-            raise _InvalidRequest("tool_choice 'required' needs tools", "invalid_field", "tool_choice")
-        return False, set()
-    return choice == "required", set(strict)
 
 
 class NgramIndex:

@@ -3,8 +3,8 @@
 The text engine (engine.py) schedules many requests in a batch; these kinds run each request
 to its end, in arrival order, on the one MLX thread. `SerialEngine.run` loads the model
 (refusing one that ships code, never reaching the Hub), says `ready` (or `failed`), then
-takes commands from `inbox`: `shutdown`, `trim_cache` (no prompt cache here: answered with
-zeros) and the kind's own ops (`handlers()`). A request cancelled while queued is answered
+takes commands from `inbox` (validated by the reader: protocol.py): `shutdown`, `trim_cache`
+(no prompt cache here: answered with zeros) and the kind's own ops (`handlers()`). A request cancelled while queued is answered
 `cancelled` without running; a running one checks `cancelled` between its steps. The heartbeat
 thread reads `progress`, `busy` and `memory` as it does for the text engine.
 """
@@ -18,9 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import protocol
 from .engine import ModelRefused, _rss_bytes, check_model_dir
 
-Emit = Callable[[dict[str, Any]], None]
+Emit = Callable[[protocol.Event], None]
 
 
 class Invalid(Exception):
@@ -32,12 +33,11 @@ class Invalid(Exception):
 
 
 class SerialEngine:
-    kind = ""  # the model kind this engine serves, as `ready` reports it
-
-    def __init__(self, model_path: Path, emit: Emit):
+    def __init__(self, model_path: Path, emit: Emit, kind: str):
         self.model_path = model_path
         self.emit = emit
-        self.inbox: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.kind = kind  # the model kind this engine serves, as `ready` reports it
+        self.inbox: queue.Queue[protocol.Command] = queue.Queue()
         self.cancelled: set[str] = set()  # added to by the command reader
         self.memory: dict[str, Any] = {
             "mlx_active_bytes": 0,
@@ -52,7 +52,7 @@ class SerialEngine:
         """Load the model (MLX is imported: `self.mx`); the `ready` event's own fields."""
         raise NotImplementedError
 
-    def handlers(self) -> dict[str, Callable[[dict[str, Any]], None]]:
+    def handlers(self) -> dict[str, Callable[[Any], None]]:
         """The ops this engine serves, each answering one request command."""
         raise NotImplementedError
 
@@ -69,10 +69,9 @@ class SerialEngine:
             self.emit({"ev": "failed", "error": message})
             return
         self._update_memory()
-        self.emit(
-            {"ev": "ready", "kind": self.kind, "rss_bytes": _rss_bytes(), "tool_calling": False, "eos_token_ids": [],
-             **ready}
-        )  # fmt: skip
+        event: protocol.ReadyEvent = {"ev": "ready", "kind": self.kind, "rss_bytes": _rss_bytes(),
+                                      "tool_calling": False, "eos_token_ids": [], **ready}  # fmt: skip
+        self.emit(event)
         handlers = self.handlers()
         while True:
             try:
@@ -81,13 +80,13 @@ class SerialEngine:
                 self._update_memory()
                 self.cancelled.clear()  # nothing queued or running: late cancels
                 continue
-            op, rid = command.get("op"), command.get("id")
+            op, rid = command.op, getattr(command, "id", None)
             if op == "shutdown":
                 return
             if op == "trim_cache":
                 self.emit({"ev": "trimmed", "prompt_cache_bytes": 0, "limit_bytes": 0})
-            elif not isinstance(rid, str) or not rid:
-                log(f"skipped a command without a valid id: {str(command)[:120]}")
+            elif rid is None:  # a spare's `load`: never sent to a runner of these kinds
+                log(f"skipped a {op} command")
             elif op not in handlers:
                 self.error(rid, f"a {self.kind} model does not serve {str(op)[:40]!r}", "invalid_request_error",
                            "wrong_kind")  # fmt: skip
@@ -105,7 +104,7 @@ class SerialEngine:
                     self.cancelled.discard(rid)
 
     def error(self, rid: str, message: str, type_: str, code: str | None, param: str | None = None) -> None:
-        event = {"ev": "error", "id": rid, "message": message[:1000], "type": type_, "code": code}
+        event: protocol.ErrorEvent = {"ev": "error", "id": rid, "message": message[:1000], "type": type_, "code": code}
         if param is not None:
             event["param"] = param
         self.emit(event)

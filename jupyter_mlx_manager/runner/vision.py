@@ -24,14 +24,13 @@ from collections.abc import Callable
 from typing import Any
 
 from .engine import vocab_size_of
+from .protocol import GenerateCommand
 from .serial import Invalid, SerialEngine
 
 UNSUPPORTED = ("tools", "response_format", "logprobs", "tool_choice", "strict_tools")
 
 
 class VisionEngine(SerialEngine):
-    kind = "vision"
-
     def load(self, config: dict[str, Any]) -> dict[str, Any]:
         from mlx_vlm import load, stream_generate
 
@@ -46,11 +45,11 @@ class VisionEngine(SerialEngine):
         self.eos = sorted({eos} if isinstance(eos, int) else set(eos or []))
         return {"context_length": self.context_length, "vocab_size": self.vocab_size, "eos_token_ids": self.eos}
 
-    def handlers(self) -> dict[str, Callable[[dict[str, Any]], None]]:
+    def handlers(self) -> dict[str, Callable[[GenerateCommand], None]]:
         return {"generate": self._generate}
 
-    def _generate(self, command: dict[str, Any]) -> None:
-        rid = command["id"]
+    def _generate(self, command: GenerateCommand) -> None:
+        rid = command.id
         started = time.perf_counter()
         try:
             prompt, images, options, stops = self._prepare(command)
@@ -97,18 +96,18 @@ class VisionEngine(SerialEngine):
             done["stop_sequence"] = matched
         self.emit(done)
 
-    def _prepare(self, command: dict[str, Any]) -> tuple[str, list[Any], dict[str, Any], list[str]]:
+    def _prepare(self, command: GenerateCommand) -> tuple[str, list[Any], dict[str, Any], list[str]]:
         """(prompt text, PIL images, stream_generate options, stop strings), all checked."""
-        if command.get("kind") != "chat" or not isinstance(command.get("messages"), list):
+        if command.kind != "chat" or command.messages is None:
             raise Invalid("a vision model answers chat requests (messages) only", "invalid_messages", "messages")
         for name in UNSUPPORTED:
-            if command.get(name) not in (None, [], {"type": "text"}):
+            if getattr(command, name) not in (None, [], {"type": "text"}):
                 raise Invalid(f"{name} is not supported by vision models yet", "invalid_field", name)
         from PIL import Image
 
         images, messages = [], []
-        for message in command["messages"]:
-            content = message.get("content") if isinstance(message, dict) else None
+        for message in command.messages:
+            content = message.get("content")
             if isinstance(content, list):
                 parts = []
                 for part in content:
@@ -131,23 +130,21 @@ class VisionEngine(SerialEngine):
             raise Invalid(f"the chat template refused the messages: {exc}", "invalid_messages", "messages") from None
         if len(self.tokenizer.encode(prompt, add_special_tokens=False)) >= self.context_length:
             raise Invalid("the prompt is longer than the model's context", "context_length_exceeded", "messages")
-        max_tokens = command.get("max_tokens")
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise Invalid("max_tokens must be a positive integer", "invalid_field", "max_tokens")
         bias = {}
-        for key, value in (command.get("logit_bias") or {}).items():
-            token = int(key)
+        for key, value in (command.logit_bias or {}).items():
+            token = int(key) if key.lstrip("-").isdigit() else -1
             if not 0 <= token < (self.vocab_size or 0):
-                raise Invalid(f"logit_bias token id {token} is outside the vocabulary", "invalid_logit_bias")
-            bias[token] = float(value)
-        if isinstance(command.get("seed"), int):
-            self.mx.random.seed(command["seed"] & 0xFFFFFFFF)
+                raise Invalid(
+                    f"logit_bias token id {key} is outside the vocabulary", "invalid_logit_bias", "logit_bias"
+                )
+            bias[token] = value
+        if command.seed is not None:
+            self.mx.random.seed(command.seed & 0xFFFFFFFF)
         options = {
-            "max_tokens": max_tokens,
-            "temperature": float(command.get("temperature") or 0.0),
-            "top_p": float(command.get("top_p") or 1.0),
+            "max_tokens": command.max_tokens,
+            "temperature": command.temperature,
+            "top_p": command.top_p,
             **({"logit_bias": bias} if bias else {}),
             "skip_special_tokens": True,  # <|im_start|>, <|endoftext|>…: never reply text
         }
-        stops = [s for s in command.get("stop") or [] if isinstance(s, str) and s]
-        return prompt, images, options, stops
+        return prompt, images, options, [s for s in command.stops if s]
