@@ -1,14 +1,14 @@
 """Messages between the pool (server) and a runner, one JSON object per line, each declared once.
 
 Commands (server → runner, the runner's stdin) are pydantic models: the server builds them
-(`InferenceRequest.command`, `RunnerProcess`), so a field renamed on one side fails at once,
+(`InferenceRequest.runner_command`, `RunnerProcess`), so a field renamed on one side fails at once,
 and the runner validates each line once, on its command reader thread, as it arrives
 (`parse_command`): a missing or ill-typed field ends that request with an `error` event (type
 invalid_request_error, code "invalid_field" unless the field says otherwise, `param` naming
 the field); what cannot be answered (not a JSON object, no string `id`, an unknown `op`, a bad
 command without an id) is logged to stderr and skipped. Strict: a string is not a number, a
 bool not an integer; unknown fields are refused, as a misspelt one would silently do nothing.
-Measured: validating a chat `generate` command costs tens of µs, once per request.
+Measured: validating a `generate` command takes about 5 µs (a chat of four messages), once per request.
 
 Events (runner → server, the runner's stdout on a private duplicate of fd 1; fd 1 itself points
 at stderr, so library output cannot corrupt the stream) are TypedDicts: types for the code that
