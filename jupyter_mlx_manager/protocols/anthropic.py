@@ -73,7 +73,11 @@ def _tool_result_text(value: Any, where: str) -> str:
 
 def _image(block: dict[str, Any], where: str) -> ImagePart:
     source = block.get("source")
-    if not isinstance(source, dict) or source.get("type") not in ("base64", "url"):
+    if (
+        not isinstance(source, dict)
+        or source.get("type") not in ("base64", "url")
+        or not all(isinstance(source.get(k), (str, type(None))) for k in ("media_type", "data", "url"))
+    ):
         raise InvalidParam(
             f"{where}.source must be {{type: 'base64', media_type, data}} or {{type: 'url', url}}", where
         )

@@ -9,22 +9,68 @@ document but marked `SkipValidation`: each protocol module reads them into the o
 Unknown fields are kept (`extra="allow"`), as the SDKs send fields this server ignores.
 
 `mlx/api/openapi.json` takes these models' JSON schemas (openapi.py), so a field accepted here
-is a field documented there (tests/test_request_schemas.py).
+is a field documented there (tests/test_request_schemas.py), and a body valid by the schema is
+one the parsers accept (tests/test_fuzz.py): the rules checked after this model (model ids,
+content by role, tool names, limits) are stated in the schemas too, as JSON-schema-only keywords
+(`json_schema_extra`, `WithJsonSchema`) where a pydantic check would change a 400's wording.
+What JSON Schema cannot state is said in words: tool names are unique, a named tool choice names
+one of the tools, an image is a real one (a data URL of a PNG, JPEG, GIF, WebP or BMP image).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SkipValidation, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SkipValidation, ValidationError, WithJsonSchema
 
-from ..inference.request import MAX_TOKEN_ID, MAX_TOP_LOGPROBS, InvalidParam
+from ..inference.request import (
+    MAX_MESSAGES,
+    MAX_STOP_CHARS,
+    MAX_TOKEN_ID,
+    MAX_TOOLS,
+    MAX_TOP_LOGPROBS,
+    TOOL_NAME_RE,
+    InvalidParam,
+)
+from ..models.ids import LOCAL_PREFIX, MODEL_ID_RE, REMOTE_ID_RE
+from ..pool.pool import MAX_KEEP_ALIVE_SECONDS
 
 MAX_ID = 128  # a stored response's id
 MAX_PROMPTS = 128  # prompts of one completions request (run one after another)
 PROMPT_MESSAGE = f"prompt must be a non-empty string, a list of token ids, or a list of at most {MAX_PROMPTS} of either"
 MODEL_ID_MESSAGE = "model must be a model id such as 'org/name' or 'local/<folder>'"
 EMBEDDINGS_INPUT_MESSAGE = "input must be a string, a list of strings, a list of token ids or a list of token id lists"
+MAX_EMBEDDING_INPUTS = 2048
+MAX_SPEECH_CHARS = 4096
+
+
+def _any_case(text: str) -> str:
+    """A pattern matching `text` in any case (JSON Schema patterns take no flags)."""
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in text)
+
+
+_REMOTE = "remote/"
+# models/ids.py's rule (is_valid_model_id) as one JSON Schema pattern: a remote id, or
+# `org/name` with no `..` and (but in `local/` ids) no `--`.
+MODEL_ID_PATTERN = (
+    rf"^(?!.*\.\.)(?:{_any_case(_REMOTE)}{REMOTE_ID_RE.pattern.removeprefix(_REMOTE)}"
+    rf"|(?:(?={_any_case(LOCAL_PREFIX)})|(?!.*--)){MODEL_ID_RE.pattern})$"
+)
+MODEL_ID = {
+    "pattern": MODEL_ID_PATTERN,
+    "description": "'org/name' (a Hub model), 'local/<folder name>' (see GET mlx/v1/models) or 'remote/<backend>/<id>'",
+}
+IMAGE_URL = "a data URL of a PNG, JPEG, GIF, WebP or BMP image (data:image/png;base64,…)"
+TOOL_NAMES = "names unique (a named tool choice names one of them)"
+
+
+def _when(condition: dict[str, Any], needed: dict[str, Any], unless: dict[str, Any] | None = None) -> dict[str, Any]:
+    """JSON Schema's "a body with the properties `condition` (and, where present, `unless`) has
+    the properties `needed` too"."""
+    return {
+        "if": {"properties": {**condition, **(unless or {})}, "required": list(condition)},
+        "then": {"properties": needed, "required": list(needed)},
+    }
 
 
 class Says:
@@ -33,6 +79,19 @@ class Says:
 
     def __init__(self, message: str, missing: str | None = None, code: str | None = None):
         self.message, self.missing, self.code = message, missing, code
+
+
+def _whole_numbers(value: Any) -> Any:
+    """JSON's `2.0` as the integer 2, in a list too (JSON Schema reads them as one number, and
+    so do the SDKs' servers); anything else as it came."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole_numbers(item) for item in value]
+    return value
+
+
+WholeNumbers = BeforeValidator(_whole_numbers)
 
 
 def _number(low: float, high: float) -> Any:
@@ -44,7 +103,9 @@ def _number(low: float, high: float) -> Any:
 
 
 def _integer(low: int, high: int) -> Any:
-    return Annotated[int | None, Field(ge=low, le=high), Says(f"{{field}} must be an integer from {low} to {high}")]
+    return Annotated[
+        int | None, Field(ge=low, le=high), WholeNumbers, Says(f"{{field}} must be an integer from {low} to {high}")
+    ]
 
 
 Flag = Annotated[bool | None, Says("{field} must be true or false")]
@@ -52,11 +113,18 @@ Seed = _integer(-(2**63), 2**63 - 1)
 TopK = _integer(0, 1_000_000)
 TopLogprobs = _integer(0, MAX_TOP_LOGPROBS)
 LogitBias = Annotated[
-    dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[float, Field(ge=-100, le=100)]] | None,
+    Annotated[
+        dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[float, Field(ge=-100, le=100)]],
+        Field(json_schema_extra={"additionalProperties": False}),  # token ids only
+    ]
+    | None,
     Says("{field} must map token ids to numbers from -100 to 100"),
 ]
-# Seconds, a duration string ("5m") or -1; checked by the pool's rules (InferenceRequest.validate).
-KeepAlive = SkipValidation[float | str | None]
+# Seconds (negative: forever); checked by the pool's rules (InferenceRequest.validate).
+KeepAlive = SkipValidation[
+    Annotated[float, Field(le=MAX_KEEP_ALIVE_SECONDS, description="seconds (negative: forever)")] | None
+]
+ToolName = Annotated[str, Field(pattern=f"^{TOOL_NAME_RE.pattern}$")]
 
 
 def _tokens(low: int) -> Any:
@@ -64,11 +132,12 @@ def _tokens(low: int) -> Any:
     return _integer(low, MAX_TOKEN_ID)
 
 
+Stop = Annotated[str, Field(min_length=1, json_schema_extra={"maxLength": MAX_STOP_CHARS})]
+
+
 def _stops(limit: int) -> Any:
     return Annotated[
-        Annotated[str, Field(min_length=1)]
-        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=limit)]
-        | None,
+        Stop | Annotated[list[Stop], Field(max_length=limit)] | None,
         Says(f"{{field}} must be a non-empty string or a list of at most {limit} of them"),
     ]
 
@@ -117,7 +186,7 @@ def read(model: type[B], body: Any) -> B:
 
 # -- OpenAI chat completions and completions ----------------------------------------------------
 class ImageURL(Shape):
-    url: str
+    url: str = Field(min_length=1, description=IMAGE_URL)
 
 
 class ChatTextPart(Shape):
@@ -141,15 +210,45 @@ class ChatToolCall(Shape):
     function: FunctionCall
 
 
+ChatContent = str | list[ChatTextPart | ChatImagePart]
+
+
 class ChatMessage(Shape):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ChatTextPart | ChatImagePart] | None = None
-    tool_calls: list[ChatToolCall] | None = Field(None, description="assistant messages only")
-    tool_call_id: str | None = Field(None, description="tool messages: the call this answers")
+    role: Literal["system", "developer", "user"]
+    content: ChatContent
+
+
+class ChatAssistantMessage(Shape):
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "description": "content, or tool calls, or both",
+            "anyOf": [
+                {"properties": {"content": {"not": {"type": "null"}}}, "required": ["content"]},
+                {"properties": {"tool_calls": {"type": "array", "minItems": 1}}, "required": ["tool_calls"]},
+            ],
+        },
+    )
+
+    role: Literal["assistant"]
+    content: ChatContent | None = None
+    tool_calls: list[ChatToolCall] | None = None
+
+
+class ChatToolMessage(Shape):
+    role: Literal["tool"]
+    content: ChatContent
+    tool_call_id: str | None = Field(None, description="the call this answers")
+
+
+ChatMessages = Annotated[
+    list[Annotated[ChatMessage | ChatAssistantMessage | ChatToolMessage, Field(discriminator="role")]],
+    Field(min_length=1, max_length=MAX_MESSAGES),
+]
 
 
 class FunctionSpec(Shape):
-    name: str = Field(min_length=1)
+    name: ToolName
     description: str | None = None
     parameters: dict[str, Any] | None = Field(None, description="a JSON schema")
     strict: bool | None = None
@@ -175,13 +274,22 @@ class JSONSchemaSpec(Shape):
     strict: bool | None = None
 
 
+class PlainFormat(Shape):
+    """Free text (`text`) or any JSON object (`json_object`)."""
+
+    type: Literal["text", "json_object"]
+
+
 class ResponseFormat(Shape):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JSONSchemaSpec | None = Field(None, description="with type json_schema")
+    type: Literal["json_schema"]
+    json_schema: JSONSchemaSpec
 
 
 class StreamOptions(Shape):
     include_usage: SkipValidation[bool | None] = None
+
+
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
 class OpenAISampling(Body):
@@ -189,10 +297,10 @@ class OpenAISampling(Body):
 
     n: Annotated[Literal[1], Says("only n = 1 is supported")] = 1
     stream_options: Annotated[StreamOptions | None, Says("{field} must be an object")] = None
-    seed: Annotated[int | None, Says("{field} must be an integer")] = None
+    seed: Annotated[int | None, WholeNumbers, Says("{field} must be an integer")] = None
     max_completion_tokens: _tokens(1) = None
     max_tokens: _tokens(1) = None
-    model: Annotated[str, Field(min_length=1), Says("model is required")]
+    model: Annotated[str, Field(min_length=1, json_schema_extra=MODEL_ID), Says("model is required")]
     temperature: _number(0, 2) = None
     top_p: _number(0, 1) = None
     top_k: TopK = None
@@ -210,17 +318,25 @@ class OpenAISampling(Body):
 class ChatCompletionRequest(OpenAISampling):
     """`POST mlx/v1/chat/completions`."""
 
-    messages: Annotated[
-        SkipValidation[Annotated[list[ChatMessage], Field(min_length=1)]], Says("messages must be a non-empty list")
-    ]
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                _when({"top_logprobs": {"type": "integer"}}, {"logprobs": {"const": True}}),
+                _when({"tool_choice": {"const": "required"}}, {"tools": {"type": "array", "minItems": 1}}),
+            ]
+        },
+    )
+
+    messages: Annotated[SkipValidation[ChatMessages], Says("messages must be a non-empty list")]
     logprobs: Flag = None
-    top_logprobs: TopLogprobs = None
-    tools: SkipValidation[list[ChatTool] | None] = None
+    top_logprobs: Annotated[TopLogprobs, Field(description="with logprobs: true")] = None
+    tools: SkipValidation[Annotated[list[ChatTool], Field(max_length=MAX_TOOLS, description=TOOL_NAMES)] | None] = None
     tool_choice: Annotated[
         Literal["auto", "none", "required"] | ChatToolChoiceFunction | None,
+        Field(description="'required' needs tools; a named function is one of the tools"),
         Says("tool_choice must be 'none', 'auto', 'required' or {type: 'function', function: {name}}"),
     ] = None
-    response_format: SkipValidation[ResponseFormat | None] = None
+    response_format: SkipValidation[PlainFormat | ResponseFormat | None] = None
 
 
 class CompletionRequest(OpenAISampling):
@@ -228,9 +344,27 @@ class CompletionRequest(OpenAISampling):
 
     max_completion_tokens: _tokens(0) = None
     max_tokens: _tokens(0) = None
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                _when({"max_completion_tokens": {"const": 0}}, {"echo": {"const": True}}),
+                _when(
+                    {"max_tokens": {"const": 0}}, {"echo": {"const": True}}, {"max_completion_tokens": {"type": "null"}}
+                ),
+            ],
+        },
+    )
+
     prompt: Annotated[
-        SkipValidation[str | list[int] | list[str | list[int]]],
+        SkipValidation[
+            Annotated[str, Field(min_length=1)]
+            | TokenIds
+            | Annotated[
+                list[Annotated[str, Field(min_length=1)] | TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)
+            ]
+        ],
         Field(description="a string, token ids, or a list of either (one completion each)"),
+        WholeNumbers,
         Says(PROMPT_MESSAGE),
     ]
     echo: Flag = None
@@ -244,6 +378,9 @@ class TextBlock(Shape):
 
 
 class ImageSource(Shape):
+    """`base64` with `media_type` and `data` (a PNG, JPEG, GIF, WebP or BMP image), or `url`
+    (where the server allows image URLs)."""
+
     type: Literal["base64", "url"]
     media_type: str | None = None
     data: str | None = None
@@ -262,10 +399,16 @@ class ToolUseBlock(Shape):
     input: dict[str, Any] = Field(default_factory=dict)
 
 
+class AttachmentBlock(Shape):
+    """An image or document in a tool result: named in its text (tool results reach the model as text)."""
+
+    type: Literal["image", "document"]
+
+
 class ToolResultBlock(Shape):
     type: Literal["tool_result"]
     tool_use_id: str
-    content: str | list[dict[str, Any]] = ""
+    content: str | list[TextBlock | AttachmentBlock] = ""
     is_error: bool | None = None
 
 
@@ -274,13 +417,25 @@ class ThinkingBlock(Shape):
 
 
 class AnthropicInputMessage(Shape):
-    role: Literal["user", "assistant", "system"]
-    content: str | list[TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock]
+    role: Literal["user"]
+    content: str | list[TextBlock | ImageBlock | ToolResultBlock]
+
+
+class AnthropicAssistantMessage(Shape):
+    role: Literal["assistant"]
+    content: str | list[TextBlock | ImageBlock | ToolUseBlock | ThinkingBlock]
+
+
+class AnthropicSystemMessage(Shape):
+    """System text at this place of the conversation (as Claude Code sends its notes)."""
+
+    role: Literal["system"]
+    content: str | list[TextBlock]
 
 
 class AnthropicTool(Shape):
     type: Literal["custom"] | None = None
-    name: str = Field(min_length=1)
+    name: ToolName
     description: str | None = None
     input_schema: dict[str, Any] | None = None
     strict: bool | None = None
@@ -312,14 +467,37 @@ class OutputConfig(Shape):
 class MessagesRequest(Body):
     """`POST mlx/v1/messages` (`temperature`, `seed`, `logit_bias`, `keep_alive` in extra_body)."""
 
-    model: Annotated[str, Field(min_length=1), Says("model: Field required")]
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                _when(
+                    {"tool_choice": {"type": "object", "properties": {"type": {"const": "any"}}, "required": ["type"]}},
+                    {"tools": {"type": "array", "minItems": 1}},
+                )
+            ]
+        }
+    )
+
+    model: Annotated[str, Field(min_length=1, json_schema_extra=MODEL_ID), Says("model: Field required")]
     max_tokens: Annotated[
         int | None,
         Field(ge=1, le=MAX_TOKEN_ID),
+        WholeNumbers,
+        WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_TOKEN_ID}),  # null is refused (parse)
         Says(f"{{field}} must be an integer from 1 to {MAX_TOKEN_ID}", missing="max_tokens: Field required"),
     ]
     messages: Annotated[
-        SkipValidation[Annotated[list[AnthropicInputMessage], Field(min_length=1)]],
+        SkipValidation[
+            Annotated[
+                list[
+                    Annotated[
+                        AnthropicInputMessage | AnthropicAssistantMessage | AnthropicSystemMessage,
+                        Field(discriminator="role"),
+                    ]
+                ],
+                Field(min_length=1, max_length=MAX_MESSAGES),
+            ]
+        ],
         Says("messages: a non-empty list is required"),
     ]
     system: SkipValidation[str | list[TextBlock] | None] = None
@@ -331,9 +509,12 @@ class MessagesRequest(Body):
     seed: Seed = None
     stop_sequences: _stops(16) = None
     logit_bias: LogitBias = None
-    tools: SkipValidation[list[AnthropicTool] | None] = None
+    tools: SkipValidation[
+        Annotated[list[AnthropicTool], Field(max_length=MAX_TOOLS, description=TOOL_NAMES)] | None
+    ] = None
     tool_choice: Annotated[
         AnthropicToolChoice | AnthropicNamedTool | None,
+        Field(description="'any' needs tools; a named tool is one of the tools"),
         Says("tool_choice must be {type: 'auto' | 'any' | 'none'} or {type: 'tool', name}"),
     ] = None
     thinking: Annotated[
@@ -364,7 +545,7 @@ class Refusal(Shape):
 
 class InputImage(Shape):
     type: Literal["input_image"]
-    image_url: str | None = None
+    image_url: str = Field(description=IMAGE_URL)
 
 
 class InputMessage(Shape):
@@ -406,23 +587,29 @@ InputItem = InputMessage | FunctionCallItem | CustomToolCallItem | CallOutputIte
 
 class FunctionTool(Shape):
     type: Literal["function"]
-    name: str = Field(min_length=1)
+    name: ToolName
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
 
+class CustomTextFormat(Shape):
+    type: Literal["text"]
+
+
 class CustomFormat(Shape):
-    type: Literal["text", "grammar"]
-    syntax: Literal["lark", "regex"] | None = Field(None, description="with type grammar")
-    definition: str | None = Field(None, description="with type grammar")
+    """A grammar the tool's input must match (a regex is enforced; a Lark grammar is shown to the model)."""
+
+    type: Literal["grammar"]
+    syntax: Literal["lark", "regex"]
+    definition: str
 
 
 class CustomTool(Shape):
     type: Literal["custom"]
-    name: str = Field(min_length=1)
+    name: ToolName
     description: str | None = None
-    format: CustomFormat | None = None
+    format: CustomTextFormat | CustomFormat | None = None
 
 
 class NamespaceTool(Shape):
@@ -447,28 +634,81 @@ class NamedTool(Shape):
 
 
 class TextFormat(Shape):
-    type: Literal["text", "json_object", "json_schema"]
+    type: Literal["json_schema"]
     name: str | None = None
-    schema_: dict[str, Any] | None = Field(None, alias="schema", description="with type json_schema")
+    schema_: dict[str, Any] = Field(alias="schema", description="a JSON schema")
     strict: bool | None = None
 
 
 class TextOptions(Shape):
-    format: SkipValidation[TextFormat | None] = None
+    format: SkipValidation[PlainFormat | TextFormat | None] = None
 
 
 class Reasoning(Shape):
     effort: SkipValidation[str | None] = Field(None, description="'none' turns a thinking model's reasoning off")
 
 
+# A tool the model sees: a function or custom tool, or a namespace of some.
+MODEL_TOOL = {
+    "anyOf": [
+        {"properties": {"type": {"enum": ["function", "custom"]}}, "required": ["type"]},
+        {"properties": {"type": {"const": "namespace"}, "tools": {"minItems": 1}}, "required": ["type", "tools"]},
+    ]
+}
+
+# Something for the model to answer (`instructions` aside): a string, or an item that is not
+# earlier reasoning or a hosted call.
+MESSAGE_INPUT = {
+    "properties": {
+        "input": {
+            "anyOf": [
+                {"type": "string"},
+                {"contains": {"properties": {"type": {"not": {"enum": ["reasoning", "web_search_call"]}}}}},
+            ]
+        }
+    }
+}
+
+
 class ResponsesRequest(Body):
     """`POST mlx/v1/responses` and `…/input_tokens` (`seed`, `logit_bias`, `top_k`, `keep_alive`
     as extensions)."""
 
-    model: Annotated[str, Field(min_length=1), Says("model is required")]
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                _when(
+                    {"tool_choice": {"const": "required"}},
+                    {"tools": {"type": "array", "contains": MODEL_TOOL}},
+                ),
+                {
+                    "anyOf": [
+                        {
+                            "properties": {"instructions": {"type": "string", "minLength": 1}},
+                            "required": ["instructions"],
+                        },
+                        MESSAGE_INPUT,
+                    ]
+                },
+            ]
+        }
+    )
+
+    model: Annotated[str, Field(min_length=1, json_schema_extra=MODEL_ID), Says("model is required")]
     instructions: Annotated[str | None, Says("instructions must be a string")] = None
-    input: Annotated[SkipValidation[str | list[InputItem]], Says("input must be a string or a list of items")]
-    tools: SkipValidation[list[FunctionTool | CustomTool | NamespaceTool | HostedTool] | None] = None
+    input: Annotated[
+        SkipValidation[str | Annotated[list[InputItem], Field(max_length=MAX_MESSAGES)]],
+        Says("input must be a string or a list of items"),
+    ]
+    tools: SkipValidation[
+        Annotated[
+            list[FunctionTool | CustomTool | NamespaceTool | HostedTool],
+            Field(
+                max_length=MAX_TOOLS, description="function and custom tool names unique, namespaces' tools included"
+            ),
+        ]
+        | None
+    ] = None
     store: Flag = None
     reasoning: Annotated[Reasoning | None, Says("reasoning must be an object {effort}")] = None
     max_output_tokens: _tokens(1) = None
@@ -479,7 +719,10 @@ class ResponsesRequest(Body):
     logit_bias: LogitBias = None
     top_logprobs: TopLogprobs = None
     include: Annotated[list[str] | None, Says("include must be a list of strings")] = None
-    tool_choice: SkipValidation[Literal["auto", "none", "required"] | NamedTool | HostedTool | None] = None
+    tool_choice: Annotated[
+        SkipValidation[Literal["auto", "none", "required"] | NamedTool | None],
+        Field(description="'required' needs a function or custom tool; a named tool is one of the tools"),
+    ] = None
     text: Annotated[TextOptions | None, Says("text must be an object {format}")] = None
     previous_response_id: Annotated[
         str | None, Field(min_length=1, max_length=MAX_ID), Says("previous_response_id must be a response id")
@@ -495,20 +738,27 @@ class ResponsesRequest(Body):
 class EmbeddingsRequest(Body):
     """`POST mlx/v1/embeddings`."""
 
-    model: Annotated[
-        str,
-        Says(MODEL_ID_MESSAGE, code="invalid_model"),
-    ]
+    model: Annotated[str, Field(json_schema_extra=MODEL_ID), Says(MODEL_ID_MESSAGE, code="invalid_model")]
     input: Annotated[
-        SkipValidation[str | list[str] | list[int] | list[list[int]]],
-        Field(description="a string, strings, token ids, or lists of token ids (at most 2048, none empty)"),
+        SkipValidation[
+            Annotated[str, Field(min_length=1)]
+            | TokenIds
+            | Annotated[
+                list[Annotated[str, Field(min_length=1)] | TokenIds],
+                Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS),
+            ]
+        ],
+        Field(
+            description=f"a string, strings, token ids, or lists of token ids (at most {MAX_EMBEDDING_INPUTS}, none empty)"
+        ),
+        WholeNumbers,
         Says(EMBEDDINGS_INPUT_MESSAGE, code="invalid_input"),
     ]
     encoding_format: Annotated[
         Literal["float", "base64"] | None, Says("encoding_format must be 'float' or 'base64'", code="invalid_value")
     ] = None
     dimensions: Annotated[
-        int | None, Field(ge=1), Says("dimensions must be a positive integer", code="invalid_value")
+        int | None, Field(ge=1), WholeNumbers, Says("dimensions must be a positive integer", code="invalid_value")
     ] = None
     user: SkipValidation[str | None] = None
 
@@ -516,8 +766,12 @@ class EmbeddingsRequest(Body):
 class SpeechBody(Body):
     """`POST mlx/v1/audio/speech` (a WAV comes back)."""
 
-    model: SkipValidation[str]
-    input: SkipValidation[str]
+    model: Annotated[SkipValidation[str], Field(json_schema_extra=MODEL_ID)]
+    input: Annotated[
+        SkipValidation[str],
+        # Not blank: a character Python's str.strip keeps (ECMA's \s lacks \x1c-\x1f and \x85).
+        Field(max_length=MAX_SPEECH_CHARS, json_schema_extra={"pattern": r"[^\s\x1c-\x1f\x85]"}),
+    ]
     voice: Annotated[str | None, Field(max_length=100), Says("voice must be a voice name", code="invalid_value")] = None
     response_format: Annotated[
         Literal["wav"] | None, Says("response_format must be 'wav' on this server", code="invalid_value")

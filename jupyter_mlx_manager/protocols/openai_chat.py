@@ -48,7 +48,12 @@ def _content_parts(content: Any, where: str) -> list[Any] | None:
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text" and isinstance(part.get("text"), str):
                 parts.append(TextPart(part["text"]))
-            elif kind == "image_url" and isinstance(part.get("image_url"), dict) and part["image_url"].get("url"):
+            elif (
+                kind == "image_url"
+                and isinstance(part.get("image_url"), dict)
+                and isinstance(part["image_url"].get("url"), str)
+                and part["image_url"]["url"]
+            ):
                 parts.append(ImagePart(url=part["image_url"]["url"]))
             else:
                 raise InvalidParam(f"{where}.content: only text (and image_url) parts are supported", where)
@@ -106,7 +111,7 @@ def tools(raw: Any) -> list[Tool]:
     if not isinstance(raw, list) or not all(
         isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict)
         and isinstance(t["function"].get("name"), str) and t["function"]["name"]
-        and isinstance(t["function"].get("parameters", {}), dict)
+        and isinstance(t["function"].get("parameters") or {}, dict)
         for t in raw
     ):  # fmt: skip
         raise InvalidParam("tools must be a list of {type: 'function', function: {name, parameters}}", "tools")

@@ -59,7 +59,7 @@ def _content(content: Any, where: str) -> list[Any]:
             parts.append(TextPart(part["text"]))
         elif kind == "refusal" and isinstance(part.get("refusal"), str):
             parts.append(TextPart(part["refusal"]))
-        elif kind == "input_image":
+        elif kind == "input_image" and isinstance(part.get("image_url"), (str, type(None))):
             parts.append(ImagePart(url=part.get("image_url")))
         else:
             raise InvalidParam(f"{where}.content: unsupported part {kind!r}", where)

@@ -2863,6 +2863,25 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
   schemas: {
+    /** AnthropicAssistantMessage */
+    AnthropicAssistantMessage: {
+      /** Content */
+      content:
+        | string
+        | (
+            | components['schemas']['TextBlock']
+            | components['schemas']['ImageBlock']
+            | components['schemas']['ToolUseBlock']
+            | components['schemas']['ThinkingBlock']
+          )[];
+      /**
+       * @description discriminator enum property added by openapi-typescript
+       * @enum {string}
+       */
+      role: 'assistant';
+    } & {
+      [key: string]: unknown;
+    };
     AnthropicError: {
       error: {
         message: string;
@@ -2879,15 +2898,13 @@ export interface components {
         | (
             | components['schemas']['TextBlock']
             | components['schemas']['ImageBlock']
-            | components['schemas']['ToolUseBlock']
             | components['schemas']['ToolResultBlock']
-            | components['schemas']['ThinkingBlock']
           )[];
       /**
-       * Role
+       * @description discriminator enum property added by openapi-typescript
        * @enum {string}
        */
-      role: 'user' | 'assistant' | 'system';
+      role: 'user';
     } & {
       [key: string]: unknown;
     };
@@ -2917,6 +2934,21 @@ export interface components {
        * @constant
        */
       type: 'tool';
+    } & {
+      [key: string]: unknown;
+    };
+    /**
+     * AnthropicSystemMessage
+     * @description System text at this place of the conversation (as Claude Code sends its notes).
+     */
+    AnthropicSystemMessage: {
+      /** Content */
+      content: string | components['schemas']['TextBlock'][];
+      /**
+       * @description discriminator enum property added by openapi-typescript
+       * @enum {string}
+       */
+      role: 'system';
     } & {
       [key: string]: unknown;
     };
@@ -2965,6 +2997,19 @@ export interface components {
       id: number;
       name: string;
       token?: string;
+    };
+    /**
+     * AttachmentBlock
+     * @description An image or document in a tool result: named in its text (tool results reach the model as text).
+     */
+    AttachmentBlock: {
+      /**
+       * Type
+       * @enum {string}
+       */
+      type: 'image' | 'document';
+    } & {
+      [key: string]: unknown;
     };
     AuditRecord: {
       action: string;
@@ -3032,6 +3077,42 @@ export interface components {
     } & {
       [key: string]: unknown;
     };
+    /**
+     * ChatAssistantMessage
+     * @description content, or tool calls, or both
+     */
+    ChatAssistantMessage:
+      | ({
+          /**
+           * Content
+           * @default null
+           */
+          content:
+            | string
+            | (
+                | components['schemas']['ChatTextPart']
+                | components['schemas']['ChatImagePart']
+              )[]
+            | null;
+          /**
+           * @description discriminator enum property added by openapi-typescript
+           * @enum {string}
+           */
+          role: 'assistant';
+          /**
+           * Tool Calls
+           * @default null
+           */
+          tool_calls: components['schemas']['ChatToolCall'][] | null;
+        } & {
+          [key: string]: unknown;
+        })
+      | {
+          content: unknown;
+        }
+      | {
+          tool_calls: unknown[];
+        };
     ChatCompletion: {
       choices: unknown[];
       created?: number;
@@ -3044,7 +3125,7 @@ export interface components {
      * ChatCompletionRequest
      * @description `POST mlx/v1/chat/completions`.
      */
-    ChatCompletionRequest: {
+    ChatCompletionRequest: ({
       /**
        * Frequency Penalty
        * @default null
@@ -3054,7 +3135,7 @@ export interface components {
        * Keep Alive
        * @default null
        */
-      keep_alive: number | string | null;
+      keep_alive: number | null;
       /**
        * Logit Bias
        * @default null
@@ -3078,13 +3159,20 @@ export interface components {
        */
       max_tokens: number | null;
       /** Messages */
-      messages: components['schemas']['ChatMessage'][];
+      messages: (
+        | components['schemas']['ChatMessage']
+        | components['schemas']['ChatAssistantMessage']
+        | components['schemas']['ChatToolMessage']
+      )[];
       /**
        * Min P
        * @default null
        */
       min_p: number | null;
-      /** Model */
+      /**
+       * Model
+       * @description 'org/name' (a Hub model), 'local/<folder name>' (see GET mlx/v1/models) or 'remote/<backend>/<id>'
+       */
       model: string;
       /**
        * N
@@ -3106,7 +3194,10 @@ export interface components {
        * Response Format
        * @default null
        */
-      response_format: components['schemas']['ResponseFormat'] | null;
+      response_format:
+        | components['schemas']['PlainFormat']
+        | components['schemas']['ResponseFormat']
+        | null;
       /**
        * Seed
        * @default null
@@ -3131,6 +3222,7 @@ export interface components {
       temperature: number | null;
       /**
        * Tool Choice
+       * @description 'required' needs tools; a named function is one of the tools
        * @default null
        */
       tool_choice:
@@ -3149,6 +3241,7 @@ export interface components {
       top_k: number | null;
       /**
        * Top Logprobs
+       * @description with logprobs: true
        * @default null
        */
       top_logprobs: number | null;
@@ -3164,7 +3257,8 @@ export interface components {
       user: string | null;
     } & {
       [key: string]: unknown;
-    };
+    }) &
+      (unknown & unknown);
     /** ChatImagePart */
     ChatImagePart: {
       image_url: components['schemas']['ImageURL'];
@@ -3178,34 +3272,18 @@ export interface components {
     };
     /** ChatMessage */
     ChatMessage: {
-      /**
-       * Content
-       * @default null
-       */
+      /** Content */
       content:
         | string
         | (
             | components['schemas']['ChatTextPart']
             | components['schemas']['ChatImagePart']
-          )[]
-        | null;
+          )[];
       /**
-       * Role
+       * @description discriminator enum property added by openapi-typescript
        * @enum {string}
        */
-      role: 'system' | 'developer' | 'user' | 'assistant' | 'tool';
-      /**
-       * Tool Call Id
-       * @description tool messages: the call this answers
-       * @default null
-       */
-      tool_call_id: string | null;
-      /**
-       * Tool Calls
-       * @description assistant messages only
-       * @default null
-       */
-      tool_calls: components['schemas']['ChatToolCall'][] | null;
+      role: 'developer' | 'system' | 'user';
     } & {
       [key: string]: unknown;
     };
@@ -3260,11 +3338,34 @@ export interface components {
     } & {
       [key: string]: unknown;
     };
+    /** ChatToolMessage */
+    ChatToolMessage: {
+      /** Content */
+      content:
+        | string
+        | (
+            | components['schemas']['ChatTextPart']
+            | components['schemas']['ChatImagePart']
+          )[];
+      /**
+       * @description discriminator enum property added by openapi-typescript
+       * @enum {string}
+       */
+      role: 'tool';
+      /**
+       * Tool Call Id
+       * @description the call this answers
+       * @default null
+       */
+      tool_call_id: string | null;
+    } & {
+      [key: string]: unknown;
+    };
     /**
      * CompletionRequest
      * @description `POST mlx/v1/completions`: `max_tokens: 0` with `echo` scores the prompt only.
      */
-    CompletionRequest: {
+    CompletionRequest: ({
       /**
        * Echo
        * @default null
@@ -3279,7 +3380,7 @@ export interface components {
        * Keep Alive
        * @default null
        */
-      keep_alive: number | string | null;
+      keep_alive: number | null;
       /**
        * Logit Bias
        * @default null
@@ -3307,7 +3408,10 @@ export interface components {
        * @default null
        */
       min_p: number | null;
-      /** Model */
+      /**
+       * Model
+       * @description 'org/name' (a Hub model), 'local/<folder name>' (see GET mlx/v1/models) or 'remote/<backend>/<id>'
+       */
       model: string;
       /**
        * N
@@ -3369,17 +3473,18 @@ export interface components {
       user: string | null;
     } & {
       [key: string]: unknown;
-    };
+    }) &
+      (unknown & unknown);
     /**
      * CountTokensRequest
      * @description `POST mlx/v1/messages/count_tokens`: a Messages body without `max_tokens`.
      */
-    CountTokensRequest: {
+    CountTokensRequest: ({
       /**
        * Keep Alive
        * @default null
        */
-      keep_alive: number | string | null;
+      keep_alive: number | null;
       /**
        * Logit Bias
        * @default null
@@ -3393,7 +3498,11 @@ export interface components {
        */
       max_tokens: number | null;
       /** Messages */
-      messages: components['schemas']['AnthropicInputMessage'][];
+      messages: (
+        | components['schemas']['AnthropicInputMessage']
+        | components['schemas']['AnthropicAssistantMessage']
+        | components['schemas']['AnthropicSystemMessage']
+      )[];
       /**
        * Metadata
        * @default null
@@ -3401,7 +3510,10 @@ export interface components {
       metadata: {
         [key: string]: unknown;
       } | null;
-      /** Model */
+      /**
+       * Model
+       * @description 'org/name' (a Hub model), 'local/<folder name>' (see GET mlx/v1/models) or 'remote/<backend>/<id>'
+       */
       model: string;
       /** @default null */
       output_config: components['schemas']['OutputConfig'] | null;
@@ -3440,6 +3552,7 @@ export interface components {
       thinking: components['schemas']['Thinking'] | null;
       /**
        * Tool Choice
+       * @description 'any' needs tools; a named tool is one of the tools
        * @default null
        */
       tool_choice:
@@ -3463,30 +3576,39 @@ export interface components {
       top_p: number | null;
     } & {
       [key: string]: unknown;
-    };
+    }) &
+      unknown;
     Credentials: {
       password: string;
       username: string;
     };
-    /** CustomFormat */
+    /**
+     * CustomFormat
+     * @description A grammar the tool's input must match (a regex is enforced; a Lark grammar is shown to the model).
+     */
     CustomFormat: {
-      /**
-       * Definition
-       * @description with type grammar
-       * @default null
-       */
-      definition: string | null;
+      /** Definition */
+      definition: string;
       /**
        * Syntax
-       * @description with type grammar
-       * @default null
-       */
-      syntax: ('lark' | 'regex') | null;
-      /**
-       * Type
        * @enum {string}
        */
-      type: 'text' | 'grammar';
+      syntax: 'lark' | 'regex';
+      /**
+       * Type
+       * @constant
+       */
+      type: 'grammar';
+    } & {
+      [key: string]: unknown;
+    };
+    /** CustomTextFormat */
+    CustomTextFormat: {
+      /**
+       * Type
+       * @constant
+       */
+      type: 'text';
     } & {
       [key: string]: unknown;
     };
@@ -3497,8 +3619,14 @@ export interface components {
        * @default null
        */
       description: string | null;
-      /** @default null */
-      format: components['schemas']['CustomFormat'] | null;
+      /**
+       * Format
+       * @default null
+       */
+      format:
+        | components['schemas']['CustomTextFormat']
+        | components['schemas']['CustomFormat']
+        | null;
       /** Name */
       name: string;
       /**
@@ -3561,8 +3689,11 @@ export interface components {
        * Input
        * @description a string, strings, token ids, or lists of token ids (at most 2048, none empty)
        */
-      input: string | string[] | number[] | number[][];
-      /** Model */
+      input: string | number[] | (string | number[])[];
+      /**
+       * Model
+       * @description 'org/name' (a Hub model), 'local/<folder name>' (see GET mlx/v1/models) or 'remote/<backend>/<id>'
+       */
       model: string;
       /**
        * User
@@ -3574,6 +3705,7 @@ export interface components {
     };
     Error: {
       message: string;
+      param?: string;
       reason?: string | null;
     };
     File: {
@@ -3718,7 +3850,11 @@ export interface components {
     } & {
       [key: string]: unknown;
     };
-    /** ImageSource */
+    /**
+     * ImageSource
+     * @description `base64` with `media_type` and `data` (a PNG, JPEG, GIF, WebP or BMP image), or `url`
+     *     (where the server allows image URLs).
+     */
     ImageSource: {
       /**
        * Data
@@ -3745,7 +3881,10 @@ export interface components {
     };
     /** ImageURL */
     ImageURL: {
-      /** Url */
+      /**
+       * Url
+       * @description a data URL of a PNG, JPEG, GIF, WebP or BMP image (data:image/png;base64,…)
+       */
       url: string;
     } & {
       [key: string]: unknown;
@@ -3754,9 +3893,9 @@ export interface components {
     InputImage: {
       /**
        * Image Url
-       * @default null
+       * @description a data URL of a PNG, JPEG, GIF, WebP or BMP image (data:image/png;base64,…)
        */
-      image_url: string | null;
+      image_url: string;
       /**
        * Type
        * @constant
@@ -3890,12 +4029,12 @@ export interface components {
      * MessagesRequest
      * @description `POST mlx/v1/messages` (`temperature`, `seed`, `logit_bias`, `keep_alive` in extra_body).
      */
-    MessagesRequest: {
+    MessagesRequest: ({
       /**
        * Keep Alive
        * @default null
        */
-      keep_alive: number | string | null;
+      keep_alive: number | null;
       /**
        * Logit Bias
        * @default null
@@ -3904,9 +4043,13 @@ export interface components {
         [key: string]: number;
       } | null;
       /** Max Tokens */
-      max_tokens: number | null;
+      max_tokens: number;
       /** Messages */
-      messages: components['schemas']['AnthropicInputMessage'][];
+      messages: (
+        | components['schemas']['AnthropicInputMessage']
+        | components['schemas']['AnthropicAssistantMessage']
+        | components['schemas']['AnthropicSystemMessage']
+      )[];
       /**
        * Metadata
        * @default null
@@ -3914,7 +4057,10 @@ export interface components {
       metadata: {
         [key: string]: unknown;
       } | null;
-      /** Model */
+      /**
+       * Model
+       * @description 'org/name' (a Hub model), 'local/<folder name>' (see GET mlx/v1/models) or 'remote/<backend>/<id>'
+       */
       model: string;
       /** @default null */
       output_config: components['schemas']['OutputConfig'] | null;
@@ -3953,6 +4099,7 @@ export interface components {
       thinking: components['schemas']['Thinking'] | null;
       /**
        * Tool Choice
+       * @description 'any' needs tools; a named tool is one of the tools
        * @default null
        */
       tool_choice:
@@ -3976,7 +4123,8 @@ export interface components {
       top_p: number | null;
     } & {
       [key: string]: unknown;
-    };
+    }) &
+      unknown;
     Model: {
       id: string;
     };
@@ -4039,6 +4187,19 @@ export interface components {
     } & {
       [key: string]: unknown;
     };
+    /**
+     * PlainFormat
+     * @description Free text (`text`) or any JSON object (`json_object`).
+     */
+    PlainFormat: {
+      /**
+       * Type
+       * @enum {string}
+       */
+      type: 'text' | 'json_object';
+    } & {
+      [key: string]: unknown;
+    };
     PoolModel: {
       draft_model?: string | null;
       expires_at?: string | null;
@@ -4092,16 +4253,12 @@ export interface components {
     };
     /** ResponseFormat */
     ResponseFormat: {
-      /**
-       * @description with type json_schema
-       * @default null
-       */
-      json_schema: components['schemas']['JSONSchemaSpec'] | null;
+      json_schema: components['schemas']['JSONSchemaSpec'];
       /**
        * Type
-       * @enum {string}
+       * @constant
        */
-      type: 'text' | 'json_object' | 'json_schema';
+      type: 'json_schema';
     } & {
       [key: string]: unknown;
     };
@@ -4110,7 +4267,7 @@ export interface components {
      * @description `POST mlx/v1/responses` and `…/input_tokens` (`seed`, `logit_bias`, `top_k`, `keep_alive`
      *     as extensions).
      */
-    ResponsesRequest: {
+    ResponsesRequest: ({
       /**
        * Include
        * @default null
@@ -4135,7 +4292,7 @@ export interface components {
        * Keep Alive
        * @default null
        */
-      keep_alive: number | string | null;
+      keep_alive: number | null;
       /**
        * Logit Bias
        * @default null
@@ -4155,7 +4312,10 @@ export interface components {
       metadata: {
         [key: string]: unknown;
       } | null;
-      /** Model */
+      /**
+       * Model
+       * @description 'org/name' (a Hub model), 'local/<folder name>' (see GET mlx/v1/models) or 'remote/<backend>/<id>'
+       */
       model: string;
       /**
        * Parallel Tool Calls
@@ -4193,12 +4353,12 @@ export interface components {
       text: components['schemas']['TextOptions'] | null;
       /**
        * Tool Choice
+       * @description 'required' needs a function or custom tool; a named tool is one of the tools
        * @default null
        */
       tool_choice:
         | ('auto' | 'none' | 'required')
         | components['schemas']['NamedTool']
-        | components['schemas']['HostedTool']
         | null;
       /**
        * Tools
@@ -4234,7 +4394,16 @@ export interface components {
       user: string | null;
     } & {
       [key: string]: unknown;
-    };
+    }) &
+      (unknown &
+        (
+          | {
+              instructions: string;
+            }
+          | {
+              input?: string | unknown;
+            }
+        ));
     /**
      * SkippedItem
      * @description Earlier reasoning and hosted calls: accepted, not fed back to the model.
@@ -4255,7 +4424,10 @@ export interface components {
     SpeechBody: {
       /** Input */
       input: string;
-      /** Model */
+      /**
+       * Model
+       * @description 'org/name' (a Hub model), 'local/<folder name>' (see GET mlx/v1/models) or 'remote/<backend>/<id>'
+       */
       model: string;
       /**
        * Response Format
@@ -4312,12 +4484,11 @@ export interface components {
       name: string | null;
       /**
        * Schema
-       * @description with type json_schema
-       * @default null
+       * @description a JSON schema
        */
       schema: {
         [key: string]: unknown;
-      } | null;
+      };
       /**
        * Strict
        * @default null
@@ -4325,9 +4496,9 @@ export interface components {
       strict: boolean | null;
       /**
        * Type
-       * @enum {string}
+       * @constant
        */
-      type: 'text' | 'json_object' | 'json_schema';
+      type: 'json_schema';
     } & {
       [key: string]: unknown;
     };
@@ -4337,7 +4508,10 @@ export interface components {
        * Format
        * @default null
        */
-      format: components['schemas']['TextFormat'] | null;
+      format:
+        | components['schemas']['PlainFormat']
+        | components['schemas']['TextFormat']
+        | null;
     } & {
       [key: string]: unknown;
     };
@@ -4378,9 +4552,10 @@ export interface components {
        */
       content:
         | string
-        | {
-            [key: string]: unknown;
-          }[];
+        | (
+            | components['schemas']['TextBlock']
+            | components['schemas']['AttachmentBlock']
+          )[];
       /**
        * Is Error
        * @default null
