@@ -35,10 +35,11 @@ from jupyter_mlx_manager.models.catalog import ModelCatalog
 from jupyter_mlx_manager.models.inspection import weights_bytes
 from jupyter_mlx_manager.pool import ModelPool
 from jupyter_mlx_manager.pool.pool import ESTIMATE_FACTOR, RUNNER_OVERHEAD_BYTES, PoolBusy
+from jupyter_mlx_manager.runner.protocol import GenerateCommand
 
 NAMES = ["a", "b", "c", "d"]
 MAX_LOADED = 3
-COMMAND = {"kind": "completion", "prompt": "hello there", "max_tokens": 3, "temperature": 0.0}
+COMMAND = GenerateCommand(kind="completion", prompt="hello there", max_tokens=3, temperature=0.0)
 
 
 def _live_children(before: set[int]) -> set[int]:
