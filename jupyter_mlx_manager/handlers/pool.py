@@ -36,6 +36,7 @@ class PoolLoadHandler(MLXAPIHandler):
         )  # fmt: skip
         self.write_json(loaded)
 
+
 class PoolUnloadHandler(MLXAPIHandler):
     @web.authenticated
     @authorized

@@ -37,10 +37,9 @@ from ..auth import Actor
 from ..models.ids import is_valid_model_id
 from ..protocols.models import SpeechBody, read
 from .pipeline import ServingFailed, ServingPipeline
-from .request import InvalidParam
+from .request import MAX_SPEECH_CHARS, InvalidParam
 
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # OpenAI's limit
-MAX_INPUT_CHARS = 4096
 SAMPLE_RATE = 16000
 FORMATS = "WAV, FLAC, MP3 or Ogg Vorbis"
 TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json")
@@ -127,8 +126,8 @@ def parse_speech(body: dict[str, Any]) -> SpeechRequest:
     text = body.get("input")
     if not isinstance(text, str) or not text.strip():
         raise InvalidParam("input must be a non-empty string", "input", "empty_input")
-    if len(text) > MAX_INPUT_CHARS:
-        raise InvalidParam(f"input has {len(text)} characters; at most {MAX_INPUT_CHARS}", "input", "input_too_long")
+    if len(text) > MAX_SPEECH_CHARS:
+        raise InvalidParam(f"input has {len(text)} characters; at most {MAX_SPEECH_CHARS}", "input", "input_too_long")
     return SpeechRequest(model, text, read(SpeechBody, body).voice)  # voice, format, speed: protocols/models.py
 
 

@@ -1,7 +1,7 @@
 """`mlx/v1/embeddings`: one request validated, run on an embedding model's runner, audited.
 
 The body is OpenAI's: `input` a string, a list of strings, a list of token ids or a list of
-such lists (at most MAX_INPUTS, none empty); `encoding_format` `float` (default) or `base64`
+such lists (at most MAX_EMBEDDING_INPUTS, none empty); `encoding_format` `float` (default) or `base64`
 (little-endian float32, as OpenAI sends it — the openai SDK asks for it and decodes it);
 `dimensions` (shorter vectors, truncated and normalised again, for models trained for it);
 `user` is accepted and ignored. Shape errors are 400s before anything is recorded; token ids
@@ -25,9 +25,8 @@ from ..auth import Actor
 from ..models.ids import is_valid_model_id
 from ..protocols.models import EMBEDDINGS_INPUT_MESSAGE, MODEL_ID_MESSAGE, EmbeddingsRequest, read
 from .pipeline import ServingFailed, ServingPipeline
-from .request import InvalidParam
+from .request import MAX_EMBEDDING_INPUTS, InvalidParam
 
-MAX_INPUTS = 2048
 EMBEDDING_KINDS = ("embedding",)
 
 
@@ -62,8 +61,10 @@ def parse_embeddings(body: dict[str, Any]) -> EmbeddingRequest:
         inputs = list(raw)
     else:
         raise InvalidParam(EMBEDDINGS_INPUT_MESSAGE, "input", "invalid_input")
-    if len(inputs) > MAX_INPUTS:
-        raise InvalidParam(f"at most {MAX_INPUTS} inputs per request, not {len(inputs)}", "input", "too_many_inputs")
+    if len(inputs) > MAX_EMBEDDING_INPUTS:
+        raise InvalidParam(
+            f"at most {MAX_EMBEDDING_INPUTS} inputs per request, not {len(inputs)}", "input", "too_many_inputs"
+        )
     empty = next((i for i, item in enumerate(inputs) if not item), None)
     if empty is not None:
         raise InvalidParam(f"input {empty} is empty", "input", "empty_input")

@@ -26,6 +26,8 @@ MAX_MESSAGES = 10_000
 MAX_SCHEMA_BYTES = 256 * 1024  # a tool's parameters or a response format's schema, as JSON
 TOOL_NAME_RE = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 MAX_TOKEN_ID = 2**31 - 1
+MAX_EMBEDDING_INPUTS = 2048  # inputs of one embeddings request
+MAX_SPEECH_CHARS = 4096  # text of one speech request
 
 
 class InvalidParam(BadRequest):

@@ -24,7 +24,9 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SkipValidation, ValidationError, WithJsonSchema
 
 from ..inference.request import (
+    MAX_EMBEDDING_INPUTS,
     MAX_MESSAGES,
+    MAX_SPEECH_CHARS,
     MAX_STOP_CHARS,
     MAX_TOKEN_ID,
     MAX_TOOLS,
@@ -40,8 +42,6 @@ MAX_PROMPTS = 128  # prompts of one completions request (run one after another)
 PROMPT_MESSAGE = f"prompt must be a non-empty string, a list of token ids, or a list of at most {MAX_PROMPTS} of either"
 MODEL_ID_MESSAGE = "model must be a model id such as 'org/name' or 'local/<folder>'"
 EMBEDDINGS_INPUT_MESSAGE = "input must be a string, a list of strings, a list of token ids or a list of token id lists"
-MAX_EMBEDDING_INPUTS = 2048
-MAX_SPEECH_CHARS = 4096
 
 
 def _any_case(text: str) -> str:
