@@ -14,6 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..runner.protocol import RequestEvent
@@ -23,6 +24,18 @@ if TYPE_CHECKING:
     from ..inference.request import InferenceRequest
 
 Event = RequestEvent  # the runner's request events (runner/protocol.py), whatever the backend
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What a load asks besides the model: a pin and a keep-alive (the pool's rules decide who
+    may), and speculative decoding: `draft_model` (a local model id) or `speculative`
+    ("prompt_lookup")."""
+
+    pin: bool | None = None
+    keep_alive: float | None = None
+    draft_model: str | None = None
+    speculative: str | None = None
 
 
 class HeldModel(ABC):
@@ -55,18 +68,8 @@ class Backend(ABC):
         model of another kind than the endpoint's `kinds` is a 400 on `model`."""
 
     @abstractmethod
-    async def load(
-        self,
-        model_id: str,
-        *,
-        user: dict[str, Any],
-        pin: bool | None,
-        keep_alive: float | None,
-        draft_model: str | None = None,
-        speculative: str | None = None,
-    ) -> dict[str, Any]:
-        """`mlx/api/pool/load`: the model's status afterwards. `draft_model` (a local model id)
-        or `speculative` ("prompt_lookup") ask for speculative decoding."""
+    async def load(self, model_id: str, *, user: dict[str, Any], options: LoadOptions) -> dict[str, Any]:
+        """`mlx/api/pool/load`: the model's status afterwards."""
 
     @abstractmethod
     async def unload(self, model_id: str, *, user: dict[str, Any], force: bool) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ from ..errors import NotFound
 from ..inference.request import InvalidParam, check_token_ids, prompt_text_chars
 from ..inference.tokens import TokenCounter
 from ..runner.protocol import EmbedCommand, SpeakCommand, TranscribeCommand
-from .base import Backend, Event, HeldModel
+from .base import Backend, Event, HeldModel, LoadOptions
 
 if TYPE_CHECKING:
     from ..inference.embeddings import EmbeddingRequest
@@ -79,19 +80,8 @@ class LocalBackend(Backend):
         async with self.pool.use(model_id, keep_alive, user=user, kinds=kinds) as model:
             yield LocalModel(model, cache_scope(self.prompt_cache_scope, user))
 
-    async def load(
-        self,
-        model_id: str,
-        *,
-        user: dict[str, Any],
-        pin: bool | None,
-        keep_alive: float | None,
-        draft_model: str | None = None,
-        speculative: str | None = None,
-    ) -> dict[str, Any]:
-        loaded = await self.pool.load(
-            model_id, pin=pin, keep_alive=keep_alive, user=user, draft_model=draft_model, speculative=speculative
-        )
+    async def load(self, model_id: str, *, user: dict[str, Any], options: LoadOptions) -> dict[str, Any]:
+        loaded = await self.pool.load(model_id, user=user, **dataclasses.asdict(options))
         return loaded.status()
 
     async def unload(self, model_id: str, *, user: dict[str, Any], force: bool) -> dict[str, Any]:

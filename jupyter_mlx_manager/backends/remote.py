@@ -35,7 +35,7 @@ from ..errors import BadRequest, MLXError, NotFound
 from ..inference.request import InferenceRequest, InvalidParam
 from ..models.ids import is_remote_id
 from ..models.kinds import GENERATIVE_KINDS
-from .base import Backend, Event, HeldModel
+from .base import Backend, Event, HeldModel, LoadOptions
 
 if TYPE_CHECKING:
     from ..inference.embeddings import EmbeddingRequest
@@ -299,20 +299,11 @@ class RemoteBackend(Backend):
         self.check_model(upstream_id)
         yield RemoteModel(self, model_id, upstream_id)
 
-    async def load(
-        self,
-        model_id: str,
-        *,
-        user: dict[str, Any],
-        pin: bool | None,
-        keep_alive: float | None,
-        draft_model: str | None = None,
-        speculative: str | None = None,
-    ) -> dict[str, Any]:
-        if draft_model is not None or speculative is not None:
+    async def load(self, model_id: str, *, user: dict[str, Any], options: LoadOptions) -> dict[str, Any]:
+        if options.draft_model is not None or options.speculative is not None:
             raise InvalidParam(
                 f"{model_id} is served by remote backend {self.name}: its speculative decoding is the upstream's",
-                "draft_model" if draft_model is not None else "speculative",
+                "draft_model" if options.draft_model is not None else "speculative",
                 "not_supported_for_remote",
             )
         return self._nothing_to_do(model_id, "load")

@@ -4,6 +4,7 @@ means is the model's backend's (a remote model has nothing to load)."""
 
 from __future__ import annotations
 
+from ..backends.base import LoadOptions
 from ..errors import BadRequest
 from .base import MLXAPIHandler, authorized, web
 
@@ -30,10 +31,8 @@ class PoolLoadHandler(MLXAPIHandler):
             raise BadRequest("pin must be true or false", reason="invalid_pin")
         model_id = body.get("model")
         backend = self.services.backends.resolve(model_id)
-        loaded = await backend.load(
-            model_id, user=self.mlx_user, pin=pin, keep_alive=body.get("keep_alive"),
-            draft_model=body.get("draft_model"), speculative=body.get("speculative"),
-        )  # fmt: skip
+        options = LoadOptions(pin, body.get("keep_alive"), body.get("draft_model"), body.get("speculative"))
+        loaded = await backend.load(model_id, user=self.mlx_user, options=options)
         self.write_json(loaded)
 
 

@@ -457,9 +457,7 @@ class Engine:
             command = self.inbox.get()
             if command.op == "shutdown":
                 return False
-            if isinstance(command, TrimCacheCommand):
-                self._trim_prompt_cache(command.bytes)
-                self._flush()
+            if self._handled_trim(command):
                 continue
             if not isinstance(command, LoadCommand):
                 self._log(f"spare runner: skipped a {command.op} command (waiting for a load command)")
@@ -475,6 +473,14 @@ class Engine:
                 self.speculative = command.speculative
             self.model_path = Path(command.path)
             return True
+
+    def _handled_trim(self, command: protocol.Command) -> bool:
+        """Whether `command` was a `trim_cache` (answered at once, loading or serving)."""
+        if not isinstance(command, TrimCacheCommand):
+            return False
+        self._trim_prompt_cache(command.bytes)
+        self._flush()
+        return True
 
     def _trim_prompt_cache(self, limit: int) -> None:
         """`trim_cache`: the prompt cache may hold at most `limit` bytes from now on (never more
@@ -530,9 +536,7 @@ class Engine:
                 return True
             if command.op == "shutdown":
                 return False
-            if isinstance(command, TrimCacheCommand):
-                self._trim_prompt_cache(command.bytes)
-                self._flush()
+            if self._handled_trim(command):
                 continue
             self.admitting = True
             try:
