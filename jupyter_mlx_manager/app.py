@@ -405,6 +405,7 @@ class MLXManager(ExtensionApp):
         pipeline = ServingPipeline(self.backends, self.audit, self.limits, self.budget_service)
         self.completions = InferenceService(
             pipeline,
+            self.max_tokens_limit,
             record_content=self.audit_record_content,
             image_limits=ImageLimits(max(0, self.max_images_per_request), self.allow_image_urls),
         )
@@ -416,7 +417,7 @@ class MLXManager(ExtensionApp):
             self.db,
             self.files,
             self.users.get_by_name,
-            LineRunner(self.completions, self.embeddings, self.max_tokens_limit),
+            LineRunner(self.completions, self.embeddings),
             self.limits.batch_slots,
             self.log,
         )

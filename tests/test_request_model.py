@@ -13,6 +13,14 @@ from jupyter_mlx_manager.inference.service import Usage
 from jupyter_mlx_manager.protocols import anthropic, openai_chat, responses
 
 LIMIT = 512
+
+
+def _command(request):
+    """The runner's command for `request` as the service sends it: after the server's limit."""
+    request.within(LIMIT)
+    return request.command()
+
+
 M = "local/tiny-demo"
 
 
@@ -34,7 +42,7 @@ def test_chat_translation():
         "tools": [{"type": "function", "function": {"name": "w", "parameters": {"type": "object"}}}],
         "top_k": 5, "stop": "x", "max_completion_tokens": 7,
     }  # fmt: skip
-    command = openai_chat.parse(body, "chat", LIMIT).command()
+    command = _command(openai_chat.parse(body, "chat"))
     assert command["messages"] == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Weather?"},
@@ -46,17 +54,19 @@ def test_chat_translation():
     assert (command["top_k"], command["stop"], command["max_tokens"]) == (5, ["x"], 7)
     assert command["response_format"] is None and command["reasoning"] is None
     assert "tool_choice" not in command
-    none = openai_chat.parse({**body, "tool_choice": "none"}, "chat", LIMIT).command()
+    none = _command(openai_chat.parse({**body, "tool_choice": "none"}, "chat"))
     assert none["tools"] is None
     named = {**body, "tool_choice": {"type": "function", "function": {"name": "w"}}}
-    assert openai_chat.parse(named, "chat", LIMIT).command()["tool_choice"] == "required"
+    assert _command(openai_chat.parse(named, "chat"))["tool_choice"] == "required"
     with pytest.raises(InvalidParam) as caught:
-        openai_chat.parse({**body, "tool_choice": {"type": "function", "function": {"name": "zz"}}}, "chat", LIMIT)
+        openai_chat.parse({**body, "tool_choice": {"type": "function", "function": {"name": "zz"}}}, "chat")
     assert caught.value.param == "tool_choice"
     # Above the server's limit is clamped to it (agents ask for 32,000), not refused.
-    assert openai_chat.parse({**body, "max_completion_tokens": LIMIT + 1}, "chat", LIMIT).max_tokens == LIMIT
+    clamped = openai_chat.parse({**body, "max_completion_tokens": LIMIT + 1}, "chat")
+    clamped.within(LIMIT)  # the service's policy: above the server's limit is clamped, not refused
+    assert clamped.max_tokens == LIMIT
     with pytest.raises(InvalidParam) as caught:  # no token count at all
-        openai_chat.parse({**body, "max_completion_tokens": 2**31}, "chat", LIMIT)
+        openai_chat.parse({**body, "max_completion_tokens": 2**31}, "chat")
     assert caught.value.param == "max_completion_tokens"
 
 
@@ -64,17 +74,17 @@ def test_chat_response_format_and_the_sdks_parse_payload():
     base = {"model": M, "messages": [{"role": "user", "content": "x"}]}
     fmt = type_to_response_format_param(City)  # exactly what client.chat.completions.parse sends
     assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
-    request = openai_chat.parse({**base, "response_format": fmt}, "chat", LIMIT)
-    assert request.command()["response_format"] == {"type": "json_schema", "schema": fmt["json_schema"]["schema"]}
+    request = openai_chat.parse({**base, "response_format": fmt}, "chat")
+    assert _command(request)["response_format"] == {"type": "json_schema", "schema": fmt["json_schema"]["schema"]}
     assert request.output_format.strict and request.output_format.name == "City"
     assert request.param("response_format") == "response_format"
-    json_object = openai_chat.parse({**base, "response_format": {"type": "json_object"}}, "chat", LIMIT)
-    assert json_object.command()["response_format"] == {"type": "json_object"}
-    text = openai_chat.parse({**base, "response_format": {"type": "text"}}, "chat", LIMIT)
-    assert text.command()["response_format"] is None
+    json_object = openai_chat.parse({**base, "response_format": {"type": "json_object"}}, "chat")
+    assert _command(json_object)["response_format"] == {"type": "json_object"}
+    text = openai_chat.parse({**base, "response_format": {"type": "text"}}, "chat")
+    assert _command(text)["response_format"] is None
     for bad in ({"type": "xml"}, {"type": "json_schema"}, {"type": "json_schema", "json_schema": {"schema": 3}}, 7):
         with pytest.raises(InvalidParam) as caught:
-            openai_chat.parse({**base, "response_format": bad}, "chat", LIMIT)
+            openai_chat.parse({**base, "response_format": bad}, "chat")
         assert caught.value.param == "response_format"
 
 
@@ -82,7 +92,7 @@ def test_images_are_parts_checked_in_the_server():
     body = {"model": M, "messages": [{"role": "user", "content": [
         {"type": "text", "text": "what is it"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]}]}  # fmt: skip
     with pytest.raises(InvalidParam) as caught:  # not a PNG (inference/images.py; tests/test_vision.py)
-        openai_chat.parse(body, "chat", LIMIT).check_images(ImageLimits())
+        openai_chat.parse(body, "chat").check_images(ImageLimits())
     assert caught.value.code == "invalid_image"
 
 
@@ -104,8 +114,8 @@ def test_messages_translation():
         "thinking": {"type": "disabled"},
         "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
     }  # fmt: skip
-    request = anthropic.parse(body, LIMIT)
-    command = request.command()
+    request = anthropic.parse(body)
+    command = _command(request)
     assert command["messages"] == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Weather?"},
@@ -125,9 +135,9 @@ def test_messages_translation():
         ({**body, "messages": [{"role": "user", "content": [{"type": "document"}]}]}, "messages[0].content[0]"),
     ):
         with pytest.raises(InvalidParam) as caught:
-            anthropic.parse(bad, LIMIT)
+            anthropic.parse(bad)
         assert caught.value.param == param
-    assert anthropic.parse({**body, "max_tokens": None}, LIMIT, count_only=True).kind == "chat"
+    assert anthropic.parse({**body, "max_tokens": None}, count_only=True).kind == "chat"
 
 
 def _usage(**fields) -> Usage:
@@ -186,8 +196,8 @@ def test_responses_translation_and_rendering():
         "tools": [{"type": "function", "name": "w", "parameters": {"type": "object"}}],
         "text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}, "strict": True}},
     }  # fmt: skip
-    request = responses.parse(body, LIMIT, history)
-    command = request.command()
+    request = responses.parse(body, history)
+    command = _command(request)
     assert command["messages"] == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Weather?"},
@@ -200,9 +210,11 @@ def test_responses_translation_and_rendering():
     assert command["max_tokens"] == 5
     # A runner error about the schema names the Responses field.
     assert request.param("response_format") == "text.format"
-    assert responses.parse({**body, "max_output_tokens": LIMIT + 1}, LIMIT).max_tokens == LIMIT
+    clamped = responses.parse({**body, "max_output_tokens": LIMIT + 1})
+    clamped.within(LIMIT)
+    assert clamped.max_tokens == LIMIT
     with pytest.raises(InvalidParam) as caught:
-        responses.parse({**body, "max_output_tokens": 0}, LIMIT)
+        responses.parse({**body, "max_output_tokens": 0})
     assert caught.value.param == "max_output_tokens"
 
     r = responses.ResponsesRenderer("resp_1", body, request)
@@ -271,27 +283,28 @@ def test_messages_system_role_and_tool_result_images():
         ],
         "thinking": {"type": "adaptive"}, "context_management": {"edits": []}, "unknown": 1,
     }  # fmt: skip
-    request = anthropic.parse(body, LIMIT)
+    request = anthropic.parse(body)
+    request.within(LIMIT)  # Claude Code's 32,000 clamped by the service
     assert request.max_tokens == LIMIT and request.reasoning is True
-    command = request.command()
+    command = _command(request)
     assert command["messages"][1] == {"role": "system", "content": "note"}
     assert command["messages"][2] == {"role": "tool", "tool_call_id": "t", "content": "shot:[image omitted]"}
     with pytest.raises(InvalidParam) as caught:
-        anthropic.parse({**body, "messages": [{"role": "wizard", "content": "x"}]}, LIMIT)
+        anthropic.parse({**body, "messages": [{"role": "wizard", "content": "x"}]})
     assert "Unexpected role" in caught.value.message
 
 
 def test_completions_prompts_and_echo_rendering():
     base = {"model": M, "max_tokens": 0, "echo": True, "logprobs": 1}
-    requests = openai_chat.parse_completions({**base, "prompt": [[1, 2], [3]]}, LIMIT)
-    assert [r.command()["prompt"] for r in requests] == [[1, 2], [3]]
-    assert all(r.command()["echo"] and r.max_tokens == 0 for r in requests)
-    assert [r.prompt for r in openai_chat.parse_completions({**base, "prompt": ["a", "b"]}, LIMIT)] == ["a", "b"]
+    requests = openai_chat.parse_completions({**base, "prompt": [[1, 2], [3]]})
+    assert [_command(r)["prompt"] for r in requests] == [[1, 2], [3]]
+    assert all(_command(r)["echo"] and r.max_tokens == 0 for r in requests)
+    assert [r.prompt for r in openai_chat.parse_completions({**base, "prompt": ["a", "b"]})] == ["a", "b"]
     for bad in ([], [[]], ["a", ""], [[1], [-1]], [["a"]], [1.5]):
         with pytest.raises(InvalidParam):
-            openai_chat.parse_completions({**base, "prompt": bad}, LIMIT)
+            openai_chat.parse_completions({**base, "prompt": bad})
     with pytest.raises(InvalidParam) as caught:  # generating nothing needs echo
-        openai_chat.parse_completions({**base, "echo": False, "prompt": "a"}, LIMIT)
+        openai_chat.parse_completions({**base, "echo": False, "prompt": "a"})
     assert caught.value.param == "max_tokens"
 
     r = openai_chat.CompletionRenderer("cmpl-1", 0, M, prompts=2, include_usage=False, logprobs=True)
@@ -321,9 +334,9 @@ def test_responses_tool_sets():
     assert [t.name for t in tools.tools] == ["run", "a__run", "only", "free"]  # renamed only where names repeat
     assert tools.origin["a__run"] == ("function", "a", "run") and tools.hosted == {"web_search"}
     history = [{"type": "function_call", "call_id": "c", "name": "run", "namespace": "a", "arguments": "{}"}]
-    command = responses.parse(body, LIMIT, history).command()
+    command = _command(responses.parse(body, history))
     assert command["messages"][0]["tool_calls"][0]["function"]["name"] == "a__run"
-    r = responses.ResponsesRenderer("resp_1", body, responses.parse(body, LIMIT))
+    r = responses.ResponsesRenderer("resp_1", body, responses.parse(body))
     r.usage = _usage(finish_reason="tool_calls")
     r.feed({"ev": "tool_call", "call": {"name": "a__run", "arguments": "{}"}})
     r.feed({"ev": "tool_call", "call": {"name": "free", "arguments": '{"input": "ls -la"}'}})

@@ -13,7 +13,6 @@ from jupyter_mlx_manager.inference.request import InvalidParam
 from jupyter_mlx_manager.protocols import anthropic, models, openai_chat, responses
 
 M = "local/tiny-demo"
-LIMIT = 512
 ROUTES = {
     "/mlx/v1/chat/completions": models.ChatCompletionRequest,
     "/mlx/v1/completions": models.CompletionRequest,
@@ -109,28 +108,26 @@ CHAT = {"model": M, "messages": [{"role": "user", "content": "Hi"}]}
 )
 def test_chat_refusals_name_the_field(extra, param, message):
     with pytest.raises(InvalidParam) as caught:
-        openai_chat.parse({**CHAT, **extra}, "chat", LIMIT)
+        openai_chat.parse({**CHAT, **extra}, "chat")
     assert caught.value.param == param and caught.value.status_code == 400
     if message:
         assert caught.value.message == message
 
 
 def test_unknown_fields_stay_accepted_and_defaults_hold():
-    request = openai_chat.parse({**CHAT, "metadata": {"a": 1}, "parallel_tool_calls": False}, "chat", LIMIT)
+    request = openai_chat.parse({**CHAT, "metadata": {"a": 1}, "parallel_tool_calls": False}, "chat")
     assert (request.temperature, request.top_p, request.stop, request.logit_bias) == (1.0, 1.0, [], {})
-    request = openai_chat.parse({**CHAT, "stop": "END", "logit_bias": {"007": -5}, "temperature": 0}, "chat", LIMIT)
+    request = openai_chat.parse({**CHAT, "stop": "END", "logit_bias": {"007": -5}, "temperature": 0}, "chat")
     assert request.stop == ["END"] and request.logit_bias == {"7": -5.0} and request.temperature == 0.0
-    messages = anthropic.parse({"model": M, "max_tokens": 5, "messages": CHAT["messages"], "foo": 1}, LIMIT)
+    messages = anthropic.parse({"model": M, "max_tokens": 5, "messages": CHAT["messages"], "foo": 1})
     assert messages.max_tokens == 5 and messages.tool_choice == "auto" and messages.reasoning is None
     tools = [{"name": "w", "input_schema": {"type": "object"}}]
     for choice, expected in (({"type": "any"}, "required"), ({"type": "tool", "name": "w"}, {"name": "w"})):
         body = {"model": M, "max_tokens": 5, "messages": CHAT["messages"], "tools": tools, "tool_choice": choice}
-        assert anthropic.parse({**body, "thinking": {"type": "adaptive"}}, LIMIT).tool_choice == expected
+        assert anthropic.parse({**body, "thinking": {"type": "adaptive"}}).tool_choice == expected
     chat_tools = [{"type": "function", "function": {"name": "w"}}]
     choice = {"type": "function", "function": {"name": "w"}}
-    assert openai_chat.parse({**CHAT, "tools": chat_tools, "tool_choice": choice}, "chat", LIMIT).tool_choice == {
-        "name": "w"
-    }
+    assert openai_chat.parse({**CHAT, "tools": chat_tools, "tool_choice": choice}, "chat").tool_choice == {"name": "w"}
 
 
 @pytest.mark.parametrize(
@@ -150,7 +147,7 @@ def test_unknown_fields_stay_accepted_and_defaults_hold():
 def test_messages_refusals_name_the_field(extra, param):
     body = {"model": M, "max_tokens": 5, "messages": CHAT["messages"], **extra}
     with pytest.raises(InvalidParam) as caught:
-        anthropic.parse(body, LIMIT)
+        anthropic.parse(body)
     assert caught.value.param == param
 
 
@@ -170,7 +167,7 @@ def test_messages_refusals_name_the_field(extra, param):
 )
 def test_responses_refusals_name_the_field(extra, param):
     with pytest.raises(InvalidParam) as caught:
-        responses.parse({"model": M, "input": "Hi", **extra}, LIMIT, [])
+        responses.parse({"model": M, "input": "Hi", **extra}, [])
     assert caught.value.param == param
 
 

@@ -24,8 +24,8 @@ ENDPOINT_PREFIX = "/mlx"  # batch lines are recorded under the route they stand 
 
 
 class LineRunner:
-    def __init__(self, completions: InferenceService, embeddings: EmbeddingService, max_tokens_limit: int):
-        self.completions, self.embeddings, self.max_tokens_limit = completions, embeddings, max_tokens_limit
+    def __init__(self, completions: InferenceService, embeddings: EmbeddingService):
+        self.completions, self.embeddings = completions, embeddings
 
     async def __call__(self, actor: Actor, url: str, body: dict[str, Any], request_id: str) -> tuple[int, dict]:
         """(status, body) of one line; a spent budget is raised (the batch waits for it)."""
@@ -42,21 +42,20 @@ class LineRunner:
         if url == "/v1/embeddings":
             request = parse_embeddings(body)
             return await self.embeddings.embed(actor, endpoint, request, request_id, priority="batch")
-        limit = self.max_tokens_limit
         if url == "/v1/chat/completions":
-            requests = [openai_chat.parse(body, "chat", limit)]
+            requests = [openai_chat.parse(body, "chat")]
             renderer: Any = openai_chat.ChatRenderer(
                 "chatcmpl-" + request_id, int(time.time()), requests[0].model, False,
                 logprobs=requests[0].logprobs is not None,
             )  # fmt: skip
         elif url == "/v1/completions":
-            requests = openai_chat.parse_completions(body, limit)
+            requests = openai_chat.parse_completions(body)
             renderer = openai_chat.CompletionRenderer(
                 "cmpl-" + request_id, int(time.time()), requests[0].model, len(requests), False,
                 logprobs=requests[0].logprobs is not None,
             )  # fmt: skip
         else:
-            requests = [responses.parse({**body, "store": False}, limit, [])]
+            requests = [responses.parse({**body, "store": False}, [])]
             renderer = responses.ResponsesRenderer("resp_" + request_id, body, requests[0])
         renderer.usages = [Usage() for _ in requests]
         renderer.usage = renderer.usages[0]

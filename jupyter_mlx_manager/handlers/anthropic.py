@@ -23,7 +23,7 @@ class AnthropicErrors:
 
 class MessagesHandler(AnthropicErrors, InferenceHandler):
     async def serve(self) -> None:
-        request = parse(self.json_body(), self.services.max_tokens_limit)
+        request = parse(self.json_body())
         await self.generate(request, MessagesRenderer("msg_" + self.request_id, request.model))
 
 
@@ -35,5 +35,5 @@ class CountTokensHandler(AnthropicErrors, MLXAPIHandler):
     async def post(self):
         body = await self.json_body_off_loop()
         await self.services.profiles.apply(body, "messages")  # counted for the model that would answer
-        request = parse(body, self.services.max_tokens_limit, count_only=True)
+        request = parse(body, count_only=True)
         self.write_json({"input_tokens": await self.services.completions.count_tokens(self.actor, request)})

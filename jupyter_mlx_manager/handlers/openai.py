@@ -92,7 +92,7 @@ class ModelsHandler(OpenAIHandler):
 
 class ChatCompletionsHandler(OpenAIErrors, InferenceHandler):
     async def serve(self) -> None:
-        request = parse(self.json_body(), "chat", self.services.max_tokens_limit)
+        request = parse(self.json_body(), "chat")
         renderer = ChatRenderer(
             "chatcmpl-" + self.request_id, int(time.time()), request.model, request.include_usage,
             logprobs=request.logprobs is not None,
@@ -102,7 +102,7 @@ class ChatCompletionsHandler(OpenAIErrors, InferenceHandler):
 
 class CompletionsHandler(OpenAIErrors, InferenceHandler):
     async def serve(self) -> None:
-        requests = parse_completions(self.json_body(), self.services.max_tokens_limit)
+        requests = parse_completions(self.json_body())
         first = requests[0]
         renderer = CompletionRenderer(
             "cmpl-" + self.request_id, int(time.time()), first.model, len(requests), first.include_usage,

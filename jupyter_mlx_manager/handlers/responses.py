@@ -41,7 +41,7 @@ class ResponsesHandler(OpenAIErrors, InferenceHandler):
     async def serve(self) -> None:
         body = self.json_body()
         history = await _history(self, body)
-        request = parse(body, self.services.max_tokens_limit, history)
+        request = parse(body, history)
         self._history = history + [dict(i) for i in input_items(body)]
         self._store = body.get("store", True) is not False
         await self.generate(request, ResponsesRenderer("resp_" + self.request_id, body, request))
@@ -64,7 +64,7 @@ class InputTokensHandler(OpenAIErrors, MLXAPIHandler):
     async def post(self):
         body = await self.json_body_off_loop()
         await self.services.profiles.apply(body, "responses")  # counted for the model that would answer
-        request = parse(body, self.services.max_tokens_limit, await _history(self, body))
+        request = parse(body, await _history(self, body))
         count = await self.services.completions.count_tokens(self.actor, request)
         self.write_json({"object": "response.input_tokens", "input_tokens": count})
 

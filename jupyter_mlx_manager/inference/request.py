@@ -150,11 +150,20 @@ class InferenceRequest:
     # The protocol's spelling of common fields, for `param` in errors (runner errors included).
     names: dict[str, str] = field(default_factory=dict)
 
+    def within(self, max_tokens_limit: int) -> None:
+        """The server's policy: at most `max_tokens_limit` tokens, and that many when none are asked
+        for. More is clamped, not refused (as the real APIs do for their models): agents ask for
+        32,000 and expect the answer to end with a length stop. The runner clamps again to the room
+        the context leaves."""
+        self.max_tokens = max_tokens_limit if self.max_tokens is None else min(self.max_tokens, max_tokens_limit)
+
     def param(self, name: str | None) -> str | None:
         return self.names.get(name, name) if name else name
 
     # -- validation, once for every protocol -----------------------------------------------------
-    def validate(self, max_tokens_limit: int, default_max_tokens: int | None = None) -> InferenceRequest:
+    def validate(self, default_max_tokens: int | None = None) -> InferenceRequest:
+        """The request as the protocol reads it (`default_max_tokens`: the protocol's default,
+        e.g. completions' 16); the server's own limits are applied by the service (`within`)."""
         if not isinstance(self.model, str) or not self.model:
             raise InvalidParam("model is required", self.param("model"))
         if not is_valid_model_id(self.model):  # before anything records or looks up the id
@@ -167,13 +176,8 @@ class InferenceRequest:
             validate_keep_alive(self.keep_alive)
         except BadRequest as exc:
             raise InvalidParam(exc.message, self.param("keep_alive")) from None
-        # Above the server's limit is clamped, not refused (as the real APIs do for their
-        # models): agents ask for 32,000 and expect the answer to end with a length stop.
-        # The runner clamps again to the room the context leaves.
         if self.max_tokens is None:
-            self.max_tokens = min(default_max_tokens or max_tokens_limit, max_tokens_limit)
-        else:
-            self.max_tokens = min(self.max_tokens, max_tokens_limit)
+            self.max_tokens = default_max_tokens
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
             raise InvalidParam(
                 f"{self.param('logprobs')} must be an integer from 0 to {MAX_TOP_LOGPROBS}", self.param("logprobs")

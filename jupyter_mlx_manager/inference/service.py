@@ -30,10 +30,12 @@ class InferenceService:
     def __init__(
         self,
         pipeline: ServingPipeline,
+        max_tokens_limit: int,
         record_content: bool = False,
         image_limits: ImageLimits | None = None,
     ):
         self.pipeline = pipeline
+        self.max_tokens_limit = max_tokens_limit
         self.record_content = record_content
         self.image_limits = image_limits or ImageLimits()
 
@@ -48,6 +50,7 @@ class InferenceService:
 
     async def count_tokens(self, actor: Actor, request: InferenceRequest) -> int:
         """Prompt tokens of a request, as its backend counts them, without generating."""
+        request.within(self.max_tokens_limit)  # its command is complete, as for a generation
         backend = self.backends.resolve(request.model)
         await self._check_images(request)
         with self.pipeline.limits.user_place(actor.user["username"]):  # a flood of counts is bounded like requests
@@ -64,6 +67,7 @@ class InferenceService:
     ) -> AsyncIterator[dict[str, Any]]:
         """Yield the backend's `started`, `text`, `reasoning` and `tool_call` events; fills
         `usage` as it goes (see `ServingPipeline.serve` for the errors raised)."""
+        request.within(self.max_tokens_limit)
         await self._check_images(request)
         kinds = ("vision",) if request.has_images() else GENERATIVE_KINDS  # images: a vision model only
         async with self.pipeline.serve(

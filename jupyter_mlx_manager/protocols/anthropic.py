@@ -142,7 +142,7 @@ def _output_format(body: MessagesRequest) -> tuple[OutputFormat | None, str]:
     return json_schema_format(fmt.get("schema"), None, True, name), name
 
 
-def parse(body: dict[str, Any], max_tokens_limit: int, count_only: bool = False) -> InferenceRequest:
+def parse(body: dict[str, Any], count_only: bool = False) -> InferenceRequest:
     """A Messages body (`count_only`: a count_tokens body, without max_tokens)."""
     fields = read(CountTokensRequest if count_only else MessagesRequest, body)
     if fields.max_tokens is None and not count_only:
@@ -182,7 +182,7 @@ def parse(body: dict[str, Any], max_tokens_limit: int, count_only: bool = False)
         reasoning=_thinking(fields.thinking),
         names={"stop": "stop_sequences", "response_format": format_name},
     )
-    return request.validate(max_tokens_limit)
+    return request.validate()
 
 
 def _arguments(text: str) -> dict[str, Any]:

@@ -161,33 +161,33 @@ def prompts(prompt: Any) -> list[str | list[int]]:
     raise InvalidParam(PROMPT_MESSAGE, "prompt")
 
 
-def parse_completions(body: dict[str, Any], max_tokens_limit: int) -> list[InferenceRequest]:
+def parse_completions(body: dict[str, Any]) -> list[InferenceRequest]:
     """A completions body: one request per prompt (the same parameters each)."""
     fields = read(CompletionRequest, body)
     many = prompts(fields.prompt)
-    request = _request(fields, "completion", max_tokens_limit)
+    request = _request(fields, "completion")
     request.echo = bool(fields.echo)
     request.logprobs = fields.logprobs
     request.prompt = many[0]
-    request.validate(max_tokens_limit, 16)
+    request.validate(16)
     return [dataclasses.replace(request, prompt=p) for p in many]
 
 
-def parse(body: dict[str, Any], kind: str, max_tokens_limit: int) -> InferenceRequest:
+def parse(body: dict[str, Any], kind: str) -> InferenceRequest:
     """`kind` is "chat" (chat/completions) or "completion" (completions, its first prompt)."""
     if kind != "chat":
-        return parse_completions(body, max_tokens_limit)[0]
+        return parse_completions(body)[0]
     fields = read(ChatCompletionRequest, body)
-    request = _request(fields, "chat", max_tokens_limit)
+    request = _request(fields, "chat")
     request.logprobs = chat_logprobs(fields)
     request.messages = messages(fields.messages)
     request.tools = tools(fields.tools)
     request.tool_choice = tool_choice(fields.tool_choice)
     request.output_format = openai_output_format(fields.response_format, "response_format", nested="json_schema")
-    return request.validate(max_tokens_limit)
+    return request.validate()
 
 
-def _request(fields: OpenAISampling, kind: str, max_tokens_limit: int) -> InferenceRequest:
+def _request(fields: OpenAISampling, kind: str) -> InferenceRequest:
     """The fields chat and completions share (`max_tokens: 0` scores a prompt only with `echo`)."""
     max_tokens, max_name = fields.max_completion_tokens, "max_completion_tokens"
     if max_tokens is None:

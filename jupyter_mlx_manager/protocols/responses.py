@@ -252,7 +252,7 @@ def _logprobs(body: ResponsesRequest) -> int | None:
     return (body.top_logprobs or 0) if LOGPROBS_INCLUDE in (body.include or []) else None
 
 
-def parse(body: dict[str, Any], max_tokens_limit: int, history: list[dict[str, Any]] | None = None) -> InferenceRequest:
+def parse(body: dict[str, Any], history: list[dict[str, Any]] | None = None) -> InferenceRequest:
     """A Responses body; `history`: the items of the previous response's conversation."""
     fields = read(ResponsesRequest, body)
     items = items_of(fields.input)
@@ -272,7 +272,7 @@ def parse(body: dict[str, Any], max_tokens_limit: int, history: list[dict[str, A
         reasoning=None if fields.reasoning is None else (fields.reasoning.effort != "none"),
         names={**NAMES, "logprobs": "top_logprobs"},
     )
-    return request.validate(max_tokens_limit)
+    return request.validate()
 
 
 class ResponsesRenderer:
