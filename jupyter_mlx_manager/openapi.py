@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from ._version import __version__
+from .models.kinds import KINDS
 from .protocols import models
 
 JSON = "application/json"
@@ -181,9 +182,15 @@ SCHEMAS: dict[str, Any] = {
         },
         ["id", "request_id", "time", "action", "status"],
     ),
+    "ModelKind": {
+        "type": "string",
+        "enum": list(KINDS),
+        "description": "What a model does: which MLX package serves it and which routes (models/kinds.py)",
+    },
     "PoolModel": _obj(
         {
             "model": STR,
+            "kind": _ref("ModelKind"),
             "status": STR,
             "pinned": BOOL,
             "keep_alive": NUM,

@@ -53,7 +53,10 @@ class Client:
         return reply.json()["choices"][0]["text"], (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
 
     def files(self) -> set[Path]:
-        return set(self.folder.glob("*.safetensors")) if self.folder.is_dir() else set()
+        """The finished cache files (not the writer's hidden temporary file, renamed when complete)."""
+        if not self.folder.is_dir():
+            return set()
+        return {path for path in self.folder.glob("*.safetensors") if not path.name.startswith(".")}
 
     def new_file(self, before: set[Path]) -> Path:
         """Wait for the writer thread's next file (it writes off the request's path)."""

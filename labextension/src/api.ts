@@ -8,6 +8,8 @@
  */
 import { ServerConnection } from '@jupyterlab/services';
 
+import type { components } from './generated/openapi';
+
 /** Path of the management API under the server's base URL. */
 export const API_ROOT = 'mlx/api/';
 
@@ -392,9 +394,9 @@ export function unloadModel(
 export type Quantization =
   { bits: number; group_size?: number | null; mode?: string } | string | null;
 
-/** What a model does (SPEC "kinds"); the Hub's kind may be unknown (null). */
-export type ModelKind =
-  'text' | 'vision' | 'embedding' | 'transcription' | 'speech';
+/** What a model does: the server's one kind registry (models/kinds.py), through the OpenAPI
+ * document; the Hub's kind may be unknown (null). */
+export type ModelKind = components['schemas']['ModelKind'];
 
 export interface ILocalModel {
   id: string;

@@ -4128,6 +4128,11 @@ export interface components {
     Model: {
       id: string;
     };
+    /**
+     * @description What a model does: which MLX package serves it and which routes (models/kinds.py)
+     * @enum {string}
+     */
+    ModelKind: 'text' | 'vision' | 'embedding' | 'transcription' | 'speech';
     /** NamedFunction */
     NamedFunction: {
       /** Name */
@@ -4204,6 +4209,7 @@ export interface components {
       draft_model?: string | null;
       expires_at?: string | null;
       keep_alive: number;
+      kind?: components['schemas']['ModelKind'];
       last_used?: string;
       loaded_at?: string;
       memory_bytes: number;
