@@ -90,3 +90,20 @@ def jupyter_server(root: Path, *args: str, env: dict[str, str] | None = None) ->
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def wait_for_serve(process: subprocess.Popen, url: str, log: Path) -> None:
+    """Until `jupyter mlx-manager serve` answers at `url`; a start that fails kills it and says why (its log)."""
+
+    def answers() -> bool:
+        try:
+            return requests.get(url, timeout=2).ok
+        except requests.ConnectionError:
+            assert process.poll() is None, "serve exited"
+            return False
+
+    try:
+        wait_until(answers, "serve to answer", timeout=60, interval=0.3)
+    except AssertionError as error:
+        process.kill()
+        raise RuntimeError("serve did not start:\n" + log.read_text()[-3000:]) from error

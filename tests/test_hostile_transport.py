@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import OWNER, server_config
-from servers import free_port, jupyter_server
+from servers import free_port, jupyter_server, wait_for_serve
 from waiting import wait_until, wait_until_async
 
 PASSWORD = "correct horse battery staple"
@@ -135,19 +135,7 @@ def serve(tmp_path_factory):
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
-
-    def answers() -> bool:
-        try:
-            return requests.get(url, timeout=2).ok
-        except requests.ConnectionError:
-            assert process.poll() is None, "serve exited"
-            return False
-
-    try:
-        wait_until(answers, "serve to answer", timeout=60, interval=0.3)
-    except AssertionError as error:
-        process.kill()
-        raise RuntimeError("serve did not start:\n" + (root / "serve.log").read_text()[-3000:]) from error
+    wait_for_serve(process, url, root / "serve.log")
     user = {"username": "ann", "password": PASSWORD}
     assert requests.post(url + "mlx/api/auth/register", json=user, timeout=30).status_code == 201
     access = requests.post(url + "mlx/api/auth/login", json=user, timeout=30).json()["access_token"]

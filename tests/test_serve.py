@@ -17,8 +17,7 @@ import pytest
 import requests
 import websocket
 from models import build_models
-from servers import free_port
-from waiting import wait_until
+from servers import free_port, wait_for_serve
 
 MODEL = "local/tiny-demo"
 PASSWORD = "correct horse battery staple"
@@ -39,19 +38,7 @@ def serve(tmp_path_factory):
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
-
-    def answers() -> bool:
-        try:
-            return requests.get(url, timeout=2).ok
-        except requests.ConnectionError:
-            assert process.poll() is None, "serve exited"
-            return False
-
-    try:
-        wait_until(answers, "serve to answer", timeout=60, interval=0.3)
-    except AssertionError as error:
-        process.kill()
-        raise RuntimeError("serve did not start:\n" + (root / "serve.log").read_text()[-3000:]) from error
+    wait_for_serve(process, url, root / "serve.log")
     process.url, process.root = url, root
     try:
         yield process

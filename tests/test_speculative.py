@@ -50,17 +50,22 @@ def test_greedy_output_is_plain_decodings(runners, eos_allowed):
 
 
 def test_a_speculating_request_keeps_its_output_when_another_joins(runners):
-    plain, speculating = runners
-    expected, _ = plain.run("alone", REPEATING, max_tokens=300)
+    keeps_its_output_when_another_joins(*runners, tokens=300)
+
+
+def keeps_its_output_when_another_joins(plain, speculating, tokens: int) -> None:
+    """A request speculating on the direct path migrates into the batch when another arrives, and its
+    text is still plain greedy decoding's."""
+    expected, _ = plain.run("alone", REPEATING, max_tokens=tokens)
     before = speculating.engine_stats()
-    speculating.submit("long", REPEATING, max_tokens=300)
+    speculating.submit("long", REPEATING, max_tokens=tokens)
     first = [speculating.next_event("long"), speculating.next_event("long")]
     assert [e["ev"] for e in first] == ["started", "text"]  # decoding (speculating) on the direct path
     _, short_events = speculating.run("short", "Hi", max_tokens=10)
     assert short_events[-1]["completion_tokens"] == 10
     text, events = speculating.collect("long")
     assert "".join(e["text"] for e in first[1:]) + text == expected
-    assert events[-1]["completion_tokens"] == 300
+    assert events[-1]["completion_tokens"] == tokens
     after = speculating.engine_stats(until=lambda s: s["migrations"] > before["migrations"])
     assert after["migrations"] > before["migrations"]
 

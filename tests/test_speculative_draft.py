@@ -22,8 +22,8 @@ import pytest
 from models import build_models, eos_id
 from servers import jupyter_server
 from test_engine import Runner
+from test_speculative import REPEATING, keeps_its_output_when_another_joins
 
-REPEATING = "def add(a, b):\n    return a + b\n\n" * 6 + "def add(a, b):\n"
 PROMPTS = [REPEATING, "Once upon a time " * 12, "Tell me about the weather in Paris."]
 MODEL = "local/demo"
 
@@ -80,19 +80,7 @@ def test_greedy_output_is_the_models_own(runners, draft, eos_allowed):
 
 def test_a_speculating_request_keeps_its_output_when_another_joins(runners):
     plain, drafted = runners
-    speculating = drafted["other"]
-    expected, _ = plain.run("alone", REPEATING, max_tokens=200)
-    before = speculating.engine_stats()
-    speculating.submit("long", REPEATING, max_tokens=200)
-    first = [speculating.next_event("long"), speculating.next_event("long")]
-    assert [e["ev"] for e in first] == ["started", "text"]  # decoding (speculating) on the direct path
-    _, short_events = speculating.run("short", "Hi", max_tokens=10)
-    assert short_events[-1]["completion_tokens"] == 10
-    text, events = speculating.collect("long")
-    assert "".join(e["text"] for e in first[1:]) + text == expected
-    assert events[-1]["completion_tokens"] == 200
-    after = speculating.engine_stats(until=lambda s: s["migrations"] > before["migrations"])
-    assert after["migrations"] > before["migrations"]
+    keeps_its_output_when_another_joins(plain, drafted["other"], tokens=200)
 
 
 def weights(folder: Path) -> int:
