@@ -39,6 +39,7 @@ JOB_COLUMNS = "id, user, type, status, spec, progress, result, error, created_at
 FINAL = ("succeeded", "failed", "cancelled", "interrupted")
 MAX_CURVE_POINTS = 2000  # a fine-tune's loss points kept in its record
 WAIT_FOR_MEMORY_SECONDS = 2.0
+KILL_WAIT_SECONDS = 10.0  # a killed worker is gone well within this
 # What an adapter's folder borrows from its base: enough to list, count tokens and template.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.json",
                    "chat_template.jinja", "generation_config.json")  # fmt: skip
@@ -124,8 +125,11 @@ class JobService:
             return job_object(row)
         process = self._running.get(job_id)
         await self._finish(job_id, "cancelled", error=f"cancelled by {user['username']}")
-        if process is not None:
+        if process is not None:  # its memory is free when the answer says cancelled
             _kill(process)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), KILL_WAIT_SECONDS)
+            self.pool.release(job_id)
         return await self.get(user, job_id)
 
     async def follow(self, user: dict[str, Any], job_id: str) -> AsyncIterator[dict[str, Any] | None]:
