@@ -1,4 +1,5 @@
-"""Prompt-lookup speculative decoding (`c.MLXManager.draft_models = {id: "prompt_lookup"}`).
+"""Prompt-lookup speculative decoding (`c.MLXManager.draft_models = {id: "prompt_lookup"}`, or
+`speculative: "prompt_lookup"` in one request's body).
 
 Greedy output is plain decoding's, token for token: alone on the direct path (with and without
 logit_bias, on prompts whose n-grams repeat, so drafts are accepted and rejected), and when
@@ -49,6 +50,20 @@ def test_greedy_output_is_plain_decodings(runners, eos_allowed):
     assert stats["speculative_accepted"] > 0 and stats["speculative_rejected"] > 0, stats
 
 
+def test_a_request_may_ask_for_prompt_lookup_on_a_runner_loaded_without_it(runners):
+    """`speculative: "prompt_lookup"` in one request: that request speculates (drafts are counted),
+    its greedy output is still plain decoding's, and requests that do not ask do not speculate."""
+    plain, _ = runners
+    expected, _ = plain.run("without", REPEATING, max_tokens=80)
+    before = plain.engine_stats()
+    assert before["speculative_accepted"] == before["speculative_rejected"] == 0  # nothing asked for it yet
+    text, _ = plain.run("asks", REPEATING, max_tokens=80, speculative="prompt_lookup")
+    assert text == expected
+    after = plain.engine_stats(until=lambda s: s["speculative_accepted"] > 0)
+    assert after["speculative_accepted"] > 0
+    assert "speculative" not in after  # the runner itself still does not speculate
+
+
 def test_a_speculating_request_keeps_its_output_when_another_joins(runners):
     keeps_its_output_when_another_joins(*runners, tokens=300)
 
@@ -89,3 +104,38 @@ def test_the_pool_reports_the_acceptance_rate_and_metrics_count_drafts(tmp_path,
             assert 0 < status["acceptance_rate"] <= 1, status
             metrics = http.get("metrics").text
     assert f'mlx_manager_speculative_tokens_total{{model="{model}",result="accepted"}}' in metrics, metrics[-2000:]
+
+
+def test_a_request_asks_for_speculation_through_every_protocol(tmp_path, models_dir):
+    """A server loaded without speculation: chat completions, Messages and Responses take
+    `speculative: "prompt_lookup"` (the SDKs' extra_body); the answer is the one without it, the
+    pool then reports the drafts; any other value is a 400 naming the field."""
+    model = "local/demo"
+    no_eos = {str(eos_id(models_dir / "demo")): -100}
+    args = (f"--MLXManager.model_dirs={models_dir}", "--MLXManager.default_keep_alive=-1")
+    chat = {"model": model, "messages": [{"role": "user", "content": REPEATING}], "max_tokens": 40,
+            "temperature": 0, "logit_bias": no_eos}  # fmt: skip
+    with jupyter_server(tmp_path, *args) as server:
+        with httpx.Client(base_url=server.url, headers=server.headers, timeout=120) as http:
+            plain = http.post("mlx/v1/chat/completions", json=chat).json()["choices"][0]["message"]["content"]
+            assert http.get("mlx/api/pool").json()["models"][0]["speculative"] is None
+            asked = http.post("mlx/v1/chat/completions", json={**chat, "speculative": "prompt_lookup"})
+            assert asked.status_code == 200 and asked.json()["choices"][0]["message"]["content"] == plain
+            messages = {"model": model, "max_tokens": 8, "messages": chat["messages"], "temperature": 0,
+                        "speculative": "prompt_lookup"}  # fmt: skip
+            assert http.post("mlx/v1/messages", json=messages).status_code == 200
+            responses = {"model": model, "input": REPEATING, "max_output_tokens": 8, "temperature": 0,
+                         "speculative": "prompt_lookup"}  # fmt: skip
+            assert http.post("mlx/v1/responses", json=responses).status_code == 200
+            status, deadline = None, time.monotonic() + 30
+            while time.monotonic() < deadline:  # the heartbeat carries the runner's counters
+                status = http.get("mlx/api/pool").json()["models"][0]["speculative"]
+                if status and status["accepted_tokens"]:
+                    break
+                time.sleep(0.1)
+            assert status["mode"] == "prompt_lookup" and status["draft_model"] is None, status
+            assert status["accepted_tokens"] > 0, status
+            for path, body in (("mlx/v1/chat/completions", chat), ("mlx/v1/messages", messages),
+                               ("mlx/v1/responses", responses)):  # fmt: skip
+                refused = http.post(path, json={**body, "speculative": "draft_model"})
+                assert refused.status_code == 400 and "speculative" in refused.text, (path, refused.text)

@@ -145,6 +145,7 @@ class InferenceRequest:
     # Log-probabilities of the output tokens with this many alternatives each (None: none).
     logprobs: int | None = None
     keep_alive: float | None = None
+    speculative: Literal["prompt_lookup"] | None = None  # this request's speculation (None: the model's own)
     stream: bool = False
     include_usage: bool = False
     # The protocol's spelling of common fields, for `param` in errors (runner errors included).
@@ -290,7 +291,8 @@ class InferenceRequest:
             "response_format": self.output_format.as_command() if self.output_format else None,
             "reasoning": self.reasoning,
         }
-        for name in ("top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs"):
+        for name in ("top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs",
+                     "speculative"):  # fmt: skip
             if getattr(self, name) is not None:
                 command[name] = getattr(self, name)
         if self.kind == "chat":

@@ -322,15 +322,18 @@ class LoadedModel:
 
     def speculative_status(self) -> dict[str, Any] | None:
         """Draft tokens accepted and rejected by this runner (draft model or prompt lookup), and
-        the acceptance rate; None when it does not speculate."""
-        if self.speculation is None:
-            return None
+        the acceptance rate; None when it neither was loaded to speculate nor has speculated for a
+        request that asked to (`speculative: "prompt_lookup"` in its body)."""
         engine = self.runner.heartbeat.get("engine") or {}
         accepted, rejected = engine.get("speculative_accepted", 0), engine.get("speculative_rejected", 0)
         total = accepted + rejected
+        if self.speculation is None and not total:
+            return None
         return {
-            "mode": self.speculation.mode, "draft_model": self.speculation.draft_id, "accepted_tokens": accepted,
-            "rejected_tokens": rejected, "acceptance_rate": accepted / total if total else None,
+            "mode": self.speculation.mode if self.speculation else "prompt_lookup",  # else: per request
+            "draft_model": self.speculation.draft_id if self.speculation else None,
+            "accepted_tokens": accepted, "rejected_tokens": rejected,
+            "acceptance_rate": accepted / total if total else None,
         }  # fmt: skip
 
 

@@ -10,7 +10,7 @@ from .models import MessagesRequest, OpenAISampling, ResponsesRequest, bias
 
 def common_fields(fields: OpenAISampling | MessagesRequest | ResponsesRequest) -> dict[str, Any]:
     """The `InferenceRequest` fields every generating body names alike: the model, sampling (an
-    unset temperature or top_p is 1.0, each API's default), seed, logit bias, keep_alive, stream."""
+    unset temperature or top_p is 1.0, each API's default), seed, logit bias, keep_alive, speculative, stream."""
     return {
         "model": fields.model,
         "temperature": 1.0 if fields.temperature is None else fields.temperature,
@@ -19,5 +19,6 @@ def common_fields(fields: OpenAISampling | MessagesRequest | ResponsesRequest) -
         "seed": fields.seed,
         "logit_bias": bias(fields.logit_bias),
         "keep_alive": fields.keep_alive,
+        "speculative": fields.speculative,
         "stream": bool(fields.stream),
     }

@@ -125,6 +125,11 @@ KeepAlive = SkipValidation[
     Annotated[float, Field(le=MAX_KEEP_ALIVE_SECONDS, description="seconds (negative: forever)")] | None
 ]
 ToolName = Annotated[str, Field(pattern=f"^{TOOL_NAME_RE.pattern}$")]
+Speculative = Annotated[
+    Literal["prompt_lookup"] | None,
+    Field(description="speculative decoding for this request: n-gram drafts from the prompt (greedy requests)"),
+    Says("{field} must be 'prompt_lookup'"),
+]
 
 
 def _tokens(low: int) -> Any:
@@ -311,6 +316,7 @@ class OpenAISampling(Body):
     stop: _stops(4) = None
     logit_bias: LogitBias = None
     keep_alive: KeepAlive = None
+    speculative: Speculative = None
     stream: Flag = None
     user: SkipValidation[str | None] = None
 
@@ -465,7 +471,7 @@ class OutputConfig(Shape):
 
 
 class MessagesRequest(Body):
-    """`POST mlx/v1/messages` (`temperature`, `seed`, `logit_bias`, `keep_alive` in extra_body)."""
+    """`POST mlx/v1/messages` (`temperature`, `seed`, `logit_bias`, `keep_alive`, `speculative` in extra_body)."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -522,6 +528,7 @@ class MessagesRequest(Body):
         Says("thinking must be {type: 'enabled', budget_tokens}, {type: 'adaptive'} or {type: 'disabled'}"),
     ] = None
     keep_alive: KeepAlive = None
+    speculative: Speculative = None
     stream: Flag = None
     metadata: SkipValidation[dict[str, Any] | None] = None
 
@@ -671,7 +678,7 @@ MESSAGE_INPUT = {
 
 
 class ResponsesRequest(Body):
-    """`POST mlx/v1/responses` and `…/input_tokens` (`seed`, `logit_bias`, `top_k`, `keep_alive`
+    """`POST mlx/v1/responses` and `…/input_tokens` (`seed`, `logit_bias`, `top_k`, `keep_alive`, `speculative`
     as extensions)."""
 
     model_config = ConfigDict(
@@ -731,6 +738,7 @@ class ResponsesRequest(Body):
     metadata: SkipValidation[dict[str, Any] | None] = None
     user: SkipValidation[str | None] = None
     keep_alive: KeepAlive = None
+    speculative: Speculative = None
     stream: Flag = None
 
 

@@ -258,6 +258,7 @@ class Request:
     echo: str | None = None  # an echo request's prompt text
     scores: list[dict[str, Any]] | None = None  # an echo request's prompt logprob entries while it is scored
     cache_key: Any = MODEL_KEY  # its prompt-cache scope: prefixes are reused only under the same key
+    speculative: str | None = None  # its speculation mode (SPECULATIVE_MODES; None: plain decoding)
 
 
 class Engine:
@@ -654,6 +655,7 @@ class Engine:
             rid, prompt, max_tokens, cached, rest, cache, sampler, processors,
             self.tokenizer.detokenizer, text_filter, self.eos, grammar=grammar, thinking=thinking,
             logprobs=logprobs, completion=command.kind == "completion", cache_key=cache_key,
+            speculative=command.speculative or self.speculative,
         )  # fmt: skip
         self.emit({"ev": "started", "id": rid, "prompt_tokens": len(prompt), "cached_tokens": cached})
         if echo:
@@ -945,11 +947,10 @@ class Engine:
         self.stats["direct_steps"] += 1
         try:
             if request.steps is None and self._speculates(request):
-                if self.draft_model is not None and not self._draft_caught_up(request):
+                drafting = request.speculative == "draft_model"
+                if drafting and not self._draft_caught_up(request):
                     return  # one prefill chunk of the draft model this step
-                request.steps = (
-                    self._draft_steps(request) if self.draft_model is not None else self._lookup_steps(request)
-                )
+                request.steps = self._draft_steps(request) if drafting else self._lookup_steps(request)
             elif request.steps is None:
                 request.steps = generate_step(
                     self.mx.array(request.pending),
@@ -979,9 +980,9 @@ class Engine:
         from mlx_lm.models.cache import can_trim_prompt_cache
         from mlx_lm.sample_utils import greedy_sampler
 
-        if self.speculative is None or request.sampler is not greedy_sampler or request.grammar is not None:
+        if request.speculative is None or request.sampler is not greedy_sampler or request.grammar is not None:
             return False
-        return self.draft_model is None or (
+        return request.speculative != "draft_model" or (
             len(request.cache) == len(getattr(self.model, "layers", ())) and can_trim_prompt_cache(request.cache)
         )
 

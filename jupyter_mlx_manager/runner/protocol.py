@@ -120,6 +120,9 @@ class GenerateCommand(Command):
     # The prompt-cache scope: a cached prefix is reused only by requests of the same scope (the
     # local backend sends "user:<id>" or, with `prompt_cache_scope` "shared", "").
     cache_scope: str = Field("", max_length=MAX_SCOPE_LENGTH)
+    # This request's speculation (prompt lookup), whatever the runner was loaded with; null: the
+    # runner's own (its `--speculative` or draft model, if any).
+    speculative: Literal["prompt_lookup"] | None = None
 
     codes: ClassVar[dict[str, str]] = {"logit_bias": "invalid_logit_bias"}
     item_codes: ClassVar[dict[str, str]] = {"prompt": "invalid_token_id"}

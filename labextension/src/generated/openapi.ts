@@ -3204,6 +3204,12 @@ export interface components {
        */
       seed: number | null;
       /**
+       * Speculative
+       * @description speculative decoding for this request: n-gram drafts from the prompt (greedy requests)
+       * @default null
+       */
+      speculative: 'prompt_lookup' | null;
+      /**
        * Stop
        * @default null
        */
@@ -3440,6 +3446,12 @@ export interface components {
        */
       seed: number | null;
       /**
+       * Speculative
+       * @description speculative decoding for this request: n-gram drafts from the prompt (greedy requests)
+       * @default null
+       */
+      speculative: 'prompt_lookup' | null;
+      /**
        * Stop
        * @default null
        */
@@ -3528,6 +3540,12 @@ export interface components {
        * @default null
        */
       seed: number | null;
+      /**
+       * Speculative
+       * @description speculative decoding for this request: n-gram drafts from the prompt (greedy requests)
+       * @default null
+       */
+      speculative: 'prompt_lookup' | null;
       /**
        * Stop Sequences
        * @default null
@@ -4027,7 +4045,7 @@ export interface components {
     };
     /**
      * MessagesRequest
-     * @description `POST mlx/v1/messages` (`temperature`, `seed`, `logit_bias`, `keep_alive` in extra_body).
+     * @description `POST mlx/v1/messages` (`temperature`, `seed`, `logit_bias`, `keep_alive`, `speculative` in extra_body).
      */
     MessagesRequest: ({
       /**
@@ -4075,6 +4093,12 @@ export interface components {
        * @default null
        */
       seed: number | null;
+      /**
+       * Speculative
+       * @description speculative decoding for this request: n-gram drafts from the prompt (greedy requests)
+       * @default null
+       */
+      speculative: 'prompt_lookup' | null;
       /**
        * Stop Sequences
        * @default null
@@ -4270,7 +4294,7 @@ export interface components {
     };
     /**
      * ResponsesRequest
-     * @description `POST mlx/v1/responses` and `…/input_tokens` (`seed`, `logit_bias`, `top_k`, `keep_alive`
+     * @description `POST mlx/v1/responses` and `…/input_tokens` (`seed`, `logit_bias`, `top_k`, `keep_alive`, `speculative`
      *     as extensions).
      */
     ResponsesRequest: ({
@@ -4340,6 +4364,12 @@ export interface components {
        * @default null
        */
       seed: number | null;
+      /**
+       * Speculative
+       * @description speculative decoding for this request: n-gram drafts from the prompt (greedy requests)
+       * @default null
+       */
+      speculative: 'prompt_lookup' | null;
       /**
        * Store
        * @default null
