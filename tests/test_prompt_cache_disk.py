@@ -3,7 +3,8 @@
 Through real servers and runners: a long prompt's KV prefix is written to disk in the
 background and reused (reported as cached tokens, with the same greedy output) after the model
 is unloaded, after its runner is killed and after the server restarts; a corrupted or truncated
-file is ignored (the prompt is computed again, correctly); the folder stays within its bound.
+file, or one whose data changed under an intact header, is ignored (the prompt is computed again,
+correctly); the folder stays within its bound.
 """
 
 from __future__ import annotations
@@ -102,8 +103,12 @@ def test_a_long_prefix_survives_unload_a_killed_runner_a_restart_and_corruption(
         text, cached = client.complete(first)
         assert text == reference and cached >= len(first) - 1, cached
 
-        for path in client.files() - {first_file}:  # the second prompt's files (and the longer turn's): garbage
+        for path in client.files() - {first_file, second_file}:  # the longer turn's file: garbage
             path.write_bytes(os.urandom(path.stat().st_size))
+        with open(second_file, "r+b") as file:  # a readable header (this model's, these tokens), other data
+            header = 8 + int.from_bytes(file.read(8), "little")
+            file.seek(header)
+            file.write(os.urandom(second_file.stat().st_size - header))
         with open(first_file, "r+b") as file:  # cut in half
             file.truncate(first_file.stat().st_size // 2)
         client.unload()

@@ -5,7 +5,8 @@ One safetensors file per prefix (mlx-lm's `save_prompt_cache` / `load_prompt_cac
 a hash of the model's weights identity, the scope and the tokens; the file's metadata repeats
 all three, and a file is used only when they match this model, this scope and a prefix of the
 prompt, so a foreign file (another model's, another user's) is never loaded into the wrong
-place, and one that cannot be read is deleted. Files are written by a writer thread (the
+place; a checksum of its arrays (CRC-32, in the metadata too) catches data that changed on disk
+under an intact header; a file that cannot be read or fails its checksum is deleted. Files are written by a writer thread (the
 generation thread only hands over the finished request's cache, whose arrays are already
 evaluated and never change afterwards) to a temporary name, then renamed: a killed runner
 leaves no half file under a real name. A file that extends a shorter one of the same scope (the
@@ -23,6 +24,7 @@ import queue
 import struct
 import sys
 import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,24 @@ def weights_identity(folders: list[Path]) -> str:
             if path.name == "config.json":
                 digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def _checksum(mx: Any, cache: list[Any]) -> str:
+    """CRC-32 of what a cache saves (its layers' `state`, in order: arrays, one made contiguous
+    at a time, and the scalars mlx-lm stores as arrays, such as offsets): fast enough to check
+    each file as it is loaded (a few GB/s), and it is corruption that this guards against, not an
+    adversary (who could rewrite the metadata too)."""
+    from mlx.utils import tree_flatten
+
+    crc = 0
+    for _, value in tree_flatten([c.state for c in cache]):
+        if isinstance(value, str):
+            crc = zlib.crc32(value.encode(), crc)
+        elif value is not None:
+            dense = mx.contiguous(value if isinstance(value, mx.array) else mx.array(value))
+            mx.eval(dense)
+            crc = zlib.crc32(memoryview(dense), crc)
+    return f"{crc:08x}"
 
 
 def folder_bytes(directory: Path) -> int:
@@ -125,6 +145,8 @@ class DiskPromptCache:
                 raise ValueError("a file of another model or scope")
             if metadata.get("tokens") != ",".join(map(str, best.tokens)):
                 raise ValueError("the file's tokens changed")
+            if metadata.get("checksum") != _checksum(self.mx, cache):
+                raise ValueError("the file's data changed (checksum)")
             if common < len(best.tokens):
                 if not can_trim_prompt_cache(cache):
                     return None
@@ -165,6 +187,7 @@ class DiskPromptCache:
                 metadata = {"identity": self.identity, "scope": scope, "tokens": ",".join(map(str, tokens))}
                 self._trim(incoming=_state_bytes(cache) + HEADER_SLACK)  # the file being written counts too
                 with self.mx.stream(stream):
+                    metadata["checksum"] = _checksum(self.mx, cache)
                     save_prompt_cache(str(temporary), cache, metadata)
                 size = temporary.stat().st_size
                 if size > self.max_bytes:
