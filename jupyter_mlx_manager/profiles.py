@@ -2,7 +2,9 @@
 
 A profile names a model (or several, in order: the first that is up and has room in its queue
 serves) and its defaults: a system prompt, sampling values, `max_tokens`, `keep_alive`,
-`chat_template_kwargs` (`enable_thinking`), and a `draft_model` (a local model id sharing the
+`chat_template_kwargs` (`enable_thinking`), a `context_length` below the model's and a
+`tool_parser` (one of mlx-lm's, instead of what the chat template implies) — these two no body
+can carry, so they go to each request of the profile (`Applied`) — and a `draft_model` (a local model id sharing the
 model's tokenizer, or "prompt_lookup") that its models load with (`draft_for`: a runner has one
 draft for everyone, so it applies however the model is asked for; `c.MLXManager.draft_models`
 and a load that names a draft come first). Its name is a model id clients may ask for, and
@@ -20,11 +22,13 @@ import fnmatch
 import json
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import BadRequest, NotFound
 from .inference.limits import ServerBusy
 from .models.ids import is_valid_model_id
+from .models.inspection import tool_parser_names
 from .storage import Database, utcnow
 
 NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._:-]{0,62}[A-Za-z0-9])?")
@@ -59,6 +63,15 @@ def check_profile(name: Any, value: Any) -> dict[str, Any]:
         raise BadRequest(
             f"profile {name}: system must be a text of at most 100,000 characters", reason="invalid_profile"
         )
+    context = value.get("context_length")
+    if context is not None and (not isinstance(context, int) or context < 2):
+        raise BadRequest(f"profile {name}: context_length must be an integer of at least 2", reason="invalid_profile")
+    parser = value.get("tool_parser")
+    if parser is not None and parser not in tool_parser_names():
+        raise BadRequest(
+            f"profile {name}: tool_parser must be one of mlx-lm's: {', '.join(tool_parser_names())}",
+            reason="invalid_profile",
+        )
     draft = value.get("draft_model")
     if draft is not None and draft != "prompt_lookup" and not is_valid_model_id(draft):
         raise BadRequest(
@@ -85,6 +98,16 @@ def protocol_of(path: str) -> str:
         if path.rstrip("/").endswith(suffix):
             return protocol
     return "chat"
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What a profile did to a body: the name asked for (the audit keeps it), and the settings
+    no body can carry, for each request it makes (`InferenceRequest.context_length`, `.tool_parser`)."""
+
+    asked: str
+    context_length: int | None = None
+    tool_parser: str | None = None
 
 
 class Profiles:
@@ -130,9 +153,9 @@ class Profiles:
                 return profile["draft_model"]
         return None
 
-    async def apply(self, body: dict[str, Any], protocol: str) -> str | None:
+    async def apply(self, body: dict[str, Any], protocol: str) -> Applied | None:
         """Fill in `body` from the profile its `model` names (the model that serves, then every
-        default the body leaves out); the name asked for, or None when it named no profile."""
+        default the body leaves out); None when it named no profile."""
         asked = body.get("model")
         if not (self.configured or self._stored or self.aliases):  # the common case: nothing to look up
             return None
@@ -162,7 +185,7 @@ class Profiles:
                 body.setdefault("thinking", {"type": "adaptive" if thinking else "disabled"})
             elif protocol == "responses" and not thinking:
                 body.setdefault("reasoning", {"effort": "none"})
-        return asked
+        return Applied(asked, profile.get("context_length"), profile.get("tool_parser"))
 
     def entries(self) -> list[dict[str, Any]]:
         """`GET mlx/v1/models` entries of the profiles."""

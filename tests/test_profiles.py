@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import anthropic
 import openai
 import pytest
@@ -13,7 +15,13 @@ SYSTEM = "You are a terse coding assistant."
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
-    return build_models(tmp_path_factory.mktemp("profile-models"), ["tiny-demo", "tiny-other"])
+    folder = build_models(tmp_path_factory.mktemp("profile-models"), ["tiny-demo", "tiny-other", "tiny-untooled"])
+    # The same chat template in other words: mlx-lm no longer infers its tool-call format from it.
+    config_path = folder / "tiny-untooled" / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["chat_template"] = config["chat_template"].replace("tool_call.name", "tool_call['name']")
+    config_path.write_text(json.dumps(config))
+    return folder
 
 
 @pytest.fixture
@@ -102,3 +110,46 @@ async def test_admins_write_profiles_users_read_them(api, make_user):
     assert (await api("DELETE", "mlx/api/profiles/writer", auth=bob)).code == 403
     assert (await api("DELETE", "mlx/api/profiles/writer")).code == 200
     assert (await api("DELETE", "mlx/api/profiles/coder")).code == 404  # configured ones are changed in the config
+
+
+async def test_a_profile_sets_what_no_body_can_its_context_and_tool_parser(api, urls, models_dir):
+    """`context_length` below the model's: longer prompts are refused with the profile's limit,
+    answers are clamped to it. `tool_parser`: a model whose template implies no tool-call format
+    gets mlx-lm's json_tools through the profile, so a forced tool call works (and is parsed)."""
+    for bad in ({"model": "local/tiny-demo", "tool_parser": "made_up"}, {"model": "local/tiny-demo", "context_length": 1},
+                {"model": "local/tiny-demo", "context_length": 2.5}):  # fmt: skip
+        reply = await api("PUT", "mlx/api/profiles/bad", body=bad)
+        assert reply.code == 400 and reply.body["reason"] == "invalid_profile", (bad, reply.body)
+    assert (
+        await api("PUT", "mlx/api/profiles/short", body={"model": "local/tiny-demo", "context_length": 48})
+    ).code == 200
+    tooled = {"model": "local/tiny-untooled", "tool_parser": "json_tools", "temperature": 0}
+    assert (await api("PUT", "mlx/api/profiles/tooled", body=tooled)).code == 200
+    token = (await api("POST", "mlx/api/auth/tokens", body={"name": "sdk"})).body["token"]
+    client = openai.AsyncOpenAI(base_url=urls + "/v1", api_key=token, max_retries=0)
+    no_eos = {str(eos_id(models_dir / "tiny-demo")): -100}
+
+    long = [{"role": "user", "content": "tell me everything about notebooks " * 8}]
+    assert (await client.chat.completions.create(model="local/tiny-demo", messages=long, max_tokens=1)).usage
+    with pytest.raises(openai.BadRequestError) as refused:  # the model itself would take it
+        await client.chat.completions.create(model="short", messages=long, max_tokens=1)
+    assert refused.value.code == "context_length_exceeded" and "context length is 48" in str(refused.value)
+    clamped = await client.chat.completions.create(
+        model="short", messages=[{"role": "user", "content": "hi"}], max_tokens=200, logit_bias=no_eos
+    )
+    assert clamped.choices[0].finish_reason == "length"
+    assert clamped.usage.prompt_tokens + clamped.usage.completion_tokens == 48
+
+    tools = [{"type": "function", "function": {"name": "run_cell", "parameters": {"type": "object"}}}]
+    ask = {
+        "messages": [{"role": "user", "content": "run it"}],
+        "tools": tools,
+        "tool_choice": "required",
+        "max_tokens": 40,
+    }
+    with pytest.raises(openai.BadRequestError) as untooled:
+        await client.chat.completions.create(model="local/tiny-untooled", **ask)
+    assert untooled.value.code == "unsupported_tool_choice"
+    called = await client.chat.completions.create(model="tooled", **ask)
+    assert called.choices[0].finish_reason == "tool_calls", called
+    assert [c.function.name for c in called.choices[0].message.tool_calls] == ["run_cell"]

@@ -25,7 +25,7 @@ from ..inference import images
 from ..inference.pipeline import action_of
 from ..inference.request import InferenceRequest, check_body_sizes, check_raw_message_count
 from ..inference.service import Usage
-from ..profiles import protocol_of
+from ..profiles import Applied, protocol_of
 from .base import MLXAPIHandler, authorized, web
 from .tasks import RequestTask, ServerShuttingDown
 
@@ -52,6 +52,7 @@ class InferenceHandler(RequestTask, MLXAPIHandler):
     prefilling or decoding); server shutdown ends it with a final error event."""
 
     keepalive_seconds = KEEPALIVE_SECONDS
+    profile: Applied | None = None  # the profile the body named (apply_profile)
 
     counts_image_bytes = True  # its Content-Length counts against the user's image bytes in flight (base.py)
 
@@ -98,9 +99,11 @@ class InferenceHandler(RequestTask, MLXAPIHandler):
     async def apply_profile(self) -> None:
         """A body whose `model` names a profile or an alias gets the profile's model and
         defaults (profiles.py) before the protocol reads it; the audit keeps the name asked for."""
-        asked = await self.services.profiles.apply(self.json_body(), protocol_of(self.request.path))
-        if asked is not None:
-            self.actor = dataclasses.replace(self.actor, context={**self.actor.context, "requested_model": asked})
+        self.profile = await self.services.profiles.apply(self.json_body(), protocol_of(self.request.path))
+        if self.profile is not None:
+            self.actor = dataclasses.replace(
+                self.actor, context={**self.actor.context, "requested_model": self.profile.asked}
+            )
 
     @web.authenticated
     @authorized
@@ -118,6 +121,9 @@ class InferenceHandler(RequestTask, MLXAPIHandler):
         """Run one request, or several one after another (a completions request's prompts:
         their events tagged with `index`, each its own runner request and audit record)."""
         requests = request if isinstance(request, list) else [request]
+        if self.profile is not None:  # what only a profile sets
+            for each in requests:
+                each.context_length, each.tool_parser = self.profile.context_length, self.profile.tool_parser
         usages = renderer.usages = [Usage() for _ in requests]
         usage = renderer.usage = usages[0]
         events = self.services.completions.generate_all(

@@ -146,6 +146,10 @@ class InferenceRequest:
     logprobs: int | None = None
     keep_alive: float | None = None
     speculative: Literal["prompt_lookup"] | None = None  # this request's speculation (None: the model's own)
+    # What only a profile sets (profiles.Applied): a context below the model's, and one of mlx-lm's
+    # tool parsers instead of the one the chat template implies.
+    context_length: int | None = None
+    tool_parser: str | None = None
     stream: bool = False
     include_usage: bool = False
     # The protocol's spelling of common fields, for `param` in errors (runner errors included).
@@ -292,7 +296,7 @@ class InferenceRequest:
             "reasoning": self.reasoning,
         }
         for name in ("top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs",
-                     "speculative"):  # fmt: skip
+                     "speculative", "context_length", "tool_parser"):  # fmt: skip
             if getattr(self, name) is not None:
                 command[name] = getattr(self, name)
         if self.kind == "chat":

@@ -8,6 +8,8 @@ reports it and the runner enforces it (imported there; this module never imports
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import struct
 from pathlib import Path
@@ -175,6 +177,17 @@ def infer_tool_parser(chat_template: str | None, tokenizer_config: dict[str, Any
         if "<|tool_call_start|>" in contents and "<|tool_call_end|>" in contents:
             return "pythonic"
     return None
+
+
+@functools.cache
+def tool_parser_names() -> tuple[str, ...]:
+    """The tool parsers mlx-lm ships (`mlx_lm/tool_parsers/<name>.py`), found without importing
+    mlx-lm (which would import MLX): what a profile's `tool_parser` may name."""
+    spec = importlib.util.find_spec("mlx_lm")
+    if spec is None or not spec.submodule_search_locations:
+        return ()
+    folders = [Path(location) / "tool_parsers" for location in spec.submodule_search_locations]
+    return tuple(sorted(p.stem for folder in folders for p in folder.glob("*.py") if not p.stem.startswith("_")))
 
 
 def names_code(config: dict[str, Any], tokenizer_config: dict[str, Any]) -> bool:

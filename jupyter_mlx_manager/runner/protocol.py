@@ -123,6 +123,11 @@ class GenerateCommand(Command):
     # This request's speculation (prompt lookup), whatever the runner was loaded with; null: the
     # runner's own (its `--speculative` or draft model, if any).
     speculative: Literal["prompt_lookup"] | None = None
+    # A profile's: a context limit below the model's (the prompt must fit it, and the answer is
+    # clamped to it), and one of mlx-lm's tool parsers (`mlx_lm.tool_parsers.<name>`) instead of
+    # the one the chat template implies.
+    context_length: int | None = Field(None, ge=2)
+    tool_parser: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]{0,63}$")
 
     codes: ClassVar[dict[str, str]] = {"logit_bias": "invalid_logit_bias"}
     item_codes: ClassVar[dict[str, str]] = {"prompt": "invalid_token_id"}
