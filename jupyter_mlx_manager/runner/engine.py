@@ -226,6 +226,18 @@ class KeyedSampler:
         return self.mx.random.categorical(logprobs * self.scale, key=key)
 
 
+@dataclass(frozen=True)
+class ToolFormat:
+    """A tool-call format other than the one the chat template implies (a profile's
+    `tool_parser`): mlx-lm's parser module's markers and parse function, and the special tokens
+    hidden from text with its markers shown (the text filter reads them)."""
+
+    start: str | None
+    end: str | None
+    parse: Any
+    hidden_ids: frozenset[int]
+
+
 @dataclass
 class Request:
     id: str
@@ -259,6 +271,7 @@ class Request:
     scores: list[dict[str, Any]] | None = None  # an echo request's prompt logprob entries while it is scored
     cache_key: Any = MODEL_KEY  # its prompt-cache scope: prefixes are reused only under the same key
     speculative: str | None = None  # its speculation mode (SPECULATIVE_MODES; None: plain decoding)
+    tool_format: ToolFormat | None = None  # a profile's tool parser (None: the tokenizer's)
 
 
 class Engine:
@@ -417,13 +430,15 @@ class Engine:
                 try:
                     if self.cancelled:
                         self._cancel_requested()
-                    if self.prefilling:
-                        self._step_prefill()
+                    # Decoding first: a short prompt admitted while a long chunk ran gets its first
+                    # token (the batch prefills it) before the next long chunk, not after it.
                     if self.direct is not None:
                         self._step_direct()
                     if self.batched:
                         self._step_batch()
                         self._maybe_demote()
+                    if self.prefilling:
+                        self._step_prefill()
                     if self.scoring:
                         self._step_scoring()
                 except Exception as exc:  # a bug or an MLX failure: fail what runs, keep serving
@@ -588,6 +603,7 @@ class Engine:
             return None
         echo, logprobs, reasoning, tools = command.echo, command.logprobs, command.reasoning, command.tools
         bias = self._logit_bias(command.logit_bias)
+        tool_format = self._tool_format(command.tool_parser)
         forced = command.tool_choice == "required"  # only with tools (the command's own check)
         strict = set(command.strict_tools or ()) if tools else set()
         try:
@@ -601,9 +617,10 @@ class Engine:
         if not prompt:
             raise _InvalidRequest("the prompt is empty", "empty_prompt", "prompt")
         self._check_token_ids(prompt)
-        budget = self.context_length - len(prompt)
+        context = min(self.context_length, command.context_length or self.context_length)  # a profile's may be lower
+        budget = context - len(prompt)
         if budget <= 0:
-            raise _InvalidRequest(too_long(len(prompt), self.context_length), "context_length_exceeded", "prompt")
+            raise _InvalidRequest(too_long(len(prompt), context), "context_length_exceeded", "prompt")
         max_tokens = min(command.max_tokens, budget)
         if command.temperature <= 0:
             sampler = greedy_sampler  # one shared object: the batch samples greedy rows in one call
@@ -626,7 +643,7 @@ class Engine:
         grammar = None
         mode = None if not thinking or reasoning is False else ("open" if initial == "reasoning" else "optional")
         if forced or strict:  # the mask goes last: nothing (logit_bias included) can unmask a token
-            grammar = self._tool_grammar(tools, forced, strict, schema, mode)
+            grammar = self._tool_grammar(tools, forced, strict, schema, mode, tool_format)
         elif schema is not None:
             try:
                 grammar = self._grammars().processor(self.mx, schema, mode)
@@ -634,11 +651,12 @@ class Engine:
                 raise _InvalidRequest(str(exc), "unsupported_schema", "response_format") from None
         if grammar is not None:
             processors = [*processors, grammar]
-        parser = self.tokenizer.tool_parser if tools else None
+        start, end, parser = self._tool_markers(tool_format)
+        parser = parser if tools else None
         text_filter = TextFilter(
             stop=command.stops,
-            tool_call_start=self.tokenizer.tool_call_start,
-            tool_call_end=self.tokenizer.tool_call_end,
+            tool_call_start=start,
+            tool_call_end=end,
             parse_tool_call=(lambda text: parser(text, tools)) if parser else None,
             think_start=self.tokenizer.think_start if thinking else None,
             think_end=self.tokenizer.think_end if thinking else None,
@@ -655,7 +673,7 @@ class Engine:
             rid, prompt, max_tokens, cached, rest, cache, sampler, processors,
             self.tokenizer.detokenizer, text_filter, self.eos, grammar=grammar, thinking=thinking,
             logprobs=logprobs, completion=command.kind == "completion", cache_key=cache_key,
-            speculative=command.speculative or self.speculative,
+            speculative=command.speculative or self.speculative, tool_format=tool_format,
         )  # fmt: skip
         self.emit({"ev": "started", "id": rid, "prompt_tokens": len(prompt), "cached_tokens": cached})
         if echo:
@@ -725,13 +743,42 @@ class Engine:
                 {**self._token_info(token), "logprob": max(value, LOGPROB_FLOOR), "top_logprobs": alternatives}
             )
 
+    def _tool_format(self, name: str | None) -> ToolFormat | None:
+        """mlx-lm's tool parser `name` (a profile's), or None: the tokenizer's own. Only modules
+        of mlx-lm's `tool_parsers` package are imported."""
+        if name is None:
+            return None
+        from ..models.inspection import tool_parser_names
+
+        if name not in tool_parser_names():
+            raise _InvalidRequest(f"mlx-lm has no tool parser {name!r}", "invalid_field", "tool_parser")
+        module = importlib.import_module(f"mlx_lm.tool_parsers.{name}")
+        shown = set()
+        for marker in (module.tool_call_start, module.tool_call_end):
+            ids = _token_list(self.tokenizer.encode(marker, add_special_tokens=False)) if marker else []
+            shown.update(ids[:1] if len(ids) == 1 else ())
+        return ToolFormat(module.tool_call_start, module.tool_call_end, module.parse_tool_call,
+                          frozenset(self.hidden_ids - shown))  # fmt: skip
+
+    def _tool_markers(self, tool_format: ToolFormat | None) -> tuple[str | None, str | None, Any]:
+        """(call start marker, end marker, parse function) of a request's tool-call format."""
+        if tool_format is None:
+            return self.tokenizer.tool_call_start, self.tokenizer.tool_call_end, self.tokenizer.tool_parser
+        return tool_format.start, tool_format.end, tool_format.parse
+
     def _tool_grammar(
-        self, tools: list[Any], forced: bool, strict: set[str], schema: dict[str, Any] | None, mode: str | None
+        self,
+        tools: list[Any],
+        forced: bool,
+        strict: set[str],
+        schema: dict[str, Any] | None,
+        mode: str | None,
+        tool_format: ToolFormat | None,
     ) -> GrammarProcessor:
         """The mask that makes the model call a tool (`forced`) or keeps the arguments of
-        `strict` tools to their schemas, in the model's own tool-call format."""
+        `strict` tools to their schemas, in the request's tool-call format."""
         param = "tool_choice" if forced else "tools"
-        parser = self.tokenizer.tool_parser
+        start, end, parser = self._tool_markers(tool_format)
         if parser is None or getattr(parser, "__module__", None) not in JSON_CALL_PARSERS:
             reason = (
                 "this model has no tool-call format (mlx-lm found no tool parser for it)"
@@ -749,7 +796,6 @@ class Engine:
             exact = forced or function["name"] in strict
             parameters = function.get("parameters") if exact else None
             calls.append((function["name"], parameters if isinstance(parameters, dict) else {"type": "object"}))
-        start, end = self.tokenizer.tool_call_start, self.tokenizer.tool_call_end
         markers = (self._marker(start), self._marker(end), start)
         try:
             return self._grammars().tool_processor(self.mx, calls, markers, forced, schema, mode)
@@ -1243,9 +1289,10 @@ class Engine:
         was_reasoning = request.filter.state == "reasoning"
         if request.logprobs is not None and logprobs is not None and not was_reasoning:  # content only
             request.token_logprobs.append(self._logprob_entry(token, logprobs, request.logprobs))
-        if token not in self.hidden_ids:  # <|im_start|>, <|endoftext|>…: counted, never shown
+        hidden = token in (self.hidden_ids if request.tool_format is None else request.tool_format.hidden_ids)
+        if not hidden:  # <|im_start|>, <|endoftext|>…: counted, never shown
             request.detokenizer.add_token(token)
-        if self._send_text(request, request.detokenizer.last_segment if token not in self.hidden_ids else ""):
+        if self._send_text(request, "" if hidden else request.detokenizer.last_segment):
             return "stop"
         if was_reasoning or request.filter.state == "reasoning":
             request.reasoning_tokens += 1
