@@ -107,6 +107,7 @@ LOOKUP_NGRAM = 3
 # Draft-model speculation: tokens the draft model proposes per step (mlx-lm's `num_draft_tokens`).
 DRAFT_TOKENS = 3
 SPECULATIVE_MODES = ("prompt_lookup", "draft_model")
+JOIN_STEPS = 4  # batch steps in a row that start a request joining during a long prefill (`_start_joined`)
 MEMORY_UPDATE_SECONDS = 0.2
 # Entries kept besides the byte budget: mlx-lm's nearest-prefix lookup visits every entry that
 # shares the chat template's prefix, on the generation thread at each admission (measured: 16 ms
@@ -430,14 +431,16 @@ class Engine:
                 try:
                     if self.cancelled:
                         self._cancel_requested()
-                    # Decoding first: a short prompt admitted while a long chunk ran gets its first
-                    # token (the batch prefills it) before the next long chunk, not after it.
+                    # Decoding first: a short prompt admitted while a long chunk ran starts (its
+                    # first token) before the next long chunk, not after it.
                     if self.direct is not None:
                         self._step_direct()
                     if self.batched:
                         self._step_batch()
+                        self._start_joined()
                         self._maybe_demote()
                     if self.prefilling:
+                        self._flush()  # their tokens go out now, not after the chunk
                         self._step_prefill()
                     if self.scoring:
                         self._step_scoring()
@@ -1228,6 +1231,18 @@ class Engine:
                 remove.append((request, reason))
         if remove:
             self._remove_from_batch(remove)
+
+    def _start_joined(self) -> None:
+        """While a long prompt prefills, a request that joined the batch gets its first token
+        now, not a long chunk per step later: mlx-lm's BatchGenerator takes a few of its steps
+        to start a prompt (prefill, then its last token, then the first sample), so they come
+        back to back here (at most JOIN_STEPS; the decoding streams get a token from each)."""
+        for _ in range(JOIN_STEPS):
+            if not self.prefilling or not self.batched:
+                return
+            if all(request.first_token_at is not None for request in self.batched.values()):
+                return
+            self._step_batch()
 
     def _remove_from_batch(self, finished: list[tuple[Request, str]]) -> None:
         caches = self.batch.remove(
