@@ -68,19 +68,7 @@ def jupyter_server(root: Path, *args: str, env: dict[str, str] | None = None) ->
             stdout=log, stderr=subprocess.STDOUT, env=server_env,
         )  # fmt: skip
     server = RunningServer(f"http://127.0.0.1:{port}/", token, process, root, server_env)
-
-    def answers() -> bool:
-        try:
-            return requests.get(server.url + "api/status", headers=server.headers, timeout=2).ok
-        except requests.ConnectionError:
-            assert process.poll() is None, "the server exited"
-            return False
-
-    try:
-        wait_until(answers, "the server to answer", timeout=60, interval=0.3)
-    except AssertionError as error:
-        process.kill()
-        raise RuntimeError("the server did not start:\n" + server.log.read_text()[-3000:]) from error
+    wait_for_start(process, server.url + "api/status", server.log, "the server", server.headers)
     try:
         yield server
     finally:
@@ -92,18 +80,21 @@ def jupyter_server(root: Path, *args: str, env: dict[str, str] | None = None) ->
                 process.kill()
 
 
-def wait_for_serve(process: subprocess.Popen, url: str, log: Path) -> None:
-    """Until `jupyter mlx-manager serve` answers at `url`; a start that fails kills it and says why (its log)."""
+def wait_for_start(
+    process: subprocess.Popen, url: str, log: Path, name: str = "serve", headers: dict | None = None
+) -> None:
+    """Until the server `process` (Jupyter, or `jupyter mlx-manager serve`) answers at `url`; a start
+    that fails kills it and says why (its log)."""
 
     def answers() -> bool:
         try:
-            return requests.get(url, timeout=2).ok
+            return requests.get(url, headers=headers, timeout=2).ok
         except requests.ConnectionError:
-            assert process.poll() is None, "serve exited"
+            assert process.poll() is None, f"{name} exited"
             return False
 
     try:
-        wait_until(answers, "serve to answer", timeout=60, interval=0.3)
+        wait_until(answers, f"{name} to answer", timeout=60, interval=0.3)
     except AssertionError as error:
         process.kill()
-        raise RuntimeError("serve did not start:\n" + log.read_text()[-3000:]) from error
+        raise RuntimeError(f"{name} did not start:\n" + log.read_text()[-3000:]) from error

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import OWNER, server_config
-from servers import free_port, jupyter_server, wait_for_serve
+from servers import free_port, jupyter_server, wait_for_start
 from waiting import wait_until, wait_until_async
 
 PASSWORD = "correct horse battery staple"
@@ -135,7 +135,7 @@ def serve(tmp_path_factory):
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
-    wait_for_serve(process, url, root / "serve.log")
+    wait_for_start(process, url, root / "serve.log")
     user = {"username": "ann", "password": PASSWORD}
     assert requests.post(url + "mlx/api/auth/register", json=user, timeout=30).status_code == 201
     access = requests.post(url + "mlx/api/auth/login", json=user, timeout=30).json()["access_token"]

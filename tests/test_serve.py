@@ -17,7 +17,7 @@ import pytest
 import requests
 import websocket
 from models import build_models
-from servers import free_port, wait_for_serve
+from servers import free_port, wait_for_start
 
 MODEL = "local/tiny-demo"
 PASSWORD = "correct horse battery staple"
@@ -38,7 +38,7 @@ def serve(tmp_path_factory):
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
-    wait_for_serve(process, url, root / "serve.log")
+    wait_for_start(process, url, root / "serve.log")
     process.url, process.root = url, root
     try:
         yield process

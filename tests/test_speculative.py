@@ -10,13 +10,12 @@ draft tokens by result.
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 from models import build_models, eos_id
 from servers import jupyter_server
 from test_engine import Runner
+from waiting import wait_until
 
 REPEATING = "def add(a, b):\n    return a + b\n\n" * 6 + "def add(a, b):\n"
 PROMPTS = [REPEATING, "Once upon a time " * 12, "Tell me about the weather in Paris."]
@@ -85,6 +84,16 @@ def keeps_its_output_when_another_joins(plain, speculating, tokens: int) -> None
     assert after["migrations"] > before["migrations"]
 
 
+def speculative_status(http: httpx.Client, model: str, until) -> dict:
+    """The model's `speculative` entry in the pool once `until` holds (heartbeats carry the
+    runner's counters)."""
+    return wait_until(
+        lambda: next(m for m in http.get("mlx/api/pool").json()["models"] if m["model"] == model)["speculative"],
+        f"{model}'s speculative counters",
+        done=lambda status: status and until(status),
+    )
+
+
 def test_the_pool_reports_the_acceptance_rate_and_metrics_count_drafts(tmp_path, models_dir):
     model = "local/demo"
     no_eos = {str(eos_id(models_dir / "demo")): -100}
@@ -94,12 +103,7 @@ def test_the_pool_reports_the_acceptance_rate_and_metrics_count_drafts(tmp_path,
         with httpx.Client(base_url=server.url, headers=server.headers, timeout=120) as http:
             body = {"model": model, "prompt": REPEATING, "max_tokens": 80, "temperature": 0, "logit_bias": no_eos}
             assert http.post("mlx/v1/completions", json=body).status_code == 200
-            status, deadline = None, time.monotonic() + 30
-            while time.monotonic() < deadline:  # the heartbeat carries the runner's counters
-                status = http.get("mlx/api/pool").json()["models"][0]["speculative"]
-                if status and status["accepted_tokens"]:
-                    break
-                time.sleep(0.1)
+            status = speculative_status(http, model, lambda s: s["accepted_tokens"] > 0)
             assert status["mode"] == "prompt_lookup" and status["accepted_tokens"] > 0, status
             assert 0 < status["acceptance_rate"] <= 1, status
             metrics = http.get("metrics").text
@@ -127,12 +131,7 @@ def test_a_request_asks_for_speculation_through_every_protocol(tmp_path, models_
             responses = {"model": model, "input": REPEATING, "max_output_tokens": 8, "temperature": 0,
                          "speculative": "prompt_lookup"}  # fmt: skip
             assert http.post("mlx/v1/responses", json=responses).status_code == 200
-            status, deadline = None, time.monotonic() + 30
-            while time.monotonic() < deadline:  # the heartbeat carries the runner's counters
-                status = http.get("mlx/api/pool").json()["models"][0]["speculative"]
-                if status and status["accepted_tokens"]:
-                    break
-                time.sleep(0.1)
+            status = speculative_status(http, model, lambda s: s["accepted_tokens"] > 0)
             assert status["mode"] == "prompt_lookup" and status["draft_model"] is None, status
             assert status["accepted_tokens"] > 0, status
             for path, body in (("mlx/v1/chat/completions", chat), ("mlx/v1/messages", messages),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pytest
 from models import build_models, eos_id
 from servers import jupyter_server
 from test_engine import Runner
-from test_speculative import REPEATING, keeps_its_output_when_another_joins
+from test_speculative import REPEATING, keeps_its_output_when_another_joins, speculative_status
 
 PROMPTS = [REPEATING, "Once upon a time " * 12, "Tell me about the weather in Paris."]
 MODEL = "local/demo"
@@ -85,18 +84,6 @@ def test_a_speculating_request_keeps_its_output_when_another_joins(runners):
 
 def weights(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
-
-
-def speculative_status(http: httpx.Client, model: str, until) -> dict:
-    """The model's `speculative` entry in the pool once `until` holds (heartbeats carry the
-    runner's counters), or the last one within 30 s."""
-    status, deadline = None, time.monotonic() + 30
-    while time.monotonic() < deadline:
-        status = next(m for m in http.get("mlx/api/pool").json()["models"] if m["model"] == model)["speculative"]
-        if status and until(status):
-            break
-        time.sleep(0.1)
-    return status
 
 
 def test_a_load_with_a_draft_model_reports_it_counts_it_and_refuses_bad_ones(tmp_path, models_dir):

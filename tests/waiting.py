@@ -23,6 +23,15 @@ def _timed_out(message: str, timeout: float, value: Any) -> AssertionError:
     return AssertionError(f"waited {timeout} s for {message}; last seen: {shown}")
 
 
+def _settled(value: Any, done: Callable[[Any], Any], deadline: float, message: str, timeout: float) -> bool:
+    """Whether `value` is what is awaited; an AssertionError saying so once the time is up."""
+    if done(value):
+        return True
+    if time.monotonic() > deadline:
+        raise _timed_out(message, timeout, value)
+    return False
+
+
 def wait_until(
     poll: Callable[[], Any],
     message: str,
@@ -32,13 +41,9 @@ def wait_until(
 ) -> Any:
     """Call `poll` until `done(value)` holds (by default: the value is truthy) and return that value."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = poll()
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            raise _timed_out(message, timeout, value)
+    while not _settled(value := poll(), done, deadline, message, timeout):
         time.sleep(interval)
+    return value
 
 
 async def wait_until_async(
@@ -54,8 +59,6 @@ async def wait_until_async(
         value = poll()
         if inspect.isawaitable(value):
             value = await value
-        if done(value):
+        if _settled(value, done, deadline, message, timeout):
             return value
-        if time.monotonic() > deadline:
-            raise _timed_out(message, timeout, value)
         await asyncio.sleep(interval)
