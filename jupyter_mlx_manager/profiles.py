@@ -2,15 +2,15 @@
 
 A profile names a model (or several, in order: the first that is up and has room in its queue
 serves) and its defaults: a system prompt, sampling values, `max_tokens`, `keep_alive`,
-`chat_template_kwargs` (`enable_thinking`), a `context_length` below the model's and a
-`tool_parser` (one of mlx-lm's, instead of what the chat template implies) — these two no body
-can carry, so they go to each request of the profile (`Applied`) — and a `draft_model` (a local model id sharing the
+`chat_template_kwargs` (`enable_thinking`), and a `draft_model` (a local model id sharing the
 model's tokenizer, or "prompt_lookup") that its models load with (`draft_for`: a runner has one
 draft for everyone, so it applies however the model is asked for; `c.MLXManager.draft_models`
-and a load that names a draft come first). Its name is a model id clients may ask for, and
-aliases map the names clients insist on (`claude-sonnet-4-5`, `gpt-*`) to profiles or models.
-Profiles come from `c.MLXManager.profiles`, overlaid by what admins set through
-`mlx/api/profiles` (kept in SQLite); aliases from `c.MLXManager.aliases`.
+and a load that names a draft come first). Two settings no body can carry go to each request
+made through the profile (`Applied`): a `context_length` below the model's, and a `tool_parser`
+(one of mlx-lm's, instead of what the chat template implies). Its name is a model id clients
+may ask for, and aliases map the names clients insist on (`claude-sonnet-4-5`, `gpt-*`) to
+profiles or models. Profiles come from `c.MLXManager.profiles`, overlaid by what admins set
+through `mlx/api/profiles` (kept in SQLite); aliases from `c.MLXManager.aliases`.
 
 A request's own values win: a profile only fills in what the body leaves out, in the body's own
 protocol spelling, before the protocol reads it (so every check and limit applies as usual).

@@ -6,10 +6,10 @@ a hash of the model's weights identity, the scope and the tokens; the file's met
 all three, and a file is used only when they match this model, this scope and a prefix of the
 prompt, so a foreign file (another model's, another user's) is never loaded into the wrong
 place; a checksum of its arrays (CRC-32, in the metadata too) catches data that changed on disk
-under an intact header; a file that cannot be read or fails its checksum is deleted. Files are written by a writer thread (the
-generation thread only hands over the finished request's cache, whose arrays are already
-evaluated and never change afterwards) to a temporary name, then renamed: a killed runner
-leaves no half file under a real name. A file that extends a shorter one of the same scope (the
+under an intact header; a file that cannot be read or fails its checksum is deleted. Files are
+written by a writer thread (the generation thread only hands over the finished request's cache,
+whose arrays are already evaluated and never change afterwards) to a temporary name, then
+renamed: a killed runner leaves no half file under a real name. A file that extends a shorter one of the same scope (the
 next turn of a conversation) replaces it: the longer one serves the shorter prefix too, trimmed.
 The folder is kept under its byte bound by deleting the least recently used files (a hit touches
 its file).

@@ -229,9 +229,9 @@ class KeyedSampler:
 
 @dataclass(frozen=True)
 class ToolFormat:
-    """A tool-call format other than the one the chat template implies (a profile's
-    `tool_parser`): mlx-lm's parser module's markers and parse function, and the special tokens
-    hidden from text with its markers shown (the text filter reads them)."""
+    """A request's tool-call format: the one the chat template implies (the tokenizer's), or a
+    profile's `tool_parser` (mlx-lm's module). Its markers and parse function, and the special
+    tokens hidden from text (all but its markers, which the text filter reads)."""
 
     start: str | None
     end: str | None
@@ -252,6 +252,7 @@ class Request:
     detokenizer: Any
     filter: TextFilter
     eos: set[int]
+    tool_format: ToolFormat
     generated: list[int] = field(default_factory=list)  # every token sampled, EOS included
     steps: Any = None  # the generate_step generator on the direct path
     draft_cache: Any = None  # draft-model speculation: the draft model's KV cache (a prefix of prompt + generated)
@@ -272,7 +273,6 @@ class Request:
     scores: list[dict[str, Any]] | None = None  # an echo request's prompt logprob entries while it is scored
     cache_key: Any = MODEL_KEY  # its prompt-cache scope: prefixes are reused only under the same key
     speculative: str | None = None  # its speculation mode (SPECULATIVE_MODES; None: plain decoding)
-    tool_format: ToolFormat | None = None  # a profile's tool parser (None: the tokenizer's)
 
 
 class Engine:
@@ -320,7 +320,8 @@ class Engine:
         self.batch: Any = None
         self.prompt_cache: Any = None
         self.vocab_size: int | None = None
-        self.hidden_ids: set[int] = set()  # special tokens that are never text (`_hidden_special_ids`)
+        # Tool-call formats by parser name (None: the tokenizer's own), made on first use (`_tool_format`).
+        self.tool_formats: dict[str | None, ToolFormat] = {}
         self.stats = {
             "migrations": 0, "demotions": 0, "batch_steps": 0, "direct_steps": 0, "prefill_chunks": 0,
             "pending_cancels": 0, "speculative_accepted": 0, "speculative_rejected": 0,
@@ -410,7 +411,9 @@ class Engine:
             )
             return
         self.eos = set(self.tokenizer.eos_token_ids)
-        self.hidden_ids = _hidden_special_ids(self.tokenizer)
+        tokenizer = self.tokenizer
+        self.tool_formats[None] = ToolFormat(tokenizer.tool_call_start, tokenizer.tool_call_end,
+                                             tokenizer.tool_parser, frozenset(_hidden_special_ids(tokenizer)))  # fmt: skip
         self._update_memory()
         self.emit_one(
             {
@@ -654,12 +657,11 @@ class Engine:
                 raise _InvalidRequest(str(exc), "unsupported_schema", "response_format") from None
         if grammar is not None:
             processors = [*processors, grammar]
-        start, end, parser = self._tool_markers(tool_format)
-        parser = parser if tools else None
+        parser = tool_format.parse if tools else None
         text_filter = TextFilter(
             stop=command.stops,
-            tool_call_start=start,
-            tool_call_end=end,
+            tool_call_start=tool_format.start,
+            tool_call_end=tool_format.end,
             parse_tool_call=(lambda text: parser(text, tools)) if parser else None,
             think_start=self.tokenizer.think_start if thinking else None,
             think_end=self.tokenizer.think_end if thinking else None,
@@ -674,9 +676,9 @@ class Engine:
             cached = len(prompt) - len(rest)
         request = Request(
             rid, prompt, max_tokens, cached, rest, cache, sampler, processors,
-            self.tokenizer.detokenizer, text_filter, self.eos, grammar=grammar, thinking=thinking,
+            self.tokenizer.detokenizer, text_filter, self.eos, tool_format, grammar=grammar, thinking=thinking,
             logprobs=logprobs, completion=command.kind == "completion", cache_key=cache_key,
-            speculative=command.speculative or self.speculative, tool_format=tool_format,
+            speculative=command.speculative or self.speculative,
         )  # fmt: skip
         self.emit({"ev": "started", "id": rid, "prompt_tokens": len(prompt), "cached_tokens": cached})
         if echo:
@@ -746,11 +748,11 @@ class Engine:
                 {**self._token_info(token), "logprob": max(value, LOGPROB_FLOOR), "top_logprobs": alternatives}
             )
 
-    def _tool_format(self, name: str | None) -> ToolFormat | None:
-        """mlx-lm's tool parser `name` (a profile's), or None: the tokenizer's own. Only modules
-        of mlx-lm's `tool_parsers` package are imported."""
-        if name is None:
-            return None
+    def _tool_format(self, name: str | None) -> ToolFormat:
+        """The tool-call format of mlx-lm's tool parser `name` (a profile's), or of the tokenizer
+        (None). Only modules of mlx-lm's `tool_parsers` package are imported."""
+        if name in self.tool_formats:
+            return self.tool_formats[name]
         from ..models.inspection import tool_parser_names
 
         if name not in tool_parser_names():
@@ -760,14 +762,10 @@ class Engine:
         for marker in (module.tool_call_start, module.tool_call_end):
             ids = _token_list(self.tokenizer.encode(marker, add_special_tokens=False)) if marker else []
             shown.update(ids[:1] if len(ids) == 1 else ())
-        return ToolFormat(module.tool_call_start, module.tool_call_end, module.parse_tool_call,
-                          frozenset(self.hidden_ids - shown))  # fmt: skip
-
-    def _tool_markers(self, tool_format: ToolFormat | None) -> tuple[str | None, str | None, Any]:
-        """(call start marker, end marker, parse function) of a request's tool-call format."""
-        if tool_format is None:
-            return self.tokenizer.tool_call_start, self.tokenizer.tool_call_end, self.tokenizer.tool_parser
-        return tool_format.start, tool_format.end, tool_format.parse
+        hidden = self.tool_formats[None].hidden_ids - shown
+        made = self.tool_formats[name] = ToolFormat(module.tool_call_start, module.tool_call_end,
+                                                    module.parse_tool_call, hidden)  # fmt: skip
+        return made
 
     def _tool_grammar(
         self,
@@ -776,12 +774,12 @@ class Engine:
         strict: set[str],
         schema: dict[str, Any] | None,
         mode: str | None,
-        tool_format: ToolFormat | None,
+        tool_format: ToolFormat,
     ) -> GrammarProcessor:
         """The mask that makes the model call a tool (`forced`) or keeps the arguments of
         `strict` tools to their schemas, in the request's tool-call format."""
         param = "tool_choice" if forced else "tools"
-        start, end, parser = self._tool_markers(tool_format)
+        start, end, parser = tool_format.start, tool_format.end, tool_format.parse
         if parser is None or getattr(parser, "__module__", None) not in JSON_CALL_PARSERS:
             reason = (
                 "this model has no tool-call format (mlx-lm found no tool parser for it)"
@@ -1304,7 +1302,7 @@ class Engine:
         was_reasoning = request.filter.state == "reasoning"
         if request.logprobs is not None and logprobs is not None and not was_reasoning:  # content only
             request.token_logprobs.append(self._logprob_entry(token, logprobs, request.logprobs))
-        hidden = token in (self.hidden_ids if request.tool_format is None else request.tool_format.hidden_ids)
+        hidden = token in request.tool_format.hidden_ids
         if not hidden:  # <|im_start|>, <|endoftext|>…: counted, never shown
             request.detokenizer.add_token(token)
         if self._send_text(request, "" if hidden else request.detokenizer.last_segment):
