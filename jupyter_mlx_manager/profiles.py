@@ -27,7 +27,7 @@ from typing import Any
 
 from .errors import BadRequest, NotFound
 from .inference.limits import ServerBusy
-from .models.ids import is_valid_model_id
+from .models.ids import is_draft_id, is_valid_model_id
 from .models.inspection import tool_parser_names
 from .storage import Database, utcnow
 
@@ -73,7 +73,7 @@ def check_profile(name: Any, value: Any) -> dict[str, Any]:
             reason="invalid_profile",
         )
     draft = value.get("draft_model")
-    if draft is not None and draft != "prompt_lookup" and not is_valid_model_id(draft):
+    if draft is not None and draft != "prompt_lookup" and not is_draft_id(draft):
         raise BadRequest(
             f'profile {name}: draft_model must be a local model id or "prompt_lookup"', reason="invalid_profile"
         )

@@ -93,6 +93,7 @@ def test_a_load_with_a_draft_model_reports_it_counts_it_and_refuses_bad_ones(tmp
         with httpx.Client(base_url=server.url, headers=server.headers, timeout=120) as http:
             for draft, param, says in [
                 ("local/missing", "draft_model", "not a model on this machine"),
+                ("remote/vllm/qwen", "draft_model", "the id of a local text model"),
                 ("local/tools", "draft_model", "does not share"),
                 ("local/embed", "draft_model", "not a text model"),
             ]:

@@ -89,6 +89,12 @@ def is_valid_model_id(model_id: object) -> bool:
     )
 
 
+def is_draft_id(model_id: object) -> bool:
+    """A model id a draft model may have: a model on this machine (local or from the Hub cache),
+    never a remote one (a draft runs in the model's own runner)."""
+    return is_valid_model_id(model_id) and not is_remote_id(model_id)
+
+
 def model_key(model_id: str) -> str:
     """What identifies a model wherever ids are compared: ids that differ only in case name
     the same model (and, `--` being refused in Hub ids, the same HF cache folder)."""

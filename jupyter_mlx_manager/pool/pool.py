@@ -79,7 +79,7 @@ from typing import Any
 from ..auth.users import is_admin, username_of
 from ..errors import BadRequest, Conflict, Forbidden, MLXError, NotFound, scrub_paths
 from ..models.catalog import ModelCatalog
-from ..models.ids import is_valid_model_id, model_key, validate_model_id
+from ..models.ids import is_draft_id, model_key, validate_model_id
 from ..models.inspection import adapter_base, load_problem, read_json, ships_code, weights_bytes
 from ..models.kinds import GENERATIVE_KINDS, check_kind, model_kind
 from ..runner.disk_cache import folder_bytes
@@ -237,7 +237,7 @@ def asked_speculation(draft_model: Any, speculative: Any) -> tuple[str, str | No
         raise InvalidSpeculation("give draft_model or speculative, not both", "speculative")
     if speculative is not None and speculative != "prompt_lookup":
         raise InvalidSpeculation('speculative must be "prompt_lookup" (or give draft_model)', "speculative")
-    if draft_model is not None and not is_valid_model_id(draft_model):
+    if draft_model is not None and not is_draft_id(draft_model):
         raise InvalidSpeculation("draft_model must be the id of a local text model", "draft_model")
     if draft_model is not None:
         return "draft_model", draft_model
@@ -774,7 +774,7 @@ class ModelPool:
         def refused(why: str) -> InvalidSpeculation:
             return InvalidSpeculation(f"draft_model {draft_id} {why}", "draft_model")
 
-        found = self.catalog.locate(draft_id) if is_valid_model_id(draft_id) else None
+        found = self.catalog.locate(draft_id) if is_draft_id(draft_id) else None
         if found is None:
             raise refused("is not a model on this machine (a draft model must be local)")
         draft_id, draft_path = found
