@@ -693,7 +693,14 @@ class ModelPool:
             )
         kind = await loop.run_in_executor(None, self.catalog.kind, model_id)
         check_kind(model_id, kind or "text")  # its package may be missing (a wheel extra)
-        speculation = await loop.run_in_executor(None, self._speculation, model_id, path, kind or "text", asked)
+        configured = asked is None
+        if configured:  # read here, on the loop, where the profiles change
+            asked = self._configured_speculation(model_id)
+        speculation = None
+        if asked is not None:
+            speculation = await loop.run_in_executor(
+                None, self._speculation, model_id, path, kind or "text", asked, configured
+            )
         if problem:  # what the runner would refuse: no process is spawned (or spare spent) for it
             self.on_event("model.load", model_id, user=by, status="error", error_type="load_failed", detail=problem)
             raise ModelLoadError(
@@ -737,21 +744,22 @@ class ModelPool:
         self.on_event("model.load", model_id, user=by, duration_ms=(time.monotonic() - started) * 1000)
         return model
 
+    def _configured_speculation(self, model_id: str) -> tuple[str, str | None] | None:
+        """(mode, draft id) that `draft_models` or a profile (`draft_for`) sets for the model, or None."""
+        draft = (
+            self.draft_models.get(model_id.lower())
+            or self.draft_models.get(f"local/{model_id}".lower())
+            or self.draft_for(model_id)
+        )
+        if not draft:
+            return None
+        return ("prompt_lookup", None) if draft == "prompt_lookup" else ("draft_model", draft)
+
     def _speculation(
-        self, model_id: str, path: Path, kind: str, asked: tuple[str, str | None] | None
+        self, model_id: str, path: Path, kind: str, asked: tuple[str, str | None], configured: bool
     ) -> Speculation | None:
-        """How the model will speculate: as the load asks (a bad draft: 400 on `draft_model`),
-        else as configured (a bad draft: logged, none). File-system work: runs in an executor."""
-        configured = asked is None
-        if configured:
-            draft = (
-                self.draft_models.get(model_id.lower())
-                or self.draft_models.get(f"local/{model_id}".lower())
-                or self.draft_for(model_id)
-            )
-            if not draft:
-                return None
-            asked = ("prompt_lookup", None) if draft == "prompt_lookup" else ("draft_model", draft)
+        """How the model will speculate: as the load asks (a bad draft: 400 on `draft_model`), or as
+        `configured` (a bad draft: logged, none). File-system work: runs in an executor."""
         mode, draft_id = asked
         try:
             if kind != "text":
