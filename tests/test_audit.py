@@ -7,11 +7,14 @@ import csv
 import io
 import json
 import socket
+import sqlite3
 import time
 
 import pytest
+import requests
 from conftest import OWNER, server_config
 from models import build_models, eos_id
+from servers import jupyter_server
 from waiting import wait_until_async
 
 MODEL = "local/tiny-demo"
@@ -190,3 +193,33 @@ async def test_records_are_jupyter_events(api, jp_serverapp):
         lambda: any(d["action"] == "token.create" and d["user"] == OWNER for d in seen),
         "a token.create event from the owner",
     )
+
+
+def test_with_audit_record_content_the_prompt_and_reply_are_kept(tmp_path, audit_models):
+    """`audit_record_content`: each record keeps the prompt as the model got it (chat messages, or a
+    completion's prompt) and the reply's text; without it, nothing of either is stored."""
+    no_eos = {str(eos_id(audit_models / "tiny-demo")): -100}
+    chat = {"model": MODEL, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+            "max_tokens": 4, "temperature": 0, "logit_bias": no_eos}  # fmt: skip
+    completion = {"model": MODEL, "prompt": "Once upon", "max_tokens": 4, "temperature": 0, "logit_bias": no_eos}
+    for recorded in (True, False):
+        root = tmp_path / str(recorded)
+        root.mkdir()
+        args = (f"--MLXManager.model_dirs={audit_models}", f"--MLXManager.audit_record_content={recorded}")
+        with jupyter_server(root, *args) as server:
+            replies = {}
+            for path, body in (("chat/completions", chat), ("completions", completion)):
+                reply = requests.post(server.url + "mlx/v1/" + path, json=body, headers=server.headers, timeout=120)
+                assert reply.status_code == 200, reply.text
+                replies[reply.headers["X-Request-ID"]] = reply.json()["choices"][0]
+        with sqlite3.connect(server.data_dir / "mlx_manager.sqlite3") as db:
+            stored = dict(db.execute("SELECT request_id, detail FROM audit_log WHERE request_id IS NOT NULL"))
+        for request_id, choice in replies.items():
+            if not recorded:
+                assert stored[request_id] is None
+                continue
+            content = json.loads(stored[request_id])
+            if "message" in choice:
+                assert content["prompt"] == chat["messages"] and content["completion"] == choice["message"]["content"]
+            else:
+                assert content["prompt"] == completion["prompt"] and content["completion"] == choice["text"]

@@ -111,5 +111,5 @@ class InferenceService:
 
 def _content(request: InferenceRequest, usage: Usage) -> str:
     """The prompt and the reply as the audit records them (`audit_record_content`)."""
-    command = request.command()
-    return json.dumps({"prompt": command.get("messages") or command.get("prompt"), "completion": "".join(usage.text)})
+    prompt = request.template_messages() if request.kind == "chat" else request.prompt  # as the runner gets it
+    return json.dumps({"prompt": prompt, "completion": "".join(usage.text)})
