@@ -23,7 +23,7 @@ from typing import Any
 
 from ..auth import Actor
 from ..models.ids import is_valid_model_id
-from ..protocols.models import EMBEDDINGS_INPUT_MESSAGE, MODEL_ID_MESSAGE, EmbeddingsRequest, read
+from ..protocols.models import EMBEDDINGS_INPUT_MESSAGE, MODEL_ID_MESSAGE, EmbeddingsRequest, read, token_ids
 from .pipeline import ServingFailed, ServingPipeline
 from .request import MAX_EMBEDDING_INPUTS, InvalidParam
 
@@ -45,20 +45,17 @@ class EmbeddingRequest:
         return body
 
 
-def _token_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
-
-
 def parse_embeddings(body: dict[str, Any]) -> EmbeddingRequest:
     """The request from a body (protocols/models.py), or InvalidParam naming the field at fault."""
     fields = read(EmbeddingsRequest, body)
     if not is_valid_model_id(fields.model):
         raise InvalidParam(MODEL_ID_MESSAGE, "model", "invalid_model")
     raw = fields.input
-    if isinstance(raw, str) or (_token_list(raw) and raw):
-        inputs = [raw]
-    elif isinstance(raw, list) and raw and all(isinstance(i, str) or _token_list(i) for i in raw):
-        inputs = list(raw)
+    ids = token_ids(raw)
+    if isinstance(raw, str) or ids:
+        inputs = [raw if ids is None else ids]
+    elif isinstance(raw, list) and raw and all(isinstance(i, str) or token_ids(i) is not None for i in raw):
+        inputs = [i if isinstance(i, str) else token_ids(i) for i in raw]
     else:
         raise InvalidParam(EMBEDDINGS_INPUT_MESSAGE, "input", "invalid_input")
     if len(inputs) > MAX_EMBEDDING_INPUTS:
@@ -68,7 +65,7 @@ def parse_embeddings(body: dict[str, Any]) -> EmbeddingRequest:
     empty = next((i for i, item in enumerate(inputs) if not item), None)
     if empty is not None:
         raise InvalidParam(f"input {empty} is empty", "input", "empty_input")
-    bad = next((t for item in inputs if not isinstance(item, str) for t in item if t < 0), None)
+    bad = next((min(item) for item in inputs if not isinstance(item, str) and min(item) < 0), None)
     if bad is not None:
         raise InvalidParam(f"token id {bad} is negative", "input", "invalid_token_id")
     return EmbeddingRequest(fields.model, inputs, fields.encoding_format or "float", fields.dimensions)

@@ -368,7 +368,7 @@ def check_token_ids(command: dict[str, Any], vocab_size: int | None) -> None:
     if not vocab_size:
         return
     prompt = command.get("prompt")
-    if isinstance(prompt, list):
+    if isinstance(prompt, list) and prompt and not 0 <= min(prompt) <= max(prompt) < vocab_size:  # in C
         bad = next((t for t in prompt if not 0 <= t < vocab_size), None)
         if bad is not None:
             raise InvalidParam(

@@ -94,6 +94,20 @@ def _whole_numbers(value: Any) -> Any:
 WholeNumbers = BeforeValidator(_whole_numbers)
 
 
+def token_ids(value: Any) -> list[int] | None:
+    """`value` as a list of token ids (JSON's `2.0` read as 2, as `WholeNumbers` does), or None
+    when it is not a list of integers. A prompt may hold a million ids and is read on the event
+    loop: the usual all-int list is checked by C code (`map`, `set`) and returned as it is."""
+    if not isinstance(value, list):
+        return None
+    kinds = set(map(type, value))
+    if kinds <= {int}:
+        return value
+    if kinds <= {int, float} and all(type(t) is int or t.is_integer() for t in value):
+        return [int(t) for t in value]
+    return None
+
+
 def _number(low: float, high: float) -> Any:
     return Annotated[
         float | None,
@@ -370,8 +384,7 @@ class CompletionRequest(OpenAISampling):
             ]
         ],
         Field(description="a string, token ids, or a list of either (one completion each)"),
-        WholeNumbers,
-        Says(PROMPT_MESSAGE),
+        Says(PROMPT_MESSAGE),  # token ids are read (whole numbers too) by `token_ids`, in one pass
     ]
     echo: Flag = None
     logprobs: TopLogprobs = None
@@ -759,8 +772,7 @@ class EmbeddingsRequest(Body):
         Field(
             description=f"a string, strings, token ids, or lists of token ids (at most {MAX_EMBEDDING_INPUTS}, none empty)"
         ),
-        WholeNumbers,
-        Says(EMBEDDINGS_INPUT_MESSAGE, code="invalid_input"),
+        Says(EMBEDDINGS_INPUT_MESSAGE, code="invalid_input"),  # token ids: `token_ids`
     ]
     encoding_format: Annotated[
         Literal["float", "base64"] | None, Says("encoding_format must be 'float' or 'base64'", code="invalid_value")

@@ -30,6 +30,7 @@ from .models import (
     OpenAISampling,
     read,
     stop_list,
+    token_ids,
 )
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -142,22 +143,24 @@ def chat_logprobs(body: ChatCompletionRequest) -> int | None:
     return body.top_logprobs or 0
 
 
-def _token_ids(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
-    )
+def _prompt(value: Any) -> str | list[int] | None:
+    """One prompt: a non-empty string, or non-empty non-negative token ids; None otherwise."""
+    if isinstance(value, str):
+        return value or None
+    ids = token_ids(value)
+    return ids if ids and min(ids) >= 0 else None
 
 
 def prompts(prompt: Any) -> list[str | list[int]]:
     """Completions' `prompt`: a string, a list of token ids, or a list of either (lm-eval's
     `local-completions` sends `[[ids]]`): one prompt each, in order."""
-    if (isinstance(prompt, str) and prompt) or _token_ids(prompt):
-        return [prompt]
+    one = _prompt(prompt)
+    if one is not None:
+        return [one]
     if isinstance(prompt, list) and prompt and len(prompt) <= MAX_PROMPTS:
-        if all((isinstance(p, str) and p) or _token_ids(p) for p in prompt):
-            return list(prompt)
+        each = [_prompt(p) for p in prompt]
+        if all(p is not None for p in each):
+            return each
     raise InvalidParam(PROMPT_MESSAGE, "prompt")
 
 
