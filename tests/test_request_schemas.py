@@ -192,6 +192,20 @@ def test_embeddings_and_speech_refusals_keep_their_codes():
     assert parse_speech({"model": M, "input": "Hello", "speed": 1.0, "voice": "af"}).voice == "af"
 
 
+def test_token_ids_are_whole_numbers_as_json_writes_them():
+    """JSON Schema (and the SDKs' servers) read 2.0 as the integer 2: completions' prompt and
+    embeddings' input take it, as the integer; fractions, booleans and negatives stay refused."""
+    assert openai_chat.prompts([5, 6.0]) == [[5, 6]]
+    assert openai_chat.prompts([[5.0], "text"]) == [[5], "text"]
+    assert parse_embeddings({"model": M, "input": [[1.0, 2]]}).inputs == [[1, 2]]
+    for bad in ([1.5], [True], [-1], [[]], []):
+        with pytest.raises(InvalidParam):
+            openai_chat.prompts(bad)
+    with pytest.raises(InvalidParam) as caught:
+        parse_embeddings({"model": M, "input": [3, -2.0]})
+    assert caught.value.code == "invalid_token_id"
+
+
 async def test_a_live_server_answers_in_each_protocols_envelope(api):
     """Through the real handlers: a field the models refuse is a 400 in the protocol's own
     envelope, naming the field; the served description lists the fields the models accept."""
