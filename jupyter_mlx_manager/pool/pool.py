@@ -782,18 +782,17 @@ class ModelPool:
         def refused(why: str) -> InvalidSpeculation:
             return InvalidSpeculation(f"draft_model {draft_id} {why}", "draft_model")
 
-        found = self.catalog.locate(draft_id) if is_draft_id(draft_id) else None
-        if found is None:
+        found = self._locate(draft_id) if is_draft_id(draft_id) else None
+        if found is None or found[1] is None:
             raise refused("is not a model on this machine (a draft model must be local)")
-        draft_id, draft_path = found
+        draft_id, draft_path, draft_weights, asks_for_code, problem = found
         kind = model_kind(draft_path)
         if adapter_base(draft_path) is not None or kind != "text":
             raise refused(
                 "is an adapter: a draft must be a model folder" if kind == "text" else f"is not a text model ({kind})"
             )
-        if ships_code(draft_path):
+        if asks_for_code:
             raise refused("ships its own Python code; running code from a model is not allowed")
-        problem = load_problem(draft_path)
         if problem:
             raise refused(f"cannot be loaded: {public_load_error(problem, draft_id, draft_path)}")
         vocabulary = tokenizer_mapping(draft_path)
@@ -802,7 +801,7 @@ class ModelPool:
         rows, model_rows = token_rows(draft_path), token_rows(path)
         if rows and model_rows and rows > model_rows:
             raise refused(f"has {rows} token rows, more than {model_id}'s {model_rows}")
-        return Speculation("draft_model", draft_id, draft_path, weights_bytes(draft_path))
+        return Speculation("draft_model", draft_id, draft_path, draft_weights)
 
     async def _start_runner(
         self, model_id: str, path: Path, kind: str = "text", speculation: Speculation | None = None
