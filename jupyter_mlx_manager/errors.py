@@ -29,6 +29,16 @@ class BadRequest(MLXError):
     reason = "bad_request"
 
 
+class InvalidParam(BadRequest):
+    """A 400 naming the field at fault (`param`), in the protocol's own spelling, and the error's
+    `code` if it has one: what the SDKs show as the argument that was wrong."""
+
+    def __init__(self, message: str, param: str | None, code: str | None = None):
+        super().__init__(message, reason="invalid_request_error")
+        self.param = param
+        self.code = code
+
+
 class Unauthorized(MLXError):
     status_code = 401
     reason = "unauthorized"

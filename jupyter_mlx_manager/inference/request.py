@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..errors import BadRequest
+from ..errors import BadRequest, InvalidParam
 from ..models.ids import is_valid_model_id
 from ..pool.pool import validate_keep_alive
 from ..runner.protocol import MAX_TOP_LOGPROBS, GenerateCommand, InvalidCommand
@@ -28,15 +28,6 @@ TOOL_NAME_RE = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 MAX_TOKEN_ID = 2**31 - 1
 MAX_EMBEDDING_INPUTS = 2048  # inputs of one embeddings request
 MAX_SPEECH_CHARS = 4096  # text of one speech request
-
-
-class InvalidParam(BadRequest):
-    """A 400 naming the field at fault (`param`), in the protocol's own spelling."""
-
-    def __init__(self, message: str, param: str | None, code: str | None = None):
-        super().__init__(message, reason="invalid_request_error")
-        self.param = param
-        self.code = code
 
 
 # -- message parts --------------------------------------------------------------------------------

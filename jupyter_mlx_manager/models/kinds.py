@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadRequest
+from ..errors import InvalidParam
 from .inspection import read_json
 
 
@@ -119,16 +119,12 @@ def missing_extra(kind: str) -> str | None:
     return None
 
 
-class WrongKind(BadRequest):
+class WrongKind(InvalidParam):
     """The model exists but this endpoint (or this server) cannot serve its kind: a 400 naming
     the `model` field, so an SDK reports which argument was wrong."""
 
-    reason = "invalid_request_error"
-
     def __init__(self, message: str, code: str = "model_kind_not_supported"):
-        super().__init__(message)
-        self.param = "model"
-        self.code = code
+        super().__init__(message, "model", code)
 
 
 def check_kind(model_id: str, kind: str, wanted: tuple[str, ...] | None = None) -> None:

@@ -77,7 +77,7 @@ from pathlib import Path
 from typing import Any
 
 from ..auth.users import is_admin, username_of
-from ..errors import BadRequest, Conflict, Forbidden, MLXError, NotFound, scrub_paths
+from ..errors import BadRequest, Conflict, Forbidden, InvalidParam, MLXError, NotFound, scrub_paths
 from ..models.catalog import ModelCatalog
 from ..models.ids import is_draft_id, model_key, validate_model_id
 from ..models.inspection import adapter_base, load_problem, read_json, ships_code, weights_bytes
@@ -117,18 +117,6 @@ class PoolBusy(MLXError):
 
     status_code = 503
     reason = "pool_busy"
-
-
-class InvalidSpeculation(BadRequest):
-    """A load's speculative decoding that cannot be: a 400 naming the field at fault
-    (`draft_model` or `speculative`), as `inference.request.InvalidParam` does (which the pool
-    cannot import: the inference package imports the pool)."""
-
-    reason = "invalid_request_error"
-
-    def __init__(self, message: str, param: str):
-        super().__init__(message)
-        self.param = param
 
 
 class ModelLoadError(MLXError):
@@ -234,11 +222,11 @@ def asked_speculation(draft_model: Any, speculative: Any) -> tuple[str, str | No
     """What a load asks for (`draft_model`: a model id, or `speculative: "prompt_lookup"`), as
     (mode, draft id); None when it asks for nothing (the configured speculation applies)."""
     if draft_model is not None and speculative is not None:
-        raise InvalidSpeculation("give draft_model or speculative, not both", "speculative")
+        raise InvalidParam("give draft_model or speculative, not both", "speculative")
     if speculative is not None and speculative != "prompt_lookup":
-        raise InvalidSpeculation('speculative must be "prompt_lookup" (or give draft_model)', "speculative")
+        raise InvalidParam('speculative must be "prompt_lookup" (or give draft_model)', "speculative")
     if draft_model is not None and not is_draft_id(draft_model):
-        raise InvalidSpeculation("draft_model must be the id of a local text model", "draft_model")
+        raise InvalidParam("draft_model must be the id of a local text model", "draft_model")
     if draft_model is not None:
         return "draft_model", draft_model
     return ("prompt_lookup", None) if speculative else None
@@ -763,12 +751,12 @@ class ModelPool:
         mode, draft_id = asked
         try:
             if kind != "text":
-                raise InvalidSpeculation(
+                raise InvalidParam(
                     f"{model_id} is not a text model ({kind}): speculative decoding is for text models",
                     "draft_model" if draft_id else "speculative",
                 )
             return self._check_draft(model_id, path, draft_id) if draft_id else Speculation(mode)
-        except InvalidSpeculation as exc:
+        except InvalidParam as exc:
             if not configured:
                 raise
             self.log.warning("%s loads without speculative decoding: the configured %s", model_id, exc)
@@ -779,8 +767,8 @@ class ModelPool:
         its tokenizer (the same tokens for the same ids) and has no more token rows than it;
         a 400 on `draft_model` saying what is wrong otherwise."""
 
-        def refused(why: str) -> InvalidSpeculation:
-            return InvalidSpeculation(f"draft_model {draft_id} {why}", "draft_model")
+        def refused(why: str) -> InvalidParam:
+            return InvalidParam(f"draft_model {draft_id} {why}", "draft_model")
 
         found = self._locate(draft_id) if is_draft_id(draft_id) else None
         if found is None or found[1] is None:
