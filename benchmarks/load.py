@@ -49,10 +49,16 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else None
 
 
-def start_server(root: Path, models: Path, per_user: int) -> tuple[subprocess.Popen, str, str]:
+def start_server(
+    root: Path, models: Path, per_user: int, pythonpath: str | None = None
+) -> tuple[subprocess.Popen, str, str]:
+    """A Jupyter server on `models` (owner `owner`, no warm runner), once it answers;
+    `pythonpath`: another jupyter_mlx_manager tree to run instead of this checkout's."""
     port, token = free_port(), "load-" + os.urandom(8).hex()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER_MLX_MANAGER", "JPY_", "JUPYTERHUB_"))}
     env.update(JUPYTER_CONFIG_DIR=str(root / "config"), JUPYTER_RUNTIME_DIR=str(root / "runtime"))
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
     log = open(root / "server.log", "wb")  # the server's output, for as long as it runs
     process = subprocess.Popen(
         [sys.executable, "-m", "jupyter_server", "--no-browser", "--ServerApp.allow_root=True",
@@ -62,7 +68,7 @@ def start_server(root: Path, models: Path, per_user: int) -> tuple[subprocess.Po
          "--MLXManager.default_keep_alive=-1", "--MLXManager.owner_username=owner",
          "--MLXManager.registration_limit=0", f"--MLXManager.max_requests_per_user={per_user}",
          "--MLXManager.warm_runner=False"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root,  # not a checkout: sys.path[0] is the cwd
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 90

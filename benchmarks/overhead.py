@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
-from load import demo_model, free_port, stop
+from load import demo_model, start_server, stop
 
 MODEL = "local/tiny-demo"
 
@@ -33,33 +30,10 @@ class Server:
     """A Jupyter server with the model loaded; `pythonpath`: the package tree it runs (or ours)."""
 
     def __init__(self, root: Path, models: Path, pythonpath: str | None):
-        port, token = free_port(), secrets.token_hex(8)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER_MLX_MANAGER", "JPY_"))}
-        env.update(JUPYTER_CONFIG_DIR=str(root / "config"), JUPYTER_RUNTIME_DIR=str(root / "runtime"))
-        if pythonpath:
-            env["PYTHONPATH"] = pythonpath
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "jupyter_server", "--no-browser", "--ServerApp.allow_root=True",
-             "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", f"--IdentityProvider.token={token}",
-             f"--ServerApp.root_dir={root}", f"--MLXManager.data_dir={root / 'data'}",
-             f"--MLXManager.model_dirs={models}", "--MLXManager.default_keep_alive=-1",
-             "--MLXManager.owner_username=owner", "--MLXManager.warm_runner=False", "--ServerApp.log_level=WARN"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-        )  # fmt: skip
-        self.url, self.headers = f"http://127.0.0.1:{port}/", {"Authorization": f"token {token}"}
-        deadline = time.monotonic() + 60
-        while not self._up():
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError(f"the server in {root} did not start")
-            time.sleep(0.5)
+        self.process, self.url, token = start_server(root, models, per_user=16, pythonpath=pythonpath)
+        self.headers = {"Authorization": f"token {token}"}
         load = requests.post(self.url + "mlx/api/pool/load", json={"model": MODEL}, headers=self.headers, timeout=120)
         load.raise_for_status()
-
-    def _up(self) -> bool:
-        try:
-            return requests.get(self.url + "api/status", headers=self.headers, timeout=2).ok
-        except requests.ConnectionError:
-            return False
 
     def chat(self, eos: int, tokens: int) -> float:
         """Seconds for one non-streamed chat of exactly `tokens` tokens."""
