@@ -16,7 +16,7 @@ import sys
 import openai
 import pytest
 from conftest import server_config
-from models import build_models
+from models import build_models, eos_id
 from waiting import wait_until_async
 
 from jupyter_mlx_manager.models import kinds
@@ -162,10 +162,14 @@ async def test_wrong_kind_is_400_on_model_and_kinds_share_the_pool(sdk, api):
     assert len((await client.embeddings.create(model=EMBED, input="again")).data) == 1
 
 
-async def test_a_crashed_embedding_runner_takes_nothing_else_down(sdk, api):
+async def test_a_crashed_embedding_runner_takes_nothing_else_down(sdk, api, models_dir):
     client, _ = await sdk()
+    chat_params = dict(  # greedy, EOS suppressed: the text runner answers with tokens whatever its weights
+        model=TEXT, messages=[{"role": "user", "content": "hi"}], max_tokens=2, temperature=0,
+        logit_bias={str(eos_id(models_dir / "tiny-demo")): -100},
+    )  # fmt: skip
     await client.embeddings.create(model=EMBED, input="hello")
-    await client.chat.completions.create(model=TEXT, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    await client.chat.completions.create(**chat_params)
     pids = {m["model"]: m["pid"] for m in (await api("GET", "mlx/api/pool")).body["models"]}
     os.kill(pids[EMBED], signal.SIGKILL)
     await wait_until_async(  # the pool notices at once (the runner's pipe closes)
@@ -175,8 +179,8 @@ async def test_a_crashed_embedding_runner_takes_nothing_else_down(sdk, api):
         interval=0.05,
         done=lambda pool: EMBED not in {m["model"] for m in pool.body["models"]},
     )
-    chat = await client.chat.completions.create(model=TEXT, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
-    assert chat.usage.completion_tokens >= 1  # the text model's runner never noticed
+    chat = await client.chat.completions.create(**chat_params)
+    assert chat.usage.completion_tokens == 2  # the text model's runner never noticed
     again = await client.embeddings.create(model=EMBED, input="hello")  # loaded anew
     assert len(again.data[0].embedding) == DIM
     pool = {m["model"]: m["pid"] for m in (await api("GET", "mlx/api/pool")).body["models"]}
