@@ -89,7 +89,7 @@ def wait_for_start(
     def answers() -> bool:
         try:
             return requests.get(url, headers=headers, timeout=2).ok
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or not answering yet
             assert process.poll() is None, f"{name} exited"
             return False
 

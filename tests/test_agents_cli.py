@@ -98,24 +98,31 @@ async def _last_record(api, endpoint: str) -> dict:
     return next(r for r in records if r["endpoint"] and r["endpoint"].endswith(endpoint))
 
 
+def _answered(rc: int, output: str, record: dict) -> None:
+    """The CLI exited 0 after a served request and printed the reply; it prints nothing only when
+    the random-weights model's first token was EOS (no tokens: nothing to print, about 1 in 500)."""
+    assert rc == 0 and record["status"] == "ok", (record, output[-2000:])
+    assert output.strip() or record["completion_tokens"] == 0, (record, output[-2000:])
+
+
 @pytest.mark.timeout(900)
 async def test_claude_code_codex_and_opencode_answer_with_default_settings(agent, api):
     rc, output = await agent(
         ["claude", "-p", "--model", MODEL, "Say hi"],
         {"ANTHROPIC_BASE_URL": "{MLX_BASE}", "ANTHROPIC_API_KEY": "{MLX_KEY}"},
     )
-    assert rc == 0 and output.strip(), output[-2000:]
     record = await _last_record(api, "/v1/messages")
-    assert record["status"] == "ok" and record["prompt_tokens"] > 20_000, record
+    _answered(rc, output, record)
+    assert record["prompt_tokens"] > 20_000, record
 
     provider = 'model_providers.mlx={{name="mlx", base_url="{MLX_BASE}/v1", env_key="MLX_KEY", wire_api="responses"}}'
     rc, output = await agent(
         ["codex", "exec", "--skip-git-repo-check", "-c", "model_provider=mlx", "-c", provider, "-m", MODEL, "Say hi"],
         {},
     )
-    assert rc == 0 and output.strip(), output[-2000:]
     record = await _last_record(api, "/v1/responses")
-    assert record["status"] == "ok" and record["prompt_tokens"] > 10_000, record
+    _answered(rc, output, record)
+    assert record["prompt_tokens"] > 10_000, record
 
     config = {
         "$schema": "https://opencode.ai/config.json",
@@ -132,6 +139,6 @@ async def test_claude_code_codex_and_opencode_answer_with_default_settings(agent
     rc, output = await agent(
         ["opencode", "run", "Say hi"], {"MLX_BASE": "{MLX_BASE}"}, files={"opencode.json": json.dumps(config)}
     )
-    assert rc == 0 and output.strip(), output[-2000:]
     record = await _last_record(api, "/v1/chat/completions")
+    _answered(rc, output, record)
     assert record["prompt_tokens"] > 10_000, record

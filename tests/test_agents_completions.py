@@ -171,7 +171,7 @@ def test_scoring_a_long_prompt_does_not_stop_a_decoding_stream(models_dir):
     stream that is decoding keeps getting tokens while a long prompt is scored."""
     runner = OrderedRunner(models_dir / "tiny-demo", "--prefill-step-size", "8")
     try:
-        runner.submit("decoding", "Hello", max_tokens=300)
+        runner.submit("decoding", "Hello", max_tokens=1500)  # cancelled: it must outlast the scoring
         assert runner.next_event("decoding")["ev"] == "started"
         assert runner.next_event("decoding")["ev"] == "text"
         runner.submit(

@@ -181,7 +181,7 @@ async def test_another_users_files_and_batches_are_not_found(sdk, no_eos):
 async def test_cancel_keeps_what_finished(sdk, no_eos):
     bob = await sdk("bob")
     upload = await bob.files.create(
-        file=("long.jsonl", io.BytesIO(_jsonl(_lines(no_eos, 40, max_tokens=64)))), purpose="batch"
+        file=("long.jsonl", io.BytesIO(_jsonl(_lines(no_eos, 40, max_tokens=256)))), purpose="batch"
     )
     batch = await bob.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
     await _wait(bob, batch.id, done=("in_progress",))

@@ -114,7 +114,7 @@ def test_list_load_ps_run_unload_rm(lab):
     assert "demo model" in answered.stderr and "random weights" in answered.stderr
     assert pool_models(lab)["local/tiny-demo"]["requests"] >= 1
 
-    piped = cli(lab, "run", "local/tiny-demo", "--max-tokens", "4", stdin="Hello from a pipe")
+    piped = cli(lab, "run", "local/tiny-demo", "--max-tokens", "4", "--seed", "0", stdin="Hello from a pipe")
     assert piped.returncode == 0 and piped.stdout.strip(), piped.stderr
 
     unloaded = cli(lab, "unload", "local/tiny-demo")

@@ -154,7 +154,7 @@ async def test_disconnect_mid_stream_frees_the_runner(sdk, no_eos, api):
     await wait_until_async(
         lambda: api("GET", "mlx/api/pool"),
         "the closed stream to leave the pool's in-flight count",
-        timeout=3,
+        timeout=15,
         done=lambda pool: pool.body["models"][0]["in_flight"] == 0,
     )
     reply = await client.chat.completions.create(
@@ -185,7 +185,7 @@ async def test_killed_runner_ends_the_stream_and_the_server_recovers(sdk, no_eos
     await wait_until_async(
         lambda: api("GET", "mlx/api/pool"),
         "the dead runner to leave the pool",
-        timeout=2,
+        timeout=15,
         interval=0.05,
         done=lambda pool: pool.body["models"] == [],
     )

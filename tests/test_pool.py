@@ -93,14 +93,19 @@ async def test_lru_eviction_spares_pinned_models(api):
 
     assert (await api("POST", "mlx/api/pool/unload", body={"model": "local/b"})).code == 200
     assert (await api("POST", "mlx/api/pool/unload", body={"model": "local/b"})).code == 404
-    actions = [r["action"] for r in (await api("GET", "mlx/api/audit", params={"limit": "100"})).body["records"]]
-    assert "model.evict" in actions and "model.unload" in actions and "model.load" in actions
+    audit = await wait_until_async(  # pool events are written in the background
+        lambda: api("GET", "mlx/api/audit", params={"limit": "100"}),
+        "the unload in the audit trail",
+        done=lambda reply: "model.unload" in [r["action"] for r in reply.body["records"]],
+    )
+    actions = [r["action"] for r in audit.body["records"]]
+    assert "model.evict" in actions and "model.load" in actions
 
 
 async def test_keep_alive_expiry_unloads(api):
     reply = await api("POST", "mlx/api/pool/load", body={"model": "local/a", "keep_alive": 1})
     assert reply.body["keep_alive"] == 1 and reply.body["expires_at"] is not None
-    await wait_until_async(lambda: _loaded(api), "keep_alive to unload it", timeout=5, interval=0.2, done=_empty)
+    await wait_until_async(lambda: _loaded(api), "keep_alive to unload it", timeout=15, interval=0.2, done=_empty)
     assert (
         not psutil.pid_exists(reply.body["pid"]) or psutil.Process(reply.body["pid"]).status() == psutil.STATUS_ZOMBIE
     )
@@ -108,7 +113,7 @@ async def test_keep_alive_expiry_unloads(api):
     # keep_alive 0 on a request: unloaded as soon as that request is done.
     body = {"model": "local/a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "keep_alive": 0}
     assert (await api("POST", "mlx/v1/chat/completions", body=body)).code == 200
-    await wait_until_async(lambda: _loaded(api), "keep_alive 0 to unload it", timeout=3, done=_empty)
+    await wait_until_async(lambda: _loaded(api), "keep_alive 0 to unload it", timeout=15, done=_empty)
 
 
 @pytest.mark.parametrize(

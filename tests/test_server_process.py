@@ -8,11 +8,11 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
 from servers import jupyter_server
+from waiting import wait_until
 
 from jupyter_mlx_manager.auth.jwt_tokens import PLACEHOLDER_SECRET
 
@@ -163,8 +163,8 @@ def test_acknowledged_audit_records_survive_sigkill(server, server_models):
     threads = [threading.Thread(target=burst) for _ in range(6)]
     for thread in threads:
         thread.start()
-    time.sleep(2)
-    server["process"].send_signal(signal.SIGKILL)
+    wait_until(lambda: len(acknowledged) > 10, "a burst of answered requests", timeout=60, interval=0.05)
+    server["process"].send_signal(signal.SIGKILL)  # mid-burst: the threads still send
     server["process"].wait(30)
     stop.set()
     for thread in threads:

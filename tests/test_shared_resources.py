@@ -158,10 +158,13 @@ async def test_pin_long_keep_alive_and_force_are_for_admins(api, make_user):
     assert (await unload(api, force=True)).code == 200
     assert await pool_models(api) == {}
 
-    # The audit trail names who loaded and unloaded.
-    records = (await api("GET", "mlx/api/audit", params={"limit": "100"})).body["records"]
-    assert ("model.load", "bob") in [(r["action"], r["user"]) for r in records]
-    assert ("model.unload", OWNER) in [(r["action"], r["user"]) for r in records]
+    # The audit trail names who loaded and unloaded (pool events are written in the background).
+    audit = await wait_until_async(
+        lambda: api("GET", "mlx/api/audit", params={"limit": "100"}),
+        "the unload in the audit trail",
+        done=lambda reply: ("model.unload", OWNER) in [(r["action"], r["user"]) for r in reply.body["records"]],
+    )
+    assert ("model.load", "bob") in [(r["action"], r["user"]) for r in audit.body["records"]]
 
 
 async def test_a_model_another_user_is_streaming_from_is_not_theirs_to_unload(api, make_user, no_eos):

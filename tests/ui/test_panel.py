@@ -146,6 +146,12 @@ def test_load_chat_stop_and_live_activity(lab_server, page: Page, artifacts_dir,
     audit_requests: list[str] = []
     page.on("request", lambda r: audit_requests.append(r.url) if "/mlx/api/audit?" in r.url else None)
 
+    def no_eos(route):  # the random-weights demo model could sample EOS first: an empty reply
+        body = json.loads(route.request.post_data or "{}")
+        body["logit_bias"] = {EOS_ID: -100}
+        route.continue_(post_data=json.dumps(body))
+
+    page.route(re.compile(r".*/mlx/v1/chat/completions(\?[^/]*)?$"), no_eos)
     # Open the chat from the command palette; the loaded model is chosen.
     run_command(page, "MLX: Open Chat")
     chat = page.locator(CHAT)
@@ -172,13 +178,7 @@ def test_load_chat_stop_and_live_activity(lab_server, page: Page, artifacts_dir,
     assert exported.startswith("id,request_id,time,"), exported[:200]
     assert "chat.completions" in exported and DEMO in exported
 
-    # Stop a long reply (EOS is suppressed so that it cannot end on its own first).
-    def no_eos(route):
-        body = json.loads(route.request.post_data or "{}")
-        body["logit_bias"] = {EOS_ID: -100}
-        route.continue_(post_data=json.dumps(body))
-
-    page.route(re.compile(r".*/mlx/v1/chat/completions(\?[^/]*)?$"), no_eos)
+    # Stop a long reply (EOS is suppressed, so it cannot end on its own first).
     chat.get_by_label("Max tokens").fill("1500")
     message.fill("Tell me a long story")
     message.press("Enter")
