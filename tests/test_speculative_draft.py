@@ -22,6 +22,7 @@ from models import build_models, eos_id
 from servers import jupyter_server
 from test_engine import Runner
 from test_speculative import REPEATING, keeps_its_output_when_another_joins, speculative_status
+from waiting import wait_until
 
 PROMPTS = [REPEATING, "Once upon a time " * 12, "Tell me about the weather in Paris."]
 MODEL = "local/demo"
@@ -151,3 +152,40 @@ def test_configured_drafts_apply_and_concurrent_requests_still_batch(tmp_path, m
             assert complete("Hello", "fast").status_code == 200
             pool = {m["model"]: m for m in http.get("mlx/api/pool").json()["models"]}
             assert pool["local/fast-target"]["draft_model"] == "local/other", pool
+
+
+def test_a_prompt_cache_hit_is_not_prefilled_again_by_the_draft_model(models_dir, runners, tmp_path):
+    """A request that speculated stores its draft model's KV cache beside the model's: the same
+    prompt again (a retried agent turn) starts decoding with neither model prefilling it, and a
+    longer prompt on top of it (the next turn) prefills only what is new. The disk's copy (the
+    model's cache alone) does not displace the memory's."""
+    plain, _ = runners
+    prompt = "Once upon a time there was a long prompt. " * 24
+    expected, _ = plain.run("alone", prompt, max_tokens=24)
+    disk = tmp_path / "prompt-cache"
+    runner = Runner(
+        models_dir / "demo", "--prefill-step-size", "16", "--draft-model", str(models_dir / "other"),
+        "--prompt-cache-dir", str(disk), "--prompt-cache-disk-bytes", str(1 << 30), "--prompt-cache-min-tokens", "256",
+    )  # fmt: skip
+    try:
+
+        def chunks_of(rid: str, text: str) -> tuple[list[dict], int]:
+            before = runner.engine_stats()["prefill_chunks"]
+            answer, events = runner.run(rid, text, max_tokens=24)
+            if text == prompt:
+                assert answer == expected, (rid, answer, expected)  # still the model's own greedy output
+            return events, runner.engine_stats(until=lambda s: s["prefill_chunks"] >= before)["prefill_chunks"] - before
+
+        events, first = chunks_of("first", prompt)
+        prompt_tokens = events[-1]["prompt_tokens"]
+        assert first >= 2 * (prompt_tokens // 16)  # the model, then the draft model, chunk by chunk
+        wait_until(lambda: list(disk.glob("**/*.safetensors")), "the prompt's cache on disk")
+        events, again = chunks_of("again", prompt)
+        assert events[-1]["cached_tokens"] == prompt_tokens - 1 and again == 0
+        events, longer = chunks_of("longer", prompt + expected + " And then? Tell me more about it.")
+        assert events[-1]["cached_tokens"] >= prompt_tokens
+        assert longer <= 2 * -(-(events[-1]["prompt_tokens"] - events[-1]["cached_tokens"]) // 16)
+        stats = runner.engine_stats()
+        assert stats["speculative_accepted"] + stats["speculative_rejected"] > 0, stats
+    finally:
+        runner.close()

@@ -23,7 +23,9 @@ All MLX work happens on this one thread (MLX streams are thread-local). Scheduli
   longest cached prefix (a deep copy, trimmed to the common prefix), so a shared system
   prompt or a continuing conversation is not prefilled again. `cached_tokens` says how much.
   Entries are kept per scope (the command's `cache_scope`, the cache's model key): a prefix
-  is reused only by requests of the same scope (one user, or everyone with "shared").
+  is reused only by requests of the same scope (one user, or everyone with "shared"). With a
+  draft model, a request that speculated keeps the draft's KV cache in the same entry (in
+  memory only: the disk's files are the model's), so a hit is prefilled by neither model.
 
 * **Chunked, fair prefill**: a prompt longer than one chunk (or a lone one) is prefilled here,
   in its own KV cache, one `prefill_step_size` chunk per scheduler step (`_step_prefill`),
@@ -392,6 +394,8 @@ class Engine:
             if self.draft_path is not None:  # refused like the model if it ships code; no tokenizer:
                 check_model_dir(self.draft_path)  # the server checked that it shares the model's
                 self.draft_model = load_model(self.draft_path, trust_remote_code=False)[0]
+                self.cache_layers = len(self.make_cache())  # a prompt-cache entry with the draft's KV is longer
+                self.draft_layers = len(make_prompt_cache(self.draft_model))
             if self.prompt_cache_bytes:
                 self.prompt_cache = LRUPromptCache(max_size=PROMPT_CACHE_MAX_ENTRIES, max_bytes=self.prompt_cache_limit)
             if self.disk_cache_options is not None:
@@ -674,11 +678,12 @@ class Engine:
         else:
             cache, rest = self._cached_prefix(cache_key, prompt)
             cached = len(prompt) - len(rest)
+        cache, draft_cache = self._split_draft(cache)
         request = Request(
             rid, prompt, max_tokens, cached, rest, cache, sampler, processors,
             self.tokenizer.detokenizer, text_filter, self.eos, tool_format, grammar=grammar, thinking=thinking,
             logprobs=logprobs, completion=command.kind == "completion", cache_key=cache_key,
-            speculative=command.speculative or self.speculative,
+            speculative=command.speculative or self.speculative, draft_cache=draft_cache,
         )  # fmt: skip
         self.emit({"ev": "started", "id": rid, "prompt_tokens": len(prompt), "cached_tokens": cached})
         if echo:
@@ -863,8 +868,12 @@ class Engine:
         cache, rest = None, prompt
         if self.prompt_cache is not None:
             cache, rest = self.prompt_cache.fetch_nearest_cache(cache_key, prompt)
-        if self.disk_cache is not None:  # a longer prefix on disk (after an unload, a crash, a restart)?
-            found = self.disk_cache.fetch(cache_key[1], prompt, better_than=len(prompt) - len(rest))
+        hit = len(prompt) - len(rest)
+        # A longer prefix on disk (after an unload, a crash, a restart)? Not when memory has all but
+        # the last token: that one is recomputed for its logits anyway (and the memory entry may
+        # hold the draft model's cache too).
+        if self.disk_cache is not None and hit < len(prompt) - 1:
+            found = self.disk_cache.fetch(cache_key[1], prompt, better_than=hit)
             if found is not None:
                 cache, rest = found[0], prompt[found[1] :]
         if cache is not None:
@@ -874,6 +883,36 @@ class Engine:
             else:
                 return cache, rest
         return self.make_cache(), prompt
+
+    def _split_draft(self, cache: Any) -> tuple[Any, Any]:
+        """(the model's KV cache, the draft model's or None) of a prompt-cache entry: a request
+        that speculated with the draft model stores both in one entry (`_with_draft`), so a
+        prompt that shares its prefix is not prefilled again by the draft model either."""
+        if self.draft_model is not None and len(cache) == self.cache_layers + self.draft_layers:
+            return cache[: self.cache_layers], cache[self.cache_layers :]
+        return cache, None
+
+    def _with_draft(self, cache: Any, tokens: list[int], draft: Any) -> Any:
+        """The entry the in-memory prompt cache keeps for `cache` (which holds `tokens`): with
+        the draft model's KV cache appended where it holds the same tokens. Speculation leaves
+        the draft a token or two behind or ahead when it stops: it is trimmed, or fed the few
+        tokens it lacks (a short forward pass of the small model); one far behind (a request
+        that did not speculate) is left out."""
+        from mlx_lm.generate import generation_stream
+        from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
+
+        if draft is None or not can_trim_prompt_cache(draft):
+            return cache
+        held = draft[0].offset
+        if held > len(tokens):
+            trim_prompt_cache(draft, held - len(tokens))
+        elif len(tokens) - held > DRAFT_TOKENS + 1:
+            return cache
+        elif held < len(tokens):
+            with self.mx.stream(generation_stream):
+                self.draft_model(self.mx.array(tokens[held:])[None], cache=draft)
+                self.mx.eval([c.state for c in draft])
+        return cache + draft if draft[0].offset == len(tokens) else cache
 
     def _prompt_tokens(self, command: GenerateCommand, enable_thinking: bool | None = None) -> list[int]:
         if command.kind == "chat":
@@ -1468,21 +1507,24 @@ class Engine:
         )
         keeps = self.prompt_cache is not None or self.disk_cache is not None
         if keeps and cache_entry is not None and cache_entry[0] is not None:
-            self._store(request.cache_key, *cache_entry)
+            draft = request.draft_cache if cache_entry[0] is request.cache else None  # a batched one has none
+            self._store(request.cache_key, *cache_entry, draft=draft)
         request.cache = request.draft_cache = None
 
-    def _store(self, cache_key: Any, cache: Any, tokens: list[int]) -> None:
-        """Keep a finished request's KV cache for requests that share its prefix."""
+    def _store(self, cache_key: Any, cache: Any, tokens: list[int], draft: Any = None) -> None:
+        """Keep a finished request's KV cache for requests that share its prefix: in memory with
+        its draft model's (`_with_draft`), on disk the model's alone (a runner started later may
+        have another draft model, or none)."""
         try:
             offsets = [getattr(c, "offset", len(tokens)) for c in cache]
             if not offsets or not all(isinstance(o, int) for o in offsets):
                 return
             if min(offsets) != len(tokens) or not tokens:  # never store a cache under the wrong tokens
                 return
-            if self.prompt_cache is not None:
-                self.prompt_cache.insert_cache(cache_key, list(tokens), cache)
             if self.disk_cache is not None:
                 self.disk_cache.save(cache_key[1], list(tokens), cache)
+            if self.prompt_cache is not None:
+                self.prompt_cache.insert_cache(cache_key, list(tokens), self._with_draft(cache, tokens, draft))
         except Exception:  # a cache that cannot be measured or stored is simply not kept
             pass
 
