@@ -27,7 +27,9 @@ request generates exactly its `max_tokens`.
   prompt lookup, and with a draft model (`demo-model --size tiny`: the same tokenizer), as
   speed-ups over plain with each one's acceptance rate. The demo models have random weights:
   a draft agrees with the model only by chance here, so the draft figure is its overhead at a
-  low acceptance rate, not the speed-up of a trained draft;
+  low acceptance rate, not the speed-up of a trained draft. Also each mode's TTFT of a long
+  prompt (`--prefill-rules`) sent again (a retried agent turn: a prompt-cache hit), as a ratio
+  to plain's: with a draft model, the draft's KV cache is cached beside the model's;
 * load latency (`--probes load` runs only this one): `POST mlx/api/pool/load` request → ready,
   ours with the warm spare runner (`warm_runner`, the default) and without it, against
   `mlx_lm.server` start → first successful `GET /v1/models` (its model loads in a thread while
@@ -563,16 +565,24 @@ def speculative_probe(name: str, args: argparse.Namespace, work: Path) -> dict:
             for label, prompt in (("edit", EDIT_PROMPT), ("story", PROMPT)):
                 runs = [server.stream(user(prompt), args.max_tokens, logit_bias) for _ in range(args.rounds)]
                 tps[label] = statistics.median(r["usage"]["completion_tokens"] / (r["end"] - r["start"]) for r in runs)
+            again = []
+            for _ in range(args.rounds):  # the same long prompt twice: the second is a prompt-cache hit
+                messages = long_messages(args.prefill_rules)
+                server.stream(messages, 4, logit_bias)
+                again.append(server.stream(messages, 4, logit_bias)["ttft"])
             status = requests.get(pool, headers=headers, timeout=10).json()["models"][0]["speculative"]
-            result["modes"][mode] = {"decode_tps": tps, "acceptance_rate": status and status["acceptance_rate"]}
+            result["modes"][mode] = {"decode_tps": tps, "acceptance_rate": status and status["acceptance_rate"],
+                                     "repeated_prompt_ttft_ms": 1000 * statistics.median(again)}  # fmt: skip
             requests.post(
                 f"{pool}/unload", json={"model": server.model}, headers=headers, timeout=60
             ).raise_for_status()
     finally:
         stop_server(server)
     plain = result["modes"]["plain"]["decode_tps"]
+    plain_again = result["modes"]["plain"]["repeated_prompt_ttft_ms"]
     for entry in result["modes"].values():
         entry["speedup"] = {label: entry["decode_tps"][label] / plain[label] for label in plain}
+        entry["repeated_prompt_ttft_over_plain"] = entry["repeated_prompt_ttft_ms"] / plain_again
     return result
 
 
@@ -581,12 +591,14 @@ def speculative_markdown(probes: dict) -> str:
     for name, r in probes.items():
         lines += [f"### {name} model: speculative decoding, one greedy stream of {r['max_tokens']} tokens "
                   f"(median of {r['rounds']}; draft: `demo-model --size tiny`, random weights)", "",
-                  "| mode | edit prompt tok/s | speed-up | story prompt tok/s | speed-up | acceptance rate (all) |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+                  "| mode | edit prompt tok/s | speed-up | story prompt tok/s | speed-up | acceptance rate (all) "
+                  "| long prompt again: TTFT ms | vs plain |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for mode, m in r["modes"].items():
             rate = "–" if m["acceptance_rate"] is None else f"{m['acceptance_rate']:.2f}"
             lines.append(f"| {mode} | {m['decode_tps']['edit']:.0f} | {m['speedup']['edit']:.2f}× | "
-                         f"{m['decode_tps']['story']:.0f} | {m['speedup']['story']:.2f}× | {rate} |")  # fmt: skip
+                         f"{m['decode_tps']['story']:.0f} | {m['speedup']['story']:.2f}× | {rate} | "
+                         f"{m['repeated_prompt_ttft_ms']:.0f} | {m['repeated_prompt_ttft_over_plain']:.2f}× |")  # fmt: skip
     return "\n".join(lines)
 
 
