@@ -159,13 +159,14 @@ def vocab_size_of(model: Any) -> int | None:
     return min(known) if known else None
 
 
-def _hidden_special_ids(tokenizer: Any) -> set[int]:
+def _hidden_special_ids(tokenizer: Any, tool_markers: tuple[str | None, str | None] | None = None) -> set[int]:
     """The special tokens a reply's text never shows (as `skip_special_tokens` decodes): every
     added token the tokenizer marks special (`all_special_ids` often holds only eos and pad), but
-    the markers the text filter reads (tool-call and thinking tags, which some models mark special)."""
-    markers = {
-        getattr(tokenizer, name, None) for name in ("tool_call_start", "tool_call_end", "think_start", "think_end")
-    }
+    the markers the text filter reads (tool-call and thinking tags, which some models mark special).
+    `tool_markers`: a profile's tool-call format's (default: the tokenizer's)."""
+    if tool_markers is None:
+        tool_markers = (getattr(tokenizer, "tool_call_start", None), getattr(tokenizer, "tool_call_end", None))
+    markers = {*tool_markers, getattr(tokenizer, "think_start", None), getattr(tokenizer, "think_end", None)}
     added = getattr(getattr(tokenizer, "_tokenizer", None), "added_tokens_decoder", None) or {}
     shown = markers - {None}
     return {i for i, t in added.items() if getattr(t, "special", False) and getattr(t, "content", str(t)) not in shown}
@@ -394,8 +395,7 @@ class Engine:
             if self.draft_path is not None:  # refused like the model if it ships code; no tokenizer:
                 check_model_dir(self.draft_path)  # the server checked that it shares the model's
                 self.draft_model = load_model(self.draft_path, trust_remote_code=False)[0]
-                self.cache_layers = len(self.make_cache())  # a prompt-cache entry with the draft's KV is longer
-                self.draft_layers = len(make_prompt_cache(self.draft_model))
+                self.draft_layers = len(make_prompt_cache(self.draft_model))  # a prompt-cache entry with them is longer
             if self.prompt_cache_bytes:
                 self.prompt_cache = LRUPromptCache(max_size=PROMPT_CACHE_MAX_ENTRIES, max_bytes=self.prompt_cache_limit)
             if self.disk_cache_options is not None:
@@ -529,16 +529,12 @@ class Engine:
         )
 
     def _kv_bytes(self) -> int:
-        """Bytes of the running requests' KV caches (direct path + batch), from the arrays."""
-        total = 0
-        direct = self.direct
-        if direct is not None and direct.cache:
-            total += sum(int(c.nbytes) for c in direct.cache)
-        if direct is not None and direct.draft_cache:
-            total += sum(int(c.nbytes) for c in direct.draft_cache)
+        """Bytes of the running requests' KV caches (direct path, scoring, prefilling, batch; draft
+        models' included), from the arrays."""
+        outside = [r for r in (self.direct, *self.scoring, *self.prefilling) if r is not None]
+        total = sum(int(c.nbytes) for r in outside for c in [*(r.cache or ()), *(r.draft_cache or ())])
         if self.batch is not None and self.batched:
             total += int(self.batch.prompt_cache_nbytes)
-        total += sum(int(c.nbytes) for r in [*self.scoring, *self.prefilling] if r.cache for c in r.cache)
         return total
 
     def _vocab_size_from_logits(self) -> int:
@@ -683,8 +679,10 @@ class Engine:
             rid, prompt, max_tokens, cached, rest, cache, sampler, processors,
             self.tokenizer.detokenizer, text_filter, self.eos, tool_format, grammar=grammar, thinking=thinking,
             logprobs=logprobs, completion=command.kind == "completion", cache_key=cache_key,
-            speculative=command.speculative or self.speculative, draft_cache=draft_cache,
+            speculative=command.speculative or self.speculative,
         )  # fmt: skip
+        if draft_cache is not None and request.speculative == "draft_model" and self._speculates(request):
+            request.draft_cache = draft_cache  # others (sampled, structured, batched-only) never read it
         self.emit({"ev": "started", "id": rid, "prompt_tokens": len(prompt), "cached_tokens": cached})
         if echo:
             request.echo = command.prompt if isinstance(command.prompt, str) else self.tokenizer.decode(prompt)
@@ -763,13 +761,9 @@ class Engine:
         if name not in tool_parser_names():
             raise _InvalidRequest(f"mlx-lm has no tool parser {name!r}", "invalid_field", "tool_parser")
         module = importlib.import_module(f"mlx_lm.tool_parsers.{name}")
-        shown = set()
-        for marker in (module.tool_call_start, module.tool_call_end):
-            ids = _token_list(self.tokenizer.encode(marker, add_special_tokens=False)) if marker else []
-            shown.update(ids[:1] if len(ids) == 1 else ())
-        hidden = self.tool_formats[None].hidden_ids - shown
-        made = self.tool_formats[name] = ToolFormat(module.tool_call_start, module.tool_call_end,
-                                                    module.parse_tool_call, hidden)  # fmt: skip
+        markers = (module.tool_call_start, module.tool_call_end)
+        hidden = frozenset(_hidden_special_ids(self.tokenizer, markers))
+        made = self.tool_formats[name] = ToolFormat(*markers, module.parse_tool_call, hidden)
         return made
 
     def _tool_grammar(
@@ -888,31 +882,22 @@ class Engine:
         """(the model's KV cache, the draft model's or None) of a prompt-cache entry: a request
         that speculated with the draft model stores both in one entry (`_with_draft`), so a
         prompt that shares its prefix is not prefilled again by the draft model either."""
-        if self.draft_model is not None and len(cache) == self.cache_layers + self.draft_layers:
-            return cache[: self.cache_layers], cache[self.cache_layers :]
+        layers = len(getattr(self.model, "layers", ()))  # where mlx-lm's speculative_generate_step splits
+        if self.draft_model is not None and len(cache) == layers + self.draft_layers:
+            return cache[:layers], cache[layers:]
         return cache, None
 
     def _with_draft(self, cache: Any, tokens: list[int], draft: Any) -> Any:
         """The entry the in-memory prompt cache keeps for `cache` (which holds `tokens`): with
-        the draft model's KV cache appended where it holds the same tokens. Speculation leaves
-        the draft a token or two behind or ahead when it stops: it is trimmed, or fed the few
-        tokens it lacks (a short forward pass of the small model); one far behind (a request
-        that did not speculate) is left out."""
-        from mlx_lm.generate import generation_stream
-        from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
-
-        if draft is None or not can_trim_prompt_cache(draft):
+        the draft model's KV cache appended once it holds the same tokens. Speculation stops
+        with the draft at most a token behind (mlx-lm rewinds both caches): it is fed what it
+        lacks, a short forward pass of the small model. One further behind (a request cancelled
+        while its draft caught up) is left out, as is one that holds more."""
+        held = draft[0].offset if draft else None
+        if held is None or held > len(tokens) or len(tokens) - held > DRAFT_TOKENS + 1:
             return cache
-        held = draft[0].offset
-        if held > len(tokens):
-            trim_prompt_cache(draft, held - len(tokens))
-        elif len(tokens) - held > DRAFT_TOKENS + 1:
-            return cache
-        elif held < len(tokens):
-            with self.mx.stream(generation_stream):
-                self.draft_model(self.mx.array(tokens[held:])[None], cache=draft)
-                self.mx.eval([c.state for c in draft])
-        return cache + draft if draft[0].offset == len(tokens) else cache
+        self._feed_draft(draft, tokens[held:])
+        return cache + draft
 
     def _prompt_tokens(self, command: GenerateCommand, enable_thinking: bool | None = None) -> list[int]:
         if command.kind == "chat":
@@ -1077,21 +1062,25 @@ class Engine:
         not, feed it one `prefill_step_size` chunk (the prompt after a prompt-cache hit, the
         tokens decoded in the batch: a request leaves its draft cache behind when it migrates),
         so no step is long."""
-        from mlx_lm.generate import generation_stream
         from mlx_lm.models.cache import make_prompt_cache
 
-        mx = self.mx
         if request.draft_cache is None:
             request.draft_cache = make_prompt_cache(self.draft_model)
         held = request.draft_cache[0].offset
         if held == len(request.fed):
             return True
-        chunk = request.fed[held : held + self.prefill_step_size]
-        with mx.stream(generation_stream):
-            self.draft_model(mx.array(chunk)[None], cache=request.draft_cache)
-            mx.eval([c.state for c in request.draft_cache])
+        self._feed_draft(request.draft_cache, request.fed[held : held + self.prefill_step_size])
         self.stats["prefill_chunks"] += 1
         return False
+
+    def _feed_draft(self, draft: Any, tokens: list[int]) -> None:
+        """Run the draft model over `tokens`, into its KV cache `draft`."""
+        from mlx_lm.generate import generation_stream
+
+        if tokens:
+            with self.mx.stream(generation_stream):
+                self.draft_model(self.mx.array(tokens)[None], cache=draft)
+                self.mx.eval([c.state for c in draft])
 
     def _draft_steps(self, request: Request) -> Any:
         """mlx-lm's `speculative_generate_step` with the draft model: yields (token, logprobs)
@@ -1507,8 +1496,7 @@ class Engine:
         )
         keeps = self.prompt_cache is not None or self.disk_cache is not None
         if keeps and cache_entry is not None and cache_entry[0] is not None:
-            draft = request.draft_cache if cache_entry[0] is request.cache else None  # a batched one has none
-            self._store(request.cache_key, *cache_entry, draft=draft)
+            self._store(request.cache_key, *cache_entry, draft=request.draft_cache)  # a batched one has none
         request.cache = request.draft_cache = None
 
     def _store(self, cache_key: Any, cache: Any, tokens: list[int], draft: Any = None) -> None:
@@ -1524,9 +1512,13 @@ class Engine:
             if self.disk_cache is not None:
                 self.disk_cache.save(cache_key[1], list(tokens), cache)
             if self.prompt_cache is not None:
-                self.prompt_cache.insert_cache(cache_key, list(tokens), self._with_draft(cache, tokens, draft))
-        except Exception:  # a cache that cannot be measured or stored is simply not kept
-            pass
+                try:
+                    cache = self._with_draft(cache, tokens, draft)
+                except Exception as exc:  # the model's cache is still kept
+                    self._log(f"not keeping the draft model's cache: {type(exc).__name__}: {exc}")
+                self.prompt_cache.insert_cache(cache_key, list(tokens), cache)
+        except Exception as exc:  # a cache that cannot be measured or stored is simply not kept
+            self._log(f"not keeping a prompt cache: {type(exc).__name__}: {exc}")
 
     def _update_memory(self) -> None:
         mx = getattr(self, "mx", None)
