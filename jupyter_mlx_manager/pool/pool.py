@@ -309,7 +309,8 @@ class LoadedModel:
         }
 
     def speculative_status(self) -> dict[str, Any] | None:
-        """Draft tokens accepted and rejected by this runner (draft model or prompt lookup), and
+        """Draft tokens accepted and rejected by this runner (draft model or prompt lookup; a
+        runner with a draft model counts its per-request prompt lookups in the same totals), and
         the acceptance rate; None when it neither was loaded to speculate nor has speculated for a
         request that asked to (`speculative: "prompt_lookup"` in its body)."""
         engine = self.runner.heartbeat.get("engine") or {}

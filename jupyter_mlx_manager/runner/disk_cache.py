@@ -145,7 +145,9 @@ class DiskPromptCache:
                 raise ValueError("a file of another model or scope")
             if metadata.get("tokens") != ",".join(map(str, best.tokens)):
                 raise ValueError("the file's tokens changed")
-            if metadata.get("checksum") != _checksum(self.mx, cache):
+            if "checksum" not in metadata:
+                raise ValueError("a file without a checksum (written by an earlier version)")
+            if metadata["checksum"] != _checksum(self.mx, cache):
                 raise ValueError("the file's data changed (checksum)")
             if common < len(best.tokens):
                 if not can_trim_prompt_cache(cache):
