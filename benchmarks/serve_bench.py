@@ -569,7 +569,10 @@ def speculative_probe(name: str, args: argparse.Namespace, work: Path) -> dict:
             for _ in range(args.rounds):  # the same long prompt twice: the second is a prompt-cache hit
                 messages = long_messages(args.prefill_rules)
                 server.stream(messages, 4, logit_bias)
-                again.append(server.stream(messages, 4, logit_bias)["ttft"])
+                second = server.stream(messages, 4, logit_bias)
+                cached = ((second["usage"] or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
+                assert second["ttft"] is not None and cached, f"{mode}: the repeated prompt was not a cache hit"
+                again.append(second["ttft"])
             status = requests.get(pool, headers=headers, timeout=10).json()["models"][0]["speculative"]
             result["modes"][mode] = {"decode_tps": tps, "acceptance_rate": status and status["acceptance_rate"],
                                      "repeated_prompt_ttft_ms": 1000 * statistics.median(again)}  # fmt: skip
