@@ -58,9 +58,13 @@ def _ghost_text_and_this_notebook(lab_server, page: Page, artifacts_dir):
     expect(ghost).to_be_visible(timeout=20_000)
     page.screenshot(path=str(artifacts_dir / "mlx-inline-completion.png"))
 
-    records = lab_server.get("mlx/api/audit", params={"notebook": name}).json()["records"]
-    completions = [r for r in records if r["action"] == "completions"]
-    assert completions and all(r["kernel_id"] for r in completions), records
+    # The record is written when the stream ends, which may be just after the ghost text shows.
+    def notebook_completions():
+        records = lab_server.get("mlx/api/audit", params={"notebook": name}).json()["records"]
+        return [r for r in records if r["action"] == "completions"]
+
+    completions = wait_until(notebook_completions, "the completions to be audited with this notebook", timeout=15)
+    assert all(r["kernel_id"] for r in completions), completions
 
     # Activity: "This notebook" shows only this notebook's requests.
     lab_server.post(
