@@ -144,7 +144,8 @@ def test_load_chat_stop_and_live_activity(lab_server, page: Page, artifacts_dir,
     expect(activity.locator('[data-field="connection"]')).to_have_text("Live", timeout=15_000)
     # Counted on the server: the section's first page may still be on its way when the feed is live.
     chats_before = sum(
-        r["action"] == "chat.completions" for r in lab_server.get("mlx/api/audit", params={"limit": 100}).json()["records"]
+        r["action"] == "chat.completions"
+        for r in lab_server.get("mlx/api/audit", params={"limit": 100}).json()["records"]
     )
     audit_requests: list[str] = []
     page.on("request", lambda r: audit_requests.append(r.url) if "/mlx/api/audit?" in r.url else None)
