@@ -4,19 +4,23 @@ Through real servers and runners: a long prompt's KV prefix is written to disk i
 background and reused (reported as cached tokens, with the same greedy output) after the model
 is unloaded, after its runner is killed and after the server restarts; a corrupted or truncated
 file, or one whose data changed under an intact header, is ignored (the prompt is computed again,
-correctly); the folder stays within its bound.
+correctly); the folder stays within its bound. A runner alone: a slow read from disk holds up
+only the request it is for.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 from models import build_models, eos_id
 from servers import jupyter_server
+from test_engine import Runner
 from waiting import wait_until
 
 NAME = "tiny-demo"
@@ -134,3 +138,62 @@ def test_the_disk_cache_stays_within_its_bound(tmp_path, models_dir):
     assert client.files(), "nothing was written"
     assert max(sizes) <= bound and reported <= bound, (sizes, reported, bound)
     assert len(client.files()) < 8, "nothing was deleted: the test's prefixes do not reach the bound"
+
+
+# A slow disk (here: one whose reads end when the test creates GATE; for real: an agent's 50k-token
+# prefix is GBs, read and checksummed in seconds).
+SLOW_DISK_RUNNER = """
+import os, runpy, sys, time
+from jupyter_mlx_manager.runner import disk_cache
+read = disk_cache.DiskPromptCache._read
+def slow(self, *args, **kwargs):
+    while not os.path.exists(GATE):
+        time.sleep(0.01)
+    return read(self, *args, **kwargs)
+disk_cache.DiskPromptCache._read = slow
+sys.argv = ["runner", *sys.argv[1:]]
+runpy.run_module("jupyter_mlx_manager.runner", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_slow_read_from_disk_holds_up_only_its_own_request(tmp_path, models_dir):
+    """The prefix is read off the generation thread: a decoding stream keeps its tokens meanwhile
+    and a newcomer runs, a request cancelled while its prefix is read ends at once, and the one
+    that waited starts from the prefix read (cached tokens, the same greedy output), its TTFT
+    counting the wait."""
+    options = ("--prompt-cache-dir", str(tmp_path / "prompt-cache"), "--prompt-cache-disk-bytes", str(1 << 30),
+               "--prompt-cache-min-tokens", str(MIN_TOKENS))  # fmt: skip
+    long_prompt = "Once upon a time there was a long prompt. " * 24
+    writer = Runner(models_dir / NAME, *options)
+    try:
+        expected, events = writer.run("cold", long_prompt, max_tokens=8)
+        prompt_tokens = events[-1]["prompt_tokens"]
+        assert prompt_tokens >= MIN_TOKENS
+        wait_until(lambda: list((tmp_path / "prompt-cache").glob("[!.]*.safetensors")), "the prefix on disk")
+    finally:
+        writer.close()
+
+    gate = tmp_path / "gate"
+    script = SLOW_DISK_RUNNER.replace("GATE", repr(str(gate)))
+    runner = Runner(models_dir / NAME, *options, launcher=(sys.executable, "-c", script))
+    try:
+        runner.submit("stream", "Tell me a story", max_tokens=1500)
+        assert runner.next_event("stream")["ev"] == "started"
+        runner.submit("again", long_prompt, max_tokens=8)
+        runner.submit("cancelled", long_prompt, max_tokens=8)
+        # While both prefixes are being read, the stream decodes to its end and a newcomer runs.
+        assert runner.collect("stream")[1][-1]["completion_tokens"] == 1500
+        assert runner.run("newcomer", "Hello", max_tokens=20)[1][-1]["completion_tokens"] == 20
+        assert runner.events["again"].empty() and runner.events["cancelled"].empty()
+        runner.send({"op": "cancel", "id": "cancelled"})
+        (done,) = runner.collect("cancelled")[1]
+        assert done["finish_reason"] == "cancelled" and done["completion_tokens"] == 0, done
+        time.sleep(0.5)
+        gate.touch()
+        text, events = runner.collect("again")
+        assert text == expected
+        assert events[0]["cached_tokens"] == prompt_tokens - 1 and events[-1]["ttft_ms"] >= 500, events[-1]
+        assert runner.run("after", "Hello", max_tokens=4)[1][-1]["completion_tokens"] == 4
+        assert runner.events["cancelled"].empty()  # its read, finished too, started nothing
+    finally:
+        runner.close()

@@ -261,14 +261,14 @@ NOISY_RUNNER = """
 import ctypes, os, sys, runpy
 from jupyter_mlx_manager.runner import engine
 start = engine.Engine._start
-def noisy(self, command):
+def noisy(self, *args):
     print("noise from print")
     sys.stdout.flush()
     os.write(1, b"noise from fd 1\\n")
     libc = ctypes.CDLL(None)
     libc.puts(b"noise from C stdio")
     libc.fflush(None)
-    return start(self, command)
+    return start(self, *args)
 engine.Engine._start = noisy
 place = engine.Engine._place
 def failing(self, request):  # an unexpected failure while placing a request

@@ -9,7 +9,10 @@ place; a checksum of its arrays (CRC-32, in the metadata too) catches data that 
 under an intact header; a file that cannot be read or fails its checksum is deleted. Files are
 written by a writer thread (the generation thread only hands over the finished request's cache,
 whose arrays are already evaluated and never change afterwards) to a temporary name, then
-renamed: a killed runner leaves no half file under a real name. A file that extends a shorter one of the same scope (the
+renamed: a killed runner leaves no half file under a real name. Files are read by a reader
+thread too: loading and checking a long prefix (GBs for an agent's 50k-token prompt) takes
+seconds, which would stall every stream of the generation thread; the generation thread picks the
+file (from the headers it keeps in memory) and starts the request once the reader has it. A file that extends a shorter one of the same scope (the
 next turn of a conversation) replaces it: the longer one serves the shorter prefix too, trimmed.
 The folder is kept under its byte bound by deleting the least recently used files (a hit touches
 its file).
@@ -25,6 +28,7 @@ import struct
 import sys
 import threading
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +88,16 @@ class Entry:
     tokens: tuple[int, ...]
 
 
+@dataclass
+class Hit:
+    """A file's KV cache as read (all of its `held` tokens; the generation thread trims it to
+    the `common` prefix it shares with the prompt)."""
+
+    cache: list[Any]
+    held: int
+    common: int
+
+
 class DiskPromptCache:
     def __init__(self, mx: Any, directory: Path, max_bytes: int, min_tokens: int, identity: str):
         self.mx = mx
@@ -91,7 +105,7 @@ class DiskPromptCache:
         self.max_bytes = max_bytes
         self.min_tokens = max(1, min_tokens)
         self.identity = identity
-        self.lock = threading.Lock()  # guards `entries` (the writer thread adds to it)
+        self.lock = threading.Lock()  # guards `entries` (the writer thread adds to it, the reader drops from it)
         self.entries: dict[Path, Entry] = {}
         self.writes: queue.Queue[tuple[Path, str, tuple[int, ...], list[Any]]] = queue.Queue(MAX_PENDING_WRITES)
         directory.mkdir(parents=True, exist_ok=True)
@@ -100,6 +114,8 @@ class DiskPromptCache:
             if entry is not None:
                 self.entries[path] = entry
         threading.Thread(target=self._write_forever, name="prompt-cache-writer", daemon=True).start()
+        self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prompt-cache-reader")
+        self.read_stream: Any = None  # made on the reader thread (MLX streams are per thread)
 
     def _path(self, scope: str, tokens: tuple[int, ...]) -> Path:
         key = hashlib.sha256(f"{self.identity}\0{scope}\0{','.join(map(str, tokens))}".encode()).hexdigest()
@@ -124,11 +140,10 @@ class DiskPromptCache:
         return entry
 
     # -- the generation thread -------------------------------------------------------------------
-    def fetch(self, scope: str, prompt: list[int], better_than: int) -> tuple[list[Any], int] | None:
-        """(KV cache, tokens it holds: a prefix of `prompt`) from the file sharing the longest
-        prefix with `prompt` in this scope, if longer than `better_than` tokens; else None."""
-        from mlx_lm.models.cache import can_trim_prompt_cache, load_prompt_cache, trim_prompt_cache
-
+    def fetch(self, scope: str, prompt: list[int], better_than: int) -> Future[Hit | None] | None:
+        """The file sharing the longest prefix with `prompt` in this scope, if longer than
+        `better_than` tokens, as it is being read by the reader thread (its result None if the
+        file turns out unusable); None at once when no file is."""
         best, common = None, max(better_than, self.min_tokens - 1)
         with self.lock:
             candidates = [e for e in self.entries.values() if e.scope == scope]
@@ -139,28 +154,7 @@ class DiskPromptCache:
                 best, common = entry, shared
         if best is None:
             return None
-        try:
-            cache, metadata = load_prompt_cache(str(best.path), return_metadata=True)
-            if (metadata.get("identity"), metadata.get("scope")) != (self.identity, scope):
-                raise ValueError("a file of another model or scope")
-            if metadata.get("tokens") != ",".join(map(str, best.tokens)):
-                raise ValueError("the file's tokens changed")
-            if "checksum" not in metadata:
-                raise ValueError("a file without a checksum (written by an earlier version)")
-            if metadata["checksum"] != _checksum(self.mx, cache):
-                raise ValueError("the file's data changed (checksum)")
-            if common < len(best.tokens):
-                if not can_trim_prompt_cache(cache):
-                    return None
-                trim_prompt_cache(cache, len(best.tokens) - common)
-            os.utime(best.path)  # recently used
-        except Exception as exc:
-            _log(f"ignored prompt-cache file {best.path.name}: {type(exc).__name__}: {exc}")
-            with self.lock:
-                self.entries.pop(best.path, None)
-            _discard(best.path)
-            return None
-        return cache, common
+        return self.reader.submit(self._read, best, common)
 
     def save(self, scope: str, tokens: list[int], cache: list[Any]) -> None:
         """Queue a finished request's KV cache (which holds `tokens`) for writing, unless it is
@@ -176,6 +170,37 @@ class DiskPromptCache:
             self.writes.put_nowait((self._path(scope, key), scope, key, cache))
         except queue.Full:
             pass
+
+    # -- the reader thread -----------------------------------------------------------------------
+    def _read(self, entry: Entry, common: int) -> Hit | None:
+        """The entry's KV cache, checked against its metadata and checksum (which reads every
+        array here, not where the generation thread would first use it); None (and the file
+        deleted) when it fails, or when it holds more than `common` tokens and cannot be trimmed."""
+        from mlx_lm.models.cache import can_trim_prompt_cache, load_prompt_cache
+
+        if self.read_stream is None:
+            self.read_stream = self.mx.new_stream(self.mx.default_device())
+        try:
+            with self.mx.stream(self.read_stream):
+                cache, metadata = load_prompt_cache(str(entry.path), return_metadata=True)
+                if (metadata.get("identity"), metadata.get("scope")) != (self.identity, entry.scope):
+                    raise ValueError("a file of another model or scope")
+                if metadata.get("tokens") != ",".join(map(str, entry.tokens)):
+                    raise ValueError("the file's tokens changed")
+                if "checksum" not in metadata:
+                    raise ValueError("a file without a checksum (written by an earlier version)")
+                if metadata["checksum"] != _checksum(self.mx, cache):
+                    raise ValueError("the file's data changed (checksum)")
+            if common < len(entry.tokens) and not can_trim_prompt_cache(cache):
+                return None
+            os.utime(entry.path)  # recently used
+        except Exception as exc:
+            _log(f"ignored prompt-cache file {entry.path.name}: {type(exc).__name__}: {exc}")
+            with self.lock:
+                self.entries.pop(entry.path, None)
+            _discard(entry.path)
+            return None
+        return Hit(cache, len(entry.tokens), common)
 
     # -- the writer thread -----------------------------------------------------------------------
     def _write_forever(self) -> None:

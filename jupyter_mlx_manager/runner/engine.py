@@ -1,6 +1,7 @@
 """The generation thread: loads the model, then schedules every request on it.
 
-All MLX work happens on this one thread (MLX streams are thread-local). Scheduling:
+All MLX work happens on this one thread (MLX streams are thread-local), except the disk prompt
+cache's reads and writes, on its own threads and streams. Scheduling:
 
 * **One active request** runs on mlx-lm's direct streaming path (`generate_step` with its
   own KV cache): no batch-of-one overhead, the single-stream speed of `stream_generate`.
@@ -26,6 +27,8 @@ All MLX work happens on this one thread (MLX streams are thread-local). Scheduli
   is reused only by requests of the same scope (one user, or everyone with "shared"). With a
   draft model, a request that speculated keeps the draft's KV cache in the same entry (in
   memory only: the disk's files are the model's), so a hit is prefilled by neither model.
+  A longer prefix on disk (`disk_cache.py`) is read by the disk cache's reader thread: the
+  request waits in `loading` meanwhile and the running streams keep their tokens.
 
 * **Chunked, fair prefill**: a prompt longer than one chunk (or a lone one) is prefilled here,
   in its own KV cache, one `prefill_step_size` chunk per scheduler step (`_step_prefill`),
@@ -86,6 +89,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +115,7 @@ DRAFT_TOKENS = 3
 SPECULATIVE_MODES = ("prompt_lookup", "draft_model")
 JOIN_STEPS = 4  # batch steps in a row that start a request joining during a long prefill (`_start_joined`)
 MEMORY_UPDATE_SECONDS = 0.2
+DISK_READ_POLL_SECONDS = 0.02  # with nothing else to run, how long to wait for a disk read before looking at the inbox
 # Entries kept besides the byte budget: mlx-lm's nearest-prefix lookup visits every entry that
 # shares the chat template's prefix, on the generation thread at each admission (measured: 16 ms
 # at 100 entries, 167 ms at 1,000), so every stream would stall longer as the cache fills.
@@ -278,6 +283,17 @@ class Request:
     speculative: str | None = None  # its speculation mode (SPECULATIVE_MODES; None: plain decoding)
 
 
+@dataclass
+class DiskRead:
+    """A command waiting for its prompt's longer cached prefix to be read from disk (its prompt
+    tokens kept: the chat template is not rendered twice)."""
+
+    command: GenerateCommand
+    prompt: list[int]
+    hit: futures.Future[Any]  # of a disk_cache.Hit, or None when the file turned out unusable
+    since: float = field(default_factory=time.perf_counter)
+
+
 class Engine:
     def __init__(
         self,
@@ -318,6 +334,7 @@ class Engine:
         self.direct: Request | None = None
         self.scoring: deque[Request] = deque()  # echo requests whose prompt is being scored, in order
         self.prefilling: list[Request] = []  # prompts being prefilled by `_step_prefill`, in arrival order
+        self.loading: list[DiskRead] = []  # commands whose cached prefix the disk cache is reading
         self._prefill_turn = 0
         self.batched: dict[int, Request] = {}
         self.batch: Any = None
@@ -433,11 +450,13 @@ class Engine:
             while True:
                 busy = self._has_work
                 if not busy or not self.inbox.empty():
-                    if not self._admit(block=not busy):
+                    if not self._admit(block=not busy and not self.loading):
                         return
                 try:
                     if self.cancelled:
                         self._cancel_requested()
+                    if self.loading:
+                        self._admit_read(wait=not self._has_work)
                     # Decoding first: a short prompt admitted while a long chunk ran starts (its
                     # first token) before the next long chunk, not after it.
                     if self.direct is not None:
@@ -569,17 +588,29 @@ class Engine:
             self._flush()
             block = False
 
-    def _admit_one(self, command: protocol.Command) -> None:
-        """Admit one command; whatever goes wrong fails that request only (never this thread)."""
+    def _admit_read(self, wait: bool) -> None:
+        """Admit the commands whose prefix the disk cache has read; with nothing else to run,
+        wait a moment for one first (not a busy loop)."""
+        if wait:
+            futures.wait([d.hit for d in self.loading], DISK_READ_POLL_SECONDS, futures.FIRST_COMPLETED)
+        for read in [d for d in self.loading if d.hit.done()]:
+            self.loading.remove(read)
+            self._admit_one(read.command, read)
+            self.progress += 1
+            self._flush()
+
+    def _admit_one(self, command: protocol.Command, read: DiskRead | None = None) -> None:
+        """Admit one command (`read`: again, its prefix read from disk); whatever goes wrong fails
+        that request only (never this thread)."""
         if not isinstance(command, GenerateCommand):  # a `load` to a runner that has its model
             self._log(f"skipped a {command.op} command")
             return
         rid = command.id
-        if any(r.id == rid for r in self.active):
+        if any(r.id == rid for r in self.active) or any(d.command.id == rid for d in self.loading):
             self._log(f"skipped a second generate command for running request {brief(rid)}")
             return
         try:
-            request = self._start(command)
+            request = self._start(command, read)
             if request is not None:
                 self._place(request)
         except _InvalidRequest as exc:
@@ -588,24 +619,15 @@ class Engine:
             self._error(rid, f"{type(exc).__name__}: {exc}")
 
     # -- admission -----------------------------------------------------------------------------
-    def _start(self, command: GenerateCommand) -> Request | None:
+    def _start(self, command: GenerateCommand, read: DiskRead | None = None) -> Request | None:
         """A Request for a command (raises _InvalidRequest where the model refuses it), or None
-        if it was cancelled before it could start."""
+        if it was cancelled before it could start or waits for its prefix to be read from disk
+        (then in `loading`; `read` when it is back)."""
         from mlx_lm.sample_utils import greedy_sampler, make_logits_processors
 
         rid = command.id
         if rid in self.cancelled:
-            self._end(
-                {
-                    "ev": "done",
-                    "id": rid,
-                    "finish_reason": "cancelled",
-                    "prompt_tokens": 0,
-                    "cached_tokens": 0,
-                    "completion_tokens": 0,
-                    "ttft_ms": None,
-                }
-            )
+            self._end_unstarted(rid)
             return None
         echo, logprobs, reasoning, tools = command.echo, command.logprobs, command.reasoning, command.tools
         bias = self._logit_bias(command.logit_bias)
@@ -619,7 +641,7 @@ class Engine:
         except UnsupportedSchema as exc:
             raise _InvalidRequest(str(exc), "unsupported_schema", "response_format") from None
         thinking = command.kind == "chat" and bool(getattr(self.tokenizer, "has_thinking", False))
-        prompt = self._prompt_tokens(command, enable_thinking=reasoning if thinking else None)
+        prompt = read.prompt if read else self._prompt_tokens(command, enable_thinking=reasoning if thinking else None)
         if not prompt:
             raise _InvalidRequest("the prompt is empty", "empty_prompt", "prompt")
         self._check_token_ids(prompt)
@@ -672,14 +694,18 @@ class Engine:
         if scoring:  # the whole prompt is computed to score it (`_step_scoring`), then the last token fed
             cache, rest, cached = self.make_cache(), prompt[-1:], 0
         else:
-            cache, rest = self._cached_prefix(cache_key, prompt)
+            found = self._cached_prefix(cache_key, prompt, read)
+            if isinstance(found, futures.Future):
+                self.loading.append(DiskRead(command, prompt, found))
+                return None
+            cache, rest = found
             cached = len(prompt) - len(rest)
         cache, draft_cache = self._split_draft(cache)
         request = Request(
             rid, prompt, max_tokens, cached, rest, cache, sampler, processors,
             self.tokenizer.detokenizer, text_filter, self.eos, tool_format, grammar=grammar, thinking=thinking,
             logprobs=logprobs, completion=command.kind == "completion", cache_key=cache_key,
-            speculative=command.speculative or self.speculative,
+            speculative=command.speculative or self.speculative, started=read.since if read else time.perf_counter(),
         )  # fmt: skip
         if draft_cache is not None and request.speculative == "draft_model" and self._speculates(request):
             request.draft_cache = draft_cache  # others (sampled, structured, batched-only) never read it
@@ -856,20 +882,31 @@ class Engine:
             bias[token] = float(value)
         return bias
 
-    def _cached_prefix(self, cache_key: Any, prompt: list[int]) -> tuple[Any, list[int]]:
+    def _cached_prefix(
+        self, cache_key: Any, prompt: list[int], read: DiskRead | None
+    ) -> tuple[Any, list[int]] | futures.Future[Any]:
         """(KV cache, tokens still to prefill): the longest prefix cached under this request's
-        scope (`cache_key`), else a fresh cache."""
+        scope (`cache_key`), in memory or on disk (`read`: the disk's, read for this request),
+        else a fresh cache. A longer prefix on disk is first read off this thread: the reading's
+        Future instead."""
+        from mlx_lm.models.cache import trim_prompt_cache
+
         cache, rest = None, prompt
         if self.prompt_cache is not None:
             cache, rest = self.prompt_cache.fetch_nearest_cache(cache_key, prompt)
         hit = len(prompt) - len(rest)
-        # A longer prefix on disk (after an unload, a crash, a restart)? Not when memory has all but
-        # the last token: that one is recomputed for its logits anyway (and the memory entry may
-        # hold the draft model's cache too).
-        if self.disk_cache is not None and hit < len(prompt) - 1:
-            found = self.disk_cache.fetch(cache_key[1], prompt, better_than=hit)
-            if found is not None:
-                cache, rest = found[0], prompt[found[1] :]
+        if read is not None:
+            disk = read.hit.result()
+            if disk is not None and disk.common > hit:  # (memory may have caught up meanwhile)
+                cache, rest = disk.cache, prompt[disk.common :]
+                trim_prompt_cache(cache, disk.held - disk.common)
+        elif self.disk_cache is not None and hit < len(prompt) - 1:
+            # A longer prefix on disk (after an unload, a crash, a restart)? Not when memory has all
+            # but the last token: that one is recomputed for its logits anyway (and the memory entry
+            # may hold the draft model's cache too).
+            reading = self.disk_cache.fetch(cache_key[1], prompt, better_than=hit)
+            if reading is not None:
+                return reading
         if cache is not None:
             if not rest:  # all of it is cached: recompute the last token for its logits
                 if self._trim_last(cache):
@@ -1426,6 +1463,9 @@ class Engine:
         for request in [r for r in self.prefilling if r.id in ids]:  # what it has prefilled is kept
             self.prefilling.remove(request)
             self._finish(request, "cancelled", (request.cache, list(request.fed)))
+        for read in [d for d in self.loading if d.command.id in ids]:  # the reading finishes unused
+            self.loading.remove(read)
+            self._end_unstarted(read.command.id)
         # What is left is not running: keep only the ids whose generate command is still
         # queued (it is then answered "cancelled" at admission); drop the rest (finished,
         # failed, or never sent).
@@ -1437,6 +1477,11 @@ class Engine:
         self.stats["pending_cancels"] = len(self.cancelled)
 
     # -- terminal events: every request ends here, once ------------------------------------------
+    def _end_unstarted(self, rid: str) -> None:
+        """A request cancelled before it started."""
+        self._end({"ev": "done", "id": rid, "finish_reason": "cancelled", "prompt_tokens": 0, "cached_tokens": 0,
+                   "completion_tokens": 0, "ttft_ms": None})  # fmt: skip
+
     def _end(self, event: protocol.DoneEvent | protocol.ErrorEvent) -> None:
         """Emit a request's terminal event (`done` or `error`), recording it as finished first
         so that no cancel for it is kept."""
