@@ -21,7 +21,9 @@ request generates exactly its `max_tokens`.
 * concurrency 8 vs `batch_generate` (`--probes batch`): aggregate tok/s of each server and of
   in-process `mlx_lm.batch_generate` (a child process) on the same 8 prompts, as ratios;
 * prompt cache on disk (`--probes disk`, ours only): TTFT of a long prompt (`--prefill-rules`)
-  cold, warm from memory, and warm from disk after an unload and a load;
+  cold, warm from memory, and warm from disk after an unload and a load; then the disk hit again
+  while 4 streams decode: their longest inter-token gap while it is read and joins, against
+  their median gap (the file is read off the generation thread);
 * speculative decoding (`--probes speculative`, ours only): one greedy stream's tok/s on
   an edit-like prompt (code that repeats) and on a story prompt, the model loaded plain, with
   prompt lookup, and with a draft model (`demo-model --size tiny`: the same tokenizer), as
@@ -331,28 +333,53 @@ def demo_options(name: str) -> dict:
 
 def disk_cache_probe(server: Server, logit_bias: dict, rules: int, repeats: int) -> dict:
     """TTFT of a long prompt: cold, warm from the prompt cache in memory, and warm from the
-    prompt cache on disk after an unload (ours only; medians of `repeats` fresh prompts)."""
+    prompt cache on disk after an unload (ours only; medians of `repeats` fresh prompts). Then
+    each prompt from disk once more while 4 streams decode: their gaps while it is read."""
     pool_url, model = f"{server.base}/mlx/api/pool", server.model
-    cold, memory, disk = [], [], []
-    for _ in range(repeats):
-        messages = [{"role": "system", "content": f"[{secrets.token_hex(4)}] " + long_messages(rules)[0]["content"]},
-                    *user("What is rule 3?")]  # fmt: skip
-        on_disk = requests.get(pool_url, headers=server.headers, timeout=10).json()["prompt_cache_disk_bytes"]
-        cold.append(server.stream(messages, 8, logit_bias)["ttft"])
-        memory.append(server.stream(messages, 8, logit_bias)["ttft"])
-        deadline = time.monotonic() + 120
-        while requests.get(pool_url, headers=server.headers, timeout=10).json()["prompt_cache_disk_bytes"] <= on_disk:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the prompt cache was not written to disk")
-            time.sleep(0.05)
+
+    def disk_bytes() -> int:
+        return requests.get(pool_url, headers=server.headers, timeout=10).json()["prompt_cache_disk_bytes"]
+
+    def reload() -> None:  # the memory's prompt cache goes with the runner; the disk's stays
         requests.post(
             f"{pool_url}/unload", json={"model": model}, headers=server.headers, timeout=60
         ).raise_for_status()
         requests.post(f"{pool_url}/load", json={"model": model}, headers=server.headers, timeout=300).raise_for_status()
+
+    cold, memory, disk, prompts = [], [], [], []
+    for _ in range(repeats):
+        messages = [{"role": "system", "content": f"[{secrets.token_hex(4)}] " + long_messages(rules)[0]["content"]},
+                    *user("What is rule 3?")]  # fmt: skip
+        prompts.append(messages)
+        on_disk = disk_bytes()
+        cold.append(server.stream(messages, 8, logit_bias)["ttft"])
+        memory.append(server.stream(messages, 8, logit_bias)["ttft"])
+        deadline = time.monotonic() + 120
+        while disk_bytes() <= on_disk:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the prompt cache was not written to disk")
+            time.sleep(0.05)
+        reload()
         disk.append(server.stream(messages, 8, logit_bias)["ttft"])
+    typical, stalls = [], []
+    for messages in prompts:
+        reload()
+        background = Background(server, 4, 4000, logit_bias)
+        try:
+            time.sleep(1.0)
+            sent = time.perf_counter()
+            first = sent + server.stream(messages, 8, logit_bias)["ttft"]
+            time.sleep(0.5)
+        finally:
+            background.close()
+        gaps = [(a, b - a) for ts in background.times for a, b in zip(ts, ts[1:], strict=False)]
+        stalls.append(max(gap for a, gap in gaps if sent - gap < a < first))  # every gap the read and join overlap
+        typical.append(statistics.median(gap for _, gap in gaps))
     med = lambda values: 1000 * statistics.median(values)  # noqa: E731
     return {"cold_ttft_ms": med(cold), "memory_ttft_ms": med(memory), "disk_ttft_ms": med(disk), "repeats": repeats,
-            "disk_vs_cold": statistics.median(disk) / statistics.median(cold)}  # fmt: skip
+            "disk_vs_cold": statistics.median(disk) / statistics.median(cold),
+            "streams_gap_p50_ms": med(typical), "streams_max_gap_during_disk_hit_ms": med(stalls),
+            "disk_hit_stall_over_p50": statistics.median(stalls) / statistics.median(typical)}  # fmt: skip
 
 
 def prefill_probe(server: Server, logit_bias: dict, samples: int, rules: int, running_tokens: int) -> dict:
@@ -481,13 +508,13 @@ def probe_model(name: str, args: argparse.Namespace, work: Path) -> dict:
                         prefill_probe(server, logit_bias, args.prefill_samples, args.prefill_rules, 1200)
                     )
             result["prefill"] = rounds
-        if "disk" in args.probes:
-            print(f"[{name}] prompt cache on disk probe", file=sys.stderr)
-            result["disk_cache"] = disk_cache_probe(ours, logit_bias, args.prefill_rules, repeats=3)
         if "batch" in args.probes:
             print(f"[{name}] concurrency-8 vs batch_generate probe", file=sys.stderr)
             result["batch"] = batch_probe(servers, model_path, logit_bias, args.max_tokens, args.rounds)
         result["ours_runner_pids"].append(runner_pids(ours))  # the same pid twice: no runner restarted
+        if "disk" in args.probes:  # last: it unloads and loads the model (a new runner) on purpose
+            print(f"[{name}] prompt cache on disk probe", file=sys.stderr)
+            result["disk_cache"] = disk_cache_probe(ours, logit_bias, args.prefill_rules, repeats=3)
         result["logs"] = str(work)
     finally:
         for server in servers:
@@ -499,7 +526,7 @@ def probes_markdown(probes: dict) -> str:
     lines = []
     for name, r in probes.items():
         lines += [
-            f"### {name} model (hidden {r['hidden']}, {r['layers']} layers): long prefill, c=8 vs batch_generate",
+            f"### {name} model (hidden {r['hidden']}, {r['layers']} layers): long prefill, c=8 vs batch_generate, prompt cache on disk",
             "",
         ]
         if "prefill" in r:
@@ -520,6 +547,13 @@ def probes_markdown(probes: dict) -> str:
                 f"Valid samples per round (short request sent before the long one's first token): {counts}.",
                 "",
             ]
+        if "disk_cache" in r:
+            d = r["disk_cache"]
+            lines += [f"Prompt cache on disk (ours; medians of {d['repeats']} long prompts): TTFT cold {d['cold_ttft_ms']:.0f} ms, "
+                      f"from memory {d['memory_ttft_ms']:.0f} ms, from disk after a reload {d['disk_ttft_ms']:.0f} ms "
+                      f"({d['disk_vs_cold']:.2f}× cold). While 4 streams decode, their longest gap during a disk hit "
+                      f"{d['streams_max_gap_during_disk_hit_ms']:.0f} ms against a median gap of {d['streams_gap_p50_ms']:.0f} ms "
+                      f"(**{d['disk_hit_stall_over_p50']:.1f}×**).", ""]  # fmt: skip
         pids = r.get("ours_runner_pids", [])
         if len(pids) == 2 and pids[0] != pids[1]:
             lines += [f"**Our runner was restarted during the probes** (pids {pids}; logs in {r.get('logs')}).", ""]
