@@ -27,6 +27,7 @@ import queue
 import struct
 import sys
 import threading
+import time
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ SUFFIX = ".safetensors"
 HEADER_LIMIT = 64 << 20  # a safetensors header larger than this is not one of ours
 MAX_PENDING_WRITES = 4  # prefixes waiting for the writer; more are dropped (the memory cache still has them)
 HEADER_SLACK = 64 << 10  # a file's header and metadata beyond its arrays
+# A read not finished by then is given up (a hung disk): its request is prefilled instead, and no
+# new read queues behind it while it hangs.
+READ_SECONDS = 120.0
 
 
 def weights_identity(folders: list[Path]) -> str:
@@ -116,6 +120,7 @@ class DiskPromptCache:
         threading.Thread(target=self._write_forever, name="prompt-cache-writer", daemon=True).start()
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prompt-cache-reader")
         self.read_stream: Any = None  # made on the reader thread (MLX streams are per thread)
+        self.reading_since: float | None = None  # monotonic start of the read in progress
 
     def _path(self, scope: str, tokens: tuple[int, ...]) -> Path:
         key = hashlib.sha256(f"{self.identity}\0{scope}\0{','.join(map(str, tokens))}".encode()).hexdigest()
@@ -143,7 +148,7 @@ class DiskPromptCache:
     def fetch(self, scope: str, prompt: list[int], better_than: int) -> Future[Hit | None] | None:
         """The file sharing the longest prefix with `prompt` in this scope, if longer than
         `better_than` tokens, as it is being read by the reader thread (its result None if the
-        file turns out unusable); None at once when no file is."""
+        file turns out unusable); None at once when no file is, or while a read hangs."""
         best, common = None, max(better_than, self.min_tokens - 1)
         with self.lock:
             candidates = [e for e in self.entries.values() if e.scope == scope]
@@ -152,7 +157,8 @@ class DiskPromptCache:
             shared = _common_prefix(entry.tokens, wanted)
             if shared > common:
                 best, common = entry, shared
-        if best is None:
+        since = self.reading_since
+        if best is None or (since is not None and time.monotonic() - since > READ_SECONDS):
             return None
         return self.reader.submit(self._read, best, common)
 
@@ -178,9 +184,10 @@ class DiskPromptCache:
         deleted) when it fails, or when it holds more than `common` tokens and cannot be trimmed."""
         from mlx_lm.models.cache import can_trim_prompt_cache, load_prompt_cache
 
-        if self.read_stream is None:
-            self.read_stream = self.mx.new_stream(self.mx.default_device())
+        self.reading_since = time.monotonic()
         try:
+            if self.read_stream is None:
+                self.read_stream = self.mx.new_stream(self.mx.default_device())
             with self.mx.stream(self.read_stream):
                 cache, metadata = load_prompt_cache(str(entry.path), return_metadata=True)
                 if (metadata.get("identity"), metadata.get("scope")) != (self.identity, entry.scope):
@@ -200,6 +207,8 @@ class DiskPromptCache:
                 self.entries.pop(entry.path, None)
             _discard(entry.path)
             return None
+        finally:
+            self.reading_since = None
         return Hit(cache, len(entry.tokens), common)
 
     # -- the writer thread -----------------------------------------------------------------------

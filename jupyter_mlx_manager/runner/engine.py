@@ -95,6 +95,7 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol
+from .disk_cache import READ_SECONDS
 from .grammar import GrammarProcessor, Grammars, UnsupportedSchema, schema_of
 from .protocol import GenerateCommand, LoadCommand, TrimCacheCommand, brief
 from .templates import place_system_messages, renders_system_mid_conversation
@@ -292,6 +293,19 @@ class DiskRead:
     prompt: list[int]
     hit: futures.Future[Any]  # of a disk_cache.Hit, or None when the file turned out unusable
     since: float = field(default_factory=time.perf_counter)
+
+    @property
+    def ready(self) -> bool:
+        """Read, or given up (`READ_SECONDS`: the request is then prefilled instead)."""
+        return self.hit.done() or time.perf_counter() - self.since > READ_SECONDS
+
+    def result(self) -> Any:
+        """The disk_cache.Hit, or None: the file was unusable, or the read was given up (raises
+        what the read raised)."""
+        if not self.hit.done():
+            self.hit.cancel()  # if it has not started; a hung one is left to its thread
+            return None
+        return self.hit.result()
 
 
 class Engine:
@@ -593,10 +607,14 @@ class Engine:
         wait a moment for one first (not a busy loop)."""
         if wait:
             futures.wait([d.hit for d in self.loading], DISK_READ_POLL_SECONDS, futures.FIRST_COMPLETED)
-        for read in [d for d in self.loading if d.hit.done()]:
+        for read in [d for d in self.loading if d.ready]:
             self.loading.remove(read)
-            self._admit_one(read.command, read)
-            self.progress += 1
+            self.admitting = True
+            try:
+                self._admit_one(read.command, read)
+            finally:
+                self.admitting = False
+                self.progress += 1
             self._flush()
 
     def _admit_one(self, command: protocol.Command, read: DiskRead | None = None) -> None:
@@ -650,6 +668,17 @@ class Engine:
         if budget <= 0:
             raise _InvalidRequest(too_long(len(prompt), context), "context_length_exceeded", "prompt")
         max_tokens = min(command.max_tokens, budget)
+        cache_key = (MODEL_KEY, command.cache_scope)
+        scoring = echo and logprobs is not None
+        if scoring:  # the whole prompt is computed to score it (`_step_scoring`), then the last token fed
+            cache, rest, cached = self.make_cache(), prompt[-1:], 0
+        else:
+            found = self._cached_prefix(cache_key, prompt, read)
+            if isinstance(found, futures.Future):
+                self.loading.append(DiskRead(command, prompt, found))  # before a grammar is compiled: once
+                return None
+            cache, rest = found
+            cached = len(prompt) - len(rest)
         if command.temperature <= 0:
             sampler = greedy_sampler  # one shared object: the batch samples greedy rows in one call
         else:
@@ -689,17 +718,6 @@ class Engine:
             think_end=self.tokenizer.think_end if thinking else None,
             initial_state=initial,
         )
-        cache_key = (MODEL_KEY, command.cache_scope)
-        scoring = echo and logprobs is not None
-        if scoring:  # the whole prompt is computed to score it (`_step_scoring`), then the last token fed
-            cache, rest, cached = self.make_cache(), prompt[-1:], 0
-        else:
-            found = self._cached_prefix(cache_key, prompt, read)
-            if isinstance(found, futures.Future):
-                self.loading.append(DiskRead(command, prompt, found))
-                return None
-            cache, rest = found
-            cached = len(prompt) - len(rest)
         cache, draft_cache = self._split_draft(cache)
         request = Request(
             rid, prompt, max_tokens, cached, rest, cache, sampler, processors,
@@ -896,7 +914,11 @@ class Engine:
             cache, rest = self.prompt_cache.fetch_nearest_cache(cache_key, prompt)
         hit = len(prompt) - len(rest)
         if read is not None:
-            disk = read.hit.result()
+            try:
+                disk = read.result()
+            except Exception as exc:  # a failed read costs only the cached prefix
+                self._log(f"a prompt-cache read failed: {type(exc).__name__}: {exc}")
+                disk = None
             if disk is not None and disk.common > hit:  # (memory may have caught up meanwhile)
                 cache, rest = disk.cache, prompt[disk.common :]
                 trim_prompt_cache(cache, disk.held - disk.common)
@@ -1463,8 +1485,9 @@ class Engine:
         for request in [r for r in self.prefilling if r.id in ids]:  # what it has prefilled is kept
             self.prefilling.remove(request)
             self._finish(request, "cancelled", (request.cache, list(request.fed)))
-        for read in [d for d in self.loading if d.command.id in ids]:  # the reading finishes unused
+        for read in [d for d in self.loading if d.command.id in ids]:
             self.loading.remove(read)
+            read.hit.cancel()  # if it has not started (else it finishes unused)
             self._end_unstarted(read.command.id)
         # What is left is not running: keep only the ids whose generate command is still
         # queued (it is then answered "cancelled" at admission); drop the rest (finished,
