@@ -141,19 +141,41 @@ def test_the_disk_cache_stays_within_its_bound(tmp_path, models_dir):
 
 
 # A slow disk (here: one whose reads end when the test creates GATE; for real: an agent's 50k-token
-# prefix is GBs, read and checksummed in seconds).
+# prefix is GBs, read and checksummed in seconds), and how long a read may take (READ_LIMIT).
 SLOW_DISK_RUNNER = """
 import os, runpy, sys, time
-from jupyter_mlx_manager.runner import disk_cache
-read = disk_cache.DiskPromptCache._read
-def slow(self, *args, **kwargs):
+import mlx_lm.models.cache
+from jupyter_mlx_manager.runner import disk_cache, engine
+disk_cache.READ_SECONDS = engine.READ_SECONDS = READ_LIMIT
+load = mlx_lm.models.cache.load_prompt_cache
+def slow(*args, **kwargs):
     while not os.path.exists(GATE):
         time.sleep(0.01)
-    return read(self, *args, **kwargs)
-disk_cache.DiskPromptCache._read = slow
+    return load(*args, **kwargs)
+mlx_lm.models.cache.load_prompt_cache = slow
 sys.argv = ["runner", *sys.argv[1:]]
 runpy.run_module("jupyter_mlx_manager.runner", run_name="__main__", alter_sys=True)
 """
+LONG_PROMPT = "Once upon a time there was a long prompt. " * 24
+
+
+def slow_disk_runner(
+    tmp_path: Path, models_dir: Path, *args: str, read_seconds: float = 120
+) -> tuple[Runner, str, int]:
+    """(a runner on a slow disk holding LONG_PROMPT's prefix, its greedy text, its prompt tokens),
+    the prefix written by a runner before it; `tmp_path / "gate"` ends its reads."""
+    options = ("--prompt-cache-dir", str(tmp_path / "prompt-cache"), "--prompt-cache-disk-bytes", str(1 << 30),
+               "--prompt-cache-min-tokens", str(MIN_TOKENS))  # fmt: skip
+    writer = Runner(models_dir / NAME, *options)
+    try:
+        expected, events = writer.run("cold", LONG_PROMPT, max_tokens=8)
+        wait_until(lambda: list((tmp_path / "prompt-cache").glob("[!.]*.safetensors")), "the prefix on disk")
+    finally:
+        writer.close()
+    script = SLOW_DISK_RUNNER.replace("GATE", repr(str(tmp_path / "gate"))).replace("READ_LIMIT", repr(read_seconds))
+    runner = Runner(models_dir / NAME, *options, *args, launcher=(sys.executable, "-c", script))
+    assert events[-1]["prompt_tokens"] >= MIN_TOKENS
+    return runner, expected, events[-1]["prompt_tokens"]
 
 
 def test_a_slow_read_from_disk_holds_up_only_its_own_request(tmp_path, models_dir):
@@ -161,26 +183,12 @@ def test_a_slow_read_from_disk_holds_up_only_its_own_request(tmp_path, models_di
     and a newcomer runs, a request cancelled while its prefix is read ends at once, and the one
     that waited starts from the prefix read (cached tokens, the same greedy output), its TTFT
     counting the wait."""
-    options = ("--prompt-cache-dir", str(tmp_path / "prompt-cache"), "--prompt-cache-disk-bytes", str(1 << 30),
-               "--prompt-cache-min-tokens", str(MIN_TOKENS))  # fmt: skip
-    long_prompt = "Once upon a time there was a long prompt. " * 24
-    writer = Runner(models_dir / NAME, *options)
-    try:
-        expected, events = writer.run("cold", long_prompt, max_tokens=8)
-        prompt_tokens = events[-1]["prompt_tokens"]
-        assert prompt_tokens >= MIN_TOKENS
-        wait_until(lambda: list((tmp_path / "prompt-cache").glob("[!.]*.safetensors")), "the prefix on disk")
-    finally:
-        writer.close()
-
-    gate = tmp_path / "gate"
-    script = SLOW_DISK_RUNNER.replace("GATE", repr(str(gate)))
-    runner = Runner(models_dir / NAME, *options, launcher=(sys.executable, "-c", script))
+    runner, expected, prompt_tokens = slow_disk_runner(tmp_path, models_dir)
     try:
         runner.submit("stream", "Tell me a story", max_tokens=1500)
         assert runner.next_event("stream")["ev"] == "started"
-        runner.submit("again", long_prompt, max_tokens=8)
-        runner.submit("cancelled", long_prompt, max_tokens=8)
+        runner.submit("again", LONG_PROMPT, max_tokens=8)
+        runner.submit("cancelled", LONG_PROMPT, max_tokens=8)
         # While both prefixes are being read, the stream decodes to its end and a newcomer runs.
         assert runner.collect("stream")[1][-1]["completion_tokens"] == 1500
         assert runner.run("newcomer", "Hello", max_tokens=20)[1][-1]["completion_tokens"] == 20
@@ -189,11 +197,25 @@ def test_a_slow_read_from_disk_holds_up_only_its_own_request(tmp_path, models_di
         (done,) = runner.collect("cancelled")[1]
         assert done["finish_reason"] == "cancelled" and done["completion_tokens"] == 0, done
         time.sleep(0.5)
-        gate.touch()
+        (tmp_path / "gate").touch()
         text, events = runner.collect("again")
         assert text == expected
         assert events[0]["cached_tokens"] == prompt_tokens - 1 and events[-1]["ttft_ms"] >= 500, events[-1]
         assert runner.run("after", "Hello", max_tokens=4)[1][-1]["completion_tokens"] == 4
         assert runner.events["cancelled"].empty()  # its read (dropped, or done unused) started nothing
+    finally:
+        runner.close()
+
+
+def test_a_read_that_hangs_is_given_up_and_the_prompt_prefilled(tmp_path, models_dir):
+    """A disk that never answers (the gate stays shut) costs a request at most READ_SECONDS (here
+    3): it is then prefilled, with the same output; while that read still hangs, no other read
+    queues behind it (no memory cache here, so every such prompt would go to the disk)."""
+    runner, expected, _ = slow_disk_runner(tmp_path, models_dir, "--prompt-cache-bytes", "0", read_seconds=3)
+    try:
+        text, events = runner.run("given-up", LONG_PROMPT, max_tokens=8)
+        assert text == expected and events[0]["cached_tokens"] == 0 and events[-1]["ttft_ms"] >= 3000, events[-1]
+        text, events = runner.run("not-queued", LONG_PROMPT, max_tokens=8)
+        assert text == expected and events[0]["cached_tokens"] == 0 and events[-1]["ttft_ms"] < 3000, events[-1]
     finally:
         runner.close()
