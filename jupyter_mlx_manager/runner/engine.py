@@ -28,7 +28,8 @@ cache's reads and writes, on its own threads and streams. Scheduling:
   draft model, a request that speculated keeps the draft's KV cache in the same entry (in
   memory only: the disk's files are the model's), so a hit is prefilled by neither model.
   A longer prefix on disk (`disk_cache.py`) is read by the disk cache's reader thread: the
-  request waits in `loading` meanwhile and the running streams keep their tokens.
+  request waits in `loading` meanwhile (at most `READ_SECONDS`; then it is prefilled instead)
+  and the running streams keep their tokens.
 
 * **Chunked, fair prefill**: a prompt longer than one chunk (or a lone one) is prefilled here,
   in its own KV cache, one `prefill_step_size` chunk per scheduler step (`_step_prefill`),
