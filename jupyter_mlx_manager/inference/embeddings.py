@@ -54,9 +54,9 @@ def parse_embeddings(body: dict[str, Any]) -> EmbeddingRequest:
     ids = token_ids(raw)
     if isinstance(raw, str) or ids:
         inputs = [raw if ids is None else ids]
-    elif isinstance(raw, list) and raw and all(isinstance(i, str) or token_ids(i) is not None for i in raw):
-        inputs = [i if isinstance(i, str) else token_ids(i) for i in raw]
-    else:
+    else:  # a list of inputs, each read once
+        inputs = [i if isinstance(i, str) else token_ids(i) for i in raw] if isinstance(raw, list) else []
+    if not inputs or any(i is None for i in inputs):
         raise InvalidParam(EMBEDDINGS_INPUT_MESSAGE, "input", "invalid_input")
     if len(inputs) > MAX_EMBEDDING_INPUTS:
         raise InvalidParam(

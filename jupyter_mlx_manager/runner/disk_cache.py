@@ -9,11 +9,12 @@ place; a checksum of its arrays (CRC-32, in the metadata too) catches data that 
 under an intact header; a file that cannot be read or fails its checksum is deleted. Files are
 written by a writer thread (the generation thread only hands over the finished request's cache,
 whose arrays are already evaluated and never change afterwards) to a temporary name, then
-renamed: a killed runner leaves no half file under a real name. Files are read by a reader
-thread too: loading and checking a long prefix (GBs for an agent's 50k-token prompt) takes
-seconds, which would stall every stream of the generation thread; the generation thread picks the
-file (from the headers it keeps in memory) and starts the request once the reader has it. A file that extends a shorter one of the same scope (the
-next turn of a conversation) replaces it: the longer one serves the shorter prefix too, trimmed.
+renamed: a killed runner leaves no half file under a real name. A file that extends a shorter
+one of the same scope (the next turn of a conversation) replaces it: the longer one serves the
+shorter prefix too, trimmed. Files are read by a reader thread too: loading and checking a long
+prefix (GBs for an agent's 50k-token prompt) takes seconds, which would stall every stream of
+the generation thread; the generation thread picks the file (from the headers it keeps in
+memory) and starts the request once the reader has it (or has taken `READ_SECONDS`).
 The folder is kept under its byte bound by deleting the least recently used files (a hit touches
 its file).
 """

@@ -327,6 +327,7 @@ class Engine:
         # "draft_model" with the draft model's folder (a model sharing this one's tokenizer).
         self.draft_path = draft_path
         self.draft_model: Any = None
+        self.draft_layers = 0  # KV-cache layers of the draft model (`_split_draft`)
         # The prompt cache on disk (`disk_cache.py`): {"directory", "max_bytes", "min_tokens"}, or None.
         self.disk_cache_options = disk_cache if disk_cache and disk_cache.get("max_bytes") else None
         self.disk_cache: Any = None
@@ -427,7 +428,7 @@ class Engine:
             if self.draft_path is not None:  # refused like the model if it ships code; no tokenizer:
                 check_model_dir(self.draft_path)  # the server checked that it shares the model's
                 self.draft_model = load_model(self.draft_path, trust_remote_code=False)[0]
-                self.draft_layers = len(make_prompt_cache(self.draft_model))  # a prompt-cache entry with them is longer
+                self.draft_layers = len(make_prompt_cache(self.draft_model))
             if self.prompt_cache_bytes:
                 self.prompt_cache = LRUPromptCache(max_size=PROMPT_CACHE_MAX_ENTRIES, max_bytes=self.prompt_cache_limit)
             if self.disk_cache_options is not None:
